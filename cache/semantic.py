@@ -1,0 +1,142 @@
+"""A semantic response cache: diskcache holds the entries, FAISS finds near duplicates.
+
+Entries live in diskcache, so they survive restarts and are shared by every worker process
+on the host. Each entry belongs to a *scope* (the caller's choice; the pipeline uses
+collection + index version + prompt version + generator), and a lookup only ever sees its
+own scope: re-ingesting a collection changes the scope, so answers built on old content
+are never served again.
+
+Each process keeps one in-memory FAISS index per scope and catches up with entries other
+processes added by reading a per-scope sequence counter that diskcache increments
+atomically: no index files to lock or merge.
+
+>>> cache = SemanticCache(tmp_path, dimension=384, threshold=0.9)      # doctest: +SKIP
+>>> cache.put("scope", "How do I reset my password?", vector, {"answer": "..."})
+>>> cache.get_exact("scope", "how do I reset my password")           # no embedding needed
+>>> cache.get_similar("scope", other_vector)                          # near duplicates
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diskcache
+import numpy as np
+
+_SPACE_RE = re.compile(r"\s+")
+_EDGE_PUNCT_RE = re.compile(r"^[\s\"'¿¡]+|[\s?!.。？！\"']+$")
+
+
+def normalize_question(text: str) -> str:
+    """Case, width, spacing and trailing punctuation do not change a question."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _SPACE_RE.sub(" ", text)
+    return _EDGE_PUNCT_RE.sub("", text)
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    kind: str  # "exact" or "semantic"
+    similarity: float
+    question: str
+    payload: dict[str, Any]
+
+
+class _ScopeIndex:
+    def __init__(self, dimension: int) -> None:
+        import faiss
+
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        self.seen = 0  # highest sequence number loaded from diskcache
+
+
+class SemanticCache:
+    def __init__(
+        self,
+        directory: Path | str,
+        dimension: int,
+        threshold: float = 0.9,
+        size_limit_bytes: int = 512 * 2**20,
+        ttl_s: float | None = None,
+    ) -> None:
+        self.dimension = dimension
+        self.threshold = threshold
+        self.ttl_s = ttl_s
+        self._store = diskcache.Cache(
+            str(directory), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+        )
+        self._scopes: dict[str, _ScopeIndex] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _scope_key(scope: str) -> str:
+        return hashlib.sha256(scope.encode()).hexdigest()[:24]
+
+    def get_exact(self, scope: str, question: str) -> CacheHit | None:
+        skey = self._scope_key(scope)
+        seq = self._store.get(f"x:{skey}:{normalize_question(question)}")
+        entry = self._store.get(f"e:{skey}:{seq}") if seq is not None else None
+        if entry is None:
+            return None
+        return CacheHit("exact", 1.0, entry["question"], entry["payload"])
+
+    def get_similar(self, scope: str, vector: np.ndarray) -> CacheHit | None:
+        skey = self._scope_key(scope)
+        with self._lock:
+            sindex = self._sync(skey)
+            if sindex.index.ntotal == 0:
+                return None
+            query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+            scores, ids = sindex.index.search(query, min(4, sindex.index.ntotal))
+        for score, seq in zip(scores[0], ids[0], strict=True):
+            if seq < 0 or score < self.threshold:
+                break
+            entry = self._store.get(f"e:{skey}:{int(seq)}")
+            if entry is not None:  # evicted or expired entries are skipped
+                return CacheHit("semantic", float(score), entry["question"], entry["payload"])
+        return None
+
+    def put(self, scope: str, question: str, vector: np.ndarray, payload: dict[str, Any]) -> None:
+        skey = self._scope_key(scope)
+        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dimension:
+            raise ValueError(f"vector has {vec.shape[0]} dimensions, the cache holds {self.dimension}")
+        seq = self._store.incr(f"seq:{skey}")
+        entry = {"question": question, "vector": vec.tobytes(), "payload": payload, "created_at": time.time()}
+        self._store.set(f"e:{skey}:{seq}", entry, expire=self.ttl_s)
+        self._store.set(f"x:{skey}:{normalize_question(question)}", seq, expire=self.ttl_s)
+
+    def _sync(self, skey: str) -> _ScopeIndex:
+        sindex = self._scopes.get(skey)
+        if sindex is None:
+            sindex = self._scopes[skey] = _ScopeIndex(self.dimension)
+        latest = int(self._store.get(f"seq:{skey}", 0))
+        if latest > sindex.seen:
+            ids, vectors = [], []
+            for seq in range(sindex.seen + 1, latest + 1):
+                entry = self._store.get(f"e:{skey}:{seq}")
+                if entry is not None:
+                    ids.append(seq)
+                    vectors.append(np.frombuffer(entry["vector"], dtype=np.float32))
+            if ids:
+                sindex.index.add_with_ids(np.vstack(vectors), np.asarray(ids, dtype=np.int64))
+            sindex.seen = latest
+        return sindex
+
+    def __len__(self) -> int:
+        return sum(1 for key in self._store.iterkeys() if str(key).startswith("e:"))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._store.clear()
+            self._scopes.clear()
+
+    def close(self) -> None:
+        self._store.close()

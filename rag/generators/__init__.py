@@ -1,0 +1,35 @@
+"""Generator backends. Built-ins register exactly the way an outside backend would."""
+
+from .base import (
+    Generation,
+    GenerationRequest,
+    Generator,
+    available_generators,
+    get_generator,
+    register_generator,
+)
+
+
+def _llamacpp(settings):  # type: ignore[no-untyped-def]
+    from .llamacpp import LlamaCppGenerator
+
+    return LlamaCppGenerator.from_settings(settings)
+
+
+def _extractive(settings):  # type: ignore[no-untyped-def]
+    from .extractive import ExtractiveGenerator
+
+    return ExtractiveGenerator()
+
+
+register_generator("llamacpp", _llamacpp)
+register_generator("extractive", _extractive)
+
+__all__ = [
+    "Generation",
+    "GenerationRequest",
+    "Generator",
+    "available_generators",
+    "get_generator",
+    "register_generator",
+]

@@ -1,0 +1,203 @@
+"""The query path: validate -> exact cache -> embed -> semantic cache -> retrieve ->
+prompt -> generate -> store.  One object per process, shared by every request."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cache import SemanticCache
+
+from .embedder import Embedder
+from .errors import BackendUnavailableError, InvalidRequestError, RagError
+from .generators import GenerationRequest, Generator
+from .index import CollectionIndex, RetrievedChunk, collection_dir, current_version_dir
+from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
+from .settings import Settings
+
+SNIPPET_CHARS = 300
+
+
+@dataclass
+class Citation:
+    id: int
+    document_id: str
+    source: str
+    title: str
+    text: str
+    score: float
+
+    @classmethod
+    def from_chunk(cls, chunk: RetrievedChunk) -> Citation:
+        text = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
+        return cls(chunk.id, chunk.document_id, chunk.source, chunk.title, text, round(chunk.score, 4))
+
+
+@dataclass
+class CacheStatus:
+    hit: bool = False
+    kind: str | None = None
+    similarity: float | None = None
+
+
+@dataclass
+class Answer:
+    answer: str
+    citations: list[Citation]
+    cache: CacheStatus
+    timings_ms: dict[str, float]
+    collection: str
+    backend: str
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        generator: Generator,
+        cache: SemanticCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self.embedder = embedder
+        self.generator = generator
+        self.cache = cache if settings.cache_enabled else None
+        self._indexes: dict[str, CollectionIndex] = {}
+        self._index_lock = threading.Lock()
+        self._prompt_version = prompt_version(settings.shots)
+
+    def get_index(self, collection: str) -> CollectionIndex:
+        """The live version of a collection, reloaded when an ingest run has switched it."""
+        with self._index_lock:
+            loaded = self._indexes.get(collection)
+            live = current_version_dir(collection_dir(self.settings.collections_dir, collection))
+            if loaded is not None and loaded.version_dir == live:
+                return loaded
+            index = CollectionIndex.load(
+                self.settings.collections_dir, collection, model=self.embedder.name, dimension=self.embedder.dimension
+            )
+            self._indexes[collection] = index
+            return index
+
+    def validate_question(self, question: str) -> str:
+        question = question.strip()
+        if not question:
+            raise InvalidRequestError("question is empty - send the customer's question as text", param="question")
+        if len(question) > self.settings.max_question_chars:
+            raise InvalidRequestError(
+                f"question is {len(question)} characters; the limit is {self.settings.max_question_chars} "
+                "- shorten it or raise RAG_MAX_QUESTION_CHARS",
+                param="question",
+            )
+        return question
+
+    def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
+        return f"{index.name}|{index.version}|{self._prompt_version}|{self.generator.name}|{top_k}"
+
+    async def answer(self, question: str, collection: str | None = None, top_k: int | None = None) -> Answer:
+        started = time.perf_counter()
+        question = self.validate_question(question)
+        collection = collection or self.settings.collection
+        top_k = top_k or self.settings.top_k
+        timings = {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
+        index = self.get_index(collection)
+        scope = self.cache_scope(index, top_k)
+
+        def done(answer: str, citations: list[Citation], status: CacheStatus, usage: dict[str, Any]) -> Answer:
+            timings["total"] = (time.perf_counter() - started) * 1000
+            return Answer(
+                answer=answer,
+                citations=citations,
+                cache=status,
+                timings_ms={k: round(v, 2) for k, v in timings.items()},
+                collection=collection,
+                backend=self.generator.name,
+                usage=usage,
+            )
+
+        t = time.perf_counter()
+        hit = self.cache.get_exact(scope, question) if self.cache else None
+        timings["cache"] += (time.perf_counter() - t) * 1000
+        if hit is None:
+            t = time.perf_counter()
+            vector = (await asyncio.to_thread(self.embedder.embed_batch, [question]))[0]
+            timings["embed"] = (time.perf_counter() - t) * 1000
+            t = time.perf_counter()
+            hit = self.cache.get_similar(scope, vector) if self.cache else None
+            timings["cache"] += (time.perf_counter() - t) * 1000
+        if hit is not None:
+            payload = hit.payload
+            return done(
+                payload["answer"],
+                [Citation(**c) for c in payload["citations"]],
+                CacheStatus(True, hit.kind, round(hit.similarity, 4)),
+                {},
+            )
+
+        t = time.perf_counter()
+        chunks = [c for c in index.search(vector, top_k) if c.score >= self.settings.min_relevance]
+        timings["retrieve"] = (time.perf_counter() - t) * 1000
+        if not chunks:
+            return done(NO_ANSWER, [], CacheStatus(), {})
+
+        t = time.perf_counter()
+        request = self._request(question, chunks)
+        try:
+            generation = await self.generator.generate(request)
+        except RagError:
+            raise
+        except Exception as exc:  # the backend's own errors become one clear 503
+            raise BackendUnavailableError(f"backend {self.generator.name} failed: {exc}") from exc
+        timings["generate"] = (time.perf_counter() - t) * 1000
+        text = generation.text.strip() or NO_ANSWER
+        citations = [] if text == NO_ANSWER else [Citation.from_chunk(c) for c in chunks]
+        if self.cache is not None:
+            payload = {"answer": text, "citations": [asdict(c) for c in citations]}
+            self.cache.put(scope, question, vector, payload)
+        usage = {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens}
+        return done(text, citations, CacheStatus(), usage)
+
+    def _request(self, question: str, chunks: list[RetrievedChunk]) -> GenerationRequest:
+        style = self.generator.prompt_style
+        prompt: str | list[dict[str, str]] | None = None
+        stop: list[str] = []
+        if style == "completion":
+            prompt = completion_prompt(question, chunks, self.settings.shots)
+            stop = COMPLETION_STOP
+        elif style == "chat":
+            prompt = chat_messages(question, chunks, self.settings.shots)
+        return GenerationRequest(question, chunks, prompt, self.settings.max_tokens, stop)
+
+    async def aclose(self) -> None:
+        await self.generator.aclose()
+        for index in self._indexes.values():
+            index.close()
+        if self.cache is not None:
+            self.cache.close()
+
+
+def build_pipeline(settings: Settings, embedder: Embedder | None = None) -> Pipeline:
+    """Wire the default parts from settings (the CLI and the app factory call this)."""
+    from .embedder import SentenceTransformerEmbedder
+    from .generators import get_generator
+
+    if embedder is None:  # load now, not on the first question
+        embedder = SentenceTransformerEmbedder(settings.embedding_dtype, settings.embedding_batch_size).load()
+    generator = get_generator(settings.backend, settings)
+    cache = None
+    if settings.cache_enabled:
+        cache = SemanticCache(
+            settings.cache_dir,
+            dimension=embedder.dimension,
+            threshold=settings.cache_threshold,
+            size_limit_bytes=settings.cache_size_mb * 2**20,
+            ttl_s=settings.cache_ttl_s,
+        )
+    return Pipeline(settings, embedder, generator, cache)

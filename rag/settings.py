@@ -1,0 +1,92 @@
+"""One typed settings object, built at the edge (CLI or app factory) and passed down.
+
+Every field reads from the environment as ``RAG_<FIELD>``; command-line flags override.
+Code below the edge never reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ShotMode = Literal["zero", "one", "few"]
+
+
+class Settings(BaseSettings):
+    """Service settings. Each field's docstring is its documentation (README, --help)."""
+
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="forbid", use_attribute_docstrings=True)
+
+    data_dir: Path = Path(".rag")
+    """Directory holding every collection's index and the response cache."""
+
+    collection: str = "default"
+    """Collection used when a request or command names none."""
+
+    backend: str = "llamacpp"
+    """Generator backend: `llamacpp` (embedded model), `extractive` (no LLM), or a registered one."""
+
+    llamacpp_model: Literal["gemma3-270m", "smollm2-135m"] = "gemma3-270m"
+    """Model of the `llamacpp` backend: `gemma3-270m` (base, completion prompt) or `smollm2-135m` (chat)."""
+
+    llamacpp_threads: int = Field(default=0, ge=0)
+    """CPU threads for llama.cpp; 0 means one per core."""
+
+    llamacpp_ctx: int = Field(default=2048, ge=512)
+    """llama.cpp context window in tokens."""
+
+    max_tokens: int = Field(default=96, ge=1, le=2048)
+    """Most tokens generated for one answer."""
+
+    shots: ShotMode = "few"
+    """Prompt style: `zero`, `one` or `few` worked examples before the context."""
+
+    top_k: int = Field(default=4, ge=1, le=50)
+    """Chunks retrieved for a question."""
+
+    min_relevance: float = Field(default=0.25, ge=-1.0, le=1.0)
+    """Cosine score under which a retrieved chunk is ignored; no chunk left means "I don't know"."""
+
+    embedding_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Embedding precision on CPU; bf16 is ~2x faster with cosine agreement >= 0.9999."""
+
+    embedding_batch_size: int = Field(default=32, ge=1)
+    """Texts embedded per batch during ingestion."""
+
+    chunk_size: int = Field(default=800, ge=100)
+    """Target chunk length in characters."""
+
+    chunk_overlap: int = Field(default=120, ge=0)
+    """Characters shared by neighbouring chunks."""
+
+    cache_enabled: bool = True
+    """Serve and store answers through the semantic cache."""
+
+    cache_threshold: float = Field(default=0.90, ge=0.0, le=1.0)
+    """Cosine similarity at or above which a cached question counts as the same question."""
+
+    cache_size_mb: int = Field(default=512, ge=1)
+    """Disk budget of the response cache; least recently used entries go first."""
+
+    cache_ttl_s: float | None = None
+    """Seconds a cached answer lives; unset means until its collection is re-ingested."""
+
+    max_question_chars: int = Field(default=2000, ge=1)
+    """Longest question accepted, in characters."""
+
+    host: str = "127.0.0.1"
+    """Address `rag serve` binds to."""
+
+    port: int = Field(default=8000, ge=0, le=65535)
+    """Port `rag serve` listens on."""
+
+    @property
+    def collections_dir(self) -> Path:
+        return self.data_dir / "collections"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"

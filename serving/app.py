@@ -1,0 +1,78 @@
+"""The FastAPI application: ``create_app(settings)`` builds it, lifespan loads the parts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+from rag.errors import BackendUnavailableError
+from rag.index import list_collections
+from rag.pipeline import Pipeline, build_pipeline
+from rag.settings import Settings
+
+from .errors import error_response, install_error_handlers
+from .schemas import ErrorResponse, QueryRequest, QueryResponse
+
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 409, 503)}
+
+
+def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:
+    """Build the app. Pass ``pipeline`` to share one already loaded (tests, embedding)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = pipeline is None
+        app.state.pipeline = pipeline or await asyncio.to_thread(build_pipeline, settings)
+        try:
+            yield
+        finally:
+            if owned:
+                await app.state.pipeline.aclose()
+
+    app = FastAPI(
+        title="rag-service",
+        summary="Grounded, cited answers from your documents, with a semantic response cache.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+
+    @app.post("/v1/query", response_model=QueryResponse, responses=_ERRORS)
+    async def query(body: QueryRequest, request: Request) -> dict[str, Any]:
+        pipe: Pipeline = request.app.state.pipeline
+        answer = await pipe.answer(body.question, body.collection, body.top_k)
+        return answer.to_dict()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=_ERRORS)
+    async def readyz(request: Request) -> Any:
+        """Ready to answer: the default collection's index loads and the backend is up."""
+        pipe: Pipeline = request.app.state.pipeline
+        try:
+            index = pipe.get_index(settings.collection)
+        except Exception as exc:  # not ready is an answer here, not a failure
+            return error_response(
+                503, f"not ready: {getattr(exc, 'message', exc)}", "service_unavailable", None, "not_ready"
+            )
+        ready = getattr(pipe.generator, "ready", None)
+        if ready is not None and not await ready():
+            raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready")
+        return {
+            "status": "ready",
+            "collection": index.name,
+            "index_version": index.version,
+            "chunks": len(index),
+            "collections": list_collections(settings.collections_dir),
+            "backend": pipe.generator.name,
+        }
+
+    return app

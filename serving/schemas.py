@@ -1,0 +1,56 @@
+"""Request and response bodies of the REST API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(description="The customer's question.")
+    collection: str = Field(default="default", description="Which document collection to answer from.")
+    top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to retrieve; the server default if unset.")
+
+
+class CitationOut(BaseModel):
+    id: int
+    document_id: str
+    source: str
+    title: str
+    text: str
+    score: float
+
+
+class CacheOut(BaseModel):
+    hit: bool
+    kind: str | None
+    similarity: float | None
+
+
+class TimingsOut(BaseModel):
+    embed: float
+    cache: float
+    retrieve: float
+    generate: float
+    total: float
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    citations: list[CitationOut]
+    cache: CacheOut
+    timings_ms: TimingsOut
+    collection: str
+    backend: str
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

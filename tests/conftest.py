@@ -1,0 +1,53 @@
+"""Shared fixtures: the real embedding model (loaded once), real files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from ingest.runner import ingest  # noqa: E402
+from rag.embedder import SentenceTransformerEmbedder  # noqa: E402
+from rag.settings import Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "help-center"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder().load()
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    # _env_file=None and explicit values: a developer's RAG_* variables never leak into tests.
+    return Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data", backend="extractive")
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A private copy of the example help centre, free to edit."""
+    target = tmp_path / "docs"
+    shutil.copytree(EXAMPLES, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def example_data_dir(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+    """A data dir with the example corpus ingested as `default`, shared by a module."""
+    data_dir = tmp_path_factory.mktemp("data")
+    docs = tmp_path_factory.mktemp("docs") / "help-center"
+    shutil.copytree(EXAMPLES, docs)
+    ingest([docs], "default", make_settings(data_dir), embedder, progress=False)
+    return data_dir

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache import SemanticCache, normalize_question
+
+
+def _vec(embedder, text: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return embedder.embed_batch([text])[0]
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I reset my password?", "  how do i RESET my password "),
+        ("Ｗｈａｔ？", "what"),
+        ("¿Qué tal?", "qué tal"),
+    ],
+)
+def test_normalisation_ignores_case_width_spacing_and_edge_punctuation(a: str, b: str) -> None:
+    assert normalize_question(a) == normalize_question(b)
+
+
+def test_exact_hit_needs_no_vector_and_semantic_hit_respects_threshold(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    cache = SemanticCache(tmp_path, dimension=384, threshold=0.9)
+    q = "How long do refunds take?"
+    cache.put("s", q, _vec(embedder, q), {"answer": "5 to 7 business days"})
+
+    exact = cache.get_exact("s", "how long do refunds take")
+    assert exact is not None and exact.kind == "exact" and exact.payload["answer"] == "5 to 7 business days"
+
+    similar = cache.get_similar("s", _vec(embedder, "How long does a refund take?"))
+    assert similar is not None and similar.kind == "semantic" and similar.similarity >= 0.9
+
+    assert cache.get_similar("s", _vec(embedder, "How do I return an item?")) is None
+    assert cache.get_exact("s", "How do I return an item?") is None
+
+
+def test_scopes_never_see_each_other(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    cache = SemanticCache(tmp_path, dimension=384)
+    q = "Do gift cards expire?"
+    cache.put("collection-a|v1", q, _vec(embedder, q), {"answer": "no"})
+    assert cache.get_exact("collection-a|v2", q) is None
+    assert cache.get_similar("collection-a|v2", _vec(embedder, q)) is None
+    assert cache.get_exact("collection-a|v1", q) is not None
+
+
+def test_entries_survive_restart_and_are_shared_between_instances(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    writer = SemanticCache(tmp_path, dimension=384, threshold=0.75)
+    reader = SemanticCache(tmp_path, dimension=384, threshold=0.75)  # another worker process on the same host
+    assert reader.get_similar("s", _vec(embedder, "Can I pay with PayPal?")) is None  # builds its index
+
+    writer.put("s", "Can I pay with PayPal?", _vec(embedder, "Can I pay with PayPal?"), {"answer": "yes"})
+    hit = reader.get_similar("s", _vec(embedder, "Is PayPal accepted?"))
+    assert hit is not None and hit.payload == {"answer": "yes"}  # the reader caught up
+    writer.close()
+    reader.close()
+
+    restarted = SemanticCache(tmp_path, dimension=384)
+    assert restarted.get_exact("s", "can i pay with paypal") is not None
+    assert len(restarted) == 1
+
+
+def test_expired_entries_are_not_served(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    cache = SemanticCache(tmp_path, dimension=384, ttl_s=0.05)
+    cache.put("s", "Where is my parcel?", _vec(embedder, "Where is my parcel?"), {"answer": "x"})
+    time.sleep(0.1)
+    assert cache.get_exact("s", "Where is my parcel?") is None
+    assert cache.get_similar("s", _vec(embedder, "Where is my parcel?")) is None
+
+
+def test_wrong_dimension_is_refused(tmp_path: Path) -> None:
+    cache = SemanticCache(tmp_path, dimension=384)
+    with pytest.raises(ValueError, match="384"):
+        cache.put("s", "q", np.zeros(10, dtype=np.float32), {})

@@ -1,0 +1,109 @@
+"""Every error path answers with the one error body and the right status."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from rag.generators import GenerationRequest, register_generator
+from rag.pipeline import build_pipeline
+from serving.app import create_app
+
+from .conftest import make_settings
+
+
+class BrokenBackend:
+    """Fault injection: a backend whose model server has gone away."""
+
+    name = "broken"
+    prompt_style = "completion"
+    can_stream = False
+    supports_prefix_cache = False
+
+    async def generate(self, request: GenerationRequest):  # type: ignore[no-untyped-def]
+        raise ConnectionRefusedError("connection refused")
+
+    async def aclose(self) -> None:
+        pass
+
+
+register_generator("broken", lambda settings: BrokenBackend())
+
+
+@pytest.fixture(scope="module")
+def client(example_data_dir: Path, embedder) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    settings = make_settings(example_data_dir, backend="extractive", max_question_chars=100)
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def broken_client(example_data_dir: Path, embedder) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    settings = make_settings(example_data_dir, backend="broken")
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as c:
+        yield c
+
+
+def _assert_error(response, status: int, code: str, param: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == code and body["error"]["param"] == param
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code", "param"),
+    [
+        ({"json": {"question": ""}}, 400, "invalid_request", "question"),
+        ({"json": {"question": "   "}}, 400, "invalid_request", "question"),
+        ({"json": {"question": "x" * 101}}, 400, "invalid_request", "question"),
+        ({"json": {"question": "hi", "collection": "nope"}}, 404, "collection_not_found", "collection"),
+        ({"json": {"question": "hi", "collection": "../etc"}}, 400, "invalid_request", "collection"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "invalid_json", None),
+        ({"json": {"question": 42}}, 400, "invalid_value", "question"),
+        ({"json": {"question": "hi", "top_k": 0}}, 400, "invalid_value", "top_k"),
+        ({"json": {"question": "hi", "top_k": "many"}}, 400, "invalid_value", "top_k"),
+        ({"json": {}}, 400, "missing_field", "question"),
+        ({"json": ["question"]}, 400, "invalid_body", None),
+        ({"json": {"question": "hi", "unknown": 1}}, 400, "invalid_value", "unknown"),
+    ],
+)
+def test_bad_requests(client: TestClient, kwargs: dict, status: int, code: str, param: str | None) -> None:  # type: ignore[type-arg]
+    _assert_error(client.post("/v1/query", **kwargs), status, code, param)
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    _assert_error(client.get("/v1/nope"), 404, "not_found")
+    _assert_error(client.get("/v1/query"), 405, "method_not_allowed")
+
+
+def test_dead_backend_is_503_and_cached_answers_still_serve(
+    broken_client: TestClient, example_data_dir: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    response = broken_client.post("/v1/query", json={"question": "How long do refunds take?"})
+    _assert_error(response, 503, "backend_unavailable")
+    assert "connection refused" in response.json()["error"]["message"]
+    # An answer cached for this backend's scope is still served while it is down.
+    pipeline = broken_client.app.state.pipeline  # type: ignore[attr-defined]
+    index = pipeline.get_index("default")
+    question = "Do you offer gift wrapping?"
+    pipeline.cache.put(
+        pipeline.cache_scope(index, pipeline.settings.top_k),
+        question,
+        embedder.embed_batch([question])[0],
+        {"answer": "cached", "citations": []},
+    )
+    ok = broken_client.post("/v1/query", json={"question": "do you offer gift wrapping"})
+    assert ok.status_code == 200 and ok.json()["answer"] == "cached"
+
+
+def test_readyz_is_503_before_anything_is_ingested(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(tmp_path, backend="extractive")
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as c:
+        response = c.get("/readyz")
+        _assert_error(response, 503, "not_ready")
+        assert "rag ingest" in response.json()["error"]["message"]
+        assert c.get("/healthz").status_code == 200

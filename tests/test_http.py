@@ -1,0 +1,91 @@
+"""The whole path over real HTTP: uvicorn on 127.0.0.1, real index, real cache."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag.pipeline import build_pipeline
+from serving.app import create_app
+
+from .conftest import make_settings
+from .servers import running_server
+
+
+@pytest.fixture(scope="module")
+def base_url(example_data_dir: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    settings = make_settings(example_data_dir, backend="extractive")
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        yield url
+
+
+def ask(base_url: str, question: str, **extra: object) -> dict:  # type: ignore[type-arg]
+    response = httpx.post(f"{base_url}/v1/query", json={"question": question, **extra}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_answer_cites_the_document_that_holds_it(base_url: str) -> None:
+    body = ask(base_url, "How long is the password reset link valid?")
+    assert body["citations"][0]["document_id"] == "password-reset.html"
+    assert "30 minutes" in body["answer"]
+    citation = body["citations"][0]
+    assert set(citation) == {"id", "document_id", "source", "title", "text", "score"}
+    assert citation["title"] == "Resetting your password" and citation["source"].endswith("password-reset.html")
+    assert body["cache"] == {"hit": False, "kind": None, "similarity": None}
+    assert set(body["timings_ms"]) == {"embed", "cache", "retrieve", "generate", "total"}
+
+
+def test_same_question_again_is_an_exact_hit(base_url: str) -> None:
+    first = ask(base_url, "Which payment methods do you accept?")
+    second = ask(base_url, "which payment methods do you accept")
+    assert second["cache"] == {"hit": True, "kind": "exact", "similarity": 1.0}
+    assert second["answer"] == first["answer"] and second["citations"] == first["citations"]
+    assert second["timings_ms"]["embed"] == 0.0 and second["timings_ms"]["generate"] == 0.0
+
+
+def test_reworded_question_is_a_semantic_hit(base_url: str) -> None:
+    first = ask(base_url, "How long do refunds take?")
+    reworded = ask(base_url, "How long does a refund take?")
+    assert reworded["cache"]["hit"] is True and reworded["cache"]["kind"] == "semantic"
+    assert reworded["cache"]["similarity"] >= 0.9
+    assert reworded["answer"] == first["answer"]
+
+
+def test_lexically_similar_but_different_question_is_not_a_hit(base_url: str) -> None:
+    ask(base_url, "how do I cancel my order")
+    other = ask(base_url, "how do I place an order")
+    assert other["cache"]["hit"] is False
+    assert other["citations"][0]["document_id"] == "placing-an-order.md"
+
+
+def test_question_outside_the_documents_says_so(base_url: str) -> None:
+    body = ask(base_url, "Who won the football world cup in 1966?")
+    assert body["answer"] == "I don't know from these documents." and body["citations"] == []
+
+
+def test_top_k_limits_citations(base_url: str) -> None:
+    body = ask(base_url, "What does the warranty cover?", top_k=1)
+    assert len(body["citations"]) == 1 and body["citations"][0]["document_id"] == "warranty.pdf"
+
+
+def test_health_and_readiness(base_url: str) -> None:
+    assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{base_url}/readyz").json()
+    assert ready["status"] == "ready" and ready["chunks"] > 10 and ready["backend"] == "extractive"
+
+
+def test_reingest_invalidates_cached_answers(tmp_path: Path, corpus: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from ingest.runner import ingest
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        before = ask(url, "Do gift cards expire?")
+        assert "never expire" in before["answer"]
+        assert ask(url, "Do gift cards expire?")["cache"]["hit"] is True
+        (corpus / "gift-cards.txt").write_text("Gift cards\n\nFrom March, gift cards expire after 3 years.\n")
+        ingest([corpus], "default", settings, embedder, progress=False)
+        after = ask(url, "Do gift cards expire?")  # the running server picks up the new version
+        assert after["cache"]["hit"] is False and "3 years" in after["answer"]

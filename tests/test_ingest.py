@@ -1,0 +1,162 @@
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ingest.runner import ingest
+from rag.errors import IngestError
+from rag.index import CollectionIndex, collection_dir, current_version_dir
+from rag.settings import Settings
+
+from .conftest import ROOT
+
+
+def _index(settings: Settings, embedder, name: str = "default") -> CollectionIndex:  # type: ignore[no-untyped-def]
+    return CollectionIndex.load(settings.collections_dir, name, model=embedder.name, dimension=embedder.dimension)
+
+
+def _top(settings: Settings, embedder, question: str) -> str:  # type: ignore[no-untyped-def]
+    index = _index(settings, embedder)
+    return index.search(embedder.embed_batch([question])[0], 1)[0].document_id
+
+
+def test_mixed_folder_indexes_good_files_and_reports_bad_ones(corpus: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    (corpus / "corrupt.pdf").write_bytes(b"%PDF-1.7\ngarbage that is no pdf")
+    (corpus / "blank.txt").write_text("   ")
+    (corpus / "legacy.txt").write_bytes("Caf\xe9 opening hours".encode("latin-1"))
+    (corpus / "blob.md").write_bytes(bytes(range(256)))
+
+    report = ingest([corpus], "default", settings, embedder, progress=False)
+
+    failed = {Path(src).name: why for src, why in report.failed}
+    assert set(failed) == {"corrupt.pdf", "blank.txt", "legacy.txt", "blob.md"}
+    assert "PDF" in failed["corrupt.pdf"] and "empty" in failed["blank.txt"]
+    assert "UTF-8" in failed["legacy.txt"] and "binary" in failed["blob.md"]
+    assert len(report.indexed) == 14
+    index = _index(settings, embedder)
+    assert len(index) == report.chunks_total > 14
+    assert _top(settings, embedder, "how long is the warranty on a sofa") == "warranty.pdf"
+    assert _top(settings, embedder, "price match another retailer") == "policy-price-match"
+
+
+def test_reingest_skips_unchanged_replaces_changed_and_prunes_deleted(
+    corpus: Path,
+    settings: Settings,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    first = ingest([corpus], "default", settings, embedder, progress=False)
+    cdir = collection_dir(settings.collections_dir, "default")
+    v1 = current_version_dir(cdir)
+
+    again = ingest([corpus], "default", settings, embedder, progress=False)
+    assert (len(again.indexed), len(again.unchanged), again.chunks_added) == (0, 14, 0)
+    assert again.version == first.version and current_version_dir(cdir) == v1  # no new version
+
+    (corpus / "gift-cards.txt").write_text(
+        "Gift cards\n\nGift cards are valid for 5 years and can be topped up at any till in our stores.\n"
+    )
+    (corpus / "tracking-a-parcel.txt").unlink()
+    third = ingest([corpus], "default", settings, embedder, progress=False)
+    assert [Path(s).name for s in third.indexed] == ["gift-cards.txt"]
+    assert [Path(s).name for s in third.removed] == ["tracking-a-parcel.txt"]
+    assert third.version != first.version
+
+    index = _index(settings, embedder)
+    texts = [row[0] for row in index._db.execute("SELECT text FROM chunks")]
+    assert any("topped up" in t for t in texts)
+    assert not any("never expire" in t for t in texts)  # old gift card chunks are gone
+    assert not any("tracking link" in t for t in texts)
+    assert len(index) == len(texts)  # FAISS and the chunk store agree
+    ids = [row[0] for row in index._db.execute("SELECT id FROM chunks")]
+    assert sorted(ids) == sorted(int(i) for i in _faiss_ids(index))
+
+
+def _faiss_ids(index: CollectionIndex) -> list[int]:
+    import faiss
+
+    return list(faiss.vector_to_array(index._index.id_map))
+
+
+def test_no_prune_keeps_deleted_files_and_other_roots_are_untouched(
+    tmp_path: Path, settings: Settings, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (a / "one.md").write_text("# One\nThe first document talks about umbrellas.")
+    (b / "two.md").write_text("# Two\nThe second document talks about bicycles.")
+    ingest([a], "default", settings, embedder, progress=False)
+    ingest([b], "default", settings, embedder, progress=False)  # b does not prune a's files
+    assert len(_index(settings, embedder)) == 2
+    (a / "one.md").unlink()
+    report = ingest([a, b], "default", settings, embedder, prune=False, progress=False)
+    assert report.removed == [] and len(_index(settings, embedder)) == 2
+    report = ingest([a, b], "default", settings, embedder, progress=False)
+    assert [Path(s).name for s in report.removed] == ["one.md"] and len(_index(settings, embedder)) == 1
+
+
+def test_nothing_indexable_is_an_error(tmp_path: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(IngestError, match="nothing could be indexed"):
+        ingest([tmp_path / "empty.txt", tmp_path / "missing"], "default", settings, embedder, progress=False)
+    assert current_version_dir(collection_dir(settings.collections_dir, "default")) is None
+
+
+def test_index_records_its_model_and_refuses_another(corpus: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    ingest([corpus], "default", settings, embedder, progress=False)
+    vdir = current_version_dir(collection_dir(settings.collections_dir, "default"))
+    assert vdir is not None
+    meta = json.loads((vdir / "meta.json").read_text())
+    assert (meta["embedding_model"], meta["dimension"]) == ("all-MiniLM-L6-v2", 384)
+    from rag.errors import IndexMismatchError
+
+    with pytest.raises(IndexMismatchError, match="re-ingest"):
+        CollectionIndex.load(settings.collections_dir, "default", model="other-model", dimension=768)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from ingest.runner import ingest
+from rag.embedder import SentenceTransformerEmbedder
+from rag.settings import Settings
+
+class DiesMidway(SentenceTransformerEmbedder):
+    def embed_batch(self, texts):
+        os.kill(os.getpid(), signal.SIGKILL)   # as if the machine lost power mid-run
+
+ingest([Path(sys.argv[1])], "default", Settings(data_dir=Path(sys.argv[2])), DiesMidway(), progress=False)
+"""
+
+
+def test_killed_run_leaves_previous_index_serving(corpus: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    first = ingest([corpus], "default", settings, embedder, progress=False)
+    (corpus / "new-article.md").write_text("# Store cards\nStore cards give 10% off every Tuesday.")
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(KILL_SCRIPT), str(corpus), str(settings.data_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    index = _index(settings, embedder)  # still loads, still the first version
+    assert index.version == first.version and len(index) == first.chunks_total
+    # The next run clears the half-written version and finishes the job.
+    report = ingest([corpus], "default", settings, embedder, progress=False)
+    assert [Path(s).name for s in report.indexed] == ["new-article.md"]
+    cdir = collection_dir(settings.collections_dir, "default")
+    assert len(list(cdir.glob("v[0-9]*"))) == 2  # the live version and the one before it
+
+
+def test_failed_run_keeps_previous_chunks_of_a_file_that_became_unreadable(
+    corpus: Path,
+    settings: Settings,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    ingest([corpus], "default", settings, embedder, progress=False)
+    (corpus / "gift-cards.txt").write_bytes(b"\x00\x00 corrupted on disk")
+    report = ingest([corpus], "default", settings, embedder, progress=False)
+    assert [Path(s).name for s, _ in report.failed] == ["gift-cards.txt"]
+    assert _top(settings, embedder, "do gift cards expire") == "gift-cards.txt"

@@ -1,0 +1,73 @@
+"""The embedded default backend, for real: llama.cpp running the GGUF models shipped on PyPI."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag.generators import GenerationRequest
+from rag.generators.llamacpp import LlamaCppGenerator
+from rag.pipeline import build_pipeline
+from rag.prompts import COMPLETION_STOP, chat_messages, completion_prompt
+from serving.app import create_app
+
+from .conftest import make_settings
+from .servers import running_server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma_url(example_data_dir: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    settings = make_settings(example_data_dir, backend="llamacpp", llamacpp_model="gemma3-270m")
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        yield url
+
+
+def test_gemma_answers_over_http_from_the_cited_document(gemma_url: str) -> None:
+    response = httpx.post(
+        f"{gemma_url}/v1/query", json={"question": "How long is the password reset link valid?"}, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["backend"] == "llamacpp:gemma3-270m"
+    assert "30 minutes" in body["answer"]
+    assert "\n" not in body["answer"]  # the stop sequence ends the answer line
+    assert body["citations"][0]["document_id"] == "password-reset.html"
+    assert body["timings_ms"]["generate"] > 0
+
+    again = httpx.post(
+        f"{gemma_url}/v1/query", json={"question": "How long is the password reset link valid?"}, timeout=60
+    )
+    assert again.json()["cache"]["kind"] == "exact" and again.json()["answer"] == body["answer"]
+
+
+async def test_smollm2_chat_model_generates_through_its_chat_template(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from rag.index import CollectionIndex
+
+    index = CollectionIndex.load(
+        make_settings(example_data_dir).collections_dir, "default", model=embedder.name, dimension=384
+    )
+    question = "Which cards do you accept?"
+    chunks = index.search(embedder.embed_batch([question])[0], 2)
+    gen = LlamaCppGenerator("smollm2-135m", n_ctx=2048)
+    try:
+        assert gen.prompt_style == "chat"
+        out = await gen.generate(GenerationRequest(question, chunks, chat_messages(question, chunks), max_tokens=24))
+        assert out.text and out.completion_tokens and out.completion_tokens <= 24
+    finally:
+        await gen.aclose()
+
+
+def test_prompt_puts_fixed_prefix_first_and_context_then_question_last(example_data_dir: Path) -> None:
+    from rag.index import RetrievedChunk
+
+    chunk = RetrievedChunk(1, "d", "s", "Title", 0, "Body text.", 0.9)
+    a = completion_prompt("First question?", [chunk])
+    b = completion_prompt("Second question?", [chunk])
+    prefix = a[: a.index("Context:\n[1] Title")]
+    assert b.startswith(prefix) and "I don't know from these documents." in prefix
+    assert a.endswith("Question: First question?\nAnswer:") and COMPLETION_STOP == ["\n"]
+    assert completion_prompt("q", [chunk], shots="zero").count("Answer:") == 1
+    assert completion_prompt("q", [chunk], shots="one").count("Answer:") == 2
