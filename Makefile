@@ -19,7 +19,7 @@ WHEELHOUSE ?= $(HOME)/.cache/rag-service/wheels/llama-cpp-python-$(LLAMA_VERSION
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint typecheck clean
+.PHONY: install run test test-fast lint typecheck docs clean
 
 install: $(VENV)/.installed
 
@@ -63,6 +63,9 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+docs: install
+	$(BIN)/rag settings --readme README.md
 
 clean:
 	rm -rf $(VENV) .rag .pytest_cache .mypy_cache .ruff_cache

@@ -113,18 +113,65 @@ def ask(
     typer.secho(f"{status}, {answer.timings_ms['total']:.0f} ms", dim=True, err=True)
 
 
+eval_app = typer.Typer(no_args_is_help=True, help="Measure quality and speed on a data set.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("answers")
+def eval_answers(
+    data: Annotated[
+        Optional[Path], typer.Option(help="Folder with corpus.jsonl + qa.jsonl (shared/data shape).")
+    ] = None,
+    corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus files/folders (instead of --data).")] = None,
+    qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl (instead of --data).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Ask a fixed random sample of this many questions.")] = 100,
+    backend: Backend = None,
+    model: Annotated[Optional[str], typer.Option(help="llama.cpp model [env RAG_LLAMACPP_MODEL].")] = None,
+    shots: Annotated[Optional[str], typer.Option(help="zero, one or few [env RAG_SHOTS].")] = None,
+    out: Annotated[Path, typer.Option(help="Where per-question results go.")] = Path("eval/results"),
+) -> None:
+    """Answer quality (gold answer contained, token F1, gold passage cited) and latency."""
+    from eval.answers import evaluate_answers, format_summary, write_results
+    from eval.data import load_qa, resolve_dataset
+
+    settings = _settings(backend=backend, llamacpp_model=model, shots=shots)
+    if data is not None:
+        corpus_paths, qa_path = resolve_dataset(data)
+    elif corpus and qa:
+        corpus_paths, qa_path = corpus, qa
+    else:
+        _fail("give --data DIR, or --corpus PATH and --qa FILE")
+        return
+    items = load_qa(qa_path, limit)
+    result = evaluate_answers(corpus_paths, items, settings)
+    typer.echo(format_summary(result["summary"]))
+    name = result["summary"]["backend"].replace(":", "-") + f"-{settings.shots}"
+    typer.echo(f"per-question results: {write_results(result, out, name)}")
+
+
 @app.command("settings")
-def show_settings() -> None:
+def show_settings(
+    readme: Annotated[
+        Optional[Path], typer.Option(help="Rewrite the table between the settings markers of this file.")
+    ] = None,
+) -> None:
     """List every setting with its environment variable, default and meaning (Markdown)."""
-    typer.echo(settings_table())
+    if readme is None:
+        typer.echo(settings_table())
+        return
+    text = readme.read_text()
+    start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{start}{settings_table()}\n{end}{tail}")
 
 
 def settings_table() -> str:
     rows = ["| env | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.default
-        shown = "" if default is None else (default.as_posix() if isinstance(default, Path) else str(default))
-        rows.append(f"| `RAG_{name.upper()}` | `{shown}` | {field.description or ''} |")
+        shown = "unset" if default is None else f"`{default.as_posix() if isinstance(default, Path) else default}`"
+        rows.append(f"| `RAG_{name.upper()}` | {shown} | {field.description or ''} |")
     return "\n".join(rows)
 
 

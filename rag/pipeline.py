@@ -11,9 +11,12 @@ from typing import Any
 
 from cache import SemanticCache
 
+from . import __version__
+from .compress import best_sentences, compress
 from .embedder import Embedder
 from .errors import BackendUnavailableError, InvalidRequestError, RagError
 from .generators import GenerationRequest, Generator
+from .grounding import unsupported_numbers
 from .index import CollectionIndex, RetrievedChunk, collection_dir, current_version_dir
 from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
 from .settings import Settings
@@ -52,6 +55,8 @@ class Answer:
     collection: str
     backend: str
     usage: dict[str, Any] = field(default_factory=dict)
+    grounded: bool = True
+    """False when the model's answer failed the grounding check and extracted sentences replaced it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +76,7 @@ class Pipeline:
         self.cache = cache if settings.cache_enabled else None
         self._indexes: dict[str, CollectionIndex] = {}
         self._index_lock = threading.Lock()
-        self._prompt_version = prompt_version(settings.shots)
+        self._prompt_version = prompt_version(settings.shots, settings.context_sentences)
 
     def get_index(self, collection: str) -> CollectionIndex:
         """The live version of a collection, reloaded when an ingest run has switched it."""
@@ -99,7 +104,9 @@ class Pipeline:
         return question
 
     def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
-        return f"{index.name}|{index.version}|{self._prompt_version}|{self.generator.name}|{top_k}"
+        """Answers are shared only between requests that would have produced the same one:
+        same content (index version), prompt, generator, top-k and release of this code."""
+        return f"{index.name}|{index.version}|{self._prompt_version}|{self.generator.name}|{top_k}|{__version__}"
 
     async def answer(self, question: str, collection: str | None = None, top_k: int | None = None) -> Answer:
         started = time.perf_counter()
@@ -148,7 +155,13 @@ class Pipeline:
             return done(NO_ANSWER, [], CacheStatus(), {})
 
         t = time.perf_counter()
-        request = self._request(question, chunks)
+        if self.generator.prompt_style != "none":  # an LLM reads only the best sentences
+            context = compress(question, chunks, self.settings.context_sentences)
+            used = {c.id for c in context}
+            chunks = [c for c in chunks if c.id in used]
+        else:
+            context = chunks
+        request = self._request(question, context)
         try:
             generation = await self.generator.generate(request)
         except RagError:
@@ -157,12 +170,18 @@ class Pipeline:
             raise BackendUnavailableError(f"backend {self.generator.name} failed: {exc}") from exc
         timings["generate"] = (time.perf_counter() - t) * 1000
         text = generation.text.strip() or NO_ANSWER
+        grounded = True
+        if self.generator.prompt_style != "none" and unsupported_numbers(text, " ".join(c.text for c in context)):
+            grounded = False
+            text = " ".join(s for _, _, s in best_sentences(question, context, 2)) or NO_ANSWER
         citations = [] if text == NO_ANSWER else [Citation.from_chunk(c) for c in chunks]
         if self.cache is not None:
             payload = {"answer": text, "citations": [asdict(c) for c in citations]}
             self.cache.put(scope, question, vector, payload)
         usage = {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens}
-        return done(text, citations, CacheStatus(), usage)
+        answer = done(text, citations, CacheStatus(), usage)
+        answer.grounded = grounded
+        return answer
 
     def _request(self, question: str, chunks: list[RetrievedChunk]) -> GenerationRequest:
         style = self.generator.prompt_style

@@ -32,22 +32,24 @@ INSTRUCTIONS = (
     f"exactly: {NO_ANSWER}"
 )
 
+# Worked examples from a domain no customer's documents will share (a city library), so
+# the model learns the format without copying the examples' facts into real answers.
 EXAMPLES: list[dict[str, str]] = [
     {
-        "context": "[1] Shipping rates\nOrders ship within 2 business days. Express shipping costs $12 "
-        "and arrives the next business day.",
-        "question": "How much is express shipping?",
-        "answer": "Express shipping costs $12 and arrives the next business day.",
+        "context": "[1] Borrowing books\nMembers can borrow up to 8 books at a time. "
+        "Books are lent for 3 weeks and can be renewed twice online.",
+        "question": "How long can I keep a book?",
+        "answer": "Books are lent for 3 weeks and can be renewed twice online.",
     },
     {
-        "context": "[1] Account settings\nYou can change the email address of your account under "
-        "Settings > Profile. The change takes effect immediately.",
-        "question": "where can i update my email",
-        "answer": "You can change your email address under Settings > Profile.",
+        "context": "[1] Library cards\nA lost library card is replaced at any front desk. "
+        "Bring photo ID; the replacement costs 2 euros.",
+        "question": "i lost my card what do i do",
+        "answer": "Bring photo ID to any front desk; a replacement card costs 2 euros.",
     },
     {
-        "context": "[1] Store hours\nOur stores open at 9am and close at 6pm on weekdays.",
-        "question": "Do you offer gift wrapping?",
+        "context": "[1] Opening hours\nThe central library opens at 9am and closes at 8pm on weekdays.",
+        "question": "Can I print documents at the library?",
         "answer": NO_ANSWER,
     },
 ]
@@ -100,7 +102,9 @@ def _as_openai(message: BaseMessage) -> dict[str, str]:
     return {"role": role, "content": str(message.content)}
 
 
-def prompt_version(shots: ShotMode) -> str:
-    """Changes whenever the instructions, examples or layout do; part of the cache scope."""
-    blob = json.dumps([INSTRUCTIONS, EXAMPLES[: SHOTS[shots]], _COMPLETION_SUFFIX, _CHAT_USER, shots])
+def prompt_version(shots: ShotMode, context_sentences: int = 0) -> str:
+    """Changes whenever the instructions, examples or context do; part of the cache scope."""
+    blob = json.dumps(
+        [INSTRUCTIONS, EXAMPLES[: SHOTS[shots]], _COMPLETION_SUFFIX, _CHAT_USER, shots, context_sentences]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     top_k: int = Field(default=4, ge=1, le=50)
     """Chunks retrieved for a question."""
 
+    context_sentences: int = Field(default=3, ge=0, le=50)
+    """Sentences of the retrieved chunks an LLM is shown (best matches first); 0 shows whole chunks."""
+
     min_relevance: float = Field(default=0.25, ge=-1.0, le=1.0)
     """Cosine score under which a retrieved chunk is ignored; no chunk left means "I don't know"."""
 

@@ -51,5 +51,5 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     for name, field in Settings.model_fields.items():
         assert field.description, f"setting {name} has no docstring"
-        assert f"RAG_{name.upper()}" in readme, f"RAG_{name.upper()} missing from README (run `rag settings`)"
-    assert settings_table() in readme, "README settings table is stale - paste the output of `rag settings`"
+        assert f"RAG_{name.upper()}" in readme, f"RAG_{name.upper()} missing from README - run `make docs`"
+    assert settings_table() in readme, "README settings table is stale - run `make docs`"

@@ -1,0 +1,46 @@
+from rag.compress import best_sentences, compress, split_sentences
+from rag.grounding import unsupported_numbers
+from rag.index import RetrievedChunk
+
+
+def _chunk(i: int, text: str) -> RetrievedChunk:
+    return RetrievedChunk(i, f"doc{i}", f"/src/{i}", f"Title {i}", 0, text, 0.9 - i / 10)
+
+
+def test_sentences_split_on_ends_blank_lines_and_list_items_but_not_wrapped_lines() -> None:
+    text = (
+        "# A heading that is long enough\n\nThe first sentence is\nhard-wrapped here. The **second** one is bold!"
+        "\n- a list item that is long\n\nShort."
+    )
+    assert split_sentences(text) == [
+        "A heading that is long enough",
+        "The first sentence is hard-wrapped here.",
+        "The second one is bold!",
+        "a list item that is long",
+    ]  # fragments under 20 characters ("Short.") carry no answer
+
+
+def test_best_sentences_pick_the_matching_fact_in_reading_order() -> None:
+    passages = [
+        _chunk(
+            0, "Returns are free in the UK. Refunds take 5 to 7 business days to appear. We inspect returns quickly."
+        ),
+        _chunk(1, "Gift cards never expire. Refunds for gift card orders go to a new gift card."),
+    ]
+    best = best_sentences("How long do refunds take?", passages, 2)
+    assert [s for _, _, s in best] == [
+        "Refunds take 5 to 7 business days to appear.",
+        "Refunds for gift card orders go to a new gift card.",
+    ]
+    compressed = compress("How long do refunds take?", passages, 1)
+    assert [(c.id, c.text) for c in compressed] == [(0, "Refunds take 5 to 7 business days to appear.")]
+    assert compress("anything", passages, 0) == passages  # 0 turns compression off
+
+
+def test_unsupported_numbers_catch_invented_figures_only() -> None:
+    context = "Refunds take 5 to 7 business days. Call 0800 123 4567. Standard delivery costs £4.95 or £1,000."
+    assert unsupported_numbers("Refunds take 5 to 7 business days.", context) == set()
+    assert unsupported_numbers("It costs £4.95; call 0800 123 4567.", context) == set()
+    assert unsupported_numbers("Orders over £1000 ship free.", context) == set()
+    assert unsupported_numbers("Refunds take 10 business days.", context) == {"10"}
+    assert unsupported_numbers("No figures at all.", context) == set()
