@@ -149,6 +149,22 @@ def eval_answers(
     typer.echo(f"per-question results: {write_results(result, out, name)}")
 
 
+@eval_app.command("latency")
+def eval_latency(
+    qa: Annotated[Path, typer.Option(help="qa.jsonl whose questions are sent.")],
+    url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8000",
+    collection: Collection = None,
+    limit: Annotated[Optional[int], typer.Option(help="Send a fixed random sample of this many questions.")] = 30,
+) -> None:
+    """p50/p95 latency over HTTP for cache misses, exact hits and semantic hits."""
+    from eval.data import load_qa
+    from eval.latency import measure_latency
+
+    summary = measure_latency(url, load_qa(qa, limit), collection or "default")
+    for kind, figures in summary.items():
+        typer.echo(f"{kind:>9}: n={figures['n']:<4} p50 {figures['p50_ms']:.1f} ms   p95 {figures['p95_ms']:.1f} ms")
+
+
 @app.command("settings")
 def show_settings(
     readme: Annotated[

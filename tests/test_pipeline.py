@@ -1,0 +1,60 @@
+"""The query pipeline in-process: what reaches the generator, and what it does with the reply."""
+
+from pathlib import Path
+
+from rag.generators import Generation, GenerationRequest
+from rag.pipeline import Pipeline
+
+from .conftest import make_settings
+
+
+class ScriptedModel:
+    """Fault injection: a completion model that answers with a fixed text, recording its prompt."""
+
+    name = "scripted"
+    prompt_style = "completion"
+    can_stream = False
+    supports_prefix_cache = False
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        return Generation(text=self.reply, prompt_tokens=100, completion_tokens=8)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _pipeline(data_dir: Path, embedder, reply: str) -> tuple[Pipeline, ScriptedModel]:  # type: ignore[no-untyped-def]
+    model = ScriptedModel(reply)
+    return Pipeline(make_settings(data_dir, cache_enabled=False), embedder, model), model
+
+
+async def test_llm_sees_the_best_sentences_and_cites_their_chunks(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    pipeline, model = _pipeline(example_data_dir, embedder, "Refunds take 5 to 7 business days.")
+    answer = await pipeline.answer("How long do refunds take?")
+    prompt = model.requests[0].prompt
+    assert isinstance(prompt, str) and prompt.endswith("Question: How long do refunds take?\nAnswer:")
+    assert "5 to 7 business days to appear on your statement" in prompt
+    assert "**" not in prompt.split("Context:")[-1]  # markdown emphasis is stripped for the model
+    assert model.requests[0].stop == ["\n"]
+    assert answer.answer == "Refunds take 5 to 7 business days." and answer.grounded
+    assert answer.citations[0].document_id == "returns-and-refunds.md"
+    assert {c.id for c in answer.citations} == {p.id for p in model.requests[0].passages}
+
+
+async def test_answer_with_an_invented_figure_falls_back_to_the_passage(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    pipeline, _ = _pipeline(example_data_dir, embedder, "Refunds are processed within 10 business days.")
+    answer = await pipeline.answer("How long do refunds take?")
+    assert not answer.grounded
+    assert "10 business days" not in answer.answer and "5 to 7 business days" in answer.answer
+
+
+async def test_irrelevant_question_never_reaches_the_model(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    pipeline, model = _pipeline(example_data_dir, embedder, "Paris.")
+    answer = await pipeline.answer("What is the boiling point of mercury in kelvin?")
+    assert answer.answer == "I don't know from these documents." and answer.citations == []
+    assert model.requests == []
