@@ -8,7 +8,10 @@ are never served again.
 
 Each process keeps one in-memory FAISS index per scope and catches up with entries other
 processes added by reading a per-scope sequence counter that diskcache increments
-atomically: no index files to lock or merge.
+atomically: no index files to lock or merge. Counters live in a store that never evicts,
+and every hit is checked against the entry it returns (same normalised question for an
+exact hit, stored vector still above the threshold for a semantic one), so an evicted or
+replaced entry can cost a miss but never serve another question's answer.
 
 >>> cache = SemanticCache(tmp_path, dimension=384, threshold=0.9)      # doctest: +SKIP
 >>> cache.put("scope", "How do I reset my password?", vector, {"answer": "..."})
@@ -23,6 +26,7 @@ import re
 import threading
 import time
 import unicodedata
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +58,9 @@ class _ScopeIndex:
         import faiss
 
         self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-        self.seen = 0  # highest sequence number loaded from diskcache
+        self.seen = 0  # highest sequence number looked at
+        self.pending: set[int] = set()  # numbers taken whose entry was not there yet
+        self.epoch: object = None  # changes when the cache is cleared: numbering restarts
 
 
 class SemanticCache:
@@ -69,9 +75,11 @@ class SemanticCache:
         self.dimension = dimension
         self.threshold = threshold
         self.ttl_s = ttl_s
+        directory = Path(directory)
         self._store = diskcache.Cache(
-            str(directory), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+            str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
         )
+        self._counters = diskcache.Cache(str(directory / "counters"), eviction_policy="none")
         self._scopes: dict[str, _ScopeIndex] = {}
         self._lock = threading.Lock()
 
@@ -81,9 +89,10 @@ class SemanticCache:
 
     def get_exact(self, scope: str, question: str) -> CacheHit | None:
         skey = self._scope_key(scope)
-        seq = self._store.get(f"x:{skey}:{normalize_question(question)}")
+        normalized = normalize_question(question)
+        seq = self._store.get(f"x:{skey}:{normalized}")
         entry = self._store.get(f"e:{skey}:{seq}") if seq is not None else None
-        if entry is None:
+        if entry is None or normalize_question(entry["question"]) != normalized:
             return None
         return CacheHit("exact", 1.0, entry["question"], entry["payload"])
 
@@ -99,8 +108,11 @@ class SemanticCache:
             if seq < 0 or score < self.threshold:
                 break
             entry = self._store.get(f"e:{skey}:{int(seq)}")
-            if entry is not None:  # evicted or expired entries are skipped
-                return CacheHit("semantic", float(score), entry["question"], entry["payload"])
+            if entry is None:  # evicted or expired
+                continue
+            stored = float(np.frombuffer(entry["vector"], dtype=np.float32) @ query[0])
+            if stored >= self.threshold:  # the entry is still the one the index holds
+                return CacheHit("semantic", stored, entry["question"], entry["payload"])
         return None
 
     def put(self, scope: str, question: str, vector: np.ndarray, payload: dict[str, Any]) -> None:
@@ -108,26 +120,34 @@ class SemanticCache:
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dimension:
             raise ValueError(f"vector has {vec.shape[0]} dimensions, the cache holds {self.dimension}")
-        seq = self._store.incr(f"seq:{skey}")
+        seq = self._counters.incr(f"seq:{skey}")
         entry = {"question": question, "vector": vec.tobytes(), "payload": payload, "created_at": time.time()}
         self._store.set(f"e:{skey}:{seq}", entry, expire=self.ttl_s)
         self._store.set(f"x:{skey}:{normalize_question(question)}", seq, expire=self.ttl_s)
 
     def _sync(self, skey: str) -> _ScopeIndex:
         sindex = self._scopes.get(skey)
-        if sindex is None:
+        latest = int(self._counters.get(f"seq:{skey}", 0))
+        epoch = self._counters.get("epoch")
+        if sindex is None or sindex.epoch != epoch:  # new here, or the cache was cleared since
             sindex = self._scopes[skey] = _ScopeIndex(self.dimension)
-        latest = int(self._store.get(f"seq:{skey}", 0))
-        if latest > sindex.seen:
-            ids, vectors = [], []
-            for seq in range(sindex.seen + 1, latest + 1):
-                entry = self._store.get(f"e:{skey}:{seq}")
-                if entry is not None:
-                    ids.append(seq)
-                    vectors.append(np.frombuffer(entry["vector"], dtype=np.float32))
-            if ids:
-                sindex.index.add_with_ids(np.vstack(vectors), np.asarray(ids, dtype=np.int64))
-            sindex.seen = latest
+            sindex.epoch = epoch
+        # A number taken by another process whose entry is not written yet is retried later.
+        wanted = sorted(sindex.pending) + list(range(sindex.seen + 1, latest + 1))
+        ids, vectors = [], []
+        for seq in wanted:
+            entry = self._store.get(f"e:{skey}:{seq}")
+            if entry is None:
+                sindex.pending.add(seq)
+            else:
+                sindex.pending.discard(seq)
+                ids.append(seq)
+                vectors.append(np.frombuffer(entry["vector"], dtype=np.float32))
+        if len(sindex.pending) > 64:  # long-missing numbers were evicted, not late
+            sindex.pending = set(sorted(sindex.pending)[-64:])
+        if ids:
+            sindex.index.add_with_ids(np.vstack(vectors), np.asarray(ids, dtype=np.int64))
+        sindex.seen = max(sindex.seen, latest)
         return sindex
 
     def __len__(self) -> int:
@@ -136,7 +156,10 @@ class SemanticCache:
     def clear(self) -> None:
         with self._lock:
             self._store.clear()
+            self._counters.clear()
+            self._counters.set("epoch", uuid.uuid4().hex)
             self._scopes.clear()
 
     def close(self) -> None:
         self._store.close()
+        self._counters.close()

@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,9 +120,12 @@ def ingest(
     started = time.perf_counter()
     report = IngestReport(collection=collection)
     cdir = collection_dir(settings.collections_dir, collection)
-    roots = [p.resolve() for p in paths]
-    for root in roots:
-        if not root.exists():
+    roots = []
+    for path in paths:
+        root = path.resolve()
+        if root.exists():
+            roots.append(root)
+        else:  # and never pruned: an unmounted folder must not empty the collection
             report.failed.append((str(root), "no such file or directory"))
 
     with _locked(cdir):
@@ -133,7 +136,7 @@ def ingest(
         try:
             db = sqlite3.connect(new_dir / CHUNKS_FILE)
             if current is not None:
-                with sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True) as old:
+                with closing(sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True)) as old:
                     old.backup(db)
                 index = faiss.read_index(str(current / INDEX_FILE))
                 meta = json.loads((current / META_FILE).read_text())
@@ -153,7 +156,10 @@ def ingest(
             seen: set[str] = set()
             files = [(root, path) for root, path in iter_files(roots) if path.exists()]
             for root, path in tqdm(files, desc="reading", unit="file", disable=_quiet(progress)):
-                source = str(path.resolve())
+                resolved = path.resolve()
+                source = str(resolved)
+                if source in seen:  # overlapping paths (docs docs/sub) or two links to one file
+                    continue
                 seen.add(source)
                 try:
                     data = path.read_bytes()
@@ -165,10 +171,13 @@ def ingest(
                     report.unchanged.append(source)
                     continue
                 try:
-                    rel = path.resolve().relative_to(root).as_posix() if root.is_dir() else path.name
-                    docs = load_file(path, data, document_id=rel)
+                    rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+                    docs = load_file(resolved, data, document_id=rel)
                 except DocumentError as exc:
                     report.failed.append((source, exc.message))
+                    continue
+                except Exception as exc:  # a parser's own failure on one odd file must not end the run
+                    report.failed.append((source, f"could not be read ({type(exc).__name__}: {exc})"))
                     continue
                 chunks = [c for doc in docs for c in chunker.split(doc)]
                 pending.append((source, sha, [d.document_id for d in docs], chunks))
@@ -276,3 +285,8 @@ def _fsync_dir(path: Path) -> None:
     for child in path.iterdir():
         with open(child, "rb") as fh:
             os.fsync(fh.fileno())
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -177,6 +177,8 @@ def show_settings(
         return
     text = readme.read_text()
     start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
+    if start not in text or end not in text:
+        _fail(f"{readme} has no {start.strip()} ... {end} markers")
     head, _, rest = text.partition(start)
     _, _, tail = rest.partition(end)
     readme.write_text(f"{head}{start}{settings_table()}\n{end}{tail}")

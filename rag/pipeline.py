@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from cache import SemanticCache
 
@@ -62,6 +66,37 @@ class Answer:
         return asdict(self)
 
 
+@dataclass
+class Prepared:
+    """A question made ready for generation (or already answered: ``result``)."""
+
+    question: str
+    collection: str
+    top_k: int
+    started: float
+    scope: str = ""
+    index: CollectionIndex | None = None
+    vector: np.ndarray | None = None
+    chunks: list[RetrievedChunk] = field(default_factory=list)
+    context: list[RetrievedChunk] = field(default_factory=list)
+    request: GenerationRequest | None = None
+    result: Answer | None = None
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
+    )
+
+
+@contextmanager
+def _backend_errors(name: str) -> Iterator[None]:
+    """The backend's own errors become one clear 503."""
+    try:
+        yield
+    except RagError:
+        raise
+    except Exception as exc:
+        raise BackendUnavailableError(f"backend {name} failed: {exc}") from exc
+
+
 class Pipeline:
     def __init__(
         self,
@@ -76,7 +111,16 @@ class Pipeline:
         self.cache = cache if settings.cache_enabled else None
         self._indexes: dict[str, CollectionIndex] = {}
         self._index_lock = threading.Lock()
-        self._prompt_version = prompt_version(settings.shots, settings.context_sentences)
+        # Everything that changes an answer for the same question and content.
+        self._answer_config = "-".join(
+            str(v)
+            for v in (
+                prompt_version(settings.shots, settings.context_sentences),
+                settings.max_tokens,
+                settings.temperature,
+                settings.min_relevance,
+            )
+        )
 
     def get_index(self, collection: str) -> CollectionIndex:
         """The live version of a collection, reloaded when an ingest run has switched it."""
@@ -106,82 +150,133 @@ class Pipeline:
     def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
         """Answers are shared only between requests that would have produced the same one:
         same content (index version), prompt, generator, top-k and release of this code."""
-        return f"{index.name}|{index.version}|{self._prompt_version}|{self.generator.name}|{top_k}|{__version__}"
+        return f"{index.name}|{index.version}|{self._answer_config}|{self.generator.name}|{top_k}|{__version__}"
 
-    async def answer(self, question: str, collection: str | None = None, top_k: int | None = None) -> Answer:
+    async def prepare(self, question: str, collection: str | None = None, top_k: int | None = None) -> Prepared:
+        """Everything before generation: validate, cache, embed, retrieve, build the prompt.
+
+        Raises for a bad request, so a streaming response can still answer it with a 4xx.
+        """
         started = time.perf_counter()
         question = self.validate_question(question)
         collection = collection or self.settings.collection
         top_k = top_k or self.settings.top_k
-        timings = {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
-        index = self.get_index(collection)
-        scope = self.cache_scope(index, top_k)
-
-        def done(answer: str, citations: list[Citation], status: CacheStatus, usage: dict[str, Any]) -> Answer:
-            timings["total"] = (time.perf_counter() - started) * 1000
-            return Answer(
-                answer=answer,
-                citations=citations,
-                cache=status,
-                timings_ms={k: round(v, 2) for k, v in timings.items()},
-                collection=collection,
-                backend=self.generator.name,
-                usage=usage,
-            )
+        prep = Prepared(question, collection, top_k, started)
+        index = prep.index = self.get_index(collection)
+        prep.scope = self.cache_scope(index, top_k)
 
         t = time.perf_counter()
-        hit = self.cache.get_exact(scope, question) if self.cache else None
-        timings["cache"] += (time.perf_counter() - t) * 1000
+        hit = self.cache.get_exact(prep.scope, question) if self.cache else None
+        prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is None:
             t = time.perf_counter()
-            vector = (await asyncio.to_thread(self.embedder.embed_batch, [question]))[0]
-            timings["embed"] = (time.perf_counter() - t) * 1000
+            prep.vector = (await asyncio.to_thread(self.embedder.embed_batch, [question]))[0]
+            prep.timings["embed"] = (time.perf_counter() - t) * 1000
             t = time.perf_counter()
-            hit = self.cache.get_similar(scope, vector) if self.cache else None
-            timings["cache"] += (time.perf_counter() - t) * 1000
+            hit = self.cache.get_similar(prep.scope, prep.vector) if self.cache else None
+            prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is not None:
-            payload = hit.payload
-            return done(
-                payload["answer"],
-                [Citation(**c) for c in payload["citations"]],
+            prep.result = self._done(
+                prep,
+                hit.payload["answer"],
+                [Citation(**c) for c in hit.payload["citations"]],
                 CacheStatus(True, hit.kind, round(hit.similarity, 4)),
-                {},
             )
+            return prep
 
+        assert prep.vector is not None  # embedded above: only an exact hit skips it
         t = time.perf_counter()
-        chunks = [c for c in index.search(vector, top_k) if c.score >= self.settings.min_relevance]
-        timings["retrieve"] = (time.perf_counter() - t) * 1000
+        chunks = [c for c in index.search(prep.vector, top_k) if c.score >= self.settings.min_relevance]
+        prep.timings["retrieve"] = (time.perf_counter() - t) * 1000
         if not chunks:
-            return done(NO_ANSWER, [], CacheStatus(), {})
-
-        t = time.perf_counter()
+            prep.result = self._done(prep, NO_ANSWER, [], CacheStatus())
+            return prep
         if self.generator.prompt_style != "none":  # an LLM reads only the best sentences
-            context = compress(question, chunks, self.settings.context_sentences)
-            used = {c.id for c in context}
-            chunks = [c for c in chunks if c.id in used]
+            prep.context = compress(question, chunks, self.settings.context_sentences)
+            used = {c.id for c in prep.context}
+            prep.chunks = [c for c in chunks if c.id in used]
         else:
-            context = chunks
-        request = self._request(question, context)
-        try:
-            generation = await self.generator.generate(request)
-        except RagError:
-            raise
-        except Exception as exc:  # the backend's own errors become one clear 503
-            raise BackendUnavailableError(f"backend {self.generator.name} failed: {exc}") from exc
-        timings["generate"] = (time.perf_counter() - t) * 1000
-        text = generation.text.strip() or NO_ANSWER
-        grounded = True
-        if self.generator.prompt_style != "none" and unsupported_numbers(text, " ".join(c.text for c in context)):
-            grounded = False
-            text = " ".join(s for _, _, s in best_sentences(question, context, 2)) or NO_ANSWER
-        citations = [] if text == NO_ANSWER else [Citation.from_chunk(c) for c in chunks]
-        if self.cache is not None:
-            payload = {"answer": text, "citations": [asdict(c) for c in citations]}
-            self.cache.put(scope, question, vector, payload)
+            prep.chunks = prep.context = chunks
+        prep.request = self._request(question, prep.context)
+        return prep
+
+    async def answer(self, question: str, collection: str | None = None, top_k: int | None = None) -> Answer:
+        prep = await self.prepare(question, collection, top_k)
+        return prep.result or await self._generate_prepared(prep)
+
+    async def stream(self, prep: Prepared) -> AsyncIterator[str | Answer]:
+        """Text pieces as the generator produces them, then the final Answer.
+
+        The final Answer is authoritative: if the streamed text fails the grounding check,
+        its ``answer`` holds the replacement and ``grounded`` is False.
+        """
+        if prep.result is not None:
+            yield prep.result.answer
+            yield prep.result
+            return
+        assert prep.request is not None
+        if not self.generator.can_stream:
+            answer = await self._generate_prepared(prep)
+            yield answer.answer
+            yield answer
+            return
+        t = time.perf_counter()
+        parts: list[str] = []
+        with _backend_errors(self.generator.name):
+            async for piece in self.generator.stream(prep.request):  # type: ignore[attr-defined]
+                if not parts:
+                    prep.timings["first_token"] = (time.perf_counter() - t) * 1000
+                parts.append(piece)
+                yield piece
+        prep.timings["generate"] = (time.perf_counter() - t) * 1000
+        yield self._finish(prep, "".join(parts), {})
+
+    async def _generate_prepared(self, prep: Prepared) -> Answer:
+        assert prep.request is not None
+        t = time.perf_counter()
+        with _backend_errors(self.generator.name):
+            generation = await self.generator.generate(prep.request)
+        prep.timings["generate"] = (time.perf_counter() - t) * 1000
         usage = {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens}
-        answer = done(text, citations, CacheStatus(), usage)
+        return self._finish(prep, generation.text, usage)
+
+    def _finish(self, prep: Prepared, text: str, usage: dict[str, Any]) -> Answer:
+        text = text.strip() or NO_ANSWER
+        grounded = True
+        context_text = " ".join(c.text for c in prep.context)
+        if self.generator.prompt_style != "none" and unsupported_numbers(text, context_text):
+            grounded = False
+            text = " ".join(s for _, _, s in best_sentences(prep.question, prep.context, 2)) or NO_ANSWER
+        citations = [] if text == NO_ANSWER else [Citation.from_chunk(c) for c in prep.chunks]
+        if self.cache is not None and prep.vector is not None:
+            payload = {"answer": text, "citations": [asdict(c) for c in citations]}
+            # The scope again, for the same index version: a backend may have learnt its
+            # model name during this request.
+            assert prep.index is not None
+            scope = self.cache_scope(prep.index, prep.top_k)
+            self.cache.put(scope, prep.question, prep.vector, payload)
+        answer = self._done(prep, text, citations, CacheStatus(), usage)
         answer.grounded = grounded
         return answer
+
+    def _done(
+        self,
+        prep: Prepared,
+        text: str,
+        citations: list[Citation],
+        status: CacheStatus,
+        usage: dict[str, Any] | None = None,
+    ) -> Answer:
+        prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
+        return Answer(
+            answer=text,
+            citations=citations,
+            cache=status,
+            timings_ms={k: round(v, 2) for k, v in prep.timings.items()},
+            collection=prep.collection,
+            backend=self.generator.name,
+            usage=usage or {},
+        )
 
     def _request(self, question: str, chunks: list[RetrievedChunk]) -> GenerationRequest:
         style = self.generator.prompt_style

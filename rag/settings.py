@@ -38,6 +38,33 @@ class Settings(BaseSettings):
     llamacpp_ctx: int = Field(default=2048, ge=512)
     """llama.cpp context window in tokens."""
 
+    vllm_url: str = "http://127.0.0.1:8100"
+    """Base URL of the vLLM server; several comma-separated URLs are replicas."""
+
+    vllm_model: str | None = None
+    """Model name served by vLLM; unset means the first one its /v1/models lists."""
+
+    vllm_api: Literal["completions", "chat"] = "completions"
+    """vLLM endpoint: `completions` (base models, few-shot prompt) or `chat` (instruction models)."""
+
+    vllm_api_key: str | None = None
+    """Bearer token for a vLLM server started with --api-key."""
+
+    vllm_max_connections: int = Field(default=64, ge=1)
+    """HTTP connections kept to vLLM: the most requests in flight at once."""
+
+    vllm_connect_timeout_s: float = Field(default=3.0, gt=0)
+    """Seconds to connect to a vLLM replica before trying another."""
+
+    vllm_first_token_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds to wait for the first (and each next) token before the replica counts as failed."""
+
+    vllm_total_timeout_s: float = Field(default=300.0, gt=0)
+    """Seconds one answer may take in all."""
+
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    """Sampling temperature; 0 is greedy (the same question gets the same answer)."""
+
     max_tokens: int = Field(default=96, ge=1, le=2048)
     """Most tokens generated for one answer."""
 

@@ -16,6 +16,7 @@ from rag.settings import Settings
 
 from .errors import error_response, install_error_handlers
 from .schemas import ErrorResponse, QueryRequest, QueryResponse
+from .streaming import EventSourceResponse, sse_events
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 409, 503)}
 
@@ -43,8 +44,13 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     install_error_handlers(app)
 
     @app.post("/v1/query", response_model=QueryResponse, responses=_ERRORS)
-    async def query(body: QueryRequest, request: Request) -> dict[str, Any]:
+    async def query(body: QueryRequest, request: Request) -> Any:
         pipe: Pipeline = request.app.state.pipeline
+        if body.stream:
+            # Bad requests still get a plain 4xx: everything that can fail on the request
+            # itself happens before the stream starts.
+            prep = await pipe.prepare(body.question, body.collection, body.top_k)
+            return EventSourceResponse(sse_events(pipe, prep))
         answer = await pipe.answer(body.question, body.collection, body.top_k)
         return answer.to_dict()
 

@@ -9,8 +9,16 @@ class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(description="The customer's question.")
-    collection: str = Field(default="default", description="Which document collection to answer from.")
+    collection: str | None = Field(
+        default=None,
+        description="Which document collection to answer from; the server default (RAG_COLLECTION) if unset.",
+    )
     top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to retrieve; the server default if unset.")
+    stream: bool = Field(
+        default=False,
+        description="Answer as Server-Sent Events: `token` events as text arrives, then one `done` event "
+        "with the whole response (its `answer` is authoritative), or an `error` event.",
+    )
 
 
 class CitationOut(BaseModel):
@@ -34,6 +42,7 @@ class TimingsOut(BaseModel):
     retrieve: float
     generate: float
     total: float
+    first_token: float | None = None
 
 
 class QueryResponse(BaseModel):

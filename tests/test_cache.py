@@ -76,3 +76,16 @@ def test_wrong_dimension_is_refused(tmp_path: Path) -> None:
     cache = SemanticCache(tmp_path, dimension=384)
     with pytest.raises(ValueError, match="384"):
         cache.put("s", "q", np.zeros(10, dtype=np.float32), {})
+
+
+def test_a_replaced_entry_is_never_served_for_another_question(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    reader = SemanticCache(tmp_path, dimension=384)
+    writer = SemanticCache(tmp_path, dimension=384)
+    q1, q2 = "Do gift cards expire?", "How do I reset my password?"
+    writer.put("s", q1, _vec(embedder, q1), {"answer": "never"})
+    assert reader.get_similar("s", _vec(embedder, q1)) is not None  # the reader indexed entry 1
+    writer.clear()  # numbering starts again: entry 1 is now another question
+    writer.put("s", q2, _vec(embedder, q2), {"answer": "use the link"})
+    assert reader.get_similar("s", _vec(embedder, q1)) is None
+    hit = reader.get_similar("s", _vec(embedder, q2))
+    assert hit is not None and hit.payload == {"answer": "use the link"}

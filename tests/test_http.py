@@ -34,7 +34,7 @@ def test_answer_cites_the_document_that_holds_it(base_url: str) -> None:
     assert set(citation) == {"id", "document_id", "source", "title", "text", "score"}
     assert citation["title"] == "Resetting your password" and citation["source"].endswith("password-reset.html")
     assert body["cache"] == {"hit": False, "kind": None, "similarity": None}
-    assert set(body["timings_ms"]) == {"embed", "cache", "retrieve", "generate", "total"}
+    assert {"embed", "cache", "retrieve", "generate", "total"} <= set(body["timings_ms"])
 
 
 def test_same_question_again_is_an_exact_hit(base_url: str) -> None:

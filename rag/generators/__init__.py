@@ -22,7 +22,14 @@ def _extractive(settings):  # type: ignore[no-untyped-def]
     return ExtractiveGenerator()
 
 
+def _vllm(settings):  # type: ignore[no-untyped-def]
+    from .vllm import VLLMGenerator
+
+    return VLLMGenerator.from_settings(settings)
+
+
 register_generator("llamacpp", _llamacpp)
+register_generator("vllm", _vllm)
 register_generator("extractive", _extractive)
 
 __all__ = [

@@ -110,5 +110,6 @@ class LlamaCppGenerator:
         return await loop.run_in_executor(self._executor, self._run, request)
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False)
+        # Let a generation in progress finish before the model's memory is freed.
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
         self._llm.close()

@@ -1,0 +1,187 @@
+"""The production backend: one or more vLLM servers over their OpenAI-compatible API.
+
+vLLM's continuous batching and paged attention give the throughput only when many requests
+are in flight, so nothing here serialises: one pooled async HTTP client, every request
+streamed, each routed to the least-loaded healthy replica. A replica that refuses, times
+out or answers 5xx is marked down with exponential backoff and probed back in; a request
+that failed before its first token is retried once on another replica.
+
+Generation is always streamed from vLLM, even for a plain answer: the read timeout then
+bounds the wait for each token (the first included), a total deadline bounds the whole
+answer, and closing the stream (a client that went away) aborts the request in vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from ..errors import BackendUnavailableError, RagError
+from .base import Generation, GenerationRequest, PromptStyle
+from .replicas import Replica, ReplicaPool
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+
+class _ReplicaFailed(Exception):
+    """This replica could not serve the request; another one may."""
+
+
+class VLLMGenerator:
+    can_stream = True
+    supports_prefix_cache = True
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        model: str | None = None,
+        api: str = "completions",
+        max_connections: int = 64,
+        connect_timeout_s: float = 3.0,
+        first_token_timeout_s: float = 60.0,
+        total_timeout_s: float = 300.0,
+        temperature: float = 0.0,
+        api_key: str | None = None,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self.pool = ReplicaPool(urls, backoff_s=backoff_s)
+        self.prompt_style: PromptStyle = "chat" if api == "chat" else "completion"
+        self.temperature = temperature
+        self.total_timeout_s = total_timeout_s
+        self._model = model
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            timeout=httpx.Timeout(first_token_timeout_s, connect=connect_timeout_s),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VLLMGenerator:
+        return cls(
+            [u.strip() for u in settings.vllm_url.split(",") if u.strip()],
+            model=settings.vllm_model,
+            api=settings.vllm_api,
+            max_connections=settings.vllm_max_connections,
+            connect_timeout_s=settings.vllm_connect_timeout_s,
+            first_token_timeout_s=settings.vllm_first_token_timeout_s,
+            total_timeout_s=settings.vllm_total_timeout_s,
+            temperature=settings.temperature,
+            api_key=settings.vllm_api_key,
+        )
+
+    @property
+    def name(self) -> str:
+        return f"vllm:{self._model or 'auto'}"
+
+    async def _model_name(self, replica: Replica) -> str:
+        if self._model is None:  # the first model the server lists
+            response = await self._client.get(f"{replica.url}/v1/models")
+            if response.status_code >= 400:
+                raise _ReplicaFailed(f"GET /v1/models answered {response.status_code}")
+            self._model = str(response.json()["data"][0]["id"])
+        return self._model
+
+    def _payload(self, request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {
+            "model": model,
+            "max_tokens": request.max_tokens,
+            "temperature": self.temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.stop:
+            body["stop"] = request.stop
+        if self.prompt_style == "chat":
+            return "/v1/chat/completions", {**body, "messages": request.prompt}
+        return "/v1/completions", {**body, "prompt": request.prompt}
+
+    async def _attempt(self, replica: Replica, request: GenerationRequest, info: dict[str, Any]) -> AsyncIterator[str]:
+        deadline = time.monotonic() + self.total_timeout_s
+        model = await self._model_name(replica)
+        path, body = self._payload(request, model)
+        async with aconnect_sse(self._client, "POST", replica.url + path, json=body) as source:
+            response = source.response
+            if response.status_code >= 500:
+                raise _ReplicaFailed(f"{path} answered {response.status_code}")
+            if response.status_code >= 400:  # our request is wrong for this server: retrying won't help
+                detail = (await response.aread()).decode(errors="replace")[:500]
+                raise BackendUnavailableError(f"vLLM refused the request ({response.status_code}): {detail}")
+            async for event in source.aiter_sse():
+                if event.data == "[DONE]":
+                    break
+                chunk = json.loads(event.data)
+                if chunk.get("usage"):
+                    info["usage"] = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    if choice.get("finish_reason"):
+                        info["finish_reason"] = choice["finish_reason"]
+                    text = (
+                        choice.get("text")
+                        if self.prompt_style == "completion"
+                        else (choice.get("delta") or {}).get("content")
+                    )
+                    if text:
+                        yield text
+                if time.monotonic() > deadline:
+                    raise BackendUnavailableError(f"vLLM answer took longer than {self.total_timeout_s:.0f} s")
+
+    async def _stream(self, request: GenerationRequest, info: dict[str, Any]) -> AsyncIterator[str]:
+        tried: set[str] = set()
+        errors: list[str] = []
+        for _ in range(2):  # the request itself is retried once, on another replica
+            try:
+                replica = self.pool.pick(exclude=tried)
+            except BackendUnavailableError:
+                if errors:
+                    break
+                raise
+            tried.add(replica.url)
+            streamed = False
+            try:
+                with self.pool.track(replica):
+                    async for piece in self._attempt(replica, request, info):
+                        streamed = True
+                        yield piece
+                self.pool.mark_ok(replica)
+                return
+            except (httpx.TransportError, _ReplicaFailed, json.JSONDecodeError) as exc:
+                self.pool.mark_failed(replica)
+                errors.append(f"{replica.url}: {type(exc).__name__} {exc}".strip())
+                if streamed:  # tokens already went out: a retry would repeat them
+                    raise BackendUnavailableError(f"vLLM failed mid-answer ({errors[-1]})") from exc
+            except RagError:
+                self.pool.mark_ok(replica)  # the replica answered; the request was the problem
+                raise
+            except BaseException:  # cancelled (client went away): no verdict on the replica
+                replica.probing = False
+                raise
+        raise BackendUnavailableError("vLLM unavailable - " + "; ".join(errors))
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
+        async for piece in self._stream(request, {}):
+            yield piece
+
+    async def generate(self, request: GenerationRequest) -> Generation:
+        info: dict[str, Any] = {}
+        text = "".join([piece async for piece in self._stream(request, info)])
+        usage = info.get("usage") or {}
+        return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"), info.get("finish_reason"))
+
+    async def ready(self) -> bool:
+        for replica in self.pool.replicas:
+            try:
+                if (await self._client.get(f"{replica.url}/health", timeout=2.0)).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                continue
+        return False
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,36 @@
+"""Server-Sent Events for ``POST /v1/query`` with ``"stream": true``.
+
+Events: ``token`` (``{"text": ...}``) as the answer is generated, then exactly one of
+``done`` (the whole QueryResponse: answer, citations, cache status, timings) or ``error``
+(the one error body). When the client disconnects, sse-starlette cancels this generator,
+which closes the upstream stream and so aborts the request in vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sse_starlette import EventSourceResponse
+
+from rag.errors import RagError
+from rag.pipeline import Answer, Pipeline, Prepared
+
+__all__ = ["EventSourceResponse", "sse_events"]
+
+
+def _error_event(message: str, type_: str, code: str | None) -> dict[str, Any]:
+    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
+    return {"event": "error", "data": json.dumps(body)}
+
+
+async def sse_events(pipeline: Pipeline, prep: Prepared) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for item in pipeline.stream(prep):
+            if isinstance(item, Answer):
+                yield {"event": "done", "data": json.dumps(item.to_dict(), ensure_ascii=False)}
+            else:
+                yield {"event": "token", "data": json.dumps({"text": item}, ensure_ascii=False)}
+    except RagError as exc:
+        yield _error_event(exc.message, exc.type, exc.code)
