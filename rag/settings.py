@@ -62,6 +62,24 @@ class Settings(BaseSettings):
     vllm_total_timeout_s: float = Field(default=300.0, gt=0)
     """Seconds one answer may take in all."""
 
+    vllm_engine_model: str | None = None
+    """Model folder or id for the in-process `vllm-engine` backend (a GPU host with vllm installed)."""
+
+    vllm_engine_gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """`vllm-engine`: share of GPU memory vLLM may take for weights and KV cache."""
+
+    vllm_engine_tensor_parallel_size: int = Field(default=1, ge=1)
+    """`vllm-engine`: GPUs one model is split across."""
+
+    vllm_engine_quantization: str | None = None
+    """`vllm-engine`: quantization method (awq, gptq, fp8, ...); unset uses the model's own."""
+
+    vllm_engine_enable_prefix_caching: bool = True
+    """`vllm-engine`: reuse KV blocks of shared prompt prefixes (the fixed instructions and examples)."""
+
+    vllm_engine_max_num_seqs: int = Field(default=256, ge=1)
+    """`vllm-engine`: most sequences batched at once."""
+
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     """Sampling temperature; 0 is greedy (the same question gets the same answer)."""
 

@@ -202,3 +202,22 @@ def test_replica_pool_prefers_least_loaded_and_probes_after_backoff() -> None:
     assert pool.pick() is probe and probe.healthy
     pool.mark_failed(other)
     assert other.failures == 2 and other.down_until - time.monotonic() > 0.06  # backoff doubles
+
+
+def test_in_process_engine_backend_generates_and_streams() -> None:
+    import subprocess
+
+    python = os.environ.get("RAG_TEST_VLLM_PYTHON", ".venv-vllm/bin/python")
+    model = os.environ.get("RAG_TEST_VLLM_MODEL", str(Path.home() / ".cache/rag-service/models/gemma3-270m"))
+    script = Path(__file__).with_name("engine_check.py")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([python, str(script), model], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("ENGINE-CHECK ")]
+    assert lines, proc.stdout[-3000:]
+    seen = json.loads(lines[-1].split(" ", 1)[1])
+    assert seen["name"] == "vllm-engine:gemma3-270m"
+    assert seen["text"] and "\n" not in seen["text"] and 0 < seen["completion_tokens"] <= 16
+    assert seen["prompt_tokens"] > 20
+    assert len(seen["pieces"]) >= 2 and "".join(seen["pieces"]) == seen["text"]  # streamed, same greedy text
+    assert seen["many"] == [seen["text"]] * 4

@@ -28,7 +28,14 @@ def _vllm(settings):  # type: ignore[no-untyped-def]
     return VLLMGenerator.from_settings(settings)
 
 
+def _vllm_engine(settings):  # type: ignore[no-untyped-def]
+    from .vllm_engine import VLLMEngineGenerator
+
+    return VLLMEngineGenerator.from_settings(settings)
+
+
 register_generator("llamacpp", _llamacpp)
+register_generator("vllm-engine", _vllm_engine)
 register_generator("vllm", _vllm)
 register_generator("extractive", _extractive)
 
