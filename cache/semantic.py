@@ -27,12 +27,15 @@ import threading
 import time
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diskcache
 import numpy as np
+
+from .guards import conflict
 
 _SPACE_RE = re.compile(r"\s+")
 _EDGE_PUNCT_RE = re.compile(r"^[\s\"'¿¡]+|[\s?!.。？！\"']+$")
@@ -71,8 +74,10 @@ class SemanticCache:
         threshold: float = 0.9,
         size_limit_bytes: int = 512 * 2**20,
         ttl_s: float | None = None,
+        guards: bool = True,
     ) -> None:
         self.dimension = dimension
+        self.guards = guards
         self.threshold = threshold
         self.ttl_s = ttl_s
         directory = Path(directory)
@@ -96,7 +101,19 @@ class SemanticCache:
             return None
         return CacheHit("exact", 1.0, entry["question"], entry["payload"])
 
-    def get_similar(self, scope: str, vector: np.ndarray) -> CacheHit | None:
+    def get_similar(
+        self,
+        scope: str,
+        vector: np.ndarray,
+        question: str | None = None,
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> CacheHit | None:
+        """The nearest cached question at or above the threshold that passes the checks.
+
+        With ``question``, the near-miss guards (negation, numbers, opposite actions, names)
+        compare it with each candidate; ``accept`` is the caller's own check on a candidate's
+        payload (the pipeline's: does this question still retrieve the answer's sources?).
+        """
         skey = self._scope_key(scope)
         with self._lock:
             sindex = self._sync(skey)
@@ -111,8 +128,13 @@ class SemanticCache:
             if entry is None:  # evicted or expired
                 continue
             stored = float(np.frombuffer(entry["vector"], dtype=np.float32) @ query[0])
-            if stored >= self.threshold:  # the entry is still the one the index holds
-                return CacheHit("semantic", stored, entry["question"], entry["payload"])
+            if stored < self.threshold:  # the number now holds another entry
+                continue
+            if self.guards and question is not None and conflict(question, entry["question"]):
+                continue
+            if accept is not None and not accept(entry["payload"]):
+                continue
+            return CacheHit("semantic", stored, entry["question"], entry["payload"])
         return None
 
     def put(self, scope: str, question: str, vector: np.ndarray, payload: dict[str, Any]) -> None:

@@ -194,6 +194,55 @@ def eval_throughput(
         )
 
 
+@eval_app.command("cache")
+def eval_cache(
+    pairs: Annotated[Optional[Path], typer.Option(help="Pairs file: text_a, text_b, label (1 = same request).")] = None,
+    corpus: Annotated[
+        Optional[Path], typer.Option(help="FAQ corpus (id, question, answer) to seed the cache with.")
+    ] = None,
+    qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl asked against the seeded cache (with --corpus).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Similarity threshold [env RAG_CACHE_THRESHOLD].")] = None,
+    sweep: Annotated[
+        bool, typer.Option(help="Try thresholds 0.70-0.98, with and without the checks; write a PNG.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    out: Annotated[Path, typer.Option(help="Where the sweep plot goes.")] = Path("eval/results"),
+) -> None:
+    """Correct and wrong cache hits on labelled pairs or an FAQ with reworded questions."""
+    from eval.cache import _embed_unique, eval_faq, eval_pairs, load_pairs, plot_sweep
+    from rag.embedder import SentenceTransformerEmbedder
+
+    settings = _settings(cache_threshold=threshold)
+    if (pairs is None) == (corpus is None or qa is None):
+        _fail("give --pairs FILE, or --corpus FILE and --qa FILE")
+    embedder = SentenceTransformerEmbedder(settings.embedding_dtype).load()
+    thresholds = [round(0.70 + 0.02 * i, 2) for i in range(15)] if sweep else [settings.cache_threshold]
+    rows: list[dict[str, Any]] = []
+    if pairs is not None:
+        records = load_pairs(pairs)
+        vectors = _embed_unique(embedder, [p["text_a"] for p in records] + [p["text_b"] for p in records])
+        for guards in (False, True) if sweep else (True,):
+            rows += [eval_pairs(records, embedder, t, guards, vectors) for t in thresholds]
+        x, y, name = "false_hit_rate", "hit_rate", pairs.stem
+    else:
+        assert corpus is not None and qa is not None
+        for guards, check in ((False, False), (True, True)) if sweep else ((True, True),):
+            rows += [eval_faq(corpus, qa, embedder, t, guards, check) for t in thresholds]
+        x, y, name = "wrong_hit_rate", "correct_hit_rate", corpus.parent.name or corpus.stem
+    if as_json:
+        typer.echo(json.dumps(rows if sweep else rows[0], indent=2))
+    else:
+        for row in rows:
+            checks = "checks" if row["guards"] else "threshold only"
+            typer.echo(
+                f"threshold {row['threshold']:.2f} {checks:>14}: {y} {row[y]:.3f}  {x} {row[x]:.3f}  (n={row['n']})"
+            )
+    if sweep:
+        typer.echo(
+            f"plot: {plot_sweep(rows, x, y, out / f'cache-sweep-{name}.png', f'Semantic cache on {name}')}", err=as_json
+        )
+
+
 @app.command("settings")
 def show_settings(
     readme: Annotated[

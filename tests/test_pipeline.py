@@ -1,5 +1,6 @@
 """The query pipeline in-process: what reaches the generator, and what it does with the reply."""
 
+import asyncio
 from pathlib import Path
 
 from rag.generators import Generation, GenerationRequest
@@ -58,3 +59,23 @@ async def test_irrelevant_question_never_reaches_the_model(example_data_dir: Pat
     answer = await pipeline.answer("What is the boiling point of mercury in kelvin?")
     assert answer.answer == "I don't know from these documents." and answer.citations == []
     assert model.requests == []
+
+
+class SlowModel(ScriptedModel):
+    async def generate(self, request: GenerationRequest) -> Generation:
+        self.requests.append(request)
+        await asyncio.sleep(0.3)
+        return Generation(text=self.reply, prompt_tokens=100, completion_tokens=8)
+
+
+async def test_concurrent_identical_misses_share_one_generation(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    model = SlowModel("Refunds take 5 to 7 business days.")
+    pipeline = Pipeline(make_settings(example_data_dir, cache_enabled=False), embedder, model)
+    answers = await asyncio.gather(
+        *(pipeline.answer(q) for q in ["How long do refunds take?", "how long do refunds take"] * 3)
+    )
+    assert len(model.requests) == 1
+    assert {a.answer for a in answers} == {"Refunds take 5 to 7 business days."}
+    assert sum(not a.cache.hit for a in answers) == 1 and sum(a.cache.kind == "exact" for a in answers) == 5
+    other = await pipeline.answer("How long do refunds take?")  # nothing in flight now: a new generation
+    assert len(model.requests) == 2 and not other.cache.hit

@@ -1,0 +1,91 @@
+"""The checks that keep the semantic cache from serving a different request's answer."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cache.guards import conflict
+from rag.pipeline import build_pipeline
+
+from .conftest import FIXTURES, ROOT, make_settings
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "why"),
+    [
+        ("How do I cancel my order?", "How do I place an order?", "opposite"),
+        ("How do I turn on notifications?", "How do I turn off notifications?", "opposite"),
+        ("How can I add a card?", "How can I remove a card?", "opposite"),
+        ("Can I cancel my order?", "Can I not cancel my order?", "negation"),
+        ("Is delivery free over £50?", "Is delivery free over £100?", "numbers"),
+        ("Do you ship to France?", "Do you ship to Canada?", "names"),
+    ],
+)
+def test_guards_catch_classic_near_misses(a: str, b: str, why: str) -> None:
+    reason = conflict(a, b)
+    assert reason is not None and reason.startswith(why)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How long do refunds take?", "How long does a refund take?"),
+        ("I still haven't received my card", "When will my card arrive?"),  # one-sided negation is common
+        ("What is COVID-19?", "What is COVID 19?"),
+        ("Can I pay with PayPal?", "Do you take PayPal?"),
+    ],
+)
+def test_guards_let_paraphrases_through(a: str, b: str) -> None:
+    assert conflict(a, b) is None
+
+
+async def test_near_duplicate_is_served_only_if_it_retrieves_the_same_sources(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    # A low threshold makes "track" look like "cancel" to the similarity search alone.
+    settings = make_settings(example_data_dir, backend="extractive", cache_threshold=0.5)
+    pipeline = build_pipeline(settings, embedder)
+    pipeline.cache.clear()  # type: ignore[union-attr]
+    first = await pipeline.answer("How do I cancel my order?")
+    assert first.citations[0].document_id == "cancelling-an-order.md"
+
+    same = await pipeline.answer("Is it possible to cancel an order I made?")
+    assert same.cache.kind == "semantic" and same.answer == first.answer
+
+    other = await pipeline.answer("How do I track my order?")  # similar text, another article
+    assert not other.cache.hit and other.citations[0].document_id == "tracking-a-parcel.txt"
+    await pipeline.aclose()
+
+
+def _rag(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "rag.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_eval_cache_on_pairs_and_on_an_faq(tmp_path: Path) -> None:
+    result = _rag(
+        "eval", "cache", "--pairs", str(FIXTURES / "banking77_pairs_slice.jsonl"), "--json", "--threshold", "0.8"
+    )
+    assert result.returncode == 0, result.stderr
+    pairs = json.loads(result.stdout)
+    assert pairs["n"] == 120 and set(pairs["by_kind"]) == {"same_intent", "hard_negative_lexical", "random_negative"}
+    assert 0 < pairs["hit_rate"] <= 1 and 0 <= pairs["false_hit_rate"] < pairs["hit_rate"]
+
+    result = _rag("eval", "cache", "--corpus", str(FIXTURES / "covid_faq_slice.jsonl"),
+                  "--qa", str(FIXTURES / "covid_faq_queries_slice.jsonl"), "--json", "--threshold", "0.8")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    faq = json.loads(result.stdout)
+    assert faq["n"] == 40 and faq["retrieval_check"] is True
+    assert abs(faq["correct_hit_rate"] + faq["wrong_hit_rate"] + faq["miss_rate"] - 1) < 1e-9
+    assert faq["correct_hit_rate"] > faq["wrong_hit_rate"]
+
+    result = _rag(
+        "eval", "cache", "--pairs", str(FIXTURES / "banking77_pairs_slice.jsonl"), "--sweep", "--out", str(tmp_path)
+    )
+    assert result.returncode == 0, result.stderr
+    png = tmp_path / "cache-sweep-banking77_pairs_slice.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "threshold 0.70" in result.stdout
