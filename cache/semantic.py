@@ -22,11 +22,14 @@ replaced entry can cost a miss but never serve another question's answer.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import sqlite3
 import threading
 import time
 import unicodedata
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ import numpy as np
 
 from .guards import conflict
 
+log = logging.getLogger("rag.cache")
 _SPACE_RE = re.compile(r"\s+")
 _EDGE_PUNCT_RE = re.compile(r"^[\s\"'¿¡]+|[\s?!.。？！\"']+$")
 
@@ -81,24 +85,43 @@ class SemanticCache:
         self.threshold = threshold
         self.ttl_s = ttl_s
         directory = Path(directory)
+        try:
+            self._open(directory, size_limit_bytes)
+        except sqlite3.DatabaseError as exc:
+            # A corrupted cache costs answers already paid for, never the service: set the
+            # files aside (for a post-mortem) and start empty.
+            aside = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
+            log.warning("response cache at %s is unreadable (%s); moved to %s and started empty", directory, exc, aside)
+            directory.rename(aside)
+            self._open(directory, size_limit_bytes)
+        self._scopes: dict[str, _ScopeIndex] = {}
+        self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
+        self._lock = threading.Lock()
+
+    def _open(self, directory: Path, size_limit_bytes: int) -> None:
         self._store = diskcache.Cache(
             str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
         )
         self._counters = diskcache.Cache(str(directory / "counters"), eviction_policy="none")
-        self._scopes: dict[str, _ScopeIndex] = {}
-        self._lock = threading.Lock()
+        self._counters.get("epoch")  # reads the database: a corrupted file fails here, not later
 
     @staticmethod
     def _scope_key(scope: str) -> str:
         return hashlib.sha256(scope.encode()).hexdigest()[:24]
 
-    def get_exact(self, scope: str, question: str) -> CacheHit | None:
+    def get_exact(
+        self, scope: str, question: str, accept: Callable[[dict[str, Any]], bool] | None = None
+    ) -> CacheHit | None:
         skey = self._scope_key(scope)
         normalized = normalize_question(question)
         seq = self._store.get(f"x:{skey}:{normalized}")
         entry = self._store.get(f"e:{skey}:{seq}") if seq is not None else None
         if entry is None or normalize_question(entry["question"]) != normalized:
             return None
+        if accept is not None and not accept(entry["payload"]):
+            self.lookups["exact_rejected"] += 1
+            return None
+        self.lookups["exact_hits"] += 1
         return CacheHit("exact", 1.0, entry["question"], entry["payload"])
 
     def get_similar(
@@ -131,19 +154,32 @@ class SemanticCache:
             if stored < self.threshold:  # the number now holds another entry
                 continue
             if self.guards and question is not None and conflict(question, entry["question"]):
+                self.lookups["rejected_by_guards"] += 1
                 continue
             if accept is not None and not accept(entry["payload"]):
+                self.lookups["rejected_by_checks"] += 1
                 continue
+            self.lookups["semantic_hits"] += 1
             return CacheHit("semantic", stored, entry["question"], entry["payload"])
+        self.lookups["misses"] += 1
         return None
 
-    def put(self, scope: str, question: str, vector: np.ndarray, payload: dict[str, Any]) -> None:
+    def put(
+        self, scope: str, question: str, vector: np.ndarray, payload: dict[str, Any], tag: str | None = None
+    ) -> None:
+        """Store an answer. ``tag`` (the pipeline passes the collection) lets ``clear`` drop a subset."""
         skey = self._scope_key(scope)
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dimension:
             raise ValueError(f"vector has {vec.shape[0]} dimensions, the cache holds {self.dimension}")
         seq = self._counters.incr(f"seq:{skey}")
-        entry = {"question": question, "vector": vec.tobytes(), "payload": payload, "created_at": time.time()}
+        entry = {
+            "question": question,
+            "vector": vec.tobytes(),
+            "payload": payload,
+            "created_at": time.time(),
+            "tag": tag,
+        }
         self._store.set(f"e:{skey}:{seq}", entry, expire=self.ttl_s)
         self._store.set(f"x:{skey}:{normalize_question(question)}", seq, expire=self.ttl_s)
 
@@ -175,12 +211,42 @@ class SemanticCache:
     def __len__(self) -> int:
         return sum(1 for key in self._store.iterkeys() if str(key).startswith("e:"))
 
-    def clear(self) -> None:
+    def stats(self) -> dict[str, Any]:
+        """Entries on disk (all processes) and this process's lookups since it started."""
+        by_tag: dict[str, int] = {}
+        for key in self._store.iterkeys():
+            if str(key).startswith("e:"):
+                entry = self._store.get(key)
+                if entry is not None:
+                    by_tag[str(entry.get("tag"))] = by_tag.get(str(entry.get("tag")), 0) + 1
+        return {
+            "entries": sum(by_tag.values()),
+            "entries_by_collection": by_tag,
+            "bytes": int(self._store.volume()),
+            "threshold": self.threshold,
+            "ttl_s": self.ttl_s,
+            "lookups": dict(self.lookups),
+        }
+
+    def clear(self, tag: str | None = None) -> int:
+        """Drop every entry, or only those stored with ``tag``; returns how many went."""
         with self._lock:
-            self._store.clear()
-            self._counters.clear()
-            self._counters.set("epoch", uuid.uuid4().hex)
-            self._scopes.clear()
+            if tag is None:
+                count = len(self)
+                self._store.clear()
+                self._counters.clear()
+                self._counters.set("epoch", uuid.uuid4().hex)
+                self._scopes.clear()
+                return count
+            count = 0
+            for key in list(self._store.iterkeys()):
+                if str(key).startswith("e:"):
+                    entry = self._store.get(key)
+                    if entry is not None and entry.get("tag") == tag:
+                        # The exact-text key points at a number that now holds nothing: a miss.
+                        self._store.delete(key)
+                        count += 1
+            return count
 
     def close(self) -> None:
         self._store.close()

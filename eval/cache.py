@@ -66,6 +66,23 @@ def eval_pairs(
     }
 
 
+def calibrate(
+    pairs: list[dict[str, Any]], embedder: Any, max_false_hit_rate: float, thresholds: list[float]
+) -> dict[str, Any] | None:
+    """The threshold with the most hits whose false-hit rate stays within the budget."""
+    vectors = _embed_unique(embedder, [p["text_a"] for p in pairs] + [p["text_b"] for p in pairs])
+    rows = [eval_pairs(pairs, embedder, t, True, vectors) for t in thresholds]
+    ok = [r for r in rows if r["false_hit_rate"] <= max_false_hit_rate]
+    return max(ok, key=lambda r: (r["hit_rate"], r["threshold"])) if ok else None
+
+
+def write_env(path: Path, key: str, value: str) -> None:
+    """Set ``key=value`` in a dotenv file, keeping its other lines."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if not line.startswith(f"{key}=")] + [f"{key}={value}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def eval_faq(
     corpus: Path, qa: Path, embedder: Any, threshold: float, guards: bool = True, retrieval_check: bool = True
 ) -> dict[str, Any]:

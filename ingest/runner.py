@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -148,7 +149,9 @@ def ingest(
             else:
                 db.executescript(SCHEMA)
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dimension))
-                meta = {"next_id": 1}
+                # Chunk ids never repeat within a lineage, so "the chunks an answer cites still
+                # exist" means "its sources are unchanged"; a rebuilt collection starts a new one.
+                meta = {"next_id": 1, "lineage": uuid.uuid4().hex}
 
             known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
             chunker = Chunker(settings.chunk_size, settings.chunk_overlap)

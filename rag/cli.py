@@ -243,6 +243,63 @@ def eval_cache(
         )
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="Look at or empty the response cache.")
+app.add_typer(cache_app, name="cache")
+
+
+def _open_cache(data_dir: Path | None) -> Any:
+    from cache import SemanticCache
+    from rag.embedder import DIMENSION
+
+    settings = _settings(data_dir=data_dir)
+    return SemanticCache(settings.cache_dir, dimension=DIMENSION, threshold=settings.cache_threshold)
+
+
+@cache_app.command("stats")
+def cache_stats(data_dir: DataDir = None) -> None:
+    """Entries and bytes on disk, per collection (JSON)."""
+    cache = _open_cache(data_dir)
+    stats = cache.stats()
+    stats.pop("lookups")  # per process: see GET /v1/cache/stats on a running server
+    typer.echo(json.dumps(stats, indent=2))
+
+
+@cache_app.command("calibrate")
+def cache_calibrate(
+    pairs: Annotated[
+        Path, typer.Option(help="Labelled pairs from your domain: text_a, text_b, label (1 = same request).")
+    ],
+    max_false_hit_rate: Annotated[
+        float, typer.Option(help="Largest share of different-request pairs allowed to hit.")
+    ] = 0.01,
+    env_file: Annotated[Path, typer.Option(help="Where the chosen setting is written.")] = Path(".env"),
+) -> None:
+    """Choose the cache threshold from labelled pairs and write it to the settings (.env)."""
+    from eval.cache import calibrate, load_pairs, write_env
+    from rag.embedder import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder().load()
+    thresholds = [round(0.70 + 0.01 * i, 2) for i in range(30)]
+    best = calibrate(load_pairs(pairs), embedder, max_false_hit_rate, thresholds)
+    if best is None:
+        _fail(
+            f"no threshold up to {thresholds[-1]} keeps false hits under {max_false_hit_rate:.1%} - keep the cache exact-only"
+        )
+        return
+    write_env(env_file, "RAG_CACHE_THRESHOLD", f"{best['threshold']:.2f}")
+    typer.echo(
+        f"RAG_CACHE_THRESHOLD={best['threshold']:.2f} written to {env_file}: hit rate {best['hit_rate']:.3f}, "
+        f"false-hit rate {best['false_hit_rate']:.3f} on {best['n']} pairs"
+    )
+
+
+@cache_app.command("clear")
+def cache_clear(collection: Collection = None, data_dir: DataDir = None) -> None:
+    """Drop every cached answer, or one collection's."""
+    cleared = _open_cache(data_dir).clear(collection)
+    typer.echo(f"cleared {cleared} cached answers" + (f" of collection {collection!r}" if collection else ""))
+
+
 @app.command("settings")
 def show_settings(
     readme: Annotated[

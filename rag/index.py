@@ -122,6 +122,19 @@ class CollectionIndex:
         """Content fingerprint: changes whenever the indexed content does."""
         return str(self.meta["fingerprint"])
 
+    @property
+    def lineage(self) -> str:
+        """Stays the same across incremental re-ingests; chunk ids are unique within it."""
+        return str(self.meta.get("lineage") or self.meta["fingerprint"])
+
+    def has_chunks(self, ids: list[int]) -> bool:
+        """Whether every one of these chunks is still in this version (none changed or went)."""
+        if not ids:
+            return True
+        marks = ",".join("?" * len(ids))
+        (found,) = self._db.execute(f"SELECT COUNT(*) FROM chunks WHERE id IN ({marks})", ids).fetchone()
+        return int(found) == len(set(ids))
+
     def __len__(self) -> int:
         return int(self._index.ntotal)
 

@@ -86,6 +86,20 @@ class Prepared:
     )
 
 
+def _still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
+    """A cached answer stands while every chunk it cites is unchanged; an answer that cites
+    nothing ("I don't know") stands only for the index version it was given on, since new
+    documents may answer it."""
+
+    def accept(payload: dict[str, Any]) -> bool:
+        cited = [int(c["id"]) for c in payload.get("citations", [])]
+        if not cited:
+            return payload.get("index_version") == index.version
+        return index.has_chunks(cited)
+
+    return accept
+
+
 def _sources_agree(retrieved: list[RetrievedChunk]) -> Callable[[dict[str, Any]], bool]:
     """A cached answer fits a new question if the question's best chunk is among the
     answer's sources ("cancel an order" and "place an order" find different articles).
@@ -163,8 +177,10 @@ class Pipeline:
 
     def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
         """Answers are shared only between requests that would have produced the same one:
-        same content (index version), prompt, generator, top-k and release of this code."""
-        return f"{index.name}|{index.version}|{self._answer_config}|{self.generator.name}|{top_k}|{__version__}"
+        same collection lineage, prompt, generator and its parameters, top-k and release of
+        this code. Whether the content an answer was built on is unchanged is checked per
+        entry (``_still_valid``), so re-ingesting one document keeps the other answers."""
+        return f"{index.name}|{index.lineage}|{self._answer_config}|{self.generator.name}|{top_k}|{__version__}"
 
     async def prepare(self, question: str, collection: str | None = None, top_k: int | None = None) -> Prepared:
         """Everything before generation: validate, cache, embed, retrieve, build the prompt.
@@ -180,7 +196,8 @@ class Pipeline:
         prep.scope = self.cache_scope(index, top_k)
 
         t = time.perf_counter()
-        hit = self.cache.get_exact(prep.scope, question) if self.cache else None
+        valid = _still_valid(index)
+        hit = self.cache.get_exact(prep.scope, question, accept=valid) if self.cache else None
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         retrieved: list[RetrievedChunk] = []
         if hit is None:
@@ -194,8 +211,9 @@ class Pipeline:
             prep.timings["retrieve"] = (time.perf_counter() - t) * 1000
             if self.cache is not None:
                 t = time.perf_counter()
+                agrees = _sources_agree(retrieved)
                 hit = self.cache.get_similar(
-                    prep.scope, prep.vector, question=question, accept=_sources_agree(retrieved)
+                    prep.scope, prep.vector, question=question, accept=lambda p: valid(p) and agrees(p)
                 )
                 prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is not None:
@@ -300,12 +318,16 @@ class Pipeline:
             text = " ".join(s for _, _, s in best_sentences(prep.question, prep.context, 2)) or NO_ANSWER
         citations = [] if text == NO_ANSWER else [Citation.from_chunk(c) for c in prep.chunks]
         if self.cache is not None and prep.vector is not None:
-            payload = {"answer": text, "citations": [asdict(c) for c in citations]}
+            payload = {
+                "answer": text,
+                "citations": [asdict(c) for c in citations],
+                "index_version": prep.index.version if prep.index else None,
+            }
             # The scope again, for the same index version: a backend may have learnt its
             # model name during this request.
             assert prep.index is not None
             scope = self.cache_scope(prep.index, prep.top_k)
-            self.cache.put(scope, prep.question, prep.vector, payload)
+            self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection)
         answer = self._done(prep, text, citations, CacheStatus(), usage)
         answer.grounded = grounded
         return answer

@@ -1,6 +1,7 @@
 """One typed settings object, built at the edge (CLI or app factory) and passed down.
 
-Every field reads from the environment as ``RAG_<FIELD>``; command-line flags override.
+Every field reads from the environment as ``RAG_<FIELD>`` (or a ``.env`` file in the working
+directory); command-line flags override.
 Code below the edge never reads ``os.environ``.
 """
 
@@ -18,7 +19,9 @@ ShotMode = Literal["zero", "one", "few"]
 class Settings(BaseSettings):
     """Service settings. Each field's docstring is its documentation (README, --help)."""
 
-    model_config = SettingsConfigDict(env_prefix="RAG_", extra="forbid", use_attribute_docstrings=True)
+    # `.env` in the working directory is read too (`rag cache calibrate` writes there);
+    # real environment variables win over it.
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore", use_attribute_docstrings=True)
 
     data_dir: Path = Path(".rag")
     """Directory holding every collection's index and the response cache."""

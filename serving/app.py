@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from rag.errors import BackendUnavailableError
+from rag.errors import BackendUnavailableError, InvalidRequestError
 from rag.index import list_collections
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
@@ -19,6 +19,13 @@ from .schemas import ErrorResponse, QueryRequest, QueryResponse
 from .streaming import EventSourceResponse, sse_events
 
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 409, 503)}
+
+
+def _cache(request: Request) -> Any:
+    cache = request.app.state.pipeline.cache
+    if cache is None:
+        raise InvalidRequestError("the response cache is off (RAG_CACHE_ENABLED=false)")
+    return cache
 
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:
@@ -53,6 +60,16 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             return EventSourceResponse(sse_events(pipe, prep))
         answer = await pipe.answer(body.question, body.collection, body.top_k)
         return answer.to_dict()
+
+    @app.get("/v1/cache/stats", responses=_ERRORS)
+    async def cache_stats(request: Request) -> dict[str, Any]:
+        """Entries, bytes on disk, and this worker's lookups by outcome."""
+        return _cache(request).stats()
+
+    @app.delete("/v1/cache", responses=_ERRORS)
+    async def cache_clear(request: Request, collection: str | None = None) -> dict[str, Any]:
+        """Drop cached answers: all, or one collection's (`?collection=NAME`)."""
+        return {"cleared": _cache(request).clear(collection), "collection": collection}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

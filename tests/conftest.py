@@ -26,8 +26,8 @@ def embedder() -> SentenceTransformerEmbedder:
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    # _env_file=None and explicit values: a developer's RAG_* variables never leak into tests.
-    return Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+    # No .env file: a developer's local settings never leak into tests.
+    return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[arg-type, call-arg]
 
 
 @pytest.fixture

@@ -89,3 +89,17 @@ def test_a_replaced_entry_is_never_served_for_another_question(tmp_path: Path, e
     assert reader.get_similar("s", _vec(embedder, q1)) is None
     hit = reader.get_similar("s", _vec(embedder, q2))
     assert hit is not None and hit.payload == {"answer": "use the link"}
+
+
+def test_a_corrupted_cache_file_is_set_aside_and_the_cache_starts_empty(tmp_path: Path, embedder, caplog) -> None:  # type: ignore[no-untyped-def]
+    cache = SemanticCache(tmp_path / "cache", dimension=384)
+    cache.put("s", "Do gift cards expire?", _vec(embedder, "Do gift cards expire?"), {"answer": "never"})
+    cache.close()
+    (tmp_path / "cache" / "entries" / "cache.db").write_bytes(b"this is not a database" * 100)
+
+    reopened = SemanticCache(tmp_path / "cache", dimension=384)
+    assert "unreadable" in caplog.text
+    assert reopened.get_exact("s", "Do gift cards expire?") is None  # empty, working
+    reopened.put("s", "Do gift cards expire?", _vec(embedder, "Do gift cards expire?"), {"answer": "never"})
+    assert reopened.get_exact("s", "Do gift cards expire?") is not None
+    assert len(list(tmp_path.glob("cache.corrupt-*"))) == 1

@@ -59,10 +59,14 @@ async def test_near_duplicate_is_served_only_if_it_retrieves_the_same_sources(ex
     await pipeline.aclose()
 
 
-def _rag(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+def _rag(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "rag.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "rag.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -89,3 +93,50 @@ def test_eval_cache_on_pairs_and_on_an_faq(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     png = tmp_path / "cache-sweep-banking77_pairs_slice.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "threshold 0.70" in result.stdout
+
+
+def test_cache_stats_and_clear_over_rest_and_cli(tmp_path: Path, corpus: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from ingest.runner import ingest
+    from serving.app import create_app
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    ingest([corpus], "other", settings, embedder, progress=False)
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as client:
+        for collection in ("default", "other"):
+            client.post("/v1/query", json={"question": "Do gift cards expire?", "collection": collection})
+        client.post("/v1/query", json={"question": "Do gift cards expire?"})
+        stats = client.get("/v1/cache/stats").json()
+        assert stats["entries"] == 2 and stats["entries_by_collection"] == {"default": 1, "other": 1}
+        assert stats["lookups"]["exact_hits"] == 1 and stats["bytes"] > 0
+        assert client.delete("/v1/cache", params={"collection": "other"}).json()["cleared"] == 1
+        assert (
+            client.post("/v1/query", json={"question": "Do gift cards expire?", "collection": "other"}).json()["cache"][
+                "hit"
+            ]
+            is False
+        )
+        assert client.post("/v1/query", json={"question": "Do gift cards expire?"}).json()["cache"]["hit"] is True
+
+    data = {"RAG_DATA_DIR": str(tmp_path / "data")}
+    assert json.loads(_rag("cache", "stats", env=data).stdout)["entries"] == 2
+    assert "cleared 2 cached answers" in _rag("cache", "clear", env=data).stdout
+    assert json.loads(_rag("cache", "stats", env=data).stdout)["entries"] == 0
+
+
+def test_calibrate_writes_the_chosen_threshold_to_the_settings(tmp_path: Path) -> None:
+    from rag.settings import Settings
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("RAG_TOP_K=6\n")
+    result = _rag("cache", "calibrate", "--pairs", str(FIXTURES / "banking77_pairs_slice.jsonl"),
+                  "--max-false-hit-rate", "0.02", "--env-file", str(env_file))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = env_file.read_text().splitlines()
+    assert lines[0] == "RAG_TOP_K=6" and lines[1].startswith("RAG_CACHE_THRESHOLD=")
+    chosen = float(lines[1].split("=")[1])
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert settings.cache_threshold == chosen and settings.top_k == 6
+    assert "false-hit rate" in result.stdout

@@ -94,7 +94,7 @@ def test_dead_backend_is_503_and_cached_answers_still_serve(
         pipeline.cache_scope(index, pipeline.settings.top_k),
         question,
         embedder.embed_batch([question])[0],
-        {"answer": "cached", "citations": []},
+        {"answer": "cached", "citations": [], "index_version": index.version},
     )
     ok = broken_client.post("/v1/query", json={"question": "do you offer gift wrapping"})
     assert ok.status_code == 200 and ok.json()["answer"] == "cached"

@@ -162,7 +162,7 @@ async def test_all_replicas_down_is_503_and_cached_answers_still_serve(example_d
         pipeline.cache_scope(index, settings.top_k),
         question,
         embedder.embed_batch([question])[0],
-        {"answer": "cached", "citations": []},
+        {"answer": "cached", "citations": [], "index_version": index.version},
     )
     with TestClient(create_app(settings, pipeline)) as client:
         response = client.post("/v1/query", json={"question": "How long do refunds take?"})
