@@ -81,6 +81,7 @@ class Prepared:
     context: list[RetrievedChunk] = field(default_factory=list)
     request: GenerationRequest | None = None
     result: Answer | None = None
+    cacheable: bool = True
     timings: dict[str, float] = field(
         default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
     )
@@ -182,7 +183,13 @@ class Pipeline:
         entry (``_still_valid``), so re-ingesting one document keeps the other answers."""
         return f"{index.name}|{index.lineage}|{self._answer_config}|{self.generator.name}|{top_k}|{__version__}"
 
-    async def prepare(self, question: str, collection: str | None = None, top_k: int | None = None) -> Prepared:
+    async def prepare(
+        self,
+        question: str,
+        collection: str | None = None,
+        top_k: int | None = None,
+        history: list[dict[str, str]] | None = None,
+    ) -> Prepared:
         """Everything before generation: validate, cache, embed, retrieve, build the prompt.
 
         Raises for a bad request, so a streaming response can still answer it with a 4xx.
@@ -194,25 +201,31 @@ class Pipeline:
         prep = Prepared(question, collection, top_k, started)
         index = prep.index = self.get_index(collection)
         prep.scope = self.cache_scope(index, top_k)
+        # A follow-up means nothing without its conversation: never look it up or store it
+        # under its own words, and retrieve with the turn it follows.
+        prep.cacheable = not history
+        cache = self.cache if prep.cacheable else None
+        previous = next((t["content"] for t in reversed(history or []) if t.get("role") == "user"), "")
+        search_text = f"{previous}\n{question}" if previous else question
 
         t = time.perf_counter()
         valid = _still_valid(index)
-        hit = self.cache.get_exact(prep.scope, question, accept=valid) if self.cache else None
+        hit = cache.get_exact(prep.scope, question, accept=valid) if cache else None
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         retrieved: list[RetrievedChunk] = []
         if hit is None:
             t = time.perf_counter()
-            prep.vector = (await asyncio.to_thread(self.embedder.embed_batch, [question]))[0]
+            prep.vector = (await asyncio.to_thread(self.embedder.embed_batch, [search_text]))[0]
             prep.timings["embed"] = (time.perf_counter() - t) * 1000
             # Retrieval is cheap next to generation: do it first, so a near-duplicate is
             # served only if this question still finds the sources its answer was built on.
             t = time.perf_counter()
             retrieved = index.search(prep.vector, top_k)
             prep.timings["retrieve"] = (time.perf_counter() - t) * 1000
-            if self.cache is not None:
+            if cache is not None:
                 t = time.perf_counter()
                 agrees = _sources_agree(retrieved)
-                hit = self.cache.get_similar(
+                hit = cache.get_similar(
                     prep.scope, prep.vector, question=question, accept=lambda p: valid(p) and agrees(p)
                 )
                 prep.timings["cache"] += (time.perf_counter() - t) * 1000
@@ -238,10 +251,18 @@ class Pipeline:
         prep.request = self._request(question, prep.context)
         return prep
 
-    async def answer(self, question: str, collection: str | None = None, top_k: int | None = None) -> Answer:
-        prep = await self.prepare(question, collection, top_k)
+    async def answer(
+        self,
+        question: str,
+        collection: str | None = None,
+        top_k: int | None = None,
+        history: list[dict[str, str]] | None = None,
+    ) -> Answer:
+        prep = await self.prepare(question, collection, top_k, history)
         if prep.result is not None:
             return prep.result
+        if not prep.cacheable:  # a follow-up is its own question: nothing to share
+            return await self._generate_prepared(prep)
         # Concurrent identical misses share one generation: the first asker generates,
         # the others wait for its answer (a burst of the same question costs one LLM call).
         key = f"{prep.scope}\0{normalize_question(prep.question)}"
@@ -317,7 +338,7 @@ class Pipeline:
             grounded = False
             text = " ".join(s for _, _, s in best_sentences(prep.question, prep.context, 2)) or NO_ANSWER
         citations = [] if text == NO_ANSWER else [Citation.from_chunk(c) for c in prep.chunks]
-        if self.cache is not None and prep.vector is not None:
+        if self.cache is not None and prep.cacheable and prep.vector is not None:
             payload = {
                 "answer": text,
                 "citations": [asdict(c) for c in citations],

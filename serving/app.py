@@ -53,12 +53,13 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     @app.post("/v1/query", response_model=QueryResponse, responses=_ERRORS)
     async def query(body: QueryRequest, request: Request) -> Any:
         pipe: Pipeline = request.app.state.pipeline
+        history = [turn.model_dump() for turn in body.history]
         if body.stream:
             # Bad requests still get a plain 4xx: everything that can fail on the request
             # itself happens before the stream starts.
-            prep = await pipe.prepare(body.question, body.collection, body.top_k)
+            prep = await pipe.prepare(body.question, body.collection, body.top_k, history)
             return EventSourceResponse(sse_events(pipe, prep))
-        answer = await pipe.answer(body.question, body.collection, body.top_k)
+        answer = await pipe.answer(body.question, body.collection, body.top_k, history)
         return answer.to_dict()
 
     @app.get("/v1/cache/stats", responses=_ERRORS)

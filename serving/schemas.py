@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class Turn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=20_000)
 
 
 class QueryRequest(BaseModel):
@@ -14,6 +23,12 @@ class QueryRequest(BaseModel):
         description="Which document collection to answer from; the server default (RAG_COLLECTION) if unset.",
     )
     top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to retrieve; the server default if unset.")
+    history: list[Turn] = Field(
+        default_factory=list,
+        max_length=50,
+        description='The conversation before this question, oldest first. A follow-up ("does it have '
+        'parking?") is retrieved with the previous user turn and never answered from or stored in the cache.',
+    )
     stream: bool = Field(
         default=False,
         description="Answer as Server-Sent Events: `token` events as text arrives, then one `done` event "

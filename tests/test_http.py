@@ -93,3 +93,16 @@ def test_reingest_invalidates_cached_answers(tmp_path: Path, corpus: Path, embed
         # Answers built on documents that did not change survive the re-ingest.
         assert ask(url, "which payment methods do you accept")["cache"]["kind"] == "exact"
         assert ask(url, "Which payment methods are accepted?")["cache"]["kind"] == "semantic"
+
+
+def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> None:
+    history = [
+        {"role": "user", "content": "Tell me about your gift cards"},
+        {"role": "assistant", "content": "They come as e-gift cards or printed cards."},
+    ]
+    first = ask(base_url, "Do they expire?", history=history)
+    assert first["citations"][0]["document_id"] == "gift-cards.txt" and "never expire" in first["answer"]
+    again = ask(base_url, "Do they expire?", history=history)
+    assert again["cache"]["hit"] is False  # never keyed on the last message alone
+    bare = ask(base_url, "Do they expire?")  # without history: nothing was stored under these words
+    assert bare["cache"]["hit"] is False
