@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     cache_enabled: bool = True
     """Serve and store answers through the semantic cache."""
 
-    cache_threshold: float = Field(default=0.90, ge=0.0, le=1.0)
+    cache_threshold: float = Field(default=0.92, ge=0.0, le=1.0)
     """Cosine similarity at or above which a cached question counts as the same question."""
 
     cache_size_mb: int = Field(default=512, ge=1)
