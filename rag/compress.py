@@ -53,17 +53,16 @@ def best_sentences(question: str, passages: list[RetrievedChunk], n: int) -> lis
     ]
     if not sentences:
         return []
-    df = Counter(t for _, _, s in sentences for t in set(terms(s)))
+    sentence_terms = [set(terms(s)) for _, _, s in sentences]
+    df = Counter(t for ts in sentence_terms for t in ts)
     total = len(sentences)
-
-    def score(item: tuple[int, int, str]) -> float:
-        p_rank, _, sentence = item
-        idf = sum(math.log(1 + total / df[t]) for t in query.intersection(terms(sentence)))
-        return idf / (1 + 0.15 * p_rank)  # retrieval's order breaks near-ties
-
-    ranked = sorted(sentences, key=score, reverse=True)
-    best = [s for s in ranked[:n] if score(s) > 0] or ranked[:1]
-    return sorted(best, key=lambda item: (item[0], item[1]))
+    scores = [
+        sum(math.log(1 + total / df[t]) for t in query & ts) / (1 + 0.15 * p_rank)  # retrieval's order breaks near-ties
+        for (p_rank, _, _), ts in zip(sentences, sentence_terms, strict=True)
+    ]
+    ranked = sorted(range(total), key=scores.__getitem__, reverse=True)
+    best = [i for i in ranked[:n] if scores[i] > 0] or ranked[:1]
+    return [sentences[i] for i in sorted(best)]
 
 
 def compress(question: str, passages: list[RetrievedChunk], n: int) -> list[RetrievedChunk]:

@@ -20,6 +20,7 @@ from .compress import best_sentences, compress
 from .embedder import Embedder
 from .errors import BackendUnavailableError, InvalidRequestError, RagError
 from .generators import GenerationRequest, Generator
+from .generators.base import usage as usage_of
 from .grounding import unsupported_numbers
 from .index import CollectionIndex, RetrievedChunk, collection_dir, current_version_dir
 from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
@@ -327,8 +328,7 @@ class Pipeline:
         with _backend_errors(self.generator.name):
             generation = await self.generator.generate(prep.request)
         prep.timings["generate"] = (time.perf_counter() - t) * 1000
-        usage = {"prompt_tokens": generation.prompt_tokens, "completion_tokens": generation.completion_tokens}
-        return self._finish(prep, generation.text, usage)
+        return self._finish(prep, generation.text, usage_of(generation))
 
     def _finish(self, prep: Prepared, text: str, usage: dict[str, Any]) -> Answer:
         text = text.strip() or NO_ANSWER
