@@ -39,6 +39,7 @@ import diskcache
 import numpy as np
 
 from .guards import conflict
+from .verifier import PairVerifier
 
 log = logging.getLogger("rag.cache")
 _SPACE_RE = re.compile(r"\s+")
@@ -79,9 +80,13 @@ class SemanticCache:
         size_limit_bytes: int = 512 * 2**20,
         ttl_s: float | None = None,
         guards: bool = True,
+        margin: float = 0.0,
+        verifier: PairVerifier | None = None,
     ) -> None:
         self.dimension = dimension
         self.guards = guards
+        self.margin = margin
+        self.verifier = verifier
         self.threshold = threshold
         self.ttl_s = ttl_s
         directory = Path(directory)
@@ -133,9 +138,14 @@ class SemanticCache:
     ) -> CacheHit | None:
         """The nearest cached question at or above the threshold that passes the checks.
 
-        With ``question``, the near-miss guards (negation, numbers, opposite actions, names)
-        compare it with each candidate; ``accept`` is the caller's own check on a candidate's
-        payload (the pipeline's: does this question still retrieve the answer's sources?).
+        - margin: the candidate must beat every cached entry with another answer (another
+          ``group``) by ``margin`` in cosine: a question that sits between two cached
+          questions with different answers is ambiguous, and misses;
+        - with ``question``, the near-miss guards (negation, numbers, opposite actions,
+          names) compare it with the candidate;
+        - the pair verifier, when one is calibrated, must judge the two the same request;
+        - ``accept`` is the caller's own check on the payload (the pipeline's: does this
+          question still retrieve the answer's sources?).
         """
         skey = self._scope_key(scope)
         with self._lock:
@@ -143,31 +153,54 @@ class SemanticCache:
             if sindex.index.ntotal == 0:
                 return None
             query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-            scores, ids = sindex.index.search(query, min(4, sindex.index.ntotal))
+            scores, ids = sindex.index.search(query, min(8, sindex.index.ntotal))
+        # Entries that could be a hit, or a rival close enough to make a hit ambiguous.
+        near: list[tuple[float, int, dict[str, Any]]] = []
         for score, seq in zip(scores[0], ids[0], strict=True):
-            if seq < 0 or score < self.threshold:
+            if seq < 0 or score < self.threshold - self.margin:
                 break
             entry = self._store.get(f"e:{skey}:{int(seq)}")
             if entry is None:  # evicted or expired
                 continue
-            stored = float(np.frombuffer(entry["vector"], dtype=np.float32) @ query[0])
-            if stored < self.threshold:  # the number now holds another entry
-                continue
+            stored = np.frombuffer(entry["vector"], dtype=np.float32)
+            near.append((float(stored @ query[0]), int(seq), entry))  # the number may hold another entry now
+        near.sort(key=lambda item: -item[0])
+        for similarity, seq, entry in near:
+            if similarity < self.threshold:
+                break
+            group = entry.get("group") or f"#{seq}"
+            rival = max((s for s, q, e in near if (e.get("group") or f"#{q}") != group), default=-1.0)
+            if similarity - rival < self.margin:
+                self.lookups["rejected_as_ambiguous"] += 1
+                break  # every later candidate is closer still to a rival
             if self.guards and question is not None and conflict(question, entry["question"]):
                 self.lookups["rejected_by_guards"] += 1
+                continue
+            if self.verifier is not None and not self.verifier.accepts(
+                query[0], np.frombuffer(entry["vector"], dtype=np.float32)
+            ):
+                self.lookups["rejected_by_verifier"] += 1
                 continue
             if accept is not None and not accept(entry["payload"]):
                 self.lookups["rejected_by_checks"] += 1
                 continue
             self.lookups["semantic_hits"] += 1
-            return CacheHit("semantic", stored, entry["question"], entry["payload"])
+            return CacheHit("semantic", similarity, entry["question"], entry["payload"])
         self.lookups["misses"] += 1
         return None
 
     def put(
-        self, scope: str, question: str, vector: np.ndarray, payload: dict[str, Any], tag: str | None = None
+        self,
+        scope: str,
+        question: str,
+        vector: np.ndarray,
+        payload: dict[str, Any],
+        tag: str | None = None,
+        group: str | None = None,
     ) -> None:
-        """Store an answer. ``tag`` (the pipeline passes the collection) lets ``clear`` drop a subset."""
+        """Store an answer. ``tag`` (the pipeline passes the collection) lets ``clear`` drop a
+        subset; entries with the same ``group`` give the same answer (the pipeline passes the
+        cited chunks), so they are not rivals for the margin check."""
         skey = self._scope_key(scope)
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dimension:
@@ -179,6 +212,7 @@ class SemanticCache:
             "payload": payload,
             "created_at": time.time(),
             "tag": tag,
+            "group": group,
         }
         self._store.set(f"e:{skey}:{seq}", entry, expire=self.ttl_s)
         self._store.set(f"x:{skey}:{normalize_question(question)}", seq, expire=self.ttl_s)
@@ -224,6 +258,8 @@ class SemanticCache:
             "entries_by_collection": by_tag,
             "bytes": int(self._store.volume()),
             "threshold": self.threshold,
+            "margin": self.margin,
+            "verifier": self.verifier is not None,
             "ttl_s": self.ttl_s,
             "lookups": dict(self.lookups),
         }

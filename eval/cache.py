@@ -22,9 +22,24 @@ import numpy as np
 
 from cache import SemanticCache
 
+_PAIR_ALIASES = {"question_1": "text_a", "question_2": "text_b", "similar": "label"}
+
 
 def load_pairs(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Labelled pairs, JSONL or CSV: ``text_a``, ``text_b``, ``label`` (1 = one answer serves
+    both), ``kind`` optional; CSV headers ``question_1, question_2, similar`` work too."""
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as f:
+            rows: list[dict[str, Any]] = [{_PAIR_ALIASES.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)]
+    else:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    for number, row in enumerate(rows, 1):
+        if not {"text_a", "text_b", "label"} <= row.keys():
+            raise ValueError(f"{path} row {number}: need text_a, text_b and label")
+        row["label"] = int(row["label"])
+    return rows
 
 
 def _embed_unique(embedder: Any, texts: list[str]) -> dict[str, np.ndarray]:
@@ -38,11 +53,12 @@ def eval_pairs(
     threshold: float,
     guards: bool = True,
     vectors: dict[str, np.ndarray] | None = None,
+    verifier: Any = None,
 ) -> dict[str, Any]:
     vectors = vectors or _embed_unique(embedder, [p["text_a"] for p in pairs] + [p["text_b"] for p in pairs])
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # kind -> [hits, n]
     with tempfile.TemporaryDirectory() as tmp:
-        cache = SemanticCache(tmp, dimension=embedder.dimension, threshold=threshold, guards=guards)
+        cache = SemanticCache(tmp, dimension=embedder.dimension, threshold=threshold, guards=guards, verifier=verifier)
         for i, pair in enumerate(pairs):
             scope = f"pair-{i}"  # one empty cache per pair, in one store
             cache.put(scope, pair["text_a"], vectors[pair["text_a"]], {"answer": i})
@@ -57,6 +73,7 @@ def eval_pairs(
     return {
         "threshold": threshold,
         "guards": guards,
+        "verifier": verifier is not None,
         "n": len(pairs),
         "hit_rate": pos[0] / pos[1] if pos[1] else 0.0,
         "false_hit_rate": neg[0] / neg[1] if neg[1] else 0.0,
@@ -66,25 +83,139 @@ def eval_pairs(
     }
 
 
-def calibrate(
-    pairs: list[dict[str, Any]], embedder: Any, max_false_hit_rate: float, thresholds: list[float]
+def load_labelled_questions(path: Path) -> tuple[list[str], list[str]]:
+    """Questions labelled with their request (CSV or JSONL): a text column (``text`` or
+    ``question``) and a label column (``label``, ``intent`` or ``category``)."""
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text_key = next((k for k in ("text", "question") if rows and k in rows[0]), None)
+    label_key = next((k for k in ("label", "intent", "category") if rows and k in rows[0]), None)
+    if text_key is None or label_key is None:
+        raise ValueError(f"{path}: need a text (or question) column and a label (or intent, category) column")
+    return [str(r[text_key]) for r in rows], [str(r[label_key]) for r in rows]
+
+
+def _best_cut(
+    cos: np.ndarray,
+    prob: np.ndarray | None,
+    blocked: np.ndarray,
+    labels: np.ndarray,
+    budget: float,
+    floors: list[float],
 ) -> dict[str, Any] | None:
-    """The threshold with the most hits whose false-hit rate stays within the budget."""
-    vectors = _embed_unique(embedder, [p["text_a"] for p in pairs] + [p["text_b"] for p in pairs])
-    rows = [eval_pairs(pairs, embedder, t, True, vectors) for t in thresholds]
-    ok = [r for r in rows if r["false_hit_rate"] <= max_false_hit_rate]
-    return max(ok, key=lambda r: (r["hit_rate"], r["threshold"])) if ok else None
+    """The (cosine floor, verifier cut) with the most hits on label-1 pairs whose false-hit
+    rate on label-0 pairs stays within ``budget`` with 95% confidence (Clopper-Pearson upper
+    bound): the rate measured on held-out pairs is an estimate, and unseen questions should
+    stay within the budget too."""
+    from scipy.stats import beta
+
+    pos, neg = labels == 1, labels == 0
+    n_neg = int(neg.sum())
+    best: dict[str, Any] | None = None
+    for floor in floors:
+        ok = (cos >= floor) & ~blocked
+        cuts = [0.0] if prob is None else sorted({0.5, *np.quantile(prob[neg], np.linspace(0.9, 1.0, 51)).tolist()})
+        for cut in cuts:
+            hit = ok if prob is None else ok & (prob >= cut)
+            false_hits = int(hit[neg].sum())
+            fhr, hr = false_hits / n_neg, float(hit[pos].mean())
+            upper = float(beta.ppf(0.95, false_hits + 1, n_neg - false_hits)) if false_hits < n_neg else 1.0
+            if upper <= budget and (best is None or hr > best["hit_rate"]):
+                best = {"threshold": floor, "verifier_threshold": cut, "hit_rate": hr, "false_hit_rate": fhr}
+    return best
 
 
-def write_env(path: Path, key: str, value: str) -> None:
-    """Set ``key=value`` in a dotenv file, keeping its other lines."""
+def calibrate(
+    embedder: Any,
+    max_false_hit_rate: float,
+    pairs: list[dict[str, Any]] | None = None,
+    questions: tuple[list[str], list[str]] | None = None,
+    train_verifier: bool = True,
+    holdout: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Settings for the user's domain from labelled pairs and/or labelled questions.
+
+    A share of the data is held out: the verifier is trained on the rest, and the threshold
+    (and the verifier's cut) are chosen on the held-out pairs, with the near-miss guards on,
+    so the reported rates are what unseen questions should see. Threshold-only settings are
+    chosen the same way; the verifier is kept only where it wins."""
+    from cache.guards import conflict
+    from cache.verifier import PairVerifier, pairs_from_labelled
+
+    rng = np.random.default_rng(seed)
+    fit: list[tuple[str, str, int]] = []
+    held: list[tuple[str, str, int]] = []
+    if pairs:
+        order = rng.permutation(len(pairs))
+        cut = int(len(pairs) * (1 - holdout))
+        for rank, i in enumerate(order):
+            p = pairs[i]
+            (fit if rank < cut else held).append((p["text_a"], p["text_b"], int(p["label"])))
+    if questions:
+        texts, labels = questions
+        vectors = np.asarray(embedder.embed_batch(texts), dtype=np.float32)
+        split = rng.random(len(texts)) >= holdout  # questions, not pairs, are split: no text on both sides
+        for part, target in ((split, fit), (~split, held)):
+            idx = np.flatnonzero(part)
+            left, right, same = pairs_from_labelled(vectors[idx], [labels[i] for i in idx], seed=seed)
+            target += [(texts[idx[a]], texts[idx[b]], int(y)) for a, b, y in zip(left, right, same, strict=True)]
+    if not held or len({y for *_, y in held}) < 2:
+        raise ValueError("need labelled data with both same-request and different-request examples")
+    unique = _embed_unique(embedder, [t for a, b, _ in fit + held for t in (a, b)])
+
+    def arrays(rows: list[tuple[str, str, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a = np.vstack([unique[r[0]] for r in rows]).astype(np.float32)
+        b = np.vstack([unique[r[1]] for r in rows]).astype(np.float32)
+        return a, b, np.asarray([r[2] for r in rows])
+
+    ha, hb, hy = arrays(held)
+    negatives = int((hy == 0).sum())
+    if 1 - 0.05 ** (1 / negatives) > max_false_hit_rate:  # even no false hit could not show the rate
+        raise ValueError(
+            f"{negatives} held-out different-request pairs cannot show a false-hit rate under "
+            f"{max_false_hit_rate:.1%}: give at least {int(3 / max_false_hit_rate / holdout)} different-request "
+            "pairs, or labelled questions with --questions"
+        )
+    cos = (ha * hb).sum(axis=1)
+    blocked = np.asarray([conflict(a, b) is not None for a, b, _ in held])
+    floors = [round(0.30 + 0.01 * i, 2) for i in range(70)]
+    result: dict[str, Any] = {"n_fit": len(fit), "n_holdout": len(held), "verifier": None}
+    result["threshold_only"] = _best_cut(cos, None, blocked, hy, max_false_hit_rate, floors)
+    best = result["threshold_only"]
+    if train_verifier and len(fit) >= 200:
+        fa, fb, fy = arrays(fit)
+        verifier = PairVerifier.train(fa, fb, fy, seed=seed)  # features are symmetric in a and b
+        with_verifier = _best_cut(cos, verifier.probability(ha, hb), blocked, hy, max_false_hit_rate, floors)
+        result["with_verifier"] = with_verifier
+        if with_verifier is not None and (best is None or with_verifier["hit_rate"] > best["hit_rate"]):
+            verifier.threshold = with_verifier["verifier_threshold"]
+            best, result["verifier"] = with_verifier, verifier
+    result["chosen"] = best
+    return result
+
+
+def write_env(path: Path, key: str, value: str | None) -> None:
+    """Set ``key=value`` in a dotenv file (``None`` removes the key), keeping its other lines."""
     lines = path.read_text().splitlines() if path.exists() else []
-    lines = [line for line in lines if not line.startswith(f"{key}=")] + [f"{key}={value}"]
+    lines = [line for line in lines if not line.startswith(f"{key}=")] + ([f"{key}={value}"] if value else [])
     path.write_text("\n".join(lines) + "\n")
 
 
 def eval_faq(
-    corpus: Path, qa: Path, embedder: Any, threshold: float, guards: bool = True, retrieval_check: bool = True
+    corpus: Path,
+    qa: Path,
+    embedder: Any,
+    threshold: float,
+    guards: bool = True,
+    retrieval_check: bool = True,
+    margin: float = 0.0,
+    verifier: Any = None,
 ) -> dict[str, Any]:
     from ingest.runner import ingest
     from rag.index import CollectionIndex
@@ -101,10 +232,18 @@ def eval_faq(
         chunk_ids: dict[str, set[int]] = defaultdict(set)
         for chunk_id, doc_id in index._db.execute("SELECT id, document_id FROM chunks"):
             chunk_ids[doc_id].add(chunk_id)
-        cache = SemanticCache(Path(tmp) / "cache", dimension=embedder.dimension, threshold=threshold, guards=guards)
+        cache = SemanticCache(
+            Path(tmp) / "cache",
+            dimension=embedder.dimension,
+            threshold=threshold,
+            guards=guards,
+            margin=margin,
+            verifier=verifier,
+        )
         questions = [e["question"] for e in faq]
         for entry, vector in zip(faq, embedder.embed_batch(questions), strict=True):
-            cache.put("faq", entry["question"], vector, {"id": entry["id"], "sources": sorted(chunk_ids[entry["id"]])})
+            sources = sorted(chunk_ids[entry["id"]])
+            cache.put("faq", entry["question"], vector, {"id": entry["id"], "sources": sources}, group=str(sources))
         correct = wrong = 0
         for item, vector in zip(items, embedder.embed_batch([i.question for i in items]), strict=True):
             accept = None
@@ -124,6 +263,8 @@ def eval_faq(
         "threshold": threshold,
         "guards": guards,
         "retrieval_check": retrieval_check,
+        "margin": margin,
+        "verifier": verifier is not None,
         "n": len(items),
         "correct_hit_rate": correct / n,
         "wrong_hit_rate": wrong / n,
@@ -160,6 +301,10 @@ def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         parts = ["guards" if r["guards"] else "threshold only"]
+        if r.get("margin"):
+            parts.append(f"margin {r['margin']:.2f}")
+        if r.get("verifier"):
+            parts.append("verifier")
         if r.get("retrieval_check"):
             parts.append("retrieval check")
         groups[" + ".join(parts)].append(r)

@@ -202,32 +202,37 @@ def eval_cache(
     ] = None,
     qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl asked against the seeded cache (with --corpus).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Similarity threshold [env RAG_CACHE_THRESHOLD].")] = None,
+    margin: Annotated[Optional[float], typer.Option(help="Margin over other answers [env RAG_CACHE_MARGIN].")] = None,
     sweep: Annotated[
-        bool, typer.Option(help="Try thresholds 0.70-0.98, with and without the checks; write a PNG.")
+        bool, typer.Option(help="Try thresholds 0.70-0.98: threshold only, and with the checks; write a PNG.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     out: Annotated[Path, typer.Option(help="Where the sweep plot goes.")] = Path("eval/results"),
 ) -> None:
-    """Correct and wrong cache hits on labelled pairs or an FAQ with reworded questions."""
+    """Correct and wrong cache hits on labelled pairs or an FAQ with reworded questions, with
+    the configured checks (guards, margin, calibrated verifier)."""
     from eval.cache import _embed_unique, eval_faq, eval_pairs, load_pairs, plot_sweep
     from rag.embedder import SentenceTransformerEmbedder
+    from rag.pipeline import load_verifier
 
-    settings = _settings(cache_threshold=threshold)
+    settings = _settings(cache_threshold=threshold, cache_margin=margin)
     if (pairs is None) == (corpus is None or qa is None):
         _fail("give --pairs FILE, or --corpus FILE and --qa FILE")
+    verifier = _run(lambda: load_verifier(settings))
     embedder = SentenceTransformerEmbedder(settings.embedding_dtype).load()
     thresholds = [round(0.70 + 0.02 * i, 2) for i in range(15)] if sweep else [settings.cache_threshold]
     rows: list[dict[str, Any]] = []
     if pairs is not None:
         records = load_pairs(pairs)
         vectors = _embed_unique(embedder, [p["text_a"] for p in records] + [p["text_b"] for p in records])
-        for guards in (False, True) if sweep else (True,):
-            rows += [eval_pairs(records, embedder, t, guards, vectors) for t in thresholds]
+        for guards, check in ((False, None), (True, verifier)) if sweep else ((True, verifier),):
+            rows += [eval_pairs(records, embedder, t, guards, vectors, check) for t in thresholds]
         x, y, name = "false_hit_rate", "hit_rate", pairs.stem
     else:
         assert corpus is not None and qa is not None
-        for guards, check in ((False, False), (True, True)) if sweep else ((True, True),):
-            rows += [eval_faq(corpus, qa, embedder, t, guards, check) for t in thresholds]
+        modes = [(False, False, 0.0, None), (True, True, settings.cache_margin, verifier)]
+        for guards, check, m, v in modes if sweep else modes[1:]:
+            rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v) for t in thresholds]
         x, y, name = "wrong_hit_rate", "correct_hit_rate", corpus.parent.name or corpus.stem
     if as_json:
         typer.echo(json.dumps(rows if sweep else rows[0], indent=2))
@@ -248,11 +253,11 @@ app.add_typer(cache_app, name="cache")
 
 
 def _open_cache(data_dir: Path | None) -> Any:
-    from cache import SemanticCache
     from rag.embedder import DIMENSION
+    from rag.pipeline import open_cache
 
     settings = _settings(data_dir=data_dir)
-    return SemanticCache(settings.cache_dir, dimension=DIMENSION, threshold=settings.cache_threshold)
+    return _run(lambda: open_cache(settings, DIMENSION))
 
 
 @cache_app.command("stats")
@@ -267,29 +272,58 @@ def cache_stats(data_dir: DataDir = None) -> None:
 @cache_app.command("calibrate")
 def cache_calibrate(
     pairs: Annotated[
-        Path, typer.Option(help="Labelled pairs from your domain: text_a, text_b, label (1 = same request).")
-    ],
+        Optional[Path], typer.Option(help="Labelled pairs from your domain: text_a, text_b, label (1 = same request).")
+    ] = None,
+    questions: Annotated[
+        Optional[Path],
+        typer.Option(help="Labelled questions (CSV/JSONL: text, label): same label = same request; pairs are drawn."),
+    ] = None,
     max_false_hit_rate: Annotated[
         float, typer.Option(help="Largest share of different-request pairs allowed to hit.")
     ] = 0.01,
-    env_file: Annotated[Path, typer.Option(help="Where the chosen setting is written.")] = Path(".env"),
+    verifier: Annotated[bool, typer.Option(help="Train a pair verifier; kept only if it beats a threshold.")] = True,
+    data_dir: DataDir = None,
+    env_file: Annotated[Path, typer.Option(help="Where the chosen settings are written.")] = Path(".env"),
 ) -> None:
-    """Choose the cache threshold from labelled pairs and write it to the settings (.env)."""
-    from eval.cache import calibrate, load_pairs, write_env
+    """Choose the cache settings from labelled data of your domain and write them to .env.
+
+    A fifth of the data is held out; the rates printed are measured on it."""
+    from eval.cache import calibrate, load_labelled_questions, load_pairs, write_env
     from rag.embedder import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder().load()
-    thresholds = [round(0.70 + 0.01 * i, 2) for i in range(30)]
-    best = calibrate(load_pairs(pairs), embedder, max_false_hit_rate, thresholds)
-    if best is None:
-        _fail(
-            f"no threshold up to {thresholds[-1]} keeps false hits under {max_false_hit_rate:.1%} - keep the cache exact-only"
-        )
+    if pairs is None and questions is None:
+        _fail("give --pairs FILE and/or --questions FILE")
+    settings = _settings(data_dir=data_dir)
+    try:
+        labelled = load_labelled_questions(questions) if questions else None
+        embedder = SentenceTransformerEmbedder(settings.embedding_dtype).load()
+        typer.echo("embedding and training (a minute on 10k questions)...", err=True)
+        result = calibrate(embedder, max_false_hit_rate, load_pairs(pairs) if pairs else None, labelled, verifier)
+    except (OSError, ValueError, KeyError) as exc:
+        _fail(str(exc))
         return
+    best = result["chosen"]
+    if best is None:
+        _fail(f"no setting keeps false hits under {max_false_hit_rate:.1%}: keep the cache exact-only")
+        return
+    for name in ("threshold_only", "with_verifier"):
+        if result.get(name) is not None:
+            row = result[name]
+            typer.echo(
+                f"{name.replace('_', ' ')}: threshold {row['threshold']:.2f} -> hit rate {row['hit_rate']:.3f}, "
+                f"false-hit rate {row['false_hit_rate']:.3f}"
+            )
     write_env(env_file, "RAG_CACHE_THRESHOLD", f"{best['threshold']:.2f}")
+    path = None
+    if result["verifier"] is not None:
+        path = (settings.data_dir / "cache-verifier.npz").resolve()
+        result["verifier"].save(path)
+    write_env(env_file, "RAG_CACHE_VERIFIER", str(path) if path else None)
     typer.echo(
-        f"RAG_CACHE_THRESHOLD={best['threshold']:.2f} written to {env_file}: hit rate {best['hit_rate']:.3f}, "
-        f"false-hit rate {best['false_hit_rate']:.3f} on {best['n']} pairs"
+        f"RAG_CACHE_THRESHOLD={best['threshold']:.2f}"
+        + (f", RAG_CACHE_VERIFIER={path}" if path else "")
+        + f" written to {env_file}: hit rate {best['hit_rate']:.3f}, false-hit rate {best['false_hit_rate']:.3f}"
+        f" on {result['n_holdout']} held-out pairs ({result['n_fit']} used to fit)"
     )
 
 
@@ -324,7 +358,7 @@ def settings_table() -> str:
     for name, field in Settings.model_fields.items():
         default = field.default
         shown = "unset" if default is None else f"`{default.as_posix() if isinstance(default, Path) else default}`"
-        rows.append(f"| `RAG_{name.upper()}` | {shown} | {field.description or ''} |")
+        rows.append(f"| `RAG_{name.upper()}` | {shown} | {' '.join((field.description or '').split())} |")
     return "\n".join(rows)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cache import SemanticCache, normalize_question
+from cache.verifier import PairVerifier
 
 from . import __version__
 from .compress import best_sentences, compress
@@ -348,7 +349,9 @@ class Pipeline:
             # model name during this request.
             assert prep.index is not None
             scope = self.cache_scope(prep.index, prep.top_k)
-            self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection)
+            # Answers citing the same chunks are one answer: not rivals for the margin check.
+            group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
+            self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
         answer = self._done(prep, text, citations, CacheStatus(), usage)
         answer.grounded = grounded
         return answer
@@ -399,13 +402,31 @@ def build_pipeline(settings: Settings, embedder: Embedder | None = None) -> Pipe
     if embedder is None:  # load now, not on the first question
         embedder = SentenceTransformerEmbedder(settings.embedding_dtype, settings.embedding_batch_size).load()
     generator = get_generator(settings.backend, settings)
-    cache = None
-    if settings.cache_enabled:
-        cache = SemanticCache(
-            settings.cache_dir,
-            dimension=embedder.dimension,
-            threshold=settings.cache_threshold,
-            size_limit_bytes=settings.cache_size_mb * 2**20,
-            ttl_s=settings.cache_ttl_s,
-        )
+    cache = open_cache(settings, embedder.dimension) if settings.cache_enabled else None
     return Pipeline(settings, embedder, generator, cache)
+
+
+def load_verifier(settings: Settings) -> PairVerifier | None:
+    """The pair verifier `rag cache calibrate` wrote, if the settings name one."""
+    if settings.cache_verifier is None:
+        return None
+    try:
+        return PairVerifier.load(settings.cache_verifier)
+    except (OSError, ValueError, KeyError) as exc:
+        raise RagError(
+            f"cannot read the cache verifier {settings.cache_verifier} ({exc}): "
+            "run `rag cache calibrate` again, or unset RAG_CACHE_VERIFIER"
+        ) from exc
+
+
+def open_cache(settings: Settings, dimension: int) -> SemanticCache:
+    """The response cache as the settings describe it (threshold, margin, verifier, limits)."""
+    return SemanticCache(
+        settings.cache_dir,
+        dimension=dimension,
+        threshold=settings.cache_threshold,
+        size_limit_bytes=settings.cache_size_mb * 2**20,
+        ttl_s=settings.cache_ttl_s,
+        margin=settings.cache_margin,
+        verifier=load_verifier(settings),
+    )

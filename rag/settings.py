@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ShotMode = Literal["zero", "one", "few"]
@@ -116,8 +116,20 @@ class Settings(BaseSettings):
     cache_enabled: bool = True
     """Serve and store answers through the semantic cache."""
 
-    cache_threshold: float = Field(default=0.92, ge=0.0, le=1.0)
+    cache_threshold: float = Field(default=0.86, ge=0.0, le=1.0)
     """Cosine similarity at or above which a cached question counts as the same question."""
+
+    cache_margin: float = Field(default=0.08, ge=0.0, le=1.0)
+    """A cached question must be this much closer (cosine) than any cached question with
+    another answer; between two, the question is ambiguous and misses."""
+
+    cache_verifier: Path | None = None
+    """Pair verifier written by `rag cache calibrate` (.npz); judges each near duplicate."""
+
+    @field_validator("cache_verifier", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     cache_size_mb: int = Field(default=512, ge=1)
     """Disk budget of the response cache; least recently used entries go first."""

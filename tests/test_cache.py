@@ -103,3 +103,30 @@ def test_a_corrupted_cache_file_is_set_aside_and_the_cache_starts_empty(tmp_path
     reopened.put("s", "Do gift cards expire?", _vec(embedder, "Do gift cards expire?"), {"answer": "never"})
     assert reopened.get_exact("s", "Do gift cards expire?") is not None
     assert len(list(tmp_path.glob("cache.corrupt-*"))) == 1
+
+
+def _unit(*parts: float) -> np.ndarray:
+    v = np.zeros(384, dtype=np.float32)
+    v[: len(parts)] = parts
+    return v / np.linalg.norm(v)
+
+
+def test_a_question_between_two_answers_is_ambiguous_and_misses(tmp_path: Path) -> None:
+    cache = SemanticCache(tmp_path, dimension=384, threshold=0.9, margin=0.08)
+    query = _unit(1.0, 0.0, 0.0)
+    close = _unit(1.0, 0.30, 0.0)  # cosine 0.958 to the query
+    rival = _unit(1.0, 0.0, 0.42)  # cosine 0.922 to the query, another answer
+    cache.put("s", "close", close, {"answer": "A"}, group="a")
+    assert cache.get_similar("s", query).payload["answer"] == "A"  # type: ignore[union-attr]
+    cache.put("s", "rival", rival, {"answer": "B"}, group="b")
+    assert cache.get_similar("s", query) is None
+    assert cache.lookups["rejected_as_ambiguous"] == 1
+    # An entry with the same answer (same group) is no rival.
+    cache.put("t", "close", close, {"answer": "A"}, group="a")
+    cache.put("t", "same answer, other words", rival, {"answer": "A'"}, group="a")
+    assert cache.get_similar("t", query).payload["answer"] == "A"  # type: ignore[union-attr]
+    # Without a margin the nearest wins, as in a plain semantic cache.
+    plain = SemanticCache(tmp_path / "plain", dimension=384, threshold=0.9)
+    plain.put("s", "close", close, {"answer": "A"}, group="a")
+    plain.put("s", "rival", rival, {"answer": "B"}, group="b")
+    assert plain.get_similar("s", query).payload["answer"] == "A"  # type: ignore[union-attr]
