@@ -34,7 +34,7 @@ async def _ask_all(pipeline: Any, items: list[QAItem], progress: bool | None) ->
     rows = []
     for item in tqdm(items, desc="answering", unit="q", disable=None if progress is None else not progress):
         started = time.perf_counter()
-        answer = await pipeline.answer(item.question, "eval")
+        answer = await pipeline.answer(item.question, "eval", history=item.history or None)
         elapsed = (time.perf_counter() - started) * 1000
         cited = [c.document_id for c in answer.citations]
         rows.append(
@@ -50,6 +50,10 @@ async def _ask_all(pipeline: Any, items: list[QAItem], progress: bool | None) ->
                 "no_answer": answer.answer == NO_ANSWER,
                 "fell_back": not answer.grounded,
                 "cited_gold": bool(set(cited) & set(item.gold_passage_ids)),
+                "citation_recall": len(set(cited) & set(item.gold_passage_ids)) / len(set(item.gold_passage_ids))
+                if item.gold_passage_ids
+                else None,
+                "answerable": bool(item.answers),
                 "latency_ms": elapsed,
                 "generate_ms": answer.timings_ms["generate"],
                 "completion_tokens": answer.usage.get("completion_tokens") or 0,
@@ -77,6 +81,13 @@ def evaluate_answers(
 
         rows = asyncio.run(run())
     n = len(rows) or 1
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    with_gold = [r["citation_recall"] for r in answerable if r["citation_recall"] is not None]
+
+    def share(selected: list[dict[str, Any]], key: str) -> float | None:
+        return sum(bool(r[key]) for r in selected) / len(selected) if selected else None
+
     latencies = [r["latency_ms"] for r in rows]
     gen_ms = sum(r["generate_ms"] for r in rows)
     tokens = sum(r["completion_tokens"] for r in rows)
@@ -85,6 +96,12 @@ def evaluate_answers(
         "shots": settings.shots,
         "questions": len(rows),
         "chunks": report.chunks_total,
+        "n": len(rows),
+        "contains": share(answerable, "contains"),
+        "f1": sum(r["f1"] for r in answerable) / len(answerable) if answerable else None,
+        "citation_recall": sum(with_gold) / len(with_gold) if with_gold else None,
+        "abstain_rate": share(unanswerable, "no_answer"),
+        "false_abstain_rate": share(answerable, "no_answer"),
         "answer_contains_gold": sum(r["contains"] for r in rows) / n,
         "token_f1": sum(r["f1"] for r in rows) / n,
         "said_no_answer": sum(r["no_answer"] for r in rows) / n,
@@ -98,7 +115,10 @@ def evaluate_answers(
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {v}" for k, v in summary.items()]
+    lines = [
+        f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {'n/a' if v is None else v}"
+        for k, v in summary.items()
+    ]
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ class QAItem:
     question: str
     answers: list[str]
     gold_passage_ids: list[str] = field(default_factory=list)
+    history: list[dict[str, str]] = field(default_factory=list)
 
 
 def load_qa(path: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]:
@@ -26,7 +27,13 @@ def load_qa(path: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]
         if line.strip():
             r = json.loads(line)
             items.append(
-                QAItem(str(r["id"]), r["question"], list(r.get("answers", [])), list(r.get("gold_passage_ids", [])))
+                QAItem(
+                    str(r["id"]),
+                    r["question"],
+                    list(r.get("answers", [])),
+                    list(r.get("gold_passage_ids", [])),
+                    list(r.get("history") or []),
+                )
             )
     if limit is not None and limit < len(items):
         items = random.Random(seed).sample(items, limit)  # a fixed sample across the whole set

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -30,10 +31,12 @@ from rag.index import (
     CHUNKS_FILE,
     FORMAT_VERSION,
     INDEX_FILE,
+    INDEX_TYPES,
     META_FILE,
     SCHEMA,
     collection_dir,
     current_version_dir,
+    new_faiss_index,
     switch_current,
 )
 from rag.settings import Settings
@@ -55,6 +58,7 @@ class IngestReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0
     version: str | None = None
+    index_type: str = "flat"
 
     @property
     def changed(self) -> bool:
@@ -65,7 +69,7 @@ class IngestReport:
         return (
             f"collection {self.collection!r}: {len(self.indexed)} files indexed, "
             f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed; "
-            f"{self.chunks_added} chunks added, {self.chunks_removed} removed, {self.chunks_total} in index; "
+            f"{self.chunks_added} chunks added, {self.chunks_removed} removed, {self.chunks_total} in the {self.index_type} index; "
             f"{self.seconds:.1f} s ({rate:.0f} chunks/s embedding)"
         )
 
@@ -114,6 +118,7 @@ def ingest(
     *,
     prune: bool = True,
     progress: bool | None = None,
+    index_type: str | None = None,
 ) -> IngestReport:
     """Index ``paths`` into ``collection``. Raises IngestError only if nothing could be indexed."""
     import faiss
@@ -136,22 +141,28 @@ def ingest(
         new_dir.mkdir(parents=True)
         try:
             db = sqlite3.connect(new_dir / CHUNKS_FILE)
+            meta: dict[str, Any] = {}
             if current is not None:
-                with closing(sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True)) as old:
-                    old.backup(db)
-                index = faiss.read_index(str(current / INDEX_FILE))
                 meta = json.loads((current / META_FILE).read_text())
                 if meta.get("embedding_model") != embedder.name or meta.get("dimension") != embedder.dimension:
                     raise IngestError(
                         f"collection {collection!r} was built with {meta.get('embedding_model')}; "
                         f"delete {cdir} to rebuild it with {embedder.name}"
                     )
-            else:
+            if current is not None and int(meta.get("format_version", 1)) >= FORMAT_VERSION:
+                with closing(sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True)) as old:
+                    old.backup(db)
+                index = faiss.read_index(str(current / INDEX_FILE))
+            else:  # new, or written by an older release: built afresh from the files
                 db.executescript(SCHEMA)
-                index = faiss.IndexIDMap2(faiss.IndexFlatIP(embedder.dimension))
+                index = new_faiss_index("flat", embedder.dimension, np.zeros((0, embedder.dimension), np.float32))
                 # Chunk ids never repeat within a lineage, so "the chunks an answer cites still
                 # exist" means "its sources are unchanged"; a rebuilt collection starts a new one.
-                meta = {"next_id": 1, "lineage": uuid.uuid4().hex}
+                meta = {"next_id": 1, "lineage": uuid.uuid4().hex, "index_type": "flat"}
+            previous_type = str(meta.get("index_type", "flat"))
+            index_type = index_type or previous_type
+            if index_type not in INDEX_TYPES:
+                raise IngestError(f"unknown index type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
 
             known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
             chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
@@ -190,9 +201,12 @@ def ingest(
                 gone = [s for s in known if s not in seen and _is_under(s, roots)]
                 to_remove += gone
                 report.removed.extend(gone)
+            incremental = index_type == previous_type and (
+                index_type == "flat" or (index_type == "hnsw" and not to_remove)
+            )
             for source in to_remove:
                 old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE source = ?", (source,))]
-                if old_ids:
+                if old_ids and incremental:
                     index.remove_ids(np.asarray(old_ids, dtype=np.int64))  # type: ignore[arg-type]
                 report.chunks_removed += len(old_ids)
                 db.execute("DELETE FROM chunks WHERE source = ?", (source,))
@@ -207,15 +221,18 @@ def ingest(
             embed_started = time.perf_counter()
             vectors = _embed(embedder, [c.embedding_text for c in all_chunks], settings.embedding_batch_size, progress)
             report.embed_seconds = time.perf_counter() - embed_started
-            if len(all_chunks):
-                index.add_with_ids(vectors, ids)
             db.executemany(
-                "INSERT INTO chunks (id, source, document_id, title, position, text) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (id, source, document_id, title, position, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (int(i), c.source, c.document_id, c.title, c.position, c.text)
-                    for i, c in zip(ids, all_chunks, strict=True)
+                    (int(i), c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
+                    for i, c, v in zip(ids, all_chunks, vectors, strict=True)
                 ],
             )
+            if incremental:
+                if len(all_chunks):
+                    index.add_with_ids(vectors, ids)
+            elif pending or to_remove or index_type != previous_type:
+                index = _rebuild(db, index_type, embedder.dimension)
             now = time.time()
             db.executemany(
                 "INSERT INTO files (source, sha256, document_ids, chunks, ingested_at) VALUES (?, ?, ?, ?, ?)",
@@ -224,8 +241,9 @@ def ingest(
             report.indexed = [s for s, _, _, _ in pending]
             report.chunks_added = len(all_chunks)
             report.chunks_total = int(index.ntotal)
+            report.index_type = index_type
 
-            if not report.changed:
+            if not report.changed and index_type == previous_type:
                 raise _NothingToPublish
             db.commit()
             meta.update(
@@ -235,6 +253,7 @@ def ingest(
                 chunk_size=settings.chunk_size,
                 chunk_overlap=settings.chunk_overlap,
                 next_id=next_id + len(all_chunks),
+                index_type=index_type,
                 chunks=report.chunks_total,
                 fingerprint=_fingerprint(db, settings, embedder.name),
                 created_at=now,
@@ -262,6 +281,20 @@ def ingest(
 
 class _NothingToPublish(Exception):
     pass
+
+
+def _rebuild(db: sqlite3.Connection, index_type: str, dimension: int) -> Any:
+    """A fresh index of ``index_type`` over every stored vector (training it first)."""
+    rows = db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
+    ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dimension)
+    try:
+        index = new_faiss_index(index_type, dimension, vectors)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from exc
+    if len(ids):
+        index.add_with_ids(vectors, ids)
+    return index
 
 
 def _nothing_indexed_message(report: IngestReport) -> str:

@@ -52,6 +52,10 @@ def ingest(
         bool, typer.Option(help="Drop chunks of files deleted from under PATHS since the last run.")
     ] = True,
     progress: Annotated[Optional[bool], typer.Option(help="Progress bars (default: only on a terminal).")] = None,
+    index_type: Annotated[
+        Optional[str],
+        typer.Option(help="flat (exact), hnsw, ivfpq or sq8; default: the collection's own, flat when new."),
+    ] = None,
 ) -> None:
     """Index documents (.txt .md .html .pdf .jsonl) into a collection, incrementally."""
     from ingest.runner import ingest as run_ingest
@@ -59,7 +63,11 @@ def ingest(
 
     settings = _settings(data_dir=data_dir, collection=collection)
     embedder = SentenceTransformerEmbedder(settings.embedding_dtype, settings.embedding_batch_size)
-    report = _run(lambda: run_ingest(paths, settings.collection, settings, embedder, prune=prune, progress=progress))
+    report = _run(
+        lambda: run_ingest(
+            paths, settings.collection, settings, embedder, prune=prune, progress=progress, index_type=index_type
+        )
+    )
     for source, reason in report.failed:
         typer.secho(f"skipped {source}: {reason}", fg=typer.colors.YELLOW, err=True)
     typer.echo(report.summary())
@@ -120,6 +128,89 @@ eval_app = typer.Typer(no_args_is_help=True, help="Measure quality and speed on 
 app.add_typer(eval_app, name="eval")
 
 
+@eval_app.command("retrieval")
+def eval_retrieval(
+    data: Annotated[
+        Optional[Path], typer.Option(help="Folder with corpus.jsonl + qa.jsonl (shared/data shape).")
+    ] = None,
+    corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus files/folders (instead of --data).")] = None,
+    qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl (instead of --data).")] = None,
+    collection: Annotated[
+        Optional[str], typer.Option("--collection", "-c", help="Use this ingested collection instead of a corpus.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Passages ranked per question.")] = 10,
+    limit: Annotated[Optional[int], typer.Option(help="A fixed random sample of this many questions.")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="flat, hnsw, ivfpq or sq8.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="hybrid, dense or lexical [env RAG_RETRIEVAL_MODE].")] = None,
+    entity_filter: Annotated[
+        Optional[bool], typer.Option(help="Entity carry-over from the conversation [env RAG_ENTITY_FILTER].")
+    ] = None,
+    reranker: Annotated[Optional[str], typer.Option(help="Reranker spec [env RAG_RERANKER].")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name of this run in --out.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the JSON here and a PNG comparing the runs in it.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """recall@1/5/10, MRR@10, nDCG@10 and retrieval latency on a corpus + qa set."""
+    from eval.data import load_qa, resolve_dataset
+    from eval.retrieval import METRICS, evaluate_retrieval, plot_runs, write_run
+
+    settings = _settings(
+        data_dir=data_dir, retrieval_mode=mode, entity_filter=entity_filter, reranker=reranker, collection=collection
+    )
+    corpus_paths: list[Path] | None = None
+    if data is not None:
+        corpus_paths, qa_path = resolve_dataset(data)
+    elif qa is not None and (corpus or collection):
+        corpus_paths, qa_path = corpus or None, qa
+    else:
+        _fail("give --data DIR, or --qa FILE with --corpus PATH or --collection NAME")
+        return
+    items = load_qa(qa_path, limit)
+    try:
+        result = _run(
+            lambda: evaluate_retrieval(corpus_paths, items, settings, k=k, index_type=index_type, collection=collection)
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+        return
+    summary = result["summary"]
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo("  ".join(f"{m} {summary[m]:.3f}" for m in METRICS) + f"  (n={summary['n']})")
+        typer.echo(f"latency p50 {summary['latency_ms']['p50']} ms, p95 {summary['latency_ms']['p95']} ms")
+    if out is not None:
+        run_name = name or "-".join(
+            [(data or qa_path.parent).name, summary["index_type"], summary["retrieval_mode"]]
+            + ([] if summary["entity_filter"] else ["no-entity"])
+        )
+        path = write_run(out, run_name, summary)
+        typer.echo(f"wrote {path} and {plot_runs(out)}", err=as_json)
+
+
+@eval_app.command("index")
+def eval_index(
+    n: Annotated[int, typer.Option(help="Synthetic vectors to index.")] = 1_000_000,
+    types: Annotated[str, typer.Option(help="Comma-separated index types.")] = "flat,hnsw,ivfpq,sq8",
+    queries: Annotated[int, typer.Option(help="Queries, one at a time.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Index types at scale on synthetic 384-d vectors: bytes/vector, recall@10 vs exact, latency."""
+    from eval.index_bench import bench_index_types
+
+    result = bench_index_types(n, [t.strip() for t in types.split(",") if t.strip()], queries=queries)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"{result['n']:,} vectors, {result['dimension']}-d, {result['queries']} queries")
+    for name, row in result["types"].items():
+        typer.echo(
+            f"{name:>6}: {row['bytes_per_vector']:8.1f} bytes/vector  recall@10 {row['recall@10']:.3f}  "
+            f"p50 {row['p50_ms']:.2f} ms  p95 {row['p95_ms']:.2f} ms  build {row['build_s']:.0f} s"
+        )
+
+
 @eval_app.command("answers")
 def eval_answers(
     data: Annotated[
@@ -132,8 +223,10 @@ def eval_answers(
     model: Annotated[Optional[str], typer.Option(help="llama.cpp model [env RAG_LLAMACPP_MODEL].")] = None,
     shots: Annotated[Optional[str], typer.Option(help="zero, one or few [env RAG_SHOTS].")] = None,
     out: Annotated[Path, typer.Option(help="Where per-question results go.")] = Path("eval/results"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Answer quality (gold answer contained, token F1, gold passage cited) and latency."""
+    """Answer quality: contains, F1, citation recall, abstain rates (questions with no
+    answers), latency."""
     from eval.answers import evaluate_answers, format_summary, write_results
     from eval.data import load_qa, resolve_dataset
 
@@ -147,9 +240,9 @@ def eval_answers(
         return
     items = load_qa(qa_path, limit)
     result = evaluate_answers(corpus_paths, items, settings)
-    typer.echo(format_summary(result["summary"]))
+    typer.echo(json.dumps(result["summary"], indent=2) if as_json else format_summary(result["summary"]))
     name = result["summary"]["backend"].replace(":", "-") + f"-{settings.shots}"
-    typer.echo(f"per-question results: {write_results(result, out, name)}")
+    typer.echo(f"per-question results: {write_results(result, out, name)}", err=as_json)
 
 
 @eval_app.command("latency")

@@ -1,5 +1,19 @@
-"""A collection's index on disk: FAISS vectors with explicit int64 ids, chunk text and
-metadata in SQLite beside them, in versioned folders.
+"""A collection's index on disk: FAISS vectors with explicit int64 ids, chunk text,
+metadata and vectors in SQLite beside them, with an FTS5 full-text index (BM25) that SQLite
+keeps in step with every insert and delete; all in versioned folders.
+
+Search is hybrid: the dense (FAISS) and lexical (FTS5 BM25) rankings are fused by
+reciprocal rank. Metadata filters (title, document_id, source) restrict both.
+
+Index types, chosen at ingest (``--index-type``):
+
+- ``flat``: exact inner product; updated in place on re-ingest (adds and deletes);
+- ``hnsw``: graph search, for millions of chunks (M=32);
+- ``ivfpq``: inverted lists + product quantisation, ~100 bytes a vector;
+- ``sq8``: 8-bit scalar quantisation, exact scan of 1/4 of the memory.
+
+The approximate types are rebuilt from the stored vectors when a re-ingest deletes chunks
+(FAISS's HNSW cannot delete) or retrains (IVF-PQ, SQ8).
 
 Layout under ``<data_dir>/collections/<name>/``::
 
@@ -29,7 +43,10 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.sqlite"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+INDEX_TYPES = ("flat", "hnsw", "ivfpq", "sq8")
+FILTER_FIELDS = ("title", "document_id", "source")
+RRF_K = 60
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 SCHEMA = """
@@ -46,10 +63,80 @@ CREATE TABLE IF NOT EXISTS chunks (
     document_id TEXT NOT NULL,
     title TEXT NOT NULL,
     position INTEGER NOT NULL,
-    text TEXT NOT NULL
+    text TEXT NOT NULL,
+    vector BLOB
 );
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
+CREATE INDEX IF NOT EXISTS chunks_title ON chunks(title);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    title, text, content='chunks', content_rowid='id', tokenize='porter unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, title, text) VALUES (new.id, new.title, new.text);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, title, text) VALUES ('delete', old.id, old.title, old.text);
+END;
 """
+_FTS_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
+
+
+def new_faiss_index(index_type: str, dimension: int, vectors: np.ndarray) -> Any:
+    """An empty-or-trained FAISS index of ``index_type`` (ids added by the caller)."""
+    import faiss
+
+    n = len(vectors)
+    if index_type == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+    if index_type == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dimension, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 80
+        hnsw.hnsw.efSearch = 128
+        return faiss.IndexIDMap2(hnsw)
+    if index_type == "sq8":
+        sq = faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        sq.train(vectors)
+        return faiss.IndexIDMap2(sq)
+    if index_type == "ivfpq":
+        if n < 1000:
+            raise ValueError(f"ivfpq needs at least 1,000 chunks to train on, this collection has {n}: use flat")
+        nlist = int(min(16384, max(1, 4 * np.sqrt(n))))
+        nlist = min(nlist, n // 39)
+        quantizer = faiss.IndexFlatIP(dimension)
+        ivf = faiss.IndexIVFPQ(quantizer, dimension, nlist, dimension // 4, 8, faiss.METRIC_INNER_PRODUCT)
+        sample = vectors[np.random.default_rng(0).permutation(n)[: max(nlist * 64, 20000)]]
+        ivf.train(sample)
+        ivf.nprobe = min(nlist, 32)
+        return ivf
+    raise ValueError(f"unknown index type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
+
+
+def fts_query(text: str) -> str:
+    """An FTS5 query matching any content word of ``text`` (each quoted: no operator
+    injection). Stop words go: BM25 gives them little weight anyway, but "the" OR ... would
+    make FTS5 rank nearly every chunk."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = {w.lower() for w in _FTS_TOKEN_RE.findall(text.replace("'", ""))}
+    words = {w for w in words if (len(w) > 1 or w.isdigit()) and w not in ENGLISH_STOP_WORDS}
+    return " OR ".join(f'"{w}"' for w in sorted(words))
+
+
+def _filter_sql(filters: dict[str, Any] | None) -> tuple[str, list[Any]]:
+    if not filters:
+        return "", []
+    clauses, params = [], []
+    for key, value in filters.items():
+        if key not in FILTER_FIELDS:
+            raise InvalidRequestError(
+                f"cannot filter on {key!r}: filter on {', '.join(FILTER_FIELDS)}", param=f"filters.{key}"
+            )
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) for v in values):
+            raise InvalidRequestError(f"filter {key!r} takes a string or a list of strings", param=f"filters.{key}")
+        clauses.append(f"{key} IN ({','.join('?' * len(values))})")
+        params += values
+    return " AND ".join(clauses), params
 
 
 def check_collection_name(name: str) -> str:
@@ -115,6 +202,7 @@ class CollectionIndex:
         self.version_dir = version_dir
         self.meta = meta
         self._index = index
+        self._titles: list[str] | None = None
         self._db = sqlite3.connect(f"file:{version_dir / CHUNKS_FILE}?mode=ro", uri=True, check_same_thread=False)
 
     @property
@@ -147,6 +235,12 @@ class CollectionIndex:
         if vdir is None:
             raise CollectionNotFoundError(name, collections_dir.parent)
         meta = json.loads((vdir / META_FILE).read_text())
+        if int(meta.get("format_version", 1)) < FORMAT_VERSION:
+            raise IndexMismatchError(
+                f"collection {name!r} was written by an older release (no full-text index) - "
+                f"re-ingest it with `rag ingest PATH --collection {name}`",
+                param="collection",
+            )
         if meta.get("embedding_model") != model or int(meta.get("dimension", -1)) != dimension:
             raise IndexMismatchError(
                 f"collection {name!r} was built with {meta.get('embedding_model')} "
@@ -156,26 +250,77 @@ class CollectionIndex:
             )
         return cls(name, vdir, faiss.read_index(str(vdir / INDEX_FILE)), meta)
 
-    def search(self, vector: np.ndarray, k: int) -> list[RetrievedChunk]:
+    def titles(self) -> list[str]:
+        """The titles that group three or more chunks (an entity, a long document), read once. A
+        title with one or two chunks (an FAQ entry, a duplicate) names no entity to search within."""
+        if self._titles is None:
+            sql = "SELECT title FROM chunks GROUP BY title HAVING COUNT(*) >= 3"
+            self._titles = [t for (t,) in self._db.execute(sql) if t]
+        return self._titles
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        text: str | None = None,
+        filters: dict[str, Any] | None = None,
+        mode: str = "hybrid",
+    ) -> list[RetrievedChunk]:
+        """The ``k`` best chunks: dense and BM25 rankings fused by reciprocal rank (``mode``
+        "dense" or "lexical" uses one), within ``filters``. ``score`` is each chunk's cosine
+        similarity to the query, whichever ranking found it (the relevance floor reads it)."""
         if len(self) == 0:
             return []
-        scores, ids = self._index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, len(self)))
-        hits = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
-        if not hits:
+        where, params = _filter_sql(filters)
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        pool = max(4 * k, 40)
+        allowed: list[int] | None = None
+        rankings: list[list[int]] = []
+        if where:
+            # Filtered: score the matching chunks exactly from their stored vectors.
+            rows = self._db.execute(f"SELECT id, vector FROM chunks WHERE {where}", params).fetchall()
+            if not rows:
+                return []
+            allowed = [int(r[0]) for r in rows]
+            if mode != "lexical":
+                matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                rankings.append([allowed[i] for i in np.argsort(-(matrix @ query))[:pool]])
+        elif mode != "lexical":
+            _, ids = self._index.search(query.reshape(1, -1), min(pool, len(self)))
+            rankings.append([int(i) for i in ids[0] if i >= 0])
+        match = fts_query(text) if text and mode != "dense" else ""
+        if match:
+            rankings.append(self._lexical(match, pool, allowed))
+        fused: dict[int, float] = {}
+        for ranking in rankings:
+            for rank, chunk_id in enumerate(ranking):
+                fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+        top = sorted(fused, key=lambda i: -fused[i])[:k]
+        if not top:
             return []
-        marks = ",".join("?" * len(hits))
-        rows = {
+        marks = ",".join("?" * len(top))
+        found = {
             row[0]: row
             for row in self._db.execute(
-                f"SELECT id, document_id, source, title, position, text FROM chunks WHERE id IN ({marks})",
-                [i for i, _ in hits],
+                f"SELECT id, document_id, source, title, position, text, vector FROM chunks WHERE id IN ({marks})", top
             )
         }
         return [
-            RetrievedChunk(*rows[i], score=score)  # type: ignore[misc]
-            for i, score in hits
-            if i in rows
+            RetrievedChunk(*found[i][:6], score=float(np.frombuffer(found[i][6], dtype=np.float32) @ query))  # type: ignore[misc]
+            for i in top
+            if i in found
         ]
+
+    def _lexical(self, match: str, pool: int, allowed: list[int] | None) -> list[int]:
+        """BM25 ranking from FTS5, within ``allowed`` chunk ids when given."""
+        if allowed is None:
+            sql = "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? ORDER BY rank LIMIT ?"
+            return [row[0] for row in self._db.execute(sql, [match, pool])]
+        # FTS5 cannot push "rowid IN (...)" into its ranking (10x slower here): rank every
+        # match, keep the allowed ones.
+        keep = set(allowed)
+        rows = self._db.execute("SELECT rowid, rank FROM chunks_fts WHERE chunks_fts MATCH ?", [match])
+        return [i for _, i in sorted((rank, i) for i, rank in rows if i in keep)[:pool]]
 
     def close(self) -> None:
         self._db.close()

@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     context_sentences: int = Field(default=3, ge=0, le=50)
     """Sentences of the retrieved chunks an LLM is shown (best matches first); 0 shows whole chunks."""
 
-    min_relevance: float = Field(default=0.25, ge=-1.0, le=1.0)
+    min_relevance: float = Field(default=0.30, ge=-1.0, le=1.0)
     """Cosine score under which a retrieved chunk is ignored; no chunk left means "I don't know"."""
 
     embedding_dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -106,6 +106,18 @@ class Settings(BaseSettings):
 
     embedding_batch_size: int = Field(default=32, ge=1)
     """Texts embedded per batch during ingestion."""
+
+    retrieval_mode: Literal["hybrid", "dense", "lexical"] = "hybrid"
+    """hybrid: dense (FAISS) and BM25 (SQLite FTS5) rankings fused by reciprocal rank."""
+
+    entity_filter: bool = True
+    """Retrieve within the entity (chunk title) the question or its conversation names."""
+
+    reranker: str | None = None
+    """Optional reranking stage: cross-encoder:PATH or module:attribute (off when unset)."""
+
+    rerank_pool: int = Field(default=30, ge=1, le=200)
+    """How many hybrid-search results the reranker sees."""
 
     chunk_size: int = Field(default=800, ge=100)
     """Target chunk length in characters."""

@@ -57,9 +57,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         if body.stream:
             # Bad requests still get a plain 4xx: everything that can fail on the request
             # itself happens before the stream starts.
-            prep = await pipe.prepare(body.question, body.collection, body.top_k, history)
+            prep = await pipe.prepare(body.question, body.collection, body.top_k, history, body.filters)
             return EventSourceResponse(sse_events(pipe, prep))
-        answer = await pipe.answer(body.question, body.collection, body.top_k, history)
+        answer = await pipe.answer(body.question, body.collection, body.top_k, history, body.filters)
         return answer.to_dict()
 
     @app.get("/v1/cache/stats", responses=_ERRORS)

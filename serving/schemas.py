@@ -27,7 +27,14 @@ class QueryRequest(BaseModel):
         default_factory=list,
         max_length=50,
         description='The conversation before this question, oldest first. A follow-up ("does it have '
-        'parking?") is retrieved with the previous user turn and never answered from or stored in the cache.',
+        'parking?") is retrieved within the entity the conversation last named (a chunk title), or with the '
+        "previous user turn if it names none, and is never answered from or stored in the cache.",
+    )
+    filters: dict[str, str | list[str]] | None = Field(
+        default=None,
+        description='Retrieve only chunks whose metadata match: keys "title", "document_id", "source"; '
+        "a value or a list of accepted values. Replaces the entity carry-over.",
+        examples=[{"title": "Returns and refunds"}],
     )
     stream: bool = Field(
         default=False,

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -77,3 +78,16 @@ def vllm_server(python: str, model_dir: str, timeout_s: float = 300) -> Iterator
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextmanager
+def serving(data_dir: Path, embedder: object, **overrides: object) -> Iterator[str]:
+    """The service over ``data_dir`` with these settings, on a free loopback port."""
+    from rag.pipeline import build_pipeline
+    from serving.app import create_app
+
+    from .conftest import make_settings
+
+    settings = make_settings(data_dir, **overrides)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:  # type: ignore[arg-type]
+        yield url

@@ -10,13 +10,12 @@ from rag.pipeline import build_pipeline
 from serving.app import create_app
 
 from .conftest import make_settings
-from .servers import running_server
+from .servers import running_server, serving
 
 
 @pytest.fixture(scope="module")
 def base_url(example_data_dir: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    settings = make_settings(example_data_dir, backend="extractive")
-    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+    with serving(example_data_dir, embedder, backend="extractive") as url:
         yield url
 
 

@@ -8,20 +8,17 @@ import pytest
 
 from rag.generators import GenerationRequest
 from rag.generators.llamacpp import LlamaCppGenerator
-from rag.pipeline import build_pipeline
 from rag.prompts import COMPLETION_STOP, chat_messages, completion_prompt
-from serving.app import create_app
 
 from .conftest import make_settings
-from .servers import running_server
+from .servers import serving
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def gemma_url(example_data_dir: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    settings = make_settings(example_data_dir, backend="llamacpp", llamacpp_model="gemma3-270m")
-    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+    with serving(example_data_dir, embedder, backend="llamacpp", llamacpp_model="gemma3-270m") as url:
         yield url
 
 

@@ -1,0 +1,197 @@
+"""Hybrid retrieval, follow-ups, metadata filters, index types, the reranker stage and
+`rag eval retrieval` / `rag eval answers`, on real FAISS + SQLite FTS5 and the real model."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from eval.data import load_qa
+from eval.retrieval import evaluate_retrieval
+from ingest.runner import ingest
+from rag.errors import RagError
+from rag.index import CollectionIndex
+from rag.pipeline import Pipeline, build_pipeline
+
+from .conftest import FIXTURES, ROOT, make_settings
+from .servers import serving
+
+HOTELS = FIXTURES / "dstc11_hotels_corpus_slice.jsonl"
+HOTEL_QA = FIXTURES / "dstc11_hotels_qa_slice.jsonl"
+
+
+@pytest.fixture(scope="module")
+def hotels_dir(tmp_path_factory: pytest.TempPathFactory, embedder) -> Path:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path_factory.mktemp("hotels")
+    ingest([HOTELS], "hotels", make_settings(data_dir), embedder, progress=False)
+    return data_dir
+
+
+def _pipeline(data_dir: Path, embedder, **overrides: object) -> Pipeline:  # type: ignore[no-untyped-def]
+    settings = make_settings(data_dir, backend="extractive", collection="hotels", cache_enabled=False, **overrides)
+    return build_pipeline(settings, embedder)
+
+
+def test_hybrid_fusion_beats_dense_and_bm25_alone(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    items = load_qa(HOTEL_QA)
+    mrr = {}
+    for mode in ("hybrid", "dense", "lexical"):
+        settings = make_settings(hotels_dir, collection="hotels", retrieval_mode=mode)
+        mrr[mode] = evaluate_retrieval(None, items, settings, collection="hotels", progress=False)["summary"]["mrr@10"]
+    assert mrr["hybrid"] > max(mrr["dense"], mrr["lexical"]), mrr
+
+
+async def test_a_follow_up_retrieves_the_entity_its_history_names(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    pipeline = _pipeline(hotels_dir, embedder)
+    history = [
+        {"role": "user", "content": "I need a moderately priced place to stay in the north."},
+        {"role": "assistant", "content": "The Ashley Hotel is moderately priced. Shall I book it?"},
+    ]
+    answer = await pipeline.answer("Are the bathrooms clean?", history=history)
+    assert answer.citations and {c.title for c in answer.citations} == {"ASHLEY HOTEL"}
+    # The same words with another hotel in the conversation: that hotel's reviews.
+    history[1]["content"] = "Hobson's House is moderately priced. Shall I book it?"
+    other = await pipeline.answer("Are the bathrooms clean?", history=history)
+    assert {c.title for c in other.citations} == {"HOBSONS HOUSE"}
+    # Without the conversation the question names no hotel: citations from several.
+    alone = await pipeline.answer("Are the bathrooms clean?")
+    assert len({c.title for c in alone.citations}) > 1
+    await pipeline.aclose()
+
+
+def test_deletes_leave_no_ghost_results_in_either_index(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "keep.md").write_text("# Parking\n\nParking at the hotel costs 12 pounds a night.\n")
+    (docs / "gone.md").write_text("# Saunas\n\nThe zebrawood sauna opens at seven every morning.\n")
+    settings = make_settings(tmp_path / "data")
+    ingest([docs], "default", settings, embedder, progress=False)
+    vector = embedder.embed_batch(["When does the zebrawood sauna open?"])[0]
+    index = CollectionIndex.load(settings.collections_dir, "default", model=embedder.name, dimension=384)
+    for mode in ("dense", "lexical", "hybrid"):
+        assert index.search(vector, 1, "zebrawood sauna", mode=mode)[0].document_id == "gone.md"
+    index.close()
+    (docs / "gone.md").unlink()
+    ingest([docs], "default", settings, embedder, progress=False)
+    index = CollectionIndex.load(settings.collections_dir, "default", model=embedder.name, dimension=384)
+    for mode in ("dense", "lexical", "hybrid"):
+        found = index.search(vector, 10, "zebrawood sauna", mode=mode)
+        assert all(c.document_id == "keep.md" for c in found), mode
+    assert index._db.execute("SELECT COUNT(*) FROM chunks_fts WHERE chunks_fts MATCH 'zebrawood'").fetchone() == (0,)
+    assert len(index) == 1
+    index.close()
+
+
+def test_each_index_type_round_trips_and_takes_an_update(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    shutil.copy(HOTELS, docs / "hotels.jsonl")
+    settings = make_settings(tmp_path / "data")
+    ingest([docs], "h", settings, embedder, progress=False)  # embedded once: later types reuse the vectors
+    questions = ["Is there free parking at Ashley Hotel?", "Do guests like the breakfast at Avalon?"]
+    vectors = embedder.embed_batch(questions)
+
+    def top(index: CollectionIndex) -> list[int]:
+        return [index.search(v, 1, mode="dense")[0].id for v in vectors]
+
+    exact = top(CollectionIndex.load(settings.collections_dir, "h", model=embedder.name, dimension=384))
+    news = {
+        "hnsw": ("The rooftop beehives give honey to the bakery.", "Where does the bakery's honey come from?"),
+        "sq8": ("Kayaks can be hired from the boathouse by the river.", "Can I rent a kayak?"),
+        "ivfpq": ("A telescope on the observatory deck is free for stargazing.", "Is there a telescope?"),
+        "flat": ("Chess sets are lent out at the library desk.", "Can I borrow a chess set?"),
+    }
+    for index_type, (fact, _) in news.items():
+        report = ingest([docs], "h", settings, embedder, progress=False, index_type=index_type)
+        assert report.index_type == index_type and report.chunks_added == 0  # rebuilt from stored vectors
+        index = CollectionIndex.load(settings.collections_dir, "h", model=embedder.name, dimension=384)
+        assert index.meta["index_type"] == index_type and len(index) == report.chunks_total
+        assert top(index) == exact, index_type
+        index.close()
+        # An update keeps the type and finds the new document.
+        (docs / f"{index_type}.md").write_text(f"# Note\n\n{fact}\n")
+        report = ingest([docs], "h", settings, embedder, progress=False)
+        assert report.index_type == index_type and report.chunks_added == 1
+        index = CollectionIndex.load(settings.collections_dir, "h", model=embedder.name, dimension=384)
+        probe = embedder.embed_batch([f"Note {fact}"])[0]  # the new chunk itself must come back
+        assert index.search(probe, 1, mode="dense")[0].document_id == f"{index_type}.md"
+        index.close()
+
+
+@pytest.fixture(scope="module")
+def hotel_url(hotels_dir: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    with serving(hotels_dir, embedder, backend="extractive", collection="hotels") as url:
+        yield url
+
+
+def test_filters_restrict_retrieval_over_http(hotel_url: str) -> None:
+    body = {"question": "Is the wifi good?", "filters": {"title": ["AVALON", "CITYROOMZ"]}}
+    response = httpx.post(f"{hotel_url}/v1/query", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert {c["title"] for c in response.json()["citations"]} <= {"AVALON", "CITYROOMZ"}
+    bad = httpx.post(f"{hotel_url}/v1/query", json={"question": "wifi?", "filters": {"colour": "red"}}, timeout=60)
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "filters.colour" and "title" in error["message"]
+
+
+async def test_the_reranker_stage_decides_the_order(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    plain = _pipeline(hotels_dir, embedder)
+    reranked = _pipeline(hotels_dir, embedder, reranker="tests.rerankers:Reverse", rerank_pool=8)
+    index = plain.get_index("hotels")
+    vector = embedder.embed_batch(["Is breakfast included?"])[0]
+    pool = plain.retrieve(index, vector, "Is breakfast included?", 8)
+    assert [c.id for c in reranked.retrieve(index, vector, "Is breakfast included?", 3)] == [c.id for c in pool][::-1][
+        :3
+    ]
+    with pytest.raises(RagError, match="rerank"):
+        _pipeline(hotels_dir, embedder, reranker="tests.rerankers:NoMethod")
+    await plain.aclose()
+    await reranked.aclose()
+
+
+def _rag(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "rag.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_rag_eval_retrieval_prints_every_metric_and_plots(tmp_path: Path) -> None:
+    result = _rag("eval", "retrieval", "--corpus", str(HOTELS), "--qa", str(HOTEL_QA), "--json", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10", "n", "latency_ms"} <= summary.keys()
+    assert summary["n"] == 40 and set(summary["latency_ms"]) == {"p50", "p95"}
+    assert summary["ndcg@10"] > 0.4  # entity carry-over: the question alone scores ~0.25 here
+    assert (tmp_path / "retrieval.png").stat().st_size > 0 and list(tmp_path.glob("retrieval-*.json"))
+
+
+def test_rag_eval_answers_reports_abstention_on_unanswerable_questions(tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    lines = [json.loads(line) for line in HOTEL_QA.read_text().splitlines()[:4]]
+    lines.append(
+        {"id": "none-1", "question": "What is the capital of Mongolia?", "answers": [], "gold_passage_ids": []}
+    )
+    lines.append({"id": "none-2", "question": "How do quasars emit x-rays?", "answers": [], "gold_passage_ids": []})
+    qa.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = _rag("eval", "answers", "--corpus", str(HOTELS), "--qa", str(qa), "--backend", "extractive",
+                  "--json", "--out", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert {"contains", "f1", "citation_recall", "abstain_rate", "false_abstain_rate", "n"} <= summary.keys()
+    assert summary["n"] == 6 and summary["abstain_rate"] == 1.0 and summary["false_abstain_rate"] == 0.0
+    assert summary["citation_recall"] > 0
+
+
+def test_stored_vectors_match_the_faiss_index(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    index = CollectionIndex.load(hotels_dir / "collections", "hotels", model=embedder.name, dimension=384)
+    chunk_id, blob = index._db.execute("SELECT id, vector FROM chunks LIMIT 1").fetchone()
+    np.testing.assert_allclose(np.frombuffer(blob, dtype=np.float32), index._index.reconstruct(chunk_id))
+    index.close()
