@@ -63,7 +63,12 @@ async def _ask_all(pipeline: Any, items: list[QAItem], progress: bool | None) ->
 
 
 def evaluate_answers(
-    corpus: list[Path], items: list[QAItem], settings: Settings, *, progress: bool | None = None
+    corpus: list[Path],
+    items: list[QAItem],
+    settings: Settings,
+    *,
+    progress: bool | None = None,
+    index_type: str | None = None,
 ) -> dict[str, Any]:
     from ingest.runner import ingest
     from rag.pipeline import build_pipeline
@@ -71,7 +76,7 @@ def evaluate_answers(
     with tempfile.TemporaryDirectory(prefix="rag-eval-") as scratch:
         settings = settings.model_copy(update={"data_dir": Path(scratch), "cache_enabled": False})
         pipeline = build_pipeline(settings)
-        report = ingest(corpus, "eval", settings, pipeline.embedder, progress=progress)
+        report = ingest(corpus, "eval", settings, pipeline.embedder, progress=progress, index_type=index_type)
 
         async def run() -> list[dict[str, Any]]:
             try:

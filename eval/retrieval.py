@@ -116,7 +116,7 @@ def plot_runs(out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     runs = {p.stem.removeprefix("retrieval-"): json.loads(p.read_text()) for p in sorted(out.glob("retrieval-*.json"))}
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(METRICS) * max(1, len(runs)) / 2), 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(1, len(runs))
     for i, (name, run) in enumerate(runs.items()):
         xs = [m + i * width for m in range(len(METRICS))]

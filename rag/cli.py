@@ -224,13 +224,15 @@ def eval_answers(
     shots: Annotated[Optional[str], typer.Option(help="zero, one or few [env RAG_SHOTS].")] = None,
     out: Annotated[Path, typer.Option(help="Where per-question results go.")] = Path("eval/results"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    index_type: Annotated[Optional[str], typer.Option(help="flat, hnsw, ivfpq or sq8.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="hybrid, dense or lexical [env RAG_RETRIEVAL_MODE].")] = None,
 ) -> None:
     """Answer quality: contains, F1, citation recall, abstain rates (questions with no
     answers), latency."""
     from eval.answers import evaluate_answers, format_summary, write_results
     from eval.data import load_qa, resolve_dataset
 
-    settings = _settings(backend=backend, llamacpp_model=model, shots=shots)
+    settings = _settings(backend=backend, llamacpp_model=model, shots=shots, retrieval_mode=mode)
     if data is not None:
         corpus_paths, qa_path = resolve_dataset(data)
     elif corpus and qa:
@@ -239,7 +241,7 @@ def eval_answers(
         _fail("give --data DIR, or --corpus PATH and --qa FILE")
         return
     items = load_qa(qa_path, limit)
-    result = evaluate_answers(corpus_paths, items, settings)
+    result = evaluate_answers(corpus_paths, items, settings, index_type=index_type)
     typer.echo(json.dumps(result["summary"], indent=2) if as_json else format_summary(result["summary"]))
     name = result["summary"]["backend"].replace(":", "-") + f"-{settings.shots}"
     typer.echo(f"per-question results: {write_results(result, out, name)}", err=as_json)
