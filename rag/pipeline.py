@@ -71,6 +71,15 @@ class Answer:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Per-request generation parameters (the OpenAI-compatible route passes them on)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+
+
 @dataclass
 class Prepared:
     """A question made ready for generation (or already answered: ``result``)."""
@@ -87,6 +96,7 @@ class Prepared:
     request: GenerationRequest | None = None
     result: Answer | None = None
     cacheable: bool = True
+    options: GenerationOptions = field(default_factory=lambda: GenerationOptions())
     filters: dict[str, Any] | None = None
     scope_extra: str = ""  # caller's filters: part of the cache key
     timings: dict[str, float] = field(
@@ -235,6 +245,7 @@ class Pipeline:
         top_k: int | None = None,
         history: list[dict[str, str]] | None = None,
         filters: dict[str, Any] | None = None,
+        options: GenerationOptions | None = None,
     ) -> Prepared:
         """Everything before generation: validate, cache, embed, retrieve, build the prompt.
 
@@ -244,11 +255,11 @@ class Pipeline:
         question = self.validate_question(question)
         collection = collection or self.settings.collection
         top_k = top_k or self.settings.top_k
-        prep = Prepared(question, collection, top_k, started)
+        prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions())
         index = prep.index = self.get_index(collection)
         prep.scope = self.cache_scope(index, top_k)
-        if filters:
-            prep.scope_extra = "|" + json.dumps(filters, sort_keys=True)
+        if filters or options:
+            prep.scope_extra = "|" + json.dumps([filters, asdict(options) if options else None], sort_keys=True)
             prep.scope += prep.scope_extra
         # A follow-up means nothing without its conversation: never look it up or store it
         # under its own words. Retrieve within the entity the conversation names (or, if
@@ -298,7 +309,7 @@ class Pipeline:
             prep.chunks = [c for c in chunks if c.id in used]
         else:
             prep.chunks = prep.context = chunks
-        prep.request = self._request(question, prep.context)
+        prep.request = self._request(question, prep.context, prep.options)
         return prep
 
     async def answer(
@@ -308,8 +319,9 @@ class Pipeline:
         top_k: int | None = None,
         history: list[dict[str, str]] | None = None,
         filters: dict[str, Any] | None = None,
+        options: GenerationOptions | None = None,
     ) -> Answer:
-        prep = await self.prepare(question, collection, top_k, history, filters)
+        prep = await self.prepare(question, collection, top_k, history, filters, options)
         if prep.result is not None:
             return prep.result
         if not prep.cacheable:  # a follow-up is its own question: nothing to share
@@ -424,7 +436,9 @@ class Pipeline:
             usage=usage or {},
         )
 
-    def _request(self, question: str, chunks: list[RetrievedChunk]) -> GenerationRequest:
+    def _request(
+        self, question: str, chunks: list[RetrievedChunk], options: GenerationOptions | None = None
+    ) -> GenerationRequest:
         style = self.generator.prompt_style
         prompt: str | list[dict[str, str]] | None = None
         stop: list[str] = []
@@ -433,7 +447,15 @@ class Pipeline:
             stop = COMPLETION_STOP
         elif style == "chat":
             prompt = chat_messages(question, chunks, self.settings.shots)
-        return GenerationRequest(question, chunks, prompt, self.settings.max_tokens, stop)
+        options = options or GenerationOptions()
+        return GenerationRequest(
+            question,
+            chunks,
+            prompt,
+            options.max_tokens or self.settings.max_tokens,
+            [*stop, *options.stop],
+            options.temperature,
+        )
 
     async def aclose(self) -> None:
         await self.generator.aclose()

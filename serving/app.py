@@ -15,6 +15,7 @@ from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
 from .errors import error_response, install_error_handlers
+from .openai_compat import router as openai_router
 from .schemas import ErrorResponse, QueryRequest, QueryResponse
 from .streaming import EventSourceResponse, sse_events
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.include_router(openai_router, responses=_ERRORS)
 
     @app.post("/v1/query", response_model=QueryResponse, responses=_ERRORS)
     async def query(body: QueryRequest, request: Request) -> Any:

@@ -34,6 +34,7 @@ class GenerationRequest:
     prompt: str | list[dict[str, str]] | None = None
     max_tokens: int = 96
     stop: list[str] = field(default_factory=list)
+    temperature: float | None = None  # None: the backend's configured temperature
 
 
 @dataclass

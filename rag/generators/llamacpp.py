@@ -89,7 +89,11 @@ class LlamaCppGenerator:
         return cls(settings.llamacpp_model, settings.llamacpp_threads, settings.llamacpp_ctx)
 
     def _run(self, request: GenerationRequest) -> Generation:
-        params: dict[str, Any] = {"max_tokens": request.max_tokens, "temperature": 0.0, "stop": request.stop or None}
+        params: dict[str, Any] = {
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature or 0.0,
+            "stop": request.stop or None,
+        }
         out: Any
         if self.prompt_style == "chat":
             out = self._llm.create_chat_completion(messages=request.prompt, **params)  # type: ignore[arg-type]

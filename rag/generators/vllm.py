@@ -92,7 +92,7 @@ class VLLMGenerator:
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": request.max_tokens,
-            "temperature": self.temperature,
+            "temperature": self.temperature if request.temperature is None else request.temperature,
             "stream": True,
             "stream_options": {"include_usage": True},
         }

@@ -95,7 +95,7 @@ class VLLMEngineGenerator:
 
         params = SamplingParams(
             max_tokens=request.max_tokens,
-            temperature=self.temperature,
+            temperature=self.temperature if request.temperature is None else request.temperature,
             stop=request.stop or None,
             output_kind=RequestOutputKind.DELTA,
         )

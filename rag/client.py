@@ -1,0 +1,187 @@
+"""A small typed client for a running rag-service: ``RagClient`` (sync) and
+``AsyncRagClient``.
+
+>>> client = RagClient("http://127.0.0.1:8000")                          # doctest: +SKIP
+>>> answer = client.query("How long do refunds take?")
+>>> answer.answer, [c.title for c in answer.citations], answer.cache.hit
+>>> for event in client.stream("Do gift cards expire?"):
+...     print(event.text if event.kind == "token" else event.answer)
+
+Errors come back as ``RagClientError`` with the service's error body (status, type, param,
+code). Streaming reads the service's Server-Sent Events with httpx-sse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse, connect_sse
+
+
+@dataclass(frozen=True)
+class Citation:
+    id: int
+    document_id: str
+    source: str
+    title: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    hit: bool
+    kind: str | None
+    similarity: float | None
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    answer: str
+    citations: list[Citation]
+    cache: CacheStatus
+    timings_ms: dict[str, float]
+    collection: str
+    backend: str
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> QueryResult:
+        return cls(
+            answer=body["answer"],
+            citations=[Citation(**{k: c[k] for k in Citation.__dataclass_fields__}) for c in body["citations"]],
+            cache=CacheStatus(**body["cache"]),
+            timings_ms=body.get("timings_ms", {}),
+            collection=body.get("collection", ""),
+            backend=body.get("backend", ""),
+            raw=body,
+        )
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    kind: str  # "token" or "done"
+    text: str = ""
+    result: QueryResult | None = None
+
+    @property
+    def answer(self) -> str:
+        return self.result.answer if self.result else self.text
+
+
+class RagClientError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        self.status = status
+        self.message = str(error.get("message", body))
+        self.type = error.get("type")
+        self.param = error.get("param")
+        self.code = error.get("code")
+        super().__init__(f"{status} {self.type}: {self.message}")
+
+
+def _payload(question: str, **fields: Any) -> dict[str, Any]:
+    return {"question": question, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def _check(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text}}
+    if response.status_code >= 400:
+        raise RagClientError(response.status_code, body)
+    return body  # type: ignore[no-any-return]
+
+
+def _event(kind: str, data: str) -> StreamEvent:
+    body = json.loads(data)
+    if kind == "error":
+        raise RagClientError(503 if body["error"].get("type") == "service_unavailable" else 500, body)
+    if kind == "done":
+        return StreamEvent("done", result=QueryResult.from_json(body))
+    return StreamEvent("token", text=body["text"])
+
+
+class RagClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def query(
+        self,
+        question: str,
+        collection: str | None = None,
+        history: list[dict[str, str]] | None = None,
+        top_k: int | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> QueryResult:
+        body = _payload(question, collection=collection, history=history, top_k=top_k, filters=filters)
+        return QueryResult.from_json(_check(self._http.post("/v1/query", json=body)))
+
+    def stream(
+        self, question: str, collection: str | None = None, history: list[dict[str, str]] | None = None
+    ) -> Iterator[StreamEvent]:
+        body = _payload(question, collection=collection, history=history, stream=True)
+        with connect_sse(self._http, "POST", "/v1/query", json=body) as source:
+            if source.response.status_code >= 400:
+                source.response.read()
+                _check(source.response)
+            for sse in source.iter_sse():
+                yield _event(sse.event, sse.data)
+
+    def models(self) -> list[str]:
+        return [m["id"] for m in _check(self._http.get("/v1/models"))["data"]]
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RagClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRagClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
+
+    async def query(
+        self,
+        question: str,
+        collection: str | None = None,
+        history: list[dict[str, str]] | None = None,
+        top_k: int | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> QueryResult:
+        body = _payload(question, collection=collection, history=history, top_k=top_k, filters=filters)
+        return QueryResult.from_json(_check(await self._http.post("/v1/query", json=body)))
+
+    async def stream(
+        self, question: str, collection: str | None = None, history: list[dict[str, str]] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        body = _payload(question, collection=collection, history=history, stream=True)
+        async with aconnect_sse(self._http, "POST", "/v1/query", json=body) as source:
+            if source.response.status_code >= 400:
+                await source.response.aread()
+                _check(source.response)
+            async for sse in source.aiter_sse():
+                yield _event(sse.event, sse.data)
+
+    async def models(self) -> list[str]:
+        return [m["id"] for m in _check(await self._http.get("/v1/models"))["data"]]
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncRagClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

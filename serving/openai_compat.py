@@ -1,0 +1,162 @@
+"""The OpenAI-compatible face: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Bot frameworks that speak the OpenAI API (the official ``openai`` client, LangChain's
+``ChatOpenAI``) work unchanged with ``base_url`` pointed here:
+
+- ``model`` names the collection (``GET /v1/models`` lists them);
+- ``messages``: the last user message is the question, the turns before it are the history
+  (follow-up retrieval); system messages are accepted and not used: the service's own
+  prompt keeps answers grounded;
+- ``max_tokens`` (or ``max_completion_tokens``), ``temperature`` and ``stop`` reach the
+  generator;
+- ``stream: true`` sends ``chat.completion.chunk`` objects as SSE ``data:`` lines and ends
+  with ``data: [DONE]``;
+- the same pipeline as ``/v1/query`` (cache, retrieval, citations); citations and the cache
+  status ride in extra fields (``citations``, ``rag``) of the response and of the last
+  stream chunk, which OpenAI clients keep as extra attributes.
+
+Errors use the service's one error body, which is OpenAI's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette import EventSourceResponse
+
+from rag.errors import InvalidRequestError, RagError
+from rag.index import list_collections
+from rag.pipeline import Answer, GenerationOptions, Pipeline, Prepared
+
+router = APIRouter()
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):  # content parts: keep the text ones
+            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # n, top_p, user, ...: accepted, not used
+
+    model: str = Field(description="The collection to answer from.")
+    messages: list[ChatMessage] = Field(min_length=1, max_length=100)
+    stream: bool = False
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    stop: str | list[str] | None = None
+
+
+def _split(body: ChatCompletionRequest) -> tuple[str, list[dict[str, str]]]:
+    turns = [m for m in body.messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1].role != "user":
+        raise InvalidRequestError("the last message must be the user's question", param="messages")
+    history = [{"role": m.role, "content": m.text()} for m in turns[:-1]]
+    return turns[-1].text(), history
+
+
+def _options(body: ChatCompletionRequest) -> GenerationOptions | None:
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    if len(stop) > 4:
+        raise InvalidRequestError("at most 4 stop sequences", param="stop")
+    options = GenerationOptions(body.max_completion_tokens or body.max_tokens, body.temperature, stop)
+    return None if options == GenerationOptions() else options
+
+
+def _extras(answer: Answer) -> dict[str, Any]:
+    data = answer.to_dict()
+    return {
+        "citations": data["citations"],
+        "rag": {"cache": data["cache"], "timings_ms": data["timings_ms"], "backend": data["backend"]},
+    }
+
+
+def _usage(answer: Answer) -> dict[str, int]:
+    prompt = int(answer.usage.get("prompt_tokens") or 0)
+    completion = int(answer.usage.get("completion_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """The collections, as OpenAI models."""
+    settings = request.app.state.pipeline.settings
+    return {
+        "object": "list",
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "rag-service"}
+            for name in list_collections(settings.collections_dir)
+        ],
+    }
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    """An OpenAI chat completion answered from the collection named by ``model``."""
+    pipe: Pipeline = request.app.state.pipeline
+    question, history = _split(body)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if body.stream:
+        prep = await pipe.prepare(question, body.model, None, history, None, _options(body))
+        return EventSourceResponse(_chunks(pipe, prep, completion_id, created, body.model))
+    answer = await pipe.answer(question, body.model, None, history, None, _options(body))
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": body.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer}, "finish_reason": "stop"}],
+        "usage": _usage(answer),
+        **_extras(answer),
+    }
+
+
+async def _chunks(
+    pipe: Pipeline, prep: Prepared, completion_id: str, created: int, model: str
+) -> AsyncIterator[dict[str, Any]]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return {"data": json.dumps(body, ensure_ascii=False)}
+
+    yield chunk({"role": "assistant", "content": ""})
+    sent = ""
+    try:
+        async for item in pipe.stream(prep):
+            if isinstance(item, Answer):
+                # The final answer is authoritative. Streamed text cannot be taken back: if
+                # the grounding check replaced it, ``rag.replaced`` says so and ``rag.answer``
+                # holds the replacement.
+                extras = _extras(item)
+                extras["rag"]["answer"] = item.answer
+                extras["rag"]["replaced"] = item.answer.strip() != sent.strip()
+                yield chunk({}, "stop", usage=_usage(item), **extras)
+            else:
+                sent += item
+                yield chunk({"content": item})
+    except RagError as exc:
+        yield {
+            "data": json.dumps({"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
+        }
+    yield {"data": "[DONE]"}

@@ -1,0 +1,102 @@
+"""The ways into a support bot, over real HTTP on 127.0.0.1: the official `openai` client
+against /v1/chat/completions and /v1/models, and rag.client (sync and async)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from rag.client import AsyncRagClient, RagClient, RagClientError
+
+from .servers import serving
+
+
+@pytest.fixture(scope="module")
+def base_url(example_data_dir: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    with serving(example_data_dir, embedder, backend="extractive") as url:
+        yield url
+
+
+@pytest.fixture
+def oai(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_models_are_the_collections(oai: openai.OpenAI) -> None:
+    assert [m.id for m in oai.models.list()] == ["default"]
+
+
+def test_openai_client_gets_a_cited_answer(oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(
+        model="default",
+        messages=[
+            {"role": "system", "content": "You are a helpful bot."},
+            {"role": "user", "content": "How long is the password reset link valid?"},
+        ],  # fmt: skip
+    )
+    assert completion.object == "chat.completion" and completion.choices[0].finish_reason == "stop"
+    assert "30 minutes" in (completion.choices[0].message.content or "")
+    extra = completion.model_extra or {}
+    assert extra["citations"][0]["document_id"] == "password-reset.html"
+    assert extra["rag"]["cache"]["hit"] is False
+    again = oai.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "How long is the password reset link valid?"}]
+    )
+    assert (again.model_extra or {})["rag"]["cache"]["kind"] == "exact"
+
+
+def test_openai_client_streams_chunks_ending_with_citations(oai: openai.OpenAI) -> None:
+    stream = oai.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "Do gift cards expire?"}], stream=True
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert "never expire" in text
+    last = chunks[-1]
+    assert last.choices[0].finish_reason == "stop"
+    assert (last.model_extra or {})["citations"][0]["document_id"] == "gift-cards.txt"
+
+
+def test_earlier_messages_are_the_history(oai: openai.OpenAI) -> None:
+    completion = oai.chat.completions.create(
+        model="default",
+        messages=[
+            {"role": "user", "content": "How long do refunds take?"},
+            {"role": "assistant", "content": "Refunds take up to 10 business days."},
+            {"role": "user", "content": "And how do I start one?"},
+        ],
+    )
+    extra = completion.model_extra or {}
+    assert extra["rag"]["cache"]["hit"] is False  # a follow-up never comes from the cache
+    assert any(c["document_id"] == "returns-and-refunds.md" for c in extra["citations"])
+
+
+def test_errors_come_in_openai_shape(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi?"}])
+    assert missing.value.body["param"] == "collection"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        oai.chat.completions.create(model="default", messages=[{"role": "assistant", "content": "hello"}])
+
+
+def test_python_client_query_stream_and_errors(base_url: str) -> None:
+    with RagClient(base_url) as client:
+        result = client.query("Which payment methods do you accept?")
+        assert result.citations and result.citations[0].document_id and result.cache.hit is False
+        events = list(client.stream("Do gift cards expire?"))
+        assert events[-1].kind == "done" and events[-1].result is not None
+        assert "never expire" in events[-1].answer and events[-1].result.citations
+        assert client.models() == ["default"]
+        with pytest.raises(RagClientError) as bad:
+            client.query("")
+        assert bad.value.status == 400 and bad.value.param == "question"
+
+
+async def test_async_python_client(base_url: str) -> None:
+    async with AsyncRagClient(base_url) as client:
+        result = await client.query("Do you ship internationally?")
+        assert result.answer and result.collection == "default"
+        events = [event async for event in client.stream("Can I change my delivery address?")]
+        assert events[-1].kind == "done" and events[-1].result is not None
