@@ -6,6 +6,8 @@ serving layer builds every error body in one place.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RagError(Exception):
     """Base of every error this service raises on purpose."""
@@ -18,6 +20,10 @@ class RagError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+    def body(self) -> dict[str, Any]:
+        """The one error shape (OpenAI's) every route answers with."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class InvalidRequestError(RagError):

@@ -1,0 +1,46 @@
+"""`rag batch`: one line out per question, in input order, failures recorded, resumable."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import ROOT
+
+QUESTIONS = [
+    "How long do refunds take?",
+    "Do gift cards expire?",
+    "",  # a bad question: recorded as an error, not lost
+    "Which payment methods do you accept?",
+    "How long is the password reset link valid?",
+    "Do you ship internationally?",
+    "How do I track my parcel?",
+    "What does the warranty cover?",
+]
+
+
+def _batch(data_dir: Path, questions: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
+    env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    args = ["batch", str(questions), "-o", str(out), "--concurrency", "4", "--data-dir", str(data_dir),
+            "--backend", "extractive"]  # fmt: skip
+    return subprocess.run([sys.executable, "-m", "rag.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+def test_batch_answers_in_order_records_failures_and_resumes(tmp_path: Path, example_data_dir: Path) -> None:
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(QUESTIONS)))
+    out = tmp_path / "answers.jsonl"
+    first = _batch(example_data_dir, questions, out)
+    assert first.returncode == 0, first.stderr
+    assert "7 answered, 1 failed, 0 already" in first.stdout
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in lines] == [f"q{i}" for i in range(8)]
+    assert lines[2]["error"]["param"] == "question" and "answer" not in lines[2]
+    assert all(r["citations"] and r["cache"]["hit"] is False for r in lines if "answer" in r)
+    out.write_text("".join(line + "\n" for line in out.read_text().splitlines()[:5]))  # a run cut short
+    second = _batch(example_data_dir, questions, out)
+    assert second.returncode == 0, second.stderr
+    assert "3 answered, 1 failed, 4 already" in second.stdout
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"q{i}" for i in range(8)]
