@@ -28,7 +28,7 @@ export RAG_TEST_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 export RAG_TEST_VLLM_MODEL := $(VLLM_MODEL_DIR)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm-install vllm-serve run test test-fast lint typecheck docs clean
+.PHONY: install vllm-install vllm-serve run test test-fast lint typecheck docs clean browser
 
 install: $(VENV)/.installed
 
@@ -80,10 +80,18 @@ run: install
 	@echo
 	$(BIN)/rag serve --host $(HOST) --port $(PORT)
 
-test: install vllm-install
+test: install vllm-install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+# The widget tests drive Debian's Chromium with Playwright (its own browser download cannot
+# work here): install the package once if it is missing (needs root or sudo).
+browser:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the widget tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow and not vllm" $(PYTEST_ARGS)
 
 lint: install

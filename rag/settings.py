@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     cache_ttl_s: float | None = None
     """Seconds a cached answer lives; unset means until its collection is re-ingested."""
 
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed to call the service from a browser (the chat widget's pages), as JSON: ["https://help.example.com"]."""
+
     max_question_chars: int = Field(default=2000, ge=1)
     """Longest question accepted, in characters."""
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
 
 from rag.errors import BackendUnavailableError, InvalidRequestError
 from rag.index import list_collections
@@ -19,6 +22,7 @@ from .openai_compat import router as openai_router
 from .schemas import ErrorResponse, QueryRequest, QueryResponse
 from .streaming import EventSourceResponse, sse_events
 
+WIDGET = Path(__file__).resolve().parent / "static" / "widget.js"
 _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 409, 503)}
 
 
@@ -51,6 +55,18 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     )
     install_error_handlers(app)
     app.include_router(openai_router, responses=_ERRORS)
+    if settings.cors_origins:  # the widget on a help centre's own origin; nothing else
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Authorization", "Accept"],
+        )
+
+    @app.get("/widget.js", include_in_schema=False)
+    async def widget() -> FileResponse:
+        """The chat widget: one <script> tag on any page (see the README)."""
+        return FileResponse(WIDGET, media_type="text/javascript", headers={"Cache-Control": "public, max-age=300"})
 
     @app.post("/v1/query", response_model=QueryResponse, responses=_ERRORS)
     async def query(body: QueryRequest, request: Request) -> Any:

@@ -1,0 +1,122 @@
+"""The chat widget in a real browser: Debian's headless Chromium driven by Playwright loads a
+help-centre page from another origin with the one <script> tag, asks, sees the streamed
+answer and a citation link; a dead service gives a clear message. Screenshots go to
+tests/artifacts/."""
+
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from .conftest import ROOT
+from .servers import free_port, serving
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+PAGE = """<!doctype html><html><head><title>Harbor & Hearth help centre</title></head>
+<body><h1>Harbor &amp; Hearth help centre</h1><p>Browse the articles, or ask us.</p>
+<script src="{service}/widget.js" data-endpoint="{endpoint}" data-collection="default"
+        data-title="Ask Harbor &amp; Hearth" data-link-base="https://help.example.com/"></script>
+</body></html>"""
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, example_data_dir: Path, embedder) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """A help-centre site on one loopback port, the service (CORS allowing it) on another."""
+    root = tmp_path_factory.mktemp("site")
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(_Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with serving(example_data_dir, embedder, backend="extractive", cors_origins=[origin]) as service:
+        (root / "index.html").write_text(PAGE.format(service=service, endpoint=service))
+        dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        (root / "down.html").write_text(PAGE.format(service=service, endpoint=dead))
+        yield {"page": f"{origin}/index.html", "down": f"{origin}/down.html", "service": service}
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: `apt-get install chromium` (make test installs it)")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-component-update",
+                "--disable-sync",
+            ],  # fmt: skip
+        )
+        yield launched
+        launched.close()
+
+
+def _ask(page: Any, question: str) -> None:
+    page.get_by_role("button", name="Ask Harbor & Hearth").click()
+    page.get_by_label("Your question").fill(question)
+    page.get_by_label("Your question").press("Enter")
+
+
+def test_widget_streams_a_cited_answer_in_a_real_browser(site: dict[str, str], browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 900, "height": 640})
+    page.goto(site["page"])
+    with page.expect_response(f"{site['service']}/v1/query") as streamed:
+        _ask(page, "Do gift cards expire?")
+    assert streamed.value.headers["content-type"].startswith("text/event-stream")
+    link = page.locator(".rag-cites a").first
+    link.wait_for(timeout=30_000)
+    assert "never expire" in page.locator(".rag-bot").last.inner_text()
+    assert link.get_attribute("href") == "https://help.example.com/gift-cards.txt"
+    assert link.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "widget.png"))
+    # A follow-up carries the conversation.
+    page.get_by_label("Your question").fill("How do I check the balance?")
+    page.get_by_label("Your question").press("Enter")
+    page.locator(".rag-bot").nth(1).locator(".rag-cites a").first.wait_for(timeout=30_000)
+    page.close()
+
+
+def test_widget_says_so_when_the_service_is_unreachable(site: dict[str, str], browser: Any) -> None:
+    page = browser.new_page()
+    page.goto(site["down"])
+    _ask(page, "Do gift cards expire?")
+    error = page.locator(".rag-error")
+    error.wait_for(timeout=15_000)
+    assert "can't be reached" in error.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "widget-unreachable.png"))
+    page.close()
+
+
+def test_widget_script_is_served_and_cors_allows_only_the_listed_origin(site: dict[str, str]) -> None:
+    import httpx
+
+    script = httpx.get(f"{site['service']}/widget.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    origin = site["page"].rsplit("/", 1)[0]
+    preflight = {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    allowed = httpx.options(f"{site['service']}/v1/query", headers=preflight)
+    assert allowed.headers.get("access-control-allow-origin") == origin
+    other = httpx.options(f"{site['service']}/v1/query", headers={**preflight, "Origin": "http://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
