@@ -47,6 +47,12 @@ class CollectionNotFoundError(RagError):
         self.name = name
 
 
+class NotFoundError(RagError):
+    status_code = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class IndexMismatchError(RagError):
     """The index was built with another embedding model or dimension."""
 

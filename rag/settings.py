@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     cache_ttl_s: float | None = None
     """Seconds a cached answer lives; unset means until its collection is re-ingested."""
 
+    job_concurrency: int = Field(default=8, ge=1, le=256)
+    """Questions of POST /v1/jobs answered at once (vLLM batches them)."""
+
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the service from a browser (the chat widget's pages), as JSON: ["https://help.example.com"]."""
 

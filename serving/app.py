@@ -18,6 +18,8 @@ from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
 from .errors import error_response, install_error_handlers
+from .jobs import JobRunner, JobStore
+from .jobs import router as jobs_router
 from .openai_compat import router as openai_router
 from .schemas import ErrorResponse, QueryRequest, QueryResponse
 from .streaming import EventSourceResponse, sse_events
@@ -41,9 +43,14 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = pipeline is None
         app.state.pipeline = pipeline or await asyncio.to_thread(build_pipeline, settings)
+        app.state.jobs = JobRunner(
+            JobStore(settings.data_dir / "jobs.sqlite"), app.state.pipeline, settings.job_concurrency
+        )
+        app.state.jobs.resume()  # jobs a restart interrupted carry on
         try:
             yield
         finally:
+            await app.state.jobs.aclose()
             if owned:
                 await app.state.pipeline.aclose()
 
@@ -55,6 +62,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     )
     install_error_handlers(app)
     app.include_router(openai_router, responses=_ERRORS)
+    app.include_router(jobs_router, responses=_ERRORS)
     if settings.cors_origins:  # the widget on a help centre's own origin; nothing else
         app.add_middleware(
             CORSMiddleware,
