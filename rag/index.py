@@ -91,7 +91,7 @@ def new_faiss_index(index_type: str, dimension: int, vectors: np.ndarray) -> Any
     if index_type == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dimension, 32, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = 80
-        hnsw.hnsw.efSearch = 128
+        hnsw.hnsw.efSearch = 256  # 1M synthetic: recall@10 0.94 at 128 (p50 0.7 ms)
         return faiss.IndexIDMap2(hnsw)
     if index_type == "sq8":
         sq = faiss.IndexScalarQuantizer(dimension, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)

@@ -221,3 +221,19 @@ def test_in_process_engine_backend_generates_and_streams() -> None:
     assert seen["prompt_tokens"] > 20
     assert len(seen["pieces"]) >= 2 and "".join(seen["pieces"]) == seen["text"]  # streamed, same greedy text
     assert seen["many"] == [seen["text"]] * 4
+
+
+def test_openai_route_passes_max_tokens_and_stop_to_vllm(service_url: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{service_url}/v1", api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "Which payment methods do you accept?"}]
+    short = client.chat.completions.create(model="default", messages=question, max_tokens=3, temperature=0.0)
+    assert short.usage is not None and 1 <= short.usage.completion_tokens <= 3
+    full = client.chat.completions.create(model="default", messages=question)
+    stopped = client.chat.completions.create(model="default", messages=question, stop=[" "])
+    assert full.usage is not None and stopped.usage is not None
+    assert stopped.usage.completion_tokens < full.usage.completion_tokens  # ended at the first space
+    stream = client.chat.completions.create(model="default", messages=question, max_tokens=4, stream=True)
+    chunks = list(stream)
+    assert chunks[-1].choices[0].finish_reason == "stop" and (chunks[-1].model_extra or {})["citations"]
