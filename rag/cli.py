@@ -119,14 +119,108 @@ def serve(
     vllm_url: Annotated[
         Optional[str], typer.Option(help="vLLM base URL(s), comma-separated [env RAG_VLLM_URL].")
     ] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes [env RAG_WORKERS].")] = None,
 ) -> None:
     """Run the REST service."""
+    import os
+    import tempfile
+
     import uvicorn
 
-    from serving.app import create_app
+    from serving.auth import KeyStore
 
-    settings = _settings(host=host, port=port, backend=backend, data_dir=data_dir, vllm_url=vllm_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    overrides = {"host": host, "port": port, "backend": backend, "data_dir": data_dir, "vllm_url": vllm_url}
+    overrides["workers"] = workers
+    settings = _settings(**overrides)
+    # Every worker builds its app from the environment: hand the flags down that way.
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"RAG_{name.upper()}"] = str(value)
+    bind, message = bind_address(settings.host, KeyStore(settings.data_dir).active())
+    typer.secho(message, fg=typer.colors.YELLOW if bind != settings.host else None, err=True)
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers write their metrics here; /metrics sums them. A fresh folder per run.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rag-metrics-")
+    uvicorn.run(
+        "serving.app:app_from_env",
+        factory=True,
+        host=bind,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,  # the app logs JSON lines itself (RAG_LOG_FORMAT)
+        access_log=False,  # one access line per request comes from the app, with its request id
+    )
+
+
+def bind_address(host: str, active_keys: int) -> tuple[str, str]:
+    """Where `rag serve` may listen, and what it tells the operator: without API keys,
+    only this machine can reach the service."""
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if active_keys:
+        return host, f"API keys required ({active_keys} active); listening on {host}"
+    if loopback:
+        return host, (
+            f"no API keys configured: listening on {host} only (this machine). "
+            "To serve other hosts, create a key with `rag keys create` and set RAG_HOST."
+        )
+    return "127.0.0.1", (
+        f"no API keys configured: refusing to listen on {host}; listening on 127.0.0.1 only. "
+        "Create a key with `rag keys create --collections NAME` (or --admin), then restart."
+    )
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    collections: Annotated[
+        Optional[str], typer.Option(help="Comma-separated collections the key reaches ('*' for all).")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Every collection, plus admin routes.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="A label to recognise the key by.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    from serving.auth import KeyStore
+
+    settings = _settings(data_dir=data_dir)
+    wanted = [c.strip() for c in (collections or "").split(",") if c.strip()]
+    store = KeyStore(settings.data_dir)
+    key, info = _run(lambda: store.create(wanted, admin=admin, name=name))
+    store.close()
+    scope = "admin, every collection" if info.admin else "collections: " + ", ".join(info.collections)
+    typer.secho(f"key {info.id} ({scope}); shown only now, store it safely:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """Keys by id (never the keys themselves)."""
+    from serving.auth import KeyStore
+
+    store = KeyStore(_settings(data_dir=data_dir).data_dir)
+    for info in store.list():
+        state = "revoked" if info.revoked_at else "active"
+        kind = "admin" if info.admin else ",".join(info.collections)
+        typer.echo(f"{info.id}\t{state}\t{kind}\t{info.name or ''}")
+    store.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `rag keys list`).")], data_dir: DataDir = None
+) -> None:
+    """Revoke a key: it stops working within seconds, in every worker."""
+    from serving.auth import KeyStore
+
+    store = KeyStore(_settings(data_dir=data_dir).data_dir)
+    revoked = store.revoke(key_id)
+    store.close()
+    if not revoked:
+        _fail(f"no active key {key_id!r} - see `rag keys list`")
+    typer.echo(f"revoked {key_id}")
 
 
 @app.command()
@@ -488,7 +582,7 @@ def show_settings(
 def settings_table() -> str:
     rows = ["| env | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         shown = "unset" if default is None else f"`{default.as_posix() if isinstance(default, Path) else default}`"
         rows.append(f"| `RAG_{name.upper()}` | {shown} | {' '.join((field.description or '').split())} |")
     return "\n".join(rows)

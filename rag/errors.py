@@ -79,3 +79,39 @@ class DocumentError(RagError):
     """One file could not be read; ingestion reports it and goes on."""
 
     code = "unreadable_document"
+
+
+class AuthenticationError(RagError):
+    """No API key, or one the service does not know (or has revoked)."""
+
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(RagError):
+    """The API key is valid but does not reach this collection or route."""
+
+    status_code = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class RequestTooLargeError(RagError):
+    status_code = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimitError(RagError):
+    """Too many requests for one API key: wait ``retry_after_s`` and send it again."""
+
+    status_code = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, retry_after_s: int, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        if code:
+            self.code = code

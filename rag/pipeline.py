@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,6 +32,7 @@ from .rerank import load_reranker
 from .settings import Settings
 
 SNIPPET_CHARS = 300
+log = logging.getLogger("rag.pipeline")
 
 
 @dataclass
@@ -164,6 +166,8 @@ class Pipeline:
         self._indexes: dict[str, CollectionIndex] = {}
         self._inflight: dict[str, asyncio.Future[Answer]] = {}
         self._index_lock = threading.Lock()
+        # Called with every answer and whether it could use the cache (metrics hook here).
+        self.observers: list[Callable[[Answer, bool], None]] = []
         # Everything that changes an answer for the same question and content.
         self._answer_config = "-".join(
             str(v)
@@ -253,6 +257,12 @@ class Pipeline:
         """
         started = time.perf_counter()
         question = self.validate_question(question)
+        if history and len(history) > self.settings.max_history_turns:
+            raise InvalidRequestError(
+                f"history has {len(history)} turns; the limit is {self.settings.max_history_turns} "
+                "- send the most recent turns only (or raise RAG_MAX_HISTORY_TURNS)",
+                param="history",
+            )
         collection = collection or self.settings.collection
         top_k = top_k or self.settings.top_k
         prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions())
@@ -339,7 +349,9 @@ class Pipeline:
                     raise
                 return await self._generate_prepared(prep)  # the leader's client went away
             prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
-            return replace(shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={})
+            joined = replace(shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={})
+            self._notify(joined, True)
+            return joined
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
@@ -382,7 +394,8 @@ class Pipeline:
                 parts.append(piece)
                 yield piece
         prep.timings["generate"] = (time.perf_counter() - t) * 1000
-        yield self._finish(prep, "".join(parts), {})
+        # A streamed piece is one token (vLLM and llama.cpp send them so).
+        yield self._finish(prep, "".join(parts), {"completion_tokens": len(parts)})
 
     async def _generate_prepared(self, prep: Prepared) -> Answer:
         assert prep.request is not None
@@ -426,7 +439,7 @@ class Pipeline:
         usage: dict[str, Any] | None = None,
     ) -> Answer:
         prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
-        return Answer(
+        answer = Answer(
             answer=text,
             citations=citations,
             cache=status,
@@ -435,6 +448,15 @@ class Pipeline:
             backend=self.generator.name,
             usage=usage or {},
         )
+        self._notify(answer, prep.cacheable)
+        return answer
+
+    def _notify(self, answer: Answer, cacheable: bool) -> None:
+        for observer in self.observers:
+            try:
+                observer(answer, cacheable)
+            except Exception:  # a metrics hook must never cost a customer the answer
+                log.exception("answer observer failed")
 
     def _request(
         self, question: str, chunks: list[RetrievedChunk], options: GenerationOptions | None = None

@@ -138,7 +138,7 @@ class Settings(BaseSettings):
     cache_verifier: Path | None = None
     """Pair verifier written by `rag cache calibrate` (.npz); judges each near duplicate."""
 
-    @field_validator("cache_verifier", mode="before")
+    @field_validator("cache_verifier", "rate_limit", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -157,6 +157,42 @@ class Settings(BaseSettings):
 
     max_question_chars: int = Field(default=2000, ge=1)
     """Longest question accepted, in characters."""
+
+    max_history_turns: int = Field(default=50, ge=0, le=1000)
+    """Most earlier turns a follow-up question may bring (`history`, or chat `messages`)."""
+
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    """Largest request body accepted, in bytes; larger ones get 413."""
+
+    rate_limit: str | None = "600/minute"
+    """Requests per API key in a moving window (`limits` notation: "600/minute", "20/second"); unset: none."""
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parse_rate(cls, value: str | None) -> str | None:
+        if value is not None:
+            from limits import parse
+
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise ValueError(f'{value!r} is not a rate: write it like "600/minute" or "20/second"') from exc
+        return value
+
+    rate_limit_storage: str = "memory://"
+    """Where rate-limit counters live: `memory://` (one process) or `redis://HOST:6379` to share them between workers and hosts."""
+
+    max_concurrent_per_key: int = Field(default=16, ge=1)
+    """Requests one API key may have in flight at once (per worker process)."""
+
+    log_format: Literal["json", "text"] = "json"
+    """Log lines of `rag serve`: one JSON object per line (with the request id), or plain text."""
+
+    log_questions: bool = False
+    """Log question text at INFO; off by default, since customers' questions can hold personal data."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    """Worker processes of `rag serve` (each loads the embedding model; metrics are summed across them)."""
 
     host: str = "127.0.0.1"
     """Address `rag serve` binds to."""

@@ -10,13 +10,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 from rag.errors import BackendUnavailableError, InvalidRequestError
 from rag.index import list_collections
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
+from . import observability
+from .auth import Authenticator, GuardMiddleware, KeyLimits, KeyStore, principal_of
 from .errors import error_response, install_error_handlers
 from .jobs import JobRunner, JobStore
 from .jobs import router as jobs_router
@@ -25,10 +27,13 @@ from .schemas import ErrorResponse, QueryRequest, QueryResponse
 from .streaming import EventSourceResponse, sse_events
 
 WIDGET = Path(__file__).resolve().parent / "static" / "widget.js"
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 404, 409, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 429, 503)
+}
 
 
 def _cache(request: Request) -> Any:
+    principal_of(request).require_admin()
     cache = request.app.state.pipeline.cache
     if cache is None:
         raise InvalidRequestError("the response cache is off (RAG_CACHE_ENABLED=false)")
@@ -38,11 +43,15 @@ def _cache(request: Request) -> Any:
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:
     """Build the app. Pass ``pipeline`` to share one already loaded (tests, embedding)."""
     settings = settings or Settings()
+    keys = KeyStore(settings.data_dir)
+    authenticator = Authenticator(keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = pipeline is None
         app.state.pipeline = pipeline or await asyncio.to_thread(build_pipeline, settings)
+        if observability.observe_answer not in app.state.pipeline.observers:
+            app.state.pipeline.observers.append(observability.observe_answer)
         app.state.jobs = JobRunner(
             JobStore(settings.data_dir / "jobs.sqlite"), app.state.pipeline, settings.job_concurrency
         )
@@ -53,6 +62,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             await app.state.jobs.aclose()
             if owned:
                 await app.state.pipeline.aclose()
+            keys.close()
+            observability.worker_exit()
 
     app = FastAPI(
         title="rag-service",
@@ -63,13 +74,19 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     install_error_handlers(app)
     app.include_router(openai_router, responses=_ERRORS)
     app.include_router(jobs_router, responses=_ERRORS)
+    app.state.authenticator = authenticator
+    # Outermost last: request id, metrics and access log see everything, CORS headers ride
+    # on 401s and 429s too (so the widget can read them), then keys and limits.
+    app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=KeyLimits(settings))
     if settings.cors_origins:  # the widget on a help centre's own origin; nothing else
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Authorization", "Accept"],
+            allow_headers=["Content-Type", "Authorization", "Accept", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(observability.RequestContextMiddleware)
 
     @app.get("/widget.js", include_in_schema=False)
     async def widget() -> FileResponse:
@@ -79,6 +96,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     @app.post("/v1/query", response_model=QueryResponse, responses=_ERRORS)
     async def query(body: QueryRequest, request: Request) -> Any:
         pipe: Pipeline = request.app.state.pipeline
+        principal_of(request).require_collection(body.collection or settings.collection)
+        observability.log_question(settings, body.collection, body.question)
         history = [turn.model_dump() for turn in body.history]
         if body.stream:
             # Bad requests still get a plain 4xx: everything that can fail on the request
@@ -98,6 +117,14 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         """Drop cached answers: all, or one collection's (`?collection=NAME`)."""
         return {"cleared": _cache(request).clear(collection), "collection": collection}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics of every worker (admin key when keys are configured)."""
+        principal_of(request).require_admin()
+        observability.update_replicas(request.app.state.pipeline.generator)
+        payload, content_type = observability.metrics_payload()
+        return Response(payload, media_type=content_type)
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         """The process is up."""
@@ -116,7 +143,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         ready = getattr(pipe.generator, "ready", None)
         if ready is not None and not await ready():
             raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready")
-        return {
+        ready = {
             "status": "ready",
             "collection": index.name,
             "index_version": index.version,
@@ -124,5 +151,16 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             "collections": list_collections(settings.collections_dir),
             "backend": pipe.generator.name,
         }
+        if authenticator.enabled():  # public route: no collection names to strangers
+            del ready["collections"]
+        return ready
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app `rag serve` runs (each worker process builds its own): settings from
+    ``RAG_*`` variables, logging configured for the service."""
+    settings = Settings()
+    observability.configure_logging(settings)
+    return create_app(settings)

@@ -25,12 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from rag.errors import NotFoundError, RagError
 from rag.pipeline import Pipeline
 
+from .auth import principal_of
+
 router = APIRouter()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL,
-    collection TEXT, total INTEGER NOT NULL
+    collection TEXT, total INTEGER NOT NULL, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS items (
     job_id TEXT NOT NULL, position INTEGER NOT NULL, request TEXT NOT NULL, result TEXT,
@@ -44,7 +46,7 @@ class JobQuestion(BaseModel):
 
     question: str
     id: str | None = None
-    history: list[dict[str, str]] = Field(default_factory=list, max_length=50)
+    history: list[dict[str, str]] = Field(default_factory=list, max_length=1000)
 
 
 class JobRequest(BaseModel):
@@ -60,15 +62,17 @@ class JobStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
+        if "owner" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before API keys
         self._lock = threading.Lock()
 
-    def create(self, body: JobRequest) -> str:
+    def create(self, body: JobRequest, owner: str | None = None) -> str:
         job_id = f"job-{uuid.uuid4().hex[:16]}"
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute(
-                "INSERT INTO jobs (id, status, created_at, collection, total) VALUES (?, 'queued', ?, ?, ?)",
-                (job_id, time.time(), body.collection, len(body.questions)),
+                "INSERT INTO jobs (id, status, created_at, collection, total, owner) VALUES (?, 'queued', ?, ?, ?, ?)",
+                (job_id, time.time(), body.collection, len(body.questions), owner),
             )
             self._db.executemany(
                 "INSERT INTO items (job_id, position, request) VALUES (?, ?, ?)",
@@ -100,7 +104,7 @@ class JobStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         row = self._db.execute(
-            "SELECT id, status, created_at, finished_at, collection, total FROM jobs WHERE id = ?", (job_id,)
+            "SELECT id, status, created_at, finished_at, collection, total, owner FROM jobs WHERE id = ?", (job_id,)
         ).fetchone()
         if row is None:
             return None
@@ -115,6 +119,7 @@ class JobStore:
             "finished_at": row[3],
             "collection": row[4],
             "progress": {"total": row[5], "done": len(results), "failed": failed},
+            "owner": row[6],
         }
         if row[1] == "done":
             job["results"] = results
@@ -173,8 +178,11 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     """Queue questions; returns the job id at once. Poll ``GET /v1/jobs/{id}``."""
     runner: JobRunner = request.app.state.jobs
     pipe: Pipeline = request.app.state.pipeline
-    pipe.get_index(body.collection or pipe.settings.collection)  # an unknown collection is a 404 now, not later
-    job_id = runner.store.create(body)
+    collection = body.collection or pipe.settings.collection
+    principal = principal_of(request)
+    principal.require_collection(collection)
+    pipe.get_index(collection)  # an unknown collection is a 404 now, not later
+    job_id = runner.store.create(body, owner=principal.key_id)
     runner.start(job_id)
     return {"id": job_id, "status": "queued", "progress": {"total": len(body.questions), "done": 0, "failed": 0}}
 
@@ -183,6 +191,10 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
 async def get_job(job_id: str, request: Request) -> dict[str, Any]:
     """Status, progress and, once done, every question's result in order."""
     job = request.app.state.jobs.store.get(job_id)
+    principal = principal_of(request)
+    # Another key's job is as good as absent (admin keys see every job).
+    if job is not None and job.pop("owner") != principal.key_id and not principal.admin:
+        job = None
     if job is None:
         raise NotFoundError(f"no job {job_id!r}: the id comes from POST /v1/jobs", param="job_id")
     return job  # type: ignore[no-any-return]

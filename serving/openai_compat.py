@@ -34,6 +34,9 @@ from rag.errors import InvalidRequestError, RagError
 from rag.index import list_collections
 from rag.pipeline import Answer, GenerationOptions, Pipeline, Prepared
 
+from .auth import principal_of
+from .observability import log_question
+
 router = APIRouter()
 
 
@@ -53,7 +56,7 @@ class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")  # n, top_p, user, ...: accepted, not used
 
     model: str = Field(description="The collection to answer from.")
-    messages: list[ChatMessage] = Field(min_length=1, max_length=100)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=1001)
     stream: bool = False
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
@@ -93,13 +96,15 @@ def _usage(answer: Answer) -> dict[str, int]:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    """The collections, as OpenAI models."""
+    """The collections this key can read, as OpenAI models."""
     settings = request.app.state.pipeline.settings
+    principal = principal_of(request)
     return {
         "object": "list",
         "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": "rag-service"}
             for name in list_collections(settings.collections_dir)
+            if principal.can_read(name)
         ],
     }
 
@@ -108,7 +113,9 @@ async def list_models(request: Request) -> dict[str, Any]:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """An OpenAI chat completion answered from the collection named by ``model``."""
     pipe: Pipeline = request.app.state.pipeline
+    principal_of(request).require_collection(body.model)
     question, history = _split(body)
+    log_question(pipe.settings, body.model, question)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if body.stream:

@@ -25,10 +25,11 @@ class QueryRequest(BaseModel):
     top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to retrieve; the server default if unset.")
     history: list[Turn] = Field(
         default_factory=list,
-        max_length=50,
+        max_length=1000,
         description='The conversation before this question, oldest first. A follow-up ("does it have '
         'parking?") is retrieved within the entity the conversation last named (a chunk title), or with the '
-        "previous user turn if it names none, and is never answered from or stored in the cache.",
+        "previous user turn if it names none, and is never answered from or stored in the cache. "
+        "At most RAG_MAX_HISTORY_TURNS turns (50 unless configured).",
     )
     filters: dict[str, str | list[str]] | None = Field(
         default=None,

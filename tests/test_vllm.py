@@ -237,3 +237,26 @@ def test_openai_route_passes_max_tokens_and_stop_to_vllm(service_url: str) -> No
     stream = client.chat.completions.create(model="default", messages=question, max_tokens=4, stream=True)
     chunks = list(stream)
     assert chunks[-1].choices[0].finish_reason == "stop" and (chunks[-1].model_extra or {})["citations"]
+
+
+def test_metrics_time_the_first_token_count_tokens_and_report_the_replica(service_url: str, vllm_url: str) -> None:
+    def scrape() -> dict[str, float]:
+        out: dict[str, float] = {}
+        for line in httpx.get(f"{service_url}/metrics").text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, number = line.rpartition(" ")
+                out[name] = float(number)
+        return out
+
+    before = scrape()
+    with httpx.stream(
+        "POST", f"{service_url}/v1/query", json={"question": "Do you match prices?", "stream": True}, timeout=120
+    ) as r:
+        assert "event: done" in r.read().decode()
+    after = scrape()
+    backend = 'backend="vllm:gemma3-270m"'
+    ttft = f"rag_time_to_first_token_seconds_count{{{backend}}}"
+    tokens = f"rag_generated_tokens_total{{{backend}}}"
+    assert after[ttft] - before.get(ttft, 0) == 1
+    assert after[tokens] - before.get(tokens, 0) >= 3
+    assert after[f'rag_backend_replica_up{{replica="{vllm_url}"}}'] == 1

@@ -120,3 +120,43 @@ def test_widget_script_is_served_and_cors_allows_only_the_listed_origin(site: di
     assert allowed.headers.get("access-control-allow-origin") == origin
     other = httpx.options(f"{site['service']}/v1/query", headers={**preflight, "Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_widget_sends_its_api_key_to_a_service_that_needs_one(
+    tmp_path: Path, example_data_dir: Path, embedder: Any, browser: Any
+) -> None:
+    """With API keys on, the page carries a key made for its one collection (data-api-key)."""
+    from serving.auth import KeyStore
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "collections").symlink_to(example_data_dir / "collections")
+    store = KeyStore(data_dir)
+    key = store.create(["default"], name="help centre widget")[0]
+    store.close()
+    root = tmp_path / "site"
+    root.mkdir()
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    server = ThreadingHTTPServer(("127.0.0.1", port), partial(_Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with serving(data_dir, embedder, backend="extractive", cors_origins=[origin]) as service:
+            tag = 'data-collection="default" data-api-key="{key}"'
+            page_html = PAGE.format(service=service, endpoint=service)
+            (root / "keyed.html").write_text(page_html.replace('data-collection="default"', tag.format(key=key)))
+            (root / "wrong.html").write_text(page_html.replace('data-collection="default"', tag.format(key=key + "x")))
+            page = browser.new_page()
+            page.goto(f"{origin}/keyed.html")
+            _ask(page, "Do gift cards expire?")
+            page.locator(".rag-cites a").first.wait_for(timeout=30_000)
+            assert "never expire" in page.locator(".rag-bot").last.inner_text()
+            page.goto(f"{origin}/wrong.html")
+            _ask(page, "Do gift cards expire?")
+            error = page.locator(".rag-error")
+            error.wait_for(timeout=15_000)
+            assert "API key not recognised" in error.inner_text()
+            page.close()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,7 +5,9 @@
  *           data-endpoint="https://support.example.com"   (default: where this script came from)
  *           data-collection="default"
  *           data-title="Ask us"
- *           data-link-base="https://help.example.com/articles/"></script>
+ *           data-link-base="https://help.example.com/articles/"
+ *           data-api-key="rk_..."></script>   (when the service has API keys: a key made
+ *                                               for this collection only, since the page shows it)
  *
  * A chat bubble opens a panel; answers stream in as they are generated (POST /v1/query with
  * "stream": true, read as Server-Sent Events), then the citations appear as links. The
@@ -22,6 +24,7 @@
   var collection = data.collection || null;
   var title = data.title || "Ask a question";
   var linkBase = data.linkBase || "";
+  var apiKey = data.apiKey || "";
   var history = [];
 
   var css =
@@ -122,10 +125,12 @@
     var body = { question: question, stream: true, history: history.slice(-20) };
     if (collection) body.collection = collection;
     var response;
+    var headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+    if (apiKey) headers.Authorization = "Bearer " + apiKey;
     try {
       response = await fetch(endpoint + "/v1/query", {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        headers: headers,
         body: JSON.stringify(body),
       });
     } catch (err) {

@@ -1,0 +1,196 @@
+"""Metrics (Prometheus), request ids and structured JSON logs.
+
+``GET /metrics`` serves Prometheus' text format. With several worker processes
+(``rag serve --workers N``) every worker writes its samples to ``PROMETHEUS_MULTIPROC_DIR``
+and the scrape sums them (prometheus_client's multiprocess mode), so the figures are the
+service's, not one worker's.
+
+Every request gets an id: the caller's ``X-Request-ID`` when it is a sane token, else a
+new one; it comes back in the response's ``X-Request-ID`` and is on every log line written
+while the request runs. Question text is logged at INFO only with ``RAG_LOG_QUESTIONS``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from typing import IO, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from rag.settings import Settings
+
+from .auth import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("rag.serving")
+access_log = logging.getLogger("rag.access")
+
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+HTTP_REQUESTS = Counter("rag_http_requests_total", "HTTP requests by route, method and status.", ["route", "method", "status"])  # fmt: skip
+HTTP_LATENCY = Histogram(
+    "rag_http_request_duration_seconds",
+    "Time from request to the last byte of the response (streams included).",
+    ["route", "method", "status"],
+    buckets=_LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge("rag_http_requests_in_flight", "Requests being served now.", multiprocess_mode="livesum")
+CACHE = Counter(
+    "rag_cache_lookups_total",
+    "Answers by collection and how the cache served them: exact, semantic, miss, or bypass (follow-ups).",
+    ["collection", "result"],
+)
+RETRIEVAL = Histogram("rag_retrieval_seconds", "Hybrid retrieval per question.", ["collection"], buckets=_LATENCY_BUCKETS)  # fmt: skip
+EMBEDDING = Histogram("rag_embedding_seconds", "Embedding one question.", buckets=_LATENCY_BUCKETS)
+GENERATION = Histogram("rag_generation_seconds", "Generating one answer.", ["backend"], buckets=_LATENCY_BUCKETS)
+FIRST_TOKEN = Histogram(
+    "rag_time_to_first_token_seconds", "Time to the first streamed token.", ["backend"], buckets=_LATENCY_BUCKETS
+)
+TOKENS = Counter("rag_generated_tokens_total", "Tokens generated.", ["backend"])
+REPLICA_UP = Gauge(
+    "rag_backend_replica_up",
+    "1 when a vLLM replica is taking requests, 0 while it sits out after failures.",
+    ["replica"],
+    multiprocess_mode="livemostrecent",
+)
+
+
+def observe_answer(answer: Any, cacheable: bool) -> None:
+    """Pipeline observer: one call per answer, whatever path it took."""
+    timings = answer.timings_ms
+    if not cacheable:
+        result = "bypass"
+    elif answer.cache.hit:
+        result = str(answer.cache.kind or "exact")
+    else:
+        result = "miss"
+    CACHE.labels(answer.collection, result).inc()
+    if timings.get("embed"):
+        EMBEDDING.observe(timings["embed"] / 1000)
+    if timings.get("retrieve"):
+        RETRIEVAL.labels(answer.collection).observe(timings["retrieve"] / 1000)
+    if timings.get("generate"):
+        GENERATION.labels(answer.backend).observe(timings["generate"] / 1000)
+    if timings.get("first_token"):
+        FIRST_TOKEN.labels(answer.backend).observe(timings["first_token"] / 1000)
+    tokens = int(answer.usage.get("completion_tokens") or 0)
+    if tokens:
+        TOKENS.labels(answer.backend).inc(tokens)
+
+
+def update_replicas(generator: Any) -> None:
+    pool = getattr(generator, "pool", None)
+    for replica in getattr(pool, "replicas", ()):
+        up = replica.healthy or replica.down_until <= time.monotonic()
+        REPLICA_UP.labels(replica.url).set(1 if up else 0)
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """The scrape: this process's registry, or every worker's when there are several."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    from prometheus_client import REGISTRY
+
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def worker_exit() -> None:
+    """A worker's live gauges leave the sums when it stops."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
+class RequestContextMiddleware:
+    """Outermost: request id, in-flight gauge, latency by route and status, one access log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        token = REQUEST_ID.set(request_id)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            IN_FLIGHT.dec()
+            seconds = time.perf_counter() - started
+            route_obj = scope.get("route")
+            route = getattr(route_obj, "path", None) or "unmatched"
+            HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
+            HTTP_LATENCY.labels(route, scope["method"], str(status)).observe(seconds)
+            principal = scope.get("state", {}).get("principal")
+            access_log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "path": scope["path"],
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                    "key": principal.label if principal is not None else None,
+                },
+            )
+            REQUEST_ID.reset(token)
+
+
+def log_question(settings: Settings, collection: str | None, question: str) -> None:
+    level = logging.INFO if settings.log_questions else logging.DEBUG
+    log.log(level, "question", extra={"collection": collection, "question": question})
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
+    """Root logging for `rag serve`: JSON lines (or text) on stderr, with the request id."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.addFilter(_RequestIdFilter())
+    if settings.log_format == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler

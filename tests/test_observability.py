@@ -1,0 +1,198 @@
+"""Metrics, request ids and JSON logs, over real HTTP: one worker in-process, and
+`rag serve --workers 2` as its own processes (metrics summed across them)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.observability import configure_logging
+
+from .conftest import make_settings
+from .servers import free_port, serving
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(http: httpx.Client) -> Samples:
+    response = http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def test_request_id_is_echoed_or_made(example_data_dir: Path, embedder: Any) -> None:
+    with serving(example_data_dir, embedder, backend="extractive") as url, httpx.Client(base_url=url) as http:
+        given = http.get("/healthz", headers={"X-Request-ID": "ticket-4711.a"})
+        assert given.headers["x-request-id"] == "ticket-4711.a"
+        made = http.get("/healthz").headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", made)
+        odd = http.get("/healthz", headers={"X-Request-ID": "spaces <script>" * 20}).headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", odd)  # not a sane token: replaced, never logged as given
+        error = http.post("/v1/query", json={"question": ""}, headers={"X-Request-ID": "bad-1"})
+        assert error.status_code == 400 and error.headers["x-request-id"] == "bad-1"
+
+
+def test_metrics_count_requests_cache_outcomes_and_stages(example_data_dir: Path, embedder: Any) -> None:
+    with (
+        serving(example_data_dir, embedder, backend="extractive") as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        before = scrape(http)
+        question = {"question": "Which payment methods do you accept?"}
+        assert not http.post("/v1/query", json=question).json()["cache"]["hit"]
+        assert http.post("/v1/query", json=question).json()["cache"]["kind"] == "exact"
+        follow_up = {
+            "question": "and gift cards?",
+            "history": [{"role": "user", "content": "Which payment methods do you accept?"}],
+        }
+        assert http.post("/v1/query", json=follow_up).status_code == 200
+        assert http.post("/v1/query", json={"question": ""}).status_code == 400
+        with http.stream("POST", "/v1/query", json={"question": "How do I reset my password?", "stream": True}) as r:
+            assert r.status_code == 200 and "event: done" in r.read().decode()
+        after = scrape(http)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = {"route": "/v1/query", "method": "POST"}
+    assert delta("rag_http_requests_total", status="200", **route) == 4
+    assert delta("rag_http_requests_total", status="400", **route) == 1
+    assert delta("rag_http_request_duration_seconds_count", status="200", **route) == 4
+    assert delta("rag_cache_lookups_total", collection="default", result="miss") == 2
+    assert delta("rag_cache_lookups_total", collection="default", result="exact") == 1
+    assert delta("rag_cache_lookups_total", collection="default", result="bypass") == 1
+    assert delta("rag_retrieval_seconds_count", collection="default") == 3  # the exact hit retrieves nothing
+    assert delta("rag_generation_seconds_count", backend="extractive") == 3
+    assert value(after, "rag_http_requests_in_flight") == 1  # the scrape itself
+    assert delta("rag_http_requests_total", route="/metrics", status="200") == 1
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    configure_logging(make_settings(Path("unused")), stream)
+    yield stream
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_logs_are_json_lines_with_the_request_id_and_no_question_text(
+    example_data_dir: Path, embedder: Any, json_logs: io.StringIO
+) -> None:
+    question = "What is the warranty on electronics?"
+    with serving(example_data_dir, embedder, backend="extractive") as url, httpx.Client(base_url=url) as http:
+        http.post("/v1/query", json={"question": question}, headers={"X-Request-ID": "req-42"}).raise_for_status()
+    records = lines(json_logs)  # every line parses as JSON
+    access = [r for r in records if r["logger"] == "rag.access" and r["request_id"] == "req-42"]
+    assert len(access) == 1
+    assert access[0]["route"] == "/v1/query" and access[0]["status"] == 200 and access[0]["duration_ms"] > 0
+    assert {"time", "level", "message"} <= set(access[0])
+    assert question not in json_logs.getvalue()
+
+
+def test_question_text_is_logged_only_when_configured(
+    example_data_dir: Path, embedder: Any, json_logs: io.StringIO
+) -> None:
+    question = "Do you ship to Canada?"
+    with (
+        serving(example_data_dir, embedder, backend="extractive", log_questions=True) as url,
+        httpx.Client(base_url=url) as http,
+    ):
+        http.post("/v1/query", json={"question": question}, headers={"X-Request-ID": "req-43"}).raise_for_status()
+    logged = [r for r in lines(json_logs) if r.get("question") == question]
+    assert len(logged) == 1 and logged[0]["request_id"] == "req-43" and logged[0]["level"] == "INFO"
+
+
+def test_two_workers_share_one_set_of_metrics(example_data_dir: Path, tmp_path: Path) -> None:
+    """`rag serve --workers 2`, asked with no key to listen on every address: it listens on
+    127.0.0.1 only and says so; /metrics sums both workers, whichever answers the scrape."""
+    port = free_port()
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    cmd = [sys.executable, "-m", "rag.cli", "serve", "--workers", "2", "--host", "0.0.0.0", "--port", str(port),
+           "--backend", "extractive", "--data-dir", str(example_data_dir)]  # fmt: skip
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert "listening on 127.0.0.1 only" in log.read_text()
+        n = 40
+
+        def one(i: int) -> int:  # a connection each, so both workers take some
+            body = {"question": f"How long does shipping to zone {i} take?"}
+            return httpx.post(f"{url}/v1/query", json=body, timeout=60).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(one, range(n))) == [200] * n
+        pids = {p.stem.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
+        assert len(pids) == 2, pids
+        for _ in range(4):  # whichever worker answers, the figure is the service's
+            with httpx.Client(base_url=url) as http:
+                samples = scrape(http)
+            assert value(samples, "rag_http_requests_total", route="/v1/query", status="200") == n
+        # Both workers answered questions: each one's own counters hold part of the total.
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        per_worker = []
+        for pid in pids:
+            files = [str(p) for p in metrics_dir.glob(f"counter_{pid}.db")]
+            metrics = MultiProcessCollector._read_metrics(files)  # one worker's view
+            total = sum(
+                s.value
+                for m in metrics.values()
+                for s in m.samples
+                if s.name == "rag_http_requests_total" and dict(s.labels).get("route") == "/v1/query"
+            )
+            per_worker.append(total)
+        assert sum(per_worker) == n and all(count > 0 for count in per_worker), per_worker
+        for line in log.read_text().splitlines():
+            if line.startswith("{"):
+                json.loads(line)
+        assert any('"logger": "rag.access"' in line for line in log.read_text().splitlines())
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

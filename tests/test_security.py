@@ -1,0 +1,270 @@
+"""API keys, tenants and limits, over real HTTP on 127.0.0.1: each test tries to cross a
+boundary (another tenant's collection, cached answer or job; an admin route; a limit)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ingest.runner import ingest
+from rag.cli import bind_address
+from serving.auth import KeyStore
+
+from .conftest import EXAMPLES, make_settings
+from .servers import serving
+
+BETA_DOC = """# Refunds at Beta Outdoor
+
+Beta Outdoor refunds returned tents within 30 days. Refunds take 2 business days to reach your card.
+Camping stoves cannot be returned once used.
+"""
+
+QUESTION = "How long do refunds take?"
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> dict[str, Any]:
+    """Two collections (alpha: the example help centre, beta: another shop) and three keys."""
+    data_dir = tmp_path_factory.mktemp("data")
+    docs = tmp_path_factory.mktemp("docs")
+    shutil.copytree(EXAMPLES, docs / "alpha")
+    (docs / "beta").mkdir()
+    (docs / "beta" / "refunds.md").write_text(BETA_DOC)
+    settings = make_settings(data_dir)
+    ingest([docs / "alpha"], "alpha", settings, embedder, progress=False)
+    ingest([docs / "beta"], "beta", settings, embedder, progress=False)
+    store = KeyStore(data_dir)
+    keys = {
+        "a": store.create(["alpha"], name="shop a")[0],
+        "b": store.create(["beta"])[0],
+        "admin": store.create([], admin=True)[0],
+    }
+    store.close()
+    return {"data_dir": data_dir, "keys": keys}
+
+
+@pytest.fixture(scope="module")
+def service(tenants: dict[str, Any], embedder: Any) -> Iterator[str]:
+    with serving(tenants["data_dir"], embedder, backend="extractive", collection="alpha") as url:
+        yield url
+
+
+def client(url: str, key: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=url, headers=headers, timeout=30)
+
+
+def ask(http: httpx.Client, collection: str, question: str = QUESTION, **extra: Any) -> httpx.Response:
+    return http.post("/v1/query", json={"question": question, "collection": collection, **extra})
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code, error
+    return error  # type: ignore[no-any-return]
+
+
+def test_without_a_key_only_health_and_the_widget_answer(service: str) -> None:
+    with client(service) as http:
+        error = assert_error(ask(http, "alpha"), 401, "invalid_api_key")
+        assert "Authorization: Bearer" in error["message"]
+        assert http.post("/v1/query", json={"question": QUESTION}).headers["www-authenticate"] == "Bearer"
+        assert_error(http.get("/v1/models"), 401, "invalid_api_key")
+        assert_error(http.get("/metrics"), 401, "invalid_api_key")
+        assert_error(http.post("/v1/jobs", json={"questions": [{"question": QUESTION}]}), 401, "invalid_api_key")
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/widget.js").status_code == 200
+        ready = http.get("/readyz").json()
+        assert ready["status"] == "ready" and "collections" not in ready  # no tenant names to strangers
+    with client(service, "rk_00000000_not-a-real-key") as http:
+        assert_error(ask(http, "alpha"), 401, "invalid_api_key")
+    with client(service, "Basic abc") as http:
+        assert_error(ask(http, "alpha"), 401, "invalid_api_key")
+
+
+def test_a_key_reaches_only_its_collections(service: str, tenants: dict[str, Any]) -> None:
+    keys = tenants["keys"]
+    with client(service, keys["a"]) as http:
+        assert ask(http, "alpha").status_code == 200
+        assert http.post("/v1/query", json={"question": QUESTION}).status_code == 200  # the default: alpha
+        assert_error(ask(http, "beta"), 403, "permission_denied")
+        assert_error(ask(http, "beta", stream=True), 403, "permission_denied")
+        chat = {"model": "beta", "messages": [{"role": "user", "content": QUESTION}]}
+        assert_error(http.post("/v1/chat/completions", json=chat), 403, "permission_denied")
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["alpha"]
+    with client(service, keys["b"]) as http:
+        assert_error(http.post("/v1/query", json={"question": QUESTION}), 403, "permission_denied")
+        assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["beta"]
+    with client(service, keys["admin"]) as http:
+        assert sorted(m["id"] for m in http.get("/v1/models").json()["data"]) == ["alpha", "beta"]
+
+
+def test_an_answer_cached_for_one_tenant_is_never_served_to_another(service: str, tenants: dict[str, Any]) -> None:
+    keys = tenants["keys"]
+    question = "How many days do refunds take to arrive?"
+    with client(service, keys["a"]) as http:
+        first = ask(http, "alpha", question).json()
+        again = ask(http, "alpha", question).json()
+    assert again["cache"]["hit"] and again["answer"] == first["answer"]
+    with client(service, keys["b"]) as http:
+        other = ask(http, "beta", question).json()
+    assert not other["cache"]["hit"]
+    assert {c["document_id"] for c in other["citations"]} == {"refunds.md"}
+    assert other["answer"] != first["answer"]
+
+
+def test_admin_routes_need_an_admin_key(service: str, tenants: dict[str, Any]) -> None:
+    keys = tenants["keys"]
+    with client(service, keys["a"]) as http:
+        assert_error(http.get("/v1/cache/stats"), 403, "permission_denied")
+        assert_error(http.delete("/v1/cache"), 403, "permission_denied")
+        assert_error(http.get("/metrics"), 403, "permission_denied")
+    with client(service, keys["admin"]) as http:
+        assert http.get("/v1/cache/stats").status_code == 200
+        assert http.get("/metrics").status_code == 200
+        assert http.delete("/v1/cache", params={"collection": "beta"}).status_code == 200
+
+
+def test_jobs_are_seen_only_by_their_owner_and_admins(service: str, tenants: dict[str, Any]) -> None:
+    keys = tenants["keys"]
+    with client(service, keys["a"]) as http:
+        job = http.post("/v1/jobs", json={"questions": [{"question": QUESTION}], "collection": "alpha"}).json()
+        assert http.get(f"/v1/jobs/{job['id']}").status_code == 200
+    with client(service, keys["b"]) as http:
+        assert_error(http.get(f"/v1/jobs/{job['id']}"), 404, "not_found")
+        body = {"questions": [{"question": QUESTION}], "collection": "alpha"}
+        assert_error(http.post("/v1/jobs", json=body), 403, "permission_denied")
+    with client(service, keys["admin"]) as http:
+        seen = http.get(f"/v1/jobs/{job['id']}").json()
+        assert seen["id"] == job["id"] and "owner" not in seen
+
+
+def test_a_revoked_key_stops_working(tenants: dict[str, Any], service: str) -> None:
+    store = KeyStore(tenants["data_dir"])
+    key, info = store.create(["alpha"])
+    with client(service, key) as http:
+        assert ask(http, "alpha").status_code == 200
+        assert store.revoke(info.id)
+        time.sleep(2.2)  # the service remembers a key for 2 s
+        assert_error(ask(http, "alpha"), 401, "invalid_api_key")
+    store.close()
+
+
+def test_request_limits_get_clear_4xx(service: str, tenants: dict[str, Any]) -> None:
+    with client(service, tenants["keys"]["a"]) as http:
+        huge = http.post(
+            "/v1/query", content=b"{" + b" " * 3_000_000 + b"}", headers={"Content-Type": "application/json"}
+        )
+        assert_error(huge, 413, "request_too_large")
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"question": "'
+            for _ in range(40):
+                yield b"x" * 100_000
+            yield b'"}'
+
+        assert_error(http.post("/v1/query", content=chunks(), headers=JSON), 413, "request_too_large")
+        long_question = assert_error(ask(http, "alpha", "why " * 1000), 400, "invalid_request")
+        assert long_question["param"] == "question" and "RAG_MAX_QUESTION_CHARS" in long_question["message"]
+        history = [{"role": "user", "content": "hi"}] * 51
+        too_long = assert_error(ask(http, "alpha", history=history), 400, "invalid_request")
+        assert too_long["param"] == "history"
+        for top_k in (0, 51):
+            assert_error(ask(http, "alpha", top_k=top_k), 400, "invalid_value")
+
+
+def test_rate_limit_per_key_answers_429_with_retry_after(tenants: dict[str, Any], embedder: Any) -> None:
+    keys = tenants["keys"]
+    with serving(tenants["data_dir"], embedder, backend="extractive", rate_limit="3/minute") as url:
+        with client(url, keys["a"]) as http:
+            assert [ask(http, "alpha").status_code for _ in range(3)] == [200, 200, 200]
+            limited = ask(http, "alpha")
+            assert_error(limited, 429, "rate_limit_exceeded")
+            assert 1 <= int(limited.headers["retry-after"]) <= 60
+        with client(url, keys["b"]) as http:  # another key has its own budget
+            assert ask(http, "beta").status_code == 200
+
+
+def test_concurrent_requests_per_key_are_bounded(tenants: dict[str, Any], embedder: Any) -> None:
+    import threading
+
+    keys = tenants["keys"]
+    with serving(tenants["data_dir"], embedder, backend="extractive", max_concurrent_per_key=1) as url:
+        released = threading.Event()
+
+        def slow_body() -> Iterator[bytes]:  # holds the key's only slot while it uploads
+            yield b'{"question": "How long do refunds take?", '
+            released.wait(20)
+            yield b'"collection": "alpha"}'
+
+        results: list[int] = []
+        with client(url, keys["a"]) as first:
+            holder = threading.Thread(
+                target=lambda: results.append(first.post("/v1/query", content=slow_body(), headers=JSON).status_code)
+            )
+            holder.start()
+            time.sleep(0.5)
+            with client(url, keys["a"]) as second:
+                busy = ask(second, "alpha")
+                assert_error(busy, 429, "too_many_concurrent_requests")
+                assert busy.headers["retry-after"] == "1"
+            with client(url, keys["b"]) as other:
+                assert ask(other, "beta").status_code == 200
+            released.set()
+            holder.join(30)
+            assert results == [200]
+            with client(url, keys["a"]) as again:
+                assert ask(again, "alpha").status_code == 200  # the slot came back
+
+
+def test_without_keys_the_service_binds_to_loopback_only() -> None:
+    host, message = bind_address("0.0.0.0", active_keys=0)
+    assert host == "127.0.0.1" and "rag keys create" in message
+    assert bind_address("127.0.0.1", active_keys=0)[0] == "127.0.0.1"
+    assert bind_address("0.0.0.0", active_keys=2) == ("0.0.0.0", "API keys required (2 active); listening on 0.0.0.0")
+
+
+def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
+    store = KeyStore(tmp_path)
+    key, info = store.create(["alpha"])
+    assert store.lookup(key) is not None and store.lookup(key + "x") is None
+    store.close()
+    assert key.encode() not in (tmp_path / "keys.sqlite").read_bytes()
+    assert key.split("_", 2)[2].encode() not in (tmp_path / "keys.sqlite").read_bytes()
+    assert json.dumps(info.collections) == '["alpha"]'
+
+
+def test_without_keys_everything_is_open_on_loopback(example_data_dir: Path, embedder: Any) -> None:
+    with serving(example_data_dir, embedder, backend="extractive") as url, client(url) as http:
+        assert http.post("/v1/query", json={"question": QUESTION}).status_code == 200
+        assert http.get("/v1/cache/stats").status_code == 200
+        assert "collections" in http.get("/readyz").json()
+
+
+def test_the_openai_client_and_rag_client_send_the_key(service: str, tenants: dict[str, Any]) -> None:
+    import openai
+
+    from rag.client import RagClient, RagClientError
+
+    keyed = openai.OpenAI(base_url=f"{service}/v1", api_key=tenants["keys"]["a"])
+    reply = keyed.chat.completions.create(model="alpha", messages=[{"role": "user", "content": QUESTION}])
+    assert reply.choices[0].message.content
+    with pytest.raises(openai.PermissionDeniedError):
+        keyed.chat.completions.create(model="beta", messages=[{"role": "user", "content": QUESTION}])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{service}/v1", api_key="unused").models.list()
+    with RagClient(service, api_key=tenants["keys"]["b"]) as rag:
+        assert rag.query(QUESTION, collection="beta").citations
+        with pytest.raises(RagClientError) as denied:
+            rag.query(QUESTION, collection="alpha")
+        assert denied.value.status == 403
