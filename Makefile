@@ -28,7 +28,7 @@ export RAG_TEST_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 export RAG_TEST_VLLM_MODEL := $(VLLM_MODEL_DIR)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm-install vllm-serve run test test-fast lint typecheck docs clean browser
+.PHONY: install vllm-install vllm-serve run test test-fast fuzz soak lint typecheck docs clean browser
 
 install: $(VENV)/.installed
 
@@ -93,6 +93,42 @@ browser:
 
 test-fast: install browser
 	$(BIN)/python -m pytest -m "not slow and not vllm" $(PYTEST_ARGS)
+
+# Schemathesis over every operation of the OpenAPI schema, against a real server on
+# 127.0.0.1: tests/test_fuzz.py (10 examples per operation in `make test`) with many more,
+# freshly random each run.
+FUZZ_EXAMPLES ?= 500
+fuzz: install
+	RAG_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) RAG_FUZZ_RANDOM=1 $(BIN)/python -m pytest tests/test_fuzz.py -p no:cacheprovider $(PYTEST_ARGS)
+
+# Soak: ingest the example help centre into a scratch data dir, serve it on 127.0.0.1, drive
+# it from a second process (eval/soak.py) for SOAK_MINUTES with hits, misses and bad requests,
+# report errors, p99 latency and the server's memory growth; the server is stopped and the
+# scratch dir removed whatever happens. Writes $(SOAK_OUT)/soak.json and soak.png.
+SOAK_MINUTES ?= 5
+SOAK_BACKEND ?= extractive
+SOAK_PORT ?= 8731
+SOAK_MAX_REQUESTS ?= 500000
+SOAK_CONCURRENCY ?= 8
+SOAK_OUT ?= eval/results/soak
+SOAK_ARGS ?=
+soak: install
+	@set -euo pipefail; \
+	port=$(SOAK_PORT); data=$$(mktemp -d "$${TMPDIR:-/tmp}/rag-soak.XXXXXX"); pid=""; \
+	stop() { if [ -n "$$pid" ]; then kill "$$pid" 2>/dev/null || true; wait "$$pid" 2>/dev/null || true; fi; rm -rf "$$data"; }; \
+	trap stop EXIT; trap 'exit 130' INT TERM; \
+	if ! $(BIN)/python -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1])))' "$$port" 2>/dev/null; then \
+		echo "port $$port is in use: pick another with SOAK_PORT=..."; exit 2; fi; \
+	echo "ingesting examples/help-center into $$data"; \
+	RAG_DATA_DIR="$$data" $(BIN)/rag ingest examples/help-center --collection default; \
+	echo "serving on 127.0.0.1:$$port (backend $(SOAK_BACKEND)), log in $$data/serve.log"; \
+	RAG_DATA_DIR="$$data" RAG_BACKEND=$(SOAK_BACKEND) RAG_HOST=127.0.0.1 RAG_PORT="$$port" RAG_WORKERS=1 \
+		RAG_LOG_FORMAT=text $(BIN)/rag serve >"$$data/serve.log" 2>&1 & pid=$$!; \
+	status=0; $(BIN)/python -m eval.soak --url "http://127.0.0.1:$$port" --pid "$$pid" --wait-ready 300 \
+		--minutes $(SOAK_MINUTES) --max-requests $(SOAK_MAX_REQUESTS) --concurrency $(SOAK_CONCURRENCY) \
+		--out $(SOAK_OUT) $(SOAK_ARGS) || status=$$?; \
+	if [ "$$status" != 0 ]; then echo "--- last lines of the server log ---"; tail -n 30 "$$data/serve.log"; fi; \
+	exit $$status
 
 lint: install
 	$(BIN)/ruff check .

@@ -29,6 +29,7 @@ from rag.embedder import Embedder
 from rag.errors import DocumentError, IngestError
 from rag.index import (
     CHUNKS_FILE,
+    CURRENT_FILE,
     FORMAT_VERSION,
     INDEX_FILE,
     INDEX_TYPES,
@@ -92,10 +93,14 @@ def _next_version_dir(cdir: Path) -> Path:
 
 def _clean_old_versions(cdir: Path, keep: set[Path]) -> None:
     # The previous version stays one run longer so a server that is just loading it
-    # never finds it gone; crashed runs' half-written folders go now.
+    # never finds it gone; crashed runs' half-written folders go now, and so does the
+    # temp file of a CURRENT switch that was killed before its rename (we hold the lock:
+    # no other writer is switching).
     for path in cdir.glob("v[0-9]*"):
         if path not in keep and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+    for tmp in cdir.glob(f".{CURRENT_FILE}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _is_under(source: str, roots: list[Path]) -> bool:

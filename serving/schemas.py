@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -86,3 +86,43 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+def _sse_200(event_schema: dict[str, Any], description: str) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=` entry documenting a 200 that may also be an event stream.
+
+    Open API before 3.2 has the `schema` of `text/event-stream` describe one event as a
+    client's SSE parser reads it: `{"event", "data", "id"?, "retry"?}`, `data` as text."""
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": event_schema}}}}
+
+
+QUERY_STREAM_RESPONSES = _sse_200(
+    {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["token", "done", "error"]},
+            "data": {
+                "type": "string",
+                "description": 'JSON: `token` {"text"}, then exactly one of `done` (the whole QueryResponse) '
+                "or `error` (the error body).",
+            },
+        },
+    },
+    'The answer: a QueryResponse, or with `"stream": true` Server-Sent Events (text/event-stream).',
+)
+CHAT_STREAM_RESPONSES = _sse_200(
+    {
+        "type": "object",
+        "required": ["data"],
+        "properties": {
+            "event": {"type": "string", "enum": ["message"]},
+            "data": {
+                "type": "string",
+                "description": "JSON `chat.completion.chunk` objects (the last one with `citations` and `rag`), "
+                "or an error body, then `[DONE]`.",
+            },
+        },
+    },
+    'An OpenAI chat completion, or with `"stream": true` its chunks as Server-Sent Events (text/event-stream).',
+)

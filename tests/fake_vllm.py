@@ -1,24 +1,57 @@
 """Fault injection only: a loopback server speaking vLLM's OpenAI-compatible routes and SSE
 framing, for the failures a healthy vLLM will not produce on demand (5xx, a stream cut off
-mid-answer). Everything else is tested against the real vLLM server."""
+mid-answer, a hang). Everything else is tested against the real vLLM server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
+HEALTHY_ANSWER = ("The answer", " is in", " the documents.")
+MODES = ("ok", "error", "cut", "hang", "stall", "keepalive", "slow")
 
-def fake_vllm(mode: str) -> FastAPI:
-    """mode: "error" answers 500 to completions; "cut" streams two tokens, then drops."""
+
+def _chunk(text: str, finish_reason: str | None = None) -> str:
+    body = {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "model": "gemma3-270m",
+        "choices": [{"index": 0, "text": text, "finish_reason": finish_reason}],
+    }
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def fake_vllm(mode: str = "ok") -> FastAPI:
+    """A fake vLLM whose completions route fails as ``mode`` says:
+
+    - ``ok``: a healthy answer (:data:`HEALTHY_ANSWER`, three tokens, usage, ``[DONE]``);
+    - ``error``: 500 (and an unhealthy ``/health``);
+    - ``cut``: two tokens, then the connection drops;
+    - ``hang``: accepts the request and never answers it (no status line either);
+    - ``stall``: two tokens, then nothing, the connection left open;
+    - ``keepalive``: 200, then SSE comments every 0.2 s, never a token;
+    - ``slow``: a token every 0.5 s, forever.
+
+    ``app.state.mode`` switches it while it runs (the healthy replica comes back); a hung
+    request ends when the mode changes. ``app.state.requests`` counts completion requests.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}")
     app = FastAPI()
     app.state.requests = 0
+    app.state.mode = mode
+
+    async def while_mode(current: str, every_s: float = 0.02) -> None:
+        while app.state.mode == current:
+            await asyncio.sleep(every_s)
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        return JSONResponse({}, status_code=500 if mode == "error" else 200)
+        return JSONResponse({}, status_code=500 if app.state.mode == "error" else 200)
 
     @app.get("/v1/models")
     async def models() -> dict[str, object]:
@@ -27,17 +60,37 @@ def fake_vllm(mode: str) -> FastAPI:
     @app.post("/v1/completions")
     async def completions() -> object:
         app.state.requests += 1
+        mode = app.state.mode
         if mode == "error":
             return JSONResponse({"error": {"message": "engine dead", "type": "InternalServerError"}}, 500)
+        if mode == "hang":
+            await while_mode("hang")
+            return JSONResponse({"error": {"message": "woke up", "type": "InternalServerError"}}, 500)
 
         async def events() -> AsyncIterator[str]:
+            if mode == "ok":
+                for text in HEALTHY_ANSWER:
+                    yield _chunk(text)
+                yield _chunk("", "stop")
+                usage = {"prompt_tokens": 120, "completion_tokens": len(HEALTHY_ANSWER), "total_tokens": 123}
+                yield f"data: {json.dumps({'id': 'cmpl-1', 'object': 'text_completion', 'choices': [], 'usage': usage})}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            if mode == "keepalive":
+                while app.state.mode == "keepalive":
+                    yield ": keep-alive\n\n"
+                    await asyncio.sleep(0.2)
+                return
+            if mode == "slow":
+                while app.state.mode == "slow":
+                    yield _chunk(" and")
+                    await asyncio.sleep(0.5)
+                return
             for text in ("Refunds take", " 5 to 7"):
-                chunk = {
-                    "id": "cmpl-1",
-                    "object": "text_completion",
-                    "choices": [{"index": 0, "text": text, "finish_reason": None}],
-                }
-                yield f"data: {json.dumps(chunk)}\n\n"
+                yield _chunk(text)
+            if mode == "stall":
+                await while_mode("stall")
+                return
             raise ConnectionResetError("replica died mid-answer")
 
         return StreamingResponse(events(), media_type="text/event-stream")

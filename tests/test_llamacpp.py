@@ -63,7 +63,7 @@ def test_prompt_puts_fixed_prefix_first_and_context_then_question_last(example_d
     chunk = RetrievedChunk(1, "d", "s", "Title", 0, "Body text.", 0.9)
     a = completion_prompt("First question?", [chunk])
     b = completion_prompt("Second question?", [chunk])
-    prefix = a[: a.index("Context:\n[1] Title")]
+    prefix = a[: a.index('Context:\n<document id="1" title="Title">')]
     assert b.startswith(prefix) and "I don't know from these documents." in prefix
     assert a.endswith("Question: First question?\nAnswer:") and COMPLETION_STOP == ["\n"]
     assert completion_prompt("q", [chunk], shots="zero").count("Answer:") == 1

@@ -13,6 +13,7 @@ answer, and closing the stream (a client that went away) aborts the request in v
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -113,7 +114,19 @@ class VLLMGenerator:
             if response.status_code >= 400:  # our request is wrong for this server: retrying won't help
                 detail = (await response.aread()).decode(errors="replace")[:500]
                 raise BackendUnavailableError(f"vLLM refused the request ({response.status_code}): {detail}")
-            async for event in source.aiter_sse():
+            events = source.aiter_sse()
+            while True:
+                # The deadline bounds every wait, not only the gaps between tokens: a server that
+                # sends keep-alive comments and never a token would reset the read timeout forever.
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise BackendUnavailableError(
+                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s"
+                    ) from None
                 if event.data == "[DONE]":
                     break
                 chunk = json.loads(event.data)

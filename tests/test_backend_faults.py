@@ -1,0 +1,255 @@
+"""Backend faults through the real HTTP service: the vLLM backend pointed at a fake vLLM
+(tests/fake_vllm.py) that refuses, answers 5xx, hangs, stalls or cuts its stream.
+
+For each fault: a new question gets the service's one error body (503,
+``backend_unavailable``) within a bound, never a hang or a 500; a streamed question ends
+with an ``error`` event; an answer cached before the fault still serves; and once the
+backend is healthy again a new question is answered."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from rag.pipeline import build_pipeline
+from serving.app import create_app
+
+from .conftest import make_settings
+from .fake_vllm import HEALTHY_ANSWER, fake_vllm
+from .servers import free_port, running_server
+
+FIRST_TOKEN_TIMEOUT_S = 1.0
+TOTAL_TIMEOUT_S = 3.0
+# A faulty request answers within the total deadline, plus the service's own work.
+BOUND_S = TOTAL_TIMEOUT_S + 2.0
+CACHED = "How long do refunds take?"
+HEALTHY = "".join(HEALTHY_ANSWER)
+
+
+@contextmanager
+def _listening(app: Any, port: int) -> Iterator[None]:
+    """``app`` served on a fixed loopback port (so it can go away and come back there)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the fake vLLM did not start"
+        time.sleep(0.01)
+    try:
+        yield
+    finally:
+        app.state.mode = "ok"  # wakes any request still hanging, so the server can stop
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+class FakeBackend:
+    """A fake vLLM on a fixed port: ``down()`` stops it (connection refused), ``up()`` starts
+    it again, ``mode`` switches its behaviour while it runs."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = fake_vllm("ok")
+        self._running: Any = None
+
+    def up(self) -> None:
+        if self._running is None:
+            self._running = _listening(self.app, self.port)
+            self._running.__enter__()
+
+    def down(self) -> None:
+        if self._running is not None:
+            self._running.__exit__(None, None, None)
+            self._running = None
+
+    def set(self, mode: str) -> None:
+        self.app.state.mode = mode
+
+
+@pytest.fixture
+def backend() -> Iterator[FakeBackend]:
+    fake = FakeBackend()
+    fake.up()
+    yield fake
+    fake.down()
+
+
+@pytest.fixture
+def service(backend: FakeBackend, example_data_dir: Path, tmp_path: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path / "data"  # the example index, and a response cache of this test's own
+    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
+    settings = make_settings(
+        data_dir,
+        backend="vllm",
+        vllm_url=backend.url,
+        vllm_model="gemma3-270m",
+        vllm_connect_timeout_s=1.0,
+        vllm_first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,
+        vllm_total_timeout_s=TOTAL_TIMEOUT_S,
+    )
+    pipeline = build_pipeline(settings, embedder)
+    pipeline.generator.pool.backoff_s = 0.1  # type: ignore[attr-defined]  # a replica is probed again soon
+    with running_server(create_app(settings, pipeline)) as url:
+        yield url
+
+
+def _ask(url: str, question: str) -> tuple[httpx.Response, float]:
+    started = time.perf_counter()
+    response = httpx.post(f"{url}/v1/query", json={"question": question}, timeout=15)
+    return response, time.perf_counter() - started
+
+
+def _ask_streaming(url: str, question: str) -> tuple[list[tuple[str, Any]], float]:
+    started = time.perf_counter()
+    events: list[tuple[str, Any]] = []
+    with httpx.stream("POST", f"{url}/v1/query", json={"question": question, "stream": True}, timeout=15) as r:
+        assert r.status_code == 200, r.read()
+        event = None
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event:
+                events.append((event, json.loads(line.split(":", 1)[1])))
+    return events, time.perf_counter() - started
+
+
+def _assert_unavailable(response: httpx.Response, elapsed: float, fault: str) -> str:
+    assert response.status_code == 503, f"{fault}: {response.status_code} {response.text}"
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["code"] == "backend_unavailable" and body["error"]["type"] == "service_unavailable"
+    assert elapsed < BOUND_S, f"{fault}: the error took {elapsed:.1f} s"
+    return str(body["error"]["message"])
+
+
+FAULTS = {
+    # fault: (how it is made, what the error message says: one of these)
+    "refused": ("down", ("ConnectError", "RemoteProtocolError", "ReadError")),
+    "5xx": ("error", ("answered 500",)),
+    "hang before any token": ("hang", ("ReadTimeout",)),
+    "stream cut mid-answer": ("cut", ("mid-answer",)),
+    "stall mid-answer": ("stall", ("mid-answer",)),
+    "keep-alives, never a token": ("keepalive", ("longer than 3 s",)),
+    "tokens past the total deadline": ("slow", ("longer than 3 s",)),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_backend_fault_is_a_clear_error_cache_still_serves_and_service_recovers(
+    fault: str, backend: FakeBackend, service: str
+) -> None:
+    how, words = FAULTS[fault]
+    # Healthy: answered by the backend, and cached.
+    response, _ = _ask(service, CACHED)
+    assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+
+    if how == "down":
+        backend.down()
+    else:
+        backend.set(how)
+
+    # A new question: one clear 503 in the error shape, in bounded time.
+    response, elapsed = _ask(service, "Do gift cards expire?")
+    message = _assert_unavailable(response, elapsed, fault)
+    assert any(w in message for w in words), f"{fault}: {message}"
+
+    # Streamed: whatever tokens came, then an `error` event, never a hang. (After the
+    # replica's backoff, so this request reaches the faulty backend too.)
+    time.sleep(0.3)
+    requests_before = backend.app.state.requests
+    events, elapsed = _ask_streaming(service, "What payment methods do you accept?")
+    kinds = [kind for kind, _ in events]
+    assert kinds and kinds[-1] == "error" and set(kinds[:-1]) <= {"token"}, f"{fault}: {kinds}"
+    if how != "down":
+        assert backend.app.state.requests == requests_before + 1, f"{fault}: the stream never reached the backend"
+    if how in ("cut", "stall", "slow"):
+        assert "token" in kinds, f"{fault}: {kinds}"  # the tokens sent before the fault went out
+    error = events[-1][1]["error"]
+    assert error["code"] == "backend_unavailable" and error["message"], f"{fault}: {error}"
+    assert elapsed < BOUND_S, f"{fault}: the stream took {elapsed:.1f} s to fail"
+
+    # The answer cached before the fault still serves, at once.
+    response, elapsed = _ask(service, CACHED)
+    assert response.status_code == 200 and response.json()["cache"]["kind"] == "exact", response.text
+    assert response.json()["answer"] == HEALTHY and elapsed < 1.0
+
+    # The backend comes back: a new question is answered (after the replica's short backoff).
+    if how == "down":
+        backend.up()
+    else:
+        backend.set("ok")
+    deadline = time.monotonic() + 10
+    while True:
+        response, _ = _ask(service, "How do I track my parcel?")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        _assert_unavailable(response, 0, fault)  # still backing off: the same clear error meanwhile
+        time.sleep(0.1)
+    assert response.status_code == 200, f"{fault}: not recovered: {response.text}"
+    assert response.json()["answer"] == HEALTHY and not response.json()["cache"]["hit"]
+    events, _ = _ask_streaming(service, "What is the support phone number?")
+    assert [k for k, _ in events][-1] == "done" and events[-1][1]["answer"] == HEALTHY
+
+
+def test_a_hanging_replica_fails_over_to_a_healthy_one(example_data_dir: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    hung, healthy = FakeBackend(), FakeBackend()
+    hung.set("hang")
+    hung.up()
+    healthy.up()
+    data_dir = tmp_path / "data"
+    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
+    settings = make_settings(
+        data_dir,
+        backend="vllm",
+        vllm_url=f"{hung.url},{healthy.url}",
+        vllm_model="gemma3-270m",
+        vllm_first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,
+        vllm_total_timeout_s=TOTAL_TIMEOUT_S,
+        cache_enabled=False,
+    )
+    try:
+        with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+            # The first request meets the hung replica, times out waiting for its first
+            # token, and is retried on the healthy one: an answer, not an error.
+            response, elapsed = _ask(url, "Do gift cards expire?")
+            assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+            assert FIRST_TOKEN_TIMEOUT_S <= elapsed < BOUND_S
+            # The hung replica now sits out its backoff: the next ones go straight to the healthy one.
+            for question in ("How long do refunds take?", "What payment methods do you accept?"):
+                response, elapsed = _ask(url, question)
+                assert response.status_code == 200 and elapsed < FIRST_TOKEN_TIMEOUT_S, response.text
+            assert hung.app.state.requests == 1
+    finally:
+        hung.down()
+        healthy.down()
+
+
+def test_openai_route_gives_the_same_clear_error(backend: FakeBackend, service: str) -> None:
+    backend.set("hang")
+    question = {"model": "default", "messages": [{"role": "user", "content": "Do gift cards expire?"}]}
+    started = time.perf_counter()
+    response = httpx.post(f"{service}/v1/chat/completions", json=question, timeout=15)
+    _assert_unavailable(response, time.perf_counter() - started, "openai route")
+    time.sleep(0.3)  # past the replica's backoff
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{service}/v1/chat/completions", json={**question, "stream": True}, timeout=15) as r:
+        data = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
+    assert time.perf_counter() - started < BOUND_S
+    assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["code"] == "backend_unavailable", data
