@@ -82,10 +82,15 @@ class SemanticCache:
         guards: bool = True,
         margin: float = 0.0,
         verifier: PairVerifier | None = None,
+        confirmed_threshold: float | None = None,
+        confirmed_margin: float | None = None,
     ) -> None:
         self.dimension = dimension
         self.guards = guards
         self.margin = margin
+        # Candidates the caller confirms with evidence of its own (``confirm``) may sit lower.
+        self.confirmed_threshold = threshold if confirmed_threshold is None else min(confirmed_threshold, threshold)
+        self.confirmed_margin = margin if confirmed_margin is None else min(confirmed_margin, margin)
         self.verifier = verifier
         self.threshold = threshold
         self.ttl_s = ttl_s
@@ -135,12 +140,17 @@ class SemanticCache:
         vector: np.ndarray,
         question: str | None = None,
         accept: Callable[[dict[str, Any]], bool] | None = None,
+        confirm: Callable[[dict[str, Any]], bool] | None = None,
     ) -> CacheHit | None:
         """The nearest cached question at or above the threshold that passes the checks.
 
         - margin: the candidate must beat every cached entry with another answer (another
           ``group``) by ``margin`` in cosine: a question that sits between two cached
           questions with different answers is ambiguous, and misses;
+        - ``confirm``: the caller's independent evidence that the payload answers this
+          question (the pipeline's: an FAQ entry that the dense and the lexical search both
+          find first). A confirmed candidate needs only ``confirmed_threshold`` and
+          ``confirmed_margin``;
         - with ``question``, the near-miss guards (negation, numbers, opposite actions,
           names) compare it with the candidate;
         - the pair verifier, when one is calibrated, must judge the two the same request;
@@ -148,6 +158,8 @@ class SemanticCache:
           question still retrieve the answer's sources?).
         """
         skey = self._scope_key(scope)
+        floor = self.threshold if confirm is None else self.confirmed_threshold
+        least_margin = self.margin if confirm is None else self.confirmed_margin
         with self._lock:
             sindex = self._sync(skey)
             if sindex.index.ntotal == 0:
@@ -157,7 +169,7 @@ class SemanticCache:
         # Entries that could be a hit, or a rival close enough to make a hit ambiguous.
         near: list[tuple[float, int, dict[str, Any]]] = []
         for score, seq in zip(scores[0], ids[0], strict=True):
-            if seq < 0 or score < self.threshold - self.margin:
+            if seq < 0 or score < floor - self.margin:
                 break
             entry = self._store.get(f"e:{skey}:{int(seq)}")
             if entry is None:  # evicted or expired
@@ -166,13 +178,18 @@ class SemanticCache:
             near.append((float(stored @ query[0]), int(seq), entry))  # the number may hold another entry now
         near.sort(key=lambda item: -item[0])
         for similarity, seq, entry in near:
-            if similarity < self.threshold:
+            if similarity < floor:
                 break
             group = entry.get("group") or f"#{seq}"
             rival = max((s for s, q, e in near if (e.get("group") or f"#{q}") != group), default=-1.0)
-            if similarity - rival < self.margin:
+            if similarity - rival < least_margin:
                 self.lookups["rejected_as_ambiguous"] += 1
                 break  # every later candidate is closer still to a rival
+            if similarity < self.threshold or similarity - rival < self.margin:
+                assert confirm is not None  # floor and least_margin are the plain ones without it
+                if not confirm(entry["payload"]):
+                    self.lookups["rejected_unconfirmed"] += 1
+                    continue
             if self.guards and question is not None and conflict(question, entry["question"]):
                 self.lookups["rejected_by_guards"] += 1
                 continue
@@ -259,6 +276,8 @@ class SemanticCache:
             "bytes": int(self._store.volume()),
             "threshold": self.threshold,
             "margin": self.margin,
+            "confirmed_threshold": self.confirmed_threshold,
+            "confirmed_margin": self.confirmed_margin,
             "verifier": self.verifier is not None,
             "ttl_s": self.ttl_s,
             "lookups": dict(self.lookups),

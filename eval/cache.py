@@ -216,8 +216,15 @@ def eval_faq(
     retrieval_check: bool = True,
     margin: float = 0.0,
     verifier: Any = None,
+    confirmed_threshold: float | None = None,
+    confirmed_margin: float | None = None,
+    top_k: int = 4,
 ) -> dict[str, Any]:
+    """Seed the cache with every FAQ entry (its question, and its chunks as the answer's
+    citations), ask every qa question through the checks the service runs: hybrid retrieval
+    for the source check and the FAQ confirmation (``rag.cache_checks``)."""
     from ingest.runner import ingest
+    from rag.cache_checks import faq_confirmed, faq_entry, sources_agree
     from rag.index import CollectionIndex
     from rag.settings import Settings
 
@@ -229,9 +236,9 @@ def eval_faq(
         settings = Settings(data_dir=Path(tmp))
         ingest([corpus], "faq", settings, embedder, progress=False)
         index = CollectionIndex.load(settings.collections_dir, "faq", model=embedder.name, dimension=embedder.dimension)
-        chunk_ids: dict[str, set[int]] = defaultdict(set)
-        for chunk_id, doc_id in index._db.execute("SELECT id, document_id FROM chunks"):
-            chunk_ids[doc_id].add(chunk_id)
+        citations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for chunk_id, doc_id, title in index._db.execute("SELECT id, document_id, title FROM chunks ORDER BY id"):
+            citations[doc_id].append({"id": chunk_id, "document_id": doc_id, "title": title})
         cache = SemanticCache(
             Path(tmp) / "cache",
             dimension=embedder.dimension,
@@ -239,19 +246,25 @@ def eval_faq(
             guards=guards,
             margin=margin,
             verifier=verifier,
+            confirmed_threshold=confirmed_threshold,
+            confirmed_margin=confirmed_margin,
         )
         questions = [e["question"] for e in faq]
         for entry, vector in zip(faq, embedder.embed_batch(questions), strict=True):
-            sources = sorted(chunk_ids[entry["id"]])
-            cache.put("faq", entry["question"], vector, {"id": entry["id"], "sources": sources}, group=str(sources))
+            cited = citations[entry["id"]]
+            # As the service stores an answer: with the FAQ entry both searches find first for
+            # its question, when that is the entry the answer is.
+            anchor = faq_entry(index.search_detailed(vector, top_k, entry["question"]))
+            payload = {"id": entry["id"], "citations": cited, "faq_entry": anchor if anchor == entry["id"] else None}
+            cache.put("faq", entry["question"], vector, payload, group=",".join(str(c["id"]) for c in cited))
         correct = wrong = 0
         for item, vector in zip(items, embedder.embed_batch([i.question for i in items]), strict=True):
-            accept = None
+            accept = confirm = None
             if retrieval_check:
-                top = {c.id for c in index.search(vector, 1)}
-                accept = lambda payload, top=top: bool(top & set(payload["sources"]))  # noqa: E731
+                found = index.search_detailed(vector, top_k, item.question)
+                accept, confirm = sources_agree(found), faq_confirmed(found)
             hit = cache.get_exact("faq", item.question) or cache.get_similar(
-                "faq", vector, question=item.question, accept=accept
+                "faq", vector, question=item.question, accept=accept, confirm=confirm
             )
             if hit is not None:
                 correct += hit.payload["id"] in item.gold_passage_ids
@@ -264,6 +277,8 @@ def eval_faq(
         "guards": guards,
         "retrieval_check": retrieval_check,
         "margin": margin,
+        "confirmed_threshold": confirmed_threshold if retrieval_check else None,
+        "confirmed_margin": confirmed_margin if retrieval_check else None,
         "verifier": verifier is not None,
         "n": len(items),
         "correct_hit_rate": correct / n,
@@ -307,5 +322,7 @@ def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             parts.append("verifier")
         if r.get("retrieval_check"):
             parts.append("retrieval check")
+        if r.get("confirmed_threshold") is not None:
+            parts.append(f"FAQ confirmed from {r['confirmed_threshold']:.2f}")
         groups[" + ".join(parts)].append(r)
     return groups

@@ -429,6 +429,9 @@ def eval_cache(
     qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl asked against the seeded cache (with --corpus).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Similarity threshold [env RAG_CACHE_THRESHOLD].")] = None,
     margin: Annotated[Optional[float], typer.Option(help="Margin over other answers [env RAG_CACHE_MARGIN].")] = None,
+    confirmed_threshold: Annotated[
+        Optional[float], typer.Option(help="Threshold for confirmed FAQ hits [env RAG_CACHE_CONFIRMED_THRESHOLD].")
+    ] = None,
     sweep: Annotated[
         bool, typer.Option(help="Try thresholds 0.70-0.98: threshold only, and with the checks; write a PNG.")
     ] = False,
@@ -441,7 +444,7 @@ def eval_cache(
     from rag.embedder import SentenceTransformerEmbedder
     from rag.pipeline import load_verifier
 
-    settings = _settings(cache_threshold=threshold, cache_margin=margin)
+    settings = _settings(cache_threshold=threshold, cache_margin=margin, cache_confirmed_threshold=confirmed_threshold)
     if (pairs is None) == (corpus is None or qa is None):
         _fail("give --pairs FILE, or --corpus FILE and --qa FILE")
     verifier = _run(lambda: load_verifier(settings))
@@ -456,15 +459,24 @@ def eval_cache(
         x, y, name = "false_hit_rate", "hit_rate", pairs.stem
     else:
         assert corpus is not None and qa is not None
-        modes = [(False, False, 0.0, None), (True, True, settings.cache_margin, verifier)]
-        for guards, check, m, v in modes if sweep else modes[1:]:
-            rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v) for t in thresholds]
+        # threshold only; the checks without, then with the FAQ confirmation (the service's).
+        unconfirmed: tuple[float | None, float | None] = (None, None)
+        confirmed = (settings.cache_confirmed_threshold, settings.cache_confirmed_margin)
+        modes = [
+            (False, False, 0.0, None, unconfirmed),
+            (True, True, settings.cache_margin, verifier, unconfirmed),
+            (True, True, settings.cache_margin, verifier, confirmed),
+        ]
+        for guards, check, m, v, (ct, cm) in modes if sweep else modes[2:]:
+            rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm) for t in thresholds]
         x, y, name = "wrong_hit_rate", "correct_hit_rate", corpus.parent.name or corpus.stem
     if as_json:
         typer.echo(json.dumps(rows if sweep else rows[0], indent=2))
     else:
         for row in rows:
             checks = "checks" if row["guards"] else "threshold only"
+            if row.get("confirmed_threshold") is not None:
+                checks += f" + FAQ confirmed from {row['confirmed_threshold']:.2f}"
             typer.echo(
                 f"threshold {row['threshold']:.2f} {checks:>14}: {y} {row[y]:.3f}  {x} {row[x]:.3f}  (n={row['n']})"
             )

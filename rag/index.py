@@ -194,6 +194,17 @@ class RetrievedChunk:
     score: float
 
 
+@dataclass(frozen=True)
+class SearchResult:
+    """The fused ranking's best chunks, and the first chunk of each ranking that went into it:
+    the dense and the lexical searches are two independent witnesses of what a question is
+    about (the response cache asks whether both point at a cached answer's source)."""
+
+    chunks: list[RetrievedChunk]
+    dense_top: RetrievedChunk | None = None
+    lexical_top: RetrievedChunk | None = None
+
+
 class CollectionIndex:
     """One loaded, read-only version of a collection."""
 
@@ -269,47 +280,61 @@ class CollectionIndex:
         """The ``k`` best chunks: dense and BM25 rankings fused by reciprocal rank (``mode``
         "dense" or "lexical" uses one), within ``filters``. ``score`` is each chunk's cosine
         similarity to the query, whichever ranking found it (the relevance floor reads it)."""
+        return self.search_detailed(vector, k, text, filters, mode).chunks
+
+    def search_detailed(
+        self,
+        vector: np.ndarray,
+        k: int,
+        text: str | None = None,
+        filters: dict[str, Any] | None = None,
+        mode: str = "hybrid",
+    ) -> SearchResult:
+        """:meth:`search`, with the first chunk of the dense and of the lexical ranking."""
         if len(self) == 0:
-            return []
+            return SearchResult([])
         where, params = _filter_sql(filters)
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         pool = max(4 * k, 40)
         allowed: list[int] | None = None
-        rankings: list[list[int]] = []
+        dense: list[int] = []
+        lexical: list[int] = []
         if where:
             # Filtered: score the matching chunks exactly from their stored vectors.
             rows = self._db.execute(f"SELECT id, vector FROM chunks WHERE {where}", params).fetchall()
             if not rows:
-                return []
+                return SearchResult([])
             allowed = [int(r[0]) for r in rows]
             if mode != "lexical":
                 matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-                rankings.append([allowed[i] for i in np.argsort(-(matrix @ query))[:pool]])
+                dense = [allowed[i] for i in np.argsort(-(matrix @ query))[:pool]]
         elif mode != "lexical":
             _, ids = self._index.search(query.reshape(1, -1), min(pool, len(self)))
-            rankings.append([int(i) for i in ids[0] if i >= 0])
+            dense = [int(i) for i in ids[0] if i >= 0]
         match = fts_query(text) if text and mode != "dense" else ""
         if match:
-            rankings.append(self._lexical(match, pool, allowed))
+            lexical = self._lexical(match, pool, allowed)
         fused: dict[int, float] = {}
-        for ranking in rankings:
+        for ranking in (dense, lexical):
             for rank, chunk_id in enumerate(ranking):
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
         top = sorted(fused, key=lambda i: -fused[i])[:k]
         if not top:
-            return []
-        marks = ",".join("?" * len(top))
+            return SearchResult([])
+        wanted = list({*top, *dense[:1], *lexical[:1]})
+        marks = ",".join("?" * len(wanted))
         found = {
-            row[0]: row
+            row[0]: RetrievedChunk(*row[:6], score=float(np.frombuffer(row[6], dtype=np.float32) @ query))  # type: ignore[misc]
             for row in self._db.execute(
-                f"SELECT id, document_id, source, title, position, text, vector FROM chunks WHERE id IN ({marks})", top
+                f"SELECT id, document_id, source, title, position, text, vector FROM chunks WHERE id IN ({marks})",
+                wanted,
             )
         }
-        return [
-            RetrievedChunk(*found[i][:6], score=float(np.frombuffer(found[i][6], dtype=np.float32) @ query))  # type: ignore[misc]
-            for i in top
-            if i in found
-        ]
+        return SearchResult(
+            [found[i] for i in top if i in found],
+            found.get(dense[0]) if dense else None,
+            found.get(lexical[0]) if lexical else None,
+        )
 
     def _lexical(self, match: str, pool: int, allowed: list[int] | None) -> list[int]:
         """BM25 ranking from FTS5, within ``allowed`` chunk ids when given."""

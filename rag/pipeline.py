@@ -19,6 +19,7 @@ from cache import SemanticCache, normalize_question
 from cache.verifier import PairVerifier
 
 from . import __version__
+from .cache_checks import faq_confirmed, faq_entry, sources_agree
 from .compress import best_sentences, compress
 from .conversation import standalone
 from .embedder import Embedder, embed_async
@@ -26,7 +27,7 @@ from .errors import BackendUnavailableError, InvalidRequestError, RagError
 from .generators import GenerationRequest, Generator
 from .generators.base import usage as usage_of
 from .grounding import unsupported_numbers
-from .index import CollectionIndex, RetrievedChunk, collection_dir, current_version_dir
+from .index import CollectionIndex, RetrievedChunk, SearchResult, collection_dir, current_version_dir
 from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
 from .rerank import load_reranker
 from .settings import Settings
@@ -100,6 +101,7 @@ class Prepared:
     cacheable: bool = True
     options: GenerationOptions = field(default_factory=lambda: GenerationOptions())
     filters: dict[str, Any] | None = None
+    faq_entry: str | None = None  # the FAQ entry both searches found first (rag.cache_checks)
     scope_extra: str = ""  # caller's filters: part of the cache key
     timings: dict[str, float] = field(
         default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
@@ -116,19 +118,6 @@ def _still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
         if not cited:
             return payload.get("index_version") == index.version
         return index.has_chunks(cited)
-
-    return accept
-
-
-def _sources_agree(retrieved: list[RetrievedChunk]) -> Callable[[dict[str, Any]], bool]:
-    """A cached answer fits a new question if the question's best chunk is among the
-    answer's sources ("cancel an order" and "place an order" find different articles).
-    Measured on covid-faq paraphrases at threshold 0.80: wrong hits 16.1% -> 9.8%,
-    correct hits 30.4% -> 29.9%."""
-    top = retrieved[0].id if retrieved else None
-
-    def accept(payload: dict[str, Any]) -> bool:
-        return top is not None and any(c["id"] == top for c in payload.get("citations", []))
 
     return accept
 
@@ -230,10 +219,17 @@ class Pipeline:
     ) -> list[RetrievedChunk]:
         """Hybrid search (``RAG_RETRIEVAL_MODE``) within ``filters``, then the reranker if one
         is configured (it sees a wider pool and keeps the best ``k``)."""
+        return self.retrieve_detailed(index, vector, text, k, filters).chunks
+
+    def retrieve_detailed(
+        self, index: CollectionIndex, vector: np.ndarray, text: str, k: int, filters: dict[str, Any] | None = None
+    ) -> SearchResult:
+        """:meth:`retrieve`, with the first chunk of the dense and of the lexical ranking."""
+        mode = self.settings.retrieval_mode
         if self.reranker is None:
-            return index.search(vector, k, text, filters, self.settings.retrieval_mode)
-        pool = index.search(vector, max(k, self.settings.rerank_pool), text, filters, self.settings.retrieval_mode)
-        return list(self.reranker.rerank(text, pool))[:k]
+            return index.search_detailed(vector, k, text, filters, mode)
+        found = index.search_detailed(vector, max(k, self.settings.rerank_pool), text, filters, mode)
+        return replace(found, chunks=list(self.reranker.rerank(text, found.chunks))[:k])
 
     def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
         """Answers are shared only between requests that would have produced the same one:
@@ -291,13 +287,19 @@ class Pipeline:
             # Retrieval is cheap next to generation: do it first, so a near-duplicate is
             # served only if this question still finds the sources its answer was built on.
             t = time.perf_counter()
-            retrieved = self.retrieve(index, prep.vector, search_text, top_k, filters)
+            found = self.retrieve_detailed(index, prep.vector, search_text, top_k, filters)
+            retrieved = found.chunks
+            prep.faq_entry = faq_entry(found)
             prep.timings["retrieve"] = (time.perf_counter() - t) * 1000
             if cache is not None:
                 t = time.perf_counter()
-                agrees = _sources_agree(retrieved)
+                agrees = sources_agree(found)
                 hit = cache.get_similar(
-                    prep.scope, prep.vector, question=question, accept=lambda p: valid(p) and agrees(p)
+                    prep.scope,
+                    prep.vector,
+                    question=question,
+                    accept=lambda p: valid(p) and agrees(p),
+                    confirm=faq_confirmed(found),
                 )
                 prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is not None:
@@ -418,6 +420,7 @@ class Pipeline:
                 "answer": text,
                 "citations": [asdict(c) for c in citations],
                 "index_version": prep.index.version if prep.index else None,
+                "faq_entry": prep.faq_entry if citations else None,
             }
             # The scope again, for the same index version: a backend may have learnt its
             # model name during this request.
@@ -528,4 +531,6 @@ def open_cache(settings: Settings, dimension: int) -> SemanticCache:
         ttl_s=settings.cache_ttl_s,
         margin=settings.cache_margin,
         verifier=load_verifier(settings),
+        confirmed_threshold=settings.cache_confirmed_threshold,
+        confirmed_margin=settings.cache_confirmed_margin,
     )

@@ -135,6 +135,13 @@ class Settings(BaseSettings):
     """A cached question must be this much closer (cosine) than any cached question with
     another answer; between two, the question is ambiguous and misses."""
 
+    cache_confirmed_threshold: float = Field(default=0.70, ge=0.0, le=1.0)
+    """Lower threshold for a cached answer from one FAQ entry (a title that is a question)
+    that the new question's dense and lexical searches both find first."""
+
+    cache_confirmed_margin: float = Field(default=0.04, ge=0.0, le=1.0)
+    """The margin over other answers that such a confirmed FAQ answer needs."""
+
     cache_verifier: Path | None = None
     """Pair verifier written by `rag cache calibrate` (.npz); judges each near duplicate."""
 

@@ -130,3 +130,21 @@ def test_a_question_between_two_answers_is_ambiguous_and_misses(tmp_path: Path) 
     plain.put("s", "close", close, {"answer": "A"}, group="a")
     plain.put("s", "rival", rival, {"answer": "B"}, group="b")
     assert plain.get_similar("s", query).payload["answer"] == "A"  # type: ignore[union-attr]
+
+
+def test_a_confirmed_candidate_may_sit_below_the_threshold_and_only_then_needs_confirming(tmp_path: Path) -> None:
+    cache = SemanticCache(
+        tmp_path, dimension=2, threshold=0.9, margin=0.05, confirmed_threshold=0.7, confirmed_margin=0.02
+    )
+    cache.put("s", "cached question", np.array([1.0, 0.0], dtype=np.float32), {"answer": "a"})
+    near = np.array([0.8, 0.6], dtype=np.float32)  # cosine 0.8: under 0.9, over 0.7
+    close = np.array([0.95, np.sqrt(1 - 0.95**2)], dtype=np.float32)  # cosine 0.95
+    far = np.array([0.6, 0.8], dtype=np.float32)  # cosine 0.6
+
+    assert cache.get_similar("s", near) is None  # nobody confirms
+    assert cache.get_similar("s", near, confirm=lambda payload: False) is None
+    hit = cache.get_similar("s", near, confirm=lambda payload: payload["answer"] == "a")
+    assert hit is not None and abs(hit.similarity - 0.8) < 1e-6
+    assert cache.get_similar("s", far, confirm=lambda payload: True) is None  # under the confirmed threshold
+    assert cache.get_similar("s", close, confirm=lambda payload: False) is not None  # over 0.9: no confirming needed
+    assert cache.stats()["lookups"]["rejected_unconfirmed"] == 1  # the one that asked and was refused

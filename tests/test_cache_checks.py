@@ -59,6 +59,44 @@ async def test_near_duplicate_is_served_only_if_it_retrieves_the_same_sources(ex
     await pipeline.aclose()
 
 
+async def test_a_reworded_faq_question_is_served_when_both_searches_confirm_its_entry(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from ingest.runner import ingest
+
+    settings = make_settings(tmp_path / "data", backend="extractive")  # defaults: 0.86, confirmed from 0.70
+    ingest([FIXTURES / "covid_faq_slice.jsonl"], "default", settings, embedder, progress=False)
+    pipeline = build_pipeline(settings, embedder)
+    asked = "Am I at risk for COVID-19 from a package or products shipping from China?"
+    reworded = "Can I get the corona virus from a package or products shipping from China?"  # cosine 0.835
+    first = await pipeline.answer(asked)
+    assert not first.cache.hit and first.citations[0].title == asked
+
+    again = await pipeline.answer(reworded)
+    assert again.cache.kind == "semantic" and again.answer == first.answer
+    assert settings.cache_confirmed_threshold <= again.cache.similarity < settings.cache_threshold  # type: ignore[operator]
+
+    # Without the confirmation the same question is a miss: only the plain threshold applies.
+    strict = build_pipeline(
+        make_settings(tmp_path / "data", backend="extractive", cache_confirmed_threshold=0.86), embedder
+    )
+    strict.cache.clear()  # type: ignore[union-attr]
+    await strict.answer(asked)
+    assert not (await strict.answer(reworded)).cache.hit
+    await strict.aclose()
+    await pipeline.aclose()
+
+
+async def test_a_passage_that_answers_many_questions_is_never_confirmed(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    # Two questions about one article ("Returns and refunds", a title that is no question):
+    # both searches find the article, but that says nothing about the two wanting one answer.
+    pipeline = build_pipeline(make_settings(example_data_dir, backend="extractive"), embedder)
+    pipeline.cache.clear()  # type: ignore[union-attr]
+    first = await pipeline.answer("Can I return a sale item?")
+    other = await pipeline.answer("How do I return an item?")  # cosine 0.76: above the confirmed threshold
+    assert first.citations[0].document_id == other.citations[0].document_id == "returns-and-refunds.md"
+    assert not other.cache.hit
+    await pipeline.aclose()
+
+
 def _rag(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rag.cli", *args],
