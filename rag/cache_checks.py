@@ -5,8 +5,8 @@ Measured on covid-faq (213 FAQ entries cached, 224 reworded questions asked; ``r
 cache --corpus --qa``): the source check alone lets wrong answers through at any useful
 threshold, and an FAQ entry that both searches find first is safe much lower:
 
-- threshold 0.86, margin 0.08, source check: 14.3% correct hits, 0.9% wrong;
-- plus confirmed FAQ hits from 0.70 with margin 0.04: 26.8% correct, 0.9% wrong (both
+- threshold 0.86, margin 0.08, source check: 13.8% correct hits, 0.9% wrong;
+- plus confirmed FAQ hits from 0.70 with margin 0.04: 28.1% correct, 0.9% wrong (both
   wrong hits are exact repeats of another entry's question).
 """
 
