@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
+from httpx_sse import connect_sse
 
 
 @contextmanager
@@ -91,3 +95,13 @@ def serving(data_dir: Path, embedder: object, **overrides: object) -> Iterator[s
     settings = make_settings(data_dir, **overrides)
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:  # type: ignore[arg-type]
         yield url
+
+
+def query_events(url: str, question: str, timeout: float) -> tuple[httpx.Response, list[tuple[str, Any]]]:
+    """POST /v1/query with ``"stream": true``: the response and its (event, JSON data) pairs."""
+    with (
+        httpx.Client(timeout=timeout) as client,
+        connect_sse(client, "POST", f"{url}/v1/query", json={"question": question, "stream": True}) as source,
+    ):
+        assert source.response.status_code == 200, source.response.read()
+        return source.response, [(sse.event, json.loads(sse.data)) for sse in source.iter_sse()]

@@ -27,7 +27,7 @@ from serving.app import create_app
 
 from .conftest import make_settings
 from .fake_vllm import HEALTHY_ANSWER, fake_vllm
-from .servers import free_port, running_server
+from .servers import free_port, query_events, running_server
 
 FIRST_TOKEN_TIMEOUT_S = 1.0
 TOTAL_TIMEOUT_S = 3.0
@@ -118,15 +118,7 @@ def _ask(url: str, question: str) -> tuple[httpx.Response, float]:
 
 def _ask_streaming(url: str, question: str) -> tuple[list[tuple[str, Any]], float]:
     started = time.perf_counter()
-    events: list[tuple[str, Any]] = []
-    with httpx.stream("POST", f"{url}/v1/query", json={"question": question, "stream": True}, timeout=15) as r:
-        assert r.status_code == 200, r.read()
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event:
-                events.append((event, json.loads(line.split(":", 1)[1])))
+    _, events = query_events(url, question, timeout=15)
     return events, time.perf_counter() - started
 
 

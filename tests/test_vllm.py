@@ -19,7 +19,7 @@ from serving.app import create_app
 
 from .conftest import make_settings
 from .fake_vllm import fake_vllm
-from .servers import free_port, running_server, vllm_server
+from .servers import free_port, query_events, running_server, vllm_server
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -61,20 +61,8 @@ def test_answer_is_generated_by_vllm_and_cited(service_url: str) -> None:
 
 
 def test_streaming_sends_tokens_then_the_final_answer(service_url: str) -> None:
-    events: list[tuple[str, dict]] = []  # type: ignore[type-arg]
-    with httpx.stream(
-        "POST",
-        f"{service_url}/v1/query",
-        json={"question": "What is the support phone number?", "stream": True},
-        timeout=120,
-    ) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event:
-                events.append((event, json.loads(line.split(":", 1)[1])))
+    response, events = query_events(service_url, "What is the support phone number?", timeout=120)
+    assert response.headers["content-type"].startswith("text/event-stream")
     kinds = [k for k, _ in events]
     assert kinds.count("token") >= 3 and kinds[-1] == "done" and "error" not in kinds
     done = events[-1][1]
