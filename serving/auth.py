@@ -52,6 +52,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 KEYS_FILE = "keys.sqlite"
 ALL = "*"
 # Reachable without a key: liveness/readiness probes, the widget script, the API schema.
+# A refused body up to this many times RAG_MAX_BODY_BYTES is read and dropped before the 413.
+DRAIN_FACTOR = 8
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/widget.js", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 
 _SCHEMA = """
@@ -288,6 +290,7 @@ class GuardMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings, authenticator: Authenticator, limits: KeyLimits) -> None:
         self.app = app
         self.max_body = settings.max_body_bytes
+        self._drain_bound = DRAIN_FACTOR * settings.max_body_bytes
         self.auth = authenticator
         self.limits = limits
 
@@ -298,6 +301,9 @@ class GuardMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
+            # A client that waits for "100 Continue" has sent nothing yet; a huge one is refused unread.
+            if headers.get("expect", "").lower() != "100-continue" and int(declared) <= self._drain_bound:
+                await self._drain(receive, 0)
             await send_error(send, self._too_large(), {"Connection": "close"})
             return
         principal = ANONYMOUS
@@ -322,6 +328,20 @@ class GuardMiddleware:
             f"request body is over {self.max_body} bytes - send less (or raise RAG_MAX_BODY_BYTES)"
         )
 
+    async def _drain(self, receive: Receive, seen: int) -> None:
+        """Read and drop the rest of a refused body (``seen`` bytes of it read so far).
+
+        Closing a socket with unread data in it makes the kernel send a reset, which can
+        destroy the 413 on its way, so the client sees a broken connection instead of the
+        error (the fuzzer caught this one). Past the bound the rest is left unread.
+        """
+        message: Message = {"more_body": True}
+        while message.get("more_body", False) and seen <= self._drain_bound:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+
     def _bounded(self, receive: Receive, send: Send) -> Receive:
         """A body without Content-Length (chunked) is counted as it arrives."""
         seen = 0
@@ -332,6 +352,8 @@ class GuardMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:  # FastAPI passes an HTTPException through as it is
+                    if message.get("more_body", False):
+                        await self._drain(receive, seen)
                     raise HTTPException(413, self._too_large().message)
             return message
 
