@@ -98,8 +98,9 @@ def test_each_index_type_round_trips_and_takes_an_update(tmp_path: Path, embedde
     questions = ["Is there free parking at Ashley Hotel?", "Do guests like the breakfast at Avalon?"]
     vectors = embedder.embed_batch(questions)
 
-    def top(index: CollectionIndex) -> list[int]:
-        return [index.search(v, 1, mode="dense")[0].id for v in vectors]
+    def top(index: CollectionIndex) -> list[list[int]]:
+        # The first five in order: the compressed types re-rank their candidates exactly.
+        return [[c.id for c in index.search(v, 5, mode="dense")] for v in vectors]
 
     exact = top(CollectionIndex.load(settings.collections_dir, "h", model=embedder.name, dimension=384))
     news = {
@@ -195,3 +196,17 @@ def test_stored_vectors_match_the_faiss_index(hotels_dir: Path, embedder) -> Non
     chunk_id, blob = index._db.execute("SELECT id, vector FROM chunks LIMIT 1").fetchone()
     np.testing.assert_allclose(np.frombuffer(blob, dtype=np.float32), index._index.reconstruct(chunk_id))
     index.close()
+
+
+def test_rag_eval_index_reports_memory_and_recall_of_each_type() -> None:
+    result = _rag("eval", "index", "--n", "5000", "--types", "flat,ivfpq,sq8", "--queries", "30", "--json")
+    assert result.returncode == 0, result.stderr
+    types = json.loads(result.stdout)["types"]
+    assert set(types) == {"flat", "ivfpq", "sq8"}
+    for row in types.values():
+        assert {"bytes_per_vector", "recall@10", "recall@10_approx", "p50_ms", "p95_ms", "build_s"} <= set(row)
+    assert types["flat"]["recall@10"] == 1.0 and not types["flat"]["reranked_from_disk"]
+    # Compressed codes in memory; the exact re-rank from disk wins back what the codes lose.
+    assert types["ivfpq"]["bytes_per_vector"] < types["sq8"]["bytes_per_vector"] < types["flat"]["bytes_per_vector"] / 3
+    assert types["ivfpq"]["recall@10"] > types["ivfpq"]["recall@10_approx"]
+    assert types["ivfpq"]["recall@10"] >= 0.95
