@@ -37,6 +37,7 @@ from rag.index import (
     SCHEMA,
     collection_dir,
     current_version_dir,
+    is_faq_question,
     new_faiss_index,
     switch_current,
 )
@@ -157,6 +158,7 @@ def ingest(
             if current is not None and int(meta.get("format_version", 1)) >= FORMAT_VERSION:
                 with closing(sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True)) as old:
                     old.backup(db)
+                db.executescript(SCHEMA)  # tables a later release added (every statement is IF NOT EXISTS)
                 index = faiss.read_index(str(current / INDEX_FILE))
             else:  # new, or written by an older release: built afresh from the files
                 db.executescript(SCHEMA)
@@ -233,6 +235,7 @@ def ingest(
                     for i, c, v in zip(ids, all_chunks, vectors, strict=True)
                 ],
             )
+            _embed_faq_questions(db, embedder, settings.embedding_batch_size)
             if incremental:
                 if len(all_chunks):
                     index.add_with_ids(vectors, ids)
@@ -300,6 +303,23 @@ def _rebuild(db: sqlite3.Connection, index_type: str, dimension: int) -> Any:
     if len(ids):
         index.add_with_ids(vectors, ids)
     return index
+
+
+def _embed_faq_questions(db: sqlite3.Connection, embedder: Embedder, batch_size: int) -> None:
+    """The question of each FAQ entry (a document titled with a question) without its answer,
+    embedded once for its first chunk; entries from before this was done are filled in too."""
+    rows = db.execute(
+        "SELECT c.id, c.title FROM chunks c LEFT JOIN faq_questions f ON f.chunk_id = c.id "
+        "WHERE c.position = 0 AND f.chunk_id IS NULL AND c.title LIKE '%?%'"
+    ).fetchall()
+    rows = [(i, title) for i, title in rows if is_faq_question(title)]
+    if not rows:
+        return
+    vectors = _embed(embedder, [title for _, title in rows], batch_size, progress=False)
+    db.executemany(
+        "INSERT INTO faq_questions (chunk_id, vector) VALUES (?, ?)",
+        [(i, v.tobytes()) for (i, _), v in zip(rows, vectors, strict=True)],
+    )
 
 
 def _nothing_indexed_message(report: IngestReport) -> str:

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .index import is_faq_question
+
 _WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _GENERIC_TITLE_SHARE = 3  # a word in this many titles or more does not identify one
 _MIN_ALIAS_CHARS = 3
@@ -46,7 +48,7 @@ class EntityMatcher:
         self._aliases: dict[tuple[str, ...], str] = {}
         ambiguous: set[tuple[str, ...]] = set()
         for title in titles:
-            if title.rstrip().endswith("?"):  # an FAQ question is a topic, not a name
+            if is_faq_question(title):  # an FAQ question is a topic, not a name
                 continue
             words = _words(title)
             distinctive = [w for w in words if word_titles[w] < _GENERIC_TITLE_SHARE]

@@ -54,6 +54,9 @@ COMPRESSED_TYPES = frozenset({"ivfpq", "sq8"})
 REFINE = 2  # compressed types: candidates re-scored exactly, as a multiple of the pool
 FILTER_FIELDS = ("title", "document_id", "source")
 RRF_K = 60
+# An FAQ entry's question alone is a third ranking, from this cosine to the user's question
+# up (below it, "the closest FAQ question" is no evidence; MiniLM paraphrases score >= 0.6).
+FAQ_QUESTION_FLOOR = 0.5
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 SCHEMA = """
@@ -83,6 +86,13 @@ CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
 END;
 CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
     INSERT INTO chunks_fts(chunks_fts, rowid, title, text) VALUES ('delete', old.id, old.title, old.text);
+END;
+CREATE TABLE IF NOT EXISTS faq_questions (
+    chunk_id INTEGER PRIMARY KEY,
+    vector BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS faq_questions_ad AFTER DELETE ON chunks BEGIN
+    DELETE FROM faq_questions WHERE chunk_id = old.id;
 END;
 """
 _FTS_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
@@ -126,6 +136,11 @@ def rerank_exact(candidates: np.ndarray, query: np.ndarray, vectors: Any, k: int
         return []
     scores = np.asarray(vectors(ids), dtype=np.float32) @ query
     return [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def is_faq_question(title: str) -> bool:
+    """A document whose title is a question is an FAQ entry: its title is what users ask."""
+    return title.rstrip().endswith("?")
 
 
 def fetch_vectors(db: sqlite3.Connection, ids: list[int]) -> np.ndarray:
@@ -240,6 +255,7 @@ class CollectionIndex:
         self._index = index
         self._titles: list[str] | None = None
         self._db = sqlite3.connect(f"file:{version_dir / CHUNKS_FILE}?mode=ro", uri=True, check_same_thread=False)
+        self._faq: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def version(self) -> str:
@@ -294,6 +310,29 @@ class CollectionIndex:
             self._titles = [t for (t,) in self._db.execute(sql) if t]
         return self._titles
 
+    def faq_questions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk ids, question vectors) of the collection's FAQ entries, read once."""
+        if self._faq is None:
+            try:
+                rows = self._db.execute("SELECT chunk_id, vector FROM faq_questions ORDER BY chunk_id").fetchall()
+            except sqlite3.OperationalError:  # written before FAQ questions were embedded
+                rows = []
+            ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+            self._faq = ids, matrix.reshape(len(rows), int(self.meta["dimension"]))
+        return self._faq
+
+    def _faq_ranking(self, query: np.ndarray, pool: int, allowed: list[int] | None) -> list[int]:
+        ids, matrix = self.faq_questions()
+        if not len(ids):
+            return []
+        scores = matrix @ query
+        keep = scores >= FAQ_QUESTION_FLOOR
+        if allowed is not None:
+            keep &= np.isin(ids, allowed)
+        order = np.flatnonzero(keep)
+        return [int(ids[i]) for i in order[np.argsort(-scores[order], kind="stable")][:pool]]
+
     def search(
         self,
         vector: np.ndarray,
@@ -303,7 +342,9 @@ class CollectionIndex:
         mode: str = "hybrid",
     ) -> list[RetrievedChunk]:
         """The ``k`` best chunks: dense and BM25 rankings fused by reciprocal rank (``mode``
-        "dense" or "lexical" uses one), within ``filters``. ``score`` is each chunk's cosine
+        "dense" or "lexical" uses one), within ``filters``. In hybrid mode the FAQ entries whose
+        question alone is close to the query (cosine >= ``FAQ_QUESTION_FLOOR``) are a third
+        ranking: a reworded question matches the FAQ's question better than its answer. ``score`` is each chunk's cosine
         similarity to the query, whichever ranking found it (the relevance floor reads it)."""
         return self.search_detailed(vector, k, text, filters, mode).chunks
 
@@ -342,8 +383,9 @@ class CollectionIndex:
         match = fts_query(text) if text and mode != "dense" else ""
         if match:
             lexical = self._lexical(match, pool, allowed)
+        faq = self._faq_ranking(query, pool, allowed) if mode == "hybrid" else []
         fused: dict[int, float] = {}
-        for ranking in (dense, lexical):
+        for ranking in (dense, lexical, faq):
             for rank, chunk_id in enumerate(ranking):
                 fused[chunk_id] = fused.get(chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
         top = sorted(fused, key=lambda i: -fused[i])[:k]

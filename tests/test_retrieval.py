@@ -48,6 +48,35 @@ def test_hybrid_fusion_beats_dense_and_bm25_alone(hotels_dir: Path, embedder) ->
     assert mrr["hybrid"] > max(mrr["dense"], mrr["lexical"]), mrr
 
 
+def test_an_faq_entrys_question_is_a_third_ranking(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """A reworded question matches the FAQ's question better than its question + answer: the
+    questions alone rank too (hybrid only), and go with their entries on a re-ingest."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    entries = (FIXTURES / "covid_faq_slice.jsonl").read_text().splitlines()
+    (docs / "faq.jsonl").write_text("\n".join(entries) + "\n")
+    data_dir = tmp_path / "data"
+    ingest([docs], "faq", make_settings(data_dir), embedder, progress=False)
+    index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
+    ids, matrix = index.faq_questions()
+    assert len(ids) == len(entries) and matrix.shape == (len(entries), 384)  # every title is a question
+    index.close()
+    items = load_qa(FIXTURES / "covid_faq_queries_slice.jsonl")
+    top1 = {
+        mode: evaluate_retrieval(
+            None, items, make_settings(data_dir, retrieval_mode=mode), collection="faq", progress=False
+        )["summary"]["recall@1"]
+        for mode in ("hybrid", "dense", "lexical")
+    }
+    assert top1["hybrid"] > max(top1["dense"], top1["lexical"]), top1
+    (docs / "faq.jsonl").write_text("\n".join(entries[:20]) + "\n")
+    ingest([docs], "faq", make_settings(data_dir), embedder, progress=False)
+    index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
+    ids, _ = index.faq_questions()
+    assert len(ids) == 20 and index.has_chunks([int(i) for i in ids])
+    index.close()
+
+
 async def test_a_follow_up_retrieves_the_entity_its_history_names(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     pipeline = _pipeline(hotels_dir, embedder)
     history = [
