@@ -1,0 +1,67 @@
+"""The embedder's micro-batching, on the real MiniLM model: concurrent requests share
+forward passes and each still gets its own vectors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from rag.embedder import MicroBatcher, SentenceTransformerEmbedder
+
+from .conftest import FIXTURES
+
+QUESTIONS = [
+    json.loads(line)["question"] for line in (FIXTURES / "covid_faq_queries_slice.jsonl").read_text().splitlines()
+]
+
+
+async def test_concurrent_requests_share_forward_passes(embedder: SentenceTransformerEmbedder) -> None:
+    alone = embedder.embed_batch(QUESTIONS[:1])
+    one_by_one = np.stack([embedder.embed_batch([q])[0] for q in QUESTIONS])
+    before = embedder.batcher.batches
+    # Each request is one question, as a query is; the first has two texts.
+    requests = [QUESTIONS[:2], *([q] for q in QUESTIONS[2:])]
+    results = await asyncio.gather(*(embedder.embed_batch_async(texts) for texts in requests))
+    passes = embedder.batcher.batches - before
+    assert [len(r) for r in results] == [len(t) for t in requests]
+    together = np.concatenate(results)
+    # Every request got the vectors of its own texts, in order (bf16 padding moves the last digits).
+    assert np.min(np.sum(together * one_by_one, axis=1)) > 0.9999
+    assert np.argmax(together @ one_by_one.T, axis=1).tolist() == list(range(len(QUESTIONS)))
+    assert np.sum(results[0][0] * alone[0]) > 0.9999
+    assert passes < len(requests) / 4, passes  # 39 requests, a handful of passes
+
+
+async def test_an_error_reaches_every_waiter_of_its_batch_and_a_cancelled_one_harms_none() -> None:
+    release = threading.Event()
+    calls: list[list[str]] = []
+
+    def run(texts: list[str]) -> np.ndarray:
+        release.wait(5)
+        calls.append(texts)
+        if "boom" in texts:
+            raise RuntimeError("the model failed")
+        return np.ones((len(texts), 2), np.float32) * np.arange(len(texts), dtype=np.float32)[:, None]
+
+    executor = ThreadPoolExecutor(max_workers=1)
+    batcher = MicroBatcher(run, executor, max_texts=64)
+    first = asyncio.ensure_future(batcher.submit(["a"]))  # runs alone, holding the thread
+    await asyncio.sleep(0.05)
+    gone = asyncio.ensure_future(batcher.submit(["b"]))
+    failing = [asyncio.ensure_future(batcher.submit([t])) for t in ("c", "boom")]
+    await asyncio.sleep(0.05)
+    gone.cancel()
+    release.set()
+    assert (await first).shape == (1, 2)
+    for future in failing:
+        with pytest.raises(RuntimeError, match="the model failed"):
+            await future
+    assert calls == [["a"], ["b", "c", "boom"]]  # the three waiting shared one pass
+    ok = await batcher.submit(["d", "e"])  # the batcher carries on after an error
+    assert ok[:, 0].tolist() == [0.0, 1.0] and batcher.batches == 3
+    executor.shutdown()
