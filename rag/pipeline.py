@@ -502,7 +502,9 @@ def build_pipeline(settings: Settings, embedder: Embedder | None = None) -> Pipe
     # (semantic hit p50 18.8 ms -> 14.9 ms measured on 2 cores).
     faiss.omp_set_num_threads(1)
     if embedder is None:  # load now, not on the first question
-        embedder = SentenceTransformerEmbedder(settings.embedding_dtype, settings.embedding_batch_size).load()
+        embedder = SentenceTransformerEmbedder(
+            settings.embedding_dtype, settings.embedding_batch_size, onnx=settings.embedding_onnx
+        ).load()
     generator = get_generator(settings.backend, settings)
     cache = open_cache(settings, embedder.dimension) if settings.cache_enabled else None
     return Pipeline(settings, embedder, generator, cache)

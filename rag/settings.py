@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     embedding_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Embedding precision on CPU; bf16 is ~2x faster with cosine agreement >= 0.9999."""
 
+    embedding_onnx: bool = True
+    """Embed small batches (questions) with ONNX Runtime: same fp32 vectors, ~2x faster than torch for one question."""
+
     embedding_batch_size: int = Field(default=32, ge=1)
     """Texts embedded per batch during ingestion."""
 

@@ -32,9 +32,10 @@ async def test_concurrent_requests_share_forward_passes(embedder: SentenceTransf
     together = np.concatenate(results)
     # Every request got the vectors of its own texts, in order (bf16 padding moves the last digits).
     assert np.min(np.sum(together * one_by_one, axis=1)) > 0.9999
-    assert np.argmax(together @ one_by_one.T, axis=1).tolist() == list(range(len(QUESTIONS)))
+    similarity = together @ one_by_one.T  # (near-)repeated questions tie, within rounding
+    assert np.all(np.diag(similarity) >= similarity.max(axis=1) - 1e-4)
     assert np.sum(results[0][0] * alone[0]) > 0.9999
-    assert passes < len(requests) / 4, passes  # 39 requests, a handful of passes
+    assert passes < len(requests) / 4, passes  # 38 requests, a handful of passes
 
 
 async def test_an_error_reaches_every_waiter_of_its_batch_and_a_cancelled_one_harms_none() -> None:
@@ -65,3 +66,12 @@ async def test_an_error_reaches_every_waiter_of_its_batch_and_a_cancelled_one_ha
     ok = await batcher.submit(["d", "e"])  # the batcher carries on after an error
     assert ok[:, 0].tolist() == [0.0, 1.0] and batcher.batches == 3
     executor.shutdown()
+
+
+def test_a_question_embeds_on_onnx_runtime_with_the_fp32_vectors(embedder: SentenceTransformerEmbedder) -> None:
+    assert embedder._onnx is not None  # exported from the installed model, cached per machine
+    torch_fp32 = SentenceTransformerEmbedder(dtype="float32", onnx=False).load()
+    assert torch_fp32._onnx is None
+    for texts in (QUESTIONS[:1], QUESTIONS[:5]):  # small batches: ONNX Runtime
+        cosine = np.sum(embedder.embed_batch(texts) * torch_fp32.embed_batch(texts), axis=1)
+        assert np.min(cosine) > 0.99999, cosine

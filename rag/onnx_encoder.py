@@ -1,0 +1,122 @@
+"""Small batches (a question, a few concurrent ones) on ONNX Runtime instead of torch.
+
+For one short text, torch's eager per-operator overhead is most of the time: MiniLM on one
+core here embeds a question in 4.7 ms on ONNX Runtime and 10.6 ms on torch, with the same
+vectors (fp32; cosine 0.99999994 to torch's). Large batches (ingest) stay on torch bf16,
+which is faster there. The graph is exported from the loaded sentence-transformers model
+once per machine (~2 s) into ``~/.cache/rag-service/onnx/`` and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+CACHE_DIR = Path(os.environ.get("RAG_ONNX_CACHE", Path.home() / ".cache" / "rag-service" / "onnx"))
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _mean_pooled(model: Any) -> bool:
+    """Only the plain shape (transformer, mean pooling, normalize) is run outside torch."""
+    names = [type(m).__name__ for m in model]
+    if names[:2] != ["Transformer", "Pooling"] or any(n not in ("Normalize",) for n in names[2:]):
+        return False
+    pooling = model[1]
+    mode = getattr(pooling, "pooling_mode", None)  # sentence-transformers 6: "mean" (or a list)
+    if mode is not None:
+        return mode == "mean" or mode == ["mean"]
+    flags = ("cls_token", "max_tokens", "lasttoken")  # older releases: one flag a mode
+    return bool(getattr(pooling, "pooling_mode_mean_tokens", False)) and not any(
+        getattr(pooling, f"pooling_mode_{flag}", False) for flag in flags
+    )
+
+
+def _fingerprint(model_dir: Path) -> str:
+    digest = hashlib.sha256(str(model_dir.resolve()).encode())
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(model_dir)}:{stat.st_size}:{int(stat.st_mtime)}".encode())
+    return digest.hexdigest()[:16]
+
+
+class OnnxEncoder:
+    """Mean-pooled, normalised embeddings from an ONNX export of the model's transformer."""
+
+    def __init__(self, session: Any, tokenizer: Any, max_length: int) -> None:
+        self._session = session
+        self._tokenizer = tokenizer
+        self._max_length = max_length
+        self._wanted = [i.name for i in session.get_inputs()]
+
+    @classmethod
+    def build(cls, model: Any, model_dir: Path) -> OnnxEncoder | None:
+        """From a loaded (fp32) SentenceTransformer; None where it cannot (then torch does it all)."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return None
+        if not _mean_pooled(model):
+            return None
+        path = CACHE_DIR / _fingerprint(model_dir) / "model.onnx"
+        try:
+            if not path.exists():
+                _export(model, path)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1  # small batches: one core, the other for the event loop
+            options.inter_op_num_threads = 1
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # an export torch cannot do is a slower path, not an outage
+            log.warning(
+                "ONNX Runtime embedding unavailable (%s: %s); using torch for every batch", type(exc).__name__, exc
+            )
+            return None
+        return cls(session, model.tokenizer, int(model.max_seq_length))
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="np")
+        feed = {name: batch[name].astype(np.int64) for name in self._wanted}
+        hidden = self._session.run(None, feed)[0]
+        mask = batch["attention_mask"][..., None].astype(np.float32)
+        vectors = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _export(model: Any, path: Path) -> None:
+    import torch
+
+    transformer = model[0].auto_model.eval()
+
+    class LastHidden(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = transformer
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return out.last_hidden_state
+
+    sample = model.tokenizer(["a question to trace"], return_tensors="pt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")  # several workers may export at once
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on code paths it cannot follow
+        torch.onnx.export(
+            LastHidden(),
+            tuple(sample[name] for name in INPUTS),
+            str(partial),
+            input_names=list(INPUTS),
+            output_names=["last_hidden_state"],
+            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in [*INPUTS, "last_hidden_state"]},
+            opset_version=17,
+            dynamo=False,
+        )
+    os.replace(partial, path)
