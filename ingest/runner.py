@@ -333,12 +333,15 @@ def _quiet(progress: bool | None) -> bool | None:
 
 
 def _embed(embedder: Embedder, texts: list[str], batch_size: int, progress: bool | None) -> np.ndarray:
+    """Every text's vector, in order. Batches are cut from the texts sorted by length, so a
+    batch pads its texts to a similar length, not to the longest chunk of the run."""
     out = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     with tqdm(total=len(texts), desc="embedding", unit="chunk", disable=_quiet(progress)) as bar:
         for start in range(0, len(texts), batch_size * 4):
-            batch = texts[start : start + batch_size * 4]
-            out[start : start + len(batch)] = embedder.embed_batch(batch)
-            bar.update(len(batch))
+            rows = order[start : start + batch_size * 4]
+            out[rows] = embedder.embed_batch([texts[i] for i in rows])
+            bar.update(len(rows))
     return out
 
 
