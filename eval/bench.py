@@ -314,12 +314,12 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for path in paths:
+    for colour, path in enumerate(paths):  # one colour a path; solid ours, dashed the reference
         for who, source, style in (("ours", result["paths"], "-o"), ("reference", ref, "--x")):
             rows = source.get(path) or {}
             points = [(int(level[1:]), rows[level]["rps"]) for level in levels if rows.get(level)]
             if points:
-                ax.plot(*zip(*points, strict=True), style, label=f"{path} ({who})")
+                ax.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{path} ({who})")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("concurrency")
