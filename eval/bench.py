@@ -196,8 +196,9 @@ def run_bench(
     data_dir = scratch / "data"
     bench_settings = settings.model_copy(update={"data_dir": data_dir})
     result: dict[str, Any] = {"paths": {}, "reference": None, "ratios": {}, "levels": levels}
-    steps = 2 * len(levels) * (1 if url else 2) + (len(levels) if not skip_backend else 0)
-    steps += (3 * len(levels)) if missing is None else 0
+    # One step a path and level: two hit paths, then (our own servers) the two miss paths,
+    # then the reference's three.
+    steps = len(levels) * (2 + (0 if url else 1 + (not skip_backend)) + (3 if missing is None else 0))
     try:
         rates = ingest_rates(corpus, data_dir, bench_settings, reference=missing is None)
         result["ingest_chunks_per_s"] = rates["ours"]

@@ -265,7 +265,12 @@ def bench(
     ] = _BENCH_FIXTURES / "covid_faq_slice.jsonl",
     qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl: the questions of the miss paths.")] = _BENCH_FIXTURES
     / "covid_faq_queries_slice.jsonl",
-    url: Annotated[Optional[str], typer.Option(help="Measure this running service instead (hit paths only).")] = None,
+    url: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Measure this running service (hit paths only; the corpus ingested as its default collection)."
+        ),
+    ] = None,
     backend: Backend = None,
     vllm_url: Annotated[
         Optional[str], typer.Option(help="vLLM base URL(s) for the miss_backend path [env RAG_VLLM_URL].")
