@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from cache import SemanticCache, normalize_question
+from cache import CacheHit, SemanticCache, normalize_question
 from cache.verifier import PairVerifier
 
 from . import __version__
@@ -155,6 +157,9 @@ class Pipeline:
         self._indexes: dict[str, CollectionIndex] = {}
         self._inflight: dict[str, asyncio.Future[Answer]] = {}
         self._index_lock = threading.Lock()
+        # CPU-bound steps of a request (retrieval, reranking, the near-duplicate search), off
+        # the event loop; one thread a core (FAISS, SQLite and numpy release the GIL).
+        self._cpu = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="rag-cpu")
         # Called with every answer and whether it could use the cache (metrics hook here).
         self.observers: list[Callable[[Answer, bool], None]] = []
         # Everything that changes an answer for the same question and content.
@@ -238,6 +243,36 @@ class Pipeline:
         entry (``_still_valid``), so re-ingesting one document keeps the other answers."""
         return f"{index.name}|{index.lineage}|{self._answer_config}|{self.generator.name}|{top_k}|{__version__}"
 
+    def _search(
+        self,
+        prep: Prepared,
+        index: CollectionIndex,
+        cache: SemanticCache | None,
+        search_text: str,
+        filters: dict[str, Any] | None,
+        valid: Callable[[dict[str, Any]], bool],
+    ) -> tuple[list[RetrievedChunk], CacheHit | None]:
+        """Retrieve for the question, then look for a near duplicate whose sources this
+        question still finds (retrieval is cheap next to generation, so it goes first)."""
+        assert prep.vector is not None
+        t = time.perf_counter()
+        found = self.retrieve_detailed(index, prep.vector, search_text, prep.top_k, filters)
+        prep.faq_entry = faq_entry(found)
+        prep.timings["retrieve"] = (time.perf_counter() - t) * 1000
+        if cache is None:
+            return found.chunks, None
+        t = time.perf_counter()
+        agrees = sources_agree(found)
+        hit = cache.get_similar(
+            prep.scope,
+            prep.vector,
+            question=prep.question,
+            accept=lambda p: valid(p) and agrees(p),
+            confirm=faq_confirmed(found),
+        )
+        prep.timings["cache"] += (time.perf_counter() - t) * 1000
+        return found.chunks, hit
+
     async def prepare(
         self,
         question: str,
@@ -284,24 +319,12 @@ class Pipeline:
             t = time.perf_counter()
             prep.vector = (await embed_async(self.embedder, [search_text]))[0]
             prep.timings["embed"] = (time.perf_counter() - t) * 1000
-            # Retrieval is cheap next to generation: do it first, so a near-duplicate is
-            # served only if this question still finds the sources its answer was built on.
-            t = time.perf_counter()
-            found = self.retrieve_detailed(index, prep.vector, search_text, top_k, filters)
-            retrieved = found.chunks
-            prep.faq_entry = faq_entry(found)
-            prep.timings["retrieve"] = (time.perf_counter() - t) * 1000
-            if cache is not None:
-                t = time.perf_counter()
-                agrees = sources_agree(found)
-                hit = cache.get_similar(
-                    prep.scope,
-                    prep.vector,
-                    question=question,
-                    accept=lambda p: valid(p) and agrees(p),
-                    confirm=faq_confirmed(found),
-                )
-                prep.timings["cache"] += (time.perf_counter() - t) * 1000
+            # Retrieval (and a reranker, if any) and the near-duplicate search are CPU work:
+            # on the pipeline's pool, so the event loop keeps serving other requests.
+            loop = asyncio.get_running_loop()
+            retrieved, hit = await loop.run_in_executor(
+                self._cpu, self._search, prep, index, cache, search_text, filters, valid
+            )
         if hit is not None:
             prep.result = self._done(
                 prep,
@@ -483,6 +506,7 @@ class Pipeline:
         )
 
     async def aclose(self) -> None:
+        self._cpu.shutdown(wait=True)
         await self.generator.aclose()
         for index in self._indexes.values():
             index.close()
