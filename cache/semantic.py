@@ -260,7 +260,13 @@ class SemanticCache:
         return sindex
 
     def __len__(self) -> int:
+        """Entries on disk: a scan of every key, for stats, never for a lookup."""
         return sum(1 for key in self._store.iterkeys() if str(key).startswith("e:"))
+
+    def __bool__(self) -> bool:
+        # An open cache is a cache, even an empty one; without this, ``if cache:`` would
+        # call ``__len__`` and scan every key on every request (it did, in the pipeline).
+        return True
 
     def stats(self) -> dict[str, Any]:
         """Entries on disk (all processes) and this process's lookups since it started."""

@@ -312,7 +312,7 @@ class Pipeline:
 
         t = time.perf_counter()
         valid = _still_valid(index)
-        hit = cache.get_exact(prep.scope, question, accept=valid) if cache else None
+        hit = cache.get_exact(prep.scope, question, accept=valid) if cache is not None else None
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         retrieved: list[RetrievedChunk] = []
         if hit is None:

@@ -79,3 +79,25 @@ async def test_concurrent_identical_misses_share_one_generation(example_data_dir
     assert sum(not a.cache.hit for a in answers) == 1 and sum(a.cache.kind == "exact" for a in answers) == 5
     other = await pipeline.answer("How long do refunds take?")  # nothing in flight now: a new generation
     assert len(model.requests) == 2 and not other.cache.hit
+
+
+async def test_no_request_scans_the_whole_cache(tmp_path: Path, example_data_dir: Path, embedder, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Counting the entries reads every key on disk: fine for `rag cache stats`, a disaster per
+    request. A truthiness test (`if cache:`) used to call it on every question."""
+    from cache import SemanticCache
+    from rag.pipeline import open_cache
+
+    settings = make_settings(tmp_path)  # a cache of its own over the shared, ingested index
+    (tmp_path / "collections").symlink_to(example_data_dir / "collections")
+    model = ScriptedModel("Refunds take 5 to 7 business days.")
+    pipeline = Pipeline(settings, embedder, model, open_cache(settings, embedder.dimension))
+
+    def no_scans(self: SemanticCache) -> int:
+        raise AssertionError("a request counted the whole cache")
+
+    monkeypatch.setattr(SemanticCache, "__len__", no_scans)
+    first = await pipeline.answer("How long do refunds take?")  # a miss, then stored
+    again = await pipeline.answer("how long do refunds take")  # the exact tier
+    await pipeline.answer("How long does a refund take?")  # the near-duplicate search
+    assert (first.cache.hit, again.cache.kind) == (False, "exact")
+    await pipeline.aclose()
