@@ -77,7 +77,7 @@ def bench_index_types(
             _, got = index.search(q.reshape(1, -1), REFINE * pool if refined else k)
             if db is not None and refined:
                 approx.append(got[0][:k])
-                got = [rerank_exact(got[0], q, lambda wanted: fetch_vectors(db, wanted), k)]
+                got = [rerank_exact(got[0], q, lambda wanted: fetch_vectors(db, wanted, dimension), k)]
             latencies.append((time.perf_counter() - t) * 1000)
             found.append(got[0])
         recall = _recall(found, truth, k)

@@ -37,6 +37,7 @@ from rag.index import (
     SCHEMA,
     collection_dir,
     current_version_dir,
+    decode_vectors,
     is_faq_question,
     new_faiss_index,
     switch_current,
@@ -295,7 +296,7 @@ def _rebuild(db: sqlite3.Connection, index_type: str, dimension: int) -> Any:
     """A fresh index of ``index_type`` over every stored vector (training it first)."""
     rows = db.execute("SELECT id, vector FROM chunks ORDER BY id").fetchall()
     ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-    vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), dimension)
+    vectors = decode_vectors([r[1] for r in rows], dimension)
     try:
         index = new_faiss_index(index_type, dimension, vectors)
     except ValueError as exc:

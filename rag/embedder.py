@@ -73,8 +73,7 @@ class MicroBatcher:
         self._pending: deque[tuple[list[str], asyncio.Future[np.ndarray], asyncio.AbstractEventLoop]] = deque()
         self._mutex = threading.Lock()
         self._scheduled = False
-        self.batches = 0
-        self.texts = 0
+        self.batches = 0  # forward passes run
 
     async def submit(self, texts: list[str]) -> np.ndarray:
         loop = asyncio.get_running_loop()
@@ -103,7 +102,6 @@ class MicroBatcher:
             except Exception as exc:  # every waiter of the batch gets the error
                 vectors = exc
             self.batches += 1
-            self.texts += size
             offset = 0
             for texts, future, loop in batch:
                 part = vectors if isinstance(vectors, BaseException) else vectors[offset : offset + len(texts)]
@@ -141,7 +139,6 @@ class SentenceTransformerEmbedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._lock = threading.Lock()
         self.batcher = MicroBatcher(self._embed, self._executor, max_texts=max(64, batch_size))
-        self._threads = 0  # torch threads now set (on the embedding thread)
         self._want_onnx = onnx
         self._onnx: Any = None  # rag.onnx_encoder.OnnxEncoder for small batches, when it loads
 
@@ -187,11 +184,10 @@ class SentenceTransformerEmbedder:
         """A few short texts run faster on one core than on two (MiniLM, bf16, 2 cores: 1
         question 10.6 ms on one thread, 15.6 ms on two; 8: 22.8 vs 32.6 ms; 32: 90 vs 58 ms),
         and the other core stays free for the event loop and retrieval."""
-        if n != self._threads:
-            import torch
+        import torch
 
+        if torch.get_num_threads() != n:
             torch.set_num_threads(n)
-            self._threads = n
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:

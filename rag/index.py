@@ -156,12 +156,17 @@ def is_faq_question(title: str) -> bool:
     return title.rstrip().endswith("?")
 
 
-def fetch_vectors(db: sqlite3.Connection, ids: list[int]) -> np.ndarray:
+def decode_vectors(blobs: list[bytes], dimension: int) -> np.ndarray:
+    """Stored float32 vector blobs as one (len(blobs), dimension) matrix."""
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dimension)
+
+
+def fetch_vectors(db: sqlite3.Connection, ids: list[int], dimension: int) -> np.ndarray:
     """The float32 vectors of these chunks, as the ``chunks`` table keeps them on disk, row
     for row."""
     marks = ",".join("?" * len(ids))
     rows = dict(db.execute(f"SELECT id, vector FROM chunks WHERE id IN ({marks})", ids).fetchall())
-    return np.frombuffer(b"".join(rows[i] for i in ids), dtype=np.float32).reshape(len(ids), -1)
+    return decode_vectors([rows[i] for i in ids], dimension)
 
 
 def fts_query(text: str) -> str:
@@ -330,8 +335,7 @@ class CollectionIndex:
             except sqlite3.OperationalError:  # written before FAQ questions were embedded
                 rows = []
             ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-            self._faq = ids, matrix.reshape(len(rows), int(self.meta["dimension"]))
+            self._faq = ids, decode_vectors([r[1] for r in rows], int(self.meta["dimension"]))
         return self._faq
 
     def _faq_ranking(self, query: np.ndarray, pool: int, allowed: list[int] | None) -> list[int]:
@@ -356,8 +360,9 @@ class CollectionIndex:
         """The ``k`` best chunks: dense and BM25 rankings fused by reciprocal rank (``mode``
         "dense" or "lexical" uses one), within ``filters``. In hybrid mode the FAQ entries whose
         question alone is close to the query (cosine >= ``FAQ_QUESTION_FLOOR``) are a third
-        ranking: a reworded question matches the FAQ's question better than its answer. ``score`` is each chunk's cosine
-        similarity to the query, whichever ranking found it (the relevance floor reads it)."""
+        ranking: a reworded question matches the FAQ's question better than its answer.
+        ``score`` is each chunk's cosine similarity to the query, whichever ranking found it
+        (the relevance floor reads it)."""
         return self.search_detailed(vector, k, text, filters, mode).chunks
 
     def search_detailed(
@@ -384,7 +389,7 @@ class CollectionIndex:
                 return SearchResult([])
             allowed = [int(r[0]) for r in rows]
             if mode != "lexical":
-                matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                matrix = decode_vectors([r[1] for r in rows], len(query))
                 dense = [allowed[i] for i in np.argsort(-(matrix @ query))[:pool]]
         elif mode != "lexical" and self.meta.get("index_type") in COMPRESSED_TYPES:
             _, ids = self._index.search(query.reshape(1, -1), min(REFINE * pool, len(self)))
@@ -419,7 +424,7 @@ class CollectionIndex:
         )
 
     def stored_vectors(self, ids: list[int]) -> np.ndarray:
-        return fetch_vectors(self._db, ids)
+        return fetch_vectors(self._db, ids, int(self.meta["dimension"]))
 
     def _lexical(self, match: str, pool: int, allowed: list[int] | None) -> list[int]:
         """BM25 ranking from FTS5, within ``allowed`` chunk ids when given."""

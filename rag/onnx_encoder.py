@@ -28,14 +28,7 @@ def _mean_pooled(model: Any) -> bool:
     names = [type(m).__name__ for m in model]
     if names[:2] != ["Transformer", "Pooling"] or any(n not in ("Normalize",) for n in names[2:]):
         return False
-    pooling = model[1]
-    mode = getattr(pooling, "pooling_mode", None)  # sentence-transformers 6: "mean" (or a list)
-    if mode is not None:
-        return mode == "mean" or mode == ["mean"]
-    flags = ("cls_token", "max_tokens", "lasttoken")  # older releases: one flag a mode
-    return bool(getattr(pooling, "pooling_mode_mean_tokens", False)) and not any(
-        getattr(pooling, f"pooling_mode_{flag}", False) for flag in flags
-    )
+    return getattr(model[1], "pooling_mode", None) in ("mean", ["mean"])  # sentence-transformers >= 6
 
 
 def _fingerprint(model_dir: Path) -> str:

@@ -8,9 +8,7 @@ import json
 import logging
 import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from eval.processes import server_process
 from serving.observability import configure_logging
 
 from .conftest import make_settings
@@ -142,20 +141,7 @@ def test_two_workers_share_one_set_of_metrics(example_data_dir: Path, tmp_path: 
     cmd = [sys.executable, "-m", "rag.cli", "serve", "--workers", "2", "--host", "0.0.0.0", "--port", str(port),
            "--backend", "extractive", "--data-dir", str(example_data_dir)]  # fmt: skip
     log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.5)
+    with server_process(cmd, env, log, port, health="/readyz", timeout_s=120) as url:
         assert "listening on 127.0.0.1 only" in log.read_text()
         n = 40
 
@@ -190,9 +176,3 @@ def test_two_workers_share_one_set_of_metrics(example_data_dir: Path, tmp_path: 
             if line.startswith("{"):
                 json.loads(line)
         assert any('"logger": "rag.access"' in line for line in log.read_text().splitlines())
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
