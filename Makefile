@@ -66,8 +66,10 @@ $(VLLM_MODEL_DIR)/config.json: | $(VENV)/.installed $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python scripts/convert_gguf.py \
 		"$$($(BIN)/python -c 'from rag.generators.llamacpp import gemma_path; print(gemma_path())')" $(VLLM_MODEL_DIR)
 
+# vLLM on CPU keeps one core for its scheduler and computes on the rest: on 2 cores, 1 thread.
+# Both cores for the model measured 1.4x the answers/s at concurrency 1 and 1.7x at 16 (rag bench).
 vllm-serve: vllm-install
-	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server \
+	VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_NUM_OF_RESERVED_CPU=0 $(VLLM_VENV)/bin/python -m vllm.entrypoints.openai.api_server \
 		--model $(VLLM_MODEL_DIR) --served-model-name gemma3-270m --host 127.0.0.1 --port $(VLLM_PORT) \
 		--dtype bfloat16 --max-model-len 2048 --enforce-eager
 

@@ -66,21 +66,21 @@ def percentiles(latencies_ms: list[float], wall_s: float) -> dict[str, float]:
         "p50_ms": round(float(np.percentile(values, 50)), 2),
         "p95_ms": round(float(np.percentile(values, 95)), 2),
         "p99_ms": round(float(np.percentile(values, 99)), 2),
-        "rps": round(len(values) / wall_s, 1),
+        "rps": round(len(values) / wall_s, 2),
         "n": len(values),
     }
 
 
 async def _load(
-    url: str, questions: list[str], concurrency: int, count: int, want: str | None
+    url: str, questions: list[str], concurrency: int, count: int, want: str | None, start: int = 0
 ) -> tuple[list[float], float, int]:
-    """``count`` requests cycling through ``questions``, ``concurrency`` at a time; returns the
-    latencies of those whose cache outcome is ``want`` (any when None), the wall time and how
-    many had another outcome."""
+    """``count`` requests cycling through ``questions`` from ``start``, ``concurrency`` at a
+    time; returns the latencies of those whose cache outcome is ``want`` (any when None), the
+    wall time and how many had another outcome."""
     latencies: list[float] = []
     other = 0
     queue: asyncio.Queue[str] = asyncio.Queue()
-    for i in range(count):
+    for i in range(start, start + count):
         queue.put_nowait(questions[i % len(questions)])
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
@@ -114,16 +114,28 @@ def _outcome(body: dict[str, Any]) -> str:
 def measure(
     url: str, questions: list[str], levels: list[int], requests: int, want: str | None, bar: Any
 ) -> dict[str, Any]:
+    """Each level (and its warm-up) takes the questions after the previous level's: a backend
+    with a prefix cache (vLLM's) would otherwise answer a later level from the whole prompts an
+    earlier one left in it. ``repeated`` counts the questions a level had to ask again because
+    the list ran out."""
     out: dict[str, Any] = {}
+    asked = 0
     for c in levels:
         count = max(requests, 4 * c)
-        asyncio.run(_load(url, questions, c, min(count, 2 * c), want))  # warm the connections
-        latencies, wall, other = asyncio.run(_load(url, questions, c, count, want))
+        warm = min(count, 2 * c)
+        asyncio.run(_load(url, questions, c, warm, want, start=asked))  # warm the connections
+        latencies, wall, other = asyncio.run(_load(url, questions, c, count, want, start=asked + warm))
+        repeated = max(0, min(count, asked + warm + count - len(questions)))
+        asked += warm + count
         bar.update(1)
         if not latencies:
             out[f"c{c}"] = None
             continue
-        out[f"c{c}"] = percentiles(latencies, wall) | ({"other_outcomes": other} if other else {})
+        out[f"c{c}"] = (
+            percentiles(latencies, wall)
+            | ({"other_outcomes": other} if other else {})
+            | ({"repeated": repeated} if repeated else {})
+        )
     return out
 
 
@@ -235,7 +247,21 @@ def run_bench(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["ratios"] = ratios(result)
+    result["scaling"] = scaling(result["paths"])
     return result
+
+
+def scaling(paths: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each path's requests/s at each level over its rate at the lowest level (what batching,
+    here and in vLLM, buys)."""
+    out: dict[str, dict[str, float]] = {}
+    for path, levels in paths.items():
+        rows = [(level, row) for level, row in (levels or {}).items() if row]
+        if len(rows) < 2:
+            continue
+        base = rows[0][1]["rps"]
+        out[path] = {level: round(row["rps"] / base, 2) for level, row in rows[1:]}
+    return out
 
 
 def ratios(result: dict[str, Any]) -> dict[str, Any]:
@@ -270,8 +296,11 @@ def table(result: dict[str, Any]) -> str:
             other = (ref.get(path) or {}).get(level)
             theirs = f"   {other['p50_ms']:.2f} ms / {other['rps']:.1f}" if other else ""
             lines.append(
-                f"{path:<14}{level:>6}{row['p50_ms']:>9.2f}{row['p95_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['rps']:>9.1f}{theirs}"
+                f"{path:<14}{level:>6}{row['p50_ms']:>9.2f}{row['p95_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['rps']:>9.2f}{theirs}"
             )
+    for path, levels in (result.get("scaling") or {}).items():
+        first = next(level for level, row in result["paths"][path].items() if row)
+        lines.append(f"{path} throughput vs {first}: " + ", ".join(f"{lv} {x:.1f}x" for lv, x in levels.items()))
     ingest = result.get("ingest", {})
     ref_ingest = f" (reference {ingest['reference']:.0f})" if ingest.get("reference") else ""
     lines.append(f"ingest: {result.get('ingest_chunks_per_s', 0):.0f} chunks/s{ref_ingest}")

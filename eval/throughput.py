@@ -29,17 +29,24 @@ async def _level(pipeline: Any, items: list[QAItem], concurrency: int, collectio
 
 
 def measure_throughput(
-    settings: Settings, items: list[QAItem], levels: list[int], collection: str
+    settings: Settings, items: list[QAItem], levels: list[int], collection: str, per_level: int = 32
 ) -> list[dict[str, float]]:
+    """Each level asks ``per_level`` questions none of the levels before it asked (while the
+    list lasts): a backend with a prefix cache, vLLM's, would otherwise answer a later level
+    from the whole prompts an earlier one left in it. ``items[0]`` is the warm-up."""
     from rag.pipeline import build_pipeline
 
     settings = settings.model_copy(update={"cache_enabled": False})
+    rest = items[1:] or items
 
     async def run() -> list[dict[str, float]]:
         pipeline = build_pipeline(settings)
         try:
             await pipeline.answer(items[0].question, collection)  # warm-up
-            rows = [await _level(pipeline, items, level, collection) for level in levels]
+            rows = []
+            for n, level in enumerate(levels):
+                own = [rest[(n * per_level + i) % len(rest)] for i in range(per_level)]
+                rows.append(await _level(pipeline, own, level, collection))
         finally:
             await pipeline.aclose()
         base = rows[0]["answers_per_s"] or 1.0

@@ -470,7 +470,8 @@ def eval_throughput(
 
     settings = _settings(collection=collection, data_dir=data_dir, backend=backend, vllm_url=vllm_url)
     levels = [int(x) for x in concurrency.split(",")]
-    rows = _run(lambda: measure_throughput(settings, load_qa(qa, limit), levels, settings.collection))
+    items = load_qa(qa, 1 + limit * len(levels))  # a warm-up, then questions of each level's own
+    rows = _run(lambda: measure_throughput(settings, items, levels, settings.collection, per_level=limit))
     typer.echo("concurrency  answers/s  tokens/s  vs 1")
     for row in rows:
         typer.echo(

@@ -7,7 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+
+from eval.bench import measure
 
 from .conftest import ROOT
 
@@ -31,6 +36,52 @@ def test_rag_bench_measures_every_path_beside_the_reference(tmp_path: Path) -> N
     assert set(reference) == {"exact_hit", "semantic_hit", "miss_overhead"}  # the same instant answer
     assert all(KEYS <= set(row) for levels in reference.values() for row in levels.values())
     assert set(result["ratios"]["miss_overhead"]["c4"]) == {"p50_speedup", "rps_ratio"}
+    backend = result["paths"]["miss_backend"]
+    assert result["scaling"]["miss_backend"]["c4"] == round(backend["c4"]["rps"] / backend["c1"]["rps"], 2)
+    # 40 questions: the backend path's 34 (warm-ups included) need none twice; the overhead
+    # path's 42 run out, and its c4 level says how many it asked again.
+    assert "repeated" not in backend["c1"] and "repeated" not in backend["c4"]
+    assert result["paths"]["miss_overhead"]["c4"]["repeated"] == 2
     assert json.loads((tmp_path / "bench.json").read_text())["paths"].keys() == result["paths"].keys()
     for png in ("bench-latency.png", "bench-throughput.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    asked: list[str] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.asked.append(json.loads(body)["question"])
+        answer = json.dumps({"answer": "ok", "cache": {"kind": None}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _Bar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def test_each_level_asks_questions_the_levels_before_it_did_not() -> None:
+    """A prefix-caching backend must not answer c16 from the prompts c1 left behind."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        questions = [f"q{i}" for i in range(30)]
+        url = f"http://127.0.0.1:{server.server_port}"
+        out = measure(url, questions, [1, 4], requests=8, want=None, bar=_Bar())
+    finally:
+        server.shutdown()
+        server.server_close()
+    # c1: 2 warm-up + 8; c4: 8 warm-up + 16, of which 4 had to come round again.
+    assert _Recorder.asked[:10] == questions[:10]
+    assert sorted(_Recorder.asked[10:30]) == sorted(questions[10:30])
+    assert sorted(_Recorder.asked[30:]) == sorted(questions[:4])
+    assert "repeated" not in out["c1"] and out["c4"]["repeated"] == 4
