@@ -170,7 +170,7 @@ def ingest_rates(corpus: Path, data_dir: Path, settings: Any, reference: bool) -
     from ingest.runner import ingest
     from rag.embedder import SentenceTransformerEmbedder
 
-    embedder = SentenceTransformerEmbedder(batch_size=settings.embedding_batch_size).load()
+    embedder = SentenceTransformerEmbedder.from_settings(settings).load()
     started = time.perf_counter()
     report = ingest([corpus], "bench", settings, embedder, progress=False)
     ours = report.chunks_added / (time.perf_counter() - started)
@@ -215,7 +215,10 @@ def run_bench(
         rates = ingest_rates(corpus, data_dir, bench_settings, reference=missing is None)
         result["ingest_chunks_per_s"] = rates["ours"]
         result["ingest"] = rates
-        env = {"RAG_EMBEDDING_BATCH_SIZE": str(settings.embedding_batch_size)}
+        env = {
+            "RAG_EMBEDDING_BATCH_SIZE": str(settings.embedding_batch_size),
+            "RAG_EMBEDDING_ONNX": settings.embedding_onnx,
+        }
         if settings.vllm_url:
             env["RAG_VLLM_URL"] = settings.vllm_url
         with tqdm(total=steps, desc="bench", unit="run", disable=None if progress is None else not progress) as bar:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cache import SemanticCache
+from rag.embedder import embed_as_questions
 
 _PAIR_ALIASES = {"question_1": "text_a", "question_2": "text_b", "similar": "label"}
 
@@ -44,7 +45,7 @@ def load_pairs(path: Path) -> list[dict[str, Any]]:
 
 def _embed_unique(embedder: Any, texts: list[str]) -> dict[str, np.ndarray]:
     unique = sorted(set(texts))
-    return dict(zip(unique, embedder.embed_batch(unique), strict=True))
+    return dict(zip(unique, embed_as_questions(embedder, unique), strict=True))
 
 
 def eval_pairs(
@@ -159,7 +160,7 @@ def calibrate(
             (fit if rank < cut else held).append((p["text_a"], p["text_b"], int(p["label"])))
     if questions:
         texts, labels = questions
-        vectors = np.asarray(embedder.embed_batch(texts), dtype=np.float32)
+        vectors = np.asarray(embed_as_questions(embedder, texts), dtype=np.float32)
         split = rng.random(len(texts)) >= holdout  # questions, not pairs, are split: no text on both sides
         for part, target in ((split, fit), (~split, held)):
             idx = np.flatnonzero(part)
@@ -250,7 +251,7 @@ def eval_faq(
             confirmed_margin=confirmed_margin,
         )
         questions = [e["question"] for e in faq]
-        for entry, vector in zip(faq, embedder.embed_batch(questions), strict=True):
+        for entry, vector in zip(faq, embed_as_questions(embedder, questions), strict=True):
             cited = citations[entry["id"]]
             # As the service stores an answer: with the FAQ entry both searches find first for
             # its question, when that is the entry the answer is.
@@ -258,7 +259,7 @@ def eval_faq(
             payload = {"id": entry["id"], "citations": cited, "faq_entry": anchor if anchor == entry["id"] else None}
             cache.put("faq", entry["question"], vector, payload, group=",".join(str(c["id"]) for c in cited))
         correct = wrong = 0
-        for item, vector in zip(items, embedder.embed_batch([i.question for i in items]), strict=True):
+        for item, vector in zip(items, embed_as_questions(embedder, [i.question for i in items]), strict=True):
             accept = confirm = None
             if retrieval_check:
                 found = index.search_detailed(vector, top_k, item.question)

@@ -64,7 +64,7 @@ def evaluate_retrieval(
     items = [i for i in items if i.gold_passage_ids]
     if not items:
         raise ValueError("no question has gold_passage_ids: nothing to score")
-    embedder = SentenceTransformerEmbedder(settings.embedding_dtype, settings.embedding_batch_size).load()
+    embedder = SentenceTransformerEmbedder.from_settings(settings).load()
     with tempfile.TemporaryDirectory() as tmp:
         if corpus is not None:
             settings = settings.model_copy(update={"data_dir": Path(tmp), "cache_enabled": False})

@@ -99,7 +99,7 @@ def ingest(
     from rag.embedder import SentenceTransformerEmbedder
 
     settings = _settings(data_dir=data_dir, collection=collection)
-    embedder = SentenceTransformerEmbedder(settings.embedding_dtype, settings.embedding_batch_size)
+    embedder = SentenceTransformerEmbedder.from_settings(settings)
     report = _run(
         lambda: run_ingest(
             paths, settings.collection, settings, embedder, prune=prune, progress=progress, index_type=index_type
@@ -507,7 +507,7 @@ def eval_cache(
     if (pairs is None) == (corpus is None or qa is None):
         _fail("give --pairs FILE, or --corpus FILE and --qa FILE")
     verifier = _run(lambda: load_verifier(settings))
-    embedder = SentenceTransformerEmbedder(settings.embedding_dtype).load()
+    embedder = SentenceTransformerEmbedder.from_settings(settings).load()
     thresholds = [round(0.70 + 0.02 * i, 2) for i in range(15)] if sweep else [settings.cache_threshold]
     rows: list[dict[str, Any]] = []
     if pairs is not None:
@@ -593,7 +593,7 @@ def cache_calibrate(
     settings = _settings(data_dir=data_dir)
     try:
         labelled = load_labelled_questions(questions) if questions else None
-        embedder = SentenceTransformerEmbedder(settings.embedding_dtype).load()
+        embedder = SentenceTransformerEmbedder.from_settings(settings).load()
         typer.echo("embedding and training (a minute on 10k questions)...", err=True)
         result = calibrate(embedder, max_false_hit_rate, load_pairs(pairs) if pairs else None, labelled, verifier)
     except (OSError, ValueError, KeyError) as exc:

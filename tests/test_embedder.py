@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from rag.embedder import MicroBatcher, SentenceTransformerEmbedder
+from rag.embedder import MicroBatcher, SentenceTransformerEmbedder, embed_as_questions
 
 from .conftest import FIXTURES
 
@@ -75,3 +75,17 @@ def test_a_question_embeds_on_onnx_runtime_with_the_fp32_vectors(embedder: Sente
     for texts in (QUESTIONS[:1], QUESTIONS[:5]):  # small batches: ONNX Runtime
         cosine = np.sum(embedder.embed_batch(texts) * torch_fp32.embed_batch(texts), axis=1)
         assert np.min(cosine) > 0.99999, cosine
+
+
+def test_int8_questions_keep_their_neighbours(embedder: SentenceTransformerEmbedder) -> None:
+    """RAG_EMBEDDING_ONNX=int8: a quantized copy of the export, near the fp32 vectors, and each
+    question still nearest the same FAQ question among the others."""
+    int8 = SentenceTransformerEmbedder(onnx="int8").load()
+    assert int8._onnx is not None and int8._onnx._session is not embedder._onnx._session
+    faq = [json.loads(line)["question"] for line in (FIXTURES / "covid_faq_slice.jsonl").read_text().splitlines()]
+    fp32_faq, int8_faq = embed_as_questions(embedder, faq), embed_as_questions(int8, faq)
+    fp32_asked, int8_asked = embed_as_questions(embedder, QUESTIONS), embed_as_questions(int8, QUESTIONS)
+    cosine = np.sum(fp32_asked * int8_asked, axis=1)
+    assert 0.97 < np.min(cosine) < 0.99999, cosine  # near, and not the fp32 model run again
+    same = np.mean(np.argmax(fp32_asked @ fp32_faq.T, axis=1) == np.argmax(int8_asked @ int8_faq.T, axis=1))
+    assert same >= 0.9, same
