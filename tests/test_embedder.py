@@ -70,7 +70,7 @@ async def test_an_error_reaches_every_waiter_of_its_batch_and_a_cancelled_one_ha
 
 def test_a_question_embeds_on_onnx_runtime_with_the_fp32_vectors(embedder: SentenceTransformerEmbedder) -> None:
     assert embedder._onnx is not None  # exported from the installed model, cached per machine
-    torch_fp32 = SentenceTransformerEmbedder(dtype="float32", onnx=False).load()
+    torch_fp32 = SentenceTransformerEmbedder(dtype="float32", onnx="off").load()
     assert torch_fp32._onnx is None
     for texts in (QUESTIONS[:1], QUESTIONS[:5]):  # small batches: ONNX Runtime
         cosine = np.sum(embedder.embed_batch(texts) * torch_fp32.embed_batch(texts), axis=1)
