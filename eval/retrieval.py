@@ -95,6 +95,11 @@ def evaluate_retrieval(
         retrieval_mode=settings.retrieval_mode,
         entity_filter=settings.entity_filter,
         reranker=settings.reranker,
+        **(
+            {"rerank_pool": settings.rerank_pool, "rerank_failures": pipeline.rerank_failures}
+            if settings.reranker
+            else {}
+        ),
         chunks=meta.get("chunks"),
         ingest_seconds=round(ingest_seconds, 1),
     )

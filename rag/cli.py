@@ -331,7 +331,9 @@ def eval_retrieval(
     entity_filter: Annotated[
         Optional[bool], typer.Option(help="Entity carry-over from the conversation [env RAG_ENTITY_FILTER].")
     ] = None,
-    reranker: Annotated[Optional[str], typer.Option(help="Reranker spec [env RAG_RERANKER].")] = None,
+    reranker: Annotated[
+        Optional[str], typer.Option(help="likelihood[:URL], cross-encoder:PATH or module:attr [env RAG_RERANKER].")
+    ] = None,
     name: Annotated[Optional[str], typer.Option(help="Name of this run in --out.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the JSON here and a PNG comparing the runs in it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -366,10 +368,18 @@ def eval_retrieval(
     else:
         typer.echo("  ".join(f"{m} {summary[m]:.3f}" for m in METRICS) + f"  (n={summary['n']})")
         typer.echo(f"latency p50 {summary['latency_ms']['p50']} ms, p95 {summary['latency_ms']['p95']} ms")
+    if summary.get("rerank_failures"):
+        typer.secho(
+            f"the reranker failed on {summary['rerank_failures']} of {summary['n']} questions (hybrid order kept):"
+            " these figures are not the reranker's - see the log",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     if out is not None:
         run_name = name or "-".join(
             [(data or qa_path.parent).name, summary["index_type"], summary["retrieval_mode"]]
             + ([] if summary["entity_filter"] else ["no-entity"])
+            + ([f"rerank-{summary['reranker'].split(':')[0]}"] if summary.get("reranker") else [])
         )
         path = write_run(out, run_name, summary)
         typer.echo(f"wrote {path} and {plot_runs(out)}", err=as_json)

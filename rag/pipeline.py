@@ -31,7 +31,7 @@ from .generators.base import usage as usage_of
 from .grounding import unsupported_numbers
 from .index import CollectionIndex, RetrievedChunk, SearchResult, collection_dir, current_version_dir
 from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
-from .rerank import load_reranker
+from .rerank import RerankerUnavailable, load_reranker
 from .settings import Settings
 
 SNIPPET_CHARS = 300
@@ -153,7 +153,8 @@ class Pipeline:
         self.embedder = embedder
         self.generator = generator
         self.cache = cache if settings.cache_enabled else None
-        self.reranker = load_reranker(settings.reranker)
+        self.reranker = load_reranker(settings.reranker, settings)
+        self.rerank_failures = 0  # requests that kept the hybrid order because the reranker failed
         self._indexes: dict[str, CollectionIndex] = {}
         self._inflight: dict[str, asyncio.Future[Answer]] = {}
         self._index_lock = threading.Lock()
@@ -237,7 +238,13 @@ class Pipeline:
         if self.reranker is None:
             return index.search_detailed(vector, k, text, filters, mode)
         found = index.search_detailed(vector, max(k, self.settings.rerank_pool), text, filters, mode)
-        return replace(found, chunks=list(self.reranker.rerank(text, found.chunks))[:k])
+        try:
+            ranked = list(self.reranker.rerank(text, found.chunks))
+        except RerankerUnavailable as exc:  # the reranking is lost, not the answer
+            self.rerank_failures += 1
+            log.warning("reranker unavailable, keeping the hybrid order: %s", exc)
+            ranked = list(found.chunks)
+        return replace(found, chunks=ranked[:k])
 
     def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
         """Answers are shared only between requests that would have produced the same one:
@@ -511,6 +518,9 @@ class Pipeline:
     async def aclose(self) -> None:
         self._cpu.shutdown(wait=True)
         await self.generator.aclose()
+        close = getattr(self.reranker, "close", None)  # one with connections of its own
+        if close is not None:
+            close()
         for index in self._indexes.values():
             index.close()
         if self.cache is not None:

@@ -123,10 +123,10 @@ class Settings(BaseSettings):
     """Retrieve within the entity (chunk title) the question or its conversation names."""
 
     reranker: str | None = None
-    """Optional reranking stage: cross-encoder:PATH or module:attribute (off when unset)."""
+    """Optional reranking stage: likelihood[:URL] (the vLLM model scores each passage), cross-encoder:PATH or module:attribute (off when unset)."""
 
     rerank_pool: int = Field(default=30, ge=1, le=200)
-    """How many hybrid-search results the reranker sees."""
+    """How many hybrid-search results the reranker sees (likelihood, 10 on 2 CPU cores: 0.65 s a question over FAQ entries, 2 s over passages)."""
 
     chunk_size: int = Field(default=800, ge=100)
     """Target chunk length in characters."""

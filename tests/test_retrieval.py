@@ -21,7 +21,7 @@ from rag.index import CollectionIndex
 from rag.pipeline import Pipeline, build_pipeline
 
 from .conftest import FIXTURES, ROOT, make_settings
-from .servers import serving
+from .servers import free_port, serving
 
 HOTELS = FIXTURES / "dstc11_hotels_corpus_slice.jsonl"
 HOTEL_QA = FIXTURES / "dstc11_hotels_qa_slice.jsonl"
@@ -239,3 +239,17 @@ def test_rag_eval_index_reports_memory_and_recall_of_each_type() -> None:
     assert types["ivfpq"]["bytes_per_vector"] < types["sq8"]["bytes_per_vector"] < types["flat"]["bytes_per_vector"] / 3
     assert types["ivfpq"]["recall@10"] > types["ivfpq"]["recall@10_approx"]
     assert types["ivfpq"]["recall@10"] >= 0.95
+
+
+async def test_a_reranker_that_cannot_rank_keeps_the_hybrid_order(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """The likelihood reranker pointed at a port nothing listens on: the request keeps its
+    passages in the hybrid order, and the failure is counted (rag eval reports it)."""
+    plain = _pipeline(hotels_dir, embedder)
+    dead = _pipeline(hotels_dir, embedder, reranker=f"likelihood:http://127.0.0.1:{free_port()}", rerank_pool=8)
+    index = plain.get_index("hotels")
+    vector = embedder.embed_batch(["Is breakfast included?"])[0]
+    expected = [c.id for c in plain.retrieve(index, vector, "Is breakfast included?", 3)]
+    assert [c.id for c in dead.retrieve(index, vector, "Is breakfast included?", 3)] == expected
+    assert dead.rerank_failures == 1 and plain.rerank_failures == 0
+    await plain.aclose()
+    await dead.aclose()

@@ -248,3 +248,26 @@ def test_metrics_time_the_first_token_count_tokens_and_report_the_replica(servic
     assert after[ttft] - before.get(ttft, 0) == 1
     assert after[tokens] - before.get(tokens, 0) >= 3
     assert after[f'rag_backend_replica_up{{replica="{vllm_url}"}}'] == 1
+
+
+async def test_likelihood_reranker_puts_the_passage_that_answers_first(
+    vllm_url: str, example_data_dir: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    """RAG_RERANKER=likelihood: the vLLM model reads each passage and scores the question
+    after it. Given the hybrid pool upside down, it still puts the passage that answers first."""
+    settings = make_settings(example_data_dir, backend="extractive", vllm_url=vllm_url, reranker="likelihood")
+    pipeline = build_pipeline(settings, embedder)
+    reranker = pipeline.reranker
+    assert reranker is not None
+    question = "How long is the password reset link valid?"
+    index = pipeline.get_index("default")
+    pool = index.search(embedder.embed_batch([question])[0], 6, question)
+    assert pool[0].document_id == "password-reset.html"
+    upside_down = list(reversed(pool))
+    ranked = reranker.rerank(question, upside_down)
+    assert ranked[0].document_id == "password-reset.html"
+    assert sorted(c.id for c in ranked) == sorted(c.id for c in pool)  # the same passages, reordered
+    scores = reranker.scores(question, reranker.contexts(upside_down))  # type: ignore[attr-defined]
+    assert all(s < 0 for s in scores) and len(set(scores)) == len(scores)  # log-probabilities, one per passage
+    assert pipeline.rerank_failures == 0
+    await pipeline.aclose()
