@@ -1,6 +1,7 @@
 """The optional reranking stage: off by default, any reranker the user installs.
 
-No reranker model ships on PyPI today, so none is bundled. Set ``RAG_RERANKER`` to
+No reranker model ships on PyPI today; ``likelihood`` uses the model that answers instead.
+Set ``RAG_RERANKER`` to
 
 - ``likelihood`` (or ``likelihood:URL``): the generator's own language model on a vLLM
   server (``RAG_VLLM_URL`` unless a URL is given) scores how likely it finds the question
@@ -177,7 +178,7 @@ def load_reranker(spec: str | None, settings: Settings | None = None) -> Reranke
             return CrossEncoderReranker(spec.removeprefix("cross-encoder:"))
         module_name, _, attribute = spec.partition(":")
         if not attribute:
-            raise ValueError("expected module:attribute or cross-encoder:PATH")
+            raise ValueError("expected likelihood[:URL], cross-encoder:PATH or module:attribute")
         reranker = getattr(importlib.import_module(module_name), attribute)()
     except Exception as exc:
         raise RagError(
