@@ -253,3 +253,19 @@ async def test_a_reranker_that_cannot_rank_keeps_the_hybrid_order(hotels_dir: Pa
     assert dead.rerank_failures == 1 and plain.rerank_failures == 0
     await plain.aclose()
     await dead.aclose()
+
+
+def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
+    """FAQ entries are asked "is this a rewording?"; a list with any other passage is shown
+    as passages throughout, so every score in one ranking comes from one prompt form."""
+    from rag.index import RetrievedChunk
+    from rag.rerank import LikelihoodReranker
+
+    reranker = LikelihoodReranker(f"http://127.0.0.1:{free_port()}")  # contexts() calls nothing
+    faq = RetrievedChunk(1, "faq-1", "faq.jsonl", "Can I  return a mattress?", 0, "Can I return a mattress?\nNo.", 0.5)
+    page = RetrievedChunk(2, "returns.md", "returns.md", "Returns and refunds", 0, "Returns take 30 days. " * 40, 0.4)
+    assert reranker.contexts([faq, faq]) == [LikelihoodReranker.FAQ.format(text="Can I return a mattress?")] * 2
+    mixed = reranker.contexts([faq, page])
+    assert mixed[0].startswith("Passage: Can I return a mattress?\nNo.") and mixed[1].startswith("Passage: Returns")
+    assert len(mixed[1]) < len(page.text)  # the first 600 characters only
+    reranker.close()
