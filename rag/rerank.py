@@ -81,6 +81,7 @@ class LikelihoodReranker:
         pool: int = 10,
         passage_chars: int = 600,
         timeout_s: float = 60.0,
+        connect_timeout_s: float = 3.0,
     ) -> None:
         import httpx
 
@@ -89,7 +90,7 @@ class LikelihoodReranker:
         self.passage_chars = passage_chars
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Sync: the pipeline reranks on its CPU pool, off the event loop.
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=3.0), headers=headers)
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s), headers=headers)
         self._model = model
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -160,19 +161,18 @@ class LikelihoodReranker:
         return [head[i] for i in order] + tail
 
 
-def load_reranker(spec: str | None, settings: Settings | None = None) -> Reranker | None:
+def load_reranker(spec: str | None, settings: Settings) -> Reranker | None:
     if not spec:
         return None
     try:
         if spec == "likelihood" or spec.startswith("likelihood:"):
-            url = spec.removeprefix("likelihood").removeprefix(":")
-            if not url and settings is None:
-                raise ValueError("likelihood needs a URL: likelihood:http://HOST:PORT")
+            url = spec.removeprefix("likelihood").removeprefix(":") or settings.vllm_urls[0]
             return LikelihoodReranker(
-                url or settings.vllm_url.split(",")[0].strip(),  # type: ignore[union-attr]
-                model=settings.vllm_model if settings else None,
-                api_key=settings.vllm_api_key if settings else None,
-                pool=settings.rerank_pool if settings else 10,
+                url,
+                model=settings.vllm_model,
+                api_key=settings.vllm_api_key,
+                pool=settings.rerank_pool,
+                connect_timeout_s=settings.vllm_connect_timeout_s,
             )
         if spec.startswith("cross-encoder:"):
             return CrossEncoderReranker(spec.removeprefix("cross-encoder:"))

@@ -217,6 +217,11 @@ class Settings(BaseSettings):
     """Port `rag serve` listens on."""
 
     @property
+    def vllm_urls(self) -> list[str]:
+        """``vllm_url`` as its replicas, in order."""
+        return [u.strip() for u in self.vllm_url.split(",") if u.strip()]
+
+    @property
     def collections_dir(self) -> Path:
         return self.data_dir / "collections"
 

@@ -66,7 +66,7 @@ class VLLMGenerator:
     @classmethod
     def from_settings(cls, settings: Settings) -> VLLMGenerator:
         return cls(
-            [u.strip() for u in settings.vllm_url.split(",") if u.strip()],
+            settings.vllm_urls,
             model=settings.vllm_model,
             api=settings.vllm_api,
             max_connections=settings.vllm_max_connections,
