@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from eval.processes import server_process
@@ -36,6 +37,16 @@ def scrape(http: httpx.Client) -> Samples:
         for s in family.samples:
             samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return samples
+
+
+def settled_scrape(http: httpx.Client, timeout_s: float = 10.0) -> Samples:
+    """One scrape, once this process's service has no request in flight. A request is counted
+    when its ASGI call returns, which for a stream can be a moment after the client has read
+    the last event (sse-starlette's task group winds down after the final send)."""
+    deadline = time.monotonic() + timeout_s
+    while (REGISTRY.get_sample_value("rag_http_requests_in_flight") or 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return scrape(http)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -72,7 +83,7 @@ def test_metrics_count_requests_cache_outcomes_and_stages(example_data_dir: Path
         assert http.post("/v1/query", json={"question": ""}).status_code == 400
         with http.stream("POST", "/v1/query", json={"question": "How do I reset my password?", "stream": True}) as r:
             assert r.status_code == 200 and "event: done" in r.read().decode()
-        after = scrape(http)
+        after = settled_scrape(http)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
