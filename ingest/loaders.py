@@ -139,50 +139,75 @@ _LOADERS: dict[str, Callable[[bytes, Path], tuple[str, str]]] = {
 }
 
 
-def _load_jsonl(data: bytes, path: Path, source: str) -> list[Document]:
-    docs: list[Document] = []
-    seen: set[str] = set()
+@dataclass
+class Loaded:
+    """A file's documents, and the lines of it that were skipped (with their reasons)."""
+
+    documents: list[Document]
+    problems: list[str] = field(default_factory=list)
+
+
+def _jsonl_record(line: str, lineno: int, path: Path, source: str) -> Document:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DocumentError(f"line {lineno} is not JSON ({exc.msg})") from exc
+    if not isinstance(record, dict):
+        raise DocumentError(f'line {lineno} is not an object like {{"id", "title", "text"}}')
+    text = record.get("text")
+    if text is None and "answer" in record:  # FAQ shape: question + answer is the passage
+        text = f"{record.get('question', '')}\n{record['answer']}"
+    if not isinstance(text, str) or not text.strip():
+        raise DocumentError(f'line {lineno} has no "text"')
+    doc_id = str(record.get("id", f"{path.stem}:{lineno}"))
+    title = str(record.get("title") or record.get("question") or doc_id)
+    return Document(document_id=doc_id, title=title, text=text, source=source)
+
+
+def _load_jsonl(data: bytes, path: Path, source: str) -> Loaded:
+    """Every good line is a document; a bad line (not JSON, no text, an id seen on an earlier
+    line) is skipped and reported with its number, and the rest of the file is still indexed."""
+    loaded = Loaded([])
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(_decode(data).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DocumentError(f"line {lineno} is not JSON ({exc.msg})") from exc
-        if not isinstance(record, dict):
-            raise DocumentError(f'line {lineno} is not an object like {{"id", "title", "text"}}')
-        text = record.get("text")
-        if text is None and "answer" in record:  # FAQ shape: question + answer is the passage
-            text = f"{record.get('question', '')}\n{record['answer']}"
-        if not isinstance(text, str) or not text.strip():
-            raise DocumentError(f'line {lineno} has no "text"')
-        doc_id = str(record.get("id", f"{path.stem}:{lineno}"))
-        if doc_id in seen:
-            raise DocumentError(f"line {lineno} repeats the id {doc_id!r}")
-        seen.add(doc_id)
-        title = str(record.get("title") or record.get("question") or doc_id)
-        docs.append(Document(document_id=doc_id, title=title, text=text, source=source))
-    return docs
+            doc = _jsonl_record(line, lineno, path, source)
+        except DocumentError as exc:
+            loaded.problems.append(exc.message)
+            continue
+        if doc.document_id in seen:
+            loaded.problems.append(
+                f"line {lineno} repeats the id {doc.document_id!r} of line {seen[doc.document_id]} - skipped; "
+                "give each line its own id"
+            )
+            continue
+        seen[doc.document_id] = lineno
+        loaded.documents.append(doc)
+    return loaded
 
 
-def load_file(path: Path, data: bytes, document_id: str) -> list[Document]:
-    """Turn one file's bytes into documents; raises DocumentError with the reason."""
+def load_file(path: Path, data: bytes, document_id: str, source: str | None = None) -> Loaded:
+    """Turn one file's bytes into documents; raises DocumentError with the reason when none
+    can be read. ``source`` is the path citations show (relative to the folder ingested)."""
     suffix = path.suffix.lower()
-    source = str(path)
+    source = source or path.name
     if not data.strip():
         raise DocumentError("empty file")
     if suffix == ".jsonl":
-        docs = _load_jsonl(data, path, source)
+        loaded = _load_jsonl(data, path, source)
     else:
         loader = _LOADERS.get(suffix)
         if loader is None:
             raise DocumentError(f"unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
         title, text = loader(data, path)
-        docs = [Document(document_id=document_id, title=title, text=text, source=source)]
-    docs = [d for d in docs if d.text.strip()]
-    if not docs:
-        raise DocumentError("no text could be extracted")
-    return docs
+        loaded = Loaded([Document(document_id=document_id, title=title, text=text, source=source)])
+    loaded.documents = [d for d in loaded.documents if d.text.strip()]
+    if not loaded.documents:
+        reasons = "; ".join(loaded.problems[:3])
+        raise DocumentError(f"no text could be extracted ({reasons})" if reasons else "no text could be extracted")
+    return loaded
 
 
 def iter_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:

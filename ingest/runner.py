@@ -55,6 +55,8 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped_lines: list[tuple[str, str]] = field(default_factory=list)
+    """Lines of a .jsonl file that were skipped while the rest of it was indexed: (file, reason)."""
     chunks_added: int = 0
     chunks_removed: int = 0
     chunks_total: int = 0
@@ -71,7 +73,8 @@ class IngestReport:
         rate = self.chunks_added / self.embed_seconds if self.embed_seconds > 0 else 0.0
         return (
             f"collection {self.collection!r}: {len(self.indexed)} files indexed, "
-            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed; "
+            f"{len(self.unchanged)} unchanged, {len(self.removed)} removed, {len(self.failed)} failed"
+            f"{f', {len(self.skipped_lines)} lines skipped' if self.skipped_lines else ''}; "
             f"{self.chunks_added} chunks added, {self.chunks_removed} removed, {self.chunks_total} in the {self.index_type} index; "
             f"{self.seconds:.1f} s ({rate:.0f} chunks/s embedding)"
         )
@@ -194,13 +197,15 @@ def ingest(
                     continue
                 try:
                     rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-                    docs = load_file(resolved, data, document_id=rel)
+                    loaded = load_file(resolved, data, document_id=rel, source=rel)
                 except DocumentError as exc:
                     report.failed.append((source, exc.message))
                     continue
                 except Exception as exc:  # a parser's own failure on one odd file must not end the run
                     report.failed.append((source, f"could not be read ({type(exc).__name__}: {exc})"))
                     continue
+                report.skipped_lines.extend((source, problem) for problem in loaded.problems)
+                docs = loaded.documents
                 chunks = [c for doc in docs for c in chunker.split(doc)]
                 pending.append((source, sha, [d.document_id for d in docs], chunks))
 
@@ -213,11 +218,11 @@ def ingest(
                 index_type == "flat" or (index_type == "hnsw" and not to_remove)
             )
             for source in to_remove:
-                old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE source = ?", (source,))]
+                old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE file = ?", (source,))]
                 if old_ids and incremental:
                     index.remove_ids(np.asarray(old_ids, dtype=np.int64))  # type: ignore[arg-type]
                 report.chunks_removed += len(old_ids)
-                db.execute("DELETE FROM chunks WHERE source = ?", (source,))
+                db.execute("DELETE FROM chunks WHERE file = ?", (source,))
                 db.execute("DELETE FROM files WHERE source = ?", (source,))
 
             all_chunks = [c for _, _, _, chunks in pending for c in chunks]
@@ -229,11 +234,13 @@ def ingest(
             embed_started = time.perf_counter()
             vectors = _embed(embedder, [c.embedding_text for c in all_chunks], settings.embedding_batch_size, progress)
             report.embed_seconds = time.perf_counter() - embed_started
+            files_of = [s for s, _, _, chunks in pending for _ in chunks]
             db.executemany(
-                "INSERT INTO chunks (id, source, document_id, title, position, text, vector) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (int(i), c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
-                    for i, c, v in zip(ids, all_chunks, vectors, strict=True)
+                    (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
+                    for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
                 ],
             )
             _embed_faq_questions(db, embedder, settings.embedding_batch_size)

@@ -48,7 +48,8 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.sqlite"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: chunks.file (the file on this host) apart from chunks.source (the path citations show)
+READABLE_FORMAT = 2  # the query path reads versions from here up (2 added the full-text index)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq", "sq8")
 COMPRESSED_TYPES = frozenset({"ivfpq", "sq8"})
 REFINE = 2  # compressed types: candidates re-scored exactly, as a multiple of the pool
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
+    file TEXT NOT NULL,
     source TEXT NOT NULL,
     document_id TEXT NOT NULL,
     title TEXT NOT NULL,
@@ -76,6 +78,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     text TEXT NOT NULL,
     vector BLOB
 );
+CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file);
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);
 CREATE INDEX IF NOT EXISTS chunks_title ON chunks(title);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
@@ -304,7 +307,7 @@ class CollectionIndex:
         if vdir is None:
             raise CollectionNotFoundError(name, collections_dir.parent)
         meta = json.loads((vdir / META_FILE).read_text())
-        if int(meta.get("format_version", 1)) < FORMAT_VERSION:
+        if int(meta.get("format_version", 1)) < READABLE_FORMAT:
             raise IndexMismatchError(
                 f"collection {name!r} was written by an older release (no full-text index) - "
                 f"re-ingest it with `rag ingest PATH --collection {name}`",
@@ -422,6 +425,15 @@ class CollectionIndex:
             found.get(dense[0]) if dense else None,
             found.get(lexical[0]) if lexical else None,
         )
+
+    def document_chunks(self, document_id: str, limit: int = 8) -> list[RetrievedChunk]:
+        """A document's first ``limit`` chunks in order (score 1.0: asked for by name, not found)."""
+        rows = self._db.execute(
+            "SELECT id, document_id, source, title, position, text FROM chunks WHERE document_id = ? "
+            "ORDER BY position LIMIT ?",
+            (document_id, limit),
+        ).fetchall()
+        return [RetrievedChunk(*row, score=1.0) for row in rows]  # type: ignore[misc]
 
     def stored_vectors(self, ids: list[int]) -> np.ndarray:
         return fetch_vectors(self._db, ids, int(self.meta["dimension"]))

@@ -19,7 +19,7 @@ from .conftest import EXAMPLES
 )
 def test_each_format_loads_title_and_text(name: str, title: str, needle: str) -> None:
     path = EXAMPLES / name
-    [doc] = load_file(path, path.read_bytes(), document_id=name)
+    [doc] = load_file(path, path.read_bytes(), document_id=name).documents
     assert doc.title == title
     assert needle in doc.text
     assert doc.document_id == name
@@ -27,15 +27,39 @@ def test_each_format_loads_title_and_text(name: str, title: str, needle: str) ->
 
 def test_html_drops_scripts_styles_and_navigation() -> None:
     path = EXAMPLES / "shipping-times.html"
-    [doc] = load_file(path, path.read_bytes(), document_id="x")
+    [doc] = load_file(path, path.read_bytes(), document_id="x").documents
     assert "analytics" not in doc.text and "font-family" not in doc.text and "Help centre" not in doc.text
 
 
 def test_jsonl_keeps_document_ids() -> None:
     path = EXAMPLES / "store-policies.jsonl"
-    docs = load_file(path, path.read_bytes(), document_id="ignored")
+    loaded = load_file(path, path.read_bytes(), document_id="ignored", source="policies/store-policies.jsonl")
+    docs = loaded.documents
     assert [d.document_id for d in docs] == ["policy-price-match", "policy-privacy", "policy-assembly"]
     assert docs[0].title == "Price match promise"
+    assert {d.source for d in docs} == {"policies/store-policies.jsonl"} and loaded.problems == []
+
+
+def test_jsonl_keeps_its_good_lines_and_reports_each_bad_one_by_number() -> None:
+    data = (
+        b'{"id": "a", "text": "Refunds take 5 days."}\n'
+        b"not json\n"
+        b'{"id": "a", "text": "A second line with the first id."}\n'
+        b'{"id": "b", "title": "no text here"}\n'
+        b"[1, 2]\n"
+        b'{"id": "c", "text": "Gift cards never expire."}\n'
+    )
+    loaded = load_file(Path("faq.jsonl"), data, document_id="faq.jsonl")
+    assert [d.document_id for d in loaded.documents] == ["a", "c"]
+    assert loaded.documents[0].text == "Refunds take 5 days."  # the first of a repeated id wins
+    assert [p.split(" ", 2)[:2] for p in loaded.problems] == [
+        ["line", "2"],
+        ["line", "3"],
+        ["line", "4"],
+        ["line", "5"],
+    ]
+    assert "not JSON" in loaded.problems[0] and "repeats the id 'a' of line 1" in loaded.problems[1]
+    assert 'no "text"' in loaded.problems[2] and "not an object" in loaded.problems[3]
 
 
 @pytest.mark.parametrize(
@@ -45,8 +69,7 @@ def test_jsonl_keeps_document_ids() -> None:
         ("binary.txt", b"\x00\x01\x02 binary junk", "binary"),
         ("latin1.txt", "caf\xe9 au lait".encode("latin-1"), "UTF-8"),
         ("broken.pdf", b"%PDF-1.4\n this is not really a pdf", "PDF"),
-        ("bad.jsonl", b'{"id": "a", "text": "fine"}\nnot json\n', "line 2"),
-        ("dupe.jsonl", b'{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "repeats"),
+        ("bad.jsonl", b"not json\n[]\n", "no text could be extracted .line 1 is not JSON.*line 2 is not an object"),
         ("notext.jsonl", b'{"id": "a", "title": "t"}\n', "text"),
     ],
 )
