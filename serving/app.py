@@ -132,28 +132,48 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
 
     @app.get("/readyz", responses=_ERRORS)
     async def readyz(request: Request) -> Any:
-        """Ready to answer: the default collection's index loads and the backend is up."""
+        """Ready to answer: every collection that has been ingested loads, and the backend is up.
+
+        Each collection is reported with its index version and size (or why it does not load);
+        with API keys configured, strangers see counts, not collection names."""
         pipe: Pipeline = request.app.state.pipeline
-        try:
-            index = pipe.get_index(settings.collection)
-        except Exception as exc:  # not ready is an answer here, not a failure
+        names = list_collections(settings.collections_dir)
+        if not names:
             return error_response(
-                503, f"not ready: {getattr(exc, 'message', exc)}", "service_unavailable", None, "not_ready"
+                503,
+                f"not ready: no collection has been ingested under {settings.data_dir} "
+                "- run `rag ingest PATH --collection NAME` first",
+                "service_unavailable",
+                None,
+                "not_ready",
             )
+        collections: dict[str, dict[str, Any]] = {}
+        for name in names:
+            try:
+                index = pipe.get_index(name)
+            except Exception as exc:  # not ready is an answer here, not a failure
+                collections[name] = {"status": "error", "message": str(getattr(exc, "message", exc))}
+            else:
+                collections[name] = {"status": "ready", "index_version": index.version, "chunks": len(index)}
+        broken = {n: c["message"] for n, c in collections.items() if c["status"] != "ready"}
+        public = authenticator.enabled()  # public route: no collection names to strangers
+        if broken:
+            detail = "; ".join(f"{n}: {m}" for n, m in broken.items()) if not public else f"{len(broken)} collection(s)"
+            return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready")
         ready = getattr(pipe.generator, "ready", None)
         if ready is not None and not await ready():
             raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready")
-        ready = {
+        body: dict[str, Any] = {
             "status": "ready",
-            "collection": index.name,
-            "index_version": index.version,
-            "chunks": len(index),
-            "collections": list_collections(settings.collections_dir),
             "backend": pipe.generator.name,
+            "chunks": sum(c["chunks"] for c in collections.values()),
         }
-        if authenticator.enabled():  # public route: no collection names to strangers
-            del ready["collections"]
-        return ready
+        if public:
+            body["collection_count"] = len(collections)
+        else:
+            body["collections"] = collections
+            body["default_collection"] = settings.collection if settings.collection in collections else None
+        return body
 
     return app
 

@@ -100,6 +100,29 @@ def test_dead_backend_is_503_and_cached_answers_still_serve(
     assert ok.status_code == 200 and ok.json()["answer"] == "cached"
 
 
+def test_readyz_reports_each_collection_and_needs_no_default(tmp_path: Path, corpus: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    from ingest.runner import ingest
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([corpus], "support", settings, embedder, progress=False)  # no collection called "default"
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as c:
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["status"] == "ready" and body["default_collection"] is None
+        assert list(body["collections"]) == ["support"] and body["collections"]["support"]["chunks"] > 10
+    # A collection whose index cannot be read makes the service not ready, and says which.
+    ingest([corpus], "legacy", settings, embedder, progress=False)
+    legacy = tmp_path / "data" / "collections" / "legacy"
+    (legacy / (legacy / "CURRENT").read_text().strip() / "meta.json").write_text('{"format_version": 1}')
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as c:
+        response = c.get("/readyz")
+        _assert_error(response, 503, "not_ready")
+        assert (
+            "legacy: " in response.json()["error"]["message"] and "support" not in response.json()["error"]["message"]
+        )
+
+
 def test_readyz_is_503_before_anything_is_ingested(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path, backend="extractive")
     with TestClient(create_app(settings, build_pipeline(settings, embedder))) as c:
