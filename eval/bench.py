@@ -71,14 +71,23 @@ def percentiles(latencies_ms: list[float], wall_s: float) -> dict[str, float]:
     }
 
 
+@dataclass
+class LoadResult:
+    latencies: list[float]
+    wall_s: float
+    other: int = 0  # answered, with another cache outcome than the one measured
+    errors: int = 0  # a 4xx/5xx or a broken connection: counted, never the end of the run
+    error_sample: str | None = None
+
+
 async def _load(
     url: str, questions: list[str], concurrency: int, count: int, want: str | None, start: int = 0
-) -> tuple[list[float], float, int]:
+) -> LoadResult:
     """``count`` requests cycling through ``questions`` from ``start``, ``concurrency`` at a
-    time; returns the latencies of those whose cache outcome is ``want`` (any when None), the
-    wall time and how many had another outcome."""
-    latencies: list[float] = []
-    other = 0
+    time. The latencies are those of the answers whose cache outcome is ``want`` (any when
+    None); a failed request (the reference's SQLite store answers "database is locked" under
+    concurrency) is counted as an error beside them."""
+    result = LoadResult([], 0.0)
     queue: asyncio.Queue[str] = asyncio.Queue()
     for i in range(start, start + count):
         queue.put_nowait(questions[i % len(questions)])
@@ -86,22 +95,27 @@ async def _load(
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
 
         async def worker() -> None:
-            nonlocal other
             while not queue.empty():
                 question = queue.get_nowait()
                 started = time.perf_counter()
-                response = await client.post("/v1/query", json={"question": question})
+                try:
+                    response = await client.post("/v1/query", json={"question": question})
+                    response.raise_for_status()
+                    body = response.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    result.errors += 1
+                    result.error_sample = result.error_sample or f"{type(exc).__name__}: {exc}"[:300]
+                    continue
                 elapsed = (time.perf_counter() - started) * 1000
-                response.raise_for_status()
-                if want is None or _outcome(response.json()) == want:
-                    latencies.append(elapsed)
+                if want is None or _outcome(body) == want:
+                    result.latencies.append(elapsed)
                 else:
-                    other += 1
+                    result.other += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    return latencies, wall, other
+        result.wall_s = time.perf_counter() - started
+    return result
 
 
 def _outcome(body: dict[str, Any]) -> str:
@@ -124,17 +138,19 @@ def measure(
         count = max(requests, 4 * c)
         warm = min(count, 2 * c)
         asyncio.run(_load(url, questions, c, warm, want, start=asked))  # warm the connections
-        latencies, wall, other = asyncio.run(_load(url, questions, c, count, want, start=asked + warm))
+        run = asyncio.run(_load(url, questions, c, count, want, start=asked + warm))
         repeated = max(0, min(count, asked + warm + count - len(questions)))
         asked += warm + count
         bar.update(1)
-        if not latencies:
-            out[f"c{c}"] = None
+        failures = {"errors": run.errors, "error_sample": run.error_sample} if run.errors else {}
+        if not run.latencies:
+            out[f"c{c}"] = failures or None
             continue
         out[f"c{c}"] = (
-            percentiles(latencies, wall)
-            | ({"other_outcomes": other} if other else {})
+            percentiles(run.latencies, run.wall_s)
+            | ({"other_outcomes": run.other} if run.other else {})
             | ({"repeated": repeated} if repeated else {})
+            | failures
         )
     return out
 
@@ -254,12 +270,17 @@ def run_bench(
     return result
 
 
+def _measured(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A level's row if any request of it was answered (a level can be all errors)."""
+    return row if row and "p50_ms" in row else None
+
+
 def scaling(paths: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Each path's requests/s at each level over its rate at the lowest level (what batching,
     here and in vLLM, buys)."""
     out: dict[str, dict[str, float]] = {}
     for path, levels in paths.items():
-        rows = [(level, row) for level, row in (levels or {}).items() if row]
+        rows = [(level, row) for level, row in (levels or {}).items() if _measured(row)]
         if len(rows) < 2:
             continue
         base = rows[0][1]["rps"]
@@ -278,7 +299,7 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
         if not levels or not theirs:
             continue
         for level, row in levels.items():
-            other = theirs.get(level)
+            row, other = _measured(row), _measured(theirs.get(level))
             if row and other:
                 out.setdefault(path, {})[level] = {
                     "p50_speedup": round(other["p50_ms"] / row["p50_ms"], 2),
@@ -290,19 +311,32 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"{'path':<14}{'level':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'rps':>9}   reference p50 / rps"]
+    lines = [
+        f"{'path':<14}{'level':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'rps':>9}{'errors':>8}   "
+        "reference p50 / rps / errors"
+    ]
     ref = (result.get("reference") or {}).get("paths", {})
     for path in PATHS:
         for level, row in (result["paths"].get(path) or {}).items():
             if row is None:
                 continue
-            other = (ref.get(path) or {}).get(level)
-            theirs = f"   {other['p50_ms']:.2f} ms / {other['rps']:.1f}" if other else ""
-            lines.append(
-                f"{path:<14}{level:>6}{row['p50_ms']:>9.2f}{row['p95_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['rps']:>9.2f}{theirs}"
+            other = (ref.get(path) or {}).get(level) or {}
+            theirs = (
+                f"   {other['p50_ms']:.2f} ms / {other['rps']:.1f}" if _measured(other) else "   - / -" if other else ""
+            ) + (f" / {other.get('errors', 0)}" if other else "")
+            figures = (
+                f"{row['p50_ms']:>9.2f}{row['p95_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['rps']:>9.2f}"
+                if _measured(row)
+                else f"{'-':>9}{'-':>9}{'-':>9}{'-':>9}"
             )
+            lines.append(f"{path:<14}{level:>6}{figures}{row.get('errors', 0):>8}{theirs}")
+    for side, paths in (("", result["paths"]), ("reference ", ref)):
+        for path, levels in (paths or {}).items():
+            for level, row in (levels or {}).items():
+                if row and row.get("errors"):
+                    lines.append(f"{side}{path} {level}: {row['errors']} failed, e.g. {row['error_sample']}")
     for path, levels in (result.get("scaling") or {}).items():
-        first = next(level for level, row in result["paths"][path].items() if row)
+        first = next(level for level, row in result["paths"][path].items() if _measured(row))
         lines.append(f"{path} throughput vs {first}: " + ", ".join(f"{lv} {x:.1f}x" for lv, x in levels.items()))
     ingest = result.get("ingest", {})
     ref_ingest = f" (reference {ingest['reference']:.0f})" if ingest.get("reference") else ""
@@ -329,7 +363,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
         labels, bars = [], []
         for path in paths:
             for who, source in (("ours", result["paths"]), ("reference", ref)):
-                row = (source.get(path) or {}).get(level)
+                row = _measured((source.get(path) or {}).get(level))
                 if row:
                     labels.append(f"{path}\n{who}")
                     bars.append([row["p50_ms"], row["p95_ms"], row["p99_ms"]])
@@ -350,7 +384,7 @@ def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:
     for colour, path in enumerate(paths):  # one colour a path; solid ours, dashed the reference
         for who, source, style in (("ours", result["paths"], "-o"), ("reference", ref, "--x")):
             rows = source.get(path) or {}
-            points = [(int(level[1:]), rows[level]["rps"]) for level in levels if rows.get(level)]
+            points = [(int(level[1:]), rows[level]["rps"]) for level in levels if _measured(rows.get(level))]
             if points:
                 ax.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=f"{path} ({who})")
     ax.set_xscale("log", base=2)

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from eval.bench import measure
+from eval.bench import measure, table
 
 from .conftest import ROOT
 
@@ -85,3 +85,37 @@ def test_each_level_asks_questions_the_levels_before_it_did_not() -> None:
     assert sorted(_Recorder.asked[10:30]) == sorted(questions[10:30])
     assert sorted(_Recorder.asked[30:]) == sorted(questions[:4])
     assert "repeated" not in out["c1"] and out["c4"]["repeated"] == 4
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """Every third request fails the way GPTCache's SQLite store does under concurrency."""
+
+    count = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).count += 1
+        failing = self.count % 3 == 0
+        body = b"Internal Server Error: database is locked" if failing else json.dumps({"answer": "ok"}).encode()
+        self.send_response(500 if failing else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_failing_server_is_counted_not_the_end_of_the_benchmark() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = measure(f"http://127.0.0.1:{server.server_port}", ["q"], [1, 2], requests=9, want=None, bar=_Bar())
+    finally:
+        server.shutdown()
+        server.server_close()
+    # c1: 2 warm-ups, then requests 3..11 (3, 6, 9 fail); c2: 4 warm-ups, then 16..24 (18, 21, 24 fail).
+    assert (out["c1"]["n"], out["c1"]["errors"]) == (6, 3) and (out["c2"]["n"], out["c2"]["errors"]) == (6, 3)
+    assert "500 Internal Server Error" in out["c1"]["error_sample"]
+    result = {"paths": {"exact_hit": out}, "reference": {"paths": {"exact_hit": out}}, "scaling": {}, "levels": [1, 2]}
+    assert "exact_hit c1: 3 failed" in table(result) and "reference exact_hit c2: 3 failed" in table(result)
