@@ -1,14 +1,29 @@
-"""`rag eval answers`: answer quality and latency of a backend on a QA data set.
+"""`rag eval answers`: is each answer right, an honest "I don't know", or wrong?
 
 Ingests the corpus into a scratch data dir, asks every question with the cache off, and
-scores each answer against the gold answers (SQuAD-normalised containment and token F1)
-and its citations against the gold passages.
+judges each answer without an LLM judge:
+
+- a question with ``facts`` (the help-centre set, ``eval/sets/``) is **right** when the answer
+  states every gold fact (any of its phrasings) and no ``forbidden`` claim (regular
+  expressions for the confident wrong answers: "yes, we deliver to Canada");
+- a question with only ``answers`` (XQuAD, the covid FAQ: the shared/data shape) is right when
+  the answer contains a gold answer (SQuAD-normalised), or restates a long one (80% of its
+  words are the gold answer's: a quoted sentence of the FAQ entry);
+- an answerable question answered "I don't know" is **abstained** (a false abstention);
+- an unanswerable question (``"answers": []``) is right only when the answer is "I don't
+  know";
+- everything else is **wrong**: a forbidden claim, or an answer without the gold facts.
+
+For an LLM backend the model's own answer is judged too, before the guard, so the report
+says what the guard caught (model wrong, served not wrong) and what it replaced needlessly
+(model right, served something else).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
 import tempfile
 import time
@@ -20,7 +35,9 @@ from tqdm import tqdm
 from rag.prompts import NO_ANSWER
 from rag.settings import Settings
 
-from .data import QAItem, contains_answer, token_f1
+from .data import QAItem, contains_answer, token_f1, within_gold
+
+VERDICTS = ("right", "abstained", "wrong")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -30,36 +47,122 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def _ask_all(pipeline: Any, items: list[QAItem], progress: bool | None) -> list[dict[str, Any]]:
+def _plain(text: str) -> str:
+    return " ".join(text.lower().replace("’", "'").split())
+
+
+def judge(item: QAItem, answer: str) -> tuple[str, str]:
+    """(right | abstained | wrong, why) for one answer to one question."""
+    if answer.strip() == NO_ANSWER:
+        return "abstained", "" if not item.answers else "abstained on an answerable question"
+    if not item.answers:
+        return "wrong", "answered a question the documents do not answer"
+    for pattern in item.forbidden:
+        if re.search(pattern, answer, flags=re.IGNORECASE):
+            return "wrong", f"forbidden claim /{pattern}/"
+    if item.facts:
+        plain = _plain(answer)
+        missing = [alts for alts in item.facts if not any(_plain(a) in plain for a in alts)]
+        if missing:
+            return "wrong", "missing: " + "; ".join(" | ".join(alts) for alts in missing)
+        return "right", ""
+    if contains_answer(answer, item.answers) or within_gold(answer, item.answers):
+        return "right", ""
+    return "wrong", "no gold answer in it"
+
+
+async def _ask_all(pipeline: Any, items: list[QAItem], progress: bool | None, label: str) -> list[dict[str, Any]]:
     rows = []
-    for item in tqdm(items, desc="answering", unit="q", disable=None if progress is None else not progress):
+    for item in tqdm(items, desc=f"answering ({label})", unit="q", disable=None if progress is None else not progress):
         started = time.perf_counter()
         answer = await pipeline.answer(item.question, "eval", history=item.history or None)
         elapsed = (time.perf_counter() - started) * 1000
         cited = [c.document_id for c in answer.citations]
-        rows.append(
-            {
-                "id": item.id,
-                "question": item.question,
-                "gold": item.answers,
-                "answer": answer.answer,
-                "contains": contains_answer(answer.answer, item.answers)
-                if item.answers
-                else answer.answer == NO_ANSWER,
-                "f1": token_f1(answer.answer, item.answers) if item.answers else float(answer.answer == NO_ANSWER),
-                "no_answer": answer.answer == NO_ANSWER,
-                "fell_back": not answer.grounded,
-                "cited_gold": bool(set(cited) & set(item.gold_passage_ids)),
-                "citation_recall": len(set(cited) & set(item.gold_passage_ids)) / len(set(item.gold_passage_ids))
-                if item.gold_passage_ids
-                else None,
-                "answerable": bool(item.answers),
-                "latency_ms": elapsed,
-                "generate_ms": answer.timings_ms["generate"],
-                "completion_tokens": answer.usage.get("completion_tokens") or 0,
-            }
-        )
+        verdict, why = judge(item, answer.answer)
+        row: dict[str, Any] = {
+            "id": item.id,
+            "kind": item.kind,
+            "question": item.question,
+            "gold": item.answers,
+            "answer": answer.answer,
+            "answer_kind": answer.answer_kind,
+            "verdict": verdict,
+            "why": why,
+            "answerable": bool(item.answers),
+            "f1": token_f1(answer.answer, item.answers) if item.answers else float(answer.answer == NO_ANSWER),
+            "citation_recall": len(set(cited) & set(item.gold_passage_ids)) / len(set(item.gold_passage_ids))
+            if item.gold_passage_ids and item.answers
+            else None,
+            "latency_ms": elapsed,
+            "generate_ms": answer.timings_ms.get("generate", 0.0),
+            "completion_tokens": answer.usage.get("completion_tokens") or 0,
+        }
+        if answer.model_answer is not None:  # an LLM answered: judge it before the guard too
+            row["model_answer"] = answer.model_answer
+            row["model_verdict"] = judge(item, answer.model_answer or NO_ANSWER)[0]
+            row["guard"] = answer.guard_reason
+        rows.append(row)
     return rows
+
+
+def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(rows)
+    out: dict[str, Any] = {"n": n}
+    for verdict in VERDICTS:
+        count = sum(r["verdict"] == verdict for r in rows)
+        out[verdict] = count
+        out[f"{verdict}_rate"] = count / n if n else None
+    return out
+
+
+def summarise(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    with_gold = [r["citation_recall"] for r in answerable if r["citation_recall"] is not None]
+    latencies = [r["latency_ms"] for r in rows]
+    gen_ms = sum(r["generate_ms"] for r in rows)
+    tokens = sum(r["completion_tokens"] for r in rows)
+    summary: dict[str, Any] = {
+        "backend": backend,
+        "questions": len(rows),
+        "all": _rates(rows),
+        "answerable": _rates(answerable),
+        "unanswerable": _rates(unanswerable),
+        "contains": sum(r["verdict"] == "right" for r in answerable) / len(answerable) if answerable else None,
+        "f1": sum(r["f1"] for r in answerable) / len(answerable) if answerable else None,
+        "citation_recall": sum(with_gold) / len(with_gold) if with_gold else None,
+        "abstain_rate": sum(r["verdict"] == "abstained" for r in unanswerable) / len(unanswerable)
+        if unanswerable
+        else None,
+        "false_abstain_rate": sum(r["verdict"] == "abstained" for r in answerable) / len(answerable)
+        if answerable
+        else None,
+        "quoted": sum(r["answer_kind"] == "quoted" for r in rows),
+        "latency_p50_ms": statistics.median(latencies) if latencies else 0.0,
+        "latency_p95_ms": _pct(latencies, 0.95),
+        "decode_tok_per_s": tokens / (gen_ms / 1000) if gen_ms else 0.0,
+        "by_kind": {
+            kind: _rates([r for r in rows if r["kind"] == kind])
+            for kind in sorted({r["kind"] for r in rows if r["kind"]})
+        },
+    }
+    judged = [r for r in rows if "model_verdict" in r]
+    if judged:
+        touched = [r for r in judged if r["guard"] is not None]
+        summary["guard"] = {
+            "model_right": sum(r["model_verdict"] == "right" for r in judged),
+            "model_wrong": sum(r["model_verdict"] == "wrong" for r in judged),
+            "model_abstained": sum(r["model_verdict"] == "abstained" for r in judged),
+            "acted": len(touched),
+            # The model was wrong, and what was served is not.
+            "caught": sum(r["model_verdict"] == "wrong" and r["verdict"] != "wrong" for r in touched),
+            # The model was wrong, and so is what was served (cut short, or a quote that misses).
+            "missed": sum(r["model_verdict"] == "wrong" and r["verdict"] == "wrong" for r in judged),
+            # The model was right and the guard still acted: needless, if harmless when the quote is right too.
+            "replaced_right": sum(r["model_verdict"] == "right" for r in touched),
+            "replaced_right_now_wrong": sum(r["model_verdict"] == "right" and r["verdict"] != "right" for r in touched),
+        }
+    return summary
 
 
 def evaluate_answers(
@@ -69,66 +172,117 @@ def evaluate_answers(
     *,
     progress: bool | None = None,
     index_type: str | None = None,
-) -> dict[str, Any]:
+    backends: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One result ({"summary", "rows"}) per backend spec (``extractive``, ``llamacpp:gemma3-270m``,
+    ``vllm``...), on one ingest of the corpus."""
     from ingest.runner import ingest
+    from rag.embedder import SentenceTransformerEmbedder
     from rag.pipeline import build_pipeline
 
+    results = []
     with tempfile.TemporaryDirectory(prefix="rag-eval-") as scratch:
-        settings = settings.model_copy(update={"data_dir": Path(scratch), "cache_enabled": False})
-        pipeline = build_pipeline(settings)
-        report = ingest(corpus, "eval", settings, pipeline.embedder, progress=progress, index_type=index_type)
+        base = settings.model_copy(update={"data_dir": Path(scratch), "cache_enabled": False})
+        embedder = SentenceTransformerEmbedder.from_settings(base).load()
+        ingest(corpus, "eval", base, embedder, progress=progress, index_type=index_type)
+        for spec in backends or [settings.backend]:
+            name, _, model = spec.partition(":")
+            update: dict[str, Any] = {"backend": name}
+            if model and name == "llamacpp":
+                update["llamacpp_model"] = model
+            elif model and name == "vllm":
+                update["vllm_model"] = model
+            pipeline = build_pipeline(base.model_copy(update=update), embedder)
 
-        async def run() -> list[dict[str, Any]]:
-            try:
-                return await _ask_all(pipeline, items, progress)
-            finally:
-                await pipeline.aclose()
+            async def run(pipeline: Any = pipeline, label: str = spec) -> list[dict[str, Any]]:
+                try:
+                    return await _ask_all(pipeline, items, progress, label)
+                finally:
+                    await pipeline.aclose()
 
-        rows = asyncio.run(run())
-    n = len(rows) or 1
-    answerable = [r for r in rows if r["answerable"]]
-    unanswerable = [r for r in rows if not r["answerable"]]
-    with_gold = [r["citation_recall"] for r in answerable if r["citation_recall"] is not None]
-
-    def share(selected: list[dict[str, Any]], key: str) -> float | None:
-        return sum(bool(r[key]) for r in selected) / len(selected) if selected else None
-
-    latencies = [r["latency_ms"] for r in rows]
-    gen_ms = sum(r["generate_ms"] for r in rows)
-    tokens = sum(r["completion_tokens"] for r in rows)
-    summary = {
-        "backend": pipeline.generator.name,
-        "shots": settings.shots,
-        "questions": len(rows),
-        "chunks": report.chunks_total,
-        "n": len(rows),
-        "contains": share(answerable, "contains"),
-        "f1": sum(r["f1"] for r in answerable) / len(answerable) if answerable else None,
-        "citation_recall": sum(with_gold) / len(with_gold) if with_gold else None,
-        "abstain_rate": share(unanswerable, "no_answer"),
-        "false_abstain_rate": share(answerable, "no_answer"),
-        "answer_contains_gold": sum(r["contains"] for r in rows) / n,
-        "token_f1": sum(r["f1"] for r in rows) / n,
-        "said_no_answer": sum(r["no_answer"] for r in rows) / n,
-        "grounding_fallbacks": sum(r["fell_back"] for r in rows) / n,
-        "cited_gold_passage": sum(r["cited_gold"] for r in rows) / n,
-        "latency_p50_ms": statistics.median(latencies) if latencies else 0.0,
-        "latency_p95_ms": _pct(latencies, 0.95),
-        "decode_tok_per_s": tokens / (gen_ms / 1000) if gen_ms else 0.0,
-    }
-    return {"summary": summary, "rows": rows}
+            rows = asyncio.run(run())
+            results.append({"summary": summarise(rows, pipeline.generator.name), "rows": rows})
+    return results
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = [
-        f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {'n/a' if v is None else v}"
-        for k, v in summary.items()
+    def line(label: str, r: dict[str, Any]) -> str:
+        if not r["n"]:
+            return f"  {label:<13} n=0"
+        return (
+            f"  {label:<13} n={r['n']:<4} right {r['right']:>4} ({r['right_rate']:.1%})  "
+            f"abstained {r['abstained']:>4} ({r['abstained_rate']:.1%})  wrong {r['wrong']:>4} ({r['wrong_rate']:.1%})"
+        )
+
+    out = [
+        f"{summary['backend']}: {summary['questions']} questions, p50 {summary['latency_p50_ms']:.0f} ms, "
+        f"p95 {summary['latency_p95_ms']:.0f} ms, {summary['quoted']} answers quoted",
+        line("answerable", summary["answerable"]),
+        line("unanswerable", summary["unanswerable"]),
     ]
-    return "\n".join(lines)
+    if summary.get("citation_recall") is not None:
+        out.append(f"  citation recall {summary['citation_recall']:.3f}, token F1 {summary['f1']:.3f}")
+    for kind, rates in summary["by_kind"].items():
+        out.append(line(kind, rates))
+    if "guard" in summary:
+        g = summary["guard"]
+        out.append(
+            f"  guard: the model alone was right {g['model_right']}, wrong {g['model_wrong']}, abstained "
+            f"{g['model_abstained']}; the guard acted on {g['acted']}: caught {g['caught']} wrong answers, "
+            f"missed {g['missed']}, replaced {g['replaced_right']} right ones "
+            f"({g['replaced_right_now_wrong']} of them ended not right)"
+        )
+    return "\n".join(out)
+
+
+def format_wrong(rows: list[dict[str, Any]]) -> str:
+    """Every wrong answer, with why it is wrong (and what the model said, if the guard acted)."""
+    out = []
+    for r in rows:
+        if r["verdict"] != "wrong":
+            continue
+        out.append(f"  [{r['id']}] {r['question']}\n      answer: {r['answer']}\n      why: {r['why']}")
+        if r.get("model_answer") is not None and r["model_answer"] != r["answer"]:
+            out.append(f"      model said: {r['model_answer']}  (guard: {r['guard']})")
+    return "\n".join(out) if out else "  none"
 
 
 def write_results(result: dict[str, Any], out_dir: Path, name: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"answers-{name}.json"
     path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    return path
+
+
+def plot(out_dir: Path) -> Path:
+    """answers.png: right / abstained / wrong of every run in ``out_dir`` (answerable and
+    unanswerable questions apart), one bar each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = []
+    for path in sorted(out_dir.glob("answers-*.json")):
+        summary = json.loads(path.read_text()).get("summary", {})
+        if "answerable" in summary:
+            runs.append((path.stem.removeprefix("answers-"), summary))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.45 * max(1, len(runs))), squeeze=False)
+    colours = {"right": "#2e7d32", "abstained": "#9e9e9e", "wrong": "#c62828"}
+    for ax, group in zip(axes[0], ("answerable", "unanswerable"), strict=True):
+        y = range(len(runs))
+        left = [0.0] * len(runs)
+        for verdict in VERDICTS:
+            widths = [(s[group][f"{verdict}_rate"] or 0.0) for _, s in runs]
+            ax.barh(list(y), widths, left=left, color=colours[verdict], label=verdict)
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        ax.set_yticks(list(y), [name for name, _ in runs], fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"{group} questions")
+        ax.invert_yaxis()
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "answers.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path

@@ -19,6 +19,11 @@ class QAItem:
     answers: list[str]
     gold_passage_ids: list[str] = field(default_factory=list)
     history: list[dict[str, str]] = field(default_factory=list)
+    facts: list[list[str]] = field(default_factory=list)
+    """Gold facts a right answer states, each as alternative phrasings (any one will do)."""
+    forbidden: list[str] = field(default_factory=list)
+    """Regular expressions for confident wrong claims: an answer matching one is wrong."""
+    kind: str = ""
 
 
 def load_qa(path: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]:
@@ -33,6 +38,9 @@ def load_qa(path: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]
                     list(r.get("answers", [])),
                     list(r.get("gold_passage_ids", [])),
                     list(r.get("history") or []),
+                    [list(f) if isinstance(f, list) else [f] for f in r.get("facts") or []],
+                    list(r.get("forbidden") or []),
+                    str(r.get("kind") or ""),
                 )
             )
     if limit is not None and limit < len(items):
@@ -73,3 +81,20 @@ def token_f1(prediction: str, answers: list[str]) -> float:
             precision, recall = common / len(pred), common / len(gold)
             best = max(best, 2 * precision * recall / (precision + recall))
     return best
+
+
+def _tokens(text: str) -> list[str]:
+    return normalize_answer(text).split()
+
+
+def within_gold(prediction: str, answers: list[str], min_tokens: int = 5) -> bool:
+    """A prediction that restates a long gold answer (an FAQ entry's whole answer): at least
+    80% of its words are the gold answer's. A quoted sentence of it always is."""
+    pred = _tokens(prediction)
+    if len(pred) < min_tokens:
+        return False
+    for answer in answers:
+        gold = Counter(_tokens(answer))
+        if len(gold) >= 3 * min_tokens and sum((Counter(pred) & gold).values()) >= 0.8 * len(pred):
+            return True
+    return False

@@ -107,6 +107,8 @@ def ingest(
     )
     for source, reason in report.failed:
         typer.secho(f"skipped {source}: {reason}", fg=typer.colors.YELLOW, err=True)
+    for source, reason in report.skipped_lines:
+        typer.secho(f"skipped in {source}: {reason}", fg=typer.colors.YELLOW, err=True)
     typer.echo(report.summary())
 
 
@@ -136,6 +138,12 @@ def serve(
     for name, value in overrides.items():
         if value is not None:
             os.environ[f"RAG_{name.upper()}"] = str(value)
+    if settings.backend == "llamacpp":
+        # Before any worker starts: a build this CPU cannot run is one line of advice here,
+        # not a worker killed by SIGILL (the check runs once per build, CPU and model).
+        from .generators.llamacpp import check_loads
+
+        _run(lambda: check_loads(settings.llamacpp_model, settings.data_dir / "checks", models_dir=settings.models_dir))
     bind, message = bind_address(settings.host, KeyStore(settings.data_dir).active())
     typer.secho(message, fg=typer.colors.YELLOW if bind != settings.host else None, err=True)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -417,21 +425,35 @@ def eval_answers(
     ] = None,
     corpus: Annotated[Optional[list[Path]], typer.Option(help="Corpus files/folders (instead of --data).")] = None,
     qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl (instead of --data).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Ask a fixed random sample of this many questions.")] = 100,
-    backend: Backend = None,
-    model: Annotated[Optional[str], typer.Option(help="llama.cpp model [env RAG_LLAMACPP_MODEL].")] = None,
+    limit: Annotated[
+        Optional[int], typer.Option(help="Ask a fixed random sample of this many questions (0: all).")
+    ] = 100,
+    backend: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backend",
+            "-b",
+            help="Backends to compare, comma-separated, each NAME or NAME:MODEL "
+            "(extractive, llamacpp:gemma3-270m, llamacpp:qwen2.5-1.5b, vllm) [env RAG_BACKEND].",
+        ),
+    ] = None,
     shots: Annotated[Optional[str], typer.Option(help="zero, one or few [env RAG_SHOTS].")] = None,
-    out: Annotated[Path, typer.Option(help="Where per-question results go.")] = Path("eval/results"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    out: Annotated[Path, typer.Option(help="Where per-question results and answers.png go.")] = Path("eval/results"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summaries as JSON.")] = False,
     index_type: Annotated[Optional[str], typer.Option(help="flat, hnsw, ivfpq or sq8.")] = None,
     mode: Annotated[Optional[str], typer.Option(help="hybrid, dense or lexical [env RAG_RETRIEVAL_MODE].")] = None,
+    progress: Annotated[Optional[bool], typer.Option(help="Progress bars (default: only on a terminal).")] = None,
 ) -> None:
-    """Answer quality: contains, F1, citation recall, abstain rates (questions with no
-    answers), latency."""
-    from eval.answers import evaluate_answers, format_summary, write_results
+    """Right, abstained or wrong, per backend: gold facts and forbidden claims where the set has
+    them (eval/sets/), gold answers otherwise; every wrong answer is printed, answers.png drawn."""
+    from eval.answers import evaluate_answers, format_summary, format_wrong, plot, write_results
     from eval.data import load_qa, resolve_dataset
 
-    settings = _settings(backend=backend, llamacpp_model=model, shots=shots, retrieval_mode=mode)
+    settings = _settings(
+        shots=shots,
+        retrieval_mode=mode,
+        **({"backend": backend} if backend and "," not in backend and ":" not in backend else {}),
+    )
     if data is not None:
         corpus_paths, qa_path = resolve_dataset(data)
     elif corpus and qa:
@@ -439,11 +461,24 @@ def eval_answers(
     else:
         _fail("give --data DIR, or --corpus PATH and --qa FILE")
         return
-    items = load_qa(qa_path, limit)
-    result = evaluate_answers(corpus_paths, items, settings, index_type=index_type)
-    typer.echo(json.dumps(result["summary"], indent=2) if as_json else format_summary(result["summary"]))
-    name = result["summary"]["backend"].replace(":", "-") + f"-{settings.shots}"
-    typer.echo(f"per-question results: {write_results(result, out, name)}", err=as_json)
+    items = load_qa(qa_path, limit or None)
+    specs = [b.strip() for b in (backend or settings.backend).split(",") if b.strip()]
+    results = _run(
+        lambda: evaluate_answers(
+            corpus_paths, items, settings, index_type=index_type, backends=specs, progress=progress
+        )
+    )
+    for result in results:
+        summary = result["summary"]
+        name = f"{qa_path.parent.name}-{qa_path.stem}-" + summary["backend"].replace(":", "-")
+        path = write_results(result, out, name)
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2))
+        else:
+            typer.echo(format_summary(summary))
+            typer.echo("wrong answers:\n" + format_wrong(result["rows"]))
+        typer.echo(f"per-question results: {path}", err=True)
+    typer.echo(f"plot: {plot(out)}", err=True)
 
 
 @eval_app.command("latency")

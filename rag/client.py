@@ -47,6 +47,8 @@ class QueryResult:
     timings_ms: dict[str, float]
     collection: str
     backend: str
+    answer_kind: str = "generated"
+    """generated, quoted (sentences of the documents, verbatim) or no_answer."""
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -58,6 +60,7 @@ class QueryResult:
             timings_ms=body.get("timings_ms", {}),
             collection=body.get("collection", ""),
             backend=body.get("backend", ""),
+            answer_kind=body.get("answer_kind", "generated"),
             raw=body,
         )
 

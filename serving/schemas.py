@@ -47,7 +47,7 @@ class QueryRequest(BaseModel):
 class CitationOut(BaseModel):
     id: int
     document_id: str
-    source: str
+    source: str = Field(description="The file the passage comes from, relative to the folder that was ingested.")
     title: str
     text: str
     score: float
@@ -70,6 +70,11 @@ class TimingsOut(BaseModel):
 
 class QueryResponse(BaseModel):
     answer: str
+    answer_kind: Literal["generated", "quoted", "no_answer"] = Field(
+        description="`generated`: the model's words, every clause checked against the documents; `quoted`: "
+        "sentences of the documents, verbatim (the extractive backend, or what the guard served in place of an "
+        'answer they do not support); `no_answer`: "I don\'t know from these documents."'
+    )
     citations: list[CitationOut]
     cache: CacheOut
     timings_ms: TimingsOut

@@ -101,3 +101,32 @@ async def test_no_request_scans_the_whole_cache(tmp_path: Path, example_data_dir
     await pipeline.answer("How long does a refund take?")  # the near-duplicate search
     assert (first.cache.hit, again.cache.kind) == (False, "exact")
     await pipeline.aclose()
+
+
+async def test_a_guard_replaced_answer_is_quoted_and_never_outlives_its_index_version(
+    tmp_path: Path, corpus: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    """The model's answer failed the guard: the quote served instead is cached for this index
+    version only, since a new ingest may let the model answer properly."""
+    from ingest.runner import ingest
+    from rag.pipeline import open_cache
+
+    settings = make_settings(tmp_path / "data")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    model = ScriptedModel("Refunds take 10 business days.")
+    pipeline = Pipeline(settings, embedder, model, open_cache(settings, embedder.dimension))
+    first = await pipeline.answer("How long do refunds take?")
+    assert (first.answer_kind, first.grounded) == ("quoted", False) and "10 business days" not in first.answer
+    assert "5 to 7 business days" in first.answer and first.citations
+    assert first.citations[0].document_id == "returns-and-refunds.md"
+    assert "guard_reason" not in first.to_dict() and "model_answer" not in first.to_dict()  # never sent
+    again = await pipeline.answer("How long do refunds take?")
+    assert again.cache.kind == "exact" and again.answer_kind == "quoted" and len(model.requests) == 1
+
+    (corpus / "gift-cards.txt").write_text("Gift cards\n\nGift cards are valid for 5 years.\n")  # another page
+    ingest([corpus], "default", settings, embedder, progress=False)
+    model.reply = "Refunds take 5 to 7 business days."
+    after = await pipeline.answer("How long do refunds take?")
+    assert not after.cache.hit and len(model.requests) == 2
+    assert (after.answer, after.answer_kind) == ("Refunds take 5 to 7 business days.", "generated")
+    await pipeline.aclose()

@@ -21,6 +21,7 @@ from ingest.chunker import Chunker
 from ingest.loaders import load_file
 from ingest.runner import ingest
 from rag import prompts
+from rag.evidence import units_of
 from rag.generators import Generation, GenerationRequest
 from rag.index import RetrievedChunk
 from rag.pipeline import Pipeline, build_pipeline
@@ -51,7 +52,7 @@ def _fixture_chunks() -> list[RetrievedChunk]:
     chunker = Chunker(800, 120)
     chunks: list[RetrievedChunk] = []
     for path in sorted(INJECTION.iterdir()):
-        for doc in load_file(path, path.read_bytes(), document_id=path.name):
+        for doc in load_file(path, path.read_bytes(), document_id=path.name).documents:
             for c in chunker.split(doc):
                 chunks.append(
                     RetrievedChunk(len(chunks) + 1, c.document_id, c.source, c.title, c.position, c.text, 0.9)
@@ -197,7 +198,11 @@ async def test_retrieved_injection_reaches_the_model_only_inside_a_document_bloc
     injected_data_dir: Path, embedder
 ) -> None:  # type: ignore[no-untyped-def]
     model = Recorder(Echo())
-    pipeline = Pipeline(make_settings(injected_data_dir, cache_enabled=False), embedder, model)  # type: ignore[arg-type]
+    # The whole retrieved passages (compressed), not the evidence: evidence never holds a
+    # sentence addressed to an assistant (the test after this one), so only this way does
+    # the planted text reach the prompt, whose quoting is what is tested here.
+    settings = make_settings(injected_data_dir, cache_enabled=False, llm_context="passages")
+    pipeline = Pipeline(settings, embedder, model)  # type: ignore[arg-type]
     answer = await pipeline.answer(DELIVERY)
     assert answer.citations[0].document_id == "injection/changing-your-delivery-address.md"
     prompt = model.requests[0].prompt
@@ -205,9 +210,27 @@ async def test_retrieved_injection_reaches_the_model_only_inside_a_document_bloc
     _assert_quoted(prompt, SHOTS["few"] + len(model.requests[0].passages))
 
 
+async def test_a_sentence_addressed_to_an_assistant_is_never_evidence_nor_quoted(
+    injected_data_dir: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    for path in sorted(INJECTION.iterdir()):
+        units = units_of(path.read_text())
+        assert units and not any("PWNED" in u or "maintenance mode" in u for u in units), units
+    assert "Gift wrapping costs 3 pounds per item and includes a handwritten card." in units_of(
+        (INJECTION / "gift-wrapping.md").read_text()
+    )  # the customer's sentences around the planted ones stay
+    pipeline = build_pipeline(make_settings(injected_data_dir, backend="extractive", cache_enabled=False), embedder)
+    for question in QUESTIONS:
+        answer = await pipeline.answer(question)
+        assert "PWNED" not in answer.answer and "instructions" not in answer.answer, (question, answer.answer)
+    await pipeline.aclose()
+
+
 @pytest.fixture(scope="module")
 def gemma(injected_data_dir: Path, embedder) -> Iterator[tuple[str, Recorder]]:  # type: ignore[no-untyped-def]
-    settings = make_settings(injected_data_dir, backend="llamacpp", llamacpp_model="gemma3-270m", cache_enabled=False)
+    settings = make_settings(
+        injected_data_dir, backend="llamacpp", llamacpp_model="gemma3-270m", cache_enabled=False, llm_context="passages"
+    )  # whole passages: the planted instructions reach the model, which must not obey them
     pipeline = build_pipeline(settings, embedder)
     recorder = Recorder(pipeline.generator)
     pipeline.generator = recorder  # type: ignore[assignment]

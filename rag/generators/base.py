@@ -35,6 +35,8 @@ class GenerationRequest:
     max_tokens: int = 96
     stop: list[str] = field(default_factory=list)
     temperature: float | None = None  # None: the backend's configured temperature
+    evidence: list[str] = field(default_factory=list)
+    """The sentences that answer the question, best first (the judge's choice; may be empty)."""
 
 
 @dataclass

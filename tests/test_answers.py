@@ -1,0 +1,78 @@
+"""`rag eval answers`: every answer judged right, abstained or wrong without an LLM judge."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from eval.answers import judge
+from eval.data import QAItem, load_qa
+
+from .conftest import EXAMPLES, ROOT
+
+HELP_CENTRE_QA = ROOT / "eval" / "sets" / "help-center" / "qa.jsonl"
+CANADA = QAItem(
+    "hc-x",
+    "do you deliver to canada?",
+    ["No: we ship to 24 countries."],
+    facts=[["24 countries", "Norway", "United States"]],
+    forbidden=[r"^\W*(yes|sure)\b", r"\bwe (do )?(deliver|ship)\w* to canada"],
+)
+
+
+def test_a_forbidden_claim_is_wrong_and_the_gold_facts_make_an_answer_right() -> None:
+    assert judge(CANADA, "Yes, I deliver to Canada.")[0] == "wrong"
+    assert judge(CANADA, "We ship to Canada and 23 other countries.")[1].startswith("forbidden claim")
+    assert judge(CANADA, "We ship to 24 countries, including Norway and the United States.") == ("right", "")
+    assert judge(CANADA, "We don't deliver to Canada.") == ("wrong", "missing: 24 countries | Norway | United States")
+    assert judge(CANADA, "I don't know from these documents.")[0] == "abstained"
+
+
+def test_unanswerable_questions_want_an_abstention_and_long_gold_answers_a_restatement() -> None:
+    none = QAItem("u", "who is your ceo?", [])
+    assert judge(none, "I don't know from these documents.")[0] == "abstained"
+    assert judge(none, "Our CEO is Jane.")[0] == "wrong"
+    faq = QAItem(
+        "f",
+        "how does it spread?",
+        [
+            "The virus spreads mainly between people who are in close contact with each other. "
+            "It can spread when an infected person coughs, sneezes, sings, talks or breathes, "
+            "and others nearby inhale the small liquid particles."
+        ],
+    )
+    assert judge(faq, "The virus spreads mainly between people who are in close contact.")[0] == "right"
+    assert judge(faq, "Wash your hands often with soap and water.")[0] == "wrong"
+    squad = QAItem("s", "how many points?", ["308"])
+    assert judge(squad, "The Panthers defense gave up just 308 points.")[0] == "right"
+
+
+def test_the_help_centre_set_is_well_formed() -> None:
+    items = load_qa(HELP_CENTRE_QA)
+    answerable = [i for i in items if i.answers]
+    assert len(items) >= 80 and len(items) - len(answerable) >= 20
+    assert all(i.facts for i in answerable) and all(i.kind for i in items)
+    for item in answerable:  # a right answer is possible: the reference answer is right
+        assert judge(item, item.answers[0])[0] == "right", item.id
+
+
+def test_rag_eval_answers_judges_each_backend_prints_the_wrong_answers_and_plots(tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    lines = HELP_CENTRE_QA.read_text().splitlines()
+    picked = [line for line in lines if json.loads(line)["kind"] in ("yes_no_trap", "unanswerable")][:6]
+    qa.write_text("\n".join(picked) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")} | {"HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "rag.cli", "eval", "answers", "--corpus", str(EXAMPLES), "--qa", str(qa),
+           "--limit", "0", "--backend", "extractive,instant", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("answerable    n=") == 2 and done.stdout.count("wrong answers:") == 2
+    assert "extractive: 6 questions" in done.stdout and "instant: 6 questions" in done.stdout
+    assert "guard: the model alone was right" in done.stdout  # instant writes its own words: guarded
+    results = sorted(tmp_path.glob("answers-*.json"))
+    assert len(results) == 2
+    for path in results:
+        rows = json.loads(path.read_text())["rows"]
+        assert {r["verdict"] for r in rows} <= {"right", "abstained", "wrong"} and len(rows) == 6
+    assert (tmp_path / "answers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
