@@ -186,6 +186,12 @@ def test_two_workers_share_one_set_of_metrics(example_data_dir: Path, tmp_path: 
                 n += 40
                 per_worker = queries_by_worker(metrics_dir)
         assert len(per_worker) == 2 and all(per_worker.values()), (per_worker, n)
+        # A request is counted when its ASGI call returns, a moment after the client has read
+        # the response: wait for the last ones to land (a lost count never would).
+        settle = time.monotonic() + 30
+        while sum(per_worker.values()) < n and time.monotonic() < settle:
+            time.sleep(0.1)
+            per_worker = queries_by_worker(metrics_dir)
         assert sum(per_worker.values()) == n, per_worker
         for _ in range(4):  # whichever worker answers, the figure is the service's
             with httpx.Client(base_url=url) as http:

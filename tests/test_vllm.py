@@ -64,11 +64,13 @@ def test_streaming_sends_tokens_then_the_final_answer(service_url: str) -> None:
     response, events = query_events(service_url, "What is the support phone number?", timeout=120)
     assert response.headers["content-type"].startswith("text/event-stream")
     kinds = [k for k, _ in events]
-    assert kinds.count("token") >= 3 and kinds[-1] == "done" and "error" not in kinds
+    # Text is released a clause at a time once the guard has passed it (or, if nothing of the
+    # model's answer stands, the quote replaces it): whatever was sent is the final answer.
+    assert kinds.count("token") >= 1 and kinds[-1] == "done" and "error" not in kinds
     done = events[-1][1]
     streamed = "".join(d["text"] for k, d in events if k == "token")
-    assert done["answer"] == streamed.strip() or done["grounded"] is False
-    assert done["citations"] and done["timings_ms"]["first_token"] < done["timings_ms"]["generate"]
+    assert done["answer"] == streamed.strip(), (streamed, done["answer"])
+    assert done["citations"] and done["timings_ms"]["first_token"] <= done["timings_ms"]["generate"]
 
 
 def test_stream_request_that_is_bad_gets_a_plain_4xx(service_url: str) -> None:
@@ -92,24 +94,18 @@ def _max_running(vllm_url: str, stop: asyncio.Event) -> "asyncio.Task[float]":
 
 
 async def test_concurrent_questions_are_batched_by_vllm(vllm_url: str, example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """Batching as vLLM itself reports it (its running-requests gauge), not as a wall-clock
+    ratio: how much faster 16 at once are depends on the machine (that figure is `rag bench`'s)."""
     settings = make_settings(example_data_dir, backend="vllm", vllm_url=vllm_url, cache_enabled=False, max_tokens=32)
     pipeline: Pipeline = build_pipeline(settings, embedder)
     try:
         await pipeline.answer("warm-up: how do I contact support?")
-        started = time.perf_counter()
-        for q in QUESTIONS:
-            await pipeline.answer(q)
-        sequential = time.perf_counter() - started
-
         stop = asyncio.Event()
         peak = _max_running(vllm_url, stop)
-        started = time.perf_counter()
         answers = await asyncio.gather(*(pipeline.answer(q) for q in QUESTIONS))
-        concurrent = time.perf_counter() - started
         stop.set()
         assert all(a.answer for a in answers)
-        assert await peak >= 8, "vLLM never had many requests running at once"
-        assert concurrent < 0.5 * sequential, f"16 at once took {concurrent:.1f} s vs {sequential:.1f} s one by one"
+        assert await peak >= 8, "vLLM never had many requests running at once: the service serialised them"
     finally:
         await pipeline.aclose()
 
