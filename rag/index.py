@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .embedder import calibration_of
 from .errors import CollectionNotFoundError, IndexMismatchError, InvalidRequestError
 
 INDEX_FILE = "index.faiss"
@@ -55,9 +56,6 @@ COMPRESSED_TYPES = frozenset({"ivfpq", "sq8"})
 REFINE = 2  # compressed types: candidates re-scored exactly, as a multiple of the pool
 FILTER_FIELDS = ("title", "document_id", "source")
 RRF_K = 60
-# An FAQ entry's question alone is a third ranking, from this cosine to the user's question
-# up (below it, "the closest FAQ question" is no evidence; MiniLM paraphrases score >= 0.6).
-FAQ_QUESTION_FLOOR = 0.5
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 SCHEMA = """
@@ -277,6 +275,9 @@ class CollectionIndex:
         self._titles: list[str] | None = None
         self._db = sqlite3.connect(f"file:{version_dir / CHUNKS_FILE}?mode=ro", uri=True, check_same_thread=False)
         self._faq: tuple[np.ndarray, np.ndarray] | None = None
+        # An FAQ entry's question alone is a third ranking, from this cosine to the user's
+        # question up (below it, "the closest FAQ question" is no evidence).
+        self.faq_question_floor = calibration_of(str(meta.get("embedding_model"))).faq_question_floor
 
     @property
     def version(self) -> str:
@@ -346,7 +347,7 @@ class CollectionIndex:
         if not len(ids):
             return []
         scores = matrix @ query
-        keep = scores >= FAQ_QUESTION_FLOOR
+        keep = scores >= self.faq_question_floor
         if allowed is not None:
             keep &= np.isin(ids, allowed)
         order = np.flatnonzero(keep)
@@ -362,7 +363,7 @@ class CollectionIndex:
     ) -> list[RetrievedChunk]:
         """The ``k`` best chunks: dense and BM25 rankings fused by reciprocal rank (``mode``
         "dense" or "lexical" uses one), within ``filters``. In hybrid mode the FAQ entries whose
-        question alone is close to the query (cosine >= ``FAQ_QUESTION_FLOOR``) are a third
+        question alone is close to the query (cosine >= the model's ``faq_question_floor``: MiniLM 0.5) are a third
         ranking: a reworded question matches the FAQ's question better than its answer.
         ``score`` is each chunk's cosine similarity to the query, whichever ranking found it
         (the relevance floor reads it)."""

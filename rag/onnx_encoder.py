@@ -106,27 +106,28 @@ def _export(model: Any, path: Path) -> None:
 
     transformer = model[0].auto_model.eval()
 
+    sample = model.tokenizer(["a question to trace"], return_tensors="pt")
+    inputs = [name for name in INPUTS if name in sample]  # MPNet takes no token_type_ids
+
     class LastHidden(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.inner = transformer
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            out = self.inner(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-            return out.last_hidden_state
+        def forward(self, *args: Any) -> Any:
+            return self.inner(**dict(zip(inputs, args, strict=True))).last_hidden_state
 
-    sample = model.tokenizer(["a question to trace"], return_tensors="pt")
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")  # several workers may export at once
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on code paths it cannot follow
         torch.onnx.export(
             LastHidden(),
-            tuple(sample[name] for name in INPUTS),
+            tuple(sample[name] for name in inputs),
             str(partial),
-            input_names=list(INPUTS),
+            input_names=inputs,
             output_names=["last_hidden_state"],
-            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in [*INPUTS, "last_hidden_state"]},
+            dynamic_axes={name: {0: "batch", 1: "tokens"} for name in [*inputs, "last_hidden_state"]},
             opset_version=17,
             dynamo=False,
         )

@@ -24,7 +24,7 @@ from . import __version__
 from .cache_checks import faq_confirmed, faq_entry, sources_agree
 from .compress import compress
 from .conversation import standalone
-from .embedder import Embedder, embed_async
+from .embedder import Embedder, embed_async, question_text
 from .errors import BackendUnavailableError, InvalidRequestError, RagError
 from .evidence import Evidence, Unit, merge, select_evidence, span_texts
 from .generators import GenerationRequest, Generator
@@ -203,6 +203,7 @@ class Pipeline:
                 settings.evidence_window,
                 settings.llm_context,
                 settings.guard,
+                embedder.name,
                 # int8 question vectors are a space of their own: no near-duplicate search
                 # across it (fp32 ONNX and torch agree to 0.99999, so they share one).
                 *(["int8-questions"] if settings.embedding_onnx == "int8" else []),
@@ -358,7 +359,7 @@ class Pipeline:
         retrieved: list[RetrievedChunk] = []
         if hit is None:
             t = time.perf_counter()
-            prep.vector = (await embed_async(self.embedder, [search_text]))[0]
+            prep.vector = (await embed_async(self.embedder, [question_text(self.embedder, search_text)]))[0]
             prep.timings["embed"] = (time.perf_counter() - t) * 1000
             # Retrieval (and a reranker, if any) and the near-duplicate search are CPU work:
             # on the pipeline's pool, so the event loop keeps serving other requests.

