@@ -164,7 +164,7 @@ def _service(data_dir: Path, backend: str, cache: bool, log: Path, env_extra: di
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")} | env_extra
     env |= {"RAG_DATA_DIR": str(data_dir), "RAG_BACKEND": backend, "RAG_CACHE_ENABLED": str(cache).lower()}
     env |= {"RAG_COLLECTION": "bench", "HF_HUB_OFFLINE": "1"}
-    return _server([sys.executable, "-m", "rag.cli", "serve", "--host", "127.0.0.1"], env, log)
+    return _server([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1"], env, log)
 
 
 def _reference(corpus: Path, cache: bool, log: Path) -> Any:

@@ -75,7 +75,7 @@ def test_rag_eval_answers_judges_each_backend_prints_the_wrong_answers_and_plots
     picked = [line for line in lines if json.loads(line)["kind"] in ("yes_no_trap", "unanswerable")][:6]
     qa.write_text("\n".join(picked) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")} | {"HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "rag.cli", "eval", "answers", "--corpus", str(EXAMPLES), "--qa", str(qa),
+    cmd = [sys.executable, "-m", "cli", "eval", "answers", "--corpus", str(EXAMPLES), "--qa", str(qa),
            "--limit", "0", "--backend", "extractive,instant", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

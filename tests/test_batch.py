@@ -25,7 +25,7 @@ def _batch(data_dir: Path, questions: Path, out: Path) -> subprocess.CompletedPr
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     args = ["batch", str(questions), "-o", str(out), "--concurrency", "4", "--data-dir", str(data_dir),
             "--backend", "extractive"]  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "rag.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def test_batch_answers_in_order_records_failures_and_resumes(tmp_path: Path, example_data_dir: Path) -> None:

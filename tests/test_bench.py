@@ -21,7 +21,7 @@ KEYS = {"p50_ms", "p95_ms", "p99_ms", "rps"}
 
 def test_rag_bench_measures_every_path_beside_the_reference(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")} | {"HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "rag.cli", "bench", "--backend", "extractive", "--concurrency", "1,4",
+    cmd = [sys.executable, "-m", "cli", "bench", "--backend", "extractive", "--concurrency", "1,4",
            "--requests", "16", "--backend-requests", "8", "--json", "--out", str(tmp_path)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -85,7 +85,7 @@ def test_cache_consults_the_verifier(tmp_path: Path, trained, embedder) -> None:
 def _rag(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "rag.cli", *args], capture_output=True, text=True, env=env, cwd=cwd)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 def test_calibrate_from_labelled_questions_writes_a_verifier_the_eval_uses(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from .conftest import ROOT
 def rag(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(data_dir), "RAG_BACKEND": "extractive"}
     return subprocess.run(
-        [sys.executable, "-m", "rag.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -45,7 +45,7 @@ def test_known_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    from rag.cli import settings_table
+    from cli.settings import settings_table
     from rag.settings import Settings
 
     readme = (ROOT / "README.md").read_text()

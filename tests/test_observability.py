@@ -166,7 +166,7 @@ def test_two_workers_share_one_set_of_metrics(example_data_dir: Path, tmp_path: 
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    cmd = [sys.executable, "-m", "rag.cli", "serve", "--workers", "2", "--host", "0.0.0.0", "--port", str(port),
+    cmd = [sys.executable, "-m", "cli", "serve", "--workers", "2", "--host", "0.0.0.0", "--port", str(port),
            "--backend", "extractive", "--data-dir", str(example_data_dir)]  # fmt: skip
     log = tmp_path / "serve.log"
     with server_process(cmd, env, log, port, health="/readyz", timeout_s=120) as url:

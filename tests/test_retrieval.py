@@ -190,7 +190,7 @@ async def test_the_reranker_stage_decides_the_order(hotels_dir: Path, embedder) 
 def _rag(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "rag.cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def test_rag_eval_retrieval_prints_every_metric_and_plots(tmp_path: Path) -> None:

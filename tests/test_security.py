@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from cli.serve import bind_address
 from ingest.runner import ingest
-from rag.cli import bind_address
 from serving.auth import KeyStore
 
 from .conftest import EXAMPLES, make_settings

@@ -1,0 +1,23 @@
+"""The `rag` command, the top layer: it parses flags into Settings and calls the packages
+below it (serving, ingest, eval; rag and cache under those). One module per command group;
+the commands are registered here, in the order `rag --help` lists them."""
+
+from __future__ import annotations
+
+from . import ask, bench, cache, ingest, jobs, keys, serve, settings
+from . import eval as evaluate
+from .app import app
+
+app.command()(jobs.batch)
+app.command()(ingest.ingest)
+app.command()(serve.serve)
+app.add_typer(keys.keys_app, name="keys")
+app.command()(ask.ask)
+app.command()(bench.bench)
+app.add_typer(evaluate.eval_app, name="eval")
+app.add_typer(cache.cache_app, name="cache")
+app.command("settings")(settings.show_settings)
+
+
+def main() -> None:
+    app()

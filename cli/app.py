@@ -1,0 +1,42 @@
+"""The Typer app the commands are registered on, and what they share: the common options,
+the settings from flags, and the one way a command fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded, cited answers from your documents.")
+
+DataDir = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Where indexes and the cache live [env RAG_DATA_DIR].")
+]
+Collection = Annotated[Optional[str], typer.Option("--collection", "-c", help="Collection name [env RAG_COLLECTION].")]
+Backend = Annotated[
+    Optional[str], typer.Option("--backend", "-b", help="Generator backend: llamacpp, extractive [env RAG_BACKEND].")
+]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        fail(f"invalid settings: {exc}")
+        raise
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def run_or_fail(fn: Any) -> Any:
+    try:
+        return fn()
+    except RagError as exc:
+        fail(exc.message)

@@ -1,0 +1,64 @@
+"""`rag bench`: latency and throughput of each path against the reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import Backend, load_settings, run_or_fail
+
+_BENCH_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
+
+
+def bench(
+    corpus: Annotated[
+        Path, typer.Option(help="FAQ-shaped corpus (id, question, answer): ingested, its questions cached.")
+    ] = _BENCH_FIXTURES / "covid_faq_slice.jsonl",
+    qa: Annotated[Optional[Path], typer.Option(help="qa.jsonl: the questions of the miss paths.")] = _BENCH_FIXTURES
+    / "covid_faq_queries_slice.jsonl",
+    url: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Measure this running service (hit paths only; the corpus ingested as its default collection)."
+        ),
+    ] = None,
+    backend: Backend = None,
+    vllm_url: Annotated[
+        Optional[str], typer.Option(help="vLLM base URL(s) for the miss_backend path [env RAG_VLLM_URL].")
+    ] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated levels.")] = "1,8,32",
+    requests: Annotated[int, typer.Option(help="Requests per path and level (at least 4x the level).")] = 200,
+    backend_requests: Annotated[int, typer.Option(help="Requests per level of the miss_backend path.")] = 32,
+    skip_backend: Annotated[bool, typer.Option("--skip-backend", help="Leave out miss_backend.")] = False,
+    reference: Annotated[
+        bool, typer.Option(help="Run the LangChain + GPTCache reference too (pip install -e '.[reference]').")
+    ] = True,
+    out: Annotated[Optional[Path], typer.Option(help="Write bench.json and PNG plots here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Latency p50/p95/p99 and requests/s of exact hits, semantic hits and misses at each
+    concurrency, over HTTP, beside the reference pipeline; ingest chunks/s."""
+    from eval.bench import plot, run_bench, table
+
+    settings = load_settings(backend=backend, vllm_url=vllm_url)
+    levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    result = run_or_fail(
+        lambda: run_bench(
+            corpus, qa if qa and qa.exists() else None, settings, levels=levels, requests=requests,
+            backend_requests=backend_requests, url=url, reference=reference, skip_backend=skip_backend,
+        )
+    )  # fmt: skip
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+        pictures = plot(result, out)
+        typer.secho(f"wrote {out / 'bench.json'}, " + ", ".join(str(p) for p in pictures), err=True, dim=True)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(table(result))
+    for path, levels_ in result["ratios"].items():
+        typer.echo(f"vs reference, {path}: {levels_}")

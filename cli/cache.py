@@ -1,0 +1,95 @@
+"""`rag cache`: look at, calibrate or empty the response cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .app import Collection, DataDir, fail, load_settings, run_or_fail
+
+cache_app = typer.Typer(no_args_is_help=True, help="Look at or empty the response cache.")
+
+
+def _open_cache(data_dir: Path | None) -> Any:
+    from rag.embedder import EMBEDDING_MODELS
+    from rag.pipeline import open_cache
+
+    settings = load_settings(data_dir=data_dir)
+    return run_or_fail(lambda: open_cache(settings, EMBEDDING_MODELS[settings.embedding_model].dimension))
+
+
+@cache_app.command("stats")
+def cache_stats(data_dir: DataDir = None) -> None:
+    """Entries and bytes on disk, per collection (JSON)."""
+    cache = _open_cache(data_dir)
+    stats = cache.stats()
+    stats.pop("lookups")  # per process: see GET /v1/cache/stats on a running server
+    typer.echo(json.dumps(stats, indent=2))
+
+
+@cache_app.command("calibrate")
+def cache_calibrate(
+    pairs: Annotated[
+        Optional[Path], typer.Option(help="Labelled pairs from your domain: text_a, text_b, label (1 = same request).")
+    ] = None,
+    questions: Annotated[
+        Optional[Path],
+        typer.Option(help="Labelled questions (CSV/JSONL: text, label): same label = same request; pairs are drawn."),
+    ] = None,
+    max_false_hit_rate: Annotated[
+        float, typer.Option(help="Largest share of different-request pairs allowed to hit.")
+    ] = 0.01,
+    verifier: Annotated[bool, typer.Option(help="Train a pair verifier; kept only if it beats a threshold.")] = True,
+    data_dir: DataDir = None,
+    env_file: Annotated[Path, typer.Option(help="Where the chosen settings are written.")] = Path(".env"),
+) -> None:
+    """Choose the cache settings from labelled data of your domain and write them to .env.
+
+    A fifth of the data is held out; the rates printed are measured on it."""
+    from eval.cache import calibrate, load_labelled_questions, load_pairs, write_env
+    from rag.embedder import SentenceTransformerEmbedder
+
+    if pairs is None and questions is None:
+        fail("give --pairs FILE and/or --questions FILE")
+    settings = load_settings(data_dir=data_dir)
+    try:
+        labelled = load_labelled_questions(questions) if questions else None
+        embedder = SentenceTransformerEmbedder.from_settings(settings).load()
+        typer.echo("embedding and training (a minute on 10k questions)...", err=True)
+        result = calibrate(embedder, max_false_hit_rate, load_pairs(pairs) if pairs else None, labelled, verifier)
+    except (OSError, ValueError, KeyError) as exc:
+        fail(str(exc))
+        return
+    best = result["chosen"]
+    if best is None:
+        fail(f"no setting keeps false hits under {max_false_hit_rate:.1%}: keep the cache exact-only")
+        return
+    for name in ("threshold_only", "with_verifier"):
+        if result.get(name) is not None:
+            row = result[name]
+            typer.echo(
+                f"{name.replace('_', ' ')}: threshold {row['threshold']:.2f} -> hit rate {row['hit_rate']:.3f}, "
+                f"false-hit rate {row['false_hit_rate']:.3f}"
+            )
+    write_env(env_file, "RAG_CACHE_THRESHOLD", f"{best['threshold']:.2f}")
+    path = None
+    if result["verifier"] is not None:
+        path = (settings.data_dir / "cache-verifier.npz").resolve()
+        result["verifier"].save(path)
+    write_env(env_file, "RAG_CACHE_VERIFIER", str(path) if path else None)
+    typer.echo(
+        f"RAG_CACHE_THRESHOLD={best['threshold']:.2f}"
+        + (f", RAG_CACHE_VERIFIER={path}" if path else "")
+        + f" written to {env_file}: hit rate {best['hit_rate']:.3f}, false-hit rate {best['false_hit_rate']:.3f}"
+        f" on {result['n_holdout']} held-out pairs ({result['n_fit']} used to fit)"
+    )
+
+
+@cache_app.command("clear")
+def cache_clear(collection: Collection = None, data_dir: DataDir = None) -> None:
+    """Drop every cached answer, or one collection's."""
+    cleared = _open_cache(data_dir).clear(collection)
+    typer.echo(f"cleared {cleared} cached answers" + (f" of collection {collection!r}" if collection else ""))

@@ -1,0 +1,61 @@
+"""`rag keys`: API keys: create, list, revoke."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .app import DataDir, fail, load_settings, run_or_fail
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+
+
+@keys_app.command("create")
+def keys_create(
+    collections: Annotated[
+        Optional[str], typer.Option(help="Comma-separated collections the key reaches ('*' for all).")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Every collection, plus admin routes.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="A label to recognise the key by.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a key and print it once; only its hash is stored."""
+    from serving.auth import KeyStore
+
+    settings = load_settings(data_dir=data_dir)
+    wanted = [c.strip() for c in (collections or "").split(",") if c.strip()]
+    store = KeyStore(settings.data_dir)
+    key, info = run_or_fail(lambda: store.create(wanted, admin=admin, name=name))
+    store.close()
+    scope = "admin, every collection" if info.admin else "collections: " + ", ".join(info.collections)
+    typer.secho(f"key {info.id} ({scope}); shown only now, store it safely:", err=True)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDir = None) -> None:
+    """Keys by id (never the keys themselves)."""
+    from serving.auth import KeyStore
+
+    store = KeyStore(load_settings(data_dir=data_dir).data_dir)
+    for info in store.list():
+        state = "revoked" if info.revoked_at else "active"
+        kind = "admin" if info.admin else ",".join(info.collections)
+        typer.echo(f"{info.id}\t{state}\t{kind}\t{info.name or ''}")
+    store.close()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (from `rag keys list`).")], data_dir: DataDir = None
+) -> None:
+    """Revoke a key: it stops working within seconds, in every worker."""
+    from serving.auth import KeyStore
+
+    store = KeyStore(load_settings(data_dir=data_dir).data_dir)
+    revoked = store.revoke(key_id)
+    store.close()
+    if not revoked:
+        fail(f"no active key {key_id!r} - see `rag keys list`")
+    typer.echo(f"revoked {key_id}")

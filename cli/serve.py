@@ -1,0 +1,75 @@
+"""`rag serve`: the HTTP service (uvicorn), and the address it may bind."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .app import Backend, DataDir, load_settings, run_or_fail
+
+
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address [env RAG_HOST].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [env RAG_PORT].")] = None,
+    backend: Backend = None,
+    data_dir: DataDir = None,
+    vllm_url: Annotated[
+        Optional[str], typer.Option(help="vLLM base URL(s), comma-separated [env RAG_VLLM_URL].")
+    ] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Worker processes [env RAG_WORKERS].")] = None,
+) -> None:
+    """Run the REST service."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    from serving.auth import KeyStore
+
+    overrides = {"host": host, "port": port, "backend": backend, "data_dir": data_dir, "vllm_url": vllm_url}
+    overrides["workers"] = workers
+    settings = load_settings(**overrides)
+    # Every worker builds its app from the environment: hand the flags down that way.
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[f"RAG_{name.upper()}"] = str(value)
+    if settings.backend == "llamacpp":
+        # Before any worker starts: a build this CPU cannot run is one line of advice here,
+        # not a worker killed by SIGILL (the check runs once per build, CPU and model).
+        from rag.generators.llamacpp import check_loads
+
+        run_or_fail(
+            lambda: check_loads(settings.llamacpp_model, settings.data_dir / "checks", models_dir=settings.models_dir)
+        )
+    bind, message = bind_address(settings.host, KeyStore(settings.data_dir).active())
+    typer.secho(message, fg=typer.colors.YELLOW if bind != settings.host else None, err=True)
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers write their metrics here; /metrics sums them. A fresh folder per run.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rag-metrics-")
+    uvicorn.run(
+        "serving.app:app_from_env",
+        factory=True,
+        host=bind,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,  # the app logs JSON lines itself (RAG_LOG_FORMAT)
+        access_log=False,  # one access line per request comes from the app, with its request id
+    )
+
+
+def bind_address(host: str, active_keys: int) -> tuple[str, str]:
+    """Where `rag serve` may listen, and what it tells the operator: without API keys,
+    only this machine can reach the service."""
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if active_keys:
+        return host, f"API keys required ({active_keys} active); listening on {host}"
+    if loopback:
+        return host, (
+            f"no API keys configured: listening on {host} only (this machine). "
+            "To serve other hosts, create a key with `rag keys create` and set RAG_HOST."
+        )
+    return "127.0.0.1", (
+        f"no API keys configured: refusing to listen on {host}; listening on 127.0.0.1 only. "
+        "Create a key with `rag keys create --collections NAME` (or --admin), then restart."
+    )
