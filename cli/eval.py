@@ -236,8 +236,8 @@ def eval_cache(
     """Correct and wrong cache hits on labelled pairs or an FAQ with reworded questions, with
     the configured checks (guards, margin, calibrated verifier)."""
     from eval.cache import _embed_unique, eval_faq, eval_pairs, load_pairs, plot_sweep
+    from rag.cache_policy import load_verifier
     from rag.embedder import SentenceTransformerEmbedder
-    from rag.pipeline import load_verifier
 
     settings = load_settings(
         cache_threshold=threshold, cache_margin=margin, cache_confirmed_threshold=confirmed_threshold

@@ -223,9 +223,9 @@ def eval_faq(
 ) -> dict[str, Any]:
     """Seed the cache with every FAQ entry (its question, and its chunks as the answer's
     citations), ask every qa question through the checks the service runs: hybrid retrieval
-    for the source check and the FAQ confirmation (``rag.cache_checks``)."""
+    for the source check and the FAQ confirmation (``rag.cache_policy``)."""
     from ingest.runner import ingest
-    from rag.cache_checks import faq_confirmed, faq_entry, sources_agree
+    from rag.cache_policy import faq_confirmed, faq_entry, sources_agree
     from rag.index import CollectionIndex
     from rag.settings import Settings
 

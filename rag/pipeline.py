@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from cache import CacheHit, SemanticCache, normalize_question
-from cache.verifier import PairVerifier
 
 from . import __version__
-from .cache_checks import faq_confirmed, faq_entry, sources_agree
+from .cache_policy import faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
 from .compress import compress
 from .conversation import standalone
 from .embedder import Embedder, embed_async, question_text
@@ -35,67 +34,9 @@ from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_promp
 from .rerank import RerankerUnavailable, load_reranker
 from .settings import Settings
 from .support import get_support_scorer
+from .wire import Answer, CacheStatus, Citation, GenerationOptions
 
-SNIPPET_CHARS = 300
 log = logging.getLogger("rag.pipeline")
-
-
-@dataclass
-class Citation:
-    id: int
-    document_id: str
-    source: str
-    title: str
-    text: str
-    score: float
-
-    @classmethod
-    def from_chunk(cls, chunk: RetrievedChunk) -> Citation:
-        text = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
-        return cls(chunk.id, chunk.document_id, chunk.source, chunk.title, text, round(chunk.score, 4))
-
-
-@dataclass
-class CacheStatus:
-    hit: bool = False
-    kind: str | None = None
-    similarity: float | None = None
-
-
-@dataclass
-class Answer:
-    answer: str
-    citations: list[Citation]
-    cache: CacheStatus
-    timings_ms: dict[str, float]
-    collection: str
-    backend: str
-    usage: dict[str, Any] = field(default_factory=dict)
-    answer_kind: str = "generated"
-    """`generated` (the model's words, every clause checked), `quoted` (sentences of the documents,
-    verbatim) or `no_answer` ("I don't know from these documents.")."""
-    grounded: bool = True
-    """False when the guard replaced the model's answer with the quoted evidence."""
-    guard_reason: str | None = field(default=None, metadata={"internal": True})
-    """Why the guard cut or replaced the model's answer (for evaluation; not sent to clients)."""
-    model_answer: str | None = field(default=None, metadata={"internal": True})
-    """What the model said before the guard (for evaluation; never sent to clients)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for name, spec in self.__dataclass_fields__.items():
-            if spec.metadata.get("internal"):
-                del out[name]
-        return out
-
-
-@dataclass(frozen=True)
-class GenerationOptions:
-    """Per-request generation parameters (the OpenAI-compatible route passes them on)."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    stop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -116,8 +57,8 @@ class Prepared:
     cacheable: bool = True
     options: GenerationOptions = field(default_factory=lambda: GenerationOptions())
     filters: dict[str, Any] | None = None
-    faq_entry: str | None = None  # the FAQ entry both searches found first (rag.cache_checks)
-    top_chunk: int | None = None  # the chunk retrieval found first (rag.cache_checks.sources_agree)
+    faq_entry: str | None = None  # the FAQ entry both searches found first (rag.cache_policy)
+    top_chunk: int | None = None  # the chunk retrieval found first (rag.cache_policy.sources_agree)
     evidence: Evidence = field(default_factory=Evidence)
     support: list[str] = field(default_factory=list)  # the text the model is shown: what the guard checks against
     quoted: list[RetrievedChunk] = field(default_factory=list)  # the evidence's chunks, cut to its sentences
@@ -127,21 +68,6 @@ class Prepared:
     timings: dict[str, float] = field(
         default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
     )
-
-
-def _still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
-    """A cached answer stands while every chunk it cites is unchanged. An answer that cites
-    nothing ("I don't know") or that the grounding guard put in place of the model's (quoted
-    sentences) stands only for the index version it was given on: new documents may answer
-    the question properly."""
-
-    def accept(payload: dict[str, Any]) -> bool:
-        cited = [int(c["id"]) for c in payload.get("citations", [])]
-        if not cited or payload.get("provisional"):
-            return payload.get("index_version") == index.version
-        return index.has_chunks(cited)
-
-    return accept
 
 
 @contextmanager
@@ -353,7 +279,7 @@ class Pipeline:
         prep.search_text = search_text
 
         t = time.perf_counter()
-        valid = _still_valid(index)
+        valid = still_valid(index)
         hit = cache.get_exact(prep.scope, question, accept=valid) if cache is not None else None
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         retrieved: list[RetrievedChunk] = []
@@ -394,7 +320,7 @@ class Pipeline:
             t = time.perf_counter()
             loop = asyncio.get_running_loop()
             # An FAQ entry that the dense and the lexical search both find first answers the
-            # question (two witnesses, rag.cache_checks.faq_entry): its own answer is the
+            # question (two witnesses, rag.cache_policy.faq_entry): its own answer is the
             # evidence, its best passage whatever the judge thinks of the others'.
             entry = prep.index.document_chunks(prep.faq_entry, 4) if prep.faq_entry and prep.index else []
             if entry:
@@ -691,31 +617,3 @@ def build_pipeline(settings: Settings, embedder: Embedder | None = None) -> Pipe
     generator = get_generator(settings.backend, settings)
     cache = open_cache(settings, embedder.dimension) if settings.cache_enabled else None
     return Pipeline(settings, embedder, generator, cache)
-
-
-def load_verifier(settings: Settings) -> PairVerifier | None:
-    """The pair verifier `rag cache calibrate` wrote, if the settings name one."""
-    if settings.cache_verifier is None:
-        return None
-    try:
-        return PairVerifier.load(settings.cache_verifier)
-    except (OSError, ValueError, KeyError) as exc:
-        raise RagError(
-            f"cannot read the cache verifier {settings.cache_verifier} ({exc}): "
-            "run `rag cache calibrate` again, or unset RAG_CACHE_VERIFIER"
-        ) from exc
-
-
-def open_cache(settings: Settings, dimension: int) -> SemanticCache:
-    """The response cache as the settings describe it (threshold, margin, verifier, limits)."""
-    return SemanticCache(
-        settings.cache_dir,
-        dimension=dimension,
-        threshold=settings.cache_threshold,
-        size_limit_bytes=settings.cache_size_mb * 2**20,
-        ttl_s=settings.cache_ttl_s,
-        margin=settings.cache_margin,
-        verifier=load_verifier(settings),
-        confirmed_threshold=settings.cache_confirmed_threshold,
-        confirmed_margin=settings.cache_confirmed_margin,
-    )

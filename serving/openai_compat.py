@@ -32,7 +32,8 @@ from sse_starlette import EventSourceResponse
 
 from rag.errors import InvalidRequestError, RagError
 from rag.index import list_collections
-from rag.pipeline import Answer, GenerationOptions, Pipeline, Prepared
+from rag.pipeline import Pipeline, Prepared
+from rag.wire import Answer, GenerationOptions
 
 from .auth import principal_of
 from .observability import log_question

@@ -15,7 +15,8 @@ from typing import Any
 from sse_starlette import EventSourceResponse
 
 from rag.errors import RagError
-from rag.pipeline import Answer, Pipeline, Prepared
+from rag.pipeline import Pipeline, Prepared
+from rag.wire import Answer
 
 __all__ = ["EventSourceResponse", "sse_events"]
 

@@ -85,7 +85,7 @@ async def test_no_request_scans_the_whole_cache(tmp_path: Path, example_data_dir
     """Counting the entries reads every key on disk: fine for `rag cache stats`, a disaster per
     request. A truthiness test (`if cache:`) used to call it on every question."""
     from cache import SemanticCache
-    from rag.pipeline import open_cache
+    from rag.cache_policy import open_cache
 
     settings = make_settings(tmp_path)  # a cache of its own over the shared, ingested index
     (tmp_path / "collections").symlink_to(example_data_dir / "collections")
@@ -109,7 +109,7 @@ async def test_a_guard_replaced_answer_is_quoted_and_never_outlives_its_index_ve
     """The model's answer failed the guard: the quote served instead is cached for this index
     version only, since a new ingest may let the model answer properly."""
     from ingest.runner import ingest
-    from rag.pipeline import open_cache
+    from rag.cache_policy import open_cache
 
     settings = make_settings(tmp_path / "data")
     ingest([corpus], "default", settings, embedder, progress=False)

@@ -1,5 +1,14 @@
-"""The pipeline's checks on a near-duplicate before the response cache serves it: they read
-what retrieval found for the new question and the sources the cached answer cites.
+"""The cache policy: when the response cache may answer for the pipeline, in one place.
+
+- how the cache is opened from the settings (threshold, margin, the calibrated pair
+  verifier, limits): :func:`open_cache`, :func:`load_verifier`;
+- the checks on a near duplicate before it serves, which read what retrieval found for the
+  new question and the sources the cached answer cites (:func:`sources_agree`,
+  :func:`faq_entry`, :func:`faq_confirmed`);
+- how long a cached answer stands: :func:`still_valid`.
+
+The cache's own mechanisms (the similarity search, its guards against negation and number
+changes, the verifier's forward pass) live in ``cache/``.
 
 Measured on covid-faq (213 FAQ entries cached, 224 reworded questions asked; ``rag eval
 cache --corpus --qa``): the source check alone lets wrong answers through at any useful
@@ -13,9 +22,17 @@ threshold, and an FAQ entry that both searches find first is safe much lower:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .index import SearchResult, is_faq_question
+from cache import SemanticCache
+from cache.verifier import PairVerifier
+
+from .errors import RagError
+from .index import CollectionIndex, SearchResult, is_faq_question
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
 
 Payload = dict[str, Any]
 
@@ -63,3 +80,46 @@ def faq_confirmed(found: SearchResult) -> Callable[[Payload], bool]:
         return entry is not None and payload.get("faq_entry") == entry
 
     return confirm
+
+
+def still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
+    """A cached answer stands while every chunk it cites is unchanged. An answer that cites
+    nothing ("I don't know") or that the grounding guard put in place of the model's (quoted
+    sentences) stands only for the index version it was given on: new documents may answer
+    the question properly."""
+
+    def accept(payload: dict[str, Any]) -> bool:
+        cited = [int(c["id"]) for c in payload.get("citations", [])]
+        if not cited or payload.get("provisional"):
+            return payload.get("index_version") == index.version
+        return index.has_chunks(cited)
+
+    return accept
+
+
+def load_verifier(settings: Settings) -> PairVerifier | None:
+    """The pair verifier `rag cache calibrate` wrote, if the settings name one."""
+    if settings.cache_verifier is None:
+        return None
+    try:
+        return PairVerifier.load(settings.cache_verifier)
+    except (OSError, ValueError, KeyError) as exc:
+        raise RagError(
+            f"cannot read the cache verifier {settings.cache_verifier} ({exc}): "
+            "run `rag cache calibrate` again, or unset RAG_CACHE_VERIFIER"
+        ) from exc
+
+
+def open_cache(settings: Settings, dimension: int) -> SemanticCache:
+    """The response cache as the settings describe it (threshold, margin, verifier, limits)."""
+    return SemanticCache(
+        settings.cache_dir,
+        dimension=dimension,
+        threshold=settings.cache_threshold,
+        size_limit_bytes=settings.cache_size_mb * 2**20,
+        ttl_s=settings.cache_ttl_s,
+        margin=settings.cache_margin,
+        verifier=load_verifier(settings),
+        confirmed_threshold=settings.cache_confirmed_threshold,
+        confirmed_margin=settings.cache_confirmed_margin,
+    )

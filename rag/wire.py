@@ -1,0 +1,71 @@
+"""The wire types: what a question's answer is, as every face of the service sends it (the
+REST route, the OpenAI-compatible route, streaming, jobs, the Python client).
+``Answer.to_dict`` is the JSON body; fields marked internal never leave the process."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .index import RetrievedChunk
+
+SNIPPET_CHARS = 300
+
+
+@dataclass
+class Citation:
+    id: int
+    document_id: str
+    source: str
+    title: str
+    text: str
+    score: float
+
+    @classmethod
+    def from_chunk(cls, chunk: RetrievedChunk) -> Citation:
+        text = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
+        return cls(chunk.id, chunk.document_id, chunk.source, chunk.title, text, round(chunk.score, 4))
+
+
+@dataclass
+class CacheStatus:
+    hit: bool = False
+    kind: str | None = None
+    similarity: float | None = None
+
+
+@dataclass
+class Answer:
+    answer: str
+    citations: list[Citation]
+    cache: CacheStatus
+    timings_ms: dict[str, float]
+    collection: str
+    backend: str
+    usage: dict[str, Any] = field(default_factory=dict)
+    answer_kind: str = "generated"
+    """`generated` (the model's words, every clause checked), `quoted` (sentences of the documents,
+    verbatim) or `no_answer` ("I don't know from these documents.")."""
+    grounded: bool = True
+    """False when the guard replaced the model's answer with the quoted evidence."""
+    guard_reason: str | None = field(default=None, metadata={"internal": True})
+    """Why the guard cut or replaced the model's answer (for evaluation; not sent to clients)."""
+    model_answer: str | None = field(default=None, metadata={"internal": True})
+    """What the model said before the guard (for evaluation; never sent to clients)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for name, spec in self.__dataclass_fields__.items():
+            if spec.metadata.get("internal"):
+                del out[name]
+        return out
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Per-request generation parameters (the OpenAI-compatible route passes them on)."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
