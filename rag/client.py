@@ -21,22 +21,9 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
 
+from .wire import CacheStatus, Citation
 
-@dataclass(frozen=True)
-class Citation:
-    id: int
-    document_id: str
-    source: str
-    title: str
-    text: str
-    score: float
-
-
-@dataclass(frozen=True)
-class CacheStatus:
-    hit: bool
-    kind: str | None
-    similarity: float | None
+__all__ = ["AsyncRagClient", "CacheStatus", "Citation", "QueryResult", "RagClient", "RagClientError", "StreamEvent"]
 
 
 @dataclass(frozen=True)
