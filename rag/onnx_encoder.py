@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-CACHE_DIR = Path(os.environ.get("RAG_ONNX_CACHE", Path.home() / ".cache" / "rag-service" / "onnx"))
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "rag-service" / "onnx"  # RAG_ONNX_CACHE
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -54,15 +54,18 @@ class OnnxEncoder:
         self._wanted = [i.name for i in session.get_inputs()]
 
     @classmethod
-    def build(cls, model: Any, model_dir: Path, int8: bool = False) -> OnnxEncoder | None:
-        """From a loaded (fp32) SentenceTransformer; None where it cannot (then torch does it all)."""
+    def build(
+        cls, model: Any, model_dir: Path, int8: bool = False, cache_dir: Path = DEFAULT_CACHE_DIR
+    ) -> OnnxEncoder | None:
+        """From a loaded (fp32) SentenceTransformer, exported once into ``cache_dir``; None where
+        it cannot (then torch does it all)."""
         try:
             import onnxruntime as ort
         except ImportError:
             return None
         if not _mean_pooled(model):
             return None
-        path = CACHE_DIR / _fingerprint(model_dir) / "model.onnx"
+        path = cache_dir / _fingerprint(model_dir) / "model.onnx"
         try:
             if not path.exists():
                 _export(model, path)

@@ -156,6 +156,9 @@ class Settings(BaseSettings):
         text = str(value).strip().lower()
         return {"true": "fp32", "1": "fp32", "yes": "fp32", "false": "off", "0": "off", "no": "off"}.get(text, value)
 
+    onnx_cache: Path = Path.home() / ".cache" / "rag-service" / "onnx"
+    """Where the question encoders exported to ONNX are kept (one per model, by the fingerprint of its files), shared by every data dir."""
+
     embedding_batch_size: int = Field(default=32, ge=1)
     """Texts embedded per batch during ingestion."""
 
