@@ -15,7 +15,7 @@ cache_app = typer.Typer(no_args_is_help=True, help="Look at or empty the respons
 
 def _open_cache(data_dir: Path | None) -> Any:
     from rag.cache_policy import open_cache
-    from rag.embedder import EMBEDDING_MODELS
+    from rag.embedding_models import EMBEDDING_MODELS
 
     settings = load_settings(data_dir=data_dir)
     return run_or_fail(lambda: open_cache(settings, EMBEDDING_MODELS[settings.embedding_model].dimension))

@@ -49,10 +49,10 @@ def available() -> str | None:
 def embeddings() -> Any:
     from langchain_community.embeddings import HuggingFaceEmbeddings
 
-    from rag.embedder import _minilm_path
+    from rag.embedding_models import minilm_path
 
     return HuggingFaceEmbeddings(
-        model_name=str(_minilm_path()), model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
+        model_name=str(minilm_path()), model_kwargs={"device": "cpu"}, encode_kwargs={"normalize_embeddings": True}
     )
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedder import calibration_of
+from .embedding_models import calibration_of
 from .errors import CollectionNotFoundError, IndexMismatchError, InvalidRequestError
 
 INDEX_FILE = "index.faiss"

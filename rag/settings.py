@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     @classmethod
     def _embedding_calibration(cls, data: Any) -> Any:
         """Cosine thresholds left unset take the embedding model's calibrated values."""
-        from .embedder import EMBEDDING_MODELS
+        from .embedding_models import EMBEDDING_MODELS
 
         if isinstance(data, dict) and data.get("embedding_model") in EMBEDDING_MODELS:
             calibration = EMBEDDING_MODELS[data["embedding_model"]].calibration

@@ -13,17 +13,14 @@ import numpy as np
 import pytest
 
 from rag.embedder import (
-    DEFAULT_MODEL,
-    EMBEDDING_MODELS,
-    MPNET_PARTS,
     MicroBatcher,
     OnnxClsEmbedder,
     SentenceTransformerEmbedder,
     embed_as_questions,
     embedder_from_settings,
-    mpnet_path,
     question_text,
 )
+from rag.embedding_models import DEFAULT_MODEL, EMBEDDING_MODELS, MPNET_PARTS, mpnet_path
 from rag.settings import Settings
 
 from .conftest import EXAMPLES, FIXTURES
@@ -147,7 +144,7 @@ def test_bge_small_embeds_questions_behind_its_prefix() -> None:
 
 
 def test_a_collection_records_its_model_and_its_faq_floor(tmp_path: Path) -> None:
-    from rag.embedder import calibration_of
+    from rag.embedding_models import calibration_of
 
     assert calibration_of(DEFAULT_MODEL).faq_question_floor == 0.5
     assert calibration_of(EMBEDDING_MODELS["bge-small"].name).faq_question_floor > 0.5
