@@ -226,8 +226,8 @@ def eval_faq(
     for the source check and the FAQ confirmation (``rag.cache_policy``)."""
     from ingest.runner import ingest
     from rag.cache_policy import faq_confirmed, faq_entry, sources_agree
-    from rag.index import CollectionIndex
     from rag.settings import Settings
+    from rag.store import CollectionIndex
 
     from .data import load_qa
 

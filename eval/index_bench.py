@@ -7,7 +7,7 @@ the indexed set. Exact top-10 (flat inner product) is the reference.
 
 The compressed types (IVF-PQ, SQ8) are searched as the service searches them: their
 candidates are re-scored exactly from float32 vectors in a SQLite ``chunks`` table on disk
-(``rag.index.rerank_exact``), so ``recall@10`` is the service's and ``recall@10_approx`` the
+(``rag.store.rerank_exact``), so ``recall@10`` is the service's and ``recall@10_approx`` the
 compressed codes' alone; ``bytes_per_vector`` is the FAISS index, the part held in memory.
 """
 
@@ -48,7 +48,7 @@ def bench_index_types(
 ) -> dict[str, Any]:
     import faiss
 
-    from rag.index import COMPRESSED_TYPES, REFINE, fetch_vectors, new_faiss_index, rerank_exact
+    from rag.store import COMPRESSED_TYPES, REFINE, fetch_vectors, new_faiss_index, rerank_exact
 
     # One topic per 500 vectors, at most 2,000 (1M: 2,000 topics of ~500).
     base = synthetic(n, dimension, clusters or max(10, min(2000, n // 500)), seed=0)

@@ -11,13 +11,9 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import shutil
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,22 +23,8 @@ from tqdm import tqdm
 
 from rag.embedder import Embedder
 from rag.errors import DocumentError, IngestError
-from rag.index import (
-    CHUNKS_FILE,
-    CURRENT_FILE,
-    FORMAT_VERSION,
-    INDEX_FILE,
-    INDEX_TYPES,
-    META_FILE,
-    SCHEMA,
-    collection_dir,
-    current_version_dir,
-    decode_vectors,
-    is_faq_question,
-    new_faiss_index,
-    switch_current,
-)
 from rag.settings import Settings
+from rag.store import FORMAT_VERSION, INDEX_TYPES, NewVersion, decode_vectors, is_faq_question, new_faiss_index
 
 from .chunker import Chunk, Chunker
 from .loaders import iter_files, load_file
@@ -80,7 +62,6 @@ class IngestReport:
         )
 
 
-@contextmanager
 def _locked(cdir: Path) -> Iterator[None]:
     cdir.mkdir(parents=True, exist_ok=True)
     with open(cdir / ".lock", "w") as fh:
@@ -89,23 +70,6 @@ def _locked(cdir: Path) -> Iterator[None]:
         except BlockingIOError as exc:
             raise IngestError(f"another ingest run is writing {cdir} - wait for it to finish") from exc
         yield
-
-
-def _next_version_dir(cdir: Path) -> Path:
-    numbers = [int(p.name[1:]) for p in cdir.glob("v[0-9]*") if p.name[1:].isdigit()]
-    return cdir / f"v{max(numbers, default=0) + 1:06d}"
-
-
-def _clean_old_versions(cdir: Path, keep: set[Path]) -> None:
-    # The previous version stays one run longer so a server that is just loading it
-    # never finds it gone; crashed runs' half-written folders go now, and so does the
-    # temp file of a CURRENT switch that was killed before its rename (we hold the lock:
-    # no other writer is switching).
-    for path in cdir.glob("v[0-9]*"):
-        if path not in keep and path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-    for tmp in cdir.glob(f".{CURRENT_FILE}.*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def _is_under(source: str, roots: list[Path]) -> bool:
@@ -131,11 +95,9 @@ def ingest(
     index_type: str | None = None,
 ) -> IngestReport:
     """Index ``paths`` into ``collection``. Raises IngestError only if nothing could be indexed."""
-    import faiss
 
     started = time.perf_counter()
     report = IngestReport(collection=collection)
-    cdir = collection_dir(settings.collections_dir, collection)
     roots = []
     for path in paths:
         root = path.resolve()
@@ -144,126 +106,101 @@ def ingest(
         else:  # and never pruned: an unmounted folder must not empty the collection
             report.failed.append((str(root), "no such file or directory"))
 
-    with _locked(cdir):
-        current = current_version_dir(cdir)
-        new_dir = _next_version_dir(cdir)
-        _clean_old_versions(cdir, keep={p for p in (current,) if p is not None})
-        new_dir.mkdir(parents=True)
-        try:
-            db = sqlite3.connect(new_dir / CHUNKS_FILE)
-            meta: dict[str, Any] = {}
-            if current is not None:
-                meta = json.loads((current / META_FILE).read_text())
-                if meta.get("embedding_model") != embedder.name or meta.get("dimension") != embedder.dimension:
-                    raise IngestError(
-                        f"collection {collection!r} was built with {meta.get('embedding_model')}; "
-                        f"delete {cdir} to rebuild it with {embedder.name}"
-                    )
-            if current is not None and int(meta.get("format_version", 1)) >= FORMAT_VERSION:
-                with closing(sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True)) as old:
-                    old.backup(db)
-                db.executescript(SCHEMA)  # tables a later release added (every statement is IF NOT EXISTS)
-                index = faiss.read_index(str(current / INDEX_FILE))
-            else:  # new, or written by an older release: built afresh from the files
-                db.executescript(SCHEMA)
-                index = new_faiss_index("flat", embedder.dimension, np.zeros((0, embedder.dimension), np.float32))
-                # Chunk ids never repeat within a lineage, so "the chunks an answer cites still
-                # exist" means "its sources are unchanged"; a rebuilt collection starts a new one.
-                meta = {"next_id": 1, "lineage": uuid.uuid4().hex, "index_type": "flat"}
-            previous_type = str(meta.get("index_type", "flat"))
-            index_type = index_type or previous_type
-            if index_type not in INDEX_TYPES:
-                raise IngestError(f"unknown index type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
+    with NewVersion(settings.collections_dir, collection, model=embedder.name, dimension=embedder.dimension) as version:
+        db, meta = version.db, version.meta
+        previous_type = str(meta.get("index_type", "flat"))
+        index_type = index_type or previous_type
+        if index_type not in INDEX_TYPES:
+            raise IngestError(f"unknown index type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
 
-            known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
-            chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
-            pending: list[tuple[str, str, list[str], list[Chunk]]] = []
-            seen: set[str] = set()
-            files = [(root, path) for root, path in iter_files(roots) if path.exists()]
-            for root, path in tqdm(files, desc="reading", unit="file", disable=_quiet(progress)):
-                resolved = path.resolve()
-                source = str(resolved)
-                if source in seen:  # overlapping paths (docs docs/sub) or two links to one file
-                    continue
-                seen.add(source)
-                try:
-                    data = path.read_bytes()
-                except OSError as exc:
-                    report.failed.append((source, f"cannot read ({exc.strerror})"))
-                    continue
-                sha = hashlib.sha256(data).hexdigest()
-                if known.get(source) == sha:
-                    report.unchanged.append(source)
-                    continue
-                try:
-                    rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-                    loaded = load_file(resolved, data, document_id=rel, source=rel)
-                except DocumentError as exc:
-                    report.failed.append((source, exc.message))
-                    continue
-                except Exception as exc:  # a parser's own failure on one odd file must not end the run
-                    report.failed.append((source, f"could not be read ({type(exc).__name__}: {exc})"))
-                    continue
-                report.skipped_lines.extend((source, problem) for problem in loaded.problems)
-                docs = loaded.documents
-                chunks = [c for doc in docs for c in chunker.split(doc)]
-                pending.append((source, sha, [d.document_id for d in docs], chunks))
+        known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
+        chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
+        pending: list[tuple[str, str, list[str], list[Chunk]]] = []
+        seen: set[str] = set()
+        files = [(root, path) for root, path in iter_files(roots) if path.exists()]
+        for root, path in tqdm(files, desc="reading", unit="file", disable=_quiet(progress)):
+            resolved = path.resolve()
+            source = str(resolved)
+            if source in seen:  # overlapping paths (docs docs/sub) or two links to one file
+                continue
+            seen.add(source)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                report.failed.append((source, f"cannot read ({exc.strerror})"))
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            if known.get(source) == sha:
+                report.unchanged.append(source)
+                continue
+            try:
+                rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+                loaded = load_file(resolved, data, document_id=rel, source=rel)
+            except DocumentError as exc:
+                report.failed.append((source, exc.message))
+                continue
+            except Exception as exc:  # a parser's own failure on one odd file must not end the run
+                report.failed.append((source, f"could not be read ({type(exc).__name__}: {exc})"))
+                continue
+            report.skipped_lines.extend((source, problem) for problem in loaded.problems)
+            docs = loaded.documents
+            chunks = [c for doc in docs for c in chunker.split(doc)]
+            pending.append((source, sha, [d.document_id for d in docs], chunks))
 
-            to_remove = [s for s, _, _, _ in pending if s in known]
-            if prune:
-                gone = [s for s in known if s not in seen and _is_under(s, roots)]
-                to_remove += gone
-                report.removed.extend(gone)
-            incremental = index_type == previous_type and (
-                index_type == "flat" or (index_type == "hnsw" and not to_remove)
-            )
-            for source in to_remove:
-                old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE file = ?", (source,))]
-                if old_ids and incremental:
-                    index.remove_ids(np.asarray(old_ids, dtype=np.int64))  # type: ignore[arg-type]
-                report.chunks_removed += len(old_ids)
-                db.execute("DELETE FROM chunks WHERE file = ?", (source,))
-                db.execute("DELETE FROM files WHERE source = ?", (source,))
+        to_remove = [s for s, _, _, _ in pending if s in known]
+        if prune:
+            gone = [s for s in known if s not in seen and _is_under(s, roots)]
+            to_remove += gone
+            report.removed.extend(gone)
+        incremental = index_type == previous_type and (index_type == "flat" or (index_type == "hnsw" and not to_remove))
+        for source in to_remove:
+            old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE file = ?", (source,))]
+            if old_ids and incremental:
+                version.index.remove_ids(np.asarray(old_ids, dtype=np.int64))
+            report.chunks_removed += len(old_ids)
+            db.execute("DELETE FROM chunks WHERE file = ?", (source,))
+            db.execute("DELETE FROM files WHERE source = ?", (source,))
 
-            all_chunks = [c for _, _, _, chunks in pending for c in chunks]
-            next_id = int(meta.get("next_id", 1))
-            ids = np.arange(next_id, next_id + len(all_chunks), dtype=np.int64)
-            load = getattr(embedder, "load", None)
-            if all_chunks and load is not None:  # so the rate below measures embedding alone
-                load()
-            embed_started = time.perf_counter()
-            vectors = _embed(embedder, [c.embedding_text for c in all_chunks], settings.embedding_batch_size, progress)
-            report.embed_seconds = time.perf_counter() - embed_started
-            files_of = [s for s, _, _, chunks in pending for _ in chunks]
-            db.executemany(
-                "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
-                    for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
-                ],
-            )
-            _embed_faq_questions(db, embedder, settings.embedding_batch_size)
-            if incremental:
-                if len(all_chunks):
-                    index.add_with_ids(vectors, ids)
-            elif pending or to_remove or index_type != previous_type:
-                index = _rebuild(db, index_type, embedder.dimension)
-            now = time.time()
-            db.executemany(
-                "INSERT INTO files (source, sha256, document_ids, chunks, ingested_at) VALUES (?, ?, ?, ?, ?)",
-                [(s, sha, json.dumps(doc_ids), len(chunks), now) for s, sha, doc_ids, chunks in pending],
-            )
-            report.indexed = [s for s, _, _, _ in pending]
-            report.chunks_added = len(all_chunks)
-            report.chunks_total = int(index.ntotal)
-            report.index_type = index_type
+        all_chunks = [c for _, _, _, chunks in pending for c in chunks]
+        next_id = int(meta.get("next_id", 1))
+        ids = np.arange(next_id, next_id + len(all_chunks), dtype=np.int64)
+        load = getattr(embedder, "load", None)
+        if all_chunks and load is not None:  # so the rate below measures embedding alone
+            load()
+        embed_started = time.perf_counter()
+        vectors = _embed(embedder, [c.embedding_text for c in all_chunks], settings.embedding_batch_size, progress)
+        report.embed_seconds = time.perf_counter() - embed_started
+        files_of = [s for s, _, _, chunks in pending for _ in chunks]
+        db.executemany(
+            "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
+                for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
+            ],
+        )
+        _embed_faq_questions(db, embedder, settings.embedding_batch_size)
+        if incremental:
+            if len(all_chunks):
+                version.index.add_with_ids(vectors, ids)
+        elif pending or to_remove or index_type != previous_type:
+            version.index = _rebuild(db, index_type, embedder.dimension)
+        now = time.time()
+        db.executemany(
+            "INSERT INTO files (source, sha256, document_ids, chunks, ingested_at) VALUES (?, ?, ?, ?, ?)",
+            [(s, sha, json.dumps(doc_ids), len(chunks), now) for s, sha, doc_ids, chunks in pending],
+        )
+        report.indexed = [s for s, _, _, _ in pending]
+        report.chunks_added = len(all_chunks)
+        report.chunks_total = int(version.index.ntotal)
+        report.index_type = index_type
 
-            if not report.changed and index_type == previous_type:
-                raise _NothingToPublish
+        if not report.changed and index_type == previous_type:
+            version.discard()
+            report.version = version.current_fingerprint()
+        else:
             db.commit()
             meta.update(
-                format_version=FORMAT_VERSION,
                 embedding_model=embedder.name,
                 dimension=embedder.dimension,
                 chunk_size=settings.chunk_size,
@@ -274,29 +211,12 @@ def ingest(
                 fingerprint=_fingerprint(db, settings, embedder.name),
                 created_at=now,
             )
-            db.close()
-            faiss.write_index(index, str(new_dir / INDEX_FILE))
-            (new_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-            _fsync_dir(new_dir)
-            switch_current(cdir, new_dir)
+            version.publish(meta)
             report.version = meta["fingerprint"]
-            _clean_old_versions(cdir, keep={p for p in (current, new_dir) if p is not None})
-        except _NothingToPublish:
-            db.close()
-            shutil.rmtree(new_dir, ignore_errors=True)
-            if current is not None:
-                report.version = json.loads((current / META_FILE).read_text()).get("fingerprint")
-        except BaseException:
-            shutil.rmtree(new_dir, ignore_errors=True)
-            raise
     report.seconds = time.perf_counter() - started
     if not report.indexed and not report.unchanged and not report.removed:
         raise IngestError(_nothing_indexed_message(report))
     return report
-
-
-class _NothingToPublish(Exception):
-    pass
 
 
 def _rebuild(db: sqlite3.Connection, index_type: str, dimension: int) -> Any:
@@ -351,14 +271,3 @@ def _embed(embedder: Embedder, texts: list[str], batch_size: int, progress: bool
             out[rows] = embedder.embed_batch([texts[i] for i in rows])
             bar.update(len(rows))
     return out
-
-
-def _fsync_dir(path: Path) -> None:
-    for child in path.iterdir():
-        with open(child, "rb") as fh:
-            os.fsync(fh.fileno())
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -28,7 +28,7 @@ from cache import SemanticCache
 from cache.verifier import PairVerifier
 
 from .errors import RagError
-from .index import CollectionIndex, SearchResult, is_faq_question
+from .store import CollectionIndex, SearchResult, is_faq_question
 
 if TYPE_CHECKING:
     from .settings import Settings

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .index import RetrievedChunk
+    from .store import RetrievedChunk
 
 # Sentence ends, blank lines and list items separate sentences; a single line break inside
 # a hard-wrapped paragraph does not.

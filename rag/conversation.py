@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .index import is_faq_question
+from .store import is_faq_question
 
 _WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _GENERIC_TITLE_SHARE = 3  # a word in this many titles or more does not identify one

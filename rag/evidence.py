@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .compress import terms
 
 if TYPE_CHECKING:
-    from .index import RetrievedChunk
+    from .store import RetrievedChunk
     from .support import SupportScorer
 
 _EMPHASIS_RE = re.compile(r"\*\*|__|`")

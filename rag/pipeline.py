@@ -29,10 +29,10 @@ from .evidence import Evidence, Unit, merge, select_evidence, span_texts
 from .generators import GenerationRequest, Generator
 from .generators.base import usage as usage_of
 from .guard import ClauseGuard
-from .index import CollectionIndex, RetrievedChunk, SearchResult, collection_dir, current_version_dir
 from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
 from .rerank import RerankerUnavailable, load_reranker
 from .settings import Settings
+from .store import CollectionIndex, RetrievedChunk, SearchResult, collection_dir, current_version_dir
 from .support import get_support_scorer
 from .wire import Answer, CacheStatus, Citation, GenerationOptions
 

@@ -22,8 +22,8 @@ from langchain_core.prompts import (
 )
 
 if TYPE_CHECKING:
-    from .index import RetrievedChunk
     from .settings import ShotMode
+    from .store import RetrievedChunk
 
 NO_ANSWER = "I don't know from these documents."
 

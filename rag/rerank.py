@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .errors import RagError
-from .index import RetrievedChunk, is_faq_question
+from .store import RetrievedChunk, is_faq_question
 
 if TYPE_CHECKING:
     from .settings import Settings

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .index import RetrievedChunk
+    from .store import RetrievedChunk
 
 SNIPPET_CHARS = 300
 

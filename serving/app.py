@@ -13,9 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
 
 from rag.errors import BackendUnavailableError, InvalidRequestError
-from rag.index import list_collections
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
+from rag.store import list_collections
 
 from . import observability
 from .auth import Authenticator, GuardMiddleware, KeyLimits, KeyStore, principal_of

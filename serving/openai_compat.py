@@ -31,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from rag.errors import InvalidRequestError, RagError
-from rag.index import list_collections
 from rag.pipeline import Pipeline, Prepared
+from rag.store import list_collections
 from rag.wire import Answer, GenerationOptions
 
 from .auth import principal_of

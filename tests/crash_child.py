@@ -10,7 +10,7 @@ MODE
 - ``wait``: print ``READY``, wait for a line on stdin, then ingest; the parent kills it at a
   moment of its choosing (or lets it finish).
 - ``calibrate``: ingest to the end, writing how often each line of ``ingest/runner.py`` and
-  ``rag/index.py`` ran to ARG (JSON), so the parent can pick a kill point.
+  ``rag/store/`` ran to ARG (JSON), so the parent can pick a kill point.
 - ``line``: ARG is ``FILE:LINE:HIT``; the child SIGKILLs itself just before the HIT-th run of
   that line, as if the machine lost power there.
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-TRACED = ("ingest/runner.py", "rag/index.py")
+TRACED = ("ingest/runner.py", "rag/store/writer.py", "rag/store/layout.py")
 
 
 class ReplayEmbedder:

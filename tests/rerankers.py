@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 
-from rag.index import RetrievedChunk
+from rag.store import RetrievedChunk
 
 
 class Reverse:

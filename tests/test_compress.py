@@ -1,5 +1,5 @@
 from rag.compress import best_sentences, compress, split_sentences
-from rag.index import RetrievedChunk
+from rag.store import RetrievedChunk
 
 
 def _chunk(i: int, text: str) -> RetrievedChunk:

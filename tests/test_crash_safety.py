@@ -36,7 +36,9 @@ from ingest.chunker import Chunker
 from ingest.loaders import load_file
 from ingest.runner import ingest
 from rag.compress import terms
-from rag.index import (
+from rag.pipeline import Pipeline, build_pipeline
+from rag.settings import Settings
+from rag.store import (
     CHUNKS_FILE,
     CURRENT_FILE,
     INDEX_FILE,
@@ -45,8 +47,6 @@ from rag.index import (
     collection_dir,
     current_version_dir,
 )
-from rag.pipeline import Pipeline, build_pipeline
-from rag.settings import Settings
 from serving.app import create_app
 
 from .conftest import EXAMPLES, ROOT, make_settings
@@ -277,8 +277,8 @@ async def test_ingest_killed_at_a_few_points_keeps_serving_and_recovers(bench: C
     """The moments around the commit point, then one random line and one random moment."""
     seed = _seed()
     landmarks = [
-        _line_of("ingest/runner.py", "faiss.write_index(index, str(new_dir / INDEX_FILE))"),  # publishing begins
-        _line_of("rag/index.py", "os.replace(tmp, cdir / CURRENT_FILE)"),  # CURRENT's temp file written
+        _line_of("rag/store/writer.py", "faiss.write_index(self.index, str(self.path / INDEX_FILE))"),  # publishing
+        _line_of("rag/store/layout.py", "os.replace(tmp, cdir / CURRENT_FILE)"),  # CURRENT's temp file written
         _line_of("ingest/runner.py", 'report.version = meta["fingerprint"]'),  # just switched
     ]
     for line in landmarks:

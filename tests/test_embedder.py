@@ -177,8 +177,8 @@ async def test_a_collection_ingested_with_bge_small_answers_and_refuses_another_
     model's own relevance floor, quote, cite; the collection is not searched with MiniLM."""
     from ingest.runner import ingest
     from rag.errors import IndexMismatchError
-    from rag.index import CollectionIndex
     from rag.pipeline import build_pipeline
+    from rag.store import CollectionIndex
 
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None, data_dir=tmp_path, embedding_model="bge-small", backend="extractive", cache_enabled=False

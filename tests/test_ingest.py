@@ -8,8 +8,8 @@ import pytest
 
 from ingest.runner import ingest
 from rag.errors import IngestError
-from rag.index import CollectionIndex, collection_dir, current_version_dir
 from rag.settings import Settings
+from rag.store import CollectionIndex, collection_dir, current_version_dir
 
 from .conftest import ROOT
 

@@ -62,7 +62,7 @@ def test_gemma_answers_over_http_from_the_cited_document(gemma_url: str) -> None
 
 
 async def test_smollm2_chat_model_generates_through_its_chat_template(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
-    from rag.index import CollectionIndex
+    from rag.store import CollectionIndex
 
     index = CollectionIndex.load(
         make_settings(example_data_dir).collections_dir, "default", model=embedder.name, dimension=384
@@ -79,7 +79,7 @@ async def test_smollm2_chat_model_generates_through_its_chat_template(example_da
 
 
 def test_prompt_puts_fixed_prefix_first_and_context_then_question_last(example_data_dir: Path) -> None:
-    from rag.index import RetrievedChunk
+    from rag.store import RetrievedChunk
 
     chunk = RetrievedChunk(1, "d", "s", "Title", 0, "Body text.", 0.9)
     a = completion_prompt("First question?", [chunk])

@@ -23,9 +23,9 @@ from ingest.runner import ingest
 from rag import prompts
 from rag.evidence import units_of
 from rag.generators import Generation, GenerationRequest
-from rag.index import RetrievedChunk
 from rag.pipeline import Pipeline, build_pipeline
 from rag.prompts import EXAMPLES, INSTRUCTIONS, SHOTS, chat_messages, completion_prompt, format_document
+from rag.store import RetrievedChunk
 from serving.app import create_app
 
 from .conftest import EXAMPLES as HELP_CENTRE

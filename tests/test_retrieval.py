@@ -17,8 +17,8 @@ from eval.data import load_qa
 from eval.retrieval import evaluate_retrieval
 from ingest.runner import ingest
 from rag.errors import RagError
-from rag.index import CollectionIndex
 from rag.pipeline import Pipeline, build_pipeline
+from rag.store import CollectionIndex
 
 from .conftest import FIXTURES, ROOT, make_settings
 from .servers import free_port, serving
@@ -258,8 +258,8 @@ async def test_a_reranker_that_cannot_rank_keeps_the_hybrid_order(hotels_dir: Pa
 def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
     """FAQ entries are asked "is this a rewording?"; a list with any other passage is shown
     as passages throughout, so every score in one ranking comes from one prompt form."""
-    from rag.index import RetrievedChunk
     from rag.rerank import LikelihoodReranker
+    from rag.store import RetrievedChunk
 
     reranker = LikelihoodReranker(f"http://127.0.0.1:{free_port()}")  # contexts() calls nothing
     faq = RetrievedChunk(1, "faq-1", "faq.jsonl", "Can I  return a mattress?", 0, "Can I return a mattress?\nNo.", 0.5)

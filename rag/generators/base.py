@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 from ..errors import InvalidRequestError
 
 if TYPE_CHECKING:
-    from ..index import RetrievedChunk
     from ..settings import Settings
+    from ..store import RetrievedChunk
 
 PromptStyle = Literal["completion", "chat", "none"]
 

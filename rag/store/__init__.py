@@ -1,0 +1,67 @@
+"""The index store: a collection's versions on disk, read by the query path and written by
+ingest. One home for the layout (:mod:`.layout`), the reader (:mod:`.reader`) and the writer
+(:mod:`.writer`); this module is what the rest of the tree imports."""
+
+from .layout import (
+    CHUNKS_FILE,
+    COMPRESSED_TYPES,
+    CURRENT_FILE,
+    FORMAT_VERSION,
+    INDEX_FILE,
+    INDEX_TYPES,
+    META_FILE,
+    READABLE_FORMAT,
+    REFINE,
+    SCHEMA,
+    check_collection_name,
+    collection_dir,
+    current_version_dir,
+    decode_vectors,
+    fetch_vectors,
+    list_collections,
+    new_faiss_index,
+    read_index_mapped,
+    switch_current,
+)
+from .reader import (
+    FILTER_FIELDS,
+    RRF_K,
+    CollectionIndex,
+    RetrievedChunk,
+    SearchResult,
+    fts_query,
+    is_faq_question,
+    rerank_exact,
+)
+from .writer import NewVersion
+
+__all__ = [
+    "CHUNKS_FILE",
+    "COMPRESSED_TYPES",
+    "CURRENT_FILE",
+    "FILTER_FIELDS",
+    "FORMAT_VERSION",
+    "INDEX_FILE",
+    "INDEX_TYPES",
+    "META_FILE",
+    "READABLE_FORMAT",
+    "REFINE",
+    "RRF_K",
+    "SCHEMA",
+    "CollectionIndex",
+    "NewVersion",
+    "RetrievedChunk",
+    "SearchResult",
+    "check_collection_name",
+    "collection_dir",
+    "current_version_dir",
+    "decode_vectors",
+    "fetch_vectors",
+    "fts_query",
+    "is_faq_question",
+    "list_collections",
+    "new_faiss_index",
+    "read_index_mapped",
+    "rerank_exact",
+    "switch_current",
+]
