@@ -8,12 +8,10 @@ from other paths are never touched, so collections can be fed from several folde
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,16 +60,6 @@ class IngestReport:
         )
 
 
-def _locked(cdir: Path) -> Iterator[None]:
-    cdir.mkdir(parents=True, exist_ok=True)
-    with open(cdir / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise IngestError(f"another ingest run is writing {cdir} - wait for it to finish") from exc
-        yield
-
-
 def _is_under(source: str, roots: list[Path]) -> bool:
     path = Path(source)
     return any(path == root or root in path.parents for root in roots)
@@ -114,38 +102,7 @@ def ingest(
             raise IngestError(f"unknown index type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
 
         known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
-        chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
-        pending: list[tuple[str, str, list[str], list[Chunk]]] = []
-        seen: set[str] = set()
-        files = [(root, path) for root, path in iter_files(roots) if path.exists()]
-        for root, path in tqdm(files, desc="reading", unit="file", disable=_quiet(progress)):
-            resolved = path.resolve()
-            source = str(resolved)
-            if source in seen:  # overlapping paths (docs docs/sub) or two links to one file
-                continue
-            seen.add(source)
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                report.failed.append((source, f"cannot read ({exc.strerror})"))
-                continue
-            sha = hashlib.sha256(data).hexdigest()
-            if known.get(source) == sha:
-                report.unchanged.append(source)
-                continue
-            try:
-                rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-                loaded = load_file(resolved, data, document_id=rel, source=rel)
-            except DocumentError as exc:
-                report.failed.append((source, exc.message))
-                continue
-            except Exception as exc:  # a parser's own failure on one odd file must not end the run
-                report.failed.append((source, f"could not be read ({type(exc).__name__}: {exc})"))
-                continue
-            report.skipped_lines.extend((source, problem) for problem in loaded.problems)
-            docs = loaded.documents
-            chunks = [c for doc in docs for c in chunker.split(doc)]
-            pending.append((source, sha, [d.document_id for d in docs], chunks))
+        pending, seen = _read(roots, known, Chunker(settings.chunk_size, settings.chunk_overlap), report, progress)
 
         to_remove = [s for s, _, _, _ in pending if s in known]
         if prune:
@@ -153,35 +110,11 @@ def ingest(
             to_remove += gone
             report.removed.extend(gone)
         incremental = index_type == previous_type and (index_type == "flat" or (index_type == "hnsw" and not to_remove))
-        for source in to_remove:
-            old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE file = ?", (source,))]
-            if old_ids and incremental:
-                version.index.remove_ids(np.asarray(old_ids, dtype=np.int64))
-            report.chunks_removed += len(old_ids)
-            db.execute("DELETE FROM chunks WHERE file = ?", (source,))
-            db.execute("DELETE FROM files WHERE source = ?", (source,))
-
-        all_chunks = [c for _, _, _, chunks in pending for c in chunks]
+        report.chunks_removed = _remove(db, version.index if incremental else None, to_remove)
         next_id = int(meta.get("next_id", 1))
-        ids = np.arange(next_id, next_id + len(all_chunks), dtype=np.int64)
-        load = getattr(embedder, "load", None)
-        if all_chunks and load is not None:  # so the rate below measures embedding alone
-            load()
-        embed_started = time.perf_counter()
-        vectors = _embed(embedder, [c.embedding_text for c in all_chunks], settings.embedding_batch_size, progress)
-        report.embed_seconds = time.perf_counter() - embed_started
-        files_of = [s for s, _, _, chunks in pending for _ in chunks]
-        db.executemany(
-            "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
-                for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
-            ],
-        )
-        _embed_faq_questions(db, embedder, settings.embedding_batch_size)
+        ids, vectors = _add(db, pending, next_id, embedder, settings.embedding_batch_size, report, progress)
         if incremental:
-            if len(all_chunks):
+            if len(ids):
                 version.index.add_with_ids(vectors, ids)
         elif pending or to_remove or index_type != previous_type:
             version.index = _rebuild(db, index_type, embedder.dimension)
@@ -191,7 +124,7 @@ def ingest(
             [(s, sha, json.dumps(doc_ids), len(chunks), now) for s, sha, doc_ids, chunks in pending],
         )
         report.indexed = [s for s, _, _, _ in pending]
-        report.chunks_added = len(all_chunks)
+        report.chunks_added = len(ids)
         report.chunks_total = int(version.index.ntotal)
         report.index_type = index_type
 
@@ -200,23 +133,121 @@ def ingest(
             report.version = version.current_fingerprint()
         else:
             db.commit()
-            meta.update(
-                embedding_model=embedder.name,
-                dimension=embedder.dimension,
-                chunk_size=settings.chunk_size,
-                chunk_overlap=settings.chunk_overlap,
-                next_id=next_id + len(all_chunks),
-                index_type=index_type,
-                chunks=report.chunks_total,
-                fingerprint=_fingerprint(db, settings, embedder.name),
-                created_at=now,
-            )
-            version.publish(meta)
-            report.version = meta["fingerprint"]
+            report.version = _publish(version, settings, embedder.name, next_id + len(ids), report, now)
     report.seconds = time.perf_counter() - started
     if not report.indexed and not report.unchanged and not report.removed:
         raise IngestError(_nothing_indexed_message(report))
     return report
+
+
+Pending = list[tuple[str, str, list[str], list[Chunk]]]
+"""(file, sha256, document ids, chunks) of each new or changed file."""
+
+
+def _read(
+    roots: list[Path], known: dict[str, str], chunker: Chunker, report: IngestReport, progress: bool | None
+) -> tuple[Pending, set[str]]:
+    """Every new or changed file under ``roots``, loaded and chunked; the unchanged and the
+    unreadable ones go into ``report`` (a bad file is reported and skipped, never the run).
+    Returns the pending files and every file seen."""
+    pending: Pending = []
+    seen: set[str] = set()
+    files = [(root, path) for root, path in iter_files(roots) if path.exists()]
+    for root, path in tqdm(files, desc="reading", unit="file", disable=_quiet(progress)):
+        resolved = path.resolve()
+        source = str(resolved)
+        if source in seen:  # overlapping paths (docs docs/sub) or two links to one file
+            continue
+        seen.add(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            report.failed.append((source, f"cannot read ({exc.strerror})"))
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        if known.get(source) == sha:
+            report.unchanged.append(source)
+            continue
+        try:
+            rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+            loaded = load_file(resolved, data, document_id=rel, source=rel)
+        except DocumentError as exc:
+            report.failed.append((source, exc.message))
+            continue
+        except Exception as exc:  # a parser's own failure on one odd file must not end the run
+            report.failed.append((source, f"could not be read ({type(exc).__name__}: {exc})"))
+            continue
+        report.skipped_lines.extend((source, problem) for problem in loaded.problems)
+        docs = loaded.documents
+        chunks = [c for doc in docs for c in chunker.split(doc)]
+        pending.append((source, sha, [d.document_id for d in docs], chunks))
+    return pending, seen
+
+
+def _publish(
+    version: NewVersion, settings: Settings, model: str, next_id: int, report: IngestReport, now: float
+) -> str:
+    """The new version live, with its meta; returns its fingerprint."""
+    meta = version.meta
+    meta.update(
+        embedding_model=model,
+        dimension=version.dimension,
+        chunk_size=settings.chunk_size,
+        chunk_overlap=settings.chunk_overlap,
+        next_id=next_id,
+        index_type=report.index_type,
+        chunks=report.chunks_total,
+        fingerprint=_fingerprint(version.db, settings, model),
+        created_at=now,
+    )
+    version.publish(meta)
+    return str(meta["fingerprint"])
+
+
+def _remove(db: sqlite3.Connection, index: Any, sources: list[str]) -> int:
+    """Every chunk of ``sources`` out of the tables, and out of ``index`` when it is updated in
+    place (None: it is rebuilt afterwards). Returns how many chunks went."""
+    removed = 0
+    for source in sources:
+        old_ids = [r[0] for r in db.execute("SELECT id FROM chunks WHERE file = ?", (source,))]
+        if old_ids and index is not None:
+            index.remove_ids(np.asarray(old_ids, dtype=np.int64))
+        removed += len(old_ids)
+        db.execute("DELETE FROM chunks WHERE file = ?", (source,))
+        db.execute("DELETE FROM files WHERE source = ?", (source,))
+    return removed
+
+
+def _add(
+    db: sqlite3.Connection,
+    pending: Pending,
+    next_id: int,
+    embedder: Embedder,
+    batch_size: int,
+    report: IngestReport,
+    progress: bool | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pending files' chunks embedded and stored with ids from ``next_id`` (and the FAQ
+    entries' questions embedded alone). Returns the new ids and their vectors."""
+    all_chunks = [c for _, _, _, chunks in pending for c in chunks]
+    ids = np.arange(next_id, next_id + len(all_chunks), dtype=np.int64)
+    load = getattr(embedder, "load", None)
+    if all_chunks and load is not None:  # so the rate below measures embedding alone
+        load()
+    embed_started = time.perf_counter()
+    vectors = _embed(embedder, [c.embedding_text for c in all_chunks], batch_size, progress)
+    report.embed_seconds = time.perf_counter() - embed_started
+    files_of = [s for s, _, _, chunks in pending for _ in chunks]
+    db.executemany(
+        "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
+            for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
+        ],
+    )
+    _embed_faq_questions(db, embedder, batch_size)
+    return ids, vectors
 
 
 def _rebuild(db: sqlite3.Connection, index_type: str, dimension: int) -> Any:

@@ -279,7 +279,7 @@ async def test_ingest_killed_at_a_few_points_keeps_serving_and_recovers(bench: C
     landmarks = [
         _line_of("rag/store/writer.py", "faiss.write_index(self.index, str(self.path / INDEX_FILE))"),  # publishing
         _line_of("rag/store/layout.py", "os.replace(tmp, cdir / CURRENT_FILE)"),  # CURRENT's temp file written
-        _line_of("ingest/runner.py", 'report.version = meta["fingerprint"]'),  # just switched
+        _line_of("rag/store/writer.py", "self.published = True"),  # just switched
     ]
     for line in landmarks:
         assert line in bench.lines, f"a full run never ran {line}"
