@@ -9,6 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The one error shape (OpenAI's) that every route, stream and middleware answers with:
+    ``{"error": {"message", "type", "param", "code"}}``. Built here and nowhere else."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
 class RagError(Exception):
     """Base of every error this service raises on purpose."""
 
@@ -23,7 +29,7 @@ class RagError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The one error shape (OpenAI's) every route answers with."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return error_body(self.message, self.type, self.param, self.code)
 
 
 class InvalidRequestError(RagError):

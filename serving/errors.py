@@ -1,5 +1,6 @@
-"""One error body for every endpoint, built here: the OpenAI shape
-``{"error": {"message", "type", "param", "code"}}``."""
+"""Every endpoint's errors as one JSON response: the body is ``rag.errors.error_body`` (the
+OpenAI shape ``{"error": {"message", "type", "param", "code"}}``); this module maps
+exceptions (the service's own, FastAPI's validation, Starlette's HTTP errors) onto it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag.errors import RagError
+from rag.errors import RagError, error_body
 
 log = logging.getLogger("rag.serving")
 
@@ -25,8 +26,7 @@ def error_response(
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    return JSONResponse(status_code=status, content=body, headers=headers)
+    return JSONResponse(status_code=status, content=error_body(message, type_, param, code), headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:

@@ -30,7 +30,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from rag.errors import InvalidRequestError, RagError
+from rag.errors import InvalidRequestError, RagError, error_body
 from rag.pipeline import Pipeline, Prepared
 from rag.store import list_collections
 from rag.wire import Answer, GenerationOptions
@@ -169,7 +169,5 @@ async def _chunks(
                 sent += item
                 yield chunk({"content": item})
     except RagError as exc:
-        yield {
-            "data": json.dumps({"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}})
-        }
+        yield {"data": json.dumps(error_body(exc.message, exc.type, None, exc.code))}
     yield {"data": "[DONE]"}

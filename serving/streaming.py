@@ -14,7 +14,7 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse
 
-from rag.errors import RagError
+from rag.errors import RagError, error_body
 from rag.pipeline import Pipeline, Prepared
 from rag.wire import Answer
 
@@ -22,8 +22,7 @@ __all__ = ["EventSourceResponse", "sse_events"]
 
 
 def _error_event(message: str, type_: str, code: str | None) -> dict[str, Any]:
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return {"event": "error", "data": json.dumps(body)}
+    return {"event": "error", "data": json.dumps(error_body(message, type_, None, code))}
 
 
 async def sse_events(pipeline: Pipeline, prep: Prepared) -> AsyncIterator[dict[str, Any]]:
