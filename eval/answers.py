@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,15 +35,9 @@ from rag.prompts import NO_ANSWER
 from rag.settings import Settings
 
 from .data import QAItem, contains_answer, token_f1, within_gold
+from .stats import percentile, rate
 
 VERDICTS = ("right", "abstained", "wrong")
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def _plain(text: str) -> str:
@@ -111,7 +104,7 @@ def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for verdict in VERDICTS:
         count = sum(r["verdict"] == verdict for r in rows)
         out[verdict] = count
-        out[f"{verdict}_rate"] = count / n if n else None
+        out[f"{verdict}_rate"] = rate(count, n)
     return out
 
 
@@ -138,8 +131,8 @@ def summarise(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
         if answerable
         else None,
         "quoted": sum(r["answer_kind"] == "quoted" for r in rows),
-        "latency_p50_ms": statistics.median(latencies) if latencies else 0.0,
-        "latency_p95_ms": _pct(latencies, 0.95),
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p95_ms": percentile(latencies, 95),
         "decode_tok_per_s": tokens / (gen_ms / 1000) if gen_ms else 0.0,
         "by_kind": {
             kind: _rates([r for r in rows if r["kind"] == kind])

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .processes import free_port, server_process
+from .stats import latency_summary
 
 PATHS = ("exact_hit", "semantic_hit", "miss_overhead", "miss_backend")
 # A greeting or a thank-you around a question changes its words, not what it asks: the
@@ -61,14 +62,7 @@ def load_workload(corpus: Path, qa: Path | None) -> Workload:
 
 
 def percentiles(latencies_ms: list[float], wall_s: float) -> dict[str, float]:
-    values = np.asarray(latencies_ms)
-    return {
-        "p50_ms": round(float(np.percentile(values, 50)), 2),
-        "p95_ms": round(float(np.percentile(values, 95)), 2),
-        "p99_ms": round(float(np.percentile(values, 99)), 2),
-        "rps": round(len(values) / wall_s, 2),
-        "n": len(values),
-    }
+    return {**latency_summary(latencies_ms), "rps": round(len(latencies_ms) / wall_s, 2), "n": len(latencies_ms)}
 
 
 @dataclass

@@ -14,7 +14,6 @@ compressed codes' alone; ``bytes_per_vector`` is the FAISS index, the part held 
 from __future__ import annotations
 
 import sqlite3
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from .stats import latency_summary
 
 
 def synthetic(n: int, dimension: int, clusters: int, seed: int) -> np.ndarray:
@@ -86,8 +87,7 @@ def bench_index_types(
             f"recall@{k}": round(recall, 4),
             f"recall@{k}_approx": round(_recall(approx, truth, k), 4) if approx else round(recall, 4),
             "reranked_from_disk": refined,
-            "p50_ms": round(statistics.median(latencies), 3),
-            "p95_ms": round(float(np.percentile(latencies, 95)), 3),
+            **latency_summary(latencies, (50, 95), digits=3),
             "build_s": round(build_s, 1),
         }
         del index

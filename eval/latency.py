@@ -7,7 +7,6 @@ client-side wall times, so they include HTTP and JSON.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import defaultdict
 from typing import Any
@@ -16,6 +15,7 @@ import httpx
 from tqdm import tqdm
 
 from .data import QAItem
+from .stats import latency_summary
 
 
 def measure_latency(url: str, items: list[QAItem], collection: str, *, progress: bool | None = None) -> dict[str, Any]:
@@ -34,7 +34,6 @@ def measure_latency(url: str, items: list[QAItem], collection: str, *, progress:
         values.sort()
         summary[kind] = {
             "n": len(values),
-            "p50_ms": round(statistics.median(values), 2),
-            "p95_ms": round(values[min(len(values) - 1, int(0.95 * (len(values) - 1) + 0.5))], 2),
+            **latency_summary(values, (50, 95)),
         }
     return summary

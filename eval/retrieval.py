@@ -24,6 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .data import QAItem
+from .stats import percentile
 
 METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
 
@@ -37,11 +38,6 @@ def score_ranking(ranked: list[str], gold: list[str]) -> dict[str, float]:
     ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(wanted), 10)))
     scores["ndcg@10"] = dcg / ideal
     return scores
-
-
-def _percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))] if values else 0.0
 
 
 def evaluate_retrieval(
@@ -90,7 +86,7 @@ def evaluate_retrieval(
     summary: dict[str, Any] = {m: round(statistics.fmean(q[m] for q in per_question), 4) for m in METRICS}
     summary.update(
         n=len(per_question),
-        latency_ms={"p50": round(_percentile(latencies, 0.5), 2), "p95": round(_percentile(latencies, 0.95), 2)},
+        latency_ms={"p50": round(percentile(latencies, 50), 2), "p95": round(percentile(latencies, 95), 2)},
         index_type=meta.get("index_type", "flat"),
         retrieval_mode=settings.retrieval_mode,
         entity_filter=settings.entity_filter,

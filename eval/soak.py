@@ -47,6 +47,8 @@ from urllib.parse import urlsplit
 import httpx
 from tqdm import tqdm
 
+from .stats import latency_summary
+
 KINDS = ("seed", "exact", "semantic", "miss", "bad")
 DEFAULT_MIX = {"exact": 0.35, "semantic": 0.25, "miss": 0.25, "bad": 0.15}
 MAX_GROWTH = 0.05
@@ -263,14 +265,6 @@ def read_rss_kib(pid: int) -> int | None:
     return memory[0] if memory is not None else None
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list (q in 0-100)."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, min(len(sorted_values), int(-(-q * len(sorted_values) // 100))))
-    return sorted_values[rank - 1]
-
-
 def _is_loopback(url: str) -> bool:
     host = urlsplit(url).hostname or ""
     if host == "localhost":
@@ -384,9 +378,7 @@ def _latency(values: list[float]) -> dict[str, float]:
     values = sorted(values)
     return {
         "n": len(values),
-        "p50_ms": round(percentile(values, 50), 2),
-        "p95_ms": round(percentile(values, 95), 2),
-        "p99_ms": round(percentile(values, 99), 2),
+        **latency_summary(values),
         "max_ms": round(values[-1], 2),
     }
 
