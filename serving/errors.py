@@ -15,7 +15,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.errors import RagError, error_body
 
+from .schemas import ErrorResponse
+
 log = logging.getLogger("rag.serving")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 429, 503)
+}
+"""The error responses every API route documents in the OpenAPI schema."""
 
 
 def error_response(

@@ -1,0 +1,45 @@
+"""The admin routes: the response cache (`/v1/cache/stats`, `DELETE /v1/cache`) and the
+Prometheus metrics (`/metrics`); an admin key where keys are configured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from rag.errors import InvalidRequestError
+
+from . import observability
+from .auth import principal_of
+
+router = APIRouter()
+
+
+def _cache(request: Request) -> Any:
+    principal_of(request).require_admin()
+    cache = request.app.state.pipeline.cache
+    if cache is None:
+        raise InvalidRequestError("the response cache is off (RAG_CACHE_ENABLED=false)")
+    return cache
+
+
+@router.get("/v1/cache/stats")
+async def cache_stats(request: Request) -> dict[str, Any]:
+    """Entries, bytes on disk, and this worker's lookups by outcome."""
+    return _cache(request).stats()  # type: ignore[no-any-return]
+
+
+@router.delete("/v1/cache")
+async def cache_clear(request: Request, collection: str | None = None) -> dict[str, Any]:
+    """Drop cached answers: all, or one collection's (`?collection=NAME`)."""
+    return {"cleared": _cache(request).clear(collection), "collection": collection}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of every worker (admin key when keys are configured)."""
+    principal_of(request).require_admin()
+    observability.update_replicas(request.app.state.pipeline.generator)
+    payload, content_type = observability.metrics_payload()
+    return Response(payload, media_type=content_type)

@@ -1,0 +1,69 @@
+"""The health routes: `/healthz` (the process is up) and `/readyz` (every ingested
+collection loads and the backend answers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from rag.errors import BackendUnavailableError
+from rag.pipeline import Pipeline
+from rag.store import list_collections
+
+from .errors import ERRORS, error_response
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses=ERRORS)
+async def readyz(request: Request) -> Any:
+    """Ready to answer: every collection that has been ingested loads, and the backend is up.
+
+    Each collection is reported with its index version and size (or why it does not load);
+    with API keys configured, strangers see counts, not collection names."""
+    settings = request.app.state.settings
+    pipe: Pipeline = request.app.state.pipeline
+    names = list_collections(settings.collections_dir)
+    if not names:
+        return error_response(
+            503,
+            f"not ready: no collection has been ingested under {settings.data_dir} "
+            "- run `rag ingest PATH --collection NAME` first",
+            "service_unavailable",
+            None,
+            "not_ready",
+        )
+    collections: dict[str, dict[str, Any]] = {}
+    for name in names:
+        try:
+            index = pipe.get_index(name)
+        except Exception as exc:  # not ready is an answer here, not a failure
+            collections[name] = {"status": "error", "message": str(getattr(exc, "message", exc))}
+        else:
+            collections[name] = {"status": "ready", "index_version": index.version, "chunks": len(index)}
+    broken = {n: c["message"] for n, c in collections.items() if c["status"] != "ready"}
+    public = request.app.state.authenticator.enabled()  # public route: no collection names to strangers
+    if broken:
+        detail = "; ".join(f"{n}: {m}" for n, m in broken.items()) if not public else f"{len(broken)} collection(s)"
+        return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready")
+    ready = getattr(pipe.generator, "ready", None)
+    if ready is not None and not await ready():
+        raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready")
+    body: dict[str, Any] = {
+        "status": "ready",
+        "backend": pipe.generator.name,
+        "chunks": sum(c["chunks"] for c in collections.values()),
+    }
+    if public:
+        body["collection_count"] = len(collections)
+    else:
+        body["collections"] = collections
+        body["default_collection"] = settings.collection if settings.collection in collections else None
+    return body

@@ -1,0 +1,32 @@
+"""`POST /v1/query`: a question in, a grounded, cited answer out (or its SSE stream)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from rag.pipeline import Pipeline
+
+from . import observability
+from .auth import principal_of
+from .schemas import QueryRequest, QueryResponse
+from .streaming import EventSourceResponse, sse_events
+
+router = APIRouter()
+
+
+@router.post("/v1/query", response_model=QueryResponse)
+async def query(body: QueryRequest, request: Request) -> Any:
+    settings = request.app.state.settings
+    pipe: Pipeline = request.app.state.pipeline
+    principal_of(request).require_collection(body.collection or settings.collection)
+    observability.log_question(settings, body.collection, body.question)
+    history = [turn.model_dump() for turn in body.history]
+    if body.stream:
+        # Bad requests still get a plain 4xx: everything that can fail on the request
+        # itself happens before the stream starts.
+        prep = await pipe.prepare(body.question, body.collection, body.top_k, history, body.filters)
+        return EventSourceResponse(sse_events(pipe, prep))
+    answer = await pipe.answer(body.question, body.collection, body.top_k, history, body.filters)
+    return answer.to_dict()
