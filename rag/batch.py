@@ -1,4 +1,9 @@
-"""`rag batch`: answer a file of questions offline, many in flight at once.
+"""The one job runner: many questions answered a few at a time through the pipeline (so a
+vLLM backend batches them), each one's record kept as it is done, a failed question kept
+with its error body. ``rag batch`` runs it over a JSONL file (:func:`run_batch`) and
+``/v1/jobs`` over SQLite (``serving/jobs.py``), both with :func:`answer_each`.
+
+`rag batch`, a file of questions offline:
 
 Input: one question a line in the qa shape (``id``, ``question``, optional ``history``,
 ``collection``); other fields are ignored. Output: one JSON line per question, in input
@@ -6,20 +11,60 @@ order: ``id``, ``question``, ``answer``, ``citations``, ``cache``, or ``error`` 
 body) for a question that failed, so nothing is lost. Re-running with the same output file
 skips the questions already answered there (resumable); a line that failed is retried.
 
-Up to ``concurrency`` questions are in flight together, so a vLLM backend batches them.
+Up to ``concurrency`` questions are in flight together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from .errors import RagError
+
+Answerer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+"""A question's item (``id``, ``question``, ...) to the fields of its record (answer, citations, ...)."""
+
+
+async def answer_each(
+    items: Iterable[tuple[Any, dict[str, Any]]],
+    answer: Answerer,
+    concurrency: int | asyncio.Semaphore,
+    record: Callable[[Any, dict[str, Any]], None],
+    *,
+    in_order: bool = False,
+) -> dict[str, int]:
+    """Answer every ``(key, item)``, ``concurrency`` at a time (a semaphore: shared with other
+    runs), and ``record(key, result)``
+    each as it is done (``in_order``: in the order given, the later ones running meanwhile).
+    A result is ``{"id", "question", **answer(item)}``, or the error body for a question
+    that failed: one bad question never stops the rest. Cancelled, it cancels what is still
+    running (what was recorded stays)."""
+    gate = concurrency if isinstance(concurrency, asyncio.Semaphore) else asyncio.Semaphore(concurrency)
+
+    async def one(key: Any, item: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        async with gate:
+            head = {"id": item["id"], "question": item["question"]}
+            try:
+                return key, {**head, **await answer(item)}
+            except RagError as exc:
+                return key, {**head, "error": exc.body()["error"]}
+
+    tasks = [asyncio.ensure_future(one(key, item)) for key, item in items]
+    counts = {"answered": 0, "failed": 0}
+    try:
+        for done in tasks if in_order else asyncio.as_completed(tasks):
+            key, result = await done
+            record(key, result)
+            counts["failed" if "error" in result else "answered"] += 1
+    finally:
+        for task in tasks:
+            task.cancel()
+    return counts
 
 
 def read_questions(path: Path) -> list[dict[str, Any]]:
@@ -66,35 +111,29 @@ async def run_batch(
     if out.exists():  # keep answered lines, drop failed or cut ones (they are redone)
         kept = [line for line in out.read_text(encoding="utf-8").splitlines() if _is_answer(line)]
         out.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(item: dict[str, Any]) -> dict[str, Any]:
-        async with gate:
-            try:
-                return {"id": item["id"], "question": item["question"], **await answer(item)}
-            except RagError as exc:
-                return {"id": item["id"], "question": item["question"], "error": exc.body()["error"]}
-
-    tasks = [asyncio.ensure_future(one(item)) for item in todo]
-    counts = {"skipped": len(items) - len(todo), "answered": 0, "failed": 0}
+    skipped = len(items) - len(todo)
     out.parent.mkdir(parents=True, exist_ok=True)
     with (
         out.open("a", encoding="utf-8") as sink,
         tqdm(
             total=len(items),
-            initial=counts["skipped"],
+            initial=skipped,
             desc="answering",
             unit="q",
             disable=None if progress is None else not progress,
         ) as bar,
     ):
-        for task in tasks:  # in input order; later ones keep running meanwhile
-            record = await task
+
+        def write(_: Any, record: dict[str, Any]) -> None:
             sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()
-            counts["failed" if "error" in record else "answered"] += 1
             bar.update()
-    if counts["skipped"]:  # a resumed run appended after the kept lines: restore input order
+
+        counts = {
+            "skipped": skipped,
+            **await answer_each(((None, i) for i in todo), answer, concurrency, write, in_order=True),
+        }
+    if skipped:  # a resumed run appended after the kept lines: restore input order
         lines = {str(json.loads(line)["id"]): line for line in out.read_text(encoding="utf-8").splitlines()}
         ordered = [lines[str(item["id"])] for item in items if str(item["id"]) in lines]
         tmp = out.with_suffix(out.suffix + ".tmp")

@@ -22,7 +22,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag.errors import NotFoundError, RagError
+from rag.batch import answer_each
+from rag.errors import NotFoundError
 from rag.pipeline import Pipeline
 
 from .auth import principal_of
@@ -135,7 +136,7 @@ class JobRunner:
     def __init__(self, store: JobStore, pipeline: Pipeline, concurrency: int) -> None:
         self.store = store
         self.pipeline = pipeline
-        self._gate = asyncio.Semaphore(concurrency)
+        self._gate = asyncio.Semaphore(concurrency)  # shared by every job: the service's limit
         self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self, job_id: str) -> None:
@@ -152,18 +153,12 @@ class JobRunner:
         collection = job["collection"] if job else None
         self.store.set_status(job_id, "running")
 
-        async def one(position: int, item: dict[str, Any]) -> None:
-            async with self._gate:
-                result: dict[str, Any] = {"id": item.get("id") or str(position), "question": item["question"]}
-                try:
-                    answer = await self.pipeline.answer(item["question"], collection, history=item["history"] or None)
-                    body = answer.to_dict()
-                    result.update({k: body[k] for k in ("answer", "citations", "cache")})
-                except RagError as exc:
-                    result["error"] = exc.body()["error"]
-                self.store.record(job_id, position, result)
+        async def answer(item: dict[str, Any]) -> dict[str, Any]:
+            body = (await self.pipeline.answer(item["question"], collection, history=item["history"] or None)).to_dict()
+            return {k: body[k] for k in ("answer", "citations", "cache")}
 
-        await asyncio.gather(*(one(p, item) for p, item in self.store.pending(job_id)))
+        items = [(p, {**item, "id": item.get("id") or str(p)}) for p, item in self.store.pending(job_id)]
+        await answer_each(items, answer, self._gate, lambda p, result: self.store.record(job_id, p, result))
         self.store.set_status(job_id, "done")
 
     async def aclose(self) -> None:
