@@ -28,6 +28,7 @@ from cache import SemanticCache
 from cache.verifier import PairVerifier
 
 from .errors import RagError
+from .prompts import prompt_version
 from .store import CollectionIndex, SearchResult, is_faq_question
 
 if TYPE_CHECKING:
@@ -122,4 +123,33 @@ def open_cache(settings: Settings, dimension: int) -> SemanticCache:
         verifier=load_verifier(settings),
         confirmed_threshold=settings.cache_confirmed_threshold,
         confirmed_margin=settings.cache_confirmed_margin,
+    )
+
+
+def answer_config(settings: Settings, support_name: str, embedder_name: str) -> str:
+    """Everything that changes an answer for the same question and content: part of every
+    cache scope, so answers are shared only between requests that would give the same one."""
+    return "-".join(
+        str(v)
+        for v in (
+            prompt_version(settings.shots, settings.context_sentences),
+            settings.max_tokens,
+            settings.temperature,
+            settings.min_relevance,
+            settings.retrieval_mode,
+            settings.entity_filter,
+            settings.reranker,
+            support_name,
+            settings.min_support,
+            settings.llm_min_support,
+            settings.quote_sentences,
+            settings.quote_margin,
+            settings.evidence_window,
+            settings.llm_context,
+            settings.guard,
+            embedder_name,
+            # int8 question vectors are a space of their own: no near-duplicate search
+            # across it (fp32 ONNX and torch agree to 0.99999, so they share one).
+            *(["int8-questions"] if settings.embedding_onnx == "int8" else []),
+        )
     )

@@ -7,11 +7,9 @@ import asyncio
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -20,19 +18,17 @@ import numpy as np
 from cache import CacheHit, SemanticCache, normalize_question
 
 from . import __version__
-from .cache_policy import faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
+from .cache_policy import answer_config, faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
 from .compress import compress
-from .conversation import standalone
 from .embedder import Embedder, embed_async, question_text
-from .errors import BackendUnavailableError, InvalidRequestError, RagError
+from .errors import InvalidRequestError
 from .evidence import Evidence, Unit, merge, select_evidence, span_texts
+from .generation import Generating
 from .generators import GenerationRequest, Generator
-from .generators.base import usage as usage_of
-from .guard import ClauseGuard
-from .prompts import COMPLETION_STOP, NO_ANSWER, chat_messages, completion_prompt, prompt_version
-from .rerank import RerankerUnavailable, load_reranker
+from .prompts import NO_ANSWER, generation_request
+from .retrieval import Retrieval
 from .settings import Settings
-from .store import CollectionIndex, RetrievedChunk, SearchResult, collection_dir, current_version_dir
+from .store import CollectionIndex, RetrievedChunk
 from .support import get_support_scorer
 from .wire import Answer, CacheStatus, Citation, GenerationOptions
 
@@ -70,18 +66,7 @@ class Prepared:
     )
 
 
-@contextmanager
-def _backend_errors(name: str) -> Iterator[None]:
-    """The backend's own errors become one clear 503."""
-    try:
-        yield
-    except RagError:
-        raise
-    except Exception as exc:
-        raise BackendUnavailableError(f"backend {name} failed: {exc}") from exc
-
-
-class Pipeline:
+class Pipeline(Retrieval, Generating):
     def __init__(
         self,
         settings: Settings,
@@ -99,55 +84,15 @@ class Pipeline:
         self.embedder = embedder
         self.generator = generator
         self.cache = cache if settings.cache_enabled else None
-        self.reranker = load_reranker(settings.reranker, settings)
+        Retrieval.__init__(self, settings, embedder)
         self.support_scorer = get_support_scorer(settings)
-        self.rerank_failures = 0  # requests that kept the hybrid order because the reranker failed
-        self._indexes: dict[str, CollectionIndex] = {}
         self._inflight: dict[str, asyncio.Future[Answer]] = {}
-        self._index_lock = threading.Lock()
         # CPU-bound steps of a request (retrieval, reranking, the near-duplicate search), off
         # the event loop; one thread a core (FAISS, SQLite and numpy release the GIL).
         self._cpu = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="rag-cpu")
         # Called with every answer and whether it could use the cache (metrics hook here).
         self.observers: list[Callable[[Answer, bool], None]] = []
-        # Everything that changes an answer for the same question and content.
-        self._answer_config = "-".join(
-            str(v)
-            for v in (
-                prompt_version(settings.shots, settings.context_sentences),
-                settings.max_tokens,
-                settings.temperature,
-                settings.min_relevance,
-                settings.retrieval_mode,
-                settings.entity_filter,
-                settings.reranker,
-                self.support_scorer.name,
-                settings.min_support,
-                settings.llm_min_support,
-                settings.quote_sentences,
-                settings.quote_margin,
-                settings.evidence_window,
-                settings.llm_context,
-                settings.guard,
-                embedder.name,
-                # int8 question vectors are a space of their own: no near-duplicate search
-                # across it (fp32 ONNX and torch agree to 0.99999, so they share one).
-                *(["int8-questions"] if settings.embedding_onnx == "int8" else []),
-            )
-        )
-
-    def get_index(self, collection: str) -> CollectionIndex:
-        """The live version of a collection, reloaded when an ingest run has switched it."""
-        with self._index_lock:
-            loaded = self._indexes.get(collection)
-            live = current_version_dir(collection_dir(self.settings.collections_dir, collection))
-            if loaded is not None and loaded.version_dir == live:
-                return loaded
-            index = CollectionIndex.load(
-                self.settings.collections_dir, collection, model=self.embedder.name, dimension=self.embedder.dimension
-            )
-            self._indexes[collection] = index
-            return index
+        self._answer_config = answer_config(settings, self.support_scorer.name, embedder.name)
 
     def validate_question(self, question: str) -> str:
         question = question.strip()
@@ -160,47 +105,6 @@ class Pipeline:
                 param="question",
             )
         return question
-
-    def plan_search(
-        self,
-        index: CollectionIndex,
-        question: str,
-        history: list[dict[str, str]] | None,
-        filters: dict[str, Any] | None,
-    ) -> tuple[str, dict[str, Any] | None]:
-        """What to search with: the caller's filters, else the entity the question or its
-        conversation names; a follow-up naming none is searched with the turn it follows."""
-        if not filters and self.settings.entity_filter:
-            entity = standalone(question, history, index.titles()).entity
-            filters = {"title": entity} if entity else None
-        if not filters and history:
-            previous = next((t["content"] for t in reversed(history) if t.get("role") == "user"), "")
-            if previous:
-                return f"{previous}\n{question}", None
-        return question, filters
-
-    def retrieve(
-        self, index: CollectionIndex, vector: np.ndarray, text: str, k: int, filters: dict[str, Any] | None = None
-    ) -> list[RetrievedChunk]:
-        """Hybrid search (``RAG_RETRIEVAL_MODE``) within ``filters``, then the reranker if one
-        is configured (it sees a wider pool and keeps the best ``k``)."""
-        return self.retrieve_detailed(index, vector, text, k, filters).chunks
-
-    def retrieve_detailed(
-        self, index: CollectionIndex, vector: np.ndarray, text: str, k: int, filters: dict[str, Any] | None = None
-    ) -> SearchResult:
-        """:meth:`retrieve`, with the first chunk of the dense and of the lexical ranking."""
-        mode = self.settings.retrieval_mode
-        if self.reranker is None:
-            return index.search_detailed(vector, k, text, filters, mode)
-        found = index.search_detailed(vector, max(k, self.settings.rerank_pool), text, filters, mode)
-        try:
-            ranked = list(self.reranker.rerank(text, found.chunks))
-        except RerankerUnavailable as exc:  # the reranking is lost, not the answer
-            self.rerank_failures += 1
-            log.warning("reranker unavailable, keeping the hybrid order: %s", exc)
-            ranked = list(found.chunks)
-        return replace(found, chunks=ranked[:k])
 
     def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
         """Answers are shared only between requests that would have produced the same one:
@@ -351,7 +255,9 @@ class Pipeline:
             used = {c.id for c in prep.context}
             prep.chunks = [c for c in chunks if c.id in used]
         prep.support = [c.text for c in prep.context]
-        prep.request = self._request(question, prep.context, prep.options)
+        prep.request = generation_request(
+            self.generator.prompt_style, question, prep.context, self.settings, prep.options
+        )
         prep.request.evidence = [u.text for u in prep.evidence.chosen]
 
     def _select_evidence(
@@ -422,122 +328,6 @@ class Pipeline:
         finally:
             self._inflight.pop(key, None)
 
-    def _guard(self, prep: Prepared) -> ClauseGuard | None:
-        """The guard for this answer: every backend that writes its own words gets one."""
-        if self.generator.prompt_style == "none" or not self.settings.guard:
-            return None
-        return ClauseGuard(prep.support)
-
-    async def stream(self, prep: Prepared) -> AsyncIterator[str | Answer]:
-        """Text pieces as they may be shown, then the final Answer.
-
-        With the guard on, a generated answer is released a clause at a time, each once it
-        has passed (:mod:`rag.guard`): nothing the guard would cut reaches the client, and the
-        pieces add up to the final answer. When nothing of the model's answer stands, the
-        quoted evidence is sent instead.
-        """
-        await self.ground(prep)
-        if prep.result is not None:  # "I don't know", at once: the whole answer is the first token
-            prep.result.timings_ms.setdefault("first_token", prep.result.timings_ms.get("total", 0.0))
-            yield prep.result.answer
-            yield prep.result
-            return
-        assert prep.request is not None
-        if not self.generator.can_stream:
-            answer = await self._generate_prepared(prep)
-            yield answer.answer
-            yield answer
-            return
-        t = time.perf_counter()
-        guard = self._guard(prep)
-        parts: list[str] = []
-        tokens = 0
-        sent = False
-        pieces = self.generator.stream(prep.request)  # type: ignore[attr-defined]
-        with _backend_errors(self.generator.name):
-            try:
-                async for piece in pieces:
-                    tokens += 1
-                    parts.append(piece)
-                    out = guard.feed(piece) if guard is not None else piece
-                    if out:
-                        if not sent:
-                            prep.timings["first_token"] = (time.perf_counter() - t) * 1000
-                            sent = True
-                        yield out
-                    if guard is not None and guard.reason is not None:
-                        break  # the rest would be cut: stop generating it
-            finally:
-                await pieces.aclose()
-        prep.timings["generate"] = (time.perf_counter() - t) * 1000
-        tail = guard.close() if guard is not None else ""
-        if not sent:  # the last clause, or the quote that replaces the answer, goes out now
-            prep.timings["first_token"] = prep.timings["generate"]
-        if tail:
-            yield tail
-        answer = self._finish(prep, "".join(parts), {"completion_tokens": tokens}, guard)
-        if guard is not None and guard.replaced:  # the quoted evidence, whole
-            yield answer.answer
-        yield answer
-
-    async def _generate_prepared(self, prep: Prepared) -> Answer:
-        await self.ground(prep)
-        if prep.result is not None:
-            return prep.result
-        assert prep.request is not None
-        t = time.perf_counter()
-        with _backend_errors(self.generator.name):
-            generation = await self.generator.generate(prep.request)
-        prep.timings["generate"] = (time.perf_counter() - t) * 1000
-        guard = self._guard(prep)
-        if guard is not None:
-            guard.feed(generation.text)
-            guard.close()
-        return self._finish(prep, generation.text, usage_of(generation), guard)
-
-    def _finish(self, prep: Prepared, text: str, usage: dict[str, Any], guard: ClauseGuard | None) -> Answer:
-        """The served answer from what the backend said (and what the guard let through);
-        stored in the cache."""
-        model_answer = text.strip()
-        kind, grounded, provisional = "generated", True, False
-        if self.generator.prompt_style == "none":
-            text, kind = model_answer or NO_ANSWER, "quoted"
-        elif guard is None:
-            text = model_answer or NO_ANSWER
-        elif guard.replaced:
-            # Nothing of the model's answer stands: the evidence, quoted and cited (or "I don't
-            # know" when no sentence was good enough to quote). It stands only for this index
-            # version: a new ingest may let the model answer properly.
-            text, kind, grounded, provisional = prep.evidence.quote() or NO_ANSWER, "quoted", False, True
-        else:
-            text = guard.text
-        if text == NO_ANSWER or not text:
-            text, kind = NO_ANSWER, "no_answer"
-        chunks = prep.quoted if kind == "quoted" else prep.chunks  # a quote cites where it comes from
-        citations = [] if kind == "no_answer" else [Citation.from_chunk(c) for c in chunks]
-        if self.cache is not None and prep.cacheable and prep.vector is not None:
-            payload = {
-                "answer": text,
-                "answer_kind": kind,
-                "citations": [asdict(c) for c in citations],
-                "index_version": prep.index.version if prep.index else None,
-                "provisional": provisional,
-                "faq_entry": prep.faq_entry if citations else None,
-                "top_chunk": prep.top_chunk if citations else None,
-            }
-            # The scope again, for the same index version: a backend may have learnt its
-            # model name during this request.
-            assert prep.index is not None
-            scope = self.cache_scope(prep.index, prep.top_k) + prep.scope_extra
-            # Answers citing the same chunks are one answer: not rivals for the margin check.
-            group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
-            self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
-        answer = self._done(prep, text, citations, CacheStatus(), usage, kind=kind)
-        answer.grounded = grounded
-        answer.model_answer = model_answer if self.generator.prompt_style != "none" else None
-        answer.guard_reason = guard.reason if guard is not None else None
-        return answer
-
     def _done(
         self,
         prep: Prepared,
@@ -567,27 +357,6 @@ class Pipeline:
                 observer(answer, cacheable)
             except Exception:  # a metrics hook must never cost a customer the answer
                 log.exception("answer observer failed")
-
-    def _request(
-        self, question: str, chunks: list[RetrievedChunk], options: GenerationOptions | None = None
-    ) -> GenerationRequest:
-        style = self.generator.prompt_style
-        prompt: str | list[dict[str, str]] | None = None
-        stop: list[str] = []
-        if style == "completion":
-            prompt = completion_prompt(question, chunks, self.settings.shots)
-            stop = COMPLETION_STOP
-        elif style == "chat":
-            prompt = chat_messages(question, chunks, self.settings.shots)
-        options = options or GenerationOptions()
-        return GenerationRequest(
-            question,
-            chunks,
-            prompt,
-            options.max_tokens or self.settings.max_tokens,
-            [*stop, *options.stop],
-            options.temperature,
-        )
 
     async def aclose(self) -> None:
         self._cpu.shutdown(wait=True)

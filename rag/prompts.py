@@ -21,8 +21,11 @@ from langchain_core.prompts import (
     PromptTemplate,
 )
 
+from .generators.base import GenerationRequest
+from .wire import GenerationOptions
+
 if TYPE_CHECKING:
-    from .settings import ShotMode
+    from .settings import Settings, ShotMode
     from .store import RetrievedChunk
 
 NO_ANSWER = "I don't know from these documents."
@@ -158,3 +161,30 @@ def prompt_version(shots: ShotMode, context_sentences: int = 0) -> str:
         [INSTRUCTIONS, EXAMPLES[: SHOTS[shots]], _COMPLETION_SUFFIX, _CHAT_USER, quoting, shots, context_sentences]
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def generation_request(
+    style: str,
+    question: str,
+    chunks: list[RetrievedChunk],
+    settings: Settings,
+    options: GenerationOptions | None = None,
+) -> GenerationRequest:
+    """What a backend of this prompt ``style`` is sent: the few-shot prompt (completion) or
+    messages (chat) over ``chunks``, with the request's own limits over the settings'."""
+    prompt: str | list[dict[str, str]] | None = None
+    stop: list[str] = []
+    if style == "completion":
+        prompt = completion_prompt(question, chunks, settings.shots)
+        stop = COMPLETION_STOP
+    elif style == "chat":
+        prompt = chat_messages(question, chunks, settings.shots)
+    options = options or GenerationOptions()
+    return GenerationRequest(
+        question,
+        chunks,
+        prompt,
+        options.max_tokens or settings.max_tokens,
+        [*stop, *options.stop],
+        options.temperature,
+    )

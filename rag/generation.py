@@ -1,0 +1,175 @@
+"""Generation, the query path's last stage: the backend writes, the guard checks each clause
+(:mod:`rag.guard`), and the answer is served, streamed a clause at a time once it has
+passed, and stored in the cache. :class:`rag.pipeline.Pipeline` is one; what it reads of
+the pipeline is declared below."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from .errors import BackendUnavailableError, RagError
+from .generators.base import usage as usage_of
+from .guard import ClauseGuard
+from .prompts import NO_ANSWER
+from .wire import Answer, CacheStatus, Citation
+
+if TYPE_CHECKING:
+    from cache import SemanticCache
+
+    from .generators import Generator
+    from .pipeline import Prepared
+    from .settings import Settings
+    from .store import CollectionIndex
+
+
+@contextmanager
+def _backend_errors(name: str) -> Iterator[None]:
+    """The backend's own errors become one clear 503."""
+    try:
+        yield
+    except RagError:
+        raise
+    except Exception as exc:
+        raise BackendUnavailableError(f"backend {name} failed: {exc}") from exc
+
+
+class Generating:
+    settings: Settings
+    generator: Generator
+    cache: SemanticCache | None
+
+    if TYPE_CHECKING:
+
+        async def ground(self, prep: Prepared) -> None: ...
+
+        def cache_scope(self, index: CollectionIndex, top_k: int) -> str: ...
+
+        def _done(
+            self,
+            prep: Prepared,
+            text: str,
+            citations: list[Citation],
+            status: CacheStatus,
+            usage: dict[str, Any] | None = None,
+            kind: str = "generated",
+        ) -> Answer: ...
+
+    def _guard(self, prep: Prepared) -> ClauseGuard | None:
+        """The guard for this answer: every backend that writes its own words gets one."""
+        if self.generator.prompt_style == "none" or not self.settings.guard:
+            return None
+        return ClauseGuard(prep.support)
+
+    async def stream(self, prep: Prepared) -> AsyncIterator[str | Answer]:
+        """Text pieces as they may be shown, then the final Answer.
+
+        With the guard on, a generated answer is released a clause at a time, each once it
+        has passed (:mod:`rag.guard`): nothing the guard would cut reaches the client, and the
+        pieces add up to the final answer. When nothing of the model's answer stands, the
+        quoted evidence is sent instead.
+        """
+        await self.ground(prep)
+        if prep.result is not None:  # "I don't know", at once: the whole answer is the first token
+            prep.result.timings_ms.setdefault("first_token", prep.result.timings_ms.get("total", 0.0))
+            yield prep.result.answer
+            yield prep.result
+            return
+        assert prep.request is not None
+        if not self.generator.can_stream:
+            answer = await self._generate_prepared(prep)
+            yield answer.answer
+            yield answer
+            return
+        t = time.perf_counter()
+        guard = self._guard(prep)
+        parts: list[str] = []
+        tokens = 0
+        sent = False
+        pieces = self.generator.stream(prep.request)  # type: ignore[attr-defined]
+        with _backend_errors(self.generator.name):
+            try:
+                async for piece in pieces:
+                    tokens += 1
+                    parts.append(piece)
+                    out = guard.feed(piece) if guard is not None else piece
+                    if out:
+                        if not sent:
+                            prep.timings["first_token"] = (time.perf_counter() - t) * 1000
+                            sent = True
+                        yield out
+                    if guard is not None and guard.reason is not None:
+                        break  # the rest would be cut: stop generating it
+            finally:
+                await pieces.aclose()
+        prep.timings["generate"] = (time.perf_counter() - t) * 1000
+        tail = guard.close() if guard is not None else ""
+        if not sent:  # the last clause, or the quote that replaces the answer, goes out now
+            prep.timings["first_token"] = prep.timings["generate"]
+        if tail:
+            yield tail
+        answer = self._finish(prep, "".join(parts), {"completion_tokens": tokens}, guard)
+        if guard is not None and guard.replaced:  # the quoted evidence, whole
+            yield answer.answer
+        yield answer
+
+    async def _generate_prepared(self, prep: Prepared) -> Answer:
+        await self.ground(prep)
+        if prep.result is not None:
+            return prep.result
+        assert prep.request is not None
+        t = time.perf_counter()
+        with _backend_errors(self.generator.name):
+            generation = await self.generator.generate(prep.request)
+        prep.timings["generate"] = (time.perf_counter() - t) * 1000
+        guard = self._guard(prep)
+        if guard is not None:
+            guard.feed(generation.text)
+            guard.close()
+        return self._finish(prep, generation.text, usage_of(generation), guard)
+
+    def _finish(self, prep: Prepared, text: str, usage: dict[str, Any], guard: ClauseGuard | None) -> Answer:
+        """The served answer from what the backend said (and what the guard let through);
+        stored in the cache."""
+        model_answer = text.strip()
+        kind, grounded, provisional = "generated", True, False
+        if self.generator.prompt_style == "none":
+            text, kind = model_answer or NO_ANSWER, "quoted"
+        elif guard is None:
+            text = model_answer or NO_ANSWER
+        elif guard.replaced:
+            # Nothing of the model's answer stands: the evidence, quoted and cited (or "I don't
+            # know" when no sentence was good enough to quote). It stands only for this index
+            # version: a new ingest may let the model answer properly.
+            text, kind, grounded, provisional = prep.evidence.quote() or NO_ANSWER, "quoted", False, True
+        else:
+            text = guard.text
+        if text == NO_ANSWER or not text:
+            text, kind = NO_ANSWER, "no_answer"
+        chunks = prep.quoted if kind == "quoted" else prep.chunks  # a quote cites where it comes from
+        citations = [] if kind == "no_answer" else [Citation.from_chunk(c) for c in chunks]
+        if self.cache is not None and prep.cacheable and prep.vector is not None:
+            payload = {
+                "answer": text,
+                "answer_kind": kind,
+                "citations": [asdict(c) for c in citations],
+                "index_version": prep.index.version if prep.index else None,
+                "provisional": provisional,
+                "faq_entry": prep.faq_entry if citations else None,
+                "top_chunk": prep.top_chunk if citations else None,
+            }
+            # The scope again, for the same index version: a backend may have learnt its
+            # model name during this request.
+            assert prep.index is not None
+            scope = self.cache_scope(prep.index, prep.top_k) + prep.scope_extra
+            # Answers citing the same chunks are one answer: not rivals for the margin check.
+            group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
+            self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
+        answer = self._done(prep, text, citations, CacheStatus(), usage, kind=kind)
+        answer.grounded = grounded
+        answer.model_answer = model_answer if self.generator.prompt_style != "none" else None
+        answer.guard_reason = guard.reason if guard is not None else None
+        return answer
