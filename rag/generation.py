@@ -5,8 +5,9 @@ the pipeline is declared below."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ from .generators.base import usage as usage_of
 from .guard import ClauseGuard
 from .prompts import NO_ANSWER
 from .wire import Answer, CacheStatus, Citation
+
+log = logging.getLogger("rag.pipeline")
 
 if TYPE_CHECKING:
     from cache import SemanticCache
@@ -41,22 +44,13 @@ class Generating:
     settings: Settings
     generator: Generator
     cache: SemanticCache | None
+    observers: list[Callable[[Answer, bool], None]]
 
     if TYPE_CHECKING:
 
         async def ground(self, prep: Prepared) -> None: ...
 
         def cache_scope(self, index: CollectionIndex, top_k: int) -> str: ...
-
-        def _done(
-            self,
-            prep: Prepared,
-            text: str,
-            citations: list[Citation],
-            status: CacheStatus,
-            usage: dict[str, Any] | None = None,
-            kind: str = "generated",
-        ) -> Answer: ...
 
     def _guard(self, prep: Prepared) -> ClauseGuard | None:
         """The guard for this answer: every backend that writes its own words gets one."""
@@ -173,3 +167,33 @@ class Generating:
         answer.model_answer = model_answer if self.generator.prompt_style != "none" else None
         answer.guard_reason = guard.reason if guard is not None else None
         return answer
+
+    def _done(
+        self,
+        prep: Prepared,
+        text: str,
+        citations: list[Citation],
+        status: CacheStatus,
+        usage: dict[str, Any] | None = None,
+        kind: str = "generated",
+    ) -> Answer:
+        prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
+        answer = Answer(
+            answer=text,
+            citations=citations,
+            cache=status,
+            timings_ms={k: round(v, 2) for k, v in prep.timings.items()},
+            collection=prep.collection,
+            backend=self.generator.name,
+            usage=usage or {},
+            answer_kind=kind,
+        )
+        self._notify(answer, prep.cacheable)
+        return answer
+
+    def _notify(self, answer: Answer, cacheable: bool) -> None:
+        for observer in self.observers:
+            try:
+                observer(answer, cacheable)
+            except Exception:  # a metrics hook must never cost a customer the answer
+                log.exception("answer observer failed")

@@ -328,36 +328,6 @@ class Pipeline(Retrieval, Generating):
         finally:
             self._inflight.pop(key, None)
 
-    def _done(
-        self,
-        prep: Prepared,
-        text: str,
-        citations: list[Citation],
-        status: CacheStatus,
-        usage: dict[str, Any] | None = None,
-        kind: str = "generated",
-    ) -> Answer:
-        prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
-        answer = Answer(
-            answer=text,
-            citations=citations,
-            cache=status,
-            timings_ms={k: round(v, 2) for k, v in prep.timings.items()},
-            collection=prep.collection,
-            backend=self.generator.name,
-            usage=usage or {},
-            answer_kind=kind,
-        )
-        self._notify(answer, prep.cacheable)
-        return answer
-
-    def _notify(self, answer: Answer, cacheable: bool) -> None:
-        for observer in self.observers:
-            try:
-                observer(answer, cacheable)
-            except Exception:  # a metrics hook must never cost a customer the answer
-                log.exception("answer observer failed")
-
     async def aclose(self) -> None:
         self._cpu.shutdown(wait=True)
         await self.generator.aclose()
