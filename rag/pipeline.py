@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import time
 from collections.abc import Callable
@@ -31,8 +30,6 @@ from .settings import Settings
 from .store import CollectionIndex, RetrievedChunk
 from .support import get_support_scorer
 from .wire import Answer, CacheStatus, Citation, GenerationOptions
-
-log = logging.getLogger("rag.pipeline")
 
 
 @dataclass
