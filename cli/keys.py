@@ -21,7 +21,7 @@ def keys_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
-    from serving.auth import KeyStore
+    from serving.keys import KeyStore
 
     settings = load_settings(data_dir=data_dir)
     wanted = [c.strip() for c in (collections or "").split(",") if c.strip()]
@@ -36,7 +36,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """Keys by id (never the keys themselves)."""
-    from serving.auth import KeyStore
+    from serving.keys import KeyStore
 
     store = KeyStore(load_settings(data_dir=data_dir).data_dir)
     for info in store.list():
@@ -51,7 +51,7 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (from `rag keys list`).")], data_dir: DataDir = None
 ) -> None:
     """Revoke a key: it stops working within seconds, in every worker."""
-    from serving.auth import KeyStore
+    from serving.keys import KeyStore
 
     store = KeyStore(load_settings(data_dir=data_dir).data_dir)
     revoked = store.revoke(key_id)

@@ -25,7 +25,7 @@ def serve(
 
     import uvicorn
 
-    from serving.auth import KeyStore
+    from serving.keys import KeyStore
 
     overrides = {"host": host, "port": port, "backend": backend, "data_dir": data_dir, "vllm_url": vllm_url}
     overrides["workers"] = workers

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from rag.errors import InvalidRequestError
 
 from . import observability
-from .auth import principal_of
+from .principals import principal_of
 
 router = APIRouter()
 

@@ -1,4 +1,4 @@
-"""API keys and per-key limits.
+"""Authentication and per-key limits, before any route runs: the middleware.
 
 ``rag keys create --collections a,b [--admin]`` prints a key once; only its SHA-256 is kept
 (in ``RAG_DATA_DIR/keys.sqlite``). Keys are 256-bit random tokens, so a fast hash is enough:
@@ -18,173 +18,27 @@ no limits.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import math
-import secrets
-import sqlite3
-import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from starlette.exceptions import HTTPException
 
 from rag.errors import (
     AuthenticationError,
-    InvalidRequestError,
-    PermissionDeniedError,
     RagError,
     RateLimitError,
     RequestTooLargeError,
 )
 from rag.settings import Settings
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
+from .keys import KeyStore
+from .principals import ANONYMOUS, Principal
 
-KEYS_FILE = "keys.sqlite"
-ALL = "*"
 # Reachable without a key: liveness/readiness probes, the widget script, the API schema.
 # A refused body up to this many times RAG_MAX_BODY_BYTES is read and dropped before the 413.
 DRAIN_FACTOR = 8
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/widget.js", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS keys (
-    id TEXT PRIMARY KEY, name TEXT, hash TEXT NOT NULL, collections TEXT NOT NULL,
-    admin INTEGER NOT NULL, created_at REAL NOT NULL, revoked_at REAL
-);
-"""
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: a key (its id, collections, admin flag) or the anonymous local user."""
-
-    key_id: str | None
-    collections: frozenset[str] | None  # None: every collection
-    admin: bool
-
-    @property
-    def label(self) -> str:
-        return self.key_id or "anonymous"
-
-    def can_read(self, collection: str) -> bool:
-        return self.collections is None or collection in self.collections
-
-    def require_collection(self, collection: str) -> None:
-        if not self.can_read(collection):
-            raise PermissionDeniedError(
-                f"this API key cannot read collection {collection!r} - use a key created with "
-                f"`rag keys create --collections {collection}`",
-                param="collection",
-            )
-
-    def require_admin(self) -> None:
-        if not self.admin:
-            raise PermissionDeniedError("this route needs an admin key (`rag keys create --admin`)")
-
-
-ANONYMOUS = Principal(None, None, True)
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    id: str
-    name: str | None
-    collections: list[str]
-    admin: bool
-    created_at: float
-    revoked_at: float | None
-
-
-def _digest(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-class KeyStore:
-    """API keys in SQLite: shared by every worker process and by the `rag keys` command."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / KEYS_FILE
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _conn(self, create: bool = False) -> sqlite3.Connection | None:
-        if self._db is None:
-            if not self.path.exists() and not create:
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
-
-    def create(self, collections: list[str], admin: bool = False, name: str | None = None) -> tuple[str, KeyInfo]:
-        """A new key: returns it (shown once, never stored) and its record."""
-        if not collections and not admin:
-            raise InvalidRequestError("a key needs --collections (names, or '*' for all) or --admin")
-        key_id = secrets.token_hex(4)
-        key = f"rk_{key_id}_{secrets.token_urlsafe(32)}"
-        stored = [ALL] if admin or ALL in collections else sorted(set(collections))
-        info = KeyInfo(key_id, name, stored, admin, time.time(), None)
-        db = self._conn(create=True)
-        assert db is not None
-        with self._lock:
-            db.execute(
-                "INSERT INTO keys (id, name, hash, collections, admin, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (key_id, name, _digest(key), json.dumps(stored), int(admin), info.created_at),
-            )
-        return key, info
-
-    def revoke(self, key_id: str) -> bool:
-        db = self._conn()
-        if db is None:
-            return False
-        with self._lock:
-            cur = db.execute(
-                "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (time.time(), key_id)
-            )
-        return cur.rowcount > 0
-
-    def list(self) -> list[KeyInfo]:
-        db = self._conn()
-        if db is None:
-            return []
-        rows = db.execute("SELECT id, name, collections, admin, created_at, revoked_at FROM keys ORDER BY created_at")
-        return [KeyInfo(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4], r[5]) for r in rows]
-
-    def active(self) -> int:
-        db = self._conn()
-        if db is None:
-            return 0
-        return int(db.execute("SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL").fetchone()[0])
-
-    def lookup(self, key: str) -> Principal | None:
-        parts = key.split("_", 2)
-        db = self._conn()
-        if db is None or len(parts) != 3 or parts[0] != "rk":
-            return None
-        row = db.execute(
-            "SELECT hash, collections, admin FROM keys WHERE id = ? AND revoked_at IS NULL", (parts[1],)
-        ).fetchone()
-        if row is None or not hmac.compare_digest(row[0], _digest(key)):
-            return None
-        collections = json.loads(row[1])
-        return Principal(parts[1], None if ALL in collections else frozenset(collections), bool(row[2]))
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
 
 
 class Authenticator:
@@ -266,19 +120,6 @@ class KeyLimits:
                 self._in_flight[principal.key_id] = left
             else:
                 self._in_flight.pop(principal.key_id, None)
-
-
-def principal_of(request: Any) -> Principal:
-    """The caller of a request that went through GuardMiddleware."""
-    return getattr(request.state, "principal", ANONYMOUS)
-
-
-async def send_error(send: Send, exc: RagError, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps(exc.body()).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": exc.status_code, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 class GuardMiddleware:

@@ -26,7 +26,7 @@ from rag.batch import answer_each
 from rag.errors import NotFoundError
 from rag.pipeline import Pipeline
 
-from .auth import principal_of
+from .principals import principal_of
 
 router = APIRouter()
 

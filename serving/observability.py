@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from rag.settings import Settings
 
-from .auth import ASGIApp, Message, Receive, Scope, Send
+from .asgi import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("rag.serving")
 access_log = logging.getLogger("rag.access")

@@ -35,8 +35,8 @@ from rag.pipeline import Pipeline, Prepared
 from rag.store import list_collections
 from rag.wire import Answer, GenerationOptions
 
-from .auth import principal_of
 from .observability import log_question
+from .principals import principal_of
 
 router = APIRouter()
 

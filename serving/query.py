@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from rag.pipeline import Pipeline
 
 from . import observability
-from .auth import principal_of
+from .principals import principal_of
 from .schemas import QueryRequest, QueryResponse
 from .streaming import EventSourceResponse, sse_events
 

@@ -16,7 +16,7 @@ import pytest
 
 from cli.serve import bind_address
 from ingest.runner import ingest
-from serving.auth import KeyStore
+from serving.keys import KeyStore
 
 from .conftest import EXAMPLES, make_settings
 from .servers import serving

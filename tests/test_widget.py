@@ -126,7 +126,7 @@ def test_widget_sends_its_api_key_to_a_service_that_needs_one(
     tmp_path: Path, example_data_dir: Path, embedder: Any, browser: Any
 ) -> None:
     """With API keys on, the page carries a key made for its one collection (data-api-key)."""
-    from serving.auth import KeyStore
+    from serving.keys import KeyStore
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
