@@ -53,7 +53,7 @@ def evaluate_retrieval(
     """Metrics over ``items`` (those with gold passages). With ``corpus``, it is ingested into
     a scratch directory first; without, ``collection`` of ``settings.data_dir`` is used."""
     from ingest.runner import ingest
-    from rag.embedder import SentenceTransformerEmbedder, question_text
+    from rag.embedder import SentenceTransformerEmbedder, embed_as_questions
     from rag.generators import get_generator
     from rag.pipeline import Pipeline
 
@@ -76,7 +76,7 @@ def evaluate_retrieval(
         for item in tqdm(items, desc="retrieving", unit="q", disable=None if progress is None else not progress):
             started = time.perf_counter()
             text, filters = pipeline.plan_search(index, item.question, item.history, None)
-            vector = embedder.embed_batch([question_text(embedder, text)])[0]
+            vector = embed_as_questions(embedder, [text])[0]
             chunks = pipeline.retrieve(index, vector, text, 3 * k, filters)
             latencies.append((time.perf_counter() - started) * 1000)
             ranked = list(dict.fromkeys(c.document_id for c in chunks))[:k]

@@ -223,8 +223,7 @@ class SentenceTransformerEmbedder:
         if self._want_onnx != "off":  # exported from the fp32 weights, before any cast
             from .onnx_encoder import OnnxEncoder
 
-            cache = {"cache_dir": self._onnx_cache} if self._onnx_cache else {}
-            self._onnx = OnnxEncoder.build(model, model_dir, int8=self._want_onnx == "int8", **cache)
+            self._onnx = OnnxEncoder.build(model, model_dir, int8=self._want_onnx == "int8", cache_dir=self._onnx_cache)
         if self._dtype == "bfloat16":
             model = model.to(torch.bfloat16)
         if model.get_embedding_dimension() != self.dimension:
@@ -297,7 +296,7 @@ class OnnxClsEmbedder(SentenceTransformerEmbedder):
             raise RuntimeError(f"{self.name} should have {self.dimension} dimensions, the file has {out}")
         self._sessions = sessions
         self._tokenizer = tokenizer
-        self._model = model_dir
+        self._model = model_dir  # loaded: the sessions above do the work, there is no torch model
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         if not texts:

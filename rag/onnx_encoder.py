@@ -55,7 +55,7 @@ class OnnxEncoder:
 
     @classmethod
     def build(
-        cls, model: Any, model_dir: Path, int8: bool = False, cache_dir: Path = DEFAULT_CACHE_DIR
+        cls, model: Any, model_dir: Path, int8: bool = False, cache_dir: Path | None = None
     ) -> OnnxEncoder | None:
         """From a loaded (fp32) SentenceTransformer, exported once into ``cache_dir``; None where
         it cannot (then torch does it all)."""
@@ -65,7 +65,7 @@ class OnnxEncoder:
             return None
         if not _mean_pooled(model):
             return None
-        path = cache_dir / _fingerprint(model_dir) / "model.onnx"
+        path = (cache_dir or DEFAULT_CACHE_DIR) / _fingerprint(model_dir) / "model.onnx"
         try:
             if not path.exists():
                 _export(model, path)
