@@ -157,26 +157,12 @@ class SemanticCache:
         - ``accept`` is the caller's own check on the payload (the pipeline's: does this
           question still retrieve the answer's sources?).
         """
-        skey = self._scope_key(scope)
         floor = self.threshold if confirm is None else self.confirmed_threshold
         least_margin = self.margin if confirm is None else self.confirmed_margin
-        with self._lock:
-            sindex = self._sync(skey)
-            if sindex.index.ntotal == 0:
-                return None
-            query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-            scores, ids = sindex.index.search(query, min(8, sindex.index.ntotal))
-        # Entries that could be a hit, or a rival close enough to make a hit ambiguous.
-        near: list[tuple[float, int, dict[str, Any]]] = []
-        for score, seq in zip(scores[0], ids[0], strict=True):
-            if seq < 0 or score < floor - self.margin:
-                break
-            entry = self._store.get(f"e:{skey}:{int(seq)}")
-            if entry is None:  # evicted or expired
-                continue
-            stored = np.frombuffer(entry["vector"], dtype=np.float32)
-            near.append((float(stored @ query[0]), int(seq), entry))  # the number may hold another entry now
-        near.sort(key=lambda item: -item[0])
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        near = self._near(self._scope_key(scope), query, floor - self.margin)
+        if near is None:
+            return None  # nothing cached in this scope: not counted as a lookup
         for similarity, seq, entry in near:
             if similarity < floor:
                 break
@@ -185,25 +171,56 @@ class SemanticCache:
             if similarity - rival < least_margin:
                 self.lookups["rejected_as_ambiguous"] += 1
                 break  # every later candidate is closer still to a rival
-            if similarity < self.threshold or similarity - rival < self.margin:
-                assert confirm is not None  # floor and least_margin are the plain ones without it
-                if not confirm(entry["payload"]):
-                    self.lookups["rejected_unconfirmed"] += 1
-                    continue
-            if self.guards and question is not None and conflict(question, entry["question"]):
-                self.lookups["rejected_by_guards"] += 1
-                continue
-            if self.verifier is not None and not self.verifier.accepts(
-                query[0], np.frombuffer(entry["vector"], dtype=np.float32)
-            ):
-                self.lookups["rejected_by_verifier"] += 1
-                continue
-            if accept is not None and not accept(entry["payload"]):
-                self.lookups["rejected_by_checks"] += 1
+            needs_confirmation = similarity < self.threshold or similarity - rival < self.margin
+            rejected = self._rejection(query[0], entry, question, accept, confirm if needs_confirmation else None)
+            if rejected is not None:
+                self.lookups[rejected] += 1
                 continue
             self.lookups["semantic_hits"] += 1
             return CacheHit("semantic", similarity, entry["question"], entry["payload"])
         self.lookups["misses"] += 1
+        return None
+
+    def _near(self, skey: str, query: np.ndarray, floor: float) -> list[tuple[float, int, dict[str, Any]]] | None:
+        """Entries that could be a hit, or a rival close enough to make a hit ambiguous: (cosine
+        with the stored vector, sequence number, entry), nearest first; None for an empty scope."""
+        with self._lock:
+            sindex = self._sync(skey)
+            if sindex.index.ntotal == 0:
+                return None
+            scores, ids = sindex.index.search(query, min(8, sindex.index.ntotal))
+        near: list[tuple[float, int, dict[str, Any]]] = []
+        for score, seq in zip(scores[0], ids[0], strict=True):
+            if seq < 0 or score < floor:
+                break
+            entry = self._store.get(f"e:{skey}:{int(seq)}")
+            if entry is None:  # evicted or expired
+                continue
+            stored = np.frombuffer(entry["vector"], dtype=np.float32)
+            near.append((float(stored @ query[0]), int(seq), entry))  # the number may hold another entry now
+        near.sort(key=lambda item: -item[0])
+        return near
+
+    def _rejection(
+        self,
+        query: np.ndarray,
+        entry: dict[str, Any],
+        question: str | None,
+        accept: Callable[[dict[str, Any]], bool] | None,
+        confirm: Callable[[dict[str, Any]], bool] | None,
+    ) -> str | None:
+        """The lookup counter that names why this candidate is not a hit, or None for a hit.
+        ``confirm`` is given only when the candidate is below the plain threshold or margin."""
+        if confirm is not None and not confirm(entry["payload"]):
+            return "rejected_unconfirmed"
+        if self.guards and question is not None and conflict(question, entry["question"]):
+            return "rejected_by_guards"
+        if self.verifier is not None and not self.verifier.accepts(
+            query, np.frombuffer(entry["vector"], dtype=np.float32)
+        ):
+            return "rejected_by_verifier"
+        if accept is not None and not accept(entry["payload"]):
+            return "rejected_by_checks"
         return None
 
     def put(

@@ -41,7 +41,8 @@ def bench(
 ) -> None:
     """Latency p50/p95/p99 and requests/s of exact hits, semantic hits and misses at each
     concurrency, over HTTP, beside the reference pipeline; ingest chunks/s."""
-    from eval.bench import plot, run_bench, table
+    from eval.bench import run_bench
+    from eval.bench_report import plot, table
 
     settings = load_settings(backend=backend, vllm_url=vllm_url)
     levels = [int(x) for x in concurrency.split(",") if x.strip()]

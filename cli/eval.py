@@ -40,7 +40,7 @@ def eval_retrieval(
 ) -> None:
     """recall@1/5/10, MRR@10, nDCG@10 and retrieval latency on a corpus + qa set."""
     from eval.data import load_qa, resolve_dataset
-    from eval.retrieval import METRICS, evaluate_retrieval, plot_runs, write_run
+    from eval.retrieval import evaluate_retrieval, plot_runs, write_run
 
     settings = load_settings(
         data_dir=data_dir, retrieval_mode=mode, entity_filter=entity_filter, reranker=reranker, collection=collection
@@ -62,6 +62,20 @@ def eval_retrieval(
         fail(str(exc))
         return
     summary = result["summary"]
+    _print_retrieval(summary, as_json)
+    if out is not None:
+        run_name = name or "-".join(
+            [(data or qa_path.parent).name, summary["index_type"], summary["retrieval_mode"]]
+            + ([] if summary["entity_filter"] else ["no-entity"])
+            + ([f"rerank-{summary['reranker'].split(':')[0]}"] if summary.get("reranker") else [])
+        )
+        path = write_run(out, run_name, summary)
+        typer.echo(f"wrote {path} and {plot_runs(out)}", err=as_json)
+
+
+def _print_retrieval(summary: dict[str, Any], as_json: bool) -> None:
+    from eval.retrieval import METRICS
+
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -74,14 +88,6 @@ def eval_retrieval(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    if out is not None:
-        run_name = name or "-".join(
-            [(data or qa_path.parent).name, summary["index_type"], summary["retrieval_mode"]]
-            + ([] if summary["entity_filter"] else ["no-entity"])
-            + ([f"rerank-{summary['reranker'].split(':')[0]}"] if summary.get("reranker") else [])
-        )
-        path = write_run(out, run_name, summary)
-        typer.echo(f"wrote {path} and {plot_runs(out)}", err=as_json)
 
 
 @eval_app.command("index")
@@ -215,6 +221,17 @@ def eval_throughput(
         )
 
 
+def _print_cache_rows(rows: list[dict[str, Any]], x: str, y: str, as_json_value: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(as_json_value, indent=2))
+        return
+    for row in rows:
+        checks = "checks" if row["guards"] else "threshold only"
+        if row.get("confirmed_threshold") is not None:
+            checks += f" + FAQ confirmed from {row['confirmed_threshold']:.2f}"
+        typer.echo(f"threshold {row['threshold']:.2f} {checks:>14}: {y} {row[y]:.3f}  {x} {row[x]:.3f}  (n={row['n']})")
+
+
 @eval_app.command("cache")
 def eval_cache(
     pairs: Annotated[Optional[Path], typer.Option(help="Pairs file: text_a, text_b, label (1 = same request).")] = None,
@@ -267,16 +284,7 @@ def eval_cache(
         for guards, check, m, v, (ct, cm) in modes if sweep else modes[2:]:
             rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm) for t in thresholds]
         x, y, name = "wrong_hit_rate", "correct_hit_rate", corpus.parent.name or corpus.stem
-    if as_json:
-        typer.echo(json.dumps(rows if sweep else rows[0], indent=2))
-    else:
-        for row in rows:
-            checks = "checks" if row["guards"] else "threshold only"
-            if row.get("confirmed_threshold") is not None:
-                checks += f" + FAQ confirmed from {row['confirmed_threshold']:.2f}"
-            typer.echo(
-                f"threshold {row['threshold']:.2f} {checks:>14}: {y} {row[y]:.3f}  {x} {row[x]:.3f}  (n={row['n']})"
-            )
+    _print_cache_rows(rows, x, y, rows if sweep else rows[0], as_json)
     if sweep:
         typer.echo(
             f"plot: {plot_sweep(rows, x, y, out / f'cache-sweep-{name}.png', f'Semantic cache on {name}')}", err=as_json

@@ -131,6 +131,39 @@ def _best_cut(
     return best
 
 
+Labelled = list[tuple[str, str, int]]
+
+
+def _split_labelled(
+    embedder: Any,
+    pairs: list[dict[str, Any]] | None,
+    questions: tuple[list[str], list[str]] | None,
+    holdout: float,
+    seed: int,
+) -> tuple[Labelled, Labelled]:
+    """(fit, held-out) (text a, text b, same request) rows from labelled pairs and questions."""
+    from cache.verifier import pairs_from_labelled
+
+    rng = np.random.default_rng(seed)
+    fit: Labelled = []
+    held: Labelled = []
+    if pairs:
+        order = rng.permutation(len(pairs))
+        cut = int(len(pairs) * (1 - holdout))
+        for rank, i in enumerate(order):
+            p = pairs[i]
+            (fit if rank < cut else held).append((p["text_a"], p["text_b"], int(p["label"])))
+    if questions:
+        texts, labels = questions
+        vectors = np.asarray(embed_as_questions(embedder, texts), dtype=np.float32)
+        split = rng.random(len(texts)) >= holdout  # questions, not pairs, are split: no text on both sides
+        for part, target in ((split, fit), (~split, held)):
+            idx = np.flatnonzero(part)
+            left, right, same = pairs_from_labelled(vectors[idx], [labels[i] for i in idx], seed=seed)
+            target += [(texts[idx[a]], texts[idx[b]], int(y)) for a, b, y in zip(left, right, same, strict=True)]
+    return fit, held
+
+
 def calibrate(
     embedder: Any,
     max_false_hit_rate: float,
@@ -147,30 +180,14 @@ def calibrate(
     so the reported rates are what unseen questions should see. Threshold-only settings are
     chosen the same way; the verifier is kept only where it wins."""
     from cache.guards import conflict
-    from cache.verifier import PairVerifier, pairs_from_labelled
+    from cache.verifier import PairVerifier
 
-    rng = np.random.default_rng(seed)
-    fit: list[tuple[str, str, int]] = []
-    held: list[tuple[str, str, int]] = []
-    if pairs:
-        order = rng.permutation(len(pairs))
-        cut = int(len(pairs) * (1 - holdout))
-        for rank, i in enumerate(order):
-            p = pairs[i]
-            (fit if rank < cut else held).append((p["text_a"], p["text_b"], int(p["label"])))
-    if questions:
-        texts, labels = questions
-        vectors = np.asarray(embed_as_questions(embedder, texts), dtype=np.float32)
-        split = rng.random(len(texts)) >= holdout  # questions, not pairs, are split: no text on both sides
-        for part, target in ((split, fit), (~split, held)):
-            idx = np.flatnonzero(part)
-            left, right, same = pairs_from_labelled(vectors[idx], [labels[i] for i in idx], seed=seed)
-            target += [(texts[idx[a]], texts[idx[b]], int(y)) for a, b, y in zip(left, right, same, strict=True)]
+    fit, held = _split_labelled(embedder, pairs, questions, holdout, seed)
     if not held or len({y for *_, y in held}) < 2:
         raise ValueError("need labelled data with both same-request and different-request examples")
     unique = _embed_unique(embedder, [t for a, b, _ in fit + held for t in (a, b)])
 
-    def arrays(rows: list[tuple[str, str, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(rows: Labelled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a = np.vstack([unique[r[0]] for r in rows]).astype(np.float32)
         b = np.vstack([unique[r[1]] for r in rows]).astype(np.float32)
         return a, b, np.asarray([r[2] for r in rows])
@@ -208,6 +225,44 @@ def write_env(path: Path, key: str, value: str | None) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _seed_faq(cache: SemanticCache, index: Any, faq: list[dict[str, Any]], embedder: Any, top_k: int) -> None:
+    """Cache every FAQ entry under its question, with its chunks as the answer's citations."""
+    from rag.cache_policy import faq_entry
+
+    citations: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for chunk_id, doc_id, title in index._db.execute("SELECT id, document_id, title FROM chunks ORDER BY id"):
+        citations[doc_id].append({"id": chunk_id, "document_id": doc_id, "title": title})
+    questions = [e["question"] for e in faq]
+    for entry, vector in zip(faq, embed_as_questions(embedder, questions), strict=True):
+        cited = citations[entry["id"]]
+        # As the service stores an answer: with the FAQ entry both searches find first for
+        # its question, when that is the entry the answer is.
+        anchor = faq_entry(index.search_detailed(vector, top_k, entry["question"]))
+        payload = {"id": entry["id"], "citations": cited, "faq_entry": anchor if anchor == entry["id"] else None}
+        cache.put("faq", entry["question"], vector, payload, group=",".join(str(c["id"]) for c in cited))
+
+
+def _ask_faq(
+    cache: SemanticCache, index: Any, items: list[Any], embedder: Any, retrieval_check: bool, top_k: int
+) -> tuple[int, int]:
+    """Ask every question through the service's cache checks; (correct hits, wrong hits)."""
+    from rag.cache_policy import faq_confirmed, sources_agree
+
+    correct = wrong = 0
+    for item, vector in zip(items, embed_as_questions(embedder, [i.question for i in items]), strict=True):
+        accept = confirm = None
+        if retrieval_check:
+            found = index.search_detailed(vector, top_k, item.question)
+            accept, confirm = sources_agree(found), faq_confirmed(found)
+        hit = cache.get_exact("faq", item.question) or cache.get_similar(
+            "faq", vector, question=item.question, accept=accept, confirm=confirm
+        )
+        if hit is not None:
+            correct += hit.payload["id"] in item.gold_passage_ids
+            wrong += hit.payload["id"] not in item.gold_passage_ids
+    return correct, wrong
+
+
 def eval_faq(
     corpus: Path,
     qa: Path,
@@ -225,7 +280,6 @@ def eval_faq(
     citations), ask every qa question through the checks the service runs: hybrid retrieval
     for the source check and the FAQ confirmation (``rag.cache_policy``)."""
     from ingest.runner import ingest
-    from rag.cache_policy import faq_confirmed, faq_entry, sources_agree
     from rag.settings import Settings
     from rag.store import CollectionIndex
 
@@ -237,9 +291,6 @@ def eval_faq(
         settings = Settings(data_dir=Path(tmp))
         ingest([corpus], "faq", settings, embedder, progress=False)
         index = CollectionIndex.load(settings.collections_dir, "faq", model=embedder.name, dimension=embedder.dimension)
-        citations: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for chunk_id, doc_id, title in index._db.execute("SELECT id, document_id, title FROM chunks ORDER BY id"):
-            citations[doc_id].append({"id": chunk_id, "document_id": doc_id, "title": title})
         cache = SemanticCache(
             Path(tmp) / "cache",
             dimension=embedder.dimension,
@@ -250,26 +301,8 @@ def eval_faq(
             confirmed_threshold=confirmed_threshold,
             confirmed_margin=confirmed_margin,
         )
-        questions = [e["question"] for e in faq]
-        for entry, vector in zip(faq, embed_as_questions(embedder, questions), strict=True):
-            cited = citations[entry["id"]]
-            # As the service stores an answer: with the FAQ entry both searches find first for
-            # its question, when that is the entry the answer is.
-            anchor = faq_entry(index.search_detailed(vector, top_k, entry["question"]))
-            payload = {"id": entry["id"], "citations": cited, "faq_entry": anchor if anchor == entry["id"] else None}
-            cache.put("faq", entry["question"], vector, payload, group=",".join(str(c["id"]) for c in cited))
-        correct = wrong = 0
-        for item, vector in zip(items, embed_as_questions(embedder, [i.question for i in items]), strict=True):
-            accept = confirm = None
-            if retrieval_check:
-                found = index.search_detailed(vector, top_k, item.question)
-                accept, confirm = sources_agree(found), faq_confirmed(found)
-            hit = cache.get_exact("faq", item.question) or cache.get_similar(
-                "faq", vector, question=item.question, accept=accept, confirm=confirm
-            )
-            if hit is not None:
-                correct += hit.payload["id"] in item.gold_passage_ids
-                wrong += hit.payload["id"] not in item.gold_passage_ids
+        _seed_faq(cache, index, faq, embedder, top_k)
+        correct, wrong = _ask_faq(cache, index, items, embedder, retrieval_check, top_k)
         cache.close()
         index.close()
     n = len(items) or 1

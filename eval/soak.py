@@ -82,99 +82,122 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
+class _Soak:
+    """One soak run: the load, its outcomes and the memory readings, with one method per job."""
+
+    def __init__(self, config: SoakConfig) -> None:
+        self.config = config
+        self.seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+        self.load = LoadMix(random.Random(self.seed), config.mix, config.collection)
+        self.outcomes: list[Outcome] = []
+        self.rss: list[tuple[float, int, int, int]] = []  # (t, VmRSS, RssAnon, RssFile) in KiB
+        self.started = time.perf_counter()
+        self.deadline = self.started + config.duration_s
+        self.issued = 0
+        self.errors = 0
+        self.server_gone = asyncio.Event()
+        self.bar = tqdm(
+            total=config.max_requests,
+            desc="soak",
+            unit="req",
+            disable=None if config.progress is None else not config.progress,
+        )
+
+    def client(self) -> httpx.AsyncClient:
+        config = self.config
+        return httpx.AsyncClient(
+            base_url=config.url.rstrip("/"),
+            timeout=config.timeout_s,
+            headers={"Authorization": f"Bearer {config.api_key}"} if config.api_key else {},
+            trust_env=False,  # loopback stays loopback: no proxy from the environment
+            limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
+        )
+
+    async def send(self, client: httpx.AsyncClient, call: Call) -> None:
+        sent = time.perf_counter()
+        status: int | None = None
+        cache: str | None = None
+        cited = False
+        try:
+            response = await client.request(call.method, call.path, **call.body)
+            status = response.status_code
+            error, cache = judge(call, response)
+            cited = error is None and call.kind != "bad" and bool(response.json().get("citations"))
+        except httpx.TimeoutException:
+            error = f"{call.kind}: timeout after {self.config.timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            error = f"{call.kind}: transport failure: {type(exc).__name__}: {exc}"
+        latency = (time.perf_counter() - sent) * 1000
+        self.outcomes.append(Outcome(sent - self.started, call.kind, call.label, status, latency, error, cache))
+        if cited and call.kind in ("seed", "miss") and call.question is not None:
+            self.load.remember(call.question)  # answered with citations: cached, so asking again is an exact hit
+        self.errors += error is not None
+        self.bar.update(1)
+        if self.errors:
+            self.bar.set_postfix(errors=self.errors, refresh=False)
+
+    def read_memory(self) -> bool:
+        """Record one memory reading; False when the server process is gone."""
+        assert self.config.pid is not None
+        kib = read_memory_kib(self.config.pid)
+        if kib is None:
+            return False
+        self.rss.append((time.perf_counter() - self.started, *kib))
+        return True
+
+    async def sample_memory(self, stop: asyncio.Event) -> None:
+        while self.read_memory():
+            try:
+                await asyncio.wait_for(stop.wait(), self.config.sample_s)
+                return
+            except TimeoutError:
+                pass
+        self.server_gone.set()  # the server died: nothing left to soak
+
+    def may_send(self) -> bool:
+        return (
+            self.issued < self.config.max_requests
+            and time.perf_counter() < self.deadline
+            and not self.server_gone.is_set()
+        )
+
+    async def worker(self, client: httpx.AsyncClient) -> None:
+        while self.may_send():
+            self.issued += 1
+            await self.send(client, self.load.next())
+
+    async def drive(self) -> float:
+        """Send the seeds, then the mixed load; returns the run's length in seconds."""
+        config = self.config
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(self.sample_memory(stop)) if config.pid is not None else None
+        async with self.client() as client:
+            try:
+                for call in self.load.seeds():  # one by one: the exact and semantic hits need them cached
+                    if not self.may_send():
+                        break
+                    self.issued += 1
+                    await self.send(client, call)
+                await asyncio.gather(*(self.worker(client) for _ in range(config.concurrency)))
+            finally:
+                ended = time.perf_counter()
+                stop.set()
+                if sampler is not None:
+                    await sampler
+                if config.pid is not None and not self.server_gone.is_set():
+                    self.read_memory()  # the final reading, after the load
+                self.bar.close()
+        return ended - self.started
+
+
 async def run_soak(config: SoakConfig) -> dict[str, Any]:
     """Drive the service as configured; returns the report (see ``summarize``)."""
     if not config.allow_remote and not _is_loopback(config.url):
         raise ValueError(f"{config.url} is not a loopback address: pass --allow-remote to soak another host")
-    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
-    rng = random.Random(seed)
-    load = LoadMix(rng, config.mix, config.collection)
-    outcomes: list[Outcome] = []
-    rss: list[tuple[float, int, int, int]] = []  # (t, VmRSS, RssAnon, RssFile) in KiB
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    started = time.perf_counter()
-    deadline = started + config.duration_s
-    issued = 0
-    bar = tqdm(
-        total=config.max_requests,
-        desc="soak",
-        unit="req",
-        disable=None if config.progress is None else not config.progress,
-    )
-    errors = 0
-
-    async with httpx.AsyncClient(
-        base_url=config.url.rstrip("/"),
-        timeout=config.timeout_s,
-        headers=headers,
-        trust_env=False,  # loopback stays loopback: no proxy from the environment
-        limits=httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency),
-    ) as client:
-
-        async def send(call: Call) -> None:
-            nonlocal errors
-            sent = time.perf_counter()
-            status: int | None = None
-            cache: str | None = None
-            cited = False
-            try:
-                response = await client.request(call.method, call.path, **call.body)
-                status = response.status_code
-                error, cache = judge(call, response)
-                cited = error is None and call.kind != "bad" and bool(response.json().get("citations"))
-            except httpx.TimeoutException:
-                error = f"{call.kind}: timeout after {config.timeout_s:g} s"
-            except httpx.HTTPError as exc:
-                error = f"{call.kind}: transport failure: {type(exc).__name__}: {exc}"
-            latency = (time.perf_counter() - sent) * 1000
-            outcomes.append(Outcome(sent - started, call.kind, call.label, status, latency, error, cache))
-            if cited and call.kind in ("seed", "miss") and call.question is not None:
-                load.remember(call.question)  # answered with citations: cached, so asking again is an exact hit
-            errors += error is not None
-            bar.update(1)
-            if errors:
-                bar.set_postfix(errors=errors, refresh=False)
-
-        async def sample_memory(stop: asyncio.Event) -> None:
-            assert config.pid is not None
-            while True:
-                kib = read_memory_kib(config.pid)
-                if kib is None:  # the server died: nothing left to soak
-                    server_gone.set()
-                    return
-                rss.append((time.perf_counter() - started, *kib))
-                try:
-                    await asyncio.wait_for(stop.wait(), config.sample_s)
-                    return
-                except TimeoutError:
-                    pass
-
-        async def worker() -> None:
-            nonlocal issued
-            while issued < config.max_requests and time.perf_counter() < deadline and not server_gone.is_set():
-                issued += 1
-                await send(load.next())
-
-        stop = asyncio.Event()
-        server_gone = asyncio.Event()
-        sampler = asyncio.create_task(sample_memory(stop)) if config.pid is not None else None
-        try:
-            for call in load.seeds():  # one by one: the exact and semantic hits need them cached
-                if issued >= config.max_requests or time.perf_counter() >= deadline:
-                    break
-                issued += 1
-                await send(call)
-            await asyncio.gather(*(worker() for _ in range(config.concurrency)))
-        finally:
-            ended = time.perf_counter()
-            stop.set()
-            if sampler is not None:
-                await sampler
-            if config.pid is not None and (kib := read_memory_kib(config.pid)) is not None:
-                rss.append((time.perf_counter() - started, *kib))  # the final reading, after the load
-            bar.close()
-    report = summarize(config, outcomes, rss, ended - started, seed)
-    if server_gone.is_set():
+    soak = _Soak(config)
+    elapsed = await soak.drive()
+    report = summarize(config, soak.outcomes, soak.rss, elapsed, soak.seed)
+    if soak.server_gone.is_set():
         report["server_exited"] = True
         report["passed"] = False
         report["error_samples"].insert(0, f"the server process {config.pid} exited during the run")

@@ -21,6 +21,62 @@ def _latency(values: list[float]) -> dict[str, float]:
     }
 
 
+def _memory_summary(config: SoakConfig, rss: list[tuple[float, int, int, int]], warmup_s: float) -> dict[str, Any]:
+    """RSS at start, after the warm-up, at the end and at peak, and the growth in between."""
+    memory: dict[str, Any] = {"pid": config.pid, "samples": len(rss), "warmup_s": round(warmup_s, 1)}
+    if not rss:
+        memory["error"] = f"could not read /proc/{config.pid}/status"
+        return memory
+    after = next((sample for sample in rss if sample[0] >= warmup_s), rss[-1])
+    final = rss[-1]
+
+    def growth(i: int) -> float:
+        return (final[i] - after[i]) / after[i] if after[i] else 0.0
+
+    memory.update(
+        {
+            "rss_start_mib": round(rss[0][1] / 1024, 1),
+            "rss_after_warmup_mib": round(after[1] / 1024, 1),
+            "rss_final_mib": round(final[1] / 1024, 1),
+            "rss_peak_mib": round(max(sample[1] for sample in rss) / 1024, 1),
+            "growth": round(growth(1), 4),
+            "growth_pct": round(100 * growth(1), 2),
+            # Where it went: anonymous memory (heap) or mapped files (SQLite pages, ...).
+            "anon_after_warmup_mib": round(after[2] / 1024, 1),
+            "anon_growth_pct": round(100 * growth(2), 2),
+            "file_after_warmup_mib": round(after[3] / 1024, 1),
+            "file_growth_pct": round(100 * growth(3), 2),
+        }
+    )
+    return memory
+
+
+def _bad_requests(outcomes: list[Outcome]) -> dict[str, Any]:
+    """How the malformed requests were answered, by case."""
+    bad = [o for o in outcomes if o.kind == "bad"]
+    by_case: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in bad:
+        by_case[o.label]["correct" if o.error is None else "wrong"] += 1
+    return {
+        "total": len(bad),
+        "correct_4xx": sum(1 for o in bad if o.error is None),
+        "by_case": {label: dict(c) for label, c in sorted(by_case.items())},
+    }
+
+
+def _by_kind(outcomes: list[Outcome]) -> tuple[dict[str, Any], dict[str, dict[str, int]]]:
+    """Latency percentiles overall and per kind, and the cache outcomes per kind."""
+    latencies: dict[str, list[float]] = defaultdict(list)
+    cache_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in outcomes:
+        latencies[o.kind].append(o.latency_ms)
+        if o.cache is not None:
+            cache_outcomes[o.kind][o.cache] += 1
+    latency = {"all": _latency([o.latency_ms for o in outcomes])} if outcomes else {}
+    latency.update({kind: _latency(latencies[kind]) for kind in KINDS if latencies[kind]})
+    return latency, {k: dict(cache_outcomes[k]) for k in KINDS if cache_outcomes[k]}
+
+
 def summarize(
     config: SoakConfig,
     outcomes: list[Outcome],
@@ -30,46 +86,11 @@ def summarize(
 ) -> dict[str, Any]:
     counts = Counter(o.kind for o in outcomes)
     errors = [o for o in outcomes if o.error is not None]
-    by_kind: dict[str, list[float]] = defaultdict(list)
-    cache_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
-    for o in outcomes:
-        by_kind[o.kind].append(o.latency_ms)
-        if o.cache is not None:
-            cache_outcomes[o.kind][o.cache] += 1
-    bad = [o for o in outcomes if o.kind == "bad"]
-    bad_labels: dict[str, Counter[str]] = defaultdict(Counter)
-    for o in bad:
-        bad_labels[o.label]["correct" if o.error is None else "wrong"] += 1
     warmup_s = config.warmup_s if config.warmup_s is not None else 0.2 * elapsed_s
-    memory: dict[str, Any] | None = None
-    if config.pid is not None:
-        memory = {"pid": config.pid, "samples": len(rss), "warmup_s": round(warmup_s, 1)}
-        if rss:
-            after = next((sample for sample in rss if sample[0] >= warmup_s), rss[-1])
-            final = rss[-1]
-
-            def growth(i: int) -> float:
-                return (final[i] - after[i]) / after[i] if after[i] else 0.0
-
-            memory.update(
-                {
-                    "rss_start_mib": round(rss[0][1] / 1024, 1),
-                    "rss_after_warmup_mib": round(after[1] / 1024, 1),
-                    "rss_final_mib": round(final[1] / 1024, 1),
-                    "rss_peak_mib": round(max(sample[1] for sample in rss) / 1024, 1),
-                    "growth": round(growth(1), 4),
-                    "growth_pct": round(100 * growth(1), 2),
-                    # Where it went: anonymous memory (heap) or mapped files (SQLite pages, ...).
-                    "anon_after_warmup_mib": round(after[2] / 1024, 1),
-                    "anon_growth_pct": round(100 * growth(2), 2),
-                    "file_after_warmup_mib": round(after[3] / 1024, 1),
-                    "file_growth_pct": round(100 * growth(3), 2),
-                }
-            )
-        else:
-            memory["error"] = f"could not read /proc/{config.pid}/status"
+    memory = _memory_summary(config, rss, warmup_s) if config.pid is not None else None
     growth_ok = memory is None or ("growth" in memory and memory["growth"] < MAX_GROWTH)
-    report: dict[str, Any] = {
+    latency, cache_outcomes = _by_kind(outcomes)
+    return {
         "url": config.url,
         "seed": seed,
         "concurrency": config.concurrency,
@@ -80,25 +101,17 @@ def summarize(
         "errors": len(errors),
         "errors_by_kind": dict(Counter(o.kind for o in errors)),
         "error_samples": [o.error for o in errors[:10]],
-        "bad_requests": {
-            "total": len(bad),
-            "correct_4xx": sum(1 for o in bad if o.error is None),
-            "by_case": {label: dict(c) for label, c in sorted(bad_labels.items())},
-        },
-        "cache_outcomes": {k: dict(cache_outcomes[k]) for k in KINDS if cache_outcomes[k]},
-        "latency": {"all": _latency([o.latency_ms for o in outcomes])} if outcomes else {},
+        "bad_requests": _bad_requests(outcomes),
+        "cache_outcomes": cache_outcomes,
+        "latency": latency,
         "memory": memory,
         "targets": {"errors": 0, "memory_growth_below": MAX_GROWTH},
         "passed": bool(outcomes) and not errors and growth_ok,
+        "_series": {
+            "requests": [(round(o.t, 3), o.kind, round(o.latency_ms, 2), o.error is not None) for o in outcomes],
+            "rss": [(round(t, 2), kib, anon, file) for t, kib, anon, file in rss],
+        },
     }
-    for kind in KINDS:
-        if by_kind[kind]:
-            report["latency"][kind] = _latency(by_kind[kind])
-    report["_series"] = {
-        "requests": [(round(o.t, 3), o.kind, round(o.latency_ms, 2), o.error is not None) for o in outcomes],
-        "rss": [(round(t, 2), kib, anon, file) for t, kib, anon, file in rss],
-    }
-    return report
 
 
 def format_report(report: dict[str, Any]) -> str:

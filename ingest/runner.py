@@ -86,14 +86,7 @@ def ingest(
 
     started = time.perf_counter()
     report = IngestReport(collection=collection)
-    roots = []
-    for path in paths:
-        root = path.resolve()
-        if root.exists():
-            roots.append(root)
-        else:  # and never pruned: an unmounted folder must not empty the collection
-            report.failed.append((str(root), "no such file or directory"))
-
+    roots = _existing_roots(paths, report)
     with NewVersion(settings.collections_dir, collection, model=embedder.name, dimension=embedder.dimension) as version:
         db, meta = version.db, version.meta
         previous_type = str(meta.get("index_type", "flat"))
@@ -138,6 +131,19 @@ def ingest(
     if not report.indexed and not report.unchanged and not report.removed:
         raise IngestError(_nothing_indexed_message(report))
     return report
+
+
+def _existing_roots(paths: list[Path], report: IngestReport) -> list[Path]:
+    """The paths that exist, resolved; a missing one is reported, and never pruned: an
+    unmounted folder must not empty the collection."""
+    roots = []
+    for path in paths:
+        root = path.resolve()
+        if root.exists():
+            roots.append(root)
+        else:
+            report.failed.append((str(root), "no such file or directory"))
+    return roots
 
 
 Pending = list[tuple[str, str, list[str], list[Chunk]]]

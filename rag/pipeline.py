@@ -156,12 +156,7 @@ class Pipeline(Retrieval, Generating):
         """
         started = time.perf_counter()
         question = self.validate_question(question)
-        if history and len(history) > self.settings.max_history_turns:
-            raise InvalidRequestError(
-                f"history has {len(history)} turns; the limit is {self.settings.max_history_turns} "
-                "- send the most recent turns only (or raise RAG_MAX_HISTORY_TURNS)",
-                param="history",
-            )
+        self._check_history(history)
         collection = collection or self.settings.collection
         top_k = top_k or self.settings.top_k
         prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions())
@@ -179,21 +174,7 @@ class Pipeline(Retrieval, Generating):
         prep.filters = filters
         prep.search_text = search_text
 
-        t = time.perf_counter()
-        valid = still_valid(index)
-        hit = cache.get_exact(prep.scope, question, accept=valid) if cache is not None else None
-        prep.timings["cache"] += (time.perf_counter() - t) * 1000
-        retrieved: list[RetrievedChunk] = []
-        if hit is None:
-            t = time.perf_counter()
-            prep.vector = (await embed_async(self.embedder, [question_text(self.embedder, search_text)]))[0]
-            prep.timings["embed"] = (time.perf_counter() - t) * 1000
-            # Retrieval (and a reranker, if any) and the near-duplicate search are CPU work:
-            # on the pipeline's pool, so the event loop keeps serving other requests.
-            loop = asyncio.get_running_loop()
-            retrieved, hit = await loop.run_in_executor(
-                self._cpu, self._search, prep, index, cache, search_text, filters, valid
-            )
+        retrieved, hit = await self._look_up(prep, cache, search_text, filters)
         if hit is not None:
             prep.result = self._done(
                 prep,
@@ -206,6 +187,35 @@ class Pipeline(Retrieval, Generating):
 
         prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]
         return prep
+
+    def _check_history(self, history: list[dict[str, str]] | None) -> None:
+        if history and len(history) > self.settings.max_history_turns:
+            raise InvalidRequestError(
+                f"history has {len(history)} turns; the limit is {self.settings.max_history_turns} "
+                "- send the most recent turns only (or raise RAG_MAX_HISTORY_TURNS)",
+                param="history",
+            )
+
+    async def _look_up(
+        self, prep: Prepared, cache: SemanticCache | None, search_text: str, filters: dict[str, Any] | None
+    ) -> tuple[list[RetrievedChunk], CacheHit | None]:
+        """The exact cache, then (on a miss) embed, retrieve and the near-duplicate search:
+        (the retrieved chunks, the cache hit or None)."""
+        index = prep.index
+        assert index is not None
+        t = time.perf_counter()
+        valid = still_valid(index)
+        hit = cache.get_exact(prep.scope, prep.question, accept=valid) if cache is not None else None
+        prep.timings["cache"] += (time.perf_counter() - t) * 1000
+        if hit is not None:
+            return [], hit
+        t = time.perf_counter()
+        prep.vector = (await embed_async(self.embedder, [question_text(self.embedder, search_text)]))[0]
+        prep.timings["embed"] = (time.perf_counter() - t) * 1000
+        # Retrieval (and a reranker, if any) and the near-duplicate search are CPU work:
+        # on the pipeline's pool, so the event loop keeps serving other requests.
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._cpu, self._search, prep, index, cache, search_text, filters, valid)
 
     async def ground(self, prep: Prepared) -> None:
         """Find the evidence and build the generation request; or answer "I don't know" now

@@ -17,7 +17,9 @@ SNIPPET_CHARS = 300
 class Citation:
     id: int
     document_id: str
-    source: str
+    source: str = field(
+        metadata={"description": "The file the passage comes from, relative to the folder that was ingested."}
+    )
     title: str
     text: str
     score: float

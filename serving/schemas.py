@@ -1,10 +1,14 @@
-"""Request and response bodies of the REST API."""
+"""Request and response bodies of the REST API. The answer's parts are the wire types of
+``rag.wire``, defined there once; this module only names their OpenAPI schemas."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from rag import wire
 
 
 class Turn(BaseModel):
@@ -44,19 +48,20 @@ class QueryRequest(BaseModel):
     )
 
 
-class CitationOut(BaseModel):
-    id: int
-    document_id: str
-    source: str = Field(description="The file the passage comes from, relative to the folder that was ingested.")
-    title: str
-    text: str
-    score: float
+def _response_model(name: str, cls: type) -> type[BaseModel]:
+    """The OpenAPI schema of a wire dataclass: its public fields, in order, each one always
+    sent (so required), with the description its metadata gives."""
+    hints = get_type_hints(cls)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], Field(..., description=f.metadata.get("description")))
+        for f in dataclasses.fields(cls)
+        if not f.metadata.get("internal")
+    }
+    return create_model(name, **fields)
 
 
-class CacheOut(BaseModel):
-    hit: bool
-    kind: str | None
-    similarity: float | None
+CitationOut = _response_model("CitationOut", wire.Citation)
+CacheOut = _response_model("CacheOut", wire.CacheStatus)
 
 
 class TimingsOut(BaseModel):
@@ -75,8 +80,8 @@ class QueryResponse(BaseModel):
         "sentences of the documents, verbatim (the extractive backend, or what the guard served in place of an "
         'answer they do not support); `no_answer`: "I don\'t know from these documents."'
     )
-    citations: list[CitationOut]
-    cache: CacheOut
+    citations: list[CitationOut]  # type: ignore[valid-type]  # a model made by create_model
+    cache: CacheOut  # type: ignore[valid-type]
     timings_ms: TimingsOut
     collection: str
     backend: str

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from eval.bench import measure, table
+from eval.bench import measure
+from eval.bench_report import table
 
 from .conftest import ROOT
 

