@@ -232,6 +232,42 @@ def _print_cache_rows(rows: list[dict[str, Any]], x: str, y: str, as_json_value:
         typer.echo(f"threshold {row['threshold']:.2f} {checks:>14}: {y} {row[y]:.3f}  {x} {row[x]:.3f}  (n={row['n']})")
 
 
+def _cache_pair_rows(
+    pairs: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The policy's rows (and, swept, the threshold alone's) on a pairs file, and the plain curve."""
+    from eval.cache import _embed_unique, eval_pairs, load_pairs
+    from eval.cache_bounds import plain_curve_pairs
+
+    records = load_pairs(pairs)
+    vectors = _embed_unique(embedder, [p["text_a"] for p in records] + [p["text_b"] for p in records])
+    rows: list[dict[str, Any]] = []
+    for guards, check in ((False, None), (True, verifier)) if sweep else ((True, verifier),):
+        rows += [eval_pairs(records, embedder, t, guards, vectors, check) for t in thresholds]
+    return rows, plain_curve_pairs(records, vectors)
+
+
+def _cache_faq_rows(
+    corpus: Path, qa: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool, settings: Any
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Threshold only; the checks without, then with the FAQ confirmation (the service's
+    policy), on an FAQ and reworded questions; and the plain curve."""
+    from eval.cache import eval_faq
+    from eval.cache_bounds import plain_curve_faq
+
+    unconfirmed: tuple[float | None, float | None] = (None, None)
+    confirmed = (settings.cache_confirmed_threshold, settings.cache_confirmed_margin)
+    modes = [
+        (False, False, 0.0, None, unconfirmed),
+        (True, True, settings.cache_margin, verifier, unconfirmed),
+        (True, True, settings.cache_margin, verifier, confirmed),
+    ]
+    rows: list[dict[str, Any]] = []
+    for guards, check, m, v, (ct, cm) in modes if sweep else modes[2:]:
+        rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm) for t in thresholds]
+    return rows, plain_curve_faq(corpus, qa, embedder)
+
+
 @eval_app.command("cache")
 def eval_cache(
     pairs: Annotated[Optional[Path], typer.Option(help="Pairs file: text_a, text_b, label (1 = same request).")] = None,
@@ -248,11 +284,15 @@ def eval_cache(
         bool, typer.Option(help="Try thresholds 0.70-0.98: threshold only, and with the checks; write a PNG.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    out: Annotated[Path, typer.Option(help="Where the sweep plot goes.")] = Path("eval/results"),
+    out: Annotated[Path, typer.Option(help="Where the operating points (JSON, PNG) and the sweep plot go.")] = Path(
+        "eval/results"
+    ),
 ) -> None:
     """Correct and wrong cache hits on labelled pairs or an FAQ with reworded questions, with
-    the configured checks (guards, margin, calibrated verifier)."""
-    from eval.cache import _embed_unique, eval_faq, eval_pairs, load_pairs, plot_sweep
+    the configured checks (guards, margin, calibrated verifier), and the hit rate at 0.5%, 1%
+    and 2% wrong hits beside the best plain threshold on the same vectors."""
+    from eval.cache import plot_sweep
+    from eval.cache_bounds import format_report, plot_bounds, report, write_report
     from rag.cache_policy import load_verifier
     from rag.embedder import SentenceTransformerEmbedder
 
@@ -264,28 +304,27 @@ def eval_cache(
     verifier = run_or_fail(lambda: load_verifier(settings))
     embedder = SentenceTransformerEmbedder.from_settings(settings).load()
     thresholds = [round(0.70 + 0.02 * i, 2) for i in range(15)] if sweep else [settings.cache_threshold]
-    rows: list[dict[str, Any]] = []
     if pairs is not None:
-        records = load_pairs(pairs)
-        vectors = _embed_unique(embedder, [p["text_a"] for p in records] + [p["text_b"] for p in records])
-        for guards, check in ((False, None), (True, verifier)) if sweep else ((True, verifier),):
-            rows += [eval_pairs(records, embedder, t, guards, vectors, check) for t in thresholds]
+        rows, plain = _cache_pair_rows(pairs, embedder, thresholds, verifier, sweep)
         x, y, name = "false_hit_rate", "hit_rate", pairs.stem
     else:
         assert corpus is not None and qa is not None
-        # threshold only; the checks without, then with the FAQ confirmation (the service's).
-        unconfirmed: tuple[float | None, float | None] = (None, None)
-        confirmed = (settings.cache_confirmed_threshold, settings.cache_confirmed_margin)
-        modes = [
-            (False, False, 0.0, None, unconfirmed),
-            (True, True, settings.cache_margin, verifier, unconfirmed),
-            (True, True, settings.cache_margin, verifier, confirmed),
-        ]
-        for guards, check, m, v, (ct, cm) in modes if sweep else modes[2:]:
-            rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm) for t in thresholds]
+        rows, plain = _cache_faq_rows(corpus, qa, embedder, thresholds, verifier, sweep, settings)
         x, y, name = "wrong_hit_rate", "correct_hit_rate", corpus.parent.name or corpus.stem
-    _print_cache_rows(rows, x, y, rows if sweep else rows[0], as_json)
+    policy = [r for r in rows if r["guards"] and (pairs is not None or r.get("confirmed_threshold") is not None)]
+    swept = policy if sweep else None
+    points = report(plain, _configured(policy, settings.cache_threshold), x, y, swept)
+    _print_cache_rows(rows, x, y, rows if sweep else {**rows[0], "operating_points": points}, as_json)
+    if not as_json:
+        for line in format_report(points, x, y):
+            typer.echo(line)
+    where = [write_report(points, plain, out / f"cache-bounds-{name}.json")]
+    where.append(plot_bounds(plain, points, x, y, out / f"cache-bounds-{name}.png", f"Semantic cache on {name}", swept))
     if sweep:
-        typer.echo(
-            f"plot: {plot_sweep(rows, x, y, out / f'cache-sweep-{name}.png', f'Semantic cache on {name}')}", err=as_json
-        )
+        where.append(plot_sweep(rows, x, y, out / f"cache-sweep-{name}.png", f"Semantic cache on {name}"))
+    typer.echo("wrote " + ", ".join(str(w) for w in where), err=as_json)
+
+
+def _configured(policy: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """The policy's row at the configured threshold (the sweep's grid holds it, or it is the only row)."""
+    return next((r for r in policy if abs(r["threshold"] - threshold) < 1e-9), policy[-1])

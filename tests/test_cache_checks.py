@@ -108,22 +108,38 @@ def _rag(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
+def _check_operating_points(row: dict, x: str, y: str, written: Path) -> None:  # type: ignore[type-arg]
+    """The configured policy's point is the row's own; the best plain threshold at each bound
+    keeps to it and gets more as the bound loosens; the curve is written as JSON and PNG."""
+    points = row["operating_points"]
+    assert points["policy_as_configured"] == {"threshold": 0.8, x: row[x], y: row[y]}
+    best = [points["best_plain_threshold"][b] for b in ("0.005", "0.01", "0.02")]
+    for bound, point in zip((0.005, 0.01, 0.02), best, strict=True):
+        assert point is None or point[x] <= bound
+    got = [p[y] if p else 0.0 for p in best]
+    assert got == sorted(got) and got[-1] > 0
+    assert json.loads(written.with_suffix(".json").read_text())["plain_curve"]
+    assert written.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_eval_cache_on_pairs_and_on_an_faq(tmp_path: Path) -> None:
-    result = _rag(
-        "eval", "cache", "--pairs", str(FIXTURES / "banking77_pairs_slice.jsonl"), "--json", "--threshold", "0.8"
-    )
+    result = _rag("eval", "cache", "--pairs", str(FIXTURES / "banking77_pairs_slice.jsonl"), "--json",
+                  "--threshold", "0.8", "--out", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr
     pairs = json.loads(result.stdout)
     assert pairs["n"] == 120 and set(pairs["by_kind"]) == {"same_intent", "hard_negative_lexical", "random_negative"}
     assert 0 < pairs["hit_rate"] <= 1 and 0 <= pairs["false_hit_rate"] < pairs["hit_rate"]
+    _check_operating_points(pairs, "false_hit_rate", "hit_rate", tmp_path / "cache-bounds-banking77_pairs_slice")
 
     result = _rag("eval", "cache", "--corpus", str(FIXTURES / "covid_faq_slice.jsonl"),
-                  "--qa", str(FIXTURES / "covid_faq_queries_slice.jsonl"), "--json", "--threshold", "0.8")  # fmt: skip
+                  "--qa", str(FIXTURES / "covid_faq_queries_slice.jsonl"), "--json", "--threshold", "0.8",
+                  "--out", str(tmp_path))  # fmt: skip
     assert result.returncode == 0, result.stderr
     faq = json.loads(result.stdout)
     assert faq["n"] == 40 and faq["retrieval_check"] is True
     assert abs(faq["correct_hit_rate"] + faq["wrong_hit_rate"] + faq["miss_rate"] - 1) < 1e-9
     assert faq["correct_hit_rate"] > faq["wrong_hit_rate"]
+    _check_operating_points(faq, "wrong_hit_rate", "correct_hit_rate", tmp_path / "cache-bounds-fixtures")
 
     result = _rag(
         "eval", "cache", "--pairs", str(FIXTURES / "banking77_pairs_slice.jsonl"), "--sweep", "--out", str(tmp_path)
