@@ -303,7 +303,9 @@ def eval_cache(
         fail("give --pairs FILE, or --corpus FILE and --qa FILE")
     verifier = run_or_fail(lambda: load_verifier(settings))
     embedder = SentenceTransformerEmbedder.from_settings(settings).load()
-    thresholds = [round(0.70 + 0.02 * i, 2) for i in range(15)] if sweep else [settings.cache_threshold]
+    thresholds = [settings.cache_threshold]  # the configured one is always measured
+    if sweep:
+        thresholds = sorted({round(0.70 + 0.02 * i, 2) for i in range(15)} | {settings.cache_threshold})
     if pairs is not None:
         rows, plain = _cache_pair_rows(pairs, embedder, thresholds, verifier, sweep)
         x, y, name = "false_hit_rate", "hit_rate", pairs.stem
@@ -326,5 +328,5 @@ def eval_cache(
 
 
 def _configured(policy: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
-    """The policy's row at the configured threshold (the sweep's grid holds it, or it is the only row)."""
-    return next((r for r in policy if abs(r["threshold"] - threshold) < 1e-9), policy[-1])
+    """The policy's row at the configured threshold (every run measures it)."""
+    return next(r for r in policy if abs(r["threshold"] - threshold) < 1e-9)
