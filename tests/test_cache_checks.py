@@ -147,7 +147,9 @@ def test_eval_cache_on_pairs_and_on_an_faq(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     png = tmp_path / "cache-sweep-banking77_pairs_slice.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "threshold 0.70" in result.stdout
-    assert "policy, threshold swept (oracle)" in result.stdout and "policy as configured (threshold 0.86)" in result.stdout
+    assert (
+        "policy, threshold swept (oracle)" in result.stdout and "policy as configured (threshold 0.86)" in result.stdout
+    )
 
 
 def test_cache_stats_and_clear_over_rest_and_cli(tmp_path: Path, corpus: Path, embedder) -> None:  # type: ignore[no-untyped-def]
