@@ -221,10 +221,7 @@ def eval_throughput(
         )
 
 
-def _print_cache_rows(rows: list[dict[str, Any]], x: str, y: str, as_json_value: Any, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(as_json_value, indent=2))
-        return
+def _print_cache_rows(rows: list[dict[str, Any]], x: str, y: str) -> None:
     for row in rows:
         checks = "checks" if row["guards"] else "threshold only"
         if row.get("confirmed_threshold") is not None:
@@ -316,8 +313,10 @@ def eval_cache(
     policy = [r for r in rows if r["guards"] and (pairs is not None or r.get("confirmed_threshold") is not None)]
     swept = policy if sweep else None
     points = report(plain, _configured(policy, settings.cache_threshold), x, y, swept)
-    _print_cache_rows(rows, x, y, rows if sweep else {**rows[0], "operating_points": points}, as_json)
-    if not as_json:
+    if as_json:
+        typer.echo(json.dumps(rows if sweep else {**rows[0], "operating_points": points}, indent=2))
+    else:
+        _print_cache_rows(rows, x, y)
         for line in format_report(points, x, y):
             typer.echo(line)
     where = [write_report(points, plain, out / f"cache-bounds-{name}.json")]
