@@ -39,7 +39,7 @@ import diskcache
 import numpy as np
 
 from .guards import conflict
-from .verifier import PairVerifier
+from .verifier import Verifier
 
 log = logging.getLogger("rag.cache")
 _SPACE_RE = re.compile(r"\s+")
@@ -81,7 +81,7 @@ class SemanticCache:
         ttl_s: float | None = None,
         guards: bool = True,
         margin: float = 0.0,
-        verifier: PairVerifier | None = None,
+        verifier: Verifier | None = None,
         confirmed_threshold: float | None = None,
         confirmed_margin: float | None = None,
     ) -> None:
@@ -153,7 +153,7 @@ class SemanticCache:
           ``confirmed_margin``;
         - with ``question``, the near-miss guards (negation, numbers, opposite actions,
           names) compare it with the candidate;
-        - the pair verifier, when one is calibrated, must judge the two the same request;
+        - the verifier (request classifier or pair network), when one is calibrated, must judge the two the same request;
         - ``accept`` is the caller's own check on the payload (the pipeline's: does this
           question still retrieve the answer's sources?).
         """

@@ -42,7 +42,7 @@ def cache_calibrate(
     max_false_hit_rate: Annotated[
         float, typer.Option(help="Largest share of different-request pairs allowed to hit.")
     ] = 0.01,
-    verifier: Annotated[bool, typer.Option(help="Train a pair verifier; kept only if it beats a threshold.")] = True,
+    verifier: Annotated[bool, typer.Option(help="Train verifiers (request classifier from --questions, pair network from --pairs); one is kept only if it beats the threshold alone.")] = True,
     data_dir: DataDir = None,
     env_file: Annotated[Path, typer.Option(help="Where the chosen settings are written.")] = Path(".env"),
 ) -> None:
@@ -67,13 +67,13 @@ def cache_calibrate(
     if best is None:
         fail(f"no setting keeps false hits under {max_false_hit_rate:.1%}: keep the cache exact-only")
         return
-    for name in ("threshold_only", "with_verifier"):
-        if result.get(name) is not None:
-            row = result[name]
-            typer.echo(
-                f"{name.replace('_', ' ')}: threshold {row['threshold']:.2f} -> hit rate {row['hit_rate']:.3f}, "
-                f"false-hit rate {row['false_hit_rate']:.3f}"
-            )
+    for name, row in {"threshold only": result["threshold_only"], **result["candidates"]}.items():
+        typer.echo(
+            f"{name}: none keeps to the bound"
+            if row is None
+            else f"{name}: threshold {row['threshold']:.2f} -> hit rate {row['hit_rate']:.3f}, "
+            f"false-hit rate {row['false_hit_rate']:.4f}"
+        )
     write_env(env_file, "RAG_CACHE_THRESHOLD", f"{best['threshold']:.2f}")
     path = None
     if result["verifier"] is not None:
@@ -83,7 +83,7 @@ def cache_calibrate(
     typer.echo(
         f"RAG_CACHE_THRESHOLD={best['threshold']:.2f}"
         + (f", RAG_CACHE_VERIFIER={path}" if path else "")
-        + f" written to {env_file}: hit rate {best['hit_rate']:.3f}, false-hit rate {best['false_hit_rate']:.3f}"
+        + f" written to {env_file} ({best.get('verifier', 'threshold only')}): hit rate {best['hit_rate']:.3f}, false-hit rate {best['false_hit_rate']:.3f}"
         f" on {result['n_holdout']} held-out pairs ({result['n_fit']} used to fit)"
     )
 

@@ -25,7 +25,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cache import SemanticCache
-from cache.verifier import PairVerifier
+from cache.verifier import Verifier
+from cache.verifier import load_verifier as read_verifier
 
 from .errors import RagError
 from .prompts import prompt_version
@@ -98,12 +99,12 @@ def still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
     return accept
 
 
-def load_verifier(settings: Settings) -> PairVerifier | None:
-    """The pair verifier `rag cache calibrate` wrote, if the settings name one."""
+def load_verifier(settings: Settings) -> Verifier | None:
+    """The verifier `rag cache calibrate` wrote, if the settings name one."""
     if settings.cache_verifier is None:
         return None
     try:
-        return PairVerifier.load(settings.cache_verifier)
+        return read_verifier(settings.cache_verifier)
     except (OSError, ValueError, KeyError) as exc:
         raise RagError(
             f"cannot read the cache verifier {settings.cache_verifier} ({exc}): "

@@ -1,4 +1,5 @@
-"""The learned pair verifier and `rag cache calibrate --questions`, on BANKING77 slices."""
+"""The learned verifiers (pair network, request classifier) and `rag cache calibrate`, on
+BANKING77 slices."""
 
 import csv
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from cache import SemanticCache
-from cache.verifier import PairVerifier, pair_features, pairs_from_labelled
+from cache.verifier import PairVerifier, RequestVerifier, load_verifier, pair_features, pairs_from_labelled
 
 from .conftest import FIXTURES, ROOT
 
@@ -82,6 +83,42 @@ def test_cache_consults_the_verifier(tmp_path: Path, trained, embedder) -> None:
     assert cache.get_similar("s", b) is not None
 
 
+@pytest.mark.parametrize("requests", [2, 12])
+def test_request_verifier_is_the_trained_classifier_and_survives_a_round_trip(
+    tmp_path: Path, embedder, requests: int
+) -> None:  # type: ignore[no-untyped-def]
+    from sklearn.linear_model import LogisticRegression
+
+    texts, labels = _labelled()
+    kept = sorted(set(labels))[:requests]
+    rows = [(t, lab) for t, lab in zip(texts, labels, strict=True) if lab in kept]
+    vectors = np.asarray(embedder.embed_batch([t for t, _ in rows]), dtype=np.float32)
+    names = [lab for _, lab in rows]
+    verifier = RequestVerifier.train(vectors, names, c=10.0)
+    expected = LogisticRegression(C=10.0, max_iter=1000).fit(vectors, names).predict_proba(vectors)
+    np.testing.assert_allclose(verifier.requests(vectors), expected, atol=1e-4)
+    a, b = vectors[:-1], vectors[1:]
+    np.testing.assert_allclose(verifier.probability(a, b), (expected[:-1] * expected[1:]).sum(axis=1), atol=1e-4)
+    verifier.threshold = 0.42
+    verifier.save(tmp_path / "r.npz")
+    loaded = load_verifier(tmp_path / "r.npz")
+    assert isinstance(loaded, RequestVerifier) and loaded.threshold == pytest.approx(0.42)
+    np.testing.assert_allclose(loaded.probability(a, b), verifier.probability(a, b), atol=1e-6)
+    with pytest.raises(ValueError, match="not a pair verifier"):
+        PairVerifier.load(tmp_path / "r.npz")
+
+
+def test_request_verifier_tells_held_out_requests_apart_better_than_cosine(embedder) -> None:  # type: ignore[no-untyped-def]
+    texts, labels = _labelled()
+    vectors = np.asarray(embedder.embed_batch(texts), dtype=np.float32)
+    fit = np.random.default_rng(1).random(len(texts)) < 0.8
+    verifier = RequestVerifier.train(vectors[fit], [lab for lab, f in zip(labels, fit, strict=True) if f])
+    held = vectors[~fit]
+    left, right, same = pairs_from_labelled(held, [lab for lab, f in zip(labels, fit, strict=True) if not f])
+    a, b = held[left], held[right]
+    assert _auc(verifier.probability(a, b), same) > _auc((a * b).sum(axis=1), same) + 0.03
+
+
 def _rag(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
@@ -98,6 +135,8 @@ def test_calibrate_from_labelled_questions_writes_a_verifier_the_eval_uses(tmp_p
     env = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines())
     assert 0.0 <= float(env["RAG_CACHE_THRESHOLD"]) <= 1.0
     assert Path(env["RAG_CACHE_VERIFIER"]).is_file() and "held-out pairs" in result.stdout
+    assert "(request verifier (C=" in result.stdout  # labelled questions: the request classifier won
+    assert isinstance(load_verifier(Path(env["RAG_CACHE_VERIFIER"])), RequestVerifier)
     settings = Settings(_env_file=tmp_path / ".env")  # type: ignore[call-arg]
     assert settings.top_k == 6 and settings.cache_verifier == Path(env["RAG_CACHE_VERIFIER"])
     evaluated = _rag("eval", "cache", "--pairs", str(FIXTURES / "banking77_pairs_slice.jsonl"), "--json", cwd=tmp_path)
