@@ -42,7 +42,12 @@ def cache_calibrate(
     max_false_hit_rate: Annotated[
         float, typer.Option(help="Largest share of different-request pairs allowed to hit.")
     ] = 0.01,
-    verifier: Annotated[bool, typer.Option(help="Train verifiers (request classifier from --questions, pair network from --pairs); one is kept only if it beats the threshold alone.")] = True,
+    verifier: Annotated[
+        bool,
+        typer.Option(
+            help="Train verifiers (request classifier from --questions, pair network from --pairs); one is kept only if it beats the threshold alone."
+        ),
+    ] = True,
     data_dir: DataDir = None,
     env_file: Annotated[Path, typer.Option(help="Where the chosen settings are written.")] = Path(".env"),
 ) -> None:
