@@ -38,6 +38,7 @@ from typing import Any
 import diskcache
 import numpy as np
 
+from .audit import HitEvidence
 from .guards import conflict
 from .verifier import Verifier
 
@@ -59,6 +60,8 @@ class CacheHit:
     similarity: float
     question: str
     payload: dict[str, Any]
+    ref: str = ""  # the entry, for :meth:`SemanticCache.learn`
+    tag: str | None = None
 
 
 class _ScopeIndex:
@@ -84,6 +87,7 @@ class SemanticCache:
         verifier: Verifier | None = None,
         confirmed_threshold: float | None = None,
         confirmed_margin: float | None = None,
+        max_wrong_rate: float | Callable[[str | None], float] = 0.01,
     ) -> None:
         self.dimension = dimension
         self.guards = guards
@@ -104,6 +108,8 @@ class SemanticCache:
             log.warning("response cache at %s is unreadable (%s); moved to %s and started empty", directory, exc, aside)
             directory.rename(aside)
             self._open(directory, size_limit_bytes)
+        bound = max_wrong_rate
+        self.evidence = HitEvidence(self._counters, bound if callable(bound) else lambda _tag: float(bound))
         self._scopes: dict[str, _ScopeIndex] = {}
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
         self._lock = threading.Lock()
@@ -171,15 +177,33 @@ class SemanticCache:
             if similarity - rival < least_margin:
                 self.lookups["rejected_as_ambiguous"] += 1
                 break  # every later candidate is closer still to a rival
+            ref = f"{self._scope_key(scope)}:{seq}"
+            if not self._within_boundaries(ref, entry.get("tag"), similarity):
+                self.lookups["rejected_by_evidence"] += 1
+                continue
             needs_confirmation = similarity < self.threshold or similarity - rival < self.margin
             rejected = self._rejection(query[0], entry, question, accept, confirm if needs_confirmation else None)
             if rejected is not None:
                 self.lookups[rejected] += 1
                 continue
             self.lookups["semantic_hits"] += 1
-            return CacheHit("semantic", similarity, entry["question"], entry["payload"])
+            return CacheHit("semantic", similarity, entry["question"], entry["payload"], ref, entry.get("tag"))
         self.lookups["misses"] += 1
         return None
+
+    def _within_boundaries(self, ref: str, tag: str | None, similarity: float) -> bool:
+        """The boundaries audits have learnt (:mod:`cache.audit`): the entry's own, and its
+        collection's once that is over its bound."""
+        for floor in (self.evidence.entry_floor(ref), self.evidence.collection_floor(tag)):
+            if floor is not None and similarity <= floor:
+                return False
+        return True
+
+    def learn(self, hit: CacheHit, agreed: bool) -> None:
+        """Evidence on a served semantic hit: whether the answer the question gets afresh
+        agrees with the cached one (the pipeline's audit, or feedback)."""
+        if hit.kind == "semantic" and hit.ref:
+            self.evidence.record(hit.tag, hit.ref, hit.similarity, agreed)
 
     def _near(self, skey: str, query: np.ndarray, floor: float) -> list[tuple[float, int, dict[str, Any]]] | None:
         """Entries that could be a hit, or a rival close enough to make a hit ambiguous: (cosine
@@ -294,6 +318,7 @@ class SemanticCache:
                 if entry is not None:
                     by_tag[str(entry.get("tag"))] = by_tag.get(str(entry.get("tag")), 0) + 1
         return {
+            "wrong_hits": {tag: self.evidence.estimate(tag) for tag in sorted(set(by_tag) | self.evidence.tags())},
             "entries": sum(by_tag.values()),
             "entries_by_collection": by_tag,
             "bytes": int(self._store.volume()),

@@ -23,7 +23,7 @@ def _open_cache(data_dir: Path | None) -> Any:
 
 @cache_app.command("stats")
 def cache_stats(data_dir: DataDir = None) -> None:
-    """Entries and bytes on disk, per collection (JSON)."""
+    """Entries and bytes on disk, and the audited wrong-hit rate beside its bound, per collection (JSON)."""
     cache = _open_cache(data_dir)
     stats = cache.stats()
     stats.pop("lookups")  # per process: see GET /v1/cache/stats on a running server
@@ -40,8 +40,11 @@ def cache_calibrate(
         typer.Option(help="Labelled questions (CSV/JSONL: text, label): same label = same request; pairs are drawn."),
     ] = None,
     max_false_hit_rate: Annotated[
-        float, typer.Option(help="Largest share of different-request pairs allowed to hit.")
-    ] = 0.01,
+        Optional[float],
+        typer.Option(
+            help="Largest share of different-request pairs allowed to hit [default: RAG_CACHE_MAX_WRONG_RATE]."
+        ),
+    ] = None,
     verifier: Annotated[
         bool,
         typer.Option(
@@ -60,6 +63,8 @@ def cache_calibrate(
     if pairs is None and questions is None:
         fail("give --pairs FILE and/or --questions FILE")
     settings = load_settings(data_dir=data_dir)
+    if max_false_hit_rate is None:
+        max_false_hit_rate = settings.max_wrong_rate()
     try:
         labelled = load_labelled_questions(questions) if questions else None
         embedder = SentenceTransformerEmbedder.from_settings(settings).load()

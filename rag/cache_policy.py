@@ -84,6 +84,15 @@ def faq_confirmed(found: SearchResult) -> Callable[[Payload], bool]:
     return confirm
 
 
+def answers_agree(cached: Payload, fresh: Any) -> bool:
+    """Did a served cached answer agree with the one the question gets afresh (an audit,
+    :mod:`cache.audit`)? They agree when they cite a passage in common, or when neither cites
+    anything ("I don't know" both times)."""
+    before = {int(c["id"]) for c in cached.get("citations", [])}
+    after = {int(c.id) for c in fresh.citations}
+    return bool(before & after) if before and after else before == after
+
+
 def still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
     """A cached answer stands while every chunk it cites is unchanged. An answer that cites
     nothing ("I don't know") or that the grounding guard put in place of the model's (quoted
@@ -124,6 +133,7 @@ def open_cache(settings: Settings, dimension: int) -> SemanticCache:
         verifier=load_verifier(settings),
         confirmed_threshold=settings.cache_confirmed_threshold,
         confirmed_margin=settings.cache_confirmed_margin,
+        max_wrong_rate=settings.max_wrong_rate,
     )
 
 

@@ -5,13 +5,16 @@ the pipeline is declared below."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from .cache_policy import answers_agree
 from .errors import BackendUnavailableError, RagError
 from .generators.base import usage as usage_of
 from .guard import ClauseGuard
@@ -21,7 +24,7 @@ from .wire import Answer, CacheStatus, Citation
 log = logging.getLogger("rag.pipeline")
 
 if TYPE_CHECKING:
-    from cache import SemanticCache
+    from cache import CacheHit, SemanticCache
 
     from .generators import Generator
     from .pipeline import Prepared
@@ -45,12 +48,40 @@ class Generating:
     generator: Generator
     cache: SemanticCache | None
     observers: list[Callable[[Answer, bool], None]]
+    _audits: set[asyncio.Task[None]]
 
     if TYPE_CHECKING:
 
         async def ground(self, prep: Prepared) -> None: ...
 
+        prepare: Callable[..., Awaitable[Prepared]]  # Pipeline.prepare
+
         def cache_scope(self, index: CollectionIndex, top_k: int) -> str: ...
+
+    def _audit_later(self, hit: CacheHit, request: tuple[Any, ...]) -> None:
+        """Check a share of the near-duplicate hits served (RAG_CACHE_AUDIT_RATE): answer the
+        question afresh in the background and tell the cache whether the answers agree
+        (:mod:`cache.audit`: the wrong-hit estimate and the boundaries it learns)."""
+        if hit.kind != "semantic" or self.cache is None or random.random() >= self.settings.cache_audit_rate:
+            return
+        task = asyncio.get_running_loop().create_task(self._audit(hit, request))
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    async def _audit(self, hit: CacheHit, request: tuple[Any, ...]) -> None:
+        question, collection, top_k, filters, options = request
+        try:
+            prep = await self.prepare(question, collection, top_k, None, filters, options, audit=True)
+            fresh = prep.result or await self._generate_prepared(prep)
+        except Exception as exc:  # a backend down or a collection gone: no evidence either way
+            log.info("cache audit of %r skipped: %s", question, exc)
+            return
+        assert self.cache is not None
+        self.cache.learn(hit, answers_agree(hit.payload, fresh))
+
+    async def audits_settled(self) -> None:
+        """Wait for the audits running now (tests, benchmarks, shutdown)."""
+        await asyncio.gather(*list(self._audits), return_exceptions=True)
 
     def _guard(self, prep: Prepared) -> ClauseGuard | None:
         """The guard for this answer: every backend that writes its own words gets one."""
@@ -188,7 +219,8 @@ class Generating:
             usage=usage or {},
             answer_kind=kind,
         )
-        self._notify(answer, prep.cacheable)
+        if not prep.audit:  # a check of a served hit is not a request
+            self._notify(answer, prep.cacheable)
         return answer
 
     def _notify(self, answer: Answer, cacheable: bool) -> None:

@@ -58,6 +58,7 @@ class Prepared:
     retrieved: list[RetrievedChunk] = field(default_factory=list)  # retrieval's chunks above the relevance floor
     search_text: str = ""  # what retrieval searched with: a follow-up with the turn it follows
     scope_extra: str = ""  # caller's filters: part of the cache key
+    audit: bool = False  # answered afresh to check a served cache hit: not counted, not looked up
     timings: dict[str, float] = field(
         default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
     )
@@ -90,6 +91,7 @@ class Pipeline(Retrieval, Generating):
         # Called with every answer and whether it could use the cache (metrics hook here).
         self.observers: list[Callable[[Answer, bool], None]] = []
         self._answer_config = answer_config(settings, self.support_scorer.name, embedder.name)
+        self._audits: set[asyncio.Task[None]] = set()  # background checks of served hits
 
     def validate_question(self, question: str) -> str:
         question = question.strip()
@@ -149,17 +151,19 @@ class Pipeline(Retrieval, Generating):
         history: list[dict[str, str]] | None = None,
         filters: dict[str, Any] | None = None,
         options: GenerationOptions | None = None,
+        audit: bool = False,
     ) -> Prepared:
         """Everything before generation: validate, cache, embed, retrieve, build the prompt.
 
         Raises for a bad request, so a streaming response can still answer it with a 4xx.
+        ``audit``: answer afresh, past the cache (the answer is still stored).
         """
         started = time.perf_counter()
         question = self.validate_question(question)
         self._check_history(history)
         collection = collection or self.settings.collection
         top_k = top_k or self.settings.top_k
-        prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions())
+        prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions(), audit=audit)
         index = prep.index = self.get_index(collection)
         prep.scope = self.cache_scope(index, top_k)
         if filters or options:
@@ -169,7 +173,7 @@ class Pipeline(Retrieval, Generating):
         # under its own words. Retrieve within the entity the conversation names (or, if
         # it names none, with the user turn it follows).
         prep.cacheable = not history
-        cache = self.cache if prep.cacheable else None
+        cache = self.cache if prep.cacheable and not audit else None
         search_text, filters = self.plan_search(index, question, history, filters)
         prep.filters = filters
         prep.search_text = search_text
@@ -183,6 +187,7 @@ class Pipeline(Retrieval, Generating):
                 CacheStatus(True, hit.kind, round(hit.similarity, 4)),
                 kind=hit.payload.get("answer_kind", "generated"),
             )
+            self._audit_later(hit, (question, collection, top_k, filters, options))
             return prep
 
         prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]
@@ -336,6 +341,9 @@ class Pipeline(Retrieval, Generating):
             self._inflight.pop(key, None)
 
     async def aclose(self) -> None:
+        for task in list(self._audits):
+            task.cancel()
+        await asyncio.gather(*self._audits, return_exceptions=True)
         self._cpu.shutdown(wait=True)
         await self.generator.aclose()
         close = getattr(self.reranker, "close", None)  # one with connections of its own

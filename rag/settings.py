@@ -199,12 +199,32 @@ class Settings(BaseSettings):
     """The margin over other answers that such a confirmed FAQ answer needs."""
 
     cache_verifier: Path | None = None
-    """Pair verifier written by `rag cache calibrate` (.npz); judges each near duplicate."""
+    """Verifier written by `rag cache calibrate` (.npz: a request classifier or a pair network); judges each near duplicate."""
 
     @field_validator("cache_verifier", "rate_limit", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    cache_max_wrong_rate: str = "0.01"
+    """Largest share of near-duplicate hits allowed to serve a wrong answer: one rate, or a
+    default and rates per collection ("0.01,billing=0.002"). `rag cache calibrate` chooses
+    for it, audits keep it (RAG_CACHE_AUDIT_RATE), `rag cache stats` shows the estimate."""
+
+    @field_validator("cache_max_wrong_rate")
+    @classmethod
+    def _parse_wrong_rates(cls, value: str) -> str:
+        _wrong_rates(value)  # raises with what to fix
+        return value
+
+    def max_wrong_rate(self, collection: str | None = None) -> float:
+        """The wrong-hit bound for ``collection`` (RAG_CACHE_MAX_WRONG_RATE)."""
+        default, per_collection = _wrong_rates(self.cache_max_wrong_rate)
+        return per_collection.get(collection or "", default)
+
+    cache_audit_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Share of near-duplicate hits answered again in the background to check them (the
+    evidence behind the wrong-hit estimate and the learnt boundaries); 0 turns audits off."""
 
     cache_size_mb: int = Field(default=512, ge=1)
     """Disk budget of the response cache; least recently used entries go first."""
@@ -275,3 +295,21 @@ class Settings(BaseSettings):
     @property
     def cache_dir(self) -> Path:
         return self.data_dir / "cache"
+
+
+def _wrong_rates(value: str) -> tuple[float, dict[str, float]]:
+    """Parse RAG_CACHE_MAX_WRONG_RATE: "0.01,billing=0.002" -> (0.01, {"billing": 0.002})."""
+    default, per_collection = 0.01, {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, rate = part.rpartition("=")
+        try:
+            number = float(rate)
+        except ValueError:
+            number = -1.0
+        if not 0.0 <= number <= 1.0:
+            raise ValueError(f"{part!r}: give a rate between 0 and 1, or collection=rate (e.g. 0.01,billing=0.002)")
+        if name:
+            per_collection[name.strip()] = number
+        else:
+            default = number
+    return default, per_collection
