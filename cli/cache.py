@@ -57,7 +57,8 @@ def cache_calibrate(
     """Choose the cache settings from labelled data of your domain and write them to .env.
 
     A fifth of the data is held out; the rates printed are measured on it."""
-    from eval.cache import calibrate, load_labelled_questions, load_pairs, write_env
+    from eval.cache import load_pairs
+    from eval.calibrate import calibrate, load_labelled_questions, write_env
     from rag.embedder import SentenceTransformerEmbedder
 
     if pairs is None and questions is None:

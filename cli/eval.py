@@ -230,9 +230,10 @@ def _print_cache_rows(rows: list[dict[str, Any]], x: str, y: str) -> None:
 
 
 def _cache_pair_rows(
-    pairs: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool
+    pairs: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool, audits: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The policy's rows (and, swept, the threshold alone's) on a pairs file, and the plain curve."""
+    """The policy's rows (with its audits replayed; swept, also the threshold alone's) on a
+    pairs file, and the plain curve."""
     from eval.cache import _embed_unique, eval_pairs, load_pairs
     from eval.cache_bounds import plain_curve_pairs
 
@@ -240,16 +241,18 @@ def _cache_pair_rows(
     vectors = _embed_unique(embedder, [p["text_a"] for p in records] + [p["text_b"] for p in records])
     rows: list[dict[str, Any]] = []
     for guards, check in ((False, None), (True, verifier)) if sweep else ((True, verifier),):
-        rows += [eval_pairs(records, embedder, t, guards, vectors, check) for t in thresholds]
+        rows += [
+            eval_pairs(records, embedder, t, guards, vectors, check, audits if guards else None) for t in thresholds
+        ]
     return rows, plain_curve_pairs(records, vectors)
 
 
 def _cache_faq_rows(
     corpus: Path, qa: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool, settings: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Threshold only; the checks without, then with the FAQ confirmation (the service's
-    policy), on an FAQ and reworded questions; and the plain curve."""
-    from eval.cache import eval_faq
+    """Threshold only; the checks without, then with the FAQ confirmation and the audits (the
+    service's policy), on an FAQ and reworded questions; and the plain curve."""
+    from eval.cache import Audits, eval_faq
     from eval.cache_bounds import plain_curve_faq
 
     unconfirmed: tuple[float | None, float | None] = (None, None)
@@ -260,8 +263,10 @@ def _cache_faq_rows(
         (True, True, settings.cache_margin, verifier, confirmed),
     ]
     rows: list[dict[str, Any]] = []
+    audits = Audits(settings.cache_audit_rate, settings.max_wrong_rate())
     for guards, check, m, v, (ct, cm) in modes if sweep else modes[2:]:
-        rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm) for t in thresholds]
+        replay = audits if ct is not None else None
+        rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm, audits=replay) for t in thresholds]
     return rows, plain_curve_faq(corpus, qa, embedder)
 
 
@@ -277,6 +282,10 @@ def eval_cache(
     confirmed_threshold: Annotated[
         Optional[float], typer.Option(help="Threshold for confirmed FAQ hits [env RAG_CACHE_CONFIRMED_THRESHOLD].")
     ] = None,
+    audit_rate: Annotated[
+        Optional[float],
+        typer.Option(help="Share of semantic hits audited, replayed in order [env RAG_CACHE_AUDIT_RATE]."),
+    ] = None,
     sweep: Annotated[
         bool, typer.Option(help="Try thresholds 0.70-0.98: threshold only, and with the checks; write a PNG.")
     ] = False,
@@ -288,13 +297,16 @@ def eval_cache(
     """Correct and wrong cache hits on labelled pairs or an FAQ with reworded questions, with
     the configured checks (guards, margin, calibrated verifier), and the hit rate at 0.5%, 1%
     and 2% wrong hits beside the best plain threshold on the same vectors."""
-    from eval.cache import plot_sweep
+    from eval.cache import Audits, plot_sweep
     from eval.cache_bounds import format_report, plot_bounds, report, write_report
     from rag.cache_policy import load_verifier
     from rag.embedder import SentenceTransformerEmbedder
 
     settings = load_settings(
-        cache_threshold=threshold, cache_margin=margin, cache_confirmed_threshold=confirmed_threshold
+        cache_threshold=threshold,
+        cache_margin=margin,
+        cache_confirmed_threshold=confirmed_threshold,
+        cache_audit_rate=audit_rate,
     )
     if (pairs is None) == (corpus is None or qa is None):
         fail("give --pairs FILE, or --corpus FILE and --qa FILE")
@@ -304,7 +316,8 @@ def eval_cache(
     if sweep:
         thresholds = sorted({round(0.70 + 0.02 * i, 2) for i in range(15)} | {settings.cache_threshold})
     if pairs is not None:
-        rows, plain = _cache_pair_rows(pairs, embedder, thresholds, verifier, sweep)
+        audits = Audits(settings.cache_audit_rate, settings.max_wrong_rate())
+        rows, plain = _cache_pair_rows(pairs, embedder, thresholds, verifier, sweep, audits)
         x, y, name = "false_hit_rate", "hit_rate", pairs.stem
     else:
         assert corpus is not None and qa is not None

@@ -114,3 +114,17 @@ async def test_pipeline_audits_served_hits_in_the_background(example_data_dir: P
         assert fixed.cache.kind == "exact" and [c.id for c in fixed.citations] == [c.id for c in first.citations]
     finally:
         await pipeline.aclose()
+
+
+def test_eval_replays_audits_in_arrival_order(embedder) -> None:  # type: ignore[no-untyped-def]
+    from eval.cache import Audits, eval_pairs
+
+    wrong = {"text_a": "How do I top up by card?", "text_b": "Why did my card top-up fail?", "label": 0}
+    right = {"text_a": "How long do refunds take?", "text_b": "How long does a refund take?", "label": 1}
+    pairs = [wrong, dict(wrong), right]
+    plain = eval_pairs(pairs, embedder, threshold=0.3, guards=False)
+    assert plain["false_hit_rate"] == 1.0 and plain["audits"] is None
+    replayed = eval_pairs(pairs, embedder, threshold=0.3, guards=False, audits=Audits(rate=1.0, max_wrong_rate=0.0))
+    # The first wrong hit is scored before it is learnt from; the repeat then misses.
+    assert replayed["false_hit_rate"] == 0.5 and replayed["hit_rate"] == 1.0
+    assert replayed["audits"]["audited_hits"] == 2 and replayed["audits"]["wrong_hits"] == 1
