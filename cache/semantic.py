@@ -178,11 +178,10 @@ class SemanticCache:
                 self.lookups["rejected_as_ambiguous"] += 1
                 break  # every later candidate is closer still to a rival
             ref = f"{self._scope_key(scope)}:{seq}"
-            if not self._within_boundaries(ref, entry.get("tag"), similarity):
-                self.lookups["rejected_by_evidence"] += 1
-                continue
             needs_confirmation = similarity < self.threshold or similarity - rival < self.margin
-            rejected = self._rejection(query[0], entry, question, accept, confirm if needs_confirmation else None)
+            rejected = self._within_boundaries(ref, entry.get("tag"), similarity) or self._rejection(
+                query[0], entry, question, accept, confirm if needs_confirmation else None
+            )
             if rejected is not None:
                 self.lookups[rejected] += 1
                 continue
@@ -191,13 +190,13 @@ class SemanticCache:
         self.lookups["misses"] += 1
         return None
 
-    def _within_boundaries(self, ref: str, tag: str | None, similarity: float) -> bool:
+    def _within_boundaries(self, ref: str, tag: str | None, similarity: float) -> str | None:
         """The boundaries audits have learnt (:mod:`cache.audit`): the entry's own, and its
-        collection's once that is over its bound."""
+        collection's once that is over its bound. The lookup counter when outside, or None."""
         for floor in (self.evidence.entry_floor(ref), self.evidence.collection_floor(tag)):
             if floor is not None and similarity <= floor:
-                return False
-        return True
+                return "rejected_by_evidence"
+        return None
 
     def learn(self, hit: CacheHit, agreed: bool) -> None:
         """Evidence on a served semantic hit: whether the answer the question gets afresh

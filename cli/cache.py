@@ -78,13 +78,7 @@ def cache_calibrate(
     if best is None:
         fail(f"no setting keeps false hits under {max_false_hit_rate:.1%}: keep the cache exact-only")
         return
-    for name, row in {"threshold only": result["threshold_only"], **result["candidates"]}.items():
-        typer.echo(
-            f"{name}: none keeps to the bound"
-            if row is None
-            else f"{name}: threshold {row['threshold']:.2f} -> hit rate {row['hit_rate']:.3f}, "
-            f"false-hit rate {row['false_hit_rate']:.4f}"
-        )
+    _print_candidates(result)
     write_env(env_file, "RAG_CACHE_THRESHOLD", f"{best['threshold']:.2f}")
     path = None
     if result["verifier"] is not None:
@@ -104,3 +98,13 @@ def cache_clear(collection: Collection = None, data_dir: DataDir = None) -> None
     """Drop every cached answer, or one collection's."""
     cleared = _open_cache(data_dir).clear(collection)
     typer.echo(f"cleared {cleared} cached answers" + (f" of collection {collection!r}" if collection else ""))
+
+
+def _print_candidates(result: dict[str, Any]) -> None:
+    for name, row in {"threshold only": result["threshold_only"], **result["candidates"]}.items():
+        typer.echo(
+            f"{name}: none keeps to the bound"
+            if row is None
+            else f"{name}: threshold {row['threshold']:.2f} -> hit rate {row['hit_rate']:.3f}, "
+            f"false-hit rate {row['false_hit_rate']:.4f}"
+        )

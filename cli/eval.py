@@ -10,6 +10,8 @@ import typer
 
 from .app import Backend, Collection, DataDir, fail, load_settings, run_or_fail
 
+RESULTS = Path("eval/results")
+
 eval_app = typer.Typer(no_args_is_help=True, help="Measure quality and speed on a data set.")
 
 
@@ -230,13 +232,14 @@ def _print_cache_rows(rows: list[dict[str, Any]], x: str, y: str) -> None:
 
 
 def _cache_pair_rows(
-    pairs: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool, audits: Any
+    pairs: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool, settings: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The policy's rows (with its audits replayed; swept, also the threshold alone's) on a
     pairs file, and the plain curve."""
-    from eval.cache import _embed_unique, eval_pairs, load_pairs
+    from eval.cache import Audits, _embed_unique, eval_pairs, load_pairs
     from eval.cache_bounds import plain_curve_pairs
 
+    audits = Audits(settings.cache_audit_rate, settings.max_wrong_rate())
     records = load_pairs(pairs)
     vectors = _embed_unique(embedder, [p["text_a"] for p in records] + [p["text_b"] for p in records])
     rows: list[dict[str, Any]] = []
@@ -290,15 +293,12 @@ def eval_cache(
         bool, typer.Option(help="Try thresholds 0.70-0.98: threshold only, and with the checks; write a PNG.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    out: Annotated[Path, typer.Option(help="Where the operating points (JSON, PNG) and the sweep plot go.")] = Path(
-        "eval/results"
-    ),
+    out: Annotated[Path, typer.Option(help="Where the operating points (JSON, PNG) and sweep plot go.")] = RESULTS,
 ) -> None:
-    """Correct and wrong cache hits on labelled pairs or an FAQ with reworded questions, with
-    the configured checks (guards, margin, calibrated verifier), and the hit rate at 0.5%, 1%
-    and 2% wrong hits beside the best plain threshold on the same vectors."""
-    from eval.cache import Audits, plot_sweep
-    from eval.cache_bounds import format_report, plot_bounds, report, write_report
+    """Correct and wrong cache hits (pairs, or an FAQ with reworded questions) under the
+    configured policy, audits replayed in order; the hit rate at 0.5%, 1% and 2% wrong hits
+    beside the best plain threshold on the same vectors."""
+    from eval.cache_bounds import format_report, report
     from rag.cache_policy import load_verifier
     from rag.embedder import SentenceTransformerEmbedder
 
@@ -312,12 +312,11 @@ def eval_cache(
         fail("give --pairs FILE, or --corpus FILE and --qa FILE")
     verifier = run_or_fail(lambda: load_verifier(settings))
     embedder = SentenceTransformerEmbedder.from_settings(settings).load()
-    thresholds = [settings.cache_threshold]  # the configured one is always measured
-    if sweep:
-        thresholds = sorted({round(0.70 + 0.02 * i, 2) for i in range(15)} | {settings.cache_threshold})
+    thresholds = sorted(
+        {settings.cache_threshold} | ({round(0.70 + 0.02 * i, 2) for i in range(15)} if sweep else set())
+    )
     if pairs is not None:
-        audits = Audits(settings.cache_audit_rate, settings.max_wrong_rate())
-        rows, plain = _cache_pair_rows(pairs, embedder, thresholds, verifier, sweep, audits)
+        rows, plain = _cache_pair_rows(pairs, embedder, thresholds, verifier, sweep, settings)
         x, y, name = "false_hit_rate", "hit_rate", pairs.stem
     else:
         assert corpus is not None and qa is not None
@@ -332,11 +331,30 @@ def eval_cache(
         _print_cache_rows(rows, x, y)
         for line in format_report(points, x, y):
             typer.echo(line)
-    where = [write_report(points, plain, out / f"cache-bounds-{name}.json")]
-    where.append(plot_bounds(plain, points, x, y, out / f"cache-bounds-{name}.png", f"Semantic cache on {name}", swept))
-    if sweep:
-        where.append(plot_sweep(rows, x, y, out / f"cache-sweep-{name}.png", f"Semantic cache on {name}"))
+    where = _write_cache_report(rows, plain, points, (x, y), out, name, swept)
     typer.echo("wrote " + ", ".join(str(w) for w in where), err=as_json)
+
+
+def _write_cache_report(
+    rows: list[dict[str, Any]],
+    plain: list[dict[str, Any]],
+    points: dict[str, Any],
+    axes: tuple[str, str],
+    out: Path,
+    name: str,
+    swept: list[dict[str, Any]] | None,
+) -> list[Path]:
+    """The operating points (JSON), their plot, and with a sweep the sweep's plot."""
+    from eval.cache import plot_sweep
+    from eval.cache_bounds import plot_bounds, write_report
+
+    x, y = axes
+    title = f"Semantic cache on {name}"
+    where = [write_report(points, plain, out / f"cache-bounds-{name}.json")]
+    where.append(plot_bounds(plain, points, x, y, out / f"cache-bounds-{name}.png", title, swept))
+    if swept is not None:
+        where.append(plot_sweep(rows, x, y, out / f"cache-sweep-{name}.png", title))
+    return where
 
 
 def _configured(policy: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
