@@ -61,8 +61,13 @@ class Generating:
     def _audit_later(self, hit: CacheHit, request: tuple[Any, ...]) -> None:
         """Check a share of the near-duplicate hits served (RAG_CACHE_AUDIT_RATE): answer the
         question afresh in the background and tell the cache whether the answers agree
-        (:mod:`cache.audit`: the wrong-hit estimate and the boundaries it learns)."""
-        if hit.kind != "semantic" or self.cache is None or random.random() >= self.settings.cache_audit_rate:
+        (:mod:`cache.audit`: the wrong-hit estimate and the boundaries it learns). One audit
+        runs at a time, so they never crowd out the requests: a hit served meanwhile is not
+        audited (on 2 cores, 5% audits in parallel took the semantic hit p50 from 14.0 ms to
+        16.0 ms in `rag bench`)."""
+        if hit.kind != "semantic" or self.cache is None or self._audits:
+            return
+        if random.random() >= self.settings.cache_audit_rate:
             return
         task = asyncio.get_running_loop().create_task(self._audit(hit, request))
         self._audits.add(task)
