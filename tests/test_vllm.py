@@ -96,7 +96,16 @@ def _max_running(vllm_url: str, stop: asyncio.Event) -> "asyncio.Task[float]":
 async def test_concurrent_questions_are_batched_by_vllm(vllm_url: str, example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     """Batching as vLLM itself reports it (its running-requests gauge), not as a wall-clock
     ratio: how much faster 16 at once are depends on the machine (that figure is `rag bench`'s)."""
-    settings = make_settings(example_data_dir, backend="vllm", vllm_url=vllm_url, cache_enabled=False, max_tokens=32)
+    # vLLM on 2 shared cores with 16 requests arriving can take over 3 s to accept a connection
+    # (a CI run failed on ConnectTimeout): this test is about batching, not connect latency.
+    settings = make_settings(
+        example_data_dir,
+        backend="vllm",
+        vllm_url=vllm_url,
+        cache_enabled=False,
+        max_tokens=32,
+        vllm_connect_timeout_s=30.0,
+    )
     pipeline: Pipeline = build_pipeline(settings, embedder)
     try:
         await pipeline.answer("warm-up: how do I contact support?")
