@@ -92,6 +92,7 @@ class Pipeline(Retrieval, Generating):
         self.observers: list[Callable[[Answer, bool], None]] = []
         self._answer_config = answer_config(settings, self.support_scorer.name, embedder.name)
         self._audits: set[asyncio.Task[None]] = set()  # background checks of served hits
+        self.last_request = 0.0  # perf_counter of the latest request's start
 
     def validate_question(self, question: str) -> str:
         question = question.strip()
@@ -159,6 +160,8 @@ class Pipeline(Retrieval, Generating):
         ``audit``: answer afresh, past the cache (the answer is still stored).
         """
         started = time.perf_counter()
+        if not audit:
+            self.last_request = started  # audits wait for a quiet moment (Generating._audit)
         question = self.validate_question(question)
         self._check_history(history)
         collection = collection or self.settings.collection
