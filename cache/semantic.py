@@ -159,7 +159,8 @@ class SemanticCache:
           ``confirmed_margin``;
         - with ``question``, the near-miss guards (negation, numbers, opposite actions,
           names) compare it with the candidate;
-        - the verifier (request classifier or pair network), when one is calibrated, must judge the two the same request;
+        - the verifier (request classifier or pair network), when one is calibrated, must
+          judge the two the same request;
         - ``accept`` is the caller's own check on the payload (the pipeline's: does this
           question still retrieve the answer's sources?).
         """
@@ -200,7 +201,7 @@ class SemanticCache:
 
     def learn(self, hit: CacheHit, agreed: bool) -> None:
         """Evidence on a served semantic hit: whether the answer the question gets afresh
-        agrees with the cached one (the pipeline's audit, or feedback)."""
+        agrees with the cached one (the pipeline's audit, ``Generating._audit``)."""
         if hit.kind == "semantic" and hit.ref:
             self.evidence.record(hit.tag, hit.ref, hit.similarity, agreed)
 
