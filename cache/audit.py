@@ -50,13 +50,18 @@ class HitEvidence:
     def record(self, tag: str | None, ref: str, similarity: float, agreed: bool) -> None:
         """One audited hit: did the fresh answer agree with the cached one it was served?"""
         with self._store.transact():
-            self._store.incr(f"audit:{tag}:n")
+            n = self._store.incr(f"audit:{tag}:n")
+            wrong = self._store.incr(f"audit:{tag}:wrong", 0 if agreed else 1)
             if not agreed:
-                self._store.incr(f"audit:{tag}:wrong")
                 if similarity > self._store.get(f"audit:{tag}:wrong_max", -1.0):
                     self._store.set(f"audit:{tag}:wrong_max", similarity)
                 if similarity > self._store.get(f"floor:{ref}", -1.0):
                     self._store.set(f"floor:{ref}", similarity)
+            # The collection's boundary changes only here: worked out once, read by every lookup.
+            if wrong and interval(wrong, n)[0] > self.max_wrong_rate(tag):
+                self._store.set(f"audit:{tag}:floor", float(self._store.get(f"audit:{tag}:wrong_max")))
+            else:
+                self._store.delete(f"audit:{tag}:floor")
 
     def entry_floor(self, ref: str) -> float | None:
         """The similarity a question must exceed to be served this entry (None: no evidence)."""
@@ -66,13 +71,8 @@ class HitEvidence:
     def collection_floor(self, tag: str | None) -> float | None:
         """When the collection is over its bound with 95% confidence: the similarity a near
         duplicate must exceed there (the closest hit found wrong); otherwise None."""
-        wrong = int(self._store.get(f"audit:{tag}:wrong", 0))
-        if wrong == 0:
-            return None
-        low, _ = interval(wrong, int(self._store.get(f"audit:{tag}:n", 0)))
-        if low <= self.max_wrong_rate(tag):
-            return None
-        return float(self._store.get(f"audit:{tag}:wrong_max", 1.0))
+        value = self._store.get(f"audit:{tag}:floor")
+        return None if value is None else float(value)
 
     def estimate(self, tag: str | None) -> dict[str, Any]:
         """The collection's estimated wrong-hit rate beside its bound, for ``rag cache stats``."""

@@ -108,8 +108,8 @@ class SemanticCache:
             log.warning("response cache at %s is unreadable (%s); moved to %s and started empty", directory, exc, aside)
             directory.rename(aside)
             self._open(directory, size_limit_bytes)
-        bound = max_wrong_rate
-        self.evidence = HitEvidence(self._counters, bound if callable(bound) else lambda _tag: float(bound))
+        bound = max_wrong_rate if callable(max_wrong_rate) else lambda _tag: float(max_wrong_rate)
+        self.evidence = HitEvidence(self._counters, bound)
         self._scopes: dict[str, _ScopeIndex] = {}
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
         self._lock = threading.Lock()
