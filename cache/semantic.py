@@ -1,17 +1,16 @@
-"""A semantic response cache: diskcache holds the entries, FAISS finds near duplicates.
+"""A semantic response cache: the policy on top of an entry store (:mod:`cache.stores`).
 
-Entries live in diskcache, so they survive restarts and are shared by every worker process
-on the host. Each entry belongs to a *scope* (the caller's choice; the pipeline uses
+Entries live in a store: diskcache on local disk by default (they survive restarts and are
+shared by every worker process on the host), or Redis (``RAG_REDIS_URL``: shared by every
+replica). Each entry belongs to a *scope* (the caller's choice; the pipeline uses
 collection + index version + prompt version + generator), and a lookup only ever sees its
 own scope: re-ingesting a collection changes the scope, so answers built on old content
 are never served again.
 
-Each process keeps one in-memory FAISS index per scope and catches up with entries other
-processes added by reading a per-scope sequence counter that diskcache increments
-atomically: no index files to lock or merge. Counters live in a store that never evicts,
-and every hit is checked against the entry it returns (same normalised question for an
-exact hit, stored vector still above the threshold for a semantic one), so an evicted or
-replaced entry can cost a miss but never serve another question's answer.
+Every hit is checked against the entry it returns (same normalised question for an exact
+hit, stored vector still above the threshold for a semantic one), so an evicted or replaced
+entry can cost a miss but never serve another question's answer. A store that cannot be
+reached costs a miss (counted as ``store_errors``), never a failed request.
 
 >>> cache = SemanticCache(tmp_path, dimension=384, threshold=0.9)      # doctest: +SKIP
 >>> cache.put("scope", "How do I reset my password?", vector, {"answer": "..."})
@@ -21,25 +20,21 @@ replaced entry can cost a miss but never serve another question's answer.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
-import sqlite3
-import threading
 import time
 import unicodedata
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diskcache
 import numpy as np
 
 from .audit import HitEvidence
 from .guards import conflict
+from .stores import EntryStore, LocalStore, StoreUnavailable, scope_key
 from .verifier import Verifier
 
 log = logging.getLogger("rag.cache")
@@ -64,20 +59,10 @@ class CacheHit:
     tag: str | None = None
 
 
-class _ScopeIndex:
-    def __init__(self, dimension: int) -> None:
-        import faiss
-
-        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-        self.seen = 0  # highest sequence number looked at
-        self.pending: set[int] = set()  # numbers taken whose entry was not there yet
-        self.epoch: object = None  # changes when the cache is cleared: numbering restarts
-
-
 class SemanticCache:
     def __init__(
         self,
-        directory: Path | str,
+        directory: Path | str | EntryStore,
         dimension: int,
         threshold: float = 0.9,
         size_limit_bytes: int = 512 * 2**20,
@@ -98,40 +83,29 @@ class SemanticCache:
         self.verifier = verifier
         self.threshold = threshold
         self.ttl_s = ttl_s
-        directory = Path(directory)
-        try:
-            self._open(directory, size_limit_bytes)
-        except sqlite3.DatabaseError as exc:
-            # A corrupted cache costs answers already paid for, never the service: set the
-            # files aside (for a post-mortem) and start empty.
-            aside = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
-            log.warning("response cache at %s is unreadable (%s); moved to %s and started empty", directory, exc, aside)
-            directory.rename(aside)
-            self._open(directory, size_limit_bytes)
+        # A path: the embedded store on local disk; or a store of its own (Redis).
+        if isinstance(directory, (str, Path)):
+            self.store: EntryStore = LocalStore(directory, dimension, size_limit_bytes)
+        else:
+            self.store = directory
         bound = max_wrong_rate if callable(max_wrong_rate) else lambda _tag: float(max_wrong_rate)
-        self.evidence = HitEvidence(self._counters, bound)
-        self._scopes: dict[str, _ScopeIndex] = {}
+        self.evidence = HitEvidence(self.store.counters, bound)
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
-        self._lock = threading.Lock()
-
-    def _open(self, directory: Path, size_limit_bytes: int) -> None:
-        self._store = diskcache.Cache(
-            str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
-        )
-        self._counters = diskcache.Cache(str(directory / "counters"), eviction_policy="none")
-        self._counters.get("epoch")  # reads the database: a corrupted file fails here, not later
 
     @staticmethod
     def _scope_key(scope: str) -> str:
-        return hashlib.sha256(scope.encode()).hexdigest()[:24]
+        return scope_key(scope)
 
     def get_exact(
         self, scope: str, question: str, accept: Callable[[dict[str, Any]], bool] | None = None
     ) -> CacheHit | None:
-        skey = self._scope_key(scope)
         normalized = normalize_question(question)
-        seq = self._store.get(f"x:{skey}:{normalized}")
-        entry = self._store.get(f"e:{skey}:{seq}") if seq is not None else None
+        try:
+            found = self.store.find_exact(self._scope_key(scope), normalized)
+        except StoreUnavailable as exc:
+            self._unavailable(exc)
+            return None
+        entry = found[1] if found is not None else None
         if entry is None or normalize_question(entry["question"]) != normalized:
             return None
         if accept is not None and not accept(entry["payload"]):
@@ -164,9 +138,22 @@ class SemanticCache:
         - ``accept`` is the caller's own check on the payload (the pipeline's: does this
           question still retrieve the answer's sources?).
         """
+        try:
+            return self._similar(scope, np.asarray(vector, dtype=np.float32).reshape(1, -1), question, accept, confirm)
+        except StoreUnavailable as exc:
+            self._unavailable(exc)
+            return None
+
+    def _similar(
+        self,
+        scope: str,
+        query: np.ndarray,
+        question: str | None,
+        accept: Callable[[dict[str, Any]], bool] | None,
+        confirm: Callable[[dict[str, Any]], bool] | None,
+    ) -> CacheHit | None:
         floor = self.threshold if confirm is None else self.confirmed_threshold
         least_margin = self.margin if confirm is None else self.confirmed_margin
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
         near = self._near(self._scope_key(scope), query, floor - self.margin)
         if near is None:
             return None  # nothing cached in this scope: not counted as a lookup
@@ -203,27 +190,30 @@ class SemanticCache:
         """Evidence on a served semantic hit: whether the answer the question gets afresh
         agrees with the cached one (the pipeline's audit, ``Generating._audit``)."""
         if hit.kind == "semantic" and hit.ref:
-            self.evidence.record(hit.tag, hit.ref, hit.similarity, agreed)
+            try:
+                self.evidence.record(hit.tag, hit.ref, hit.similarity, agreed)
+            except StoreUnavailable as exc:
+                log.warning("response cache store unavailable, audit not recorded: %s", exc)
 
     def _near(self, skey: str, query: np.ndarray, floor: float) -> list[tuple[float, int, dict[str, Any]]] | None:
         """Entries that could be a hit, or a rival close enough to make a hit ambiguous: (cosine
         with the stored vector, sequence number, entry), nearest first; None for an empty scope."""
-        with self._lock:
-            sindex = self._sync(skey)
-            if sindex.index.ntotal == 0:
-                return None
-            scores, ids = sindex.index.search(query, min(8, sindex.index.ntotal))
-        near: list[tuple[float, int, dict[str, Any]]] = []
-        for score, seq in zip(scores[0], ids[0], strict=True):
-            if seq < 0 or score < floor:
-                break
-            entry = self._store.get(f"e:{skey}:{int(seq)}")
-            if entry is None:  # evicted or expired
-                continue
+        found = self.store.near(skey, query[0], 8)
+        if found is None:
+            return None
+        near = []
+        for seq, entry in found:
             stored = np.frombuffer(entry["vector"], dtype=np.float32)
-            near.append((float(stored @ query[0]), int(seq), entry))  # the number may hold another entry now
+            similarity = float(stored @ query[0])  # the number may hold another entry now
+            if similarity >= floor:
+                near.append((similarity, seq, entry))
         near.sort(key=lambda item: -item[0])
         return near
+
+    def _unavailable(self, exc: Exception) -> None:
+        self.lookups["store_errors"] += 1
+        log.warning("response cache store unavailable, answering as a miss: %s", exc)
+        return None
 
     def _rejection(
         self,
@@ -259,11 +249,9 @@ class SemanticCache:
         """Store an answer. ``tag`` (the pipeline passes the collection) lets ``clear`` drop a
         subset; entries with the same ``group`` give the same answer (the pipeline passes the
         cited chunks), so they are not rivals for the margin check."""
-        skey = self._scope_key(scope)
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dimension:
             raise ValueError(f"vector has {vec.shape[0]} dimensions, the cache holds {self.dimension}")
-        seq = self._counters.incr(f"seq:{skey}")
         entry = {
             "question": question,
             "vector": vec.tobytes(),
@@ -272,37 +260,15 @@ class SemanticCache:
             "tag": tag,
             "group": group,
         }
-        self._store.set(f"e:{skey}:{seq}", entry, expire=self.ttl_s)
-        self._store.set(f"x:{skey}:{normalize_question(question)}", seq, expire=self.ttl_s)
-
-    def _sync(self, skey: str) -> _ScopeIndex:
-        sindex = self._scopes.get(skey)
-        latest = int(self._counters.get(f"seq:{skey}", 0))
-        epoch = self._counters.get("epoch")
-        if sindex is None or sindex.epoch != epoch:  # new here, or the cache was cleared since
-            sindex = self._scopes[skey] = _ScopeIndex(self.dimension)
-            sindex.epoch = epoch
-        # A number taken by another process whose entry is not written yet is retried later.
-        wanted = sorted(sindex.pending) + list(range(sindex.seen + 1, latest + 1))
-        ids, vectors = [], []
-        for seq in wanted:
-            entry = self._store.get(f"e:{skey}:{seq}")
-            if entry is None:
-                sindex.pending.add(seq)
-            else:
-                sindex.pending.discard(seq)
-                ids.append(seq)
-                vectors.append(np.frombuffer(entry["vector"], dtype=np.float32))
-        if len(sindex.pending) > 64:  # long-missing numbers were evicted, not late
-            sindex.pending = set(sorted(sindex.pending)[-64:])
-        if ids:
-            sindex.index.add_with_ids(np.vstack(vectors), np.asarray(ids, dtype=np.int64))
-        sindex.seen = max(sindex.seen, latest)
-        return sindex
+        try:
+            self.store.add(self._scope_key(scope), normalize_question(question), entry, self.ttl_s)
+        except StoreUnavailable as exc:
+            self.lookups["store_errors"] += 1
+            log.warning("response cache store unavailable, answer not stored: %s", exc)
 
     def __len__(self) -> int:
-        """Entries on disk: a scan of every key, for stats, never for a lookup."""
-        return sum(1 for key in self._store.iterkeys() if str(key).startswith("e:"))
+        """Entries in the store: a scan, for stats, never for a lookup."""
+        return sum(self.store.count_by_tag().values())
 
     def __bool__(self) -> bool:
         # An open cache is a cache, even an empty one; without this, ``if cache:`` would
@@ -311,17 +277,15 @@ class SemanticCache:
 
     def stats(self) -> dict[str, Any]:
         """Entries on disk (all processes) and this process's lookups since it started."""
-        by_tag: dict[str, int] = {}
-        for key in self._store.iterkeys():
-            if str(key).startswith("e:"):
-                entry = self._store.get(key)
-                if entry is not None:
-                    by_tag[str(entry.get("tag"))] = by_tag.get(str(entry.get("tag")), 0) + 1
+        by_tag = self.store.count_by_tag()  # raises StoreUnavailable: the caller's 503
+        wrong_hits = {tag: self.evidence.estimate(tag) for tag in sorted(set(by_tag) | self.evidence.tags())}
+        volume = self.store.volume()
         return {
-            "wrong_hits": {tag: self.evidence.estimate(tag) for tag in sorted(set(by_tag) | self.evidence.tags())},
+            "store": type(self.store).__name__,
+            "wrong_hits": wrong_hits,
             "entries": sum(by_tag.values()),
             "entries_by_collection": by_tag,
-            "bytes": int(self._store.volume()),
+            "bytes": volume,
             "threshold": self.threshold,
             "margin": self.margin,
             "confirmed_threshold": self.confirmed_threshold,
@@ -333,24 +297,35 @@ class SemanticCache:
 
     def clear(self, tag: str | None = None) -> int:
         """Drop every entry, or only those stored with ``tag``; returns how many went."""
-        with self._lock:
-            if tag is None:
-                count = len(self)
-                self._store.clear()
-                self._counters.clear()
-                self._counters.set("epoch", uuid.uuid4().hex)
-                self._scopes.clear()
-                return count
-            count = 0
-            for key in list(self._store.iterkeys()):
-                if str(key).startswith("e:"):
-                    entry = self._store.get(key)
-                    if entry is not None and entry.get("tag") == tag:
-                        # The exact-text key points at a number that now holds nothing: a miss.
-                        self._store.delete(key)
-                        count += 1
-            return count
+        return self.store.clear(tag)
+
+    def claim(self, scope: str, question: str, ttl_s: float = 60.0) -> bool:
+        """The right to answer this question for every host sharing the store (True), or
+        False when another host is answering it now (:meth:`claimed` says until when)."""
+        try:
+            return self.store.claim(self._claim_key(scope, question), ttl_s)
+        except StoreUnavailable:
+            return True  # nobody to share with: answer it here
+
+    def claimed(self, scope: str, question: str) -> bool:
+        try:
+            return self.store.claimed(self._claim_key(scope, question))
+        except StoreUnavailable:
+            return False
+
+    def release(self, scope: str, question: str) -> None:
+        try:
+            self.store.release(self._claim_key(scope, question))
+        except StoreUnavailable:
+            pass
+
+    @property
+    def shared(self) -> bool:
+        """Whether other hosts see this cache (a claim then means something across hosts)."""
+        return self.store.shared
+
+    def _claim_key(self, scope: str, question: str) -> str:
+        return f"{self._scope_key(scope)}:{normalize_question(question)}"
 
     def close(self) -> None:
-        self._store.close()
-        self._counters.close()
+        self.store.close()

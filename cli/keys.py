@@ -21,11 +21,11 @@ def keys_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a key and print it once; only its hash is stored."""
-    from serving.keys import KeyStore
+    from serving.keys import open_key_store
 
     settings = load_settings(data_dir=data_dir)
     wanted = [c.strip() for c in (collections or "").split(",") if c.strip()]
-    store = KeyStore(settings.data_dir)
+    store = open_key_store(settings)
     key, info = run_or_fail(lambda: store.create(wanted, admin=admin, name=name))
     store.close()
     scope = "admin, every collection" if info.admin else "collections: " + ", ".join(info.collections)
@@ -36,9 +36,9 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None) -> None:
     """Keys by id (never the keys themselves)."""
-    from serving.keys import KeyStore
+    from serving.keys import open_key_store
 
-    store = KeyStore(load_settings(data_dir=data_dir).data_dir)
+    store = open_key_store(load_settings(data_dir=data_dir))
     for info in store.list():
         state = "revoked" if info.revoked_at else "active"
         kind = "admin" if info.admin else ",".join(info.collections)
@@ -51,9 +51,9 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (from `rag keys list`).")], data_dir: DataDir = None
 ) -> None:
     """Revoke a key: it stops working within seconds, in every worker."""
-    from serving.keys import KeyStore
+    from serving.keys import open_key_store
 
-    store = KeyStore(load_settings(data_dir=data_dir).data_dir)
+    store = open_key_store(load_settings(data_dir=data_dir))
     revoked = store.revoke(key_id)
     store.close()
     if not revoked:

@@ -25,7 +25,7 @@ def serve(
 
     import uvicorn
 
-    from serving.keys import KeyStore
+    from serving.keys import open_key_store
 
     overrides = {"host": host, "port": port, "backend": backend, "data_dir": data_dir, "vllm_url": vllm_url}
     overrides["workers"] = workers
@@ -42,7 +42,7 @@ def serve(
         run_or_fail(
             lambda: check_loads(settings.llamacpp_model, settings.data_dir / "checks", models_dir=settings.models_dir)
         )
-    bind, message = bind_address(settings.host, KeyStore(settings.data_dir).active())
+    bind, message = bind_address(settings.host, run_or_fail(lambda: open_key_store(settings).active()))
     typer.secho(message, fg=typer.colors.YELLOW if bind != settings.host else None, err=True)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers write their metrics here; /metrics sums them. A fresh folder per run.

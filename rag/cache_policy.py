@@ -21,10 +21,14 @@ threshold, and an FAQ entry that both searches find first is safe much lower:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cache import SemanticCache
+from cache.redis_store import RedisStore
+from cache.stores import StoreUnavailable
 from cache.verifier import Verifier
 from cache.verifier import load_verifier as read_verifier
 
@@ -34,6 +38,8 @@ from .store import CollectionIndex, SearchResult, is_faq_question
 
 if TYPE_CHECKING:
     from .settings import Settings
+
+log = logging.getLogger("rag.cache")
 
 
 Payload = dict[str, Any]
@@ -122,9 +128,27 @@ def load_verifier(settings: Settings) -> Verifier | None:
 
 
 def open_cache(settings: Settings, dimension: int) -> SemanticCache:
-    """The response cache as the settings describe it (threshold, margin, verifier, limits)."""
+    """The response cache as the settings describe it (threshold, margin, verifier, limits),
+    on Redis where RAG_REDIS_URL names one, else on local disk."""
+    store: Path | RedisStore = settings.cache_dir
+    if settings.redis_url:
+        store = RedisStore(
+            settings.redis_url,
+            dimension,
+            prefix=settings.redis_prefix,
+            timeout_s=settings.redis_timeout_s,
+            default_ttl_s=settings.cache_ttl_s,
+        )
+        try:
+            store.check()
+        except StoreUnavailable as exc:
+            # Unreachable at start-up is a fault the cache rides out (misses until Redis is
+            # back); a Redis without vector search is a configuration to fix now.
+            if "vector search" in str(exc):
+                raise RagError(str(exc)) from exc
+            log.warning("%s: the cache answers as misses until it is back", exc)
     return SemanticCache(
-        settings.cache_dir,
+        store,
         dimension=dimension,
         threshold=settings.cache_threshold,
         size_limit_bytes=settings.cache_size_mb * 2**20,

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cache import CacheHit, SemanticCache, normalize_question
+from cache import CacheHit, SemanticCache
 
 from . import __version__
 from .cache_policy import answer_config, faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
@@ -22,7 +22,7 @@ from .compress import compress
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
 from .evidence import Evidence, Unit, merge, select_evidence, span_texts
-from .generation import Generating
+from .flight import SingleFlight
 from .generators import GenerationRequest, Generator
 from .prompts import NO_ANSWER, generation_request
 from .retrieval import Retrieval
@@ -64,7 +64,7 @@ class Prepared:
     )
 
 
-class Pipeline(Retrieval, Generating):
+class Pipeline(Retrieval, SingleFlight):
     def __init__(
         self,
         settings: Settings,
@@ -310,38 +310,8 @@ class Pipeline(Retrieval, Generating):
             return prep.result
         if not prep.cacheable:  # a follow-up is its own question: nothing to share
             return await self._generate_prepared(prep)
-        # Concurrent identical misses share one generation: the first asker generates,
-        # the others wait for its answer (a burst of the same question costs one LLM call).
-        key = f"{prep.scope}\0{normalize_question(prep.question)}"
-        leader = self._inflight.get(key)
-        if leader is not None:
-            try:
-                shared = await asyncio.shield(leader)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not leader.cancelled() or (task is not None and task.cancelling()):
-                    raise
-                return await self._generate_prepared(prep)  # the leader's client went away
-            prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
-            joined = replace(shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={})
-            self._notify(joined, True)
-            return joined
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            answer = await self._generate_prepared(prep)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # waiters re-raise it; nobody waiting is fine too
-            raise
-        else:
-            future.set_result(answer)
-            return answer
-        finally:
-            self._inflight.pop(key, None)
+        # Concurrent identical misses share one generation (rag/flight.py), on any host.
+        return await self._answer_once(prep)
 
     async def aclose(self) -> None:
         for task in list(self._audits):

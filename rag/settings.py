@@ -201,7 +201,7 @@ class Settings(BaseSettings):
     cache_verifier: Path | None = None
     """Verifier written by `rag cache calibrate` (.npz: a request classifier or a pair network); judges each near duplicate."""
 
-    @field_validator("cache_verifier", "rate_limit", mode="before")
+    @field_validator("cache_verifier", "rate_limit", "auth_failure_limit", "redis_url", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -232,6 +232,24 @@ class Settings(BaseSettings):
     cache_ttl_s: float | None = None
     """Seconds a cached answer lives; unset means until its collection is re-ingested."""
 
+    redis_url: str | None = None
+    """Redis for the state every replica shares: the response cache (needs vector search: Redis 8, Redis Stack, or Valkey with the search module), the rate limits and the failed-key limit. `redis://HOST:6379/0`; unset: diskcache on local disk."""
+
+    redis_prefix: str = "rag:cache:"
+    """Prefix of the response cache's keys in Redis (several services can share one server)."""
+
+    redis_timeout_s: float = Field(default=0.5, gt=0.0)
+    """Longest wait for Redis; past it a lookup is a miss, and Redis is left alone for a second."""
+
+    database_url: str | None = None
+    """PostgreSQL for durable state shared by every replica: API keys and jobs (`postgresql://USER@HOST:5432/DB`); unset: SQLite files in RAG_DATA_DIR."""
+
+    job_lease_s: float = Field(default=30.0, ge=1.0)
+    """With RAG_DATABASE_URL: a running job's worker renews its lease this often (a third of it); a job whose lease ran out (its worker died) is taken again by another."""
+
+    auth_failure_limit: str | None = "20/minute"
+    """Failed authentications allowed per client address (`limits` notation), shared through RAG_REDIS_URL across replicas; past it, 429. Unset: no limit."""
+
     job_concurrency: int = Field(default=8, ge=1, le=256)
     """Questions of POST /v1/jobs answered at once (vLLM batches them)."""
 
@@ -250,7 +268,7 @@ class Settings(BaseSettings):
     rate_limit: str | None = "600/minute"
     """Requests per API key in a moving window (`limits` notation: "600/minute", "20/second"); unset: none."""
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "auth_failure_limit")
     @classmethod
     def _parse_rate(cls, value: str | None) -> str | None:
         if value is not None:
@@ -263,7 +281,14 @@ class Settings(BaseSettings):
         return value
 
     rate_limit_storage: str = "memory://"
-    """Where rate-limit counters live: `memory://` (one process) or `redis://HOST:6379` to share them between workers and hosts."""
+    """Where rate-limit counters live: `memory://` (one process) or `redis://HOST:6379` to share them between workers and hosts. With RAG_REDIS_URL set and this left at `memory://`, that Redis."""
+
+    @property
+    def limits_storage(self) -> str:
+        """The rate limits' storage: RAG_RATE_LIMIT_STORAGE, or RAG_REDIS_URL where that is the only one set."""
+        if self.rate_limit_storage == "memory://" and self.redis_url:
+            return self.redis_url
+        return self.rate_limit_storage
 
     max_concurrent_per_key: int = Field(default=16, ge=1)
     """Requests one API key may have in flight at once (per worker process)."""

@@ -16,15 +16,20 @@ from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
 from . import admin, health, jobs, observability, openai_compat, query, widget
-from .auth import Authenticator, GuardMiddleware, KeyLimits, KeyStore
+from .auth import Authenticator, GuardMiddleware, KeyLimits
+from .database import Database
 from .errors import ERRORS, install_error_handlers
 from .jobs import JobRunner, JobStore
+from .keys import open_key_store
+from .pg_jobs import PgJobStore
 
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:
     """Build the app. Pass ``pipeline`` to share one already loaded (tests, embedding)."""
     settings = settings or Settings()
-    keys = KeyStore(settings.data_dir)
+    # PostgreSQL where RAG_DATABASE_URL names one (keys and jobs shared by every replica).
+    database = Database(settings.database_url).open() if settings.database_url else None
+    keys = open_key_store(settings, database)
     authenticator = Authenticator(keys)
 
     @asynccontextmanager
@@ -33,10 +38,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.pipeline = pipeline or await asyncio.to_thread(build_pipeline, settings)
         if observability.observe_answer not in app.state.pipeline.observers:
             app.state.pipeline.observers.append(observability.observe_answer)
-        app.state.jobs = JobRunner(
-            JobStore(settings.data_dir / "jobs.sqlite"), app.state.pipeline, settings.job_concurrency
-        )
-        app.state.jobs.resume()  # jobs a restart interrupted carry on
+        store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
+        app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency)
+        app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
         try:
             yield
         finally:
@@ -44,6 +48,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             if owned:
                 await app.state.pipeline.aclose()
             keys.close()
+            if database is not None:
+                database.close()
             observability.worker_exit()
 
     app = FastAPI(
@@ -59,6 +65,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.include_router(widget.router)
     app.state.settings = settings
     app.state.authenticator = authenticator
+    app.state.database = database
     # Outermost last: request id, metrics and access log see everything, CORS headers ride
     # on 401s and 429s too (so the widget can read them), then keys and limits.
     app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=KeyLimits(settings))

@@ -18,6 +18,7 @@ no limits.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -32,9 +33,10 @@ from rag.errors import (
 from rag.settings import Settings
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
-from .keys import KeyStore
+from .keys import KeyStoreLike
 from .principals import ANONYMOUS, Principal
 
+log = logging.getLogger("rag.serving")
 # Reachable without a key: liveness/readiness probes, the widget script, the API schema.
 # A refused body up to this many times RAG_MAX_BODY_BYTES is read and dropped before the 413.
 DRAIN_FACTOR = 8
@@ -43,9 +45,9 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/widget.js", "/docs", "/docs/o
 
 class Authenticator:
     """Bearer key -> Principal, with a few seconds of memory so a request costs no query;
-    a revoked key stops working within ``ttl_s``."""
+    a revoked key stops working within ``ttl_s`` (on every replica, with keys in PostgreSQL)."""
 
-    def __init__(self, store: KeyStore, ttl_s: float = 2.0) -> None:
+    def __init__(self, store: KeyStoreLike, ttl_s: float = 0.5) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self._enabled: tuple[float, bool] = (0.0, False)
@@ -80,6 +82,14 @@ class Authenticator:
         return cached[1]
 
 
+def _storage_options(uri: str) -> dict[str, float | str | bool]:
+    """Redis through redis-py (a dependency already), with short timeouts: a Redis that is
+    away must cost a request little time."""
+    if "redis" not in uri:
+        return {}
+    return {"implementation": "redispy", "socket_timeout": 0.5, "socket_connect_timeout": 0.5}
+
+
 class KeyLimits:
     """Requests per window (``limits``' moving window; shared storage for several workers)
     and requests in flight, per key."""
@@ -89,11 +99,12 @@ class KeyLimits:
         from limits.aio.strategies import MovingWindowRateLimiter
         from limits.storage import storage_from_string
 
-        uri = settings.rate_limit_storage
+        uri = settings.limits_storage
         self.rate = parse(settings.rate_limit) if settings.rate_limit else None
+        self.failures = parse(settings.auth_failure_limit) if settings.auth_failure_limit else None
         # The event loop must not wait on Redis: the asyncio flavour of the same storage.
         self._limiter = MovingWindowRateLimiter(
-            storage_from_string(uri if uri.startswith("async+") else f"async+{uri}")
+            storage_from_string(uri if uri.startswith("async+") else f"async+{uri}", **_storage_options(uri))
         )
         self.max_concurrent = settings.max_concurrent_per_key
         self._in_flight: dict[str, int] = {}
@@ -112,6 +123,30 @@ class KeyLimits:
                 code="too_many_concurrent_requests",
             )
         self._in_flight[principal.key_id] = self._in_flight.get(principal.key_id, 0) + 1
+
+    async def refuse_guessing(self, address: str) -> None:
+        """429 for a client address past RAG_AUTH_FAILURE_LIMIT wrong keys (shared across
+        replicas through Redis): checked before its key is, so guessing gets nowhere."""
+        if self.failures is None:
+            return
+        try:
+            allowed = await self._limiter.test(self.failures, "auth-failures", address)
+            stats = None if allowed else await self._limiter.get_window_stats(self.failures, "auth-failures", address)
+        except Exception as exc:  # the limit's store is away: keys are still checked
+            log.warning("failed-authentication limit unavailable: %s", exc)
+            return
+        if stats is not None:
+            wait = max(1, math.ceil(stats.reset_time - time.time()))
+            raise RateLimitError(
+                f"too many failed authentications from this address - retry in {wait} s", wait, code="too_many_failures"
+            )
+
+    async def count_failure(self, address: str) -> None:
+        if self.failures is not None:
+            try:
+                await self._limiter.hit(self.failures, "auth-failures", address)
+            except Exception as exc:
+                log.warning("failed-authentication limit unavailable: %s", exc)
 
     def release(self, principal: Principal) -> None:
         if principal.key_id is not None:
@@ -149,14 +184,21 @@ class GuardMiddleware:
             return
         principal = ANONYMOUS
         if scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
+            address = (scope.get("client") or ("unknown",))[0]
             try:
+                if self.auth.enabled():
+                    await self.limits.refuse_guessing(address)
                 principal = self.auth.authenticate(headers.get("authorization"))
                 await self.limits.admit(principal)
             except AuthenticationError as exc:
+                await self.limits.count_failure(address)
                 await send_error(send, exc, {"WWW-Authenticate": "Bearer"})
                 return
             except RateLimitError as exc:
                 await send_error(send, exc, {"Retry-After": str(exc.retry_after_s)})
+                return
+            except RagError as exc:  # the key store is away (PostgreSQL down): a 503
+                await send_error(send, exc)
                 return
         scope.setdefault("state", {})["principal"] = principal
         try:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cache.stores import StoreUnavailable
 from rag.errors import RagError, error_body
 
 from .schemas import ErrorResponse
@@ -57,6 +58,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code >= 500:
             log.warning("%s: %s", type(exc).__name__, exc.message)
         return error_response(exc.status_code, exc.message, exc.type, exc.param, exc.code)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_away(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("response cache store unavailable: %s", exc)
+        message = f"the response cache's store is unreachable ({exc}) - answers still work, as misses"
+        return error_response(503, message, "service_unavailable", None, "cache_store_unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,8 +1,10 @@
 """The health routes: `/healthz` (the process is up) and `/readyz` (every ingested
-collection loads and the backend answers)."""
+collection loads, the backend answers, and the engines the settings name are reachable:
+PostgreSQL is needed to answer, Redis is not: without it the cache answers as misses)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -53,6 +55,12 @@ async def readyz(request: Request) -> Any:
     if broken:
         detail = "; ".join(f"{n}: {m}" for n, m in broken.items()) if not public else f"{len(broken)} collection(s)"
         return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready")
+    engines = await asyncio.to_thread(_engines, request)
+    if engines.get("database", "ok") != "ok":
+        return error_response(
+            503, f"not ready: the database (RAG_DATABASE_URL) is {engines['database']}", "service_unavailable",
+            None, "not_ready",
+        )  # fmt: skip
     ready = getattr(pipe.generator, "ready", None)
     if ready is not None and not await ready():
         raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready")
@@ -61,9 +69,35 @@ async def readyz(request: Request) -> Any:
         "backend": pipe.generator.name,
         "chunks": sum(c["chunks"] for c in collections.values()),
     }
+    if engines:
+        body["engines"] = engines
     if public:
         body["collection_count"] = len(collections)
     else:
         body["collections"] = collections
         body["default_collection"] = settings.collection if settings.collection in collections else None
     return body
+
+
+def _engines(request: Request) -> dict[str, str]:
+    """Each engine the settings name: "ok", or why not."""
+    settings = request.app.state.settings
+    found: dict[str, str] = {}
+    if request.app.state.database is not None:
+        try:
+            request.app.state.database.ping()
+            found["database"] = "ok"
+        except Exception as exc:
+            found["database"] = f"unreachable ({getattr(exc, 'message', exc)})"
+    if settings.redis_url:
+        import redis
+
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            client.ping()
+            found["redis"] = "ok"
+        except redis.RedisError as exc:
+            found["redis"] = f"unreachable, answering as cache misses ({exc})"
+        finally:
+            client.close()
+    return found

@@ -6,16 +6,26 @@ as they complete, so a restart loses nothing: on start-up, unfinished jobs carry
 the questions not yet answered. A question that fails is recorded with its error body.
 Questions run through the same pipeline as ``/v1/query``, a few at a time
 (``RAG_JOB_CONCURRENCY``), so vLLM batches them.
+
+With ``RAG_DATABASE_URL`` set, jobs live in PostgreSQL (:class:`PgJobStore`) and any
+replica may run one: each replica's runner takes queued jobs with ``SELECT ... FOR UPDATE
+SKIP LOCKED`` (one worker a job), holds a lease it renews while it works
+(``RAG_JOB_LEASE_S``), and a job whose worker died (its lease ran out) is taken again by
+another. Each question's result is written only while its worker holds the lease and only
+once (``result IS NULL``), so a job is never answered twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +33,13 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from rag.batch import answer_each
-from rag.errors import NotFoundError
+from rag.errors import NotFoundError, RagError
 from rag.pipeline import Pipeline
 
+from .pg_jobs import PgJobStore, job_body
 from .principals import principal_of
+
+log = logging.getLogger("rag.serving")
 
 router = APIRouter()
 
@@ -58,6 +71,10 @@ class JobRequest(BaseModel):
 
 
 class JobStore:
+    """Jobs in SQLite under RAG_DATA_DIR: one host."""
+
+    shared = False
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -112,54 +129,89 @@ class JobStore:
         results = [json.loads(r) for (r,) in self._db.execute(
             "SELECT result FROM items WHERE job_id = ? AND result IS NOT NULL ORDER BY position", (job_id,)
         )]  # fmt: skip
-        failed = sum(1 for r in results if "error" in r)
-        job = {
-            "id": row[0],
-            "status": row[1],
-            "created_at": row[2],
-            "finished_at": row[3],
-            "collection": row[4],
-            "progress": {"total": row[5], "done": len(results), "failed": failed},
-            "owner": row[6],
-        }
-        if row[1] == "done":
-            job["results"] = results
-        return job
+        return job_body(row, results)
 
     def close(self) -> None:
         self._db.close()
 
 
 class JobRunner:
-    """Runs jobs in the service's event loop; resumes unfinished ones at start-up."""
+    """Runs jobs in the service's event loop: the ones this replica accepted (SQLite; resumed at
+    start-up), or, with a shared store, whichever job is next (:meth:`take_jobs`)."""
 
-    def __init__(self, store: JobStore, pipeline: Pipeline, concurrency: int) -> None:
+    def __init__(self, store: JobStore | PgJobStore, pipeline: Pipeline, concurrency: int) -> None:
         self.store = store
         self.pipeline = pipeline
         self._gate = asyncio.Semaphore(concurrency)  # shared by every job: the service's limit
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
 
-    def start(self, job_id: str) -> None:
-        task = asyncio.create_task(self._run(job_id))
+    def _spawn(self, run: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(run)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def start(self, job_id: str) -> None:
+        if self.store.shared:
+            self._wake.set()  # the taker picks it up (here, or on another replica first)
+        else:
+            self._spawn(self._run(job_id))
+
     def resume(self) -> None:
-        for job_id in self.store.unfinished():
-            self.start(job_id)
+        if self.store.shared:
+            self._spawn(self.take_jobs())
+        else:
+            for job_id in self.store.unfinished():
+                self._spawn(self._run(job_id))
+
+    async def take_jobs(self, idle_s: float = 0.5) -> None:
+        """With a shared store: take the next job whose lease is free, run it, repeat."""
+        assert isinstance(self.store, PgJobStore)
+        store = self.store
+        while True:
+            try:
+                job_id = await asyncio.to_thread(store.take) if len(self._tasks) <= 2 else None
+            except RagError as exc:  # the database is away: try again shortly
+                log.warning("cannot take jobs: %s", exc.message)
+                job_id = None
+            if job_id is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), idle_s)
+                continue
+            self._spawn(self._run_leased(job_id))
+
+    async def _run_leased(self, job_id: str) -> None:
+        """Run a job while renewing its lease; stop if the lease is lost."""
+        assert isinstance(self.store, PgJobStore)
+        store = self.store
+        run = asyncio.ensure_future(self._run(job_id))
+        while not run.done():
+            await asyncio.wait([run], timeout=store.lease_s / 3)
+            if not run.done():
+                try:
+                    held = await asyncio.to_thread(store.renew, job_id)
+                except RagError:
+                    held = True  # the database is away; the lease may still hold: carry on
+                if not held:
+                    run.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RagError):
+            await run
 
     async def _run(self, job_id: str) -> None:
-        job = self.store.get(job_id)
+        job = await asyncio.to_thread(self.store.get, job_id)
         collection = job["collection"] if job else None
-        self.store.set_status(job_id, "running")
+        if not self.store.shared:
+            self.store.set_status(job_id, "running")
 
         async def answer(item: dict[str, Any]) -> dict[str, Any]:
             body = (await self.pipeline.answer(item["question"], collection, history=item["history"] or None)).to_dict()
             return {k: body[k] for k in ("answer", "citations", "cache")}
 
-        items = [(p, {**item, "id": item.get("id") or str(p)}) for p, item in self.store.pending(job_id)]
+        pending = await asyncio.to_thread(self.store.pending, job_id)
+        items = [(p, {**item, "id": item.get("id") or str(p)}) for p, item in pending]
         await answer_each(items, answer, self._gate, lambda p, result: self.store.record(job_id, p, result))
-        self.store.set_status(job_id, "done")
+        await asyncio.to_thread(self.store.set_status, job_id, "done")
 
     async def aclose(self) -> None:
         for task in list(self._tasks):  # unfinished work stays in the store for the next start
@@ -177,7 +229,7 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     principal = principal_of(request)
     principal.require_collection(collection)
     pipe.get_index(collection)  # an unknown collection is a 404 now, not later
-    job_id = runner.store.create(body, owner=principal.key_id)
+    job_id = await asyncio.to_thread(runner.store.create, body, principal.key_id)
     runner.start(job_id)
     return {"id": job_id, "status": "queued", "progress": {"total": len(body.questions), "done": 0, "failed": 0}}
 
@@ -185,7 +237,7 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
 @router.get("/v1/jobs/{job_id}")
 async def get_job(job_id: str, request: Request) -> dict[str, Any]:
     """Status, progress and, once done, every question's result in order."""
-    job = request.app.state.jobs.store.get(job_id)
+    job = await asyncio.to_thread(request.app.state.jobs.store.get, job_id)
     principal = principal_of(request)
     # Another key's job is as good as absent (admin keys see every job).
     if job is not None and job.pop("owner") != principal.key_id and not principal.admin:

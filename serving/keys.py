@@ -2,7 +2,10 @@
 is kept (in ``RAG_DATA_DIR/keys.sqlite``). Keys are 256-bit random tokens, so a fast hash is
 enough: there is nothing to brute-force. A key is ``rk_<id>_<secret>``: the id finds its row,
 the hash of the whole key must match it (compared in constant time). Who a key makes the
-caller: :mod:`serving.principals`."""
+caller: :mod:`serving.principals`.
+
+With ``RAG_DATABASE_URL`` set, keys live in PostgreSQL instead (:class:`PgKeyStore`), so a
+key created or revoked on one replica is seen by all (:func:`open_key_store` picks)."""
 
 from __future__ import annotations
 
@@ -15,12 +18,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from rag.errors import (
     InvalidRequestError,
 )
 
 from .principals import ALL, Principal
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
+
+    from .database import Database
 
 KEYS_FILE = "keys.sqlite"
 
@@ -46,6 +55,48 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def _new_key(collections: list[str], admin: bool, name: str | None) -> tuple[str, KeyInfo, str]:
+    """A new key, its record and the digest to store."""
+    if not collections and not admin:
+        raise InvalidRequestError("a key needs --collections (names, or '*' for all) or --admin")
+    key_id = secrets.token_hex(4)
+    key = f"rk_{key_id}_{secrets.token_urlsafe(32)}"
+    stored = [ALL] if admin or ALL in collections else sorted(set(collections))
+    return key, KeyInfo(key_id, name, stored, admin, time.time(), None), _digest(key)
+
+
+def _principal(key: str, row: tuple[str, list[str], bool] | None) -> Principal | None:
+    """The caller a key makes, given its row (hash, collections, admin), or None."""
+    if row is None or not hmac.compare_digest(row[0], _digest(key)):
+        return None
+    return Principal(key.split("_", 2)[1], None if ALL in row[1] else frozenset(row[1]), bool(row[2]))
+
+
+def _key_id(key: str) -> str | None:
+    parts = key.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == "rk" else None
+
+
+class KeyStoreLike(Protocol):
+    def create(self, collections: list[str], admin: bool = False, name: str | None = None) -> tuple[str, KeyInfo]: ...
+    def revoke(self, key_id: str) -> bool: ...
+    def list(self) -> list[KeyInfo]: ...
+    def active(self) -> int: ...
+    def lookup(self, key: str) -> Principal | None: ...
+    def close(self) -> None: ...
+
+
+def open_key_store(settings: Settings, database: Database | None = None) -> KeyStoreLike:
+    """PostgreSQL where RAG_DATABASE_URL names one, else SQLite in RAG_DATA_DIR."""
+    if settings.database_url:
+        from .database import Database
+
+        if database is None:
+            return PgKeyStore(Database(settings.database_url).open(), owns=True)
+        return PgKeyStore(database)
+    return KeyStore(settings.data_dir)
+
+
 class KeyStore:
     """API keys in SQLite: shared by every worker process and by the `rag keys` command."""
 
@@ -67,18 +118,13 @@ class KeyStore:
 
     def create(self, collections: list[str], admin: bool = False, name: str | None = None) -> tuple[str, KeyInfo]:
         """A new key: returns it (shown once, never stored) and its record."""
-        if not collections and not admin:
-            raise InvalidRequestError("a key needs --collections (names, or '*' for all) or --admin")
-        key_id = secrets.token_hex(4)
-        key = f"rk_{key_id}_{secrets.token_urlsafe(32)}"
-        stored = [ALL] if admin or ALL in collections else sorted(set(collections))
-        info = KeyInfo(key_id, name, stored, admin, time.time(), None)
+        key, info, digest = _new_key(collections, admin, name)
         db = self._conn(create=True)
         assert db is not None
         with self._lock:
             db.execute(
                 "INSERT INTO keys (id, name, hash, collections, admin, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (key_id, name, _digest(key), json.dumps(stored), int(admin), info.created_at),
+                (info.id, name, digest, json.dumps(info.collections), int(admin), info.created_at),
             )
         return key, info
 
@@ -106,19 +152,57 @@ class KeyStore:
         return int(db.execute("SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL").fetchone()[0])
 
     def lookup(self, key: str) -> Principal | None:
-        parts = key.split("_", 2)
-        db = self._conn()
-        if db is None or len(parts) != 3 or parts[0] != "rk":
+        key_id, db = _key_id(key), self._conn()
+        if db is None or key_id is None:
             return None
-        row = db.execute(
-            "SELECT hash, collections, admin FROM keys WHERE id = ? AND revoked_at IS NULL", (parts[1],)
-        ).fetchone()
-        if row is None or not hmac.compare_digest(row[0], _digest(key)):
-            return None
-        collections = json.loads(row[1])
-        return Principal(parts[1], None if ALL in collections else frozenset(collections), bool(row[2]))
+        row = db.execute("SELECT hash, collections, admin FROM keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
+        found = row.fetchone()
+        return _principal(key, None if found is None else (found[0], json.loads(found[1]), bool(found[2])))
 
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+class PgKeyStore:
+    """API keys in PostgreSQL (``RAG_DATABASE_URL``): one set of keys for every replica."""
+
+    def __init__(self, database: Database, owns: bool = False) -> None:
+        self.db = database
+        self._owns = owns  # closed with the store (the CLI's), or by whoever shares it (the app)
+
+    def create(self, collections: list[str], admin: bool = False, name: str | None = None) -> tuple[str, KeyInfo]:
+        from psycopg.types.json import Jsonb
+
+        key, info, digest = _new_key(collections, admin, name)
+        self.db.run(
+            lambda c: c.execute(
+                "INSERT INTO keys (id, name, hash, collections, admin, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (info.id, name, digest, Jsonb(info.collections), admin, info.created_at),
+            )
+        )
+        return key, info
+
+    def revoke(self, key_id: str) -> bool:
+        sql = "UPDATE keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL"
+        return bool(self.db.run(lambda c: c.execute(sql, (time.time(), key_id)).rowcount) > 0)
+
+    def list(self) -> list[KeyInfo]:
+        sql = "SELECT id, name, collections, admin, created_at, revoked_at FROM keys ORDER BY created_at"
+        return [KeyInfo(*row) for row in self.db.run(lambda c: c.execute(sql).fetchall())]
+
+    def active(self) -> int:
+        row = self.db.run(lambda c: c.execute("SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL").fetchone())
+        return int(row[0]) if row else 0
+
+    def lookup(self, key: str) -> Principal | None:
+        key_id = _key_id(key)
+        if key_id is None:
+            return None
+        sql = "SELECT hash, collections, admin FROM keys WHERE id = %s AND revoked_at IS NULL"
+        return _principal(key, self.db.run(lambda c: c.execute(sql, (key_id,)).fetchone()))
+
+    def close(self) -> None:
+        if self._owns:
+            self.db.close()

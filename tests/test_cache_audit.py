@@ -84,11 +84,12 @@ def _tamper(pipeline: Pipeline, citations: list[dict[str, object]]) -> None:
     Their retrieval hints stay, so the source check still lets them through."""
     cache = pipeline.cache
     assert cache is not None
-    for key in list(cache._store.iterkeys()):
-        entry = cache._store.get(key)
+    entries = cache.store._store  # type: ignore[attr-defined]  # the local store's diskcache
+    for key in list(entries.iterkeys()):
+        entry = entries.get(key)
         if str(key).startswith("e:"):
             entry["payload"] = {**entry["payload"], "citations": citations, "answer": "Gift cards never expire."}
-            cache._store.set(key, entry)
+            entries.set(key, entry)
 
 
 async def test_pipeline_audits_served_hits_in_the_background(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,223 @@
+"""Where the response cache keeps its entries: the store interface, and the embedded default.
+
+The cache's policy (thresholds, margin, guards, verifier, audits: :mod:`cache.semantic`)
+never touches storage directly; it asks an :class:`EntryStore` for
+
+- the entry stored under a normalised question (the exact tier),
+- the entries nearest a vector in one scope (the semantic tier),
+- a counters store that never evicts (sequence numbers, audit evidence),
+- a claim on a question, so that concurrent identical misses make one generation.
+
+Two stores implement it: :class:`LocalStore` here (diskcache on local disk, one FAISS index a
+scope in each process; the default, for one host) and :class:`cache.redis_store.RedisStore`
+(``RAG_REDIS_URL``: every replica shares one cache, the KNN runs in Redis's query engine).
+
+An entry is a dict: ``question``, ``vector`` (float32 bytes), ``payload``, ``created_at``,
+``tag`` (the collection), ``group`` (entries with the same group give the same answer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+import diskcache
+import numpy as np
+
+log = logging.getLogger("rag.cache")
+
+
+class StoreUnavailable(Exception):
+    """The store cannot be reached now (a Redis that is down or restarting): the cache
+    treats the lookup as a miss and the write as skipped, and tries again later."""
+
+
+class Counters(Protocol):
+    """A key-value store that never evicts (diskcache's API): audit evidence, sequence numbers."""
+
+    def transact(self) -> AbstractContextManager[Any]: ...
+    def incr(self, key: str, delta: int = 1) -> int: ...
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def set(self, key: str, value: Any) -> Any: ...
+    def delete(self, key: str) -> Any: ...
+    def iterkeys(self) -> Iterator[Any]: ...
+
+
+class EntryStore(Protocol):
+    @property
+    def counters(self) -> Counters: ...
+
+    @property
+    def shared(self) -> bool:
+        """True when other hosts see the same entries (claims then span hosts)."""
+
+    def find_exact(self, skey: str, normalized: str) -> tuple[int, dict[str, Any]] | None:
+        """The entry stored under this normalised question in this scope, with its number."""
+
+    def near(self, skey: str, query: np.ndarray, k: int) -> list[tuple[int, dict[str, Any]]] | None:
+        """Up to ``k`` entries nearest ``query`` (unit vector) in this scope, nearest first;
+        None when the scope holds nothing."""
+
+    def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
+        """Store an entry; returns its number."""
+
+    def count_by_tag(self) -> dict[str, int]: ...
+    def clear(self, tag: str | None = None) -> int: ...
+    def volume(self) -> int: ...
+
+    def claim(self, key: str, ttl_s: float) -> bool:
+        """Take the right to answer this question (True), or learn that another host holds it."""
+
+    def claimed(self, key: str) -> bool: ...
+    def release(self, key: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def scope_key(scope: str) -> str:
+    return hashlib.sha256(scope.encode()).hexdigest()[:24]
+
+
+class _ScopeIndex:
+    def __init__(self, dimension: int) -> None:
+        import faiss
+
+        self.index = faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
+        self.seen = 0  # highest sequence number looked at
+        self.pending: set[int] = set()  # numbers taken whose entry was not there yet
+        self.epoch: object = None  # changes when the cache is cleared: numbering restarts
+
+
+class LocalStore:
+    """diskcache on local disk, shared by every worker process on the host.
+
+    Each process keeps one in-memory FAISS index per scope and catches up with entries other
+    processes added by reading a per-scope sequence counter that diskcache increments
+    atomically: no index files to lock or merge. Counters live in a store that never evicts.
+    """
+
+    shared = False
+
+    def __init__(self, directory: Path | str, dimension: int, size_limit_bytes: int = 512 * 2**20) -> None:
+        self.dimension = dimension
+        directory = Path(directory)
+        try:
+            self._open(directory, size_limit_bytes)
+        except sqlite3.DatabaseError as exc:
+            # A corrupted cache costs answers already paid for, never the service: set the
+            # files aside (for a post-mortem) and start empty.
+            aside = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
+            log.warning("response cache at %s is unreadable (%s); moved to %s and started empty", directory, exc, aside)
+            directory.rename(aside)
+            self._open(directory, size_limit_bytes)
+        self._scopes: dict[str, _ScopeIndex] = {}
+        self._lock = threading.Lock()
+
+    def _open(self, directory: Path, size_limit_bytes: int) -> None:
+        self._store = diskcache.Cache(
+            str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+        )
+        self.counters: Counters = diskcache.Cache(str(directory / "counters"), eviction_policy="none")
+        self.counters.get("epoch")  # reads the database: a corrupted file fails here, not later
+
+    def find_exact(self, skey: str, normalized: str) -> tuple[int, dict[str, Any]] | None:
+        seq = self._store.get(f"x:{skey}:{normalized}")
+        entry = self._store.get(f"e:{skey}:{seq}") if seq is not None else None
+        return None if entry is None else (int(seq), entry)
+
+    def near(self, skey: str, query: np.ndarray, k: int) -> list[tuple[int, dict[str, Any]]] | None:
+        with self._lock:
+            sindex = self._sync(skey)
+            if sindex.index.ntotal == 0:
+                return None
+            _, ids = sindex.index.search(query.reshape(1, -1), min(k, sindex.index.ntotal))
+        found = []
+        for seq in ids[0]:
+            if seq < 0:
+                break
+            entry = self._store.get(f"e:{skey}:{int(seq)}")
+            if entry is not None:  # evicted or expired otherwise
+                found.append((int(seq), entry))
+        return found
+
+    def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
+        seq = int(self.counters.incr(f"seq:{skey}"))
+        self._store.set(f"e:{skey}:{seq}", entry, expire=ttl_s)
+        self._store.set(f"x:{skey}:{normalized}", seq, expire=ttl_s)
+        return seq
+
+    def _sync(self, skey: str) -> _ScopeIndex:
+        sindex = self._scopes.get(skey)
+        latest = int(self.counters.get(f"seq:{skey}", 0))
+        epoch = self.counters.get("epoch")
+        if sindex is None or sindex.epoch != epoch:  # new here, or the cache was cleared since
+            sindex = self._scopes[skey] = _ScopeIndex(self.dimension)
+            sindex.epoch = epoch
+        # A number taken by another process whose entry is not written yet is retried later.
+        wanted = sorted(sindex.pending) + list(range(sindex.seen + 1, latest + 1))
+        ids, vectors = [], []
+        for seq in wanted:
+            entry = self._store.get(f"e:{skey}:{seq}")
+            if entry is None:
+                sindex.pending.add(seq)
+            else:
+                sindex.pending.discard(seq)
+                ids.append(seq)
+                vectors.append(np.frombuffer(entry["vector"], dtype=np.float32))
+        if len(sindex.pending) > 64:  # long-missing numbers were evicted, not late
+            sindex.pending = set(sorted(sindex.pending)[-64:])
+        if ids:
+            sindex.index.add_with_ids(np.vstack(vectors), np.asarray(ids, dtype=np.int64))
+        sindex.seen = max(sindex.seen, latest)
+        return sindex
+
+    def _entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key in self._store.iterkeys():
+            if str(key).startswith("e:"):
+                entry = self._store.get(key)
+                if entry is not None:
+                    yield str(key), entry
+
+    def count_by_tag(self) -> dict[str, int]:
+        by_tag: dict[str, int] = {}
+        for _, entry in self._entries():
+            by_tag[str(entry.get("tag"))] = by_tag.get(str(entry.get("tag")), 0) + 1
+        return by_tag
+
+    def clear(self, tag: str | None = None) -> int:
+        with self._lock:
+            if tag is None:
+                count = sum(1 for _ in self._entries())
+                self._store.clear()
+                self.counters.clear()  # type: ignore[attr-defined]
+                self.counters.set("epoch", uuid.uuid4().hex)
+                self._scopes.clear()
+                return count
+            # The exact-text key then points at a number that holds nothing: a miss.
+            doomed = [key for key, entry in self._entries() if entry.get("tag") == tag]
+            for key in doomed:
+                self._store.delete(key)
+            return len(doomed)
+
+    def volume(self) -> int:
+        return int(self._store.volume())
+
+    def claim(self, key: str, ttl_s: float) -> bool:
+        return True  # one host: the pipeline's in-process single flight is enough
+
+    def claimed(self, key: str) -> bool:
+        return False
+
+    def release(self, key: str) -> None:
+        return None
+
+    def close(self) -> None:
+        self._store.close()
+        self.counters.close()  # type: ignore[attr-defined]

@@ -1,0 +1,98 @@
+"""Single flight: concurrent identical misses make one generation.
+
+In one process the first asker generates and the others await its future. With a cache
+that several hosts share (Redis), the first asker on any host also takes a claim on the
+question in the cache's store; an asker on another host that finds the claim taken polls
+the exact cache until the answer is there (a hit, as if it had come a moment later), or
+until the claim is gone without one (the other host failed, or its answer is not one to
+cache, such as "I don't know"), and then answers it itself. :class:`rag.pipeline.Pipeline`
+is one (the generation stage it builds on is :class:`rag.generation.Generating`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from cache import normalize_question
+
+from .cache_policy import still_valid
+from .generation import Generating
+from .wire import Answer, CacheStatus, Citation
+
+if TYPE_CHECKING:
+    from cache import SemanticCache
+
+    from .pipeline import Prepared
+
+POLL_S = 0.05
+CLAIM_TTL_S = 120.0  # a claim outlives any generation; a dead host's claim lapses after it
+
+
+class SingleFlight(Generating):
+    _inflight: dict[str, asyncio.Future[Answer]]
+
+    async def _answer_once(self, prep: Prepared) -> Answer:
+        key = f"{prep.scope}\0{normalize_question(prep.question)}"
+        leader = self._inflight.get(key)
+        if leader is not None:
+            try:
+                shared = await asyncio.shield(leader)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not leader.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                return await self._generate_prepared(prep)  # the leader's client went away
+            prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
+            joined = replace(shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={})
+            self._notify(joined, True)
+            return joined
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            answer = await self._across_hosts(prep)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # waiters re-raise it; nobody waiting is fine too
+            raise
+        else:
+            future.set_result(answer)
+            return answer
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _across_hosts(self, prep: Prepared) -> Answer:
+        """Generate, unless another host sharing the cache is generating the same answer."""
+        cache = self.cache
+        if cache is None or not cache.shared:
+            return await self._generate_prepared(prep)
+        while not cache.claim(prep.scope, prep.question, CLAIM_TTL_S):
+            answer = await self._await_other_host(prep, cache)
+            if answer is not None:
+                return answer
+        try:
+            return await self._generate_prepared(prep)
+        finally:
+            cache.release(prep.scope, prep.question)
+
+    async def _await_other_host(self, prep: Prepared, cache: SemanticCache) -> Answer | None:
+        """The other host's answer once it is cached; None once its claim is gone without one."""
+        assert prep.index is not None
+        valid = still_valid(prep.index)
+        deadline = time.monotonic() + CLAIM_TTL_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(POLL_S)
+            hit = cache.get_exact(prep.scope, prep.question, accept=valid)
+            if hit is not None:
+                status = CacheStatus(True, "exact", 1.0)
+                citations = [Citation(**c) for c in hit.payload["citations"]]
+                kind = hit.payload.get("answer_kind", "generated")
+                return self._done(prep, hit.payload["answer"], citations, status, kind=kind)
+            if not cache.claimed(prep.scope, prep.question):
+                return None
+        return None

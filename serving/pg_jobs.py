@@ -1,0 +1,128 @@
+"""Jobs in PostgreSQL (``RAG_DATABASE_URL``): any replica takes the next one, exactly one
+worker holds it at a time, and a job whose worker died is taken again. How the runner uses
+it: :class:`serving.jobs.JobRunner`; the schema: :mod:`serving.database`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from psycopg.types.json import Jsonb
+
+from .database import Database
+
+if TYPE_CHECKING:
+    from .jobs import JobRequest
+
+# The oldest job that is queued, or running under a lease that ran out (its worker died),
+# locked for this transaction only; other replicas skip it rather than wait.
+_TAKE = """
+UPDATE jobs SET status = 'running', worker = %(worker)s, attempts = attempts + 1,
+                lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = (
+    SELECT id FROM jobs
+    WHERE status = 'queued' OR (status = 'running' AND lease_until < now())
+    ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+
+def job_body(row: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """GET /v1/jobs/{id}'s body (plus ``owner``) from a job's row (id, status, created_at,
+    finished_at, collection, total, owner) and its results so far, in order: both stores'."""
+    job: dict[str, Any] = {
+        "id": row[0],
+        "status": row[1],
+        "created_at": row[2],
+        "finished_at": row[3],
+        "collection": row[4],
+        "progress": {"total": row[5], "done": len(results), "failed": sum(1 for r in results if "error" in r)},
+        "owner": row[6],
+    }
+    if row[1] == "done":
+        job["results"] = results
+    return job
+
+
+class PgJobStore:
+    """The job store the runner shares with every replica. Writes about a job are made only
+    while this worker holds its lease, and each question's result only once."""
+
+    shared = True
+
+    def __init__(self, database: Database, lease_s: float = 30.0) -> None:
+        self.db = database
+        self.lease_s = lease_s
+        self.worker = f"{uuid.uuid4().hex[:12]}"  # this runner, for as long as the process lives
+
+    def create(self, body: JobRequest, owner: str | None = None) -> str:
+        job_id = f"job-{uuid.uuid4().hex[:16]}"
+
+        def insert(conn: Any) -> None:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO jobs (id, status, created_at, collection, total, owner) "
+                    "VALUES (%s, 'queued', %s, %s, %s, %s)",
+                    (job_id, time.time(), body.collection, len(body.questions), owner),
+                )
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO job_items (job_id, position, request) VALUES (%s, %s, %s)",
+                        [(job_id, i, Jsonb(q.model_dump())) for i, q in enumerate(body.questions)],
+                    )
+
+        self.db.run(insert)
+        return job_id
+
+    def take(self) -> str | None:
+        """The next job for this worker (now leased to it), or None."""
+        row = self.db.run(lambda c: c.execute(_TAKE, {"worker": self.worker, "lease": self.lease_s}).fetchone())
+        return None if row is None else str(row[0])
+
+    def renew(self, job_id: str) -> bool:
+        """Extend this worker's lease; False when it has lost the job (its lease ran out and
+        another worker took it)."""
+        sql = (
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => %s) "
+            "WHERE id = %s AND worker = %s AND status = 'running'"
+        )
+        return bool(self.db.run(lambda c: c.execute(sql, (self.lease_s, job_id, self.worker)).rowcount))
+
+    def pending(self, job_id: str) -> list[tuple[int, dict[str, Any]]]:
+        sql = "SELECT position, request FROM job_items WHERE job_id = %s AND result IS NULL ORDER BY position"
+        return [(int(p), dict(r)) for p, r in self.db.run(lambda c: c.execute(sql, (job_id,)).fetchall())]
+
+    def unfinished(self) -> list[str]:
+        sql = "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
+        return [r[0] for r in self.db.run(lambda c: c.execute(sql).fetchall())]
+
+    def record(self, job_id: str, position: int, result: dict[str, Any]) -> None:
+        sql = (
+            "UPDATE job_items SET result = %s WHERE job_id = %s AND position = %s AND result IS NULL "
+            "AND EXISTS (SELECT 1 FROM jobs WHERE id = %s AND worker = %s AND status = 'running')"
+        )
+        self.db.run(lambda c: c.execute(sql, (Jsonb(result), job_id, position, job_id, self.worker)))
+
+    def set_status(self, job_id: str, status: str) -> None:
+        finished = time.time() if status == "done" else None
+        sql = "UPDATE jobs SET status = %s, finished_at = %s, lease_until = NULL WHERE id = %s AND worker = %s"
+        self.db.run(lambda c: c.execute(sql, (status, finished, job_id, self.worker)))
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        def read(conn: Any) -> tuple[Any, list[Any]]:
+            row = conn.execute(
+                "SELECT id, status, created_at, finished_at, collection, total, owner FROM jobs WHERE id = %s",
+                (job_id,),
+            ).fetchone()
+            results = conn.execute(
+                "SELECT result FROM job_items WHERE job_id = %s AND result IS NOT NULL ORDER BY position", (job_id,)
+            ).fetchall()
+            return row, [r[0] for r in results]
+
+        row, results = self.db.run(read)
+        return None if row is None else job_body(row, results)
+
+    def close(self) -> None:
+        return None  # the database is the app's, closed with it
