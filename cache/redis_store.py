@@ -310,6 +310,15 @@ class RedisStore:
     def claimed(self, key: str) -> bool:
         return bool(self._g.call(lambda: self._r.exists(f"{self.prefix}claim:{_digest(key)}")))
 
+    def renew(self, key: str) -> None:
+        with self._lock:
+            lock = self._locks.get(key)
+        if lock is not None:
+            try:
+                self._g.call(lock.reacquire)
+            except redis.exceptions.LockError:
+                pass  # it lapsed: another host may be answering too, which costs a generation, no more
+
     def release(self, key: str) -> None:
         with self._lock:
             lock = self._locks.pop(key, None)

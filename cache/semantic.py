@@ -313,6 +313,13 @@ class SemanticCache:
         except StoreUnavailable:
             return False
 
+    def renew(self, scope: str, question: str) -> None:
+        """Keep this host's claim while it is still answering (its TTL starts again)."""
+        try:
+            self.store.renew(self._claim_key(scope, question))
+        except StoreUnavailable:
+            pass
+
     def release(self, scope: str, question: str) -> None:
         try:
             self.store.release(self._claim_key(scope, question))

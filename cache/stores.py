@@ -77,6 +77,7 @@ class EntryStore(Protocol):
         """Take the right to answer this question (True), or learn that another host holds it."""
 
     def claimed(self, key: str) -> bool: ...
+    def renew(self, key: str) -> None: ...
     def release(self, key: str) -> None: ...
     def close(self) -> None: ...
 
@@ -214,6 +215,9 @@ class LocalStore:
 
     def claimed(self, key: str) -> bool:
         return False
+
+    def renew(self, key: str) -> None:
+        return None
 
     def release(self, key: str) -> None:
         return None

@@ -38,6 +38,12 @@ def bench(
     ] = True,
     out: Annotated[Optional[Path], typer.Option(help="Write bench.json and PNG plots here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    redis: Annotated[
+        bool,
+        typer.Option(
+            "--redis", help="Also the hit paths with the cache on Redis, and replicas' hit rates (own vs shared cache)."
+        ),
+    ] = False,
 ) -> None:
     """Latency p50/p95/p99 and requests/s of exact hits, semantic hits and misses at each
     concurrency, over HTTP, beside the reference pipeline; ingest chunks/s."""
@@ -50,6 +56,7 @@ def bench(
         lambda: run_bench(
             corpus, qa if qa and qa.exists() else None, settings, levels=levels, requests=requests,
             backend_requests=backend_requests, url=url, reference=reference, skip_backend=skip_backend,
+            redis=redis,
         )
     )  # fmt: skip
     if out is not None:

@@ -1,4 +1,4 @@
-"""`rag eval`: quality and speed on a data set (retrieval, index, answers, latency, throughput, cache)."""
+"""`rag eval`: quality and speed on a data set (retrieval, index, answers, latency, failover, throughput, cache)."""
 
 from __future__ import annotations
 
@@ -194,6 +194,27 @@ def eval_latency(
     summary = measure_latency(url, load_qa(qa, limit), collection or "default")
     for kind, figures in summary.items():
         typer.echo(f"{kind:>9}: n={figures['n']:<4} p50 {figures['p50_ms']:.1f} ms   p95 {figures['p95_ms']:.1f} ms")
+
+
+@eval_app.command("failover")
+def eval_failover(
+    corpus: Annotated[Path, typer.Option(help="Documents the two replicas serve.")] = Path("examples/help-center"),
+    runs: Annotated[int, typer.Option(help="kill -9 runs.")] = 20,
+    questions: Annotated[int, typer.Option(help="Questions per job.")] = 40,
+    lease_s: Annotated[float, typer.Option(help="RAG_JOB_LEASE_S of the replicas.")] = 3.0,
+    out: Annotated[Path, typer.Option(help="Write failover.json here.")] = RESULTS / "failover",
+) -> None:
+    """Jobs across a replica that dies: two replicas on PostgreSQL and Redis (started from their
+    wheels), a job each run, kill -9 of the replica holding it; lost jobs and double results."""
+    from eval.failover import run_failover
+
+    summary = run_or_fail(lambda: run_failover(corpus, runs, questions, lease_s))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "failover.json").write_text(json.dumps(summary, indent=2) + "\n")
+    typer.echo(
+        f"{summary['runs']} kill -9 runs: {summary['lost_jobs']} lost jobs, {summary['double_results']} with double "
+        f"results; finished at most {summary['seconds_after_kill_max']} s after the kill (lease {lease_s} s)"
+    )
 
 
 @eval_app.command("throughput")

@@ -33,6 +33,7 @@ import httpx
 from tqdm import tqdm
 
 from .bench_report import ratios, scaling
+from .bench_shared import redis_paths
 from .processes import free_port, server_process
 from .stats import latency_summary
 
@@ -220,6 +221,17 @@ def _our_paths(
     return paths
 
 
+def _service_env(settings: Any) -> dict[str, str]:
+    """The settings our servers take from the bench's own."""
+    env = {
+        "RAG_EMBEDDING_BATCH_SIZE": str(settings.embedding_batch_size),
+        "RAG_EMBEDDING_ONNX": settings.embedding_onnx,
+    }
+    if settings.vllm_url:
+        env["RAG_VLLM_URL"] = settings.vllm_url
+    return env
+
+
 def run_bench(
     corpus: Path,
     qa: Path | None,
@@ -232,6 +244,7 @@ def run_bench(
     reference: bool = True,
     skip_backend: bool = False,
     progress: bool | None = None,
+    redis: bool = False,
 ) -> dict[str, Any]:
     from eval.reference import available
 
@@ -243,17 +256,12 @@ def run_bench(
     result: dict[str, Any] = {"paths": {}, "reference": None, "ratios": {}, "levels": levels}
     # One step a path and level: two hit paths, then (our own servers) the two miss paths,
     # then the reference's three.
-    steps = len(levels) * (2 + (0 if url else 1 + (not skip_backend)) + (3 if missing is None else 0))
+    steps = len(levels) * (2 + (0 if url else 1 + (not skip_backend) + 2 * redis) + (3 if missing is None else 0))
     try:
         rates = ingest_rates(corpus, data_dir, bench_settings, reference=missing is None)
         result["ingest_chunks_per_s"] = rates["ours"]
         result["ingest"] = rates
-        env = {
-            "RAG_EMBEDDING_BATCH_SIZE": str(settings.embedding_batch_size),
-            "RAG_EMBEDDING_ONNX": settings.embedding_onnx,
-        }
-        if settings.vllm_url:
-            env["RAG_VLLM_URL"] = settings.vllm_url
+        env = _service_env(settings)
         with tqdm(total=steps, desc="bench", unit="run", disable=None if progress is None else not progress) as bar:
             if url:  # someone else's server: its cache and backend are what they are
                 result["paths"] = _hit_paths(url, work, levels, requests, bar, ours=True)
@@ -264,6 +272,12 @@ def run_bench(
                 result["paths"] = _our_paths(data_dir, scratch, env, work, levels, requests, backend, bar)
                 if backend is not None:
                     result["backend"] = settings.backend
+                if redis:  # the same hit paths with the cache on Redis, and replicas' hit rates
+                    result["redis"] = redis_paths(
+                        lambda d, log, e: _service(d, "instant", True, log, e),
+                        lambda u: _hit_paths(u, work, levels, requests, bar, ours=True),
+                        data_dir, scratch, env, work, limit=400,
+                    )  # fmt: skip
             if missing is None:
                 with _reference(corpus, True, scratch / "reference-cache.log") as ref:
                     ref_paths = _hit_paths(ref, work, levels, requests, bar, ours=False)

@@ -78,12 +78,33 @@ def table(result: dict[str, Any]) -> str:
     for path, levels in (result.get("scaling") or {}).items():
         first = next(level for level, row in result["paths"][path].items() if _measured(row))
         lines.append(f"{path} throughput vs {first}: " + ", ".join(f"{lv} {x:.1f}x" for lv, x in levels.items()))
+    lines += _redis_lines(result)
     ingest = result.get("ingest", {})
     ref_ingest = f" (reference {ingest['reference']:.0f})" if ingest.get("reference") else ""
     lines.append(f"ingest: {result.get('ingest_chunks_per_s', 0):.0f} chunks/s{ref_ingest}")
     if result.get("reference_missing"):
         lines.append(f"reference: {result['reference_missing']}")
     return "\n".join(lines)
+
+
+def _redis_lines(result: dict[str, Any]) -> list[str]:
+    """`--redis`: the hit paths on Redis beside diskcache's, and the replicas' hit rates."""
+    redis = result.get("redis")
+    if not redis:
+        return []
+    lines = []
+    for path in ("exact_hit", "semantic_hit"):
+        for level, measured in (redis.get(path) or {}).items():
+            row, disk = _measured(measured), _measured((result["paths"].get(path) or {}).get(level))
+            if row and disk:
+                lines.append(
+                    f"{path} {level} on Redis: p50 {row['p50_ms']:.2f} ms, {row['rps']:.1f} rps "
+                    f"(diskcache {disk['p50_ms']:.2f} ms, {disk['rps']:.1f} rps)"
+                )
+    for name, figures in (redis.get("replicas") or {}).items():
+        if isinstance(figures, dict) and "hit_rate" in figures:
+            lines.append(f"hit rate, {name.replace('_', ' ')}: {figures['hit_rate']:.3f} of {figures['requests']}")
+    return lines
 
 
 def plot(result: dict[str, Any], out_dir: Path) -> list[Path]:

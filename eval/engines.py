@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 import warnings
@@ -60,17 +61,18 @@ class Engine:
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        """SIGTERM to the whole process group (a wrapper such as runuser, and the server)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+            os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+                self.kill()
 
     def kill(self) -> None:
+        """``kill -9`` of the server and everything it started: a crash."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
 
     def restart(self) -> Engine:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from .pipeline import Prepared
 
 POLL_S = 0.05
-CLAIM_TTL_S = 120.0  # a claim outlives any generation; a dead host's claim lapses after it
+CLAIM_TTL_S = 6.0  # renewed every third of it while the host generates; a dead host's lapses
+MAX_WAIT_S = 120.0  # past this, a waiting host answers the question itself
 
 
 class SingleFlight(Generating):
@@ -75,16 +76,24 @@ class SingleFlight(Generating):
             answer = await self._await_other_host(prep, cache)
             if answer is not None:
                 return answer
+        renewing = asyncio.create_task(self._keep_claim(prep, cache))
         try:
             return await self._generate_prepared(prep)
         finally:
+            renewing.cancel()
             cache.release(prep.scope, prep.question)
+
+    @staticmethod
+    async def _keep_claim(prep: Prepared, cache: SemanticCache) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_TTL_S / 3)
+            cache.renew(prep.scope, prep.question)
 
     async def _await_other_host(self, prep: Prepared, cache: SemanticCache) -> Answer | None:
         """The other host's answer once it is cached; None once its claim is gone without one."""
         assert prep.index is not None
         valid = still_valid(prep.index)
-        deadline = time.monotonic() + CLAIM_TTL_S
+        deadline = time.monotonic() + MAX_WAIT_S
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_S)
             hit = cache.get_exact(prep.scope, prep.question, accept=valid)

@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     database = Database(settings.database_url).open() if settings.database_url else None
     keys = open_key_store(settings, database)
     authenticator = Authenticator(keys)
+    limits = KeyLimits(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             if owned:
                 await app.state.pipeline.aclose()
             keys.close()
+            await limits.aclose()
             if database is not None:
                 database.close()
             observability.worker_exit()
@@ -68,7 +70,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.state.database = database
     # Outermost last: request id, metrics and access log see everything, CORS headers ride
     # on 401s and 429s too (so the widget can read them), then keys and limits.
-    app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=KeyLimits(settings))
+    app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=limits)
     if settings.cors_origins:  # the widget on a help centre's own origin; nothing else
         app.add_middleware(
             CORSMiddleware,

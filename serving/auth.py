@@ -18,9 +18,11 @@ no limits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
+from typing import Any
 
 from starlette.exceptions import HTTPException
 
@@ -53,6 +55,23 @@ class Authenticator:
         self._enabled: tuple[float, bool] = (0.0, False)
         self._known: dict[str, tuple[float, Principal | None]] = {}
 
+    async def refresh(self, authorization: str | None) -> None:
+        """Bring what :meth:`authenticate` needs up to date, in a thread when it needs the key
+        store (PostgreSQL may be slow or away: the event loop never waits on it)."""
+        now = time.monotonic()
+        stale = now - self._enabled[0] > self.ttl_s
+        if not stale and self._enabled[1]:
+            cached = self._known.get(_token(authorization))
+            stale = cached is None or now - cached[0] > self.ttl_s
+        if stale:
+            await asyncio.to_thread(self._lookup_now, authorization)
+
+    def _lookup_now(self, authorization: str | None) -> None:
+        try:
+            self.authenticate(authorization)
+        except AuthenticationError:
+            pass  # remembered; the request's own call raises it
+
     def enabled(self) -> bool:
         checked, enabled = self._enabled
         now = time.monotonic()
@@ -64,9 +83,8 @@ class Authenticator:
     def authenticate(self, authorization: str | None) -> Principal:
         if not self.enabled():
             return ANONYMOUS
-        scheme, _, token = (authorization or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = _token(authorization)
+        if not token:
             raise AuthenticationError(
                 "this service needs an API key: send `Authorization: Bearer <key>` (create one with `rag keys create`)"
             )
@@ -80,6 +98,12 @@ class Authenticator:
         if cached[1] is None:
             raise AuthenticationError("API key not recognised (mistyped or revoked) - check the key you send")
         return cached[1]
+
+
+def _token(authorization: str | None) -> str:
+    """The key of an ``Authorization: Bearer <key>`` header ("" for anything else)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _storage_options(uri: str) -> dict[str, float | str | bool]:
@@ -108,13 +132,29 @@ class KeyLimits:
         )
         self.max_concurrent = settings.max_concurrent_per_key
         self._in_flight: dict[str, int] = {}
+        self._store_down_until = 0.0
+
+    async def _over(self, limit: Any, *keys: str, hit: bool = True) -> int | None:
+        """Seconds to wait when ``keys`` are over ``limit`` (counting this request when
+        ``hit``), else None. A limits store that is away (Redis down) limits nothing: for a
+        second after a failure it is not asked, and the request goes on."""
+        if time.monotonic() < self._store_down_until:
+            return None
+        try:
+            allowed = await (self._limiter.hit if hit else self._limiter.test)(limit, *keys)
+            if allowed:
+                return None
+            stats = await self._limiter.get_window_stats(limit, *keys)
+        except Exception as exc:
+            self._store_down_until = time.monotonic() + 1.0
+            log.warning("rate limits unavailable (%s), not limiting for a second", exc)
+            return None
+        return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def admit(self, principal: Principal) -> None:
         if principal.key_id is None:
             return
-        if self.rate is not None and not await self._limiter.hit(self.rate, principal.key_id):
-            stats = await self._limiter.get_window_stats(self.rate, principal.key_id)
-            wait = max(1, math.ceil(stats.reset_time - time.time()))
+        if self.rate is not None and (wait := await self._over(self.rate, principal.key_id)) is not None:
             raise RateLimitError(f"rate limit of {self.rate} reached for this API key - retry in {wait} s", wait)
         if self._in_flight.get(principal.key_id, 0) >= self.max_concurrent:
             raise RateLimitError(
@@ -127,26 +167,22 @@ class KeyLimits:
     async def refuse_guessing(self, address: str) -> None:
         """429 for a client address past RAG_AUTH_FAILURE_LIMIT wrong keys (shared across
         replicas through Redis): checked before its key is, so guessing gets nowhere."""
-        if self.failures is None:
-            return
-        try:
-            allowed = await self._limiter.test(self.failures, "auth-failures", address)
-            stats = None if allowed else await self._limiter.get_window_stats(self.failures, "auth-failures", address)
-        except Exception as exc:  # the limit's store is away: keys are still checked
-            log.warning("failed-authentication limit unavailable: %s", exc)
-            return
-        if stats is not None:
-            wait = max(1, math.ceil(stats.reset_time - time.time()))
+        if self.failures is not None and (wait := await self._over(self.failures, "auth-failures", address, hit=False)):
             raise RateLimitError(
                 f"too many failed authentications from this address - retry in {wait} s", wait, code="too_many_failures"
             )
 
     async def count_failure(self, address: str) -> None:
         if self.failures is not None:
-            try:
-                await self._limiter.hit(self.failures, "auth-failures", address)
-            except Exception as exc:
-                log.warning("failed-authentication limit unavailable: %s", exc)
+            await self._over(self.failures, "auth-failures", address)
+
+    async def aclose(self) -> None:
+        """Close the limits store's connections (the asyncio Redis client: it belongs to the
+        event loop that is ending). ``limits`` has no close of its own, so this reaches in."""
+        client = getattr(getattr(self._limiter.storage, "bridge", None), "storage", None)
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            await close()
 
     def release(self, principal: Principal) -> None:
         if principal.key_id is not None:
@@ -186,6 +222,7 @@ class GuardMiddleware:
         if scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
             address = (scope.get("client") or ("unknown",))[0]
             try:
+                await self.auth.refresh(headers.get("authorization"))
                 if self.auth.enabled():
                     await self.limits.refuse_guessing(address)
                 principal = self.auth.authenticate(headers.get("authorization"))

@@ -11,6 +11,7 @@ one error shape), never a 500.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -50,7 +51,7 @@ MIGRATIONS: list[tuple[int, str]] = [
 class Database:
     """A small connection pool on one PostgreSQL database, migrated on first use."""
 
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         self.url = url
         self.pool = ConnectionPool(
             url,
@@ -63,6 +64,7 @@ class Database:
             reconnect_timeout=0,  # keep trying while the database is away; requests get a 503
         )
         self._migrated = False
+        self._down_until = 0.0  # after a failure, fail fast for a second rather than wait again
 
     def open(self) -> Database:
         self.pool.open(wait=False)
@@ -71,6 +73,8 @@ class Database:
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; an unreachable database is a 503 that says which."""
+        if time.monotonic() < self._down_until:
+            raise BackendUnavailableError("the database (RAG_DATABASE_URL) was unreachable less than a second ago")
         try:
             with self.pool.connection() as conn:
                 if not self._migrated:

@@ -56,6 +56,8 @@ async def readyz(request: Request) -> Any:
         detail = "; ".join(f"{n}: {m}" for n, m in broken.items()) if not public else f"{len(broken)} collection(s)"
         return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready")
     engines = await asyncio.to_thread(_engines, request)
+    if public:  # strangers learn that an engine is away, not where it lives
+        engines = {name: state.split(" (")[0] for name, state in engines.items()}
     if engines.get("database", "ok") != "ok":
         return error_response(
             503, f"not ready: the database (RAG_DATABASE_URL) is {engines['database']}", "service_unavailable",

@@ -4,6 +4,8 @@ it: :class:`serving.jobs.JobRunner`; the schema: :mod:`serving.database`."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -55,7 +57,8 @@ class PgJobStore:
     def __init__(self, database: Database, lease_s: float = 30.0) -> None:
         self.db = database
         self.lease_s = lease_s
-        self.worker = f"{uuid.uuid4().hex[:12]}"  # this runner, for as long as the process lives
+        # This runner, for as long as the process lives: which host and process holds a job.
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     def create(self, body: JobRequest, owner: str | None = None) -> str:
         job_id = f"job-{uuid.uuid4().hex[:16]}"

@@ -1,0 +1,92 @@
+"""Faults of the shared engines, over real HTTP on 127.0.0.1, against real engines that the
+test stops and starts: Redis away costs cache misses, never answers; PostgreSQL away is a
+clear 503 and loses nothing already accepted."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from eval.engines import postgres_engine, redis_engine
+from serving.database import Database
+from serving.keys import KeyStore, PgKeyStore
+
+from .servers import serving
+
+QUESTION = "How long do refunds take?"
+
+
+def _ask(url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.post(f"{url}/v1/query", json={"question": QUESTION}, headers=headers, timeout=60)
+
+
+def test_with_redis_away_answers_keep_coming_as_misses_and_the_cache_comes_back(
+    tmp_path: Path, example_data_dir: Path, embedder: Any
+) -> None:
+    """The cache, the rate limits and the failed-key limit are all on this Redis."""
+    engine = redis_engine(tmp_path / "redis").start()
+    data = tmp_path / "data"
+    shutil.copytree(example_data_dir, data, ignore=shutil.ignore_patterns("cache"))
+    store = KeyStore(data)
+    key = {"Authorization": f"Bearer {store.create([], admin=True)[0]}"}
+    store.close()
+    overrides = {"redis_url": engine.url, "redis_prefix": f"t{uuid.uuid4().hex[:8]}:", "rate_limit": "1000/minute"}
+    try:
+        with serving(data, embedder, backend="extractive", **overrides) as url:
+            assert _ask(url, key).json()["cache"]["hit"] is False
+            assert _ask(url, key).json()["cache"]["kind"] == "exact"
+            engine.kill()
+            away = _ask(url, key)
+            assert away.status_code == 200 and away.json()["cache"]["hit"] is False and away.json()["citations"]
+            assert _ask(url, {"Authorization": "Bearer rk_bad_guess"}).status_code == 401  # not a 500
+            ready = httpx.get(f"{url}/readyz", timeout=10)
+            assert ready.status_code == 200
+            stats = httpx.get(f"{url}/v1/cache/stats", headers=key, timeout=10)
+            assert stats.status_code == 503 and stats.json()["error"]["code"] == "cache_store_unavailable"
+            engine.start()  # restarted empty
+            time.sleep(1.1)
+            assert _ask(url, key).json()["cache"]["hit"] is False
+            assert _ask(url, key).json()["cache"]["kind"] == "exact"  # the cache works again by itself
+            stats = httpx.get(f"{url}/v1/cache/stats", headers=key, timeout=10)
+            assert stats.status_code == 200 and stats.json()["entries"] == 1
+    finally:
+        engine.stop()
+
+
+def test_with_postgres_away_key_checks_are_a_503_and_accepted_jobs_finish(
+    tmp_path: Path, example_data_dir: Path, embedder: Any
+) -> None:
+    engine = postgres_engine(tmp_path / "postgres").start()
+    db = Database(engine.url).open()
+    try:
+        admin = {"Authorization": f"Bearer {PgKeyStore(db).create([], admin=True)[0]}"}
+        with serving(example_data_dir, embedder, backend="extractive", database_url=engine.url, job_lease_s=2) as url:
+            questions = [{"question": f"{QUESTION} (order {n})", "id": f"q{n}"} for n in range(60)]
+            job = httpx.post(f"{url}/v1/jobs", json={"questions": questions}, headers=admin, timeout=30)
+            assert job.status_code == 202
+            engine.kill()  # PostgreSQL dies with the job accepted and (likely) half done
+            time.sleep(0.6)  # a key checked in the last 0.5 s is still known without asking
+            refused = _ask(url, admin)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["type"] == "service_unavailable"
+            assert "RAG_DATABASE_URL" in refused.json()["error"]["message"]
+            ready = httpx.get(f"{url}/readyz", timeout=10)
+            assert ready.status_code == 503 and "database" in ready.json()["error"]["message"]
+            engine.start()
+            deadline = time.monotonic() + 120
+            while True:
+                body = httpx.get(f"{url}/v1/jobs/{job.json()['id']}", headers=admin, timeout=30)
+                if body.status_code == 200 and body.json()["status"] == "done":
+                    break
+                assert time.monotonic() < deadline, body.text
+                time.sleep(0.3)
+            assert [r["id"] for r in body.json()["results"]] == [q["id"] for q in questions]
+            assert _ask(url, admin).status_code == 200
+    finally:
+        db.close()
+        engine.stop()
