@@ -212,8 +212,9 @@ def eval_failover(
     out.mkdir(parents=True, exist_ok=True)
     (out / "failover.json").write_text(json.dumps(summary, indent=2) + "\n")
     typer.echo(
-        f"{summary['runs']} kill -9 runs: {summary['lost_jobs']} lost jobs, {summary['double_results']} with double "
-        f"results; finished at most {summary['seconds_after_kill_max']} s after the kill (lease {lease_s} s)"
+        f"{summary['runs']} kill -9 runs ({summary['killed_mid_job']} mid-job): {summary['lost_jobs']} lost jobs, "
+        f"{summary['double_results']} with double results; finished at most {summary['seconds_after_kill_max']} s "
+        f"after the kill (lease {lease_s} s)"
     )
 
 

@@ -5,9 +5,11 @@ the PyPI wheels (:mod:`eval.engines`). Each run posts a job to one replica, wait
 some of its questions are answered, ``kill -9``s whichever replica holds the job, and waits
 for the other to finish it; then the dead replica is started again for the next run.
 
-Per run it records: finished or lost (not done in time), and double results (a question
-answered twice, a result missing, or results out of order); and how long the job took to
-finish after the kill (the lease, ``RAG_JOB_LEASE_S``, is most of it).
+Per run it records: how many questions were answered when the kill came (a run counts as
+killed mid-job when not all), finished or lost (not done in time), double results (a
+question answered twice, a result missing, or results out of order), and how long the job
+took to finish after the kill (the lease, ``RAG_JOB_LEASE_S``, is part of it). The cache is
+off, so each run's questions are answered, not served from an earlier run's.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _one_run(replicas: list[Replica], client: httpx.Client, db_url: str, n: int,
     job = client.post(f"{replicas[0].url}/v1/jobs", json={"questions": questions}).json()
     url = f"{replicas[0].url}/v1/jobs/{job['id']}"
     deadline = time.monotonic() + timeout_s
-    while client.get(url).json()["progress"]["done"] < 2 and time.monotonic() < deadline:
+    while (progress := client.get(url).json()["progress"])["done"] < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     worker = _holder(db_url, job["id"])
     holder = next(r for r in replicas if r.proc is not None and f":{r.proc.pid}:" in worker)
@@ -58,6 +60,7 @@ def _one_run(replicas: list[Replica], client: httpx.Client, db_url: str, n: int,
     return {
         "job": job["id"],
         "killed": holder.name,
+        "answered_before_kill": progress["done"],  # of n: the kill came mid-job when fewer
         "finished": done,
         "double_results": done and ids != [q["id"] for q in questions],
         "seconds_after_kill": round(finished, 2) if done else None,
@@ -79,7 +82,10 @@ def run_failover(
         engines = [redis_engine(work / "redis").start(), postgres_engine(work / "postgres").start()]
         _ingest(corpus, work / "a" / "data")
         shutil.copytree(work / "a" / "data", work / "b" / "data")
-        env = {"RAG_REDIS_URL": engines[0].url, "RAG_DATABASE_URL": engines[1].url, "RAG_JOB_LEASE_S": str(lease_s)}
+        env = {
+            "RAG_REDIS_URL": engines[0].url, "RAG_DATABASE_URL": engines[1].url, "RAG_JOB_LEASE_S": str(lease_s),
+            "RAG_CACHE_ENABLED": "false",  # each run's questions are answered, not served from the last run's
+        }  # fmt: skip
         admin = _admin_key(Settings(_env_file=None, database_url=engines[1].url))  # type: ignore[call-arg]
         replicas = [Replica(h, work / h / "data", env, port=free_port()).start() for h in ("a", "b")]
         records = []
@@ -91,6 +97,7 @@ def run_failover(
             "runs": runs,
             "lost_jobs": sum(1 for r in records if not r["finished"]),
             "double_results": sum(1 for r in records if r["double_results"]),
+            "killed_mid_job": sum(1 for r in records if r["answered_before_kill"] < questions),
             "lease_s": lease_s,
             "seconds_after_kill_max": max(after, default=None),
             "records": records,
