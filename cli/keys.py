@@ -50,7 +50,7 @@ def keys_list(data_dir: DataDir = None) -> None:
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (from `rag keys list`).")], data_dir: DataDir = None
 ) -> None:
-    """Revoke a key: it stops working within seconds, in every worker."""
+    """Revoke a key: it stops working within a second, in every worker (every replica, with RAG_DATABASE_URL)."""
     from serving.keys import open_key_store
 
     store = open_key_store(load_settings(data_dir=data_dir))

@@ -4,7 +4,10 @@ process with its own copy of the index; all they share is the engines on host C.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +22,7 @@ from ingest.runner import ingest
 from serving.database import Database
 from serving.keys import PgKeyStore
 
-from .conftest import EXAMPLES, make_settings
+from .conftest import EXAMPLES, ROOT, make_settings
 
 pytestmark = pytest.mark.slow
 REASON = namespaces_unavailable()
@@ -51,7 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Iterator
         try:
             for replica in replicas.values():
                 replica.start()
-            yield {"replicas": replicas, "keys": keys, "admin": admin, "db_url": engines[1].url}
+            yield {"replicas": replicas, "keys": keys, "admin": admin, "db_url": engines[1].url, "net": net}
         finally:
             for replica in replicas.values():
                 replica.stop()
@@ -87,8 +90,13 @@ def test_a_key_revoked_on_host_a_is_refused_on_host_b(cluster: dict[str, Any]) -
     assert _ask(b.url, key, "Do gift cards expire?").status_code == 200
     stats = httpx.get(f"{a.url}/v1/cache/stats", headers=_headers(cluster["admin"]), timeout=30)
     assert stats.status_code == 200 and stats.json()["store"] == "RedisStore"
-    cluster["keys"].revoke(info.id)  # `rag keys revoke`, run against the shared database
-    time.sleep(1.0)
+    revoke = [*cluster["net"].wrap("a"), sys.executable, "-m", "cli", "keys", "revoke", info.id]
+    env = {**os.environ, "RAG_DATABASE_URL": cluster["db_url"]}
+    assert (
+        subprocess.run(revoke, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        == f"revoked {info.id}"
+    )
+    time.sleep(1.0)  # `rag keys revoke` ran on host A
     refused = _ask(b.url, key, "Do gift cards expire?")
     assert refused.status_code == 401 and refused.json()["error"]["code"] is not None
 
