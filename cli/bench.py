@@ -13,7 +13,14 @@ from .app import Backend, load_settings, run_or_fail
 _BENCH_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
+bench_app = typer.Typer(
+    invoke_without_command=True, help="Latency and throughput of each path against the reference; `rag bench ingest`."
+)
+
+
+@bench_app.callback()
 def bench(
+    ctx: typer.Context,
     corpus: Annotated[
         Path, typer.Option(help="FAQ-shaped corpus (id, question, answer): ingested, its questions cached.")
     ] = _BENCH_FIXTURES / "covid_faq_slice.jsonl",
@@ -47,6 +54,8 @@ def bench(
 ) -> None:
     """Latency p50/p95/p99 and requests/s of exact hits, semantic hits and misses at each
     concurrency, over HTTP, beside the reference pipeline; ingest chunks/s."""
+    if ctx.invoked_subcommand is not None:
+        return
     from eval.bench import run_bench
     from eval.bench_report import plot, table
 
@@ -70,3 +79,28 @@ def bench(
     typer.echo(table(result))
     for path, levels_ in result["ratios"].items():
         typer.echo(f"vs reference, {path}: {levels_}")
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to ingest (a fresh scratch index each run).")],
+    ray_workers: Annotated[str, typer.Option(help="Comma-separated Ray worker counts; '' for local only.")] = "1,2",
+    out: Annotated[Optional[Path], typer.Option(help="Write bench-ingest.json here.")] = None,
+    progress: Annotated[Optional[bool], typer.Option(help="Progress bars (default: only on a terminal).")] = None,
+) -> None:
+    """Chunks/s of a fresh ingest, local and on Ray with N embedding workers, and each stage's
+    cost per chunk (read, embed, write)."""
+    from eval.ingest_bench import run_ingest_bench
+
+    workers = [int(x) for x in ray_workers.split(",") if x.strip()]
+    result = run_or_fail(lambda: run_ingest_bench(paths, load_settings(), workers, progress))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench-ingest.json").write_text(json.dumps(result, indent=2) + "\n")
+    typer.echo(f"{'run':<16}{'chunks':>8}{'s':>8}{'chunks/s':>10}{'embed/s':>9}   ms per chunk: read / embed / write")
+    for name, row in result["runs"].items():
+        ms = row["ms_per_chunk"]
+        typer.echo(
+            f"{name:<16}{row['chunks']:>8}{row['seconds']:>8.1f}{row['chunks_per_s'] or 0:>10.1f}"
+            f"{row['embedding_chunks_per_s'] or 0:>9.1f}   {ms['read']:.2f} / {ms['embed']:.2f} / {ms['write']:.2f}"
+        )

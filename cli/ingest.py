@@ -22,6 +22,19 @@ def ingest(
         Optional[str],
         typer.Option(help="flat (exact), hnsw, ivfpq or sq8; default: the collection's own, flat when new."),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option("--ray", help="Read and embed on a Ray cluster (pip install '.[ray]'); the writing stays here."),
+    ] = False,
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The cluster's address (HOST:6379, or 'auto'); unset: RAY_ADDRESS, else a local Ray for this run."
+        ),
+    ] = None,
+    ray_workers: Annotated[
+        Optional[int], typer.Option(help="Embedding workers on Ray (default: one a CPU of the cluster, at most 8).")
+    ] = None,
 ) -> None:
     """Index documents (.txt .md .html .pdf .jsonl) into a collection, incrementally."""
     from ingest.runner import ingest as run_ingest
@@ -29,11 +42,21 @@ def ingest(
 
     settings = load_settings(data_dir=data_dir, collection=collection)
     embedder = SentenceTransformerEmbedder.from_settings(settings)
-    report = run_or_fail(
-        lambda: run_ingest(
-            paths, settings.collection, settings, embedder, prune=prune, progress=progress, index_type=index_type
-        )
-    )
+    stages = None
+    if ray:
+        from ingest.distributed import RayStages
+
+        stages = run_or_fail(lambda: RayStages(ray_address, settings, embedder.dimension, workers=ray_workers))
+    try:
+        report = run_or_fail(
+            lambda: run_ingest(
+                paths, settings.collection, settings, embedder, prune=prune, progress=progress,
+                index_type=index_type, stages=stages,
+            )
+        )  # fmt: skip
+    finally:
+        if stages is not None:
+            stages.close()
     for source, reason in report.failed:
         typer.secho(f"skipped {source}: {reason}", fg=typer.colors.YELLOW, err=True)
     for source, reason in report.skipped_lines:

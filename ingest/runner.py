@@ -41,6 +41,8 @@ class IngestReport:
     chunks_removed: int = 0
     chunks_total: int = 0
     seconds: float = 0.0
+    read_seconds: float = 0.0  # hashing, parsing, chunking
+    warm_seconds: float = 0.0  # loading the embedding model (Ray: starting the workers)
     embed_seconds: float = 0.0
     version: str | None = None
     index_type: str = "flat"
@@ -81,8 +83,12 @@ def ingest(
     prune: bool = True,
     progress: bool | None = None,
     index_type: str | None = None,
+    stages: Any = None,
 ) -> IngestReport:
-    """Index ``paths`` into ``collection``. Raises IngestError only if nothing could be indexed."""
+    """Index ``paths`` into ``collection``. Raises IngestError only if nothing could be indexed.
+    ``stages``: where reading and embedding run (:class:`LocalStages` unless given, e.g.
+    :class:`ingest.distributed.RayStages`); the writing is always here."""
+    stages = stages or LocalStages(embedder)
 
     started = time.perf_counter()
     report = IngestReport(collection=collection)
@@ -95,7 +101,10 @@ def ingest(
             raise IngestError(f"unknown index type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
 
         known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
-        pending, seen = _read(roots, known, Chunker(settings.chunk_size, settings.chunk_overlap), report, progress)
+        chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
+        read_started = time.perf_counter()
+        pending, seen = _read(roots, known, chunker, report, progress, stages)
+        report.read_seconds = time.perf_counter() - read_started
 
         to_remove = [s for s, _, _, _ in pending if s in known]
         if prune:
@@ -105,7 +114,7 @@ def ingest(
         incremental = index_type == previous_type and (index_type == "flat" or (index_type == "hnsw" and not to_remove))
         report.chunks_removed = _remove(db, version.index if incremental else None, to_remove)
         next_id = int(meta.get("next_id", 1))
-        ids, vectors = _add(db, pending, next_id, embedder, settings.embedding_batch_size, report, progress)
+        ids, vectors = _add(db, pending, next_id, stages, settings.embedding_batch_size, report, progress)
         if incremental:
             if len(ids):
                 version.index.add_with_ids(vectors, ids)
@@ -150,44 +159,96 @@ Pending = list[tuple[str, str, list[str], list[Chunk]]]
 """(file, sha256, document ids, chunks) of each new or changed file."""
 
 
+@dataclass(frozen=True)
+class FileRead:
+    """One file, read: ``kind`` is "pending" (new or changed: its chunks), "unchanged" or
+    "failed" (``reason``)."""
+
+    source: str
+    kind: str
+    sha: str = ""
+    document_ids: tuple[str, ...] = ()
+    chunks: tuple[Chunk, ...] = ()
+    problems: tuple[str, ...] = ()
+    reason: str = ""
+
+
+def read_file(root: Path, path: Path, known_sha: str | None, chunker: Chunker) -> FileRead:
+    """Read, hash, parse and chunk one file (a local run does this in the process, a Ray run
+    in a task: the same code, so the same chunks). A bad file is a "failed" record, never an
+    exception."""
+    source = str(path.resolve())
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return FileRead(source, "failed", reason=f"cannot read ({exc.strerror})")
+    sha = hashlib.sha256(data).hexdigest()
+    if known_sha == sha:
+        return FileRead(source, "unchanged", sha)
+    try:
+        rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
+        loaded = load_file(path.resolve(), data, document_id=rel, source=rel)
+    except DocumentError as exc:
+        return FileRead(source, "failed", reason=exc.message)
+    except Exception as exc:  # a parser's own failure on one odd file must not end the run
+        return FileRead(source, "failed", reason=f"could not be read ({type(exc).__name__}: {exc})")
+    chunks = tuple(c for doc in loaded.documents for c in chunker.split(doc))
+    ids = tuple(d.document_id for d in loaded.documents)
+    return FileRead(source, "pending", sha, ids, chunks, tuple(loaded.problems))
+
+
+def files_to_read(roots: list[Path]) -> list[tuple[Path, Path]]:
+    """(root, file) of every supported file under ``roots``, each file once (overlapping
+    paths, or two links to one file), in a stable order."""
+    seen: set[str] = set()
+    files = []
+    for root, path in iter_files(roots):
+        if path.exists() and str(path.resolve()) not in seen:
+            seen.add(str(path.resolve()))
+            files.append((root, path))
+    return files
+
+
+class LocalStages:
+    """Reading and embedding in this process (the default). :class:`ingest.distributed.RayStages`
+    is the same two stages on a Ray cluster."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+
+    def read(
+        self, files: list[tuple[Path, Path]], known: dict[str, str], chunker: Chunker, progress: bool | None
+    ) -> list[FileRead]:
+        bar = tqdm(files, desc="reading", unit="file", disable=_quiet(progress))
+        return [read_file(root, path, known.get(str(path.resolve())), chunker) for root, path in bar]
+
+    def warm(self) -> None:
+        """Load the model before the clock starts, so the rate measures embedding alone."""
+        load = getattr(self.embedder, "load", None)
+        if load is not None:
+            load()
+
+    def embed(self, texts: list[str], batch_size: int, progress: bool | None) -> np.ndarray:
+        return _embed(self.embedder, texts, batch_size, progress)
+
+
 def _read(
-    roots: list[Path], known: dict[str, str], chunker: Chunker, report: IngestReport, progress: bool | None
+    roots: list[Path], known: dict[str, str], chunker: Chunker, report: IngestReport, progress: bool | None, stages: Any
 ) -> tuple[Pending, set[str]]:
     """Every new or changed file under ``roots``, loaded and chunked; the unchanged and the
     unreadable ones go into ``report`` (a bad file is reported and skipped, never the run).
-    Returns the pending files and every file seen."""
+    Returns the pending files (in file order: chunk ids follow it) and every file seen."""
+    files = files_to_read(roots)
     pending: Pending = []
-    seen: set[str] = set()
-    files = [(root, path) for root, path in iter_files(roots) if path.exists()]
-    for root, path in tqdm(files, desc="reading", unit="file", disable=_quiet(progress)):
-        resolved = path.resolve()
-        source = str(resolved)
-        if source in seen:  # overlapping paths (docs docs/sub) or two links to one file
-            continue
-        seen.add(source)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            report.failed.append((source, f"cannot read ({exc.strerror})"))
-            continue
-        sha = hashlib.sha256(data).hexdigest()
-        if known.get(source) == sha:
-            report.unchanged.append(source)
-            continue
-        try:
-            rel = path.relative_to(root).as_posix() if root.is_dir() else path.name
-            loaded = load_file(resolved, data, document_id=rel, source=rel)
-        except DocumentError as exc:
-            report.failed.append((source, exc.message))
-            continue
-        except Exception as exc:  # a parser's own failure on one odd file must not end the run
-            report.failed.append((source, f"could not be read ({type(exc).__name__}: {exc})"))
-            continue
-        report.skipped_lines.extend((source, problem) for problem in loaded.problems)
-        docs = loaded.documents
-        chunks = [c for doc in docs for c in chunker.split(doc)]
-        pending.append((source, sha, [d.document_id for d in docs], chunks))
-    return pending, seen
+    for read in stages.read(files, known, chunker, progress):
+        if read.kind == "unchanged":
+            report.unchanged.append(read.source)
+        elif read.kind == "failed":
+            report.failed.append((read.source, read.reason))
+        else:
+            report.skipped_lines.extend((read.source, problem) for problem in read.problems)
+            pending.append((read.source, read.sha, list(read.document_ids), list(read.chunks)))
+    return pending, {str(path.resolve()) for _, path in files}
 
 
 def _publish(
@@ -228,7 +289,7 @@ def _add(
     db: sqlite3.Connection,
     pending: Pending,
     next_id: int,
-    embedder: Embedder,
+    stages: Any,
     batch_size: int,
     report: IngestReport,
     progress: bool | None,
@@ -237,11 +298,12 @@ def _add(
     entries' questions embedded alone). Returns the new ids and their vectors."""
     all_chunks = [c for _, _, _, chunks in pending for c in chunks]
     ids = np.arange(next_id, next_id + len(all_chunks), dtype=np.int64)
-    load = getattr(embedder, "load", None)
-    if all_chunks and load is not None:  # so the rate below measures embedding alone
-        load()
     embed_started = time.perf_counter()
-    vectors = _embed(embedder, [c.embedding_text for c in all_chunks], batch_size, progress)
+    if all_chunks:
+        stages.warm()
+        report.warm_seconds = time.perf_counter() - embed_started
+        embed_started = time.perf_counter()
+    vectors = stages.embed([c.embedding_text for c in all_chunks], batch_size, progress)
     report.embed_seconds = time.perf_counter() - embed_started
     files_of = [s for s, _, _, chunks in pending for _ in chunks]
     db.executemany(
@@ -252,7 +314,7 @@ def _add(
             for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
         ],
     )
-    _embed_faq_questions(db, embedder, batch_size)
+    _embed_faq_questions(db, stages, batch_size)
     return ids, vectors
 
 
@@ -270,7 +332,7 @@ def _rebuild(db: sqlite3.Connection, index_type: str, dimension: int) -> Any:
     return index
 
 
-def _embed_faq_questions(db: sqlite3.Connection, embedder: Embedder, batch_size: int) -> None:
+def _embed_faq_questions(db: sqlite3.Connection, stages: Any, batch_size: int) -> None:
     """The question of each FAQ entry (a document titled with a question) without its answer,
     embedded once for its first chunk; entries from before this was done are filled in too."""
     rows = db.execute(
@@ -280,7 +342,7 @@ def _embed_faq_questions(db: sqlite3.Connection, embedder: Embedder, batch_size:
     rows = [(i, title) for i, title in rows if is_faq_question(title)]
     if not rows:
         return
-    vectors = _embed(embedder, [title for _, title in rows], batch_size, progress=False)
+    vectors = stages.embed([title for _, title in rows], batch_size, progress=False)
     db.executemany(
         "INSERT INTO faq_questions (chunk_id, vector) VALUES (?, ?)",
         [(i, v.tobytes()) for (i, _), v in zip(rows, vectors, strict=True)],

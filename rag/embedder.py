@@ -188,6 +188,9 @@ class SentenceTransformerEmbedder:
         self._lock = threading.Lock()
         self.batcher = MicroBatcher(self._embed, self._executor, max_texts=max(64, batch_size))
         self._want_onnx = onnx  # "fp32", "int8" or "off", as RAG_EMBEDDING_ONNX
+        # The most threads a batch may use: every core, unless the process was given fewer
+        # (a Ray worker with num_cpus=1: two such on two cores, each on both, ran 3x slower).
+        self.max_threads = os.cpu_count() or 1
         self._onnx: Any = None  # rag.onnx_encoder.OnnxEncoder for small batches, when it loads
 
     @classmethod
@@ -249,7 +252,7 @@ class SentenceTransformerEmbedder:
             self._load_locked()
             if self._onnx is not None and len(texts) < SMALL_BATCH:
                 return self._onnx.encode(texts)  # type: ignore[no-any-return]
-            self._use_threads(1 if len(texts) < SMALL_BATCH else os.cpu_count() or 1)
+            self._use_threads(1 if len(texts) < SMALL_BATCH else self.max_threads)
             vectors = self._model.encode(
                 texts,
                 batch_size=self.batch_size,
@@ -284,7 +287,7 @@ class OnnxClsEmbedder(SentenceTransformerEmbedder):
         tokenizer.enable_truncation(self.MAX_TOKENS)
         tokenizer.enable_padding()
         sessions = {}
-        for threads in {1, os.cpu_count() or 1}:
+        for threads in {1, self.max_threads}:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
