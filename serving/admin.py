@@ -41,5 +41,6 @@ async def metrics(request: Request) -> Response:
     """Prometheus metrics of every worker (admin key when keys are configured)."""
     principal_of(request).require_admin()
     observability.update_replicas(request.app.state.pipeline.generator)
+    observability.update_index_versions(request.app.state.pipeline)
     payload, content_type = observability.metrics_payload()
     return Response(payload, media_type=content_type)

@@ -62,6 +62,14 @@ REPLICA_UP = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+INDEX_VERSION = Gauge(
+    "rag_index_version_info",
+    "1 for the index version this process serves for each collection it has loaded.",
+    ["collection", "version"],
+    multiprocess_mode="livemostrecent",
+)
+_INDEX_LABELS: set[tuple[str, str]] = set()  # the label sets INDEX_VERSION shows now
+
 
 def observe_answer(answer: Any, cacheable: bool) -> None:
     """Pipeline observer: one call per answer, whatever path it took."""
@@ -91,6 +99,17 @@ def update_replicas(generator: Any) -> None:
     for replica in getattr(pool, "replicas", ()):
         up = replica.healthy or replica.down_until <= time.monotonic()
         REPLICA_UP.labels(replica.url).set(1 if up else 0)
+
+
+def update_index_versions(pipeline: Any) -> None:
+    """The version each loaded collection serves now (a swapped-out version's line goes)."""
+    served = {(name, index.version) for name, index in list(pipeline._indexes.items())}
+    for labels in _INDEX_LABELS - served:
+        INDEX_VERSION.remove(*labels)
+    for labels in served:
+        INDEX_VERSION.labels(*labels).set(1)
+    _INDEX_LABELS.clear()
+    _INDEX_LABELS.update(served)
 
 
 def metrics_payload() -> tuple[bytes, str]:
