@@ -213,7 +213,8 @@ class RedisStore:
 
         return self._g.call(run)
 
-    def near(self, skey: str, query: np.ndarray, k: int) -> list[tuple[int, dict[str, Any]]] | None:
+    def near(self, skey: str, query: np.ndarray, k: int, floor: float) -> list[tuple[int, dict[str, Any]]] | None:
+        """The KNN query returns the entries with the hit: one round trip whatever ``floor``."""
         blob = np.asarray(query, dtype=np.float32).tobytes()
         reply = self._search(
             f"(@scope:{{{_tag(skey)}}})=>[KNN {k} @vector $v AS dist]",

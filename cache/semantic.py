@@ -198,7 +198,7 @@ class SemanticCache:
     def _near(self, skey: str, query: np.ndarray, floor: float) -> list[tuple[float, int, dict[str, Any]]] | None:
         """Entries that could be a hit, or a rival close enough to make a hit ambiguous: (cosine
         with the stored vector, sequence number, entry), nearest first; None for an empty scope."""
-        found = self.store.near(skey, query[0], 8)
+        found = self.store.near(skey, query[0], 8, floor)
         if found is None:
             return None
         near = []

@@ -62,9 +62,10 @@ class EntryStore(Protocol):
     def find_exact(self, skey: str, normalized: str) -> tuple[int, dict[str, Any]] | None:
         """The entry stored under this normalised question in this scope, with its number."""
 
-    def near(self, skey: str, query: np.ndarray, k: int) -> list[tuple[int, dict[str, Any]]] | None:
-        """Up to ``k`` entries nearest ``query`` (unit vector) in this scope, nearest first;
-        None when the scope holds nothing."""
+    def near(self, skey: str, query: np.ndarray, k: int, floor: float) -> list[tuple[int, dict[str, Any]]] | None:
+        """Up to ``k`` entries nearest ``query`` (unit vector) in this scope, nearest first; a
+        store may leave out those its index scores below ``floor``. None when the scope holds
+        nothing."""
 
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
         """Store an entry; returns its number."""
@@ -133,15 +134,15 @@ class LocalStore:
         entry = self._store.get(f"e:{skey}:{seq}") if seq is not None else None
         return None if entry is None else (int(seq), entry)
 
-    def near(self, skey: str, query: np.ndarray, k: int) -> list[tuple[int, dict[str, Any]]] | None:
+    def near(self, skey: str, query: np.ndarray, k: int, floor: float) -> list[tuple[int, dict[str, Any]]] | None:
         with self._lock:
             sindex = self._sync(skey)
             if sindex.index.ntotal == 0:
                 return None
-            _, ids = sindex.index.search(query.reshape(1, -1), min(k, sindex.index.ntotal))
+            scores, ids = sindex.index.search(query.reshape(1, -1), min(k, sindex.index.ntotal))
         found = []
-        for seq in ids[0]:
-            if seq < 0:
+        for score, seq in zip(scores[0], ids[0], strict=True):
+            if seq < 0 or score < floor:  # too far to matter: not read from disk
                 break
             entry = self._store.get(f"e:{skey}:{int(seq)}")
             if entry is not None:  # evicted or expired otherwise

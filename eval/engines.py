@@ -40,11 +40,15 @@ class Engine:
     argv: list[str]
     log: Path
     ready: object = None  # a callable that returns once the server answers
+    env: dict[str, str] | None = None  # None: this process's
+    cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self, timeout_s: float = 60.0) -> Engine:
         with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(self.argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.cwd, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:

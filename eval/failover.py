@@ -24,7 +24,7 @@ import httpx
 import psycopg
 from tqdm import tqdm
 
-from .engines import postgres_engine, redis_engine
+from .engines import Engine, postgres_engine, redis_engine
 from .hosts import Replica
 from .processes import free_port
 
@@ -35,7 +35,7 @@ def _holder(db_url: str, job_id: str) -> str:
     return str(row[0]) if row else ""
 
 
-def _one_run(replicas: list[Replica], client: httpx.Client, db_url: str, n: int, timeout_s: float) -> dict[str, Any]:
+def _one_run(replicas: list[Engine], client: httpx.Client, db_url: str, n: int, timeout_s: float) -> dict[str, Any]:
     questions = [{"question": f"How long do refunds take for order {i}?", "id": f"q{i}"} for i in range(n)]
     job = client.post(f"{replicas[0].url}/v1/jobs", json={"questions": questions}).json()
     url = f"{replicas[0].url}/v1/jobs/{job['id']}"
@@ -73,11 +73,9 @@ def run_failover(
     """``runs`` kill -9 runs against two replicas; the counts and each run's record."""
     from rag.settings import Settings
 
-    from .engines import Engine
-
     work = Path(tempfile.mkdtemp(prefix="rag-failover-"))
     engines: list[Engine] = []
-    replicas: list[Replica] = []
+    replicas: list[Engine] = []
     try:
         engines = [redis_engine(work / "redis").start(), postgres_engine(work / "postgres").start()]
         _ingest(corpus, work / "a" / "data")

@@ -9,14 +9,14 @@ the bridge's own address. Used by tests/test_multihost.py and `rag eval failover
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
+from .engines import Engine
 
 _SUBNET = "10.231.{n}"  # a /24 nobody routes: the test's own
 
@@ -78,53 +78,30 @@ class Network:
         return ["ip", "netns", "exec", self.namespaces[host]]
 
 
-class Replica:
-    """One `rag serve` process (extractive backend) on ``address:port``, run through ``wrap``."""
+def Replica(  # builds an Engine; named like the class it stands for
+    name: str, data_dir: Path, env: dict[str, str], address: str = "127.0.0.1", port: int = 8000,
+    wrap: Sequence[str] = (),
+) -> Engine:  # fmt: skip
+    """One `rag serve` process (extractive backend) on ``address:port``, run through ``wrap``:
+    an :class:`eval.engines.Engine` (start, ``kill`` = kill -9, stop), ready once /healthz answers."""
+    url = f"http://{address}:{port}"
 
-    def __init__(
-        self, name: str, data_dir: Path, env: dict[str, str], address: str = "127.0.0.1", port: int = 8000,
-        wrap: Sequence[str] = (),
-    ) -> None:  # fmt: skip
-        self.name = name
-        self.url = f"http://{address}:{port}"
-        self.log = data_dir.parent / f"replica-{name}.log"
-        self.argv = [*wrap, sys.executable, "-m", "cli", "serve", "--host", address, "--port", str(port)]
-        self.env = {
-            **os.environ, "RAG_DATA_DIR": str(data_dir), "RAG_BACKEND": "extractive", "RAG_LOG_FORMAT": "text",
-            "RAG_WORKERS": "1", **env,
-        }  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
+    def ready() -> None:
+        httpx.get(f"{url}/healthz", timeout=2).raise_for_status()
 
-    def start(self, timeout_s: float = 180.0) -> Replica:
-        with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(
-                self.argv, env=self.env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                cwd=Path(__file__).resolve().parents[1],
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica {self.name} exited with {self.proc.returncode}: see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(f"replica {self.name} did not start in {timeout_s:.0f} s: see {self.log}")
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        """``kill -9``: no shutdown, no cleanup, as a host that dies."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    return Engine(
+        name,
+        url,
+        [*wrap, sys.executable, "-m", "cli", "serve", "--host", address, "--port", str(port)],
+        data_dir.parent / f"replica-{name}.log",
+        ready,
+        env={
+            **os.environ,
+            "RAG_DATA_DIR": str(data_dir),
+            "RAG_BACKEND": "extractive",
+            "RAG_LOG_FORMAT": "text",
+            "RAG_WORKERS": "1",
+            **env,
+        },  # fmt: skip
+        cwd=Path(__file__).resolve().parents[1],
+    )
