@@ -104,3 +104,27 @@ def bench_ingest(
             f"{name:<16}{row['chunks']:>8}{row['seconds']:>8.1f}{row['chunks_per_s'] or 0:>10.1f}"
             f"{row['embedding_chunks_per_s'] or 0:>9.1f}   {ms['read']:.2f} / {ms['embed']:.2f} / {ms['write']:.2f}"
         )
+
+
+@bench_app.command("swap")
+def bench_swap(
+    n: Annotated[
+        int, typer.Option(help="Chunks in the collection (synthetic vectors, written by another process).")
+    ] = 200_000,
+    index_type: Annotated[str, typer.Option(help="flat, hnsw, ivfpq or sq8.")] = "flat",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A live index swap in a serving process: memory while the old and the new version are
+    both held (against one version's), publish-to-serving time, failed searches."""
+    from eval.swap_bench import run_swap_bench
+
+    result = run_or_fail(lambda: run_swap_bench(load_settings(), n, index_type))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(
+        f"{result['index_type']} x {result['n']:,}: one version {result['index_mb']:.0f} MB; both held, peak "
+        f"{result['peak_mb']:.0f} MB ({result['peak_over_index']}x); after the swap {result['after_mb']:.0f} MB; "
+        f"publish to serving {result['publish_to_serving_s'] * 1000:.0f} ms; "
+        f"{result['failed']} of {result['searches_during']} searches failed"
+    )

@@ -322,8 +322,7 @@ class Pipeline(Retrieval, SingleFlight):
         close = getattr(self.reranker, "close", None)  # one with connections of its own
         if close is not None:
             close()
-        for index in self._indexes.values():
-            index.close()
+        self.close_indexes()
         if self.cache is not None:
             self.cache.close()
 

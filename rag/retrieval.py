@@ -1,12 +1,23 @@
 """Retrieval, the query path's search stage: which collection version is live, what to search
 with (the entity a conversation names, or the turn a follow-up follows), hybrid search, and
-the optional reranker. :class:`rag.pipeline.Pipeline` is one."""
+the optional reranker. :class:`rag.pipeline.Pipeline` is one.
+
+Versions are followed off the request path. A request reads ``CURRENT`` and, if an ingest
+(here, or on another host writing the shared folder) has switched it, wakes the watcher and
+is answered from the version already loaded. The watcher (a thread; it also polls every
+``RAG_INDEX_POLL_S``, for replicas no request reaches) loads the new version beside the old
+one, searches it once so its pages are in, and swaps it in under a lock. The old version
+serves the requests that hold it and is freed after the last (never a third copy held).
+A version that fails to load is logged, reported in ``/readyz`` and not tried again; the old
+one keeps serving until ``CURRENT`` moves on."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,19 +39,96 @@ class Retrieval:
         self.rerank_failures = 0  # requests that kept the hybrid order because the reranker failed
         self._indexes: dict[str, CollectionIndex] = {}
         self._index_lock = threading.Lock()
+        self.swap_errors: dict[str, tuple[Path, str]] = {}  # collection -> (version, why it did not load)
+        self._refresh_lock = threading.Lock()
+        self._watch = threading.Event()  # set: look now
+        self._closing = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def get_index(self, collection: str) -> CollectionIndex:
-        """The live version of a collection, reloaded when an ingest run has switched it."""
+        """The version of a collection this replica serves. Only the first request loads it; a
+        newer version is loaded by the watcher, beside this one, while this one answers."""
+        loaded = self._indexes.get(collection)
+        if loaded is not None:
+            if self._live(collection) != loaded.version_dir:
+                self._watch.set()
+            return loaded
         with self._index_lock:
             loaded = self._indexes.get(collection)
-            live = current_version_dir(collection_dir(self.settings.collections_dir, collection))
-            if loaded is not None and loaded.version_dir == live:
-                return loaded
-            index = CollectionIndex.load(
-                self.settings.collections_dir, collection, model=self.embedder.name, dimension=self.embedder.dimension
+            if loaded is None:
+                loaded = self._indexes[collection] = self._load(collection)
+                self._start_watcher()
+            return loaded
+
+    def refresh(self) -> list[str]:
+        """Swap in every loaded collection's newer version now (what the watcher does each
+        poll); returns the collections swapped."""
+        swapped = []
+        with self._refresh_lock:  # one load at a time (the watcher, or a caller)
+            for name, loaded in list(self._indexes.items()):
+                if self._swap(name, loaded):
+                    swapped.append(name)
+        return swapped  # the old versions go with the last requests that hold them
+
+    def _swap(self, name: str, loaded: CollectionIndex) -> bool:
+        live = self._live(name)
+        if live == loaded.version_dir:
+            self.swap_errors.pop(name, None)  # CURRENT came back to the version serving
+        if live is None or live == loaded.version_dir or self.swap_errors.get(name, (None,))[0] == live:
+            return False
+        started = time.perf_counter()
+        try:
+            fresh = self._load(name)
+            fresh.warm()
+        except Exception as exc:  # a bad version never takes down the one serving
+            self.swap_errors[name] = (live, str(exc))
+            log.error(
+                "collection %r: version %s did not load, still serving %s: %s", name, live.name, loaded.version, exc
             )
-            self._indexes[collection] = index
-            return index
+            return False
+        with self._index_lock:
+            self._indexes[name] = fresh
+        self.swap_errors.pop(name, None)
+        log.info(
+            "collection %r now serves version %s (was %s), loaded in %.0f ms",
+            name,
+            fresh.version,
+            loaded.version,
+            (time.perf_counter() - started) * 1000,
+        )
+        return True
+
+    def close_indexes(self) -> None:
+        self._closing.set()
+        self._watch.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=10)
+        for index in self._indexes.values():
+            index.close()
+
+    def _live(self, collection: str) -> Path | None:
+        return current_version_dir(collection_dir(self.settings.collections_dir, collection))
+
+    def _load(self, collection: str) -> CollectionIndex:
+        return CollectionIndex.load(
+            self.settings.collections_dir, collection, model=self.embedder.name, dimension=self.embedder.dimension
+        )
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._follow_versions, name="rag-index-watcher", daemon=True)
+            self._watcher.start()
+
+    def _follow_versions(self) -> None:
+        while not self._closing.is_set():
+            self._watch.wait(self.settings.index_poll_s)
+            self._watch.clear()
+            if self._closing.is_set():
+                return
+            try:
+                self.refresh()
+            except Exception:  # never let the watcher die: the next poll tries again
+                log.exception("index version watcher")
 
     def plan_search(
         self,

@@ -232,6 +232,9 @@ class Settings(BaseSettings):
     cache_ttl_s: float | None = None
     """Seconds a cached answer lives; unset means until its collection is re-ingested."""
 
+    index_poll_s: float = Field(default=1.0, ge=0.05, le=60.0)
+    """How often a server checks each collection's `CURRENT` for a version published by an ingest run (here or on a shared volume); a new one is loaded beside the one serving and swapped in."""
+
     redis_url: str | None = None
     """Redis for the state every replica shares: the response cache (needs vector search: Redis 8, Redis Stack, or Valkey with the search module), the rate limits and the failed-key limit. `redis://HOST:6379/0`; unset: diskcache on local disk."""
 

@@ -50,6 +50,9 @@ async def readyz(request: Request) -> Any:
             collections[name] = {"status": "error", "message": str(getattr(exc, "message", exc))}
         else:
             collections[name] = {"status": "ready", "index_version": index.version, "chunks": len(index)}
+            if name in pipe.swap_errors:  # still serving the version before, which is ready
+                version, why = pipe.swap_errors[name]
+                collections[name]["newer_version_error"] = f"{version.name}: {why}"
     broken = {n: c["message"] for n, c in collections.items() if c["status"] != "ready"}
     public = request.app.state.authenticator.enabled()  # public route: no collection names to strangers
     if broken:

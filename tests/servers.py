@@ -41,6 +41,19 @@ def running_server(app: FastAPI) -> Iterator[str]:
         sock.close()
 
 
+def wait_for_version(url: str, version: str, collection: str = "default", timeout_s: float = 5.0) -> float:
+    """Seconds until the server at ``url`` serves ``version`` of ``collection`` (read from
+    `/metrics`, which loads nothing itself); fails past ``timeout_s``."""
+    started = time.monotonic()
+    line = f'rag_index_version_info{{collection="{collection}",version="{version}"}} 1.0'
+    while line not in httpx.get(f"{url}/metrics", timeout=10).text:
+        assert time.monotonic() - started < timeout_s, (
+            f"{url} does not serve {collection} {version} after {timeout_s} s"
+        )
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
 @contextmanager
 def vllm_server(python: str, model_dir: str, timeout_s: float = 300) -> Iterator[str]:
     """A real vLLM OpenAI-compatible server on this CPU, as `make vllm-serve` starts it."""

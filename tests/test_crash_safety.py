@@ -218,6 +218,7 @@ async def _trial(bench: CrashBench, pipeline: Pipeline, kill: str, label: str) -
     after_kill = _live_fingerprint(bench.cdir)
     index = CollectionIndex.load(bench.settings.collections_dir, "default", model="all-MiniLM-L6-v2", dimension=384)
     index.close()
+    pipeline.refresh()  # what the server's version watcher does within RAG_INDEX_POLL_S
     answer = await pipeline.answer(HOLIDAY_QUESTION)
     assert any(c.document_id == "holiday-hours.md" for c in answer.citations), (context, answer)
     for c in answer.citations:  # the cited text (the quoted sentences of the chunk) is that chunk's
@@ -234,6 +235,7 @@ async def _trial(bench: CrashBench, pipeline: Pipeline, kill: str, label: str) -
     if rc == 0:  # the child finished first: this run had nothing left to do
         assert not report.indexed, context
     assert_nothing_half_written(bench.cdir)
+    pipeline.refresh()
     answer = await pipeline.answer(HOLIDAY_QUESTION)
     assert any(f"H{n}" in c.text for c in answer.citations), (context, answer)
 

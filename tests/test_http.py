@@ -10,7 +10,7 @@ from rag.pipeline import build_pipeline
 from serving.app import create_app
 
 from .conftest import make_settings
-from .servers import running_server, serving
+from .servers import running_server, serving, wait_for_version
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,9 @@ def test_reingest_invalidates_cached_answers(tmp_path: Path, corpus: Path, embed
         assert ask(url, "Do gift cards expire?")["cache"]["hit"] is True
         ask(url, "Which payment methods do you accept?")
         (corpus / "gift-cards.txt").write_text("Gift cards\n\nFrom March, gift cards expire after 3 years.\n")
-        ingest([corpus], "default", settings, embedder, progress=False)
-        after = ask(url, "Do gift cards expire?")  # the running server picks up the new version
+        report = ingest([corpus], "default", settings, embedder, progress=False)
+        wait_for_version(url, report.version)  # the running server's watcher swaps it in
+        after = ask(url, "Do gift cards expire?")
         assert after["cache"]["hit"] is False and "3 years" in after["answer"]
         # Answers built on documents that did not change survive the re-ingest.
         assert ask(url, "which payment methods do you accept")["cache"]["kind"] == "exact"

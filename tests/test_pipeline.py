@@ -125,6 +125,7 @@ async def test_a_guard_replaced_answer_is_quoted_and_never_outlives_its_index_ve
 
     (corpus / "gift-cards.txt").write_text("Gift cards\n\nGift cards are valid for 5 years.\n")  # another page
     ingest([corpus], "default", settings, embedder, progress=False)
+    assert pipeline.refresh() == ["default"]  # the version watcher's step, done now
     model.reply = "Refunds take 5 to 7 business days."
     after = await pipeline.answer("How long do refunds take?")
     assert not after.cache.hit and len(model.requests) == 2

@@ -165,6 +165,16 @@ class CollectionIndex:
             )
         return cls(name, vdir, read_index_mapped(vdir / INDEX_FILE), meta)
 
+    def warm(self) -> None:
+        """Read what the first request would otherwise wait for: the titles, the FAQ questions,
+        and the index's pages (one dense search)."""
+        self.titles()
+        self.faq_questions()
+        if len(self):
+            dimension = int(self.meta["dimension"])
+            probe = np.full((1, dimension), dimension**-0.5, dtype=np.float32)
+            self._index.search(probe, 1)
+
     def titles(self) -> list[str]:
         """The titles that group three or more chunks (an entity, a long document), read once. A
         title with one or two chunks (an FAQ entry, a duplicate) names no entity to search within."""
