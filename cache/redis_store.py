@@ -258,6 +258,10 @@ class RedisStore:
 
         return self._g.call(run)
 
+    def remove(self, skey: str, seq: int) -> bool:
+        """Deleting the hash takes it out of the search index at once, on every replica."""
+        return bool(self._g.call(lambda: self._r.delete(f"{self._entry_prefix}{skey}:{int(seq)}")))
+
     def count_by_tag(self) -> dict[str, int]:
         def run() -> Any:
             try:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .audit import HitEvidence
+from .blocks import Blocks
 from .guards import conflict
 from .stores import EntryStore, LocalStore, StoreUnavailable, scope_key
 from .verifier import Verifier
@@ -90,6 +91,7 @@ class SemanticCache:
             self.store = directory
         bound = max_wrong_rate if callable(max_wrong_rate) else lambda _tag: float(max_wrong_rate)
         self.evidence = HitEvidence(self.store.counters, bound)
+        self.blocks = Blocks(self.store.counters, self.confirmed_threshold)
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
 
     @staticmethod
@@ -107,6 +109,9 @@ class SemanticCache:
             return None
         entry = found[1] if found is not None else None
         if entry is None or normalize_question(entry["question"]) != normalized:
+            return None
+        if self._blocked(self._scope_key(scope), entry):
+            self.lookups["rejected_as_blocked"] += 1
             return None
         if accept is not None and not accept(entry["payload"]):
             self.lookups["exact_rejected"] += 1
@@ -167,8 +172,10 @@ class SemanticCache:
                 break  # every later candidate is closer still to a rival
             ref = f"{self._scope_key(scope)}:{seq}"
             needs_confirmation = similarity < self.threshold or similarity - rival < self.margin
-            rejected = self._within_boundaries(ref, entry.get("tag"), similarity) or self._rejection(
-                query[0], entry, question, accept, confirm if needs_confirmation else None
+            rejected = (
+                self._within_boundaries(ref, entry.get("tag"), similarity)
+                or ("rejected_as_blocked" if self._blocked(self._scope_key(scope), entry) else None)
+                or self._rejection(query[0], entry, question, accept, confirm if needs_confirmation else None)
             )
             if rejected is not None:
                 self.lookups[rejected] += 1
@@ -194,6 +201,30 @@ class SemanticCache:
                 self.evidence.record(hit.tag, hit.ref, hit.similarity, agreed)
             except StoreUnavailable as exc:
                 log.warning("response cache store unavailable, audit not recorded: %s", exc)
+
+    def _blocked(self, skey: str, entry: dict[str, Any]) -> bool:
+        vector = np.frombuffer(entry["vector"], dtype=np.float32)
+        return (
+            self.blocks.matching(skey, vector, str(entry["payload"].get("answer")), str(entry.get("group"))) is not None
+        )
+
+    def reject(
+        self, scope: str, question: str, vector: np.ndarray, answer: str, group: str, tag: str | None = None
+    ) -> tuple[int, str]:
+        """A thumbs-down on ``answer`` (citing ``group``) given to ``question``: every entry in
+        the scope that gives it goes now (the same answer word for word, or to a question in
+        this one's neighbourhood), and it is blocked from coming back (:mod:`cache.blocks`).
+        Returns (entries evicted, the block's id)."""
+        skey = self._scope_key(scope)
+        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        block_id = self.blocks.add(skey, question, vec, answer, group, tag)
+        found = list(self.store.near(skey, vec, 256, 0.0) or [])
+        exact = self.store.find_exact(skey, normalize_question(question))
+        evicted = 0
+        for seq, entry in found + ([exact] if exact is not None else []):
+            if self._blocked(skey, entry) and self.store.remove(skey, seq):
+                evicted += 1
+        return evicted, block_id
 
     def _near(self, skey: str, query: np.ndarray, floor: float) -> list[tuple[float, int, dict[str, Any]]] | None:
         """Entries that could be a hit, or a rival close enough to make a hit ambiguous: (cosine
@@ -252,6 +283,12 @@ class SemanticCache:
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vec.shape[0] != self.dimension:
             raise ValueError(f"vector has {vec.shape[0]} dimensions, the cache holds {self.dimension}")
+        try:
+            if self.blocks.matching(self._scope_key(scope), vec, str(payload.get("answer")), str(group)):
+                self.lookups["not_stored_blocked"] += 1  # people rejected this answer here
+                return
+        except StoreUnavailable:
+            pass  # the add below reports it
         entry = {
             "question": question,
             "vector": vec.tobytes(),

@@ -70,6 +70,10 @@ class EntryStore(Protocol):
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
         """Store an entry; returns its number."""
 
+    def remove(self, skey: str, seq: int) -> bool:
+        """Drop one entry now (its exact-text key then finds nothing); False if it was gone."""
+        ...
+
     def count_by_tag(self) -> dict[str, int]: ...
     def clear(self, tag: str | None = None) -> int: ...
     def volume(self) -> int: ...
@@ -154,6 +158,9 @@ class LocalStore:
         self._store.set(f"e:{skey}:{seq}", entry, expire=ttl_s)
         self._store.set(f"x:{skey}:{normalized}", seq, expire=ttl_s)
         return seq
+
+    def remove(self, skey: str, seq: int) -> bool:
+        return bool(self._store.delete(f"e:{skey}:{seq}"))  # the search skips a missing entry
 
     def _sync(self, skey: str) -> _ScopeIndex:
         sindex = self._scopes.get(skey)

@@ -36,6 +36,10 @@ class QueryResult:
     backend: str
     answer_kind: str = "generated"
     """generated, quoted (sentences of the documents, verbatim) or no_answer."""
+    answer_id: str = ""
+    """For :meth:`RagClient.feedback`."""
+    needs_human: str | None = None
+    """Why a person should take over (no_answer, guard_replaced), or None."""
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -48,6 +52,8 @@ class QueryResult:
             collection=body.get("collection", ""),
             backend=body.get("backend", ""),
             answer_kind=body.get("answer_kind", "generated"),
+            answer_id=body.get("answer_id", ""),
+            needs_human=body.get("needs_human"),
             raw=body,
         )
 
@@ -76,6 +82,15 @@ class RagClientError(Exception):
 
 def _payload(question: str, **fields: Any) -> dict[str, Any]:
     return {"question": question, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def _feedback(
+    answer_id: str, rating: str, reason: str | None, correction: str | None, conversation: list[dict[str, str]] | None
+) -> dict[str, Any]:
+    if rating not in ("up", "down"):
+        raise ValueError(f"rating is 'up' or 'down', not {rating!r}")
+    fields = {"reason": reason, "correction": correction, "conversation": conversation}
+    return {"answer_id": answer_id, "rating": rating, **{k: v for k, v in fields.items() if v is not None}}
 
 
 def _check(response: httpx.Response) -> dict[str, Any]:
@@ -127,6 +142,18 @@ class RagClient:
     def models(self) -> list[str]:
         return [m["id"] for m in _check(self._http.get("/v1/models"))["data"]]
 
+    def feedback(
+        self,
+        answer_id: str,
+        rating: str,
+        reason: str | None = None,
+        correction: str | None = None,
+        conversation: list[dict[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """Thumbs ``up`` or ``down`` on an answer (its ``answer_id``, or a completion id)."""
+        body = _feedback(answer_id, rating, reason, correction, conversation)
+        return _check(self._http.post("/v1/feedback", json=body))
+
     def close(self) -> None:
         self._http.close()
 
@@ -166,6 +193,18 @@ class AsyncRagClient:
 
     async def models(self) -> list[str]:
         return [m["id"] for m in _check(await self._http.get("/v1/models"))["data"]]
+
+    async def feedback(
+        self,
+        answer_id: str,
+        rating: str,
+        reason: str | None = None,
+        correction: str | None = None,
+        conversation: list[dict[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """Thumbs ``up`` or ``down`` on an answer (its ``answer_id``, or a completion id)."""
+        body = _feedback(answer_id, rating, reason, correction, conversation)
+        return _check(await self._http.post("/v1/feedback", json=body))
 
     async def aclose(self) -> None:
         await self._http.aclose()

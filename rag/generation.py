@@ -208,6 +208,8 @@ class Generating:
             group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
             self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
         answer = self._done(prep, text, citations, CacheStatus(), usage, kind=kind)
+        if self.cache is not None and prep.cacheable and prep.vector is not None:
+            answer.cache_scope = scope  # where it was stored
         answer.grounded = grounded
         answer.model_answer = model_answer if self.generator.prompt_style != "none" else None
         answer.guard_reason = guard.reason if guard is not None else None
@@ -232,6 +234,7 @@ class Generating:
             backend=self.generator.name,
             usage=usage or {},
             answer_kind=kind,
+            cache_scope=prep.scope if prep.cacheable and self.cache is not None else None,
         )
         if not prep.audit:  # a check of a served hit is not a request
             self._notify(answer, prep.cacheable)

@@ -190,6 +190,8 @@ class Pipeline(Retrieval, SingleFlight):
                 CacheStatus(True, hit.kind, round(hit.similarity, 4)),
                 kind=hit.payload.get("answer_kind", "generated"),
             )
+            prep.result.grounded = not hit.payload.get("provisional")  # a quote the guard put in
+            prep.result.cache_ref = hit.ref or None
             self._audit_later(hit, (question, collection, top_k, filters, options))
             return prep
 
@@ -312,6 +314,22 @@ class Pipeline(Retrieval, SingleFlight):
             return await self._generate_prepared(prep)
         # Concurrent identical misses share one generation (rag/flight.py), on any host.
         return await self._answer_once(prep)
+
+    async def reject_answer(
+        self, question: str, answer: str, group: str, scope: str | None, collection: str
+    ) -> tuple[int, str | None]:
+        """A thumbs-down: the answer leaves the response cache (every replica that shares it)
+        and is kept out (:mod:`cache.blocks`). Returns (entries evicted, the block's id)."""
+        if self.cache is None or scope is None:
+            return 0, None
+        vector = (await embed_async(self.embedder, [question_text(self.embedder, question)]))[0]
+        return await asyncio.to_thread(self.cache.reject, scope, question, vector, answer, group, collection)
+
+    def confirm_answer(self, ref: str | None, similarity: float | None, collection: str) -> None:
+        """A thumbs-up on a semantic hit: evidence that the hit was right at that similarity
+        (the boundary the cache learns from audits, :mod:`cache.audit`)."""
+        if self.cache is not None and ref and similarity is not None:
+            self.cache.learn(CacheHit("semantic", similarity, "", {}, ref, collection), agreed=True)
 
     async def aclose(self) -> None:
         for task in list(self._audits):

@@ -4,6 +4,7 @@ REST route, the OpenAI-compatible route, streaming, jobs, the Python client).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,12 +56,43 @@ class Answer:
     """Why the guard cut or replaced the model's answer (for evaluation; not sent to clients)."""
     model_answer: str | None = field(default=None, metadata={"internal": True})
     """What the model said before the guard (for evaluation; never sent to clients)."""
+    answer_id: str = field(
+        default_factory=lambda: uuid.uuid4().hex,
+        metadata={"description": "This answer, for `POST /v1/feedback` (on the OpenAI face: the completion id)."},
+    )
+    needs_human: str | None = field(
+        default=None,
+        metadata={
+            "description": "Why a person should take the conversation over: `no_answer` (the service "
+            "abstained), `guard_replaced` (the model's answer failed the checks; the documents are quoted "
+            "instead) or `thumbs_down`; null when the answer stands."
+        },
+    )
+    cache_scope: str | None = field(default=None, metadata={"internal": True})
+    """The response cache's scope this answer was looked up in (feedback evicts within it)."""
+    cache_ref: str | None = field(default=None, metadata={"internal": True})
+    """The cache entry a semantic hit was served from (a thumbs-up is evidence for it)."""
+
+    def handoff_reason(self) -> str | None:
+        if self.needs_human is not None:
+            return self.needs_human
+        if self.answer_kind == "no_answer":
+            return "no_answer"
+        if not self.grounded:
+            return "guard_replaced"
+        return None
+
+    def cache_group(self) -> str:
+        """The cited chunks: the cache's name for "the same answer" (chunk ids never repeat
+        within a collection's lineage, so a changed document is a new group)."""
+        return ",".join(sorted(str(c.id) for c in self.citations)) or "no-answer"
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for name, spec in self.__dataclass_fields__.items():
             if spec.metadata.get("internal"):
                 del out[name]
+        out["needs_human"] = self.handoff_reason()
         return out
 
 

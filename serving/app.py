@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app(settings)`` wires the parts together (the pipeline
 in the lifespan, the middleware, the error handlers) and includes one router per API:
-`query` (/v1/query), `openai_compat` (/v1/chat/completions, /v1/models), `jobs` (/v1/jobs),
+`query` (/v1/query), `feedback` (/v1/feedback), `openai_compat` (/v1/chat/completions,
+/v1/models), `jobs` (/v1/jobs),
 `admin` (the cache, /metrics), `health` (/healthz, /readyz) and `widget` (/widget.js)."""
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
-from . import admin, health, jobs, observability, openai_compat, query, widget
+from . import admin, feedback, health, jobs, observability, openai_compat, query, widget
 from .auth import Authenticator, GuardMiddleware, KeyLimits
 from .database import Database
 from .errors import ERRORS, install_error_handlers
+from .handoff import Handoff
 from .jobs import JobRunner, JobStore
 from .keys import open_key_store
 from .pg_jobs import PgJobStore
+from .support_store import open_support_store
 
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:
@@ -32,6 +35,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     keys = open_key_store(settings, database)
     authenticator = Authenticator(keys)
     limits = KeyLimits(settings)
+    support = open_support_store(settings.data_dir, database)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,10 +46,13 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
         app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency)
         app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
+        app.state.handoff = Handoff(settings.handoff_webhook_url)
         try:
             yield
         finally:
             await app.state.jobs.aclose()
+            await app.state.handoff.aclose()
+            support.close()
             if owned:
                 await app.state.pipeline.aclose()
             keys.close()
@@ -68,6 +75,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.database = database
+    app.state.support = support
     # Outermost last: request id, metrics and access log see everything, CORS headers ride
     # on 401s and 429s too (so the widget can read them), then keys and limits.
     app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=limits)
@@ -82,6 +90,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.add_middleware(observability.RequestContextMiddleware)
 
     app.include_router(query.router, responses=ERRORS)
+    app.include_router(feedback.router, responses=ERRORS)
     app.include_router(admin.router, responses=ERRORS)
     app.include_router(health.router)  # /healthz documents no errors; /readyz its own
     return app

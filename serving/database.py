@@ -1,5 +1,5 @@
-"""PostgreSQL for the durable state every replica shares (``RAG_DATABASE_URL``): API keys and
-jobs. The schema lives here, as numbered migrations that each replica runs at start-up (one
+"""PostgreSQL for the durable state every replica shares (``RAG_DATABASE_URL``): API keys,
+jobs, and the support loop's answers and feedback. The schema lives here, as numbered migrations that each replica runs at start-up (one
 at a time, under an advisory lock; each in its own transaction, recorded in
 ``schema_migrations``). Add a migration by appending to :data:`MIGRATIONS`; never edit one
 that has shipped.
@@ -43,6 +43,25 @@ MIGRATIONS: list[tuple[int, str]] = [
             job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE, position INTEGER NOT NULL,
             request JSONB NOT NULL, result JSONB, PRIMARY KEY (job_id, position)
         );
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE answers (
+            id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, collection TEXT NOT NULL, key_id TEXT,
+            question TEXT NOT NULL, answer TEXT NOT NULL, answer_kind TEXT NOT NULL, cache_kind TEXT,
+            similarity DOUBLE PRECISION, cache_ref TEXT, cache_scope TEXT, cache_group TEXT NOT NULL,
+            latency_ms DOUBLE PRECISION NOT NULL, needs_human TEXT, citations TEXT NOT NULL
+        );
+        CREATE INDEX answers_by_day ON answers (collection, created_at);
+        CREATE TABLE feedback (
+            id TEXT PRIMARY KEY, answer_id TEXT NOT NULL, collection TEXT NOT NULL, rating TEXT NOT NULL,
+            reason TEXT, correction TEXT, key_id TEXT, created_at DOUBLE PRECISION NOT NULL, evicted INTEGER,
+            block_id TEXT
+        );
+        CREATE INDEX feedback_by_day ON feedback (collection, created_at);
+        CREATE INDEX feedback_of_answer ON feedback (answer_id);
         """,
     ),
 ]

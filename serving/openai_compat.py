@@ -13,7 +13,10 @@ Bot frameworks that speak the OpenAI API (the official ``openai`` client, LangCh
   with ``data: [DONE]``;
 - the same pipeline as ``/v1/query`` (cache, retrieval, citations); citations and the cache
   status ride in extra fields (``citations``, ``rag``) of the response and of the last
-  stream chunk, which OpenAI clients keep as extra attributes.
+  stream chunk, which OpenAI clients keep as extra attributes;
+- the completion ``id`` is the answer's id for ``POST /v1/feedback``; an answer that needs
+  a person says why in ``rag.needs_human`` and, unstreamed, in the ``X-RAG-Needs-Human``
+  header.
 
 Errors use the service's one error body, which is OpenAI's.
 """
@@ -23,10 +26,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
@@ -35,6 +39,7 @@ from rag.pipeline import Pipeline, Prepared
 from rag.store import list_collections
 from rag.wire import Answer, GenerationOptions
 
+from .feedback import remember
 from .observability import log_question
 from .principals import principal_of
 
@@ -90,6 +95,7 @@ def _extras(answer: Answer) -> dict[str, Any]:
             "timings_ms": data["timings_ms"],
             "backend": data["backend"],
             "answer_kind": data["answer_kind"],
+            "needs_human": data["needs_human"],
         },
     }
 
@@ -122,13 +128,20 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     principal_of(request).require_collection(body.model)
     question, history = _split(body)
     log_question(pipe.settings, body.model, question)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    answer_id = uuid.uuid4().hex
+    completion_id = f"chatcmpl-{answer_id}"  # POST /v1/feedback takes it as the answer_id
     created = int(time.time())
+
+    def keep(answer: Answer) -> None:
+        answer.answer_id = answer_id
+        remember(request, answer, question, history)
+
     if body.stream:
         prep = await pipe.prepare(question, body.model, None, history, None, _options(body))
-        return EventSourceResponse(_chunks(pipe, prep, completion_id, created, body.model))
+        return EventSourceResponse(_chunks(pipe, prep, completion_id, created, body.model, keep))
     answer = await pipe.answer(question, body.model, None, history, None, _options(body))
-    return {
+    keep(answer)
+    content = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
@@ -137,10 +150,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         "usage": _usage(answer),
         **_extras(answer),
     }
+    reason = answer.handoff_reason()  # bot frameworks read a header without parsing extensions
+    return JSONResponse(content, headers={"X-RAG-Needs-Human": reason} if reason else None)
 
 
 async def _chunks(
-    pipe: Pipeline, prep: Prepared, completion_id: str, created: int, model: str
+    pipe: Pipeline, prep: Prepared, completion_id: str, created: int, model: str, keep: Callable[[Answer], None]
 ) -> AsyncIterator[dict[str, Any]]:
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
         body = {
@@ -158,6 +173,7 @@ async def _chunks(
     try:
         async for item in pipe.stream(prep):
             if isinstance(item, Answer):
+                keep(item)
                 # The final answer is authoritative. The guard releases only clauses that
                 # passed, so the streamed text is the answer; ``rag.replaced`` stays for a
                 # backend that streams without it (RAG_GUARD=false) and says if they differ.

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from rag.pipeline import Pipeline
 
 from . import observability
+from .feedback import remember
 from .principals import principal_of
 from .schemas import QueryRequest, QueryResponse
 from .streaming import EventSourceResponse, sse_events
@@ -27,6 +28,7 @@ async def query(body: QueryRequest, request: Request) -> Any:
         # Bad requests still get a plain 4xx: everything that can fail on the request
         # itself happens before the stream starts.
         prep = await pipe.prepare(body.question, body.collection, body.top_k, history, body.filters)
-        return EventSourceResponse(sse_events(pipe, prep))
+        return EventSourceResponse(sse_events(pipe, prep, lambda a: remember(request, a, body.question, history)))
     answer = await pipe.answer(body.question, body.collection, body.top_k, history, body.filters)
+    remember(request, answer, body.question, history)
     return answer.to_dict()

@@ -48,6 +48,31 @@ class QueryRequest(BaseModel):
     )
 
 
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    answer_id: str = Field(
+        min_length=1,
+        max_length=100,
+        description="The answer's `answer_id` (`/v1/query`) or completion `id` (`/v1/chat/completions`).",
+    )
+    rating: Literal["up", "down"] = Field(description="`down` takes the answer out of the cache at once.")
+    reason: str | None = Field(default=None, max_length=2000, description="Why, in the customer's or agent's words.")
+    correction: str | None = Field(
+        default=None, max_length=20_000, description="What the answer should have said (a curated answer to review)."
+    )
+    conversation: list[Turn] = Field(
+        default_factory=list, max_length=1000, description="The conversation so far, for the handoff webhook."
+    )
+
+
+class FeedbackResponse(BaseModel):
+    answer_id: str
+    rating: Literal["up", "down"]
+    needs_human: str | None = Field(description="`thumbs_down` after a down vote: hand the conversation over.")
+    evicted: int = Field(description="Cached entries that gave this answer and were removed (every replica).")
+
+
 def _response_model(name: str, cls: type) -> type[BaseModel]:
     """The OpenAPI schema of a wire dataclass: its public fields, in order, each one always
     sent (so required), with the description its metadata gives."""
@@ -85,6 +110,12 @@ class QueryResponse(BaseModel):
     timings_ms: TimingsOut
     collection: str
     backend: str
+    answer_id: str = Field(description="This answer, for `POST /v1/feedback`.")
+    needs_human: Literal["no_answer", "guard_replaced", "thumbs_down"] | None = Field(
+        description="Why a person should take the conversation over (`no_answer`: the service abstained; "
+        "`guard_replaced`: the model's answer failed the checks and the documents are quoted instead); "
+        "null when the answer stands."
+    )
 
 
 class ErrorBody(BaseModel):

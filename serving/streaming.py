@@ -9,7 +9,7 @@ which closes the upstream stream and so aborts the request in vLLM.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette import EventSourceResponse
@@ -25,10 +25,14 @@ def _error_event(message: str, type_: str, code: str | None) -> dict[str, Any]:
     return {"event": "error", "data": json.dumps(error_body(message, type_, None, code))}
 
 
-async def sse_events(pipeline: Pipeline, prep: Prepared) -> AsyncIterator[dict[str, Any]]:
+async def sse_events(
+    pipeline: Pipeline, prep: Prepared, on_answer: Callable[[Answer], None] | None = None
+) -> AsyncIterator[dict[str, Any]]:
     try:
         async for item in pipeline.stream(prep):
             if isinstance(item, Answer):
+                if on_answer is not None:
+                    on_answer(item)
                 yield {"event": "done", "data": json.dumps(item.to_dict(), ensure_ascii=False)}
             else:
                 yield {"event": "token", "data": json.dumps({"text": item}, ensure_ascii=False)}

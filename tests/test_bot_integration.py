@@ -4,6 +4,7 @@ against /v1/chat/completions and /v1/models, and rag.client (sync and async)."""
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -57,6 +58,10 @@ def test_openai_client_streams_chunks_ending_with_citations(oai: openai.OpenAI) 
     last = chunks[-1]
     assert last.choices[0].finish_reason == "stop"
     assert (last.model_extra or {})["citations"][0]["document_id"] == "gift-cards.txt"
+    # Every chunk carries the completion id, which is the answer's id for feedback.
+    assert len({c.id for c in chunks}) == 1 and (last.model_extra or {})["rag"]["needs_human"] is None
+    rated = httpx.post(f"{oai.base_url}feedback", json={"answer_id": last.id, "rating": "up"}, timeout=30)
+    assert rated.status_code == 200 and rated.json()["answer_id"] == last.id.removeprefix("chatcmpl-"), rated.text
 
 
 def test_earlier_messages_are_the_history(oai: openai.OpenAI) -> None:
@@ -92,6 +97,11 @@ def test_python_client_query_stream_and_errors(base_url: str) -> None:
         with pytest.raises(RagClientError) as bad:
             client.query("")
         assert bad.value.status == 400 and bad.value.param == "question"
+        assert result.answer_id and result.needs_human is None
+        assert client.feedback(result.answer_id, "up", reason="clear")["rating"] == "up"
+        with pytest.raises(RagClientError) as unknown:
+            client.feedback("0" * 32, "down")
+        assert unknown.value.status == 404 and unknown.value.param == "answer_id"
 
 
 async def test_async_python_client(base_url: str) -> None:
@@ -100,3 +110,5 @@ async def test_async_python_client(base_url: str) -> None:
         assert result.answer and result.collection == "default"
         events = [event async for event in client.stream("Can I change my delivery address?")]
         assert events[-1].kind == "done" and events[-1].result is not None
+        down = await client.feedback(events[-1].result.answer_id, "down", correction="Yes, until it ships.")
+        assert down["needs_human"] == "thumbs_down"

@@ -94,6 +94,30 @@ def test_widget_streams_a_cited_answer_in_a_real_browser(site: dict[str, str], b
     page.close()
 
 
+def test_widget_thumbs_down_reaches_the_service_and_takes_the_answer_out_of_the_cache(
+    site: dict[str, str], browser: Any
+) -> None:
+    import httpx
+
+    question = "Can I change my delivery address after ordering?"
+    page = browser.new_page()
+    page.goto(site["page"])
+    _ask(page, question)
+    down = page.get_by_role("button", name="Not helpful")
+    down.wait_for(timeout=30_000)
+    cached = httpx.post(f"{site['service']}/v1/query", json={"question": question}, timeout=60).json()
+    assert cached["cache"]["hit"] is True  # the widget's answer is cached
+    with page.expect_response(f"{site['service']}/v1/feedback") as sent:
+        down.click()
+    assert sent.value.status == 200 and sent.value.json()["evicted"] >= 1, sent.value.text()
+    rated = sent.value.request.post_data_json["answer_id"]
+    assert len(rated) == 32 and rated != cached["answer_id"]  # the widget's own answer, not the later hit
+    page.get_by_text("A person from our team will follow up").wait_for(timeout=10_000)
+    again = httpx.post(f"{site['service']}/v1/query", json={"question": question}, timeout=60).json()
+    assert again["cache"]["hit"] is False, again
+    page.close()
+
+
 def test_widget_says_so_when_the_service_is_unreachable(site: dict[str, str], browser: Any) -> None:
     page = browser.new_page()
     page.goto(site["down"])

@@ -11,7 +11,9 @@
  *
  * A chat bubble opens a panel; answers stream in as they are generated (POST /v1/query with
  * "stream": true, read as Server-Sent Events), then the citations appear as links. The
- * conversation so far is sent as "history", so follow-up questions work. If the service
+ * conversation so far is sent as "history", so follow-up questions work. Each answer has
+ * thumbs up / down buttons (POST /v1/feedback); a thumbs-down, or an answer the service could
+ * not give, says a person will follow up (the service hands it over). If the service
  * cannot be reached the panel says so. No dependencies, no build step, no CDN.
  */
 (function () {
@@ -41,6 +43,8 @@
     ".rag-bot{align-self:flex-start;background:#f2f2f4}" +
     ".rag-error{align-self:stretch;background:#fdecec;color:#8a1c1c}" +
     ".rag-cites{margin-top:6px;font-size:12px}.rag-cites a{display:block;color:#2f5bea}" +
+    ".rag-rate{margin-top:6px;display:flex;gap:6px;align-items:center;font-size:12px;color:#555}" +
+    ".rag-rate button{border:1px solid #ccd;border-radius:6px;background:#fff;cursor:pointer;padding:2px 8px}" +
     ".rag-form{display:flex;border-top:1px solid #ddd}" +
     ".rag-form input{flex:1;border:0;padding:12px;font:inherit;outline:none}" +
     ".rag-form button{border:0;background:#2f5bea;color:#fff;padding:0 16px;cursor:pointer}";
@@ -113,6 +117,38 @@
     node.appendChild(box);
   }
 
+  var HANDOFF = "A person from our team will follow up on this.";
+
+  function showRating(node, answerId, needsHuman) {
+    var box = el("div", "rag-rate");
+    if (needsHuman) box.appendChild(el("span", "rag-handoff", HANDOFF + " "));
+    [["up", "\ud83d\udc4d", "Helpful"], ["down", "\ud83d\udc4e", "Not helpful"]].forEach(function (spec) {
+      var button = el("button", "rag-rate-" + spec[0], spec[1]);
+      button.type = "button";
+      button.setAttribute("aria-label", spec[2]);
+      button.addEventListener("click", function () { rate(box, answerId, spec[0]); });
+      box.appendChild(button);
+    });
+    node.appendChild(box);
+  }
+
+  async function rate(box, answerId, rating) {
+    var headers = { "Content-Type": "application/json" };
+    if (apiKey) headers.Authorization = "Bearer " + apiKey;
+    box.querySelectorAll("button").forEach(function (b) { b.disabled = true; });
+    try {
+      var response = await fetch(endpoint + "/v1/feedback", {
+        method: "POST",
+        headers: headers,
+        body: JSON.stringify({ answer_id: answerId, rating: rating, conversation: history.slice(-20) }),
+      });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      box.textContent = rating === "down" ? "Thanks for telling us. " + HANDOFF : "Thanks for the feedback.";
+    } catch (err) {
+      box.textContent = "Your feedback could not be sent.";
+    }
+  }
+
   function unreachable(node, detail) {
     node.className = "rag-msg rag-error";
     node.textContent = "Sorry, the help service can't be reached right now. Please try again in a moment." +
@@ -170,6 +206,7 @@
         } else if (event === "done") {
           node.textContent = payload.answer;  // authoritative
           showCitations(node, payload.citations);
+          if (payload.answer_id) showRating(node, payload.answer_id, payload.needs_human);
           history.push({ role: "user", content: question }, { role: "assistant", content: payload.answer });
           finished = true;
         } else if (event === "error") {

@@ -1,0 +1,85 @@
+"""Answers people rejected: what a thumbs-down keeps out of the cache.
+
+A block is one rejected answer in one scope: the question it was given to (its vector), the
+answer's text and its ``group`` (the chunks it cites). An answer matches a block when it is
+the same answer from the same chunks, either word for word or to a question in the rejected
+one's neighbourhood (cosine at or above ``near``, the lowest similarity a hit is ever served
+at). A matching answer is never admitted, and a matching entry is never served.
+
+Chunk ids never repeat within a collection's lineage, so once the cited documents change,
+the answer's group changes and the block no longer matches: the next answer is new evidence.
+An admin lifts a block by its id (:meth:`Blocks.lift`).
+
+Blocks live in the store's counters (diskcache, or Redis for every replica at once), one list
+per scope, read on each admission and hit: a few hundred bytes a block.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from .stores import Counters
+
+
+class Blocks:
+    def __init__(self, counters: Counters, near: float) -> None:
+        self.counters = counters
+        self.near = near
+
+    @staticmethod
+    def _key(skey: str) -> str:
+        return f"blocks:{skey}"
+
+    def add(self, skey: str, question: str, vector: np.ndarray, answer: str, group: str, tag: str | None) -> str:
+        block = {
+            "id": uuid.uuid4().hex[:16],
+            "question": question,
+            "vector": base64.b64encode(np.asarray(vector, dtype=np.float32).tobytes()).decode(),
+            "answer": answer,
+            "group": group,
+            "tag": tag,
+            "created_at": time.time(),
+        }
+        with self.counters.transact():
+            self.counters.set(self._key(skey), [*self.counters.get(self._key(skey), []), block])
+            self.counters.set(f"block:{block['id']}", skey)
+        return str(block["id"])
+
+    def of(self, skey: str) -> list[dict[str, Any]]:
+        return list(self.counters.get(self._key(skey), []))
+
+    def matching(self, skey: str, vector: np.ndarray, answer: str, group: str) -> dict[str, Any] | None:
+        """The block this answer (to a question with ``vector``) falls under, or None."""
+        for block in self.of(skey):
+            if block["group"] != group:
+                continue
+            if block["answer"] == answer:
+                return block
+            stored = np.frombuffer(base64.b64decode(block["vector"]), dtype=np.float32)
+            if float(stored @ np.asarray(vector, dtype=np.float32).reshape(-1)) >= self.near:
+                return block
+        return None
+
+    def all(self, tag: str | None = None) -> list[dict[str, Any]]:
+        """Every block (of collection ``tag``), newest first, without vectors."""
+        out = []
+        for key in list(self.counters.iterkeys()):
+            if str(key).startswith("blocks:"):
+                out += [{k: v for k, v in b.items() if k != "vector"} for b in self.counters.get(key, [])]
+        return sorted((b for b in out if tag is None or b["tag"] == tag), key=lambda b: -b["created_at"])
+
+    def lift(self, block_id: str) -> bool:
+        """An admin approved the answer: the block goes (the next answer may be cached)."""
+        skey = self.counters.get(f"block:{block_id}")
+        if skey is None:
+            return False
+        with self.counters.transact():
+            kept = [b for b in self.of(skey) if b["id"] != block_id]
+            self.counters.set(self._key(skey), kept)
+            self.counters.delete(f"block:{block_id}")
+        return True

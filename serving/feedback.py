@@ -1,0 +1,94 @@
+"""`POST /v1/feedback`, and remembering the answers it refers to.
+
+Every answer a route sends is remembered (:func:`remember`, off the request path: the
+support store queues it) under its ``answer_id``. A thumbs-down takes the answer out of the
+response cache at once (every replica that shares it: Redis, or one host's diskcache) and
+blocks it from coming back to that question's neighbourhood until its documents change or an
+admin lifts the block (:mod:`cache.blocks`); it also hands the conversation to a person
+(:mod:`serving.handoff`). A thumbs-up on a semantic hit is evidence for the cache's learned
+boundary. Feedback is kept per collection (the tenant a key is scoped to).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from rag.errors import NotFoundError
+from rag.pipeline import Pipeline
+from rag.wire import Answer
+
+from .principals import principal_of
+from .schemas import FeedbackRequest, FeedbackResponse
+from .support_store import AnswerRecord, Feedback, SupportStore
+
+router = APIRouter()
+_ANOTHER_REPLICA_S = 1.0  # an answer another replica gave is written within its 0.2 s flush
+
+
+def remember(request: Request, answer: Answer, question: str, conversation: list[dict[str, str]]) -> None:
+    """Keep the answer for feedback (unless RAG_ANSWER_LOG is off); hand it over if it needs a person."""
+    state = request.app.state
+    if state.settings.answer_log:
+        state.support.record(AnswerRecord.of(answer, question, principal_of(request).key_id))
+    reason = answer.handoff_reason()
+    if reason is not None:
+        state.handoff.notify(
+            _handoff(answer.answer_id, reason, answer.collection, question, answer.answer, conversation)
+        )
+
+
+def _handoff(
+    answer_id: str, reason: str, collection: str, question: str, answer: str, conversation: list[dict[str, str]]
+) -> dict[str, Any]:
+    return {
+        "reason": reason,
+        "answer_id": answer_id,
+        "collection": collection,
+        "question": question,
+        "answer": answer,
+        "conversation": conversation,
+    }
+
+
+def _find(store: SupportStore, answer_id: str) -> AnswerRecord | None:
+    deadline = time.monotonic() + _ANOTHER_REPLICA_S
+    while (record := store.answer(answer_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return record
+
+
+@router.post("/v1/feedback", response_model=FeedbackResponse)
+async def feedback(body: FeedbackRequest, request: Request) -> Any:
+    """A thumbs-up or -down on an answer, with an optional reason and corrected answer."""
+    state = request.app.state
+    pipe: Pipeline = state.pipeline
+    principal = principal_of(request)
+    answer_id = body.answer_id.removeprefix("chatcmpl-")
+    record = await asyncio.to_thread(_find, state.support, answer_id)
+    if record is None or not principal.can_read(record.collection):  # another tenant's is unknown here
+        raise NotFoundError(
+            f"no answer {body.answer_id!r}: send the answer_id (or completion id) of an answer this service gave",
+            param="answer_id",
+        )
+    evicted, block_id, needs_human = 0, None, None
+    if body.rating == "down":
+        evicted, block_id = await pipe.reject_answer(
+            record.question, record.answer, record.cache_group, record.cache_scope, record.collection
+        )
+        needs_human = "thumbs_down"
+        conversation = [turn.model_dump() for turn in body.conversation]
+        state.handoff.notify(
+            _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
+        )
+    elif record.cache_kind == "semantic":
+        pipe.confirm_answer(record.cache_ref, record.similarity, record.collection)
+    entry = Feedback(
+        record.id, record.collection, body.rating, body.reason, body.correction, principal.key_id,
+        evicted=evicted, block_id=block_id,
+    )  # fmt: skip
+    await asyncio.to_thread(state.support.add_feedback, entry)
+    return {"answer_id": record.id, "rating": body.rating, "needs_human": needs_human, "evicted": evicted}

@@ -1,0 +1,214 @@
+"""The support loop's records: every answer the service gave (the question, what it said and
+from where, how fast, whether it wants a person) and the feedback people gave on them.
+
+SQLite in ``RAG_DATA_DIR/support.sqlite`` by default; PostgreSQL with ``RAG_DATABASE_URL``
+(every replica writes the same tables; their schema is migration 2 in
+:mod:`serving.database`). Answers are written off the request path: queued, and written by
+a thread in one transaction every 0.2 s (:meth:`SupportStore.flush` writes them now). Feedback is
+written before its response is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rag.wire import Answer
+
+    from .database import Database
+
+log = logging.getLogger("rag.serving")
+SUPPORT_FILE = "support.sqlite"
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, collection TEXT NOT NULL, key_id TEXT,
+    question TEXT NOT NULL, answer TEXT NOT NULL, answer_kind TEXT NOT NULL, cache_kind TEXT,
+    similarity REAL, cache_ref TEXT, cache_scope TEXT, cache_group TEXT NOT NULL,
+    latency_ms REAL NOT NULL, needs_human TEXT, citations TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_by_day ON answers (collection, created_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY, answer_id TEXT NOT NULL, collection TEXT NOT NULL, rating TEXT NOT NULL,
+    reason TEXT, correction TEXT, key_id TEXT, created_at REAL NOT NULL, evicted INTEGER, block_id TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_by_day ON feedback (collection, created_at);
+CREATE INDEX IF NOT EXISTS feedback_of_answer ON feedback (answer_id);
+"""
+
+_ANSWER_COLUMNS = (
+    "id, created_at, collection, key_id, question, answer, answer_kind, cache_kind, similarity, "
+    "cache_ref, cache_scope, cache_group, latency_ms, needs_human, citations"
+)
+_FEEDBACK_COLUMNS = "id, answer_id, collection, rating, reason, correction, key_id, created_at, evicted, block_id"
+
+
+@dataclass
+class AnswerRecord:
+    id: str
+    created_at: float
+    collection: str
+    key_id: str | None
+    question: str
+    answer: str
+    answer_kind: str
+    cache_kind: str | None
+    similarity: float | None
+    cache_ref: str | None
+    cache_scope: str | None
+    cache_group: str
+    latency_ms: float
+    needs_human: str | None
+    citations: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, answer: Answer, question: str, key_id: str | None) -> AnswerRecord:
+        return cls(
+            answer.answer_id, time.time(), answer.collection, key_id, question, answer.answer, answer.answer_kind,
+            answer.cache.kind, answer.cache.similarity, answer.cache_ref, answer.cache_scope, answer.cache_group(),
+            float(answer.timings_ms.get("total", 0.0)), answer.handoff_reason(),
+            [asdict(c) for c in answer.citations],
+        )  # fmt: skip
+
+    def row(self) -> tuple[Any, ...]:
+        values = asdict(self)
+        values["citations"] = json.dumps(self.citations, ensure_ascii=False)
+        return tuple(values.values())
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> AnswerRecord:
+        record = cls(*row)
+        record.citations = json.loads(row[-1]) if isinstance(row[-1], str) else row[-1]
+        return record
+
+
+@dataclass
+class Feedback:
+    answer_id: str
+    collection: str
+    rating: str
+    reason: str | None
+    correction: str | None
+    key_id: str | None
+    created_at: float = field(default_factory=time.time)
+    evicted: int | None = None
+    block_id: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.answer_id, self.collection, self.rating, self.reason, self.correction, self.key_id,
+            self.created_at, self.evicted, self.block_id,
+        )  # fmt: skip
+
+
+class _Sqlite:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, never torn
+        self._conn.executescript(SQLITE_SCHEMA)
+        self._lock = threading.Lock()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(sql, rows)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _Postgres:
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.db.run(lambda c: c.execute(sql.replace("?", "%s"), params).fetchall())  # type: ignore[arg-type]
+
+    def write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self.db.run(lambda c: c.cursor().executemany(sql.replace("?", "%s"), rows))  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        return None  # the app closes the database it shares
+
+
+class SupportStore:
+    def __init__(self, sql: _Sqlite | _Postgres, flush_s: float = 0.2) -> None:
+        self.sql = sql
+        self._pending: queue.SimpleQueue[AnswerRecord] = queue.SimpleQueue()
+        self._write_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._flush_s = flush_s
+        self._writer = threading.Thread(target=self._write_loop, name="rag-support-writer", daemon=True)
+        self._writer.start()
+
+    def record(self, answer: AnswerRecord) -> None:
+        """Queue an answer for writing (never waits on the database)."""
+        self._pending.put(answer)
+
+    def flush(self) -> None:
+        with self._write_lock:
+            batch = []
+            while not self._pending.empty():
+                batch.append(self._pending.get_nowait())
+            if batch:
+                sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
+                self.sql.write(sql, [r.row() for r in batch])
+
+    def _write_loop(self) -> None:
+        while not self._closing.wait(self._flush_s):
+            try:
+                self.flush()
+            except Exception:  # the database is away: the answers wait in the queue
+                log.exception("support store: answers not written yet")
+
+    def answer(self, answer_id: str) -> AnswerRecord | None:
+        self.flush()  # an answer this replica gave a moment ago
+        rows = self.sql.query(f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE id = ?", (answer_id,))
+        return AnswerRecord.from_row(rows[0]) if rows else None
+
+    def add_feedback(self, feedback: Feedback) -> None:
+        self.sql.write(f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES ({', '.join('?' * 10)})", [feedback.row()])
+
+    def feedback(self, collection: str | None = None, rating: str | None = None, limit: int = 100) -> list[Feedback]:
+        where, params = _where(collection=collection, rating=rating)
+        sql = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback{where} ORDER BY created_at DESC LIMIT {int(limit)}"
+        out = []
+        for row in self.sql.query(sql, params):
+            entry = Feedback(*row[1:])
+            entry.id = row[0]
+            out.append(entry)
+        return out
+
+    def close(self) -> None:
+        self._closing.set()
+        self._writer.join(timeout=5)
+        self.flush()
+        self.sql.close()
+
+
+def _where(**equal: Any) -> tuple[str, list[Any]]:
+    terms = [(name, value) for name, value in equal.items() if value is not None]
+    if not terms:
+        return "", []
+    return " WHERE " + " AND ".join(f"{name} = ?" for name, _ in terms), [value for _, value in terms]
+
+
+def open_support_store(data_dir: Path, database: Database | None) -> SupportStore:
+    return SupportStore(_Postgres(database) if database is not None else _Sqlite(data_dir / SUPPORT_FILE))

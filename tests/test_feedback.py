@@ -1,0 +1,195 @@
+"""The support loop's first half: every answer has an id, feedback on it is kept per
+collection, a thumbs-down takes the answer out of the cache at once (every replica sharing
+it) and keeps it out until its documents change, and answers that need a person say so (a
+field, a header on the OpenAI face, and a webhook retried with backoff)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ingest.runner import ingest
+from rag.pipeline import build_pipeline
+from serving.app import create_app
+
+from .conftest import EXAMPLES, make_settings
+from .servers import running_server, wait_for_version
+
+QUESTION = "How long do refunds take?"
+REWORDED = "How long does a refund take?"
+
+
+def ask(url: str, question: str, **extra: Any) -> dict[str, Any]:
+    response = httpx.post(f"{url}/v1/query", json={"question": question, **extra}, timeout=60)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def rate(url: str, answer_id: str, rating: str, **extra: Any) -> httpx.Response:
+    return httpx.post(f"{url}/v1/feedback", json={"answer_id": answer_id, "rating": rating, **extra}, timeout=30)
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]]
+    fail_first: int
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if type(self).fail_first > 0:
+            type(self).fail_first -= 1
+            self.send_response(503)  # the help desk is away for a moment: retried
+        else:
+            type(self).received.append(body)
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, type[_Webhook]]]:
+    handler = type("Hook", (_Webhook,), {"received": [], "fail_first": 1})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/handoff", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    target = tmp_path / "docs"
+    shutil.copytree(EXAMPLES, target)
+    return target
+
+
+def test_thumbs_down_evicts_the_answer_and_keeps_it_out_until_its_document_changes(
+    tmp_path: Path, docs: Path, embedder: Any
+) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive", index_poll_s=0.1)
+    ingest([docs], "default", settings, embedder, progress=False)
+    app = create_app(settings, build_pipeline(settings, embedder))
+    with running_server(app) as url:
+        first = ask(url, QUESTION)
+        assert len(first["answer_id"]) == 32 and first["needs_human"] is None
+        assert ask(url, REWORDED)["cache"]["kind"] == "semantic"  # the cache serves it to a rewording
+        down = rate(url, first["answer_id"], "down", reason="Refunds took three weeks for me.")
+        assert down.status_code == 200, down.text
+        assert down.json()["needs_human"] == "thumbs_down" and down.json()["evicted"] >= 1
+        for question in (QUESTION, REWORDED, "how long do refunds take"):
+            again = ask(url, question)
+            assert not again["cache"]["hit"], (question, again)  # answered afresh, never from the cache
+        assert not ask(url, REWORDED)["cache"]["hit"]  # and the fresh answer was not let back in
+        stored = app.state.support.feedback(collection="default")
+        assert [(f.rating, f.reason) for f in stored] == [("down", "Refunds took three weeks for me.")]
+
+        # The refunds page changes: its chunks are new, so the next answer is new evidence.
+        page = docs / "returns-and-refunds.md"
+        page.write_text(page.read_text().replace("5 to 7 business days", "3 to 5 business days"))
+        wait_for_version(url, ingest([docs], "default", settings, embedder, progress=False).version)
+        fresh = ask(url, QUESTION)
+        assert "3 to 5 business days" in fresh["answer"], fresh
+        assert ask(url, REWORDED)["cache"]["kind"] == "semantic"
+
+
+def test_feedback_errors_and_tenants(tmp_path: Path, embedder: Any) -> None:
+    from serving.keys import KeyStore
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    ingest([EXAMPLES], "other", settings, embedder, progress=False)
+    keys = KeyStore(settings.data_dir)
+    own, _ = keys.create(["default"])
+    stranger, _ = keys.create(["other"])
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        headers = {"Authorization": f"Bearer {own}"}
+        answer = httpx.post(f"{url}/v1/query", json={"question": QUESTION}, headers=headers, timeout=60).json()
+        for body, status in (
+            ({"answer_id": answer["answer_id"], "rating": "sideways"}, 400),
+            ({"answer_id": answer["answer_id"]}, 400),
+            ({"answer_id": "f" * 32, "rating": "up"}, 404),
+        ):
+            response = httpx.post(f"{url}/v1/feedback", json=body, headers=headers, timeout=30)
+            assert response.status_code == status, response.text
+            assert set(response.json()["error"]) >= {"message", "type", "code"}  # the one error shape
+        # A key of another tenant cannot see, let alone rate, this answer.
+        other = rate_with(url, answer["answer_id"], stranger)
+        assert other.status_code == 404, other.text
+        assert rate_with(url, answer["answer_id"], own).status_code == 200
+
+
+def rate_with(url: str, answer_id: str, key: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/feedback",
+        json={"answer_id": answer_id, "rating": "up"},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+
+
+def test_answers_that_need_a_person_say_so_and_reach_the_webhook(
+    tmp_path: Path, embedder: Any, webhook: tuple[str, Any]
+) -> None:
+    hook_url, hook = webhook
+    settings = make_settings(tmp_path / "data", backend="extractive", handoff_webhook_url=hook_url)
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        unknown = "What is the airspeed velocity of an unladen swallow?"
+        chat = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "default", "messages": [{"role": "user", "content": unknown}]},
+            timeout=60,
+        )
+        assert chat.status_code == 200, chat.text
+        assert chat.headers["X-RAG-Needs-Human"] == "no_answer" and chat.json()["rag"]["needs_human"] == "no_answer"
+        good = ask(url, QUESTION)
+        assert good["needs_human"] is None
+        thumbs = rate(url, chat.json()["id"], "down", conversation=[{"role": "user", "content": unknown}])
+        assert thumbs.status_code == 200, thumbs.text  # the completion id is the answer id
+        deadline = time.monotonic() + 10
+        while len(hook.received) < 2:  # the first POST got a 503 and was retried
+            assert time.monotonic() < deadline, hook.received
+            time.sleep(0.05)
+    reasons = [(event["reason"], event["answer_id"]) for event in hook.received]
+    answer_id = chat.json()["id"].removeprefix("chatcmpl-")
+    assert reasons == [("no_answer", answer_id), ("thumbs_down", answer_id)], reasons
+    assert hook.received[0]["question"] == unknown and hook.received[1]["conversation"][0]["content"] == unknown
+
+
+def test_a_thumbs_down_evicts_on_every_replica_sharing_redis_within_a_second(
+    tmp_path: Path, embedder: Any, redis_url: str, database_url: str
+) -> None:
+    """Two replicas (two apps, one Redis cache, one PostgreSQL store): the answer A gave is a
+    hit on B; the thumbs-down sent to B is refused on A by the next request, well within 1 s."""
+    overrides = {"backend": "extractive", "redis_url": redis_url, "redis_prefix": f"fb{time.time_ns()}:"}
+    settings = make_settings(tmp_path / "data", database_url=database_url, **overrides)
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    a = create_app(settings, build_pipeline(settings, embedder))
+    b = create_app(settings, build_pipeline(settings, embedder))
+    with running_server(a) as url_a, running_server(b) as url_b:
+        first = ask(url_a, QUESTION)
+        assert ask(url_b, REWORDED)["cache"]["kind"] == "semantic"
+        down = rate(url_b, first["answer_id"], "down")  # B finds A's answer in PostgreSQL
+        assert down.status_code == 200 and down.json()["evicted"] >= 1, down.text
+        started = time.monotonic()
+        again = ask(url_a, REWORDED)
+        assert time.monotonic() - started < 1.0 and not again["cache"]["hit"], again
+        assert not ask(url_a, QUESTION)["cache"]["hit"] and not ask(url_b, QUESTION)["cache"]["hit"]
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("SELECT rating, collection FROM feedback WHERE answer_id = %s", (first["answer_id"],))
+            assert rows.fetchall() == [("down", "default")]
