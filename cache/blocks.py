@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,11 @@ class Blocks:
         return f"blocks:{skey}"
 
     def add(self, skey: str, question: str, vector: np.ndarray, answer: str, group: str, tag: str | None) -> str:
+        """Block this answer here; a block it already falls under is reused (the same
+        answer voted down again adds nothing)."""
+        known = self.matching(skey, vector, answer, group)
+        if known is not None:
+            return str(known["id"])
         block = {
             "id": uuid.uuid4().hex[:16],
             "question": question,
@@ -55,15 +61,22 @@ class Blocks:
 
     def matching(self, skey: str, vector: np.ndarray, answer: str, group: str) -> dict[str, Any] | None:
         """The block this answer (to a question with ``vector``) falls under, or None."""
-        for block in self.of(skey):
-            if block["group"] != group:
-                continue
-            if block["answer"] == answer:
-                return block
-            stored = np.frombuffer(base64.b64decode(block["vector"]), dtype=np.float32)
-            if float(stored @ np.asarray(vector, dtype=np.float32).reshape(-1)) >= self.near:
-                return block
-        return None
+        return self.matcher(skey)(vector, answer, group)
+
+    def matcher(self, skey: str) -> Callable[[np.ndarray, str, str], dict[str, Any] | None]:
+        """:meth:`matching` for many answers against one read of the scope's blocks."""
+        blocks = [(b, np.frombuffer(base64.b64decode(b["vector"]), dtype=np.float32)) for b in self.of(skey)]
+
+        def match(vector: np.ndarray, answer: str, group: str) -> dict[str, Any] | None:
+            for block, stored in blocks:
+                if block["group"] == group and (
+                    block["answer"] == answer
+                    or float(stored @ np.asarray(vector, dtype=np.float32).reshape(-1)) >= self.near
+                ):
+                    return block
+            return None
+
+        return match
 
     def all(self, tag: str | None = None) -> list[dict[str, Any]]:
         """Every block (of collection ``tag``), newest first, without vectors."""

@@ -231,7 +231,7 @@ class RedisStore:
         ]
 
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
-        ttl = int(ttl_s or self.default_ttl_s) or 1
+        ttl = None if ttl_s is not None and ttl_s < 0 else int(ttl_s or self.default_ttl_s) or 1  # < 0: kept
 
         def run() -> int:
             # The index exists before its first entry: one made over existing keys indexes
@@ -251,7 +251,8 @@ class RedisStore:
             }
             with self._r.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-                pipe.expire(key, ttl)
+                if ttl is not None:
+                    pipe.expire(key, ttl)
                 pipe.set(f"{self.prefix}x:{skey}:{_digest(normalized)}", seq, ex=ttl)
                 pipe.execute()
             return seq

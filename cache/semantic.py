@@ -218,13 +218,30 @@ class SemanticCache:
         skey = self._scope_key(scope)
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         block_id = self.blocks.add(skey, question, vec, answer, group, tag)
-        found = list(self.store.near(skey, vec, 256, 0.0) or [])
+        match = self.blocks.matcher(skey)
+
+        def doomed(entry: dict[str, Any]) -> bool:
+            stored = np.frombuffer(entry["vector"], dtype=np.float32)
+            return match(stored, str(entry["payload"].get("answer")), str(entry.get("group"))) is not None
+
+        return self._remove_where(skey, question, vec, doomed), block_id
+
+    def drop(self, scope: str, question: str, vector: np.ndarray, group: str) -> int:
+        """Remove the entries of ``group`` stored for this question or near it (a curated
+        answer edited or removed); returns how many went."""
+        vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+        return self._remove_where(self._scope_key(scope), question, vec, lambda entry: entry.get("group") == group)
+
+    def _remove_where(self, skey: str, question: str, vec: np.ndarray, doomed: Callable[[dict[str, Any]], bool]) -> int:
+        # The neighbourhood: the 64 nearest entries (a block also covers the same answer to
+        # any question, checked again at each admission and hit).
+        found = list(self.store.near(skey, vec, 64, 0.0) or [])
         exact = self.store.find_exact(skey, normalize_question(question))
-        evicted = 0
+        removed = 0
         for seq, entry in found + ([exact] if exact is not None else []):
-            if self._blocked(skey, entry) and self.store.remove(skey, seq):
-                evicted += 1
-        return evicted, block_id
+            if doomed(entry) and self.store.remove(skey, seq):
+                removed += 1
+        return removed
 
     def _near(self, skey: str, query: np.ndarray, floor: float) -> list[tuple[float, int, dict[str, Any]]] | None:
         """Entries that could be a hit, or a rival close enough to make a hit ambiguous: (cosine
@@ -276,8 +293,9 @@ class SemanticCache:
         payload: dict[str, Any],
         tag: str | None = None,
         group: str | None = None,
+        keep: bool = False,
     ) -> None:
-        """Store an answer. ``tag`` (the pipeline passes the collection) lets ``clear`` drop a
+        """Store an answer (``keep``: no TTL, as a curated answer). ``tag`` (the pipeline passes the collection) lets ``clear`` drop a
         subset; entries with the same ``group`` give the same answer (the pipeline passes the
         cited chunks), so they are not rivals for the margin check."""
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -298,7 +316,7 @@ class SemanticCache:
             "group": group,
         }
         try:
-            self.store.add(self._scope_key(scope), normalize_question(question), entry, self.ttl_s)
+            self.store.add(self._scope_key(scope), normalize_question(question), entry, -1.0 if keep else self.ttl_s)
         except StoreUnavailable as exc:
             self.lookups["store_errors"] += 1
             log.warning("response cache store unavailable, answer not stored: %s", exc)

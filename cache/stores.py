@@ -68,7 +68,7 @@ class EntryStore(Protocol):
         nothing."""
 
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
-        """Store an entry; returns its number."""
+        """(``ttl_s`` below 0: no expiry.) Store an entry; returns its number."""
 
     def remove(self, skey: str, seq: int) -> bool:
         """Drop one entry now (its exact-text key then finds nothing); False if it was gone."""
@@ -154,6 +154,7 @@ class LocalStore:
         return found
 
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
+        ttl_s = None if ttl_s is not None and ttl_s < 0 else ttl_s  # < 0: kept until removed
         seq = int(self.counters.incr(f"seq:{skey}"))
         self._store.set(f"e:{skey}:{seq}", entry, expire=ttl_s)
         self._store.set(f"x:{skey}:{normalized}", seq, expire=ttl_s)

@@ -128,3 +128,30 @@ def bench_swap(
         f"publish to serving {result['publish_to_serving_s'] * 1000:.0f} ms; "
         f"{result['failed']} of {result['searches_during']} searches failed"
     )
+
+
+@bench_app.command("feedback")
+def bench_feedback(
+    corpus: Annotated[Path, typer.Option(help="Corpus to ingest (answers to vote on).")] = _BENCH_FIXTURES
+    / "covid_faq_slice.jsonl",
+    qa: Annotated[Path, typer.Option(help="qa.jsonl: the questions asked for answers.")] = _BENCH_FIXTURES
+    / "covid_faq_queries_slice.jsonl",
+    rate: Annotated[float, typer.Option(help="Votes a second, sent on a fixed schedule.")] = 200.0,
+    seconds: Annotated[float, typer.Option(help="How long to send them.")] = 10.0,
+    down_share: Annotated[float, typer.Option(help="Share of thumbs-down (each evicts and blocks).")] = 0.2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """POST /v1/feedback at a fixed rate against a `rag serve` process: votes/s answered,
+    latency, and votes lost (answered 200 but not in the store)."""
+    from eval.feedback_bench import run_feedback_bench
+
+    result = run_or_fail(lambda: run_feedback_bench(corpus, qa, load_settings(), rate, seconds, down_share))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(
+        f"{result['sent']} votes at {result['rate']:.0f}/s ({result['down_share']:.0%} down): {result['ok']} ok "
+        f"({result['per_s']}/s), statuses {result['statuses']}; p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms, "
+        f"p99 {result['p99_ms']} ms; start lag at most {result['max_start_lag_ms']} ms; "
+        f"stored {result['stored']}, lost {result['lost']}"
+    )

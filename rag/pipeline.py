@@ -19,6 +19,7 @@ from cache import CacheHit, SemanticCache
 from . import __version__
 from .cache_policy import answer_config, faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
 from .compress import compress
+from .curated import CURATED, Curating, curated_scope, curated_valid
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
 from .evidence import Evidence, Unit, merge, select_evidence, span_texts
@@ -64,7 +65,7 @@ class Prepared:
     )
 
 
-class Pipeline(Retrieval, SingleFlight):
+class Pipeline(Retrieval, SingleFlight, Curating):
     def __init__(
         self,
         settings: Settings,
@@ -134,7 +135,8 @@ class Pipeline(Retrieval, SingleFlight):
             return found.chunks, None
         t = time.perf_counter()
         agrees = sources_agree(found)
-        hit = cache.get_similar(
+        hit = cache.get_similar(curated_scope(index), prep.vector, question=prep.question, accept=curated_valid(index))
+        hit = hit or cache.get_similar(
             prep.scope,
             prep.vector,
             question=prep.question,
@@ -192,7 +194,8 @@ class Pipeline(Retrieval, SingleFlight):
             )
             prep.result.grounded = not hit.payload.get("provisional")  # a quote the guard put in
             prep.result.cache_ref = hit.ref or None
-            self._audit_later(hit, (question, collection, top_k, filters, options))
+            if hit.payload.get("answer_kind") != CURATED:  # a person's answer is not audited
+                self._audit_later(hit, (question, collection, top_k, filters, options))
             return prep
 
         prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]
@@ -215,7 +218,10 @@ class Pipeline(Retrieval, SingleFlight):
         assert index is not None
         t = time.perf_counter()
         valid = still_valid(index)
-        hit = cache.get_exact(prep.scope, prep.question, accept=valid) if cache is not None else None
+        hit = None
+        if cache is not None:  # a curated answer first, then the answers the service gave
+            hit = cache.get_exact(curated_scope(index), prep.question, accept=curated_valid(index))
+            hit = hit or cache.get_exact(prep.scope, prep.question, accept=valid)
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is not None:
             return [], hit

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ class Retrieval:
         self._watch = threading.Event()  # set: look now
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
+        # Called with each version this replica starts serving (the first load, each swap).
+        self.on_version: list[Callable[[CollectionIndex], None]] = []
 
     def get_index(self, collection: str) -> CollectionIndex:
         """The version of a collection this replica serves. Only the first request loads it; a
@@ -58,6 +61,7 @@ class Retrieval:
             if loaded is None:
                 loaded = self._indexes[collection] = self._load(collection)
                 self._start_watcher()
+                self._announce(loaded)
             return loaded
 
     def refresh(self) -> list[str]:
@@ -89,6 +93,7 @@ class Retrieval:
         with self._index_lock:
             self._indexes[name] = fresh
         self.swap_errors.pop(name, None)
+        self._announce(fresh)
         log.info(
             "collection %r now serves version %s (was %s), loaded in %.0f ms",
             name,
@@ -97,6 +102,13 @@ class Retrieval:
             (time.perf_counter() - started) * 1000,
         )
         return True
+
+    def _announce(self, index: CollectionIndex) -> None:
+        for callback in list(self.on_version):
+            try:
+                callback(index)
+            except Exception:  # a listener's failure never costs the version
+                log.exception("collection %r version %s: a listener failed", index.name, index.version)
 
     def close_indexes(self) -> None:
         self._closing.set()

@@ -49,7 +49,8 @@ class Answer:
     usage: dict[str, Any] = field(default_factory=dict)
     answer_kind: str = "generated"
     """`generated` (the model's words, every clause checked), `quoted` (sentences of the documents,
-    verbatim) or `no_answer` ("I don't know from these documents.")."""
+    verbatim), `no_answer` ("I don't know from these documents.") or `curated` (an answer a
+    person approved for this question)."""
     grounded: bool = True
     """False when the guard replaced the model's answer with the quoted evidence."""
     guard_reason: str | None = field(default=None, metadata={"internal": True})

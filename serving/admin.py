@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from rag.errors import InvalidRequestError
 
 from . import observability
+from .curation import sync_curated
 from .principals import principal_of
 
 router = APIRouter()
@@ -32,8 +33,11 @@ async def cache_stats(request: Request) -> dict[str, Any]:
 
 @router.delete("/v1/cache")
 async def cache_clear(request: Request, collection: str | None = None) -> dict[str, Any]:
-    """Drop cached answers: all, or one collection's (`?collection=NAME`)."""
-    return {"cleared": _cache(request).clear(collection), "collection": collection}
+    """Drop cached answers: all, or one collection's (`?collection=NAME`). Curated answers are
+    put back (their records are the support store's)."""
+    cleared = _cache(request).clear(collection)
+    await sync_curated(request.app.state.pipeline, request.app.state.curated, collection)
+    return {"cleared": cleared, "collection": collection}
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1,6 +1,6 @@
 """The FastAPI application: ``create_app(settings)`` wires the parts together (the pipeline
 in the lifespan, the middleware, the error handlers) and includes one router per API:
-`query` (/v1/query), `feedback` (/v1/feedback), `openai_compat` (/v1/chat/completions,
+`query` (/v1/query), `feedback` (/v1/feedback), `curation` (/v1/curated), `openai_compat` (/v1/chat/completions,
 /v1/models), `jobs` (/v1/jobs),
 `admin` (the cache, /metrics), `health` (/healthz, /readyz) and `widget` (/widget.js)."""
 
@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
-from . import admin, feedback, health, jobs, observability, openai_compat, query, widget
+from . import admin, curation, feedback, health, jobs, observability, openai_compat, query, widget
 from .auth import Authenticator, GuardMiddleware, KeyLimits
 from .database import Database
 from .errors import ERRORS, install_error_handlers
@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency)
         app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
         app.state.handoff = Handoff(settings.handoff_webhook_url)
+        curation.follow_versions(app.state.pipeline, app.state.curated, asyncio.get_running_loop())
+        await curation.sync_curated(app.state.pipeline, app.state.curated)
         try:
             yield
         finally:
@@ -76,6 +78,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.state.authenticator = authenticator
     app.state.database = database
     app.state.support = support
+    app.state.curated = curation.CuratedStore(support.sql)
     # Outermost last: request id, metrics and access log see everything, CORS headers ride
     # on 401s and 429s too (so the widget can read them), then keys and limits.
     app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=limits)
@@ -91,6 +94,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
 
     app.include_router(query.router, responses=ERRORS)
     app.include_router(feedback.router, responses=ERRORS)
+    app.include_router(curation.router, responses=ERRORS)
     app.include_router(admin.router, responses=ERRORS)
     app.include_router(health.router)  # /healthz documents no errors; /readyz its own
     return app

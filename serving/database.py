@@ -64,6 +64,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX feedback_of_answer ON feedback (answer_id);
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE curated (
+            id TEXT PRIMARY KEY, collection TEXT NOT NULL, question TEXT NOT NULL, answer TEXT NOT NULL,
+            citations TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, source TEXT NOT NULL,
+            review_reason TEXT, created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+            updated_by TEXT
+        );
+        CREATE INDEX curated_of_collection ON curated (collection, status);
+        CREATE TABLE curated_audit (
+            id TEXT PRIMARY KEY, curated_id TEXT NOT NULL, version INTEGER NOT NULL, at DOUBLE PRECISION NOT NULL,
+            who TEXT, action TEXT NOT NULL, before TEXT, after TEXT
+        );
+        CREATE INDEX curated_audit_of ON curated_audit (curated_id, at);
+        """,
+    ),
 ]
 
 

@@ -91,4 +91,10 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
         evicted=evicted, block_id=block_id,
     )  # fmt: skip
     await asyncio.to_thread(state.support.add_feedback, entry)
-    return {"answer_id": record.id, "rating": body.rating, "needs_human": needs_human, "evicted": evicted}
+    return {
+        "answer_id": record.id,
+        "rating": body.rating,
+        "needs_human": needs_human,
+        "evicted": evicted,
+        "feedback_id": entry.id,
+    }

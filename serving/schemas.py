@@ -71,6 +71,7 @@ class FeedbackResponse(BaseModel):
     rating: Literal["up", "down"]
     needs_human: str | None = Field(description="`thumbs_down` after a down vote: hand the conversation over.")
     evicted: int = Field(description="Cached entries that gave this answer and were removed (every replica).")
+    feedback_id: str = Field(description="This feedback (`POST /v1/curated/from-feedback` pins its correction).")
 
 
 def _response_model(name: str, cls: type) -> type[BaseModel]:
@@ -100,10 +101,11 @@ class TimingsOut(BaseModel):
 
 class QueryResponse(BaseModel):
     answer: str
-    answer_kind: Literal["generated", "quoted", "no_answer"] = Field(
+    answer_kind: Literal["generated", "quoted", "no_answer", "curated"] = Field(
         description="`generated`: the model's words, every clause checked against the documents; `quoted`: "
         "sentences of the documents, verbatim (the extractive backend, or what the guard served in place of an "
-        'answer they do not support); `no_answer`: "I don\'t know from these documents."'
+        'answer they do not support); `no_answer`: "I don\'t know from these documents."; `curated`: an answer '
+        "a person approved for this question (`POST /v1/curated`)."
     )
     citations: list[CitationOut]  # type: ignore[valid-type]  # a model made by create_model
     cache: CacheOut  # type: ignore[valid-type]

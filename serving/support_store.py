@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_by_day ON feedback (collection, created_at);
 CREATE INDEX IF NOT EXISTS feedback_of_answer ON feedback (answer_id);
+CREATE TABLE IF NOT EXISTS curated (
+    id TEXT PRIMARY KEY, collection TEXT NOT NULL, question TEXT NOT NULL, answer TEXT NOT NULL,
+    citations TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL, source TEXT NOT NULL,
+    review_reason TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, updated_by TEXT
+);
+CREATE INDEX IF NOT EXISTS curated_of_collection ON curated (collection, status);
+CREATE TABLE IF NOT EXISTS curated_audit (
+    id TEXT PRIMARY KEY, curated_id TEXT NOT NULL, version INTEGER NOT NULL, at REAL NOT NULL, who TEXT,
+    action TEXT NOT NULL, before TEXT, after TEXT
+);
+CREATE INDEX IF NOT EXISTS curated_audit_of ON curated_audit (curated_id, at);
 """
 
 _ANSWER_COLUMNS = (
@@ -130,6 +141,12 @@ class _Sqlite:
             self._conn.execute("BEGIN")
             self._conn.executemany(sql, rows)
 
+    def apply(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """Statements in one transaction; the rows each changed."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            return [self._conn.execute(sql, params).rowcount for sql, params in statements]
+
     def close(self) -> None:
         self._conn.close()
 
@@ -143,6 +160,13 @@ class _Postgres:
 
     def write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         self.db.run(lambda c: c.cursor().executemany(sql.replace("?", "%s"), rows))  # type: ignore[arg-type]
+
+    def apply(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        def run(conn: Any) -> list[int]:
+            with conn.transaction():
+                return [conn.execute(sql.replace("?", "%s"), params).rowcount for sql, params in statements]
+
+        return self.db.run(run)
 
     def close(self) -> None:
         return None  # the app closes the database it shares
@@ -186,21 +210,26 @@ class SupportStore:
     def add_feedback(self, feedback: Feedback) -> None:
         self.sql.write(f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES ({', '.join('?' * 10)})", [feedback.row()])
 
+    def one_feedback(self, feedback_id: str) -> Feedback | None:
+        rows = self.sql.query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE id = ?", (feedback_id,))
+        return _feedback_of(rows[0]) if rows else None
+
     def feedback(self, collection: str | None = None, rating: str | None = None, limit: int = 100) -> list[Feedback]:
         where, params = _where(collection=collection, rating=rating)
         sql = f"SELECT {_FEEDBACK_COLUMNS} FROM feedback{where} ORDER BY created_at DESC LIMIT {int(limit)}"
-        out = []
-        for row in self.sql.query(sql, params):
-            entry = Feedback(*row[1:])
-            entry.id = row[0]
-            out.append(entry)
-        return out
+        return [_feedback_of(row) for row in self.sql.query(sql, params)]
 
     def close(self) -> None:
         self._closing.set()
         self._writer.join(timeout=5)
         self.flush()
         self.sql.close()
+
+
+def _feedback_of(row: Sequence[Any]) -> Feedback:
+    entry = Feedback(*row[1:])
+    entry.id = row[0]
+    return entry
 
 
 def _where(**equal: Any) -> tuple[str, list[Any]]:

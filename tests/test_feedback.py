@@ -6,7 +6,6 @@ field, a header on the OpenAI face, and a webhook retried with backoff)."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -69,18 +68,11 @@ def webhook() -> Iterator[tuple[str, type[_Webhook]]]:
         server.server_close()
 
 
-@pytest.fixture
-def docs(tmp_path: Path) -> Path:
-    target = tmp_path / "docs"
-    shutil.copytree(EXAMPLES, target)
-    return target
-
-
 def test_thumbs_down_evicts_the_answer_and_keeps_it_out_until_its_document_changes(
-    tmp_path: Path, docs: Path, embedder: Any
+    tmp_path: Path, corpus: Path, embedder: Any
 ) -> None:
     settings = make_settings(tmp_path / "data", backend="extractive", index_poll_s=0.1)
-    ingest([docs], "default", settings, embedder, progress=False)
+    ingest([corpus], "default", settings, embedder, progress=False)
     app = create_app(settings, build_pipeline(settings, embedder))
     with running_server(app) as url:
         first = ask(url, QUESTION)
@@ -97,9 +89,9 @@ def test_thumbs_down_evicts_the_answer_and_keeps_it_out_until_its_document_chang
         assert [(f.rating, f.reason) for f in stored] == [("down", "Refunds took three weeks for me.")]
 
         # The refunds page changes: its chunks are new, so the next answer is new evidence.
-        page = docs / "returns-and-refunds.md"
+        page = corpus / "returns-and-refunds.md"
         page.write_text(page.read_text().replace("5 to 7 business days", "3 to 5 business days"))
-        wait_for_version(url, ingest([docs], "default", settings, embedder, progress=False).version)
+        wait_for_version(url, ingest([corpus], "default", settings, embedder, progress=False).version)
         fresh = ask(url, QUESTION)
         assert "3 to 5 business days" in fresh["answer"], fresh
         assert ask(url, REWORDED)["cache"]["kind"] == "semantic"
@@ -193,3 +185,14 @@ def test_a_thumbs_down_evicts_on_every_replica_sharing_redis_within_a_second(
         with psycopg.connect(database_url) as conn:
             rows = conn.execute("SELECT rating, collection FROM feedback WHERE answer_id = %s", (first["answer_id"],))
             assert rows.fetchall() == [("down", "default")]
+
+
+def test_rag_bench_feedback_counts_every_vote_it_sent(tmp_path: Path) -> None:
+    from eval.feedback_bench import run_feedback_bench
+
+    fixtures = Path(__file__).parent / "fixtures"
+    result = run_feedback_bench(
+        fixtures / "covid_faq_slice.jsonl", fixtures / "covid_faq_queries_slice.jsonl",
+        make_settings(tmp_path / "data"), rate=20, seconds=1.0, down_share=0.5,
+    )  # fmt: skip
+    assert result["sent"] == 20 and result["ok"] == 20 and result["stored"] == 20 and result["lost"] == 0, result

@@ -1,0 +1,103 @@
+"""Curated answers: an answer a person approved for a question, served first to that
+question and its rewordings.
+
+They live in the response cache's own store, in a scope of their own per collection lineage
+(so they survive re-ingests and are shared by every replica that shares the cache), kept
+without a TTL. Looking one up is the cache's lookup: the same threshold, margin, guards,
+verifier and learned boundaries, so a curated answer reaches the rewordings a cached one
+would, and no further. A curated answer stands while every chunk it cites is unchanged; one
+citing nothing stands until it is removed. The record of who pinned what (and each edit)
+is the serving layer's (:mod:`serving.curation`); this module only stores and finds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .embedder import embed_async, question_text
+from .store import CollectionIndex
+
+if TYPE_CHECKING:
+    from cache import SemanticCache
+
+    from .embedder import Embedder
+
+CURATED = "curated"
+
+
+def curated_scope(index: CollectionIndex) -> str:
+    return f"{CURATED}|{index.name}|{index.lineage}"
+
+
+def curated_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
+    """A curated answer stands while every chunk it cites is unchanged."""
+
+    def accept(payload: dict[str, Any]) -> bool:
+        cited = [int(c["id"]) for c in payload.get("citations", [])]
+        return not cited or index.has_chunks(cited)
+
+    return accept
+
+
+def group_of(curated_id: str) -> str:
+    return f"{CURATED}:{curated_id}"
+
+
+class Curating:
+    """The pipeline's side of curated answers: put one in the cache, take one out."""
+
+    cache: SemanticCache | None
+    embedder: Embedder
+
+    def get_index(self, collection: str) -> CollectionIndex:
+        raise NotImplementedError
+
+    async def _question_vector(self, question: str) -> Any:
+        return (await embed_async(self.embedder, [question_text(self.embedder, question)]))[0]
+
+    async def curate(
+        self,
+        collection: str,
+        question: str,
+        answer: str,
+        citations: list[dict[str, Any]],
+        curated_id: str,
+        version: int,
+    ) -> bool:
+        """Serve ``answer`` to ``question`` and its rewordings (in place of any earlier version
+        of this curated answer). False without a response cache (nothing to serve it from)."""
+        if self.cache is None:
+            return False
+        index = self.get_index(collection)
+        vector = await self._question_vector(question)
+        payload = {
+            "answer": answer,
+            "answer_kind": CURATED,
+            "citations": citations,
+            "curated_id": curated_id,
+            "version": version,
+            "index_version": index.version,
+        }
+        scope = curated_scope(index)
+        await asyncio.to_thread(self.cache.drop, scope, question, vector, group_of(curated_id))
+        await asyncio.to_thread(
+            self.cache.put, scope, question, vector, payload, collection, group_of(curated_id), True
+        )
+        return True
+
+    async def uncurate(self, collection: str, question: str, curated_id: str) -> int:
+        """Stop serving a curated answer; returns the entries removed."""
+        if self.cache is None:
+            return 0
+        vector = await self._question_vector(question)
+        scope = curated_scope(self.get_index(collection))
+        return await asyncio.to_thread(self.cache.drop, scope, question, vector, group_of(curated_id))
+
+    def curated_entry(self, collection: str, question: str) -> dict[str, Any] | None:
+        """The curated answer stored for exactly this question (its payload), if any."""
+        if self.cache is None:
+            return None
+        hit = self.cache.get_exact(curated_scope(self.get_index(collection)), question)
+        return hit.payload if hit is not None else None

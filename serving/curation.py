@@ -1,0 +1,311 @@
+"""Curated answers, the admin's side: pin an approved answer to a question (through the API,
+from a thumbs-down's correction, or from a file: `rag curated import`), edit it, remove it,
+and review the ones whose documents changed. Every change is a new version, audited (who,
+when, before, after) in the support store; the answer itself is served from the response
+cache's curated scope (:mod:`rag.curated`), so every replica sharing the cache serves it.
+
+When a collection's new version no longer holds a chunk a curated answer cites (the document
+changed or went), the answer stops being served and is flagged ``needs_review``, not dropped:
+approving it cites the documents' current text; editing or removing it works as always.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from rag.errors import InvalidRequestError, NotFoundError
+from rag.pipeline import Pipeline
+from rag.store import CollectionIndex
+from rag.wire import Citation
+
+from .principals import principal_of
+from .support_store import _Postgres, _Sqlite
+
+log = logging.getLogger("rag.serving")
+router = APIRouter()
+_COLUMNS = (
+    "id, collection, question, answer, citations, version, status, source, review_reason, created_at, "
+    "updated_at, updated_by"
+)
+
+
+@dataclass
+class Curated:
+    id: str
+    collection: str
+    question: str
+    answer: str
+    citations: list[dict[str, Any]]
+    version: int
+    status: str  # active, needs_review, removed
+    source: str  # api, feedback, file
+    review_reason: str | None
+    created_at: float
+    updated_at: float
+    updated_by: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Curated:
+        item = cls(*row)
+        item.citations = json.loads(row[4])
+        return item
+
+    def row(self) -> tuple[Any, ...]:
+        return tuple({**asdict(self), "citations": json.dumps(self.citations, ensure_ascii=False)}.values())
+
+
+class CuratedStore:
+    def __init__(self, sql: _Sqlite | _Postgres) -> None:
+        self.sql = sql
+
+    def get(self, curated_id: str) -> Curated | None:
+        rows = self.sql.query(f"SELECT {_COLUMNS} FROM curated WHERE id = ?", (curated_id,))
+        return Curated.from_row(rows[0]) if rows else None
+
+    def items(self, collection: str | None = None, status: str | None = None) -> list[Curated]:
+        terms = [(n, v) for n, v in (("collection", collection), ("status", status)) if v is not None]
+        where = " WHERE " + " AND ".join(f"{n} = ?" for n, _ in terms) if terms else ""
+        sql = f"SELECT {_COLUMNS} FROM curated{where} ORDER BY updated_at DESC"
+        return [Curated.from_row(r) for r in self.sql.query(sql, tuple(v for _, v in terms))]
+
+    def history(self, curated_id: str) -> list[dict[str, Any]]:
+        sql = "SELECT version, at, who, action, before, after FROM curated_audit WHERE curated_id = ? ORDER BY at, version"
+        return [
+            {"version": v, "at": at, "who": who, "action": action, "before": _load(b), "after": _load(a)}
+            for v, at, who, action, b, a in self.sql.query(sql, (curated_id,))
+        ]
+
+    def create(self, collection: str, question: str, answer: str, citations: list[dict[str, Any]], who: str | None,
+               source: str) -> Curated:  # fmt: skip
+        now = time.time()
+        item = Curated(uuid.uuid4().hex[:16], collection, question, answer, citations, 1, "active", source, None,
+                       now, now, who)  # fmt: skip
+        self.sql.apply([
+            (f"INSERT INTO curated ({_COLUMNS}) VALUES ({', '.join('?' * 12)})", item.row()),
+            _audit(item, who, "create", None),
+        ])  # fmt: skip
+        return item
+
+    def change(self, before: Curated, who: str | None, action: str, **fields: Any) -> Curated | None:
+        """A new version of ``before`` with ``fields`` changed; None if someone changed it first."""
+        after = Curated(**{**asdict(before), **fields, "version": before.version + 1})
+        after.updated_at, after.updated_by = time.time(), who
+        sets = "question = ?, answer = ?, citations = ?, version = ?, status = ?, review_reason = ?, updated_at = ?, updated_by = ?"
+        params = (after.question, after.answer, json.dumps(after.citations), after.version, after.status,
+                  after.review_reason, after.updated_at, who, before.id, before.version)  # fmt: skip
+        changed = self.sql.apply([
+            (f"UPDATE curated SET {sets} WHERE id = ? AND version = ?", params),
+            _audit(after, who, action, before),
+        ])  # fmt: skip
+        return after if changed[0] == 1 else None
+
+    def flag_stale(self, index: CollectionIndex) -> list[Curated]:
+        """Flag the active curated answers of this collection whose cited chunks are gone."""
+        flagged = []
+        for item in self.items(index.name, "active"):
+            cited = [int(c["id"]) for c in item.citations]
+            if cited and not index.has_chunks(cited):
+                reason = f"a document it cites changed in index version {index.version}"
+                done = self.change(item, "rag-service", "flag", status="needs_review", review_reason=reason)
+                flagged += [done] if done is not None else []
+        return flagged
+
+
+def _load(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _audit(item: Curated, who: str | None, action: str, before: Curated | None) -> tuple[str, tuple[Any, ...]]:
+    sql = "INSERT INTO curated_audit (id, curated_id, version, at, who, action, before, after) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    dump = json.dumps(asdict(before), ensure_ascii=False) if before is not None else None
+    after = json.dumps(asdict(item), ensure_ascii=False)
+    return sql, (uuid.uuid4().hex, item.id, item.version, time.time(), who, action, dump, after)
+
+
+def cite_documents(index: CollectionIndex, document_ids: list[str]) -> list[dict[str, Any]]:
+    """The chunks of these documents as citations (an unknown one is a 400)."""
+    citations = []
+    for document_id in document_ids:
+        chunks = index.document_chunks(document_id, 64)
+        if not chunks:
+            raise InvalidRequestError(
+                f"collection {index.name!r} has no document {document_id!r} - cite a document_id its answers cite",
+                param="document_ids",
+            )
+        citations += [asdict(Citation.from_chunk(c)) for c in chunks]
+    return citations
+
+
+async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | None = None) -> int:
+    """Put every active curated answer (of ``collection``) in the cache where its version is
+    not there yet (after a start, a cache clear, or a rebuilt collection); returns how many."""
+    put = 0
+    for item in await asyncio.to_thread(store.items, collection, "active"):
+        try:
+            stored = pipe.curated_entry(item.collection, item.question)
+        except Exception as exc:  # the collection is gone or not ingested: nothing to serve it with
+            log.warning("curated answer %s not served: %s", item.id, exc)
+            continue
+        if stored is None or stored.get("version") != item.version:
+            put += await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
+    return put
+
+
+def follow_versions(pipe: Pipeline, store: CuratedStore, loop: asyncio.AbstractEventLoop) -> None:
+    """Each version a replica starts serving: flag the curated answers whose documents changed,
+    and put the rest in the cache if they are not there (a rebuilt collection)."""
+
+    def on_version(index: CollectionIndex) -> None:
+        for item in store.flag_stale(index):
+            log.warning("curated answer %s needs review: %s", item.id, item.review_reason)
+        asyncio.run_coroutine_threadsafe(sync_curated(pipe, store, index.name), loop)
+
+    pipe.on_version.append(on_version)
+
+
+class CuratedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1, max_length=2000, description="The question (its rewordings get it too).")
+    answer: str = Field(min_length=1, max_length=20_000, description="The approved answer.")
+    collection: str | None = Field(default=None, description="The server default (RAG_COLLECTION) if unset.")
+    document_ids: list[str] = Field(
+        default_factory=list, max_length=20, description="Documents it cites: when one changes, it goes to review."
+    )
+
+
+class CuratedEdit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str | None = Field(default=None, min_length=1, max_length=2000)
+    answer: str | None = Field(default=None, min_length=1, max_length=20_000)
+
+
+class FromFeedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    feedback_id: str = Field(min_length=1, max_length=100, description="A thumbs-down that came with a correction.")
+
+
+def _admin(request: Request, collection: str) -> tuple[Pipeline, CuratedStore, str | None]:
+    principal = principal_of(request)
+    principal.require_admin()
+    principal.require_collection(collection)
+    return request.app.state.pipeline, request.app.state.curated, principal.key_id
+
+
+def _found(store: CuratedStore, curated_id: str, request: Request) -> Curated:
+    item = store.get(curated_id)
+    if item is None or item.status == "removed" or not principal_of(request).can_read(item.collection):
+        raise NotFoundError(f"no curated answer {curated_id!r} - `GET /v1/curated` lists them", param="curated_id")
+    return item
+
+
+async def _pin(request: Request, collection: str, question: str, answer: str, citations: list[dict[str, Any]],
+               source: str) -> dict[str, Any]:  # fmt: skip
+    pipe, store, who = _admin(request, collection)
+    item = await asyncio.to_thread(store.create, collection, question, answer, citations, who, source)
+    await pipe.curate(collection, question, answer, citations, item.id, item.version)
+    return asdict(item)
+
+
+@router.post("/v1/curated", status_code=201)
+async def pin(body: CuratedRequest, request: Request) -> dict[str, Any]:
+    """Pin an approved answer to a question (admin)."""
+    collection = body.collection or request.app.state.settings.collection
+    _admin(request, collection)
+    index = request.app.state.pipeline.get_index(collection)
+    citations = cite_documents(index, body.document_ids)
+    return await _pin(request, collection, body.question, body.answer, citations, "api")
+
+
+@router.post("/v1/curated/from-feedback", status_code=201)
+async def pin_correction(body: FromFeedback, request: Request) -> dict[str, Any]:
+    """Pin a thumbs-down's correction to the question it answered, citing what it cited (admin)."""
+    support = request.app.state.support
+    vote = await asyncio.to_thread(support.one_feedback, body.feedback_id)
+    record = await asyncio.to_thread(support.answer, vote.answer_id) if vote and vote.rating == "down" else None
+    if vote is None or record is None or not vote.correction:
+        raise NotFoundError(
+            f"no thumbs-down {body.feedback_id!r} with a correction - pin it with `POST /v1/curated` instead",
+            param="feedback_id",
+        )
+    return await _pin(request, record.collection, record.question, vote.correction, record.citations, "feedback")
+
+
+async def _new_version(
+    request: Request, curated_id: str, action: str, fields: Callable[[Curated, Pipeline], dict[str, Any]]
+) -> tuple[Pipeline, Curated, Curated]:
+    """(the pipeline, the version before, the new version) after an admin's change."""
+    store: CuratedStore = request.app.state.curated
+    before = _found(store, curated_id, request)
+    pipe, _, who = _admin(request, before.collection)
+    after = await asyncio.to_thread(store.change, before, who, action, **fields(before, pipe))
+    if after is None:
+        raise InvalidRequestError(f"curated answer {curated_id} changed meanwhile - read it again", param="curated_id")
+    return pipe, before, after
+
+
+@router.patch("/v1/curated/{curated_id}")
+async def edit(curated_id: str, body: CuratedEdit, request: Request) -> dict[str, Any]:
+    """A new version: the question, the answer or both (admin)."""
+    changes = {k: v for k, v in body.model_dump().items() if v is not None}
+    pipe, before, after = await _new_version(request, curated_id, "edit", lambda _b, _p: changes)
+    await pipe.uncurate(before.collection, before.question, before.id)
+    if after.status == "active":
+        await pipe.curate(after.collection, after.question, after.answer, after.citations, after.id, after.version)
+    return asdict(after)
+
+
+@router.post("/v1/curated/{curated_id}/approve")
+async def approve(curated_id: str, request: Request) -> dict[str, Any]:
+    """Back in service after review: it cites its documents' current text (admin)."""
+
+    def recited(before: Curated, pipe: Pipeline) -> dict[str, Any]:
+        documents = list(dict.fromkeys(c["document_id"] for c in before.citations))
+        citations = cite_documents(pipe.get_index(before.collection), documents)
+        return {"status": "active", "review_reason": None, "citations": citations}
+
+    pipe, _, after = await _new_version(request, curated_id, "approve", recited)
+    await pipe.curate(after.collection, after.question, after.answer, after.citations, after.id, after.version)
+    return asdict(after)
+
+
+@router.delete("/v1/curated/{curated_id}")
+async def remove(curated_id: str, request: Request) -> dict[str, Any]:
+    """Stop serving it; the record and its history stay (admin)."""
+    pipe, before, after = await _new_version(request, curated_id, "remove", lambda _b, _p: {"status": "removed"})
+    await pipe.uncurate(before.collection, before.question, before.id)
+    return asdict(after)
+
+
+@router.get("/v1/curated")
+async def list_curated(
+    request: Request, collection: str | None = None, status: Literal["active", "needs_review", "removed"] | None = None
+) -> dict[str, Any]:
+    """The curated answers (of a collection, in a status), newest change first (admin)."""
+    principal = principal_of(request)
+    principal.require_admin()
+    items = await asyncio.to_thread(request.app.state.curated.items, collection, status)
+    return {"data": [asdict(i) for i in items if principal.can_read(i.collection)]}
+
+
+@router.get("/v1/curated/{curated_id}/history")
+async def curated_history(curated_id: str, request: Request) -> dict[str, Any]:
+    """Every version: who, when, what it was before and after (admin)."""
+    principal_of(request).require_admin()
+    store: CuratedStore = request.app.state.curated
+    item = store.get(curated_id)
+    if item is None or not principal_of(request).can_read(item.collection):
+        raise NotFoundError(f"no curated answer {curated_id!r}", param="curated_id")
+    return {"data": await asyncio.to_thread(store.history, curated_id)}

@@ -1,0 +1,139 @@
+"""Curated answers: pinned by an admin (the API, a thumbs-down's correction, a file), served
+first to the question and its rewordings through the cache's own checks, versioned and
+audited, kept across re-ingests, and sent to review (not dropped) when a document they cite
+changes; a cached answer citing it is invalidated too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from typer.testing import CliRunner
+
+from cli import app as cli_app
+from ingest.runner import ingest
+from rag.pipeline import build_pipeline
+from serving.app import create_app
+
+from .conftest import EXAMPLES, make_settings
+from .servers import running_server, wait_for_version
+
+PINNED = "Refunds reach your card within 5 to 7 business days of our receiving the return."
+
+
+def ask(url: str, question: str) -> dict[str, Any]:
+    response = httpx.post(f"{url}/v1/query", json={"question": question}, timeout=60)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def call(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+    response = httpx.request(method, url, timeout=60, **kwargs)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+def test_pin_edit_remove_and_the_history_of_each(tmp_path: Path, corpus: Path, embedder: Any) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive", index_poll_s=0.1)
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        pinned = call(
+            "POST", f"{url}/v1/curated",
+            json={"question": "How long do refunds take?", "answer": PINNED, "document_ids": ["returns-and-refunds.md"]},
+        )  # fmt: skip
+        assert pinned["status"] == "active" and pinned["version"] == 1 and pinned["citations"]
+        for question in ("How long do refunds take?", "How long does a refund take?"):
+            served = ask(url, question)
+            assert (served["answer_kind"], served["answer"]) == ("curated", PINNED), served
+            assert served["citations"][0]["document_id"] == "returns-and-refunds.md"
+        assert ask(url, "Do gift cards expire?")["answer_kind"] != "curated"  # another question is not its
+
+        # Unrelated documents change: the curated answer stays.
+        (corpus / "gift-cards.txt").write_text("Gift cards\n\nGift cards are valid for 5 years.\n")
+        wait_for_version(url, ingest([corpus], "default", settings, embedder, progress=False).version)
+        assert ask(url, "How long does a refund take?")["answer"] == PINNED
+
+        edited = call("PATCH", f"{url}/v1/curated/{pinned['id']}", json={"answer": "Five to seven business days."})
+        assert edited["version"] == 2
+        assert ask(url, "How long does a refund take?")["answer"] == "Five to seven business days."
+        call("DELETE", f"{url}/v1/curated/{pinned['id']}")
+        assert ask(url, "How long does a refund take?")["answer_kind"] != "curated"
+        history = call("GET", f"{url}/v1/curated/{pinned['id']}/history")["data"]
+        assert [(h["version"], h["action"]) for h in history] == [(1, "create"), (2, "edit"), (3, "remove")]
+        assert (
+            history[1]["before"]["answer"] == PINNED and history[1]["after"]["answer"] == "Five to seven business days."
+        )
+        assert all(h["who"] == "anonymous" or h["who"] is None for h in history)  # no keys: the local admin
+
+
+def test_a_changed_document_sends_its_curated_answer_to_review_and_its_cached_answers_go(
+    tmp_path: Path, corpus: Path, embedder: Any
+) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive", index_poll_s=0.1)
+    ingest([corpus], "default", settings, embedder, progress=False)
+    app = create_app(settings, build_pipeline(settings, embedder))
+    with running_server(app) as url:
+        cached = ask(url, "Do gift cards expire?")  # a cached answer citing gift-cards.txt
+        assert ask(url, "Do gift cards expire?")["cache"]["kind"] == "exact"
+        pinned = call(
+            "POST", f"{url}/v1/curated",
+            json={"question": "Can I use a gift card online?", "answer": "Yes, at checkout.", "document_ids": ["gift-cards.txt"]},
+        )  # fmt: skip
+        assert ask(url, "Can I use a gift card online?")["answer_kind"] == "curated"
+
+        (corpus / "gift-cards.txt").write_text("Gift cards\n\nFrom March, gift cards expire after 3 years.\n")
+        wait_for_version(url, ingest([corpus], "default", settings, embedder, progress=False).version)
+        again = ask(url, "Do gift cards expire?")
+        assert not again["cache"]["hit"] and "3 years" in again["answer"] and cached["answer"] != again["answer"]
+        assert ask(url, "Can I use a gift card online?")["answer_kind"] != "curated"  # not served meanwhile
+        review = call("GET", f"{url}/v1/curated", params={"status": "needs_review"})["data"]
+        assert [r["id"] for r in review] == [pinned["id"]] and "changed" in review[0]["review_reason"]
+
+        approved = call("POST", f"{url}/v1/curated/{pinned['id']}/approve")
+        assert approved["status"] == "active" and approved["citations"][0]["id"] != pinned["citations"][0]["id"]
+        assert ask(url, "Can I use a gift card online?")["answer"] == "Yes, at checkout."
+        actions = [h["action"] for h in call("GET", f"{url}/v1/curated/{pinned['id']}/history")["data"]]
+        assert actions == ["create", "flag", "approve"]
+
+
+def test_a_thumbs_down_correction_and_a_file_become_curated_answers(tmp_path: Path, embedder: Any) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        answer = ask(url, "Which countries do you ship to?")
+        vote = call(
+            "POST", f"{url}/v1/feedback",
+            json={"answer_id": answer["answer_id"], "rating": "down", "correction": "We ship to the EU, the UK and Norway."},
+        )  # fmt: skip
+        pinned = call("POST", f"{url}/v1/curated/from-feedback", json={"feedback_id": vote["feedback_id"]})
+        assert pinned["source"] == "feedback" and pinned["citations"] == answer["citations"]
+        served = ask(url, "Which countries do you ship to?")
+        assert (served["answer_kind"], served["answer"]) == ("curated", "We ship to the EU, the UK and Norway.")
+        missing = httpx.post(f"{url}/v1/curated/from-feedback", json={"feedback_id": "nope"}, timeout=30)
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "feedback_id"
+
+    lines = tmp_path / "pinned.tsv"
+    lines.write_text("Do you sell gift wrap?\tYes: add it at checkout for 3 EUR.\nno tab on this line\n")
+    result = CliRunner().invoke(cli_app, ["curated", "import", str(lines), "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "pinned 1 curated answers" in result.output and "line 2: needs a question and an answer" in result.output
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        served = ask(url, "Do you sell gift wrap?")
+        assert (served["answer_kind"], served["answer"]) == ("curated", "Yes: add it at checkout for 3 EUR.")
+
+
+def test_only_an_admin_key_curates(tmp_path: Path, embedder: Any) -> None:
+    from serving.keys import KeyStore
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    keys = KeyStore(settings.data_dir)
+    reader, _ = keys.create(["default"])
+    admin, _ = keys.create([], admin=True)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        body = {"question": "Do you sell gift wrap?", "answer": "Yes."}
+        refused = httpx.post(f"{url}/v1/curated", json=body, headers={"Authorization": f"Bearer {reader}"}, timeout=30)
+        assert refused.status_code == 403, refused.text
+        made = httpx.post(f"{url}/v1/curated", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+        assert made.status_code == 201 and made.json()["updated_by"], made.text
