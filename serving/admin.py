@@ -1,14 +1,16 @@
-"""The admin routes: the response cache (`/v1/cache/stats`, `DELETE /v1/cache`) and the
+"""The admin routes: the response cache (`/v1/cache/stats`, `DELETE /v1/cache`, the answers a
+thumbs-down keeps out: `/v1/cache/blocks`) and the
 Prometheus metrics (`/metrics`); an admin key where keys are configured."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from rag.errors import InvalidRequestError
+from rag.errors import InvalidRequestError, NotFoundError
 
 from . import observability
 from .curation import sync_curated
@@ -38,6 +40,21 @@ async def cache_clear(request: Request, collection: str | None = None) -> dict[s
     cleared = _cache(request).clear(collection)
     await sync_curated(request.app.state.pipeline, request.app.state.curated, collection)
     return {"cleared": cleared, "collection": collection}
+
+
+@router.get("/v1/cache/blocks")
+async def cache_blocks(request: Request, collection: str | None = None) -> dict[str, Any]:
+    """Answers kept out of the cache by a thumbs-down (of a collection), newest first."""
+    cache = _cache(request)
+    return {"data": await asyncio.to_thread(cache.blocks.all, collection)}
+
+
+@router.delete("/v1/cache/blocks/{block_id}")
+async def cache_block_lift(block_id: str, request: Request) -> dict[str, Any]:
+    """An admin approves the answer: it may be cached again."""
+    if not await asyncio.to_thread(_cache(request).blocks.lift, block_id):
+        raise NotFoundError(f"no block {block_id!r} - `GET /v1/cache/blocks` lists them", param="block_id")
+    return {"lifted": block_id}
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -67,7 +67,7 @@ def test_pin_edit_remove_and_the_history_of_each(tmp_path: Path, corpus: Path, e
         assert all(h["who"] == "anonymous" or h["who"] is None for h in history)  # no keys: the local admin
 
 
-def test_a_changed_document_sends_its_curated_answer_to_review_and_its_cached_answers_go(
+def test_a_changed_or_deleted_document_sends_its_curated_answers_to_review_and_its_cached_answers_go(
     tmp_path: Path, corpus: Path, embedder: Any
 ) -> None:
     settings = make_settings(tmp_path / "data", backend="extractive", index_poll_s=0.1)
@@ -95,6 +95,22 @@ def test_a_changed_document_sends_its_curated_answer_to_review_and_its_cached_an
         assert ask(url, "Can I use a gift card online?")["answer"] == "Yes, at checkout."
         actions = [h["action"] for h in call("GET", f"{url}/v1/curated/{pinned['id']}/history")["data"]]
         assert actions == ["create", "flag", "approve"]
+
+        # A document deleted: its cached answers and curated answers go the same way.
+        tracked = ask(url, "How do I track my parcel?")
+        assert any(c["document_id"] == "tracking-a-parcel.txt" for c in tracked["citations"]), tracked
+        assert ask(url, "How do I track my parcel?")["cache"]["kind"] == "exact"
+        pinned = call(
+            "POST", f"{url}/v1/curated",
+            json={"question": "Where is my parcel?", "answer": "Use the tracking link.", "document_ids": ["tracking-a-parcel.txt"]},
+        )  # fmt: skip
+        (corpus / "tracking-a-parcel.txt").unlink()
+        wait_for_version(url, ingest([corpus], "default", settings, embedder, progress=False).version)
+        gone = ask(url, "How do I track my parcel?")
+        assert not gone["cache"]["hit"] and all(c["document_id"] != "tracking-a-parcel.txt" for c in gone["citations"])
+        assert ask(url, "Where is my parcel?")["answer_kind"] != "curated"
+        flagged = call("GET", f"{url}/v1/curated", params={"status": "needs_review"})["data"]
+        assert [r["id"] for r in flagged] == [pinned["id"]]
 
 
 def test_a_thumbs_down_correction_and_a_file_become_curated_answers(tmp_path: Path, embedder: Any) -> None:

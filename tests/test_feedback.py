@@ -87,14 +87,26 @@ def test_thumbs_down_evicts_the_answer_and_keeps_it_out_until_its_document_chang
         assert not ask(url, REWORDED)["cache"]["hit"]  # and the fresh answer was not let back in
         stored = app.state.support.feedback(collection="default")
         assert [(f.rating, f.reason) for f in stored] == [("down", "Refunds took three weeks for me.")]
+        blocks = httpx.get(f"{url}/v1/cache/blocks", timeout=30).json()["data"]
+        assert [b["question"] for b in blocks] == [QUESTION] and blocks[0]["id"] == stored[0].block_id
 
         # The refunds page changes: its chunks are new, so the next answer is new evidence.
         page = corpus / "returns-and-refunds.md"
         page.write_text(page.read_text().replace("5 to 7 business days", "3 to 5 business days"))
         wait_for_version(url, ingest([corpus], "default", settings, embedder, progress=False).version)
         fresh = ask(url, QUESTION)
-        assert "3 to 5 business days" in fresh["answer"], fresh
-        assert ask(url, REWORDED)["cache"]["kind"] == "semantic"
+        assert "3 to 5 business days" in fresh["answer"] and not fresh["cache"]["hit"], fresh
+        assert ask(url, QUESTION)["cache"]["kind"] == "exact"  # the new answer is cached
+
+        # Voted down too; then an admin approves it after all: it may be cached again.
+        assert rate(url, fresh["answer_id"], "down").json()["evicted"] >= 1
+        assert not ask(url, QUESTION)["cache"]["hit"] and not ask(url, QUESTION)["cache"]["hit"]
+        blocks = httpx.get(f"{url}/v1/cache/blocks", params={"collection": "default"}, timeout=30).json()["data"]
+        assert len(blocks) == 2 and blocks[0]["answer"] == fresh["answer"]  # newest first
+        assert httpx.delete(f"{url}/v1/cache/blocks/{blocks[0]['id']}", timeout=30).status_code == 200
+        assert httpx.delete(f"{url}/v1/cache/blocks/{blocks[0]['id']}", timeout=30).status_code == 404
+        ask(url, QUESTION)
+        assert ask(url, QUESTION)["cache"]["kind"] == "exact"
 
 
 def test_feedback_errors_and_tenants(tmp_path: Path, embedder: Any) -> None:
