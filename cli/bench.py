@@ -155,3 +155,25 @@ def bench_feedback(
         f"p99 {result['p99_ms']} ms; start lag at most {result['max_start_lag_ms']} ms; "
         f"stored {result['stored']}, lost {result['lost']}"
     )
+
+
+@bench_app.command("admin")
+def bench_admin(
+    answers: Annotated[int, typer.Option(help="Stored answers (30 days of them) behind the page.")] = 100_000,
+    loads: Annotated[int, typer.Option(help="Page loads to time.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The admin page's load time in Chromium (navigation to charts and tables drawn) over a
+    support store of N answers, served by a `rag serve` process."""
+    from eval.admin_bench import run_admin_bench
+
+    corpus = Path(__file__).resolve().parents[1] / "examples" / "help-center"
+    result = run_or_fail(lambda: run_admin_bench(corpus, load_settings(), answers, loads))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(
+        f"{result['answers']:,} stored answers: admin page drawn in {result['p50_ms']} ms (median of "
+        f"{len(result['page_load_ms'])}: {result['page_load_ms']}); the report API's first call "
+        f"{result['report_api_first_ms']} ms; {result['unanswered_groups_shown']} unanswered groups shown"
+    )

@@ -1,20 +1,26 @@
 """The admin routes: the response cache (`/v1/cache/stats`, `DELETE /v1/cache`, the answers a
-thumbs-down keeps out: `/v1/cache/blocks`) and the
+thumbs-down keeps out: `/v1/cache/blocks`), the support report and its page (`/v1/admin/report`,
+`/admin`) and the
 Prometheus metrics (`/metrics`); an admin key where keys are configured."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 
 from rag.errors import InvalidRequestError, NotFoundError
 
 from . import observability
 from .curation import sync_curated
 from .principals import principal_of
+from .report import build_report
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 router = APIRouter()
 
@@ -55,6 +61,32 @@ async def cache_block_lift(block_id: str, request: Request) -> dict[str, Any]:
     if not await asyncio.to_thread(_cache(request).blocks.lift, block_id):
         raise NotFoundError(f"no block {block_id!r} - `GET /v1/cache/blocks` lists them", param="block_id")
     return {"lifted": block_id}
+
+
+@router.get("/v1/admin/report")
+async def admin_report(request: Request, collection: str | None = None, days: int = 30) -> dict[str, Any]:
+    """Per day: resolution, abstention and cache hit rates, p50/p95 latency; the unanswered
+    questions grouped by meaning; the answers voted down (of a collection, or all a key reads)."""
+    principal = principal_of(request)
+    principal.require_admin()
+    if collection is not None:
+        principal.require_collection(collection)
+    if not 1 <= days <= 366:
+        raise InvalidRequestError("days is 1 to 366", param="days")
+    state = request.app.state
+    since = time.time() - days * 86_400
+    return await asyncio.to_thread(build_report, state.support, state.pipeline.embedder, collection, since)
+
+
+@router.get("/admin", include_in_schema=False)
+async def admin_page() -> FileResponse:
+    """The admin page (no data of its own: it asks the API with an admin key)."""
+    return FileResponse(STATIC / "admin.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/admin/admin.js", include_in_schema=False)
+async def admin_script() -> FileResponse:
+    return FileResponse(STATIC / "admin.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/metrics", include_in_schema=False)

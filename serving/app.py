@@ -35,7 +35,6 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     keys = open_key_store(settings, database)
     authenticator = Authenticator(keys)
     limits = KeyLimits(settings)
-    support = open_support_store(settings.data_dir, database)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -46,12 +45,15 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
         app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency)
         app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
+        support = app.state.support = open_support_store(settings.data_dir, database)
+        app.state.curated = curation.CuratedStore(support.sql)
         app.state.handoff = Handoff(settings.handoff_webhook_url)
-        curation.follow_versions(app.state.pipeline, app.state.curated, asyncio.get_running_loop())
-        await curation.sync_curated(app.state.pipeline, app.state.curated)
+        follower = curation.follow_versions(app.state.pipeline, app.state.curated, asyncio.get_running_loop())
+        await curation.start(app.state.pipeline, app.state.curated)
         try:
             yield
         finally:
+            app.state.pipeline.on_version.remove(follower)
             await app.state.jobs.aclose()
             await app.state.handoff.aclose()
             support.close()
@@ -77,8 +79,6 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.state.settings = settings
     app.state.authenticator = authenticator
     app.state.database = database
-    app.state.support = support
-    app.state.curated = curation.CuratedStore(support.sql)
     # Outermost last: request id, metrics and access log see everything, CORS headers ride
     # on 401s and 429s too (so the widget can read them), then keys and limits.
     app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=limits)

@@ -42,7 +42,18 @@ log = logging.getLogger("rag.serving")
 # Reachable without a key: liveness/readiness probes, the widget script, the API schema.
 # A refused body up to this many times RAG_MAX_BODY_BYTES is read and dropped before the 413.
 DRAIN_FACTOR = 8
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/widget.js", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+PUBLIC_PATHS = frozenset(
+    {
+        "/healthz",
+        "/readyz",
+        "/widget.js",
+        "/admin",
+        "/admin/admin.js",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/openapi.json",
+    }
+)  # the admin page holds no data: it asks the API with the admin key its user enters
 
 
 class Authenticator:

@@ -161,7 +161,21 @@ async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | No
     return put
 
 
-def follow_versions(pipe: Pipeline, store: CuratedStore, loop: asyncio.AbstractEventLoop) -> None:
+async def start(pipe: Pipeline, store: CuratedStore) -> None:
+    """At start-up: the curated answers into the cache (a store that is away delays them to
+    the next version the replica loads; it never stops the start)."""
+    try:
+        put = await sync_curated(pipe, store)
+    except Exception as exc:
+        log.warning("curated answers not loaded at start: %s", exc)
+    else:
+        if put:
+            log.info("%d curated answers put in the cache", put)
+
+
+def follow_versions(
+    pipe: Pipeline, store: CuratedStore, loop: asyncio.AbstractEventLoop
+) -> Callable[[CollectionIndex], None]:
     """Each version a replica starts serving: flag the curated answers whose documents changed,
     and put the rest in the cache if they are not there (a rebuilt collection)."""
 
@@ -171,6 +185,7 @@ def follow_versions(pipe: Pipeline, store: CuratedStore, loop: asyncio.AbstractE
         asyncio.run_coroutine_threadsafe(sync_curated(pipe, store, index.name), loop)
 
     pipe.on_version.append(on_version)
+    return on_version
 
 
 class CuratedRequest(BaseModel):

@@ -54,7 +54,8 @@ MIGRATIONS: list[tuple[int, str]] = [
             similarity DOUBLE PRECISION, cache_ref TEXT, cache_scope TEXT, cache_group TEXT NOT NULL,
             latency_ms DOUBLE PRECISION NOT NULL, needs_human TEXT, citations TEXT NOT NULL
         );
-        CREATE INDEX answers_by_day ON answers (collection, created_at);
+        CREATE INDEX answers_stats ON answers (collection, created_at) INCLUDE (answer_kind, cache_kind, latency_ms, id);
+        CREATE INDEX answers_unanswered ON answers (collection, answer_kind, created_at) INCLUDE (question);
         CREATE TABLE feedback (
             id TEXT PRIMARY KEY, answer_id TEXT NOT NULL, collection TEXT NOT NULL, rating TEXT NOT NULL,
             reason TEXT, correction TEXT, key_id TEXT, created_at DOUBLE PRECISION NOT NULL, evicted INTEGER,

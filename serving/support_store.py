@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS answers (
     similarity REAL, cache_ref TEXT, cache_scope TEXT, cache_group TEXT NOT NULL,
     latency_ms REAL NOT NULL, needs_human TEXT, citations TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS answers_by_day ON answers (collection, created_at);
+-- The report reads these without touching the rows (covering indexes).
+CREATE INDEX IF NOT EXISTS answers_stats ON answers (collection, created_at, answer_kind, cache_kind, latency_ms, id);
+CREATE INDEX IF NOT EXISTS answers_unanswered ON answers (collection, answer_kind, created_at, question);
 CREATE TABLE IF NOT EXISTS feedback (
     id TEXT PRIMARY KEY, answer_id TEXT NOT NULL, collection TEXT NOT NULL, rating TEXT NOT NULL,
     reason TEXT, correction TEXT, key_id TEXT, created_at REAL NOT NULL, evicted INTEGER, block_id TEXT

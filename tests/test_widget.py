@@ -118,6 +118,40 @@ def test_widget_thumbs_down_reaches_the_service_and_takes_the_answer_out_of_the_
     page.close()
 
 
+def test_a_thumbs_down_in_the_widget_shows_on_the_admin_page_and_a_pin_there_changes_the_next_answer(
+    site: dict[str, str], browser: Any
+) -> None:
+    question = "Can I pay with PayPal?"
+    pinned = "Yes: choose PayPal at checkout, it is charged when the order ships."
+    widget = browser.new_page()
+    widget.goto(site["page"])
+    _ask(widget, question)
+    widget.get_by_role("button", name="Not helpful").click(timeout=30_000)
+    widget.get_by_text("A person from our team will follow up").wait_for(timeout=10_000)
+
+    admin = browser.new_page(viewport={"width": 1200, "height": 900})
+    admin.goto(f"{site['service']}/admin")
+    admin.wait_for_selector("body[data-loaded]", timeout=30_000)
+    row = admin.locator("tr.voted-down", has_text=question)
+    row.wait_for(timeout=10_000)
+    assert admin.locator("#tiles").inner_text()  # the overview and the charts are drawn
+    assert admin.locator("#rates svg polyline").count() == 3 and admin.locator("#latency svg polyline").count() == 2
+    row.get_by_label(f"Answer to pin for: {question}").fill(pinned)
+    row.get_by_role("button", name="Pin").click()
+    admin.locator("tr.curated", has_text=pinned).wait_for(timeout=10_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    admin.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+
+    widget.close()
+    customer = browser.new_page()  # the next customer to ask (a follow-up is never answered from the cache)
+    customer.goto(site["page"])
+    _ask(customer, question)
+    customer.locator(".rag-bot .rag-rate").wait_for(timeout=30_000)
+    assert customer.locator(".rag-bot").first.inner_text().startswith(pinned)
+    customer.close()
+    admin.close()
+
+
 def test_widget_says_so_when_the_service_is_unreachable(site: dict[str, str], browser: Any) -> None:
     page = browser.new_page()
     page.goto(site["down"])

@@ -1,0 +1,78 @@
+"""`rag report` and the admin page's report: per-day rates and latency from the support
+store, the unanswered questions grouped by meaning, the answers voted down."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from cli import app as cli_app
+from serving.report import build_report
+from serving.support_store import AnswerRecord, Feedback, open_support_store
+
+DAY = 86_400
+
+
+def _answer(n: int, when: float, question: str, kind: str = "quoted", cached: str | None = None) -> AnswerRecord:
+    citations = [] if kind == "no_answer" else [{"id": n, "document_id": "d.md", "title": "D", "text": "t"}]
+    return AnswerRecord(
+        f"a{n}", when, "default", None, question, "It is so." if kind != "no_answer" else "I don't know.", kind,
+        cached, 0.95 if cached else None, None, None, "g", 10.0 * (n % 10 + 1), None, citations,
+    )  # fmt: skip
+
+
+def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(tmp_path: Path, embedder: Any) -> None:
+    store = open_support_store(tmp_path, None)
+    now = time.time()
+    unanswered = [
+        "Do you offer a student discount?", "Is there a discount for students?", "student discount?",
+        "Can I bring my dog into the store?", "Are dogs allowed in your shops?",
+        "Do you offer a student discount?",
+    ]  # fmt: skip
+    for n, question in enumerate(unanswered):
+        store.record(_answer(n, now - 2 * DAY, question, "no_answer"))
+    for n in range(10, 20):  # yesterday: 10 answers, 4 cache hits, 2 voted down
+        store.record(_answer(n, now - DAY, f"Question {n}?", cached="exact" if n < 14 else None))
+    store.flush()
+    for n in (10, 11):
+        store.add_feedback(Feedback(f"a{n}", "default", "down", "wrong", None, None))
+    store.add_feedback(Feedback("a12", "default", "up", None, None, None))
+
+    report = build_report(store, embedder, "default", now - 7 * DAY)
+    assert report["answers"] == 16
+    older, newer = report["days"]
+    assert (older["answers"], older["abstention_rate"], older["resolution_rate"]) == (6, 1.0, 0.0)
+    assert (newer["answers"], newer["resolution_rate"], newer["voted_down"], newer["cache_hit_rate"]) == (
+        10,
+        0.8,
+        2,
+        0.4,
+    )
+    assert newer["p50_ms"] == 55.0 and newer["p95_ms"] > newer["p50_ms"]
+    groups = [(g["count"], sorted(g["examples"])) for g in report["unanswered"]]
+    assert groups[0][0] == 4 and "Is there a discount for students?" in groups[0][1], groups
+    assert groups[1] == (2, ["Are dogs allowed in your shops?", "Can I bring my dog into the store?"]), groups
+    assert {d["answer_id"] for d in report["voted_down"]} == {"a10", "a11"}
+    assert report["voted_down"][0]["citations"][0]["document_id"] == "d.md"
+    store.close()
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli_app, ["report", "--data-dir", str(tmp_path), "--collection", "default", "--json", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "report.json").read_text())["answers"] == 16
+    assert (out / "report-rates.png").stat().st_size > 1000 and (out / "report-latency.png").stat().st_size > 1000
+
+
+def test_rag_bench_admin_draws_the_page_over_a_filled_store(tmp_path: Path) -> None:
+    from eval.admin_bench import run_admin_bench
+
+    from .conftest import EXAMPLES, make_settings
+
+    result = run_admin_bench(EXAMPLES, make_settings(tmp_path / "unused"), answers=3000, loads=1)
+    assert len(result["page_load_ms"]) == 1 and result["unanswered_groups_shown"] >= 1, result
