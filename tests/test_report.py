@@ -25,9 +25,7 @@ def _answer(n: int, when: float, question: str, kind: str = "quoted", cached: st
     )  # fmt: skip
 
 
-def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(tmp_path: Path, embedder: Any) -> None:
-    store = open_support_store(tmp_path, None)
-    now = time.time()
+def _fill(store: Any, now: float) -> None:
     unanswered = [
         "Do you offer a student discount?", "Is there a discount for students?", "student discount?",
         "Can I bring my dog into the store?", "Are dogs allowed in your shops?",
@@ -35,14 +33,15 @@ def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(t
     ]  # fmt: skip
     for n, question in enumerate(unanswered):
         store.record(_answer(n, now - 2 * DAY, question, "no_answer"))
-    for n in range(10, 20):  # yesterday: 10 answers, 4 cache hits, 2 voted down
+    for n in range(10, 20):  # yesterday: 10 answers, 4 cache hits, 2 voted down (one of them twice)
         store.record(_answer(n, now - DAY, f"Question {n}?", cached="exact" if n < 14 else None))
     store.flush()
-    for n in (10, 11):
+    for n in (10, 11, 11):
         store.add_feedback(Feedback(f"a{n}", "default", "down", "wrong", None, None))
     store.add_feedback(Feedback("a12", "default", "up", None, None, None))
 
-    report = build_report(store, embedder, "default", now - 7 * DAY)
+
+def _check(report: dict[str, Any]) -> None:
     assert report["answers"] == 16
     older, newer = report["days"]
     assert (older["answers"], older["abstention_rate"], older["resolution_rate"]) == (6, 1.0, 0.0)
@@ -56,8 +55,15 @@ def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(t
     groups = [(g["count"], sorted(g["examples"])) for g in report["unanswered"]]
     assert groups[0][0] == 4 and "Is there a discount for students?" in groups[0][1], groups
     assert groups[1] == (2, ["Are dogs allowed in your shops?", "Can I bring my dog into the store?"]), groups
-    assert {d["answer_id"] for d in report["voted_down"]} == {"a10", "a11"}
+    assert {d["answer_id"] for d in report["voted_down"]} == {"a10", "a11"} and len(report["voted_down"]) == 3
     assert report["voted_down"][0]["citations"][0]["document_id"] == "d.md"
+
+
+def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(tmp_path: Path, embedder: Any) -> None:
+    store = open_support_store(tmp_path, None)
+    now = time.time()
+    _fill(store, now)
+    _check(build_report(store, embedder, "default", now - 7 * DAY))
     store.close()
 
     out = tmp_path / "out"
@@ -67,6 +73,20 @@ def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(t
     assert result.exit_code == 0, result.output
     assert json.loads((out / "report.json").read_text())["answers"] == 16
     assert (out / "report-rates.png").stat().st_size > 1000 and (out / "report-latency.png").stat().st_size > 1000
+
+
+def test_the_report_reads_postgresql_the_same(tmp_path: Path, embedder: Any, database_url: str) -> None:
+    from serving.database import Database
+
+    database = Database(database_url).open()
+    store = open_support_store(tmp_path, database)
+    try:
+        now = time.time()
+        _fill(store, now)
+        _check(build_report(store, embedder, "default", now - 7 * DAY))
+    finally:
+        store.close()
+        database.close()
 
 
 def test_rag_bench_admin_draws_the_page_over_a_filled_store(tmp_path: Path) -> None:
