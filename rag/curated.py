@@ -20,7 +20,7 @@ from .embedder import embed_async, question_text
 from .store import CollectionIndex
 
 if TYPE_CHECKING:
-    from cache import SemanticCache
+    from cache import CacheHit, SemanticCache
 
     from .embedder import Embedder
 
@@ -94,6 +94,12 @@ class Curating:
         vector = await self._question_vector(question)
         scope = curated_scope(self.get_index(collection))
         return await asyncio.to_thread(self.cache.drop, scope, question, vector, group_of(curated_id))
+
+    def curated_exact(self, index: CollectionIndex, question: str) -> CacheHit | None:
+        """The curated answer pinned to exactly this question (normalised), if it still stands."""
+        if self.cache is None:
+            return None
+        return self.cache.get_exact(curated_scope(index), question, accept=curated_valid(index))
 
     def curated_entry(self, collection: str, question: str) -> dict[str, Any] | None:
         """The curated answer stored for exactly this question (its payload), if any."""

@@ -183,7 +183,10 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         prep.filters = filters
         prep.search_text = search_text
 
-        retrieved, hit = await self._look_up(prep, cache, search_text, filters)
+        # A follow-up word for word the question of a curated answer gets it: a person pinned
+        # that exact question (rewordings need no conversation, so they need a first turn).
+        hit = self.curated_exact(index, question) if history and not audit and self.cache is not None else None
+        retrieved, hit = ([], hit) if hit is not None else await self._look_up(prep, cache, search_text, filters)
         if hit is not None:
             prep.result = self._done(
                 prep,

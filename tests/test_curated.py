@@ -48,6 +48,13 @@ def test_pin_edit_remove_and_the_history_of_each(tmp_path: Path, corpus: Path, e
             assert (served["answer_kind"], served["answer"]) == ("curated", PINNED), served
             assert served["citations"][0]["document_id"] == "returns-and-refunds.md"
         assert ask(url, "Do gift cards expire?")["answer_kind"] != "curated"  # another question is not its
+        history = [{"role": "user", "content": "Do gift cards expire?"}, {"role": "assistant", "content": "No."}]
+        follow_up = call("POST", f"{url}/v1/query", json={"question": "How long do refunds take?", "history": history})
+        assert follow_up["answer"] == PINNED  # a follow-up word for word the pinned question
+        reworded = call(
+            "POST", f"{url}/v1/query", json={"question": "How long does a refund take?", "history": history}
+        )
+        assert reworded["answer_kind"] != "curated"  # a reworded follow-up may lean on its conversation
 
         # Unrelated documents change: the curated answer stays.
         (corpus / "gift-cards.txt").write_text("Gift cards\n\nGift cards are valid for 5 years.\n")

@@ -142,10 +142,15 @@ def test_a_thumbs_down_in_the_widget_shows_on_the_admin_page_and_a_pin_there_cha
     ARTIFACTS.mkdir(exist_ok=True)
     admin.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
 
+    # The same conversation asks again (a follow-up, word for word the pinned question).
+    widget.get_by_label("Your question").fill(question)
+    widget.get_by_label("Your question").press("Enter")
+    widget.locator(".rag-bot").nth(1).locator(".rag-rate").wait_for(timeout=30_000)
+    assert widget.locator(".rag-bot").nth(1).inner_text().startswith(pinned)
     widget.close()
-    customer = browser.new_page()  # the next customer to ask (a follow-up is never answered from the cache)
+    customer = browser.new_page()  # and the next customer, in a reworded first question
     customer.goto(site["page"])
-    _ask(customer, question)
+    _ask(customer, "Can I pay using PayPal?")
     customer.locator(".rag-bot .rag-rate").wait_for(timeout=30_000)
     assert customer.locator(".rag-bot").first.inner_text().startswith(pinned)
     customer.close()
