@@ -45,6 +45,8 @@ def daily(store: SupportStore, collection: str | None, since: float, until: floa
         f"CASE WHEN a.cache_kind IS NULL THEN 0 ELSE 1 END, a.latency_ms FROM answers a{where}"
     )
     rows = np.asarray(store.sql.query(sql, params), dtype=np.float64).reshape(-1, 4)
+    if not len(rows):
+        return []
     # The answers voted down (once each), by the day they were given on: a few, not a scan.
     down_sql = (
         "SELECT DISTINCT a.id, a.created_at, CASE WHEN a.answer_kind = 'no_answer' THEN 1 ELSE 0 END "

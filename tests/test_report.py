@@ -62,6 +62,8 @@ def _check(report: dict[str, Any]) -> None:
 def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(tmp_path: Path, embedder: Any) -> None:
     store = open_support_store(tmp_path, None)
     now = time.time()
+    empty = build_report(store, embedder, "default", now - 7 * DAY)  # nothing asked yet
+    assert (empty["answers"], empty["days"], empty["unanswered"], empty["resolution_rate"]) == (0, [], [], None)
     _fill(store, now)
     _check(build_report(store, embedder, "default", now - 7 * DAY))
     store.close()
