@@ -54,10 +54,12 @@ def _handoff(
     }
 
 
-def _find(store: SupportStore, answer_id: str) -> AnswerRecord | None:
+async def _find(store: SupportStore, answer_id: str) -> AnswerRecord | None:
+    """The answer, waiting up to a flush for one another replica gave (on the event loop:
+    an unknown id never holds a worker thread while it waits)."""
     deadline = time.monotonic() + _ANOTHER_REPLICA_S
-    while (record := store.answer(answer_id)) is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while (record := await asyncio.to_thread(store.answer, answer_id)) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     return record
 
 
@@ -68,7 +70,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
     pipe: Pipeline = state.pipeline
     principal = principal_of(request)
     answer_id = body.answer_id.removeprefix("chatcmpl-")
-    record = await asyncio.to_thread(_find, state.support, answer_id)
+    record = await _find(state.support, answer_id)
     if record is None or not principal.can_read(record.collection):  # another tenant's is unknown here
         raise NotFoundError(
             f"no answer {body.answer_id!r}: send the answer_id (or completion id) of an answer this service gave",
