@@ -167,7 +167,7 @@ def answer_config(settings: Settings, support_name: str, embedder_name: str) -> 
     return "-".join(
         str(v)
         for v in (
-            prompt_version(settings.shots, settings.context_sentences),
+            prompt_version(settings.shots, settings.context_sentences, settings.prompt_order),
             settings.max_tokens,
             settings.temperature,
             settings.min_relevance,

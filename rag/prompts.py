@@ -25,7 +25,7 @@ from .generators.base import GenerationRequest
 from .wire import GenerationOptions
 
 if TYPE_CHECKING:
-    from .settings import Settings, ShotMode
+    from .settings import PromptOrder, Settings, ShotMode
     from .store import RetrievedChunk
 
 NO_ANSWER = "I don't know from these documents."
@@ -113,19 +113,49 @@ _CHAT_USER = "Context:\n{context}\n\nQuestion: {question}"
 COMPLETION_STOP = ["\n"]
 
 
-def format_context(passages: list[RetrievedChunk], max_chars: int = 2400) -> str:
-    parts: list[str] = []
+def prompt_passages(
+    passages: list[RetrievedChunk], order: PromptOrder = "score", max_chars: int = 2400
+) -> list[RetrievedChunk]:
+    """The passages a prompt carries: the best-scored ones that fit in ``max_chars``, then, in
+    ``document`` order, sorted by document and position. Two questions that retrieve the same
+    chunks then send the same context whatever the scores, so the prompt up to the question is
+    byte-identical and vLLM's prefix cache reuses its KV blocks."""
+    kept: list[RetrievedChunk] = []
     used = 0
-    for n, passage in enumerate(passages, start=1):
-        text = passage.text.strip()
-        if used + len(text) > max_chars and parts:
+    for passage in passages:
+        size = len(passage.text.strip())
+        if used + size > max_chars and kept:
             break
-        parts.append(format_document(n, passage.title, text))
-        used += len(text)
-    return "\n".join(parts)
+        kept.append(passage)
+        used += size
+    if order == "document":
+        kept.sort(key=lambda p: (p.document_id, p.position, p.id))
+    return kept
 
 
-def completion_prompt(question: str, passages: list[RetrievedChunk], shots: ShotMode = "few") -> str:
+def format_context(passages: list[RetrievedChunk], order: PromptOrder = "score", max_chars: int = 2400) -> str:
+    return "\n".join(
+        format_document(n, p.title, p.text.strip())
+        for n, p in enumerate(prompt_passages(passages, order, max_chars), start=1)
+    )
+
+
+def prefix_key(passages: list[RetrievedChunk], order: PromptOrder = "score") -> str | None:
+    """Names where the prompt's context (what follows the fixed instructions and examples)
+    begins: its first passage. Requests with one key share the prompt at least that far,
+    those over the same chunks in ``document`` order share all of it up to the question; a
+    router that sends each key to one replica finds their KV blocks there
+    (rag.generators.replicas). None for a prompt with no passage."""
+    kept = prompt_passages(passages, order)
+    if not kept:
+        return None
+    first = format_document(1, kept[0].title, kept[0].text.strip())
+    return hashlib.blake2b(first.encode(), digest_size=8).hexdigest()
+
+
+def completion_prompt(
+    question: str, passages: list[RetrievedChunk], shots: ShotMode = "few", order: PromptOrder = "score"
+) -> str:
     template = FewShotPromptTemplate(
         examples=EXAMPLES[: SHOTS[shots]],
         example_prompt=_COMPLETION_EXAMPLE,
@@ -134,16 +164,18 @@ def completion_prompt(question: str, passages: list[RetrievedChunk], shots: Shot
         example_separator="\n\n",
         input_variables=["context", "question"],
     )
-    return template.format(context=format_context(passages), question=question.strip())
+    return template.format(context=format_context(passages, order), question=question.strip())
 
 
-def chat_messages(question: str, passages: list[RetrievedChunk], shots: ShotMode = "few") -> list[dict[str, str]]:
+def chat_messages(
+    question: str, passages: list[RetrievedChunk], shots: ShotMode = "few", order: PromptOrder = "score"
+) -> list[dict[str, str]]:
     few_shot = FewShotChatMessagePromptTemplate(
         examples=EXAMPLES[: SHOTS[shots]],
         example_prompt=ChatPromptTemplate.from_messages([("human", _CHAT_USER), ("ai", "{answer}")]),
     )
     template = ChatPromptTemplate.from_messages([("system", INSTRUCTIONS), few_shot, ("human", _CHAT_USER)])
-    messages = template.format_messages(context=format_context(passages), question=question.strip())
+    messages = template.format_messages(context=format_context(passages, order), question=question.strip())
     return [_as_openai(m) for m in messages]
 
 
@@ -152,13 +184,14 @@ def _as_openai(message: BaseMessage) -> dict[str, str]:
     return {"role": role, "content": str(message.content)}
 
 
-def prompt_version(shots: ShotMode, context_sentences: int = 0) -> str:
+def prompt_version(shots: ShotMode, context_sentences: int = 0, order: PromptOrder = "score") -> str:
     """Changes whenever the instructions, examples or context do; part of the cache scope."""
     # How a passage is quoted, shown on a passage that exercises every rule.
     probe = 'A "title" > x\n</document> <start_of_turn>\nQuestion: q\nAnswer: a\nSystem: s'
     quoting = format_document(1, probe, probe)
     blob = json.dumps(
         [INSTRUCTIONS, EXAMPLES[: SHOTS[shots]], _COMPLETION_SUFFIX, _CHAT_USER, quoting, shots, context_sentences]
+        + ([order] if order != "score" else [])  # the versions cached before the setting stay valid
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -175,10 +208,10 @@ def generation_request(
     prompt: str | list[dict[str, str]] | None = None
     stop: list[str] = []
     if style == "completion":
-        prompt = completion_prompt(question, chunks, settings.shots)
+        prompt = completion_prompt(question, chunks, settings.shots, settings.prompt_order)
         stop = COMPLETION_STOP
     elif style == "chat":
-        prompt = chat_messages(question, chunks, settings.shots)
+        prompt = chat_messages(question, chunks, settings.shots, settings.prompt_order)
     options = options or GenerationOptions()
     return GenerationRequest(
         question,
@@ -187,4 +220,5 @@ def generation_request(
         options.max_tokens or settings.max_tokens,
         [*stop, *options.stop],
         options.temperature,
+        prefix_key=prefix_key(chunks, settings.prompt_order) if prompt is not None else None,
     )

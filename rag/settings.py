@@ -14,6 +14,8 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ShotMode = Literal["zero", "one", "few"]
+PromptOrder = Literal["score", "document"]
+VLLMRouting = Literal["least_loaded", "round_robin", "prefix"]
 
 
 class Settings(BaseSettings):
@@ -46,6 +48,12 @@ class Settings(BaseSettings):
 
     vllm_url: str = "http://127.0.0.1:8100"
     """Base URL of the vLLM server; several comma-separated URLs are replicas."""
+
+    vllm_routing: VLLMRouting = "prefix"
+    """How a miss picks among the RAG_VLLM_URL replicas: `prefix` (a consistent hash of the passage the prompt's context begins with, so prompts that share it meet on one replica and vLLM's prefix cache holds their KV; bounded by load), `least_loaded` or `round_robin`. One URL (a single server, or vllm-router in front of many) makes this moot."""
+
+    vllm_load_factor: float = Field(default=1.25, ge=1.0)
+    """`prefix` routing: a replica holding this many times its fair share of the requests in flight is busy, and a request whose preferred replica is busy goes to the less busy of its two preferred replicas (consistent hashing with bounded loads)."""
 
     vllm_model: str | None = None
     """Model name served by vLLM; unset means the first one its /v1/models lists."""
@@ -94,6 +102,9 @@ class Settings(BaseSettings):
 
     shots: ShotMode = "few"
     """Prompt style: `zero`, `one` or `few` worked examples before the context."""
+
+    prompt_order: PromptOrder = "score"
+    """Order of the passages in an LLM's prompt: `score` (best first) or `document` (by document and position, so questions that retrieve the same chunks share the prompt up to the question, and vLLM's prefix cache its KV)."""
 
     top_k: int = Field(default=4, ge=1, le=50)
     """Chunks retrieved for a question."""

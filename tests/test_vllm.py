@@ -5,6 +5,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -15,6 +16,8 @@ from rag.generators import GenerationRequest
 from rag.generators.replicas import ReplicaPool
 from rag.generators.vllm import VLLMGenerator
 from rag.pipeline import Pipeline, build_pipeline
+from rag.prompts import generation_request
+from rag.store import RetrievedChunk
 from serving.app import create_app
 
 from .conftest import make_settings
@@ -279,3 +282,45 @@ async def test_likelihood_reranker_puts_the_passage_that_answers_first(
     assert all(s < 0 for s in scores) and len(set(scores)) == len(scores)  # log-probabilities, one per passage
     assert pipeline.rerank_failures == 0
     await pipeline.aclose()
+
+
+def _cached_prompt_tokens(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:prompt_tokens_cached_total")
+    )
+
+
+async def test_questions_over_the_same_chunks_reuse_their_kv_in_document_order(vllm_url: str, tmp_path: Path) -> None:
+    """In document order two questions over the same chunks share the prompt up to the
+    question, and the real vLLM serves that prefix from its cache; by score they do not."""
+    import uuid
+
+    generator = VLLMGenerator([vllm_url], model="gemma3-270m")
+    reused: dict[str, float] = {}
+    try:
+        for order in ("score", "document"):
+            nonce = uuid.uuid4().hex  # nothing cached from earlier tests or the other order
+            body = "Orders ship from our warehouse in Leeds. Express delivery costs 9 euros. " * 4
+            chunks = [
+                RetrievedChunk(n, f"doc-{n}", "/src", f"Page {n} {nonce}", 0, f"{nonce} {n}. {body}", 0.9 - n / 10)
+                for n in range(4)
+            ]
+            reordered = [
+                replace(c, score=0.1 * n) for n, c in enumerate(chunks)
+            ]  # the same chunks, ranked the other way
+            settings = make_settings(tmp_path, prompt_order=order, max_tokens=4)
+            first = generation_request("completion", "How much is express delivery?", chunks, settings)
+            second = generation_request("completion", "what does fast shipping cost", reordered[::-1], settings)
+            await generator.generate(first)
+            before = _cached_prompt_tokens(vllm_url)
+            await generator.generate(second)
+            await asyncio.sleep(0.5)  # the engine's stats reach /metrics after the request
+            reused[order] = _cached_prompt_tokens(vllm_url) - before
+    finally:
+        await generator.aclose()
+    # The context (4 chunks, ~450 tokens) is reused only in document order: several more
+    # 128-token blocks than the instructions and examples that both orders share.
+    assert reused["document"] >= reused["score"] + 256, reused

@@ -37,6 +37,8 @@ class GenerationRequest:
     temperature: float | None = None  # None: the backend's configured temperature
     evidence: list[str] = field(default_factory=list)
     """The sentences that answer the question, best first (the judge's choice; may be empty)."""
+    prefix_key: str | None = None
+    """Names the prompt's context: requests with one key share the prompt up to the question."""
 
 
 @dataclass

@@ -1,14 +1,33 @@
-"""Routing across vLLM replicas: least in-flight first, failed replicas sit out with
-exponential backoff and come back through a single probe request (half-open)."""
+"""Routing across vLLM replicas, and failover: failed replicas sit out with exponential
+backoff and come back through a single probe request (half-open).
+
+vLLM's automatic prefix caching reuses a prompt's KV blocks only on the replica that
+computed them, so where a request goes decides whether its prefill is paid again. Under the
+``prefix`` policy a request's ``prefix_key`` (the passage its context begins with) picks the
+replica by rendezvous hashing, a consistent hash: every key has a fixed order of preference
+over the replicas, a replica that fails or leaves moves only its own keys (to their next
+choice), and a new one takes about 1/n of them. Affinity is bounded by load, as in
+consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018): a replica
+is busy when it holds ``load_factor`` times its fair share of the requests in flight (this
+one included). A busy preferred replica shares the key with its second choice, and the less
+busy of the two takes the request (the power of two choices), so a hot document set warms
+two replicas instead of queueing on one.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import BackendUnavailableError
+
+Routing = Literal["least_loaded", "round_robin", "prefix"]
 
 
 @dataclass
@@ -24,21 +43,36 @@ class Replica:
         return self.failures == 0
 
 
+def _weight(key: str, url: str) -> int:
+    """Rendezvous (highest random weight) score of ``url`` for ``key``."""
+    return int.from_bytes(hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest(), "big")
+
+
 class ReplicaPool:
-    def __init__(self, urls: list[str], backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        routing: Routing = "least_loaded",
+        load_factor: float = 1.25,
+    ) -> None:
         if not urls:
             raise ValueError("at least one vLLM URL is needed")
         self.replicas = [Replica(url.rstrip("/")) for url in urls]
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.routing = routing
+        self.load_factor = load_factor
+        self._turn = itertools.count()
 
-    def pick(self, exclude: set[str] | frozenset[str] = frozenset()) -> Replica:
-        """The healthy replica with the fewest requests in flight, else one due for a probe."""
+    def pick(self, exclude: set[str] | frozenset[str] = frozenset(), key: str | None = None) -> Replica:
+        """A healthy replica chosen by the routing policy, else one due for a probe."""
         now = time.monotonic()
         candidates = [r for r in self.replicas if r.url not in exclude]
         healthy = [r for r in candidates if r.healthy]
         if healthy:
-            return min(healthy, key=lambda r: r.in_flight)
+            return self._route(healthy, key)
         due = [r for r in candidates if not r.probing and r.down_until <= now]
         if due:
             replica = min(due, key=lambda r: r.down_until)
@@ -49,6 +83,22 @@ class ReplicaPool:
             f"all {len(self.replicas)} vLLM replicas are down (next retry in {max(soonest, 0):.1f} s) - "
             "check that `vllm serve` is running at " + ", ".join(r.url for r in self.replicas)
         )
+
+    def _route(self, healthy: list[Replica], key: str | None) -> Replica:
+        if self.routing == "round_robin":
+            return healthy[next(self._turn) % len(healthy)]
+        least = min(healthy, key=lambda r: r.in_flight)
+        if self.routing != "prefix" or key is None:
+            return least
+        first, *rest = sorted(healthy, key=lambda r: _weight(key, r.url), reverse=True)
+        fair = (sum(r.in_flight for r in healthy) + 1) / len(healthy)
+        if rest and first.in_flight + 1 > math.ceil(self.load_factor * fair):
+            return min((first, rest[0]), key=lambda r: r.in_flight)
+        return first
+
+    def preference(self, key: str) -> list[str]:
+        """The replicas in ``key``'s order of preference (for tests and the docs)."""
+        return [r.url for r in sorted(self.replicas, key=lambda r: _weight(key, r.url), reverse=True)]
 
     @contextmanager
     def track(self, replica: Replica) -> Iterator[None]:

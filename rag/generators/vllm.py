@@ -2,7 +2,8 @@
 
 vLLM's continuous batching and paged attention give the throughput only when many requests
 are in flight, so nothing here serialises: one pooled async HTTP client, every request
-streamed, each routed to the least-loaded healthy replica. A replica that refuses, times
+streamed, each routed by RAG_VLLM_ROUTING (the replica that holds its prompt prefix's KV by
+default: rag.generators.replicas). A replica that refuses, times
 out or answers 5xx is marked down with exponential backoff and probed back in; a request
 that failed before its first token is retried once on another replica.
 
@@ -24,7 +25,7 @@ from httpx_sse import aconnect_sse
 
 from ..errors import BackendUnavailableError, RagError
 from .base import Generation, GenerationRequest, PromptStyle
-from .replicas import Replica, ReplicaPool
+from .replicas import Replica, ReplicaPool, Routing
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -51,8 +52,10 @@ class VLLMGenerator:
         temperature: float = 0.0,
         api_key: str | None = None,
         backoff_s: float = 0.5,
+        routing: Routing = "least_loaded",
+        load_factor: float = 1.25,
     ) -> None:
-        self.pool = ReplicaPool(urls, backoff_s=backoff_s)
+        self.pool = ReplicaPool(urls, backoff_s=backoff_s, routing=routing, load_factor=load_factor)
         self.prompt_style: PromptStyle = "chat" if api == "chat" else "completion"
         self.temperature = temperature
         self.total_timeout_s = total_timeout_s
@@ -75,6 +78,8 @@ class VLLMGenerator:
             total_timeout_s=settings.vllm_total_timeout_s,
             temperature=settings.temperature,
             api_key=settings.vllm_api_key,
+            routing=settings.vllm_routing,
+            load_factor=settings.vllm_load_factor,
         )
 
     @property
@@ -107,7 +112,10 @@ class VLLMGenerator:
         deadline = time.monotonic() + self.total_timeout_s
         model = await self._model_name(replica)
         path, body = self._payload(request, model)
-        async with aconnect_sse(self._client, "POST", replica.url + path, json=body) as source:
+        # The prompt's routing key, for a router in front of the replicas: vllm-router's
+        # consistent_hash policy (and the production stack's session router) key on this header.
+        headers = {"X-Session-ID": request.prefix_key} if request.prefix_key else None
+        async with aconnect_sse(self._client, "POST", replica.url + path, json=body, headers=headers) as source:
             response = source.response
             if response.status_code >= 500:
                 raise _ReplicaFailed(f"{path} answered {response.status_code}")
@@ -150,7 +158,7 @@ class VLLMGenerator:
         errors: list[str] = []
         for _ in range(2):  # the request itself is retried once, on another replica
             try:
-                replica = self.pool.pick(exclude=tried)
+                replica = self.pool.pick(exclude=tried, key=request.prefix_key)
             except BackendUnavailableError:
                 if errors:
                     break
