@@ -114,7 +114,7 @@ class VLLMGenerator:
         path, body = self._payload(request, model)
         # The prompt's routing key, for a router in front of the replicas: vllm-router's
         # consistent_hash policy (and the production stack's session router) key on this header.
-        headers = {"X-Session-ID": request.prefix_key} if request.prefix_key else None
+        headers = {"X-Session-ID": request.prefix_key} if request.prefix_key else {}
         async with aconnect_sse(self._client, "POST", replica.url + path, json=body, headers=headers) as source:
             response = source.response
             if response.status_code >= 500:
