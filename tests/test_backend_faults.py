@@ -217,6 +217,7 @@ def test_a_hanging_replica_fails_over_to_a_healthy_one(example_data_dir: Path, t
         data_dir,
         backend="vllm",
         vllm_url=f"{hung.url},{healthy.url}",
+        vllm_routing="least_loaded",  # the hung replica first (prefix routing: wherever the key hashes)
         vllm_model="gemma3-270m",
         vllm_first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,
         vllm_total_timeout_s=TOTAL_TIMEOUT_S,
