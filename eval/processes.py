@@ -48,3 +48,15 @@ def server_process(
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def vllm_cpu(python: str, model_dir: str, port: int, **env: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a vLLM OpenAI-compatible server on this CPU serving
+    ``model_dir`` as gemma3-270m, as `make vllm-serve` starts it; ``env`` adds to it."""
+    import os
+
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+           "--served-model-name", "gemma3-270m", "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager"]  # fmt: skip
+    base = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
+    return cmd, {**os.environ, **base, **env}

@@ -40,7 +40,7 @@ from typing import Any
 
 import httpx
 
-from .processes import free_port, server_process
+from .processes import free_port, server_process, vllm_cpu
 from .stats import latency_summary
 
 _METRIC_RE = re.compile(r"^vllm:(prompt_tokens_total|prompt_tokens_cached_total)\{[^}]*\} ([0-9.e+]+)$", re.M)
@@ -93,18 +93,14 @@ def vllm_replicas(python: str, model_dir: str, count: int, logs: Path) -> Any:
         for n in range(count):
             mine = cores[(n * share) % len(cores) :][:share] or cores[:1]
             port = free_port()
-            env = {
-                **os.environ,
-                "VLLM_CPU_KVCACHE_SPACE": "1",
-                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-                "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, mine)),
-                "VLLM_SERVER_DEV_MODE": "1",  # POST /reset_prefix_cache between policies
-                "HF_HUB_OFFLINE": "1",
-            }
-            cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-                   "--served-model-name", "gemma3-270m", "--host", "127.0.0.1", "--port", str(port),
-                   "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager",
-                   "--enable-prefix-caching"]  # fmt: skip
+            cmd, env = vllm_cpu(
+                python,
+                model_dir,
+                port,
+                VLLM_CPU_OMP_THREADS_BIND=",".join(map(str, mine)),
+                VLLM_SERVER_DEV_MODE="1",  # POST /reset_prefix_cache between policies
+            )
+            cmd.append("--enable-prefix-caching")
             urls.append(stack.enter_context(server_process(cmd, env, logs / f"vllm-{n}.log", port, health="/health")))
         yield urls
 
@@ -292,14 +288,11 @@ def _bench_settings(settings: Any) -> Any:
     )
 
 
-def _summarise(row: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
-    answers = row.pop("answers")
-    if baseline is not None:
-        row["answers_differing_from_round_robin"] = sum(
-            a != b for a, b in zip(answers, baseline["_answers"], strict=True)
-        )
-    row["_answers"] = answers
-    return row
+def _differing(answers: list[str], baseline: list[str] | None) -> dict[str, int]:
+    """How many answers differ from round robin's to the same requests (none for round robin)."""
+    if baseline is None:
+        return {}
+    return {"answers_differing_from_round_robin": sum(a != b for a, b in zip(answers, baseline, strict=True))}
 
 
 def run_routing_bench(
@@ -339,6 +332,7 @@ def run_routing_bench(
         result["prefill"] = prefill_share(urls[0], first)
         for name, work in traffic.items():
             rows: dict[str, Any] = {}
+            answers: dict[str, list[str]] = {}
             for policy in POLICIES:
                 if policy.startswith("vllm_router") and router is None:
                     continue
@@ -349,9 +343,8 @@ def run_routing_bench(
                         row = run_policy([url], urls, "least_loaded", work["requests"], concurrency)
                 else:
                     row = run_policy(urls, urls, policy, work["requests"], concurrency)
-                rows[policy] = _summarise(row, rows.get("round_robin"))
-            for row in rows.values():
-                row.pop("_answers", None)
+                rows[policy] = {**row, **_differing(row["answers"], answers.get("round_robin"))}
+                answers[policy] = rows[policy].pop("answers")
             info = {k: v for k, v in work.items() if k != "requests"}
             simulated = _simulated(model_dir, work["requests"], replicas, block, capacity)
             result["sets"][name] = {**info, "policies": rows, "simulated": simulated}

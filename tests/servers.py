@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 from httpx_sse import connect_sse
 
-from eval.processes import free_port, server_process
+from eval.processes import free_port, server_process, vllm_cpu
 
 
 @contextmanager
@@ -57,13 +57,8 @@ def wait_for_version(url: str, version: str, collection: str = "default", timeou
 @contextmanager
 def vllm_server(python: str, model_dir: str, timeout_s: float = 300) -> Iterator[str]:
     """A real vLLM OpenAI-compatible server on this CPU, as `make vllm-serve` starts it."""
-    import os
-
     port = free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-           "--served-model-name", "gemma3-270m", "--host", "127.0.0.1", "--port", str(port),
-           "--dtype", "bfloat16", "--max-model-len", "2048", "--enforce-eager"]  # fmt: skip
+    cmd, env = vllm_cpu(python, model_dir, port)
     log = Path(f"/tmp/rag-test-vllm-{port}.log")
     with server_process(cmd, env, log, port, health="/health", timeout_s=timeout_s) as url:
         yield url

@@ -151,3 +151,12 @@ def test_a_bench_set_names_its_corpus_and_question_files() -> None:
     )
     with pytest.raises(ValueError, match="NAME=CORPUS:QUESTIONS"):
         parse_set("data/corpus.jsonl")
+
+
+def test_the_bench_counts_answers_that_differ_from_round_robins() -> None:
+    from eval.routing_bench import _differing
+
+    assert _differing(["a", "b", "c"], None) == {}  # round robin itself is the baseline
+    assert _differing(["a", "b", "c"], ["a", "x", "c"]) == {"answers_differing_from_round_robin": 1}
+    with pytest.raises(ValueError):
+        _differing(["a"], ["a", "b"])  # the same requests, or the comparison means nothing

@@ -48,6 +48,11 @@ def _weight(key: str, url: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{key}|{url}".encode(), digest_size=8).digest(), "big")
 
 
+def _ranked(replicas: list[Replica], key: str) -> list[Replica]:
+    """``replicas`` in ``key``'s order of preference."""
+    return sorted(replicas, key=lambda r: _weight(key, r.url), reverse=True)
+
+
 class ReplicaPool:
     def __init__(
         self,
@@ -90,7 +95,7 @@ class ReplicaPool:
         least = min(healthy, key=lambda r: r.in_flight)
         if self.routing != "prefix" or key is None:
             return least
-        first, *rest = sorted(healthy, key=lambda r: _weight(key, r.url), reverse=True)
+        first, *rest = _ranked(healthy, key)
         fair = (sum(r.in_flight for r in healthy) + 1) / len(healthy)
         if rest and first.in_flight + 1 > math.ceil(self.load_factor * fair):
             return min((first, rest[0]), key=lambda r: r.in_flight)
@@ -98,7 +103,7 @@ class ReplicaPool:
 
     def preference(self, key: str) -> list[str]:
         """The replicas in ``key``'s order of preference (for tests and the docs)."""
-        return [r.url for r in sorted(self.replicas, key=lambda r: _weight(key, r.url), reverse=True)]
+        return [r.url for r in _ranked(self.replicas, key)]
 
     @contextmanager
     def track(self, replica: Replica) -> Iterator[None]:
