@@ -334,11 +334,12 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         vector = (await embed_async(self.embedder, [question_text(self.embedder, question)]))[0]
         return await asyncio.to_thread(self.cache.reject, scope, question, vector, answer, group, collection)
 
-    def confirm_answer(self, ref: str | None, similarity: float | None, collection: str) -> None:
-        """A thumbs-up on a semantic hit: evidence that the hit was right at that similarity
-        (the boundary the cache learns from audits, :mod:`cache.audit`)."""
+    def judge_hit(self, ref: str | None, similarity: float | None, collection: str, agreed: bool) -> None:
+        """A customer's vote on a semantic hit: evidence on the hit at that similarity, as an
+        audit's verdict is (:mod:`cache.audit`). A thumbs-down counts as a wrong hit even when
+        a fresh answer would have been the same one, so the estimate errs on the safe side."""
         if self.cache is not None and ref and similarity is not None:
-            self.cache.learn(CacheHit("semantic", similarity, "", {}, ref, collection), agreed=True)
+            self.cache.learn(CacheHit("semantic", similarity, "", {}, ref, collection), agreed=agreed)
 
     async def aclose(self) -> None:
         for task in list(self._audits):

@@ -5,8 +5,9 @@ support store queues it) under its ``answer_id``. A thumbs-down takes the answer
 response cache at once (every replica that shares it: Redis, or one host's diskcache) and
 blocks it from coming back to that question's neighbourhood until its documents change or an
 admin lifts the block (:mod:`cache.blocks`); it also hands the conversation to a person
-(:mod:`serving.handoff`). A thumbs-up on a semantic hit is evidence for the cache's learned
-boundary. Feedback is kept per collection (the tenant a key is scoped to).
+(:mod:`serving.handoff`). A vote on a semantic hit, either way, is evidence for the wrong-hit
+estimate and the boundaries the cache learns (:mod:`cache.audit`). Feedback is kept per
+collection (the tenant a key is scoped to).
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
         state.handoff.notify(
             _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
         )
-    elif record.cache_kind == "semantic":
-        pipe.confirm_answer(record.cache_ref, record.similarity, record.collection)
+    if record.cache_kind == "semantic":  # counting only the thumbs-up would flatter the estimate
+        pipe.judge_hit(record.cache_ref, record.similarity, record.collection, agreed=body.rating == "up")
     entry = Feedback(
         record.id, record.collection, body.rating, body.reason, body.correction, principal.key_id,
         evicted=evicted, block_id=block_id,

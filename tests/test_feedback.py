@@ -109,6 +109,28 @@ def test_thumbs_down_evicts_the_answer_and_keeps_it_out_until_its_document_chang
         assert ask(url, QUESTION)["cache"]["kind"] == "exact"
 
 
+def test_votes_on_semantic_hits_either_way_are_evidence_for_the_wrong_hit_estimate(
+    tmp_path: Path, corpus: Path, embedder: Any
+) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive", cache_audit_rate=0.0)
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+
+        def evidence() -> tuple[int, int]:
+            stats = httpx.get(f"{url}/v1/cache/stats", timeout=30).json()["wrong_hits"].get("default", {})
+            return stats.get("audited_hits", 0), stats.get("wrong_hits", 0)
+
+        miss = ask(url, QUESTION)
+        assert rate(url, miss["answer_id"], "up").status_code == 200
+        assert evidence() == (0, 0)  # a vote on a fresh answer says nothing about the cache
+        hit = ask(url, REWORDED)
+        assert hit["cache"]["kind"] == "semantic", hit
+        assert rate(url, hit["answer_id"], "up").status_code == 200
+        assert evidence() == (1, 0)
+        assert rate(url, hit["answer_id"], "down").status_code == 200  # the customer changed their mind
+        assert evidence() == (2, 1)
+
+
 def test_feedback_errors_and_tenants(tmp_path: Path, embedder: Any) -> None:
     from serving.keys import KeyStore
 
