@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -42,12 +43,13 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.pipeline = pipeline or await asyncio.to_thread(build_pipeline, settings)
         if observability.observe_answer not in app.state.pipeline.observers:
             app.state.pipeline.observers.append(observability.observe_answer)
-        store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
-        app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency)
-        app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
         support = app.state.support = open_support_store(settings.data_dir, database)
         app.state.curated = curation.CuratedStore(support.sql)
         app.state.handoff = Handoff(settings.handoff_webhook_url)
+        store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
+        keep = partial(feedback.keep, app.state)  # a job's answers take feedback as a route's do
+        app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency, keep)
+        app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
         follower = curation.follow_versions(app.state.pipeline, app.state.curated, asyncio.get_running_loop())
         await curation.start(app.state.pipeline, app.state.curated)
         try:

@@ -31,10 +31,15 @@ _ANOTHER_REPLICA_S = 1.0  # an answer another replica gave is written within its
 
 
 def remember(request: Request, answer: Answer, question: str, conversation: list[dict[str, str]]) -> None:
-    """Keep the answer for feedback (unless RAG_ANSWER_LOG is off); hand it over if it needs a person."""
-    state = request.app.state
+    """Keep a route's answer for feedback; hand it over if it needs a person."""
+    keep(request.app.state, answer, question, principal_of(request).key_id, conversation)
+
+
+def keep(state: Any, answer: Answer, question: str, key_id: str | None, conversation: list[dict[str, str]]) -> None:
+    """Keep ``answer`` for feedback (unless RAG_ANSWER_LOG is off) and hand it over if it needs
+    a person: every answer the service gives, a route's or a job's (``state``: the app's)."""
     if state.settings.answer_log:
-        state.support.record(AnswerRecord.of(answer, question, principal_of(request).key_id))
+        state.support.record(AnswerRecord.of(answer, question, key_id))
     reason = answer.handoff_reason()
     if reason is not None:
         state.handoff.notify(

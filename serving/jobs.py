@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rag.batch import answer_each
 from rag.errors import NotFoundError, RagError
 from rag.pipeline import Pipeline
+from rag.wire import Answer
 
 from .pg_jobs import PgJobStore, job_body
 from .principals import principal_of
@@ -139,9 +140,16 @@ class JobRunner:
     """Runs jobs in the service's event loop: the ones this replica accepted (SQLite; resumed at
     start-up), or, with a shared store, whichever job is next (:meth:`take_jobs`)."""
 
-    def __init__(self, store: JobStore | PgJobStore, pipeline: Pipeline, concurrency: int) -> None:
+    def __init__(
+        self,
+        store: JobStore | PgJobStore,
+        pipeline: Pipeline,
+        concurrency: int,
+        keep: Callable[[Answer, str, str | None, list[dict[str, str]]], None] | None = None,
+    ) -> None:
         self.store = store
         self.pipeline = pipeline
+        self.keep = keep  # each answer, its question, the job's owner and history: for feedback
         self._gate = asyncio.Semaphore(concurrency)  # shared by every job: the service's limit
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -200,13 +208,17 @@ class JobRunner:
 
     async def _run(self, job_id: str) -> None:
         job = await asyncio.to_thread(self.store.get, job_id)
-        collection = job["collection"] if job else None
+        collection, owner = (job["collection"], job.get("owner")) if job else (None, None)
         if not self.store.shared:
             self.store.set_status(job_id, "running")
 
         async def answer(item: dict[str, Any]) -> dict[str, Any]:
-            body = (await self.pipeline.answer(item["question"], collection, history=item["history"] or None)).to_dict()
-            return {k: body[k] for k in ("answer", "citations", "cache")}
+            history = item["history"] or []
+            answer = await self.pipeline.answer(item["question"], collection, history=history or None)
+            if self.keep is not None:
+                self.keep(answer, item["question"], owner, history)
+            body = answer.to_dict()
+            return {k: body[k] for k in ("answer", "citations", "cache", "answer_id", "needs_human")}
 
         pending = await asyncio.to_thread(self.store.pending, job_id)
         items = [(p, {**item, "id": item.get("id") or str(p)}) for p, item in pending]

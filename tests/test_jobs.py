@@ -34,6 +34,11 @@ def test_a_job_answers_every_question_and_records_failures(example_data_dir: Pat
         assert [r["id"] for r in job["results"]] == ["q0", "q1", "q2", "q3"]
         assert job["results"][1]["error"]["param"] == "question"
         assert "never expire" in job["results"][2]["answer"] and job["results"][2]["citations"]
+        # A job's answers take feedback as a route's do: a thumbs-down evicts the cached one.
+        gift = job["results"][2]
+        assert gift["needs_human"] is None and len(gift["answer_id"]) == 32
+        down = httpx.post(f"{url}/v1/feedback", json={"answer_id": gift["answer_id"], "rating": "down"}, timeout=30)
+        assert down.status_code == 200 and down.json()["evicted"] >= 1, down.text
         missing = httpx.get(f"{url}/v1/jobs/job-nope")
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "job_id"
         unknown = httpx.post(f"{url}/v1/jobs", json={"questions": [{"question": "hi?"}], "collection": "nope"})
