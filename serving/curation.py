@@ -6,7 +6,8 @@ cache's curated scope (:mod:`rag.curated`), so every replica sharing the cache s
 
 When a collection's new version no longer holds a chunk a curated answer cites (the document
 changed or went), the answer stops being served and is flagged ``needs_review``, not dropped:
-approving it cites the documents' current text; editing or removing it works as always.
+approving it cites the documents' current text; editing or removing it works as always. A
+thumbs-down on a curated answer sends it to review the same way (:func:`dispute`).
 """
 
 from __future__ import annotations
@@ -119,6 +120,23 @@ class CuratedStore:
                 done = self.change(item, "rag-service", "flag", status="needs_review", review_reason=reason)
                 flagged += [done] if done is not None else []
         return flagged
+
+
+async def dispute(pipe: Pipeline, store: CuratedStore, collection: str, answer: str, why: str) -> int:
+    """A thumbs-down on a curated answer: a customer disputes what a person approved, so it goes
+    back to a person. Every active curated answer of ``collection`` giving that text is flagged
+    ``needs_review`` (audited as ``flag``) and stops being served until an admin approves or
+    edits it. Returns the cache entries removed."""
+    removed = 0
+    for item in await asyncio.to_thread(store.items, collection, "active"):
+        if item.answer == answer:
+            done = await asyncio.to_thread(
+                store.change, item, "feedback", "flag", status="needs_review", review_reason=why
+            )
+            if done is not None:
+                log.warning("curated answer %s needs review: %s", item.id, why)
+                removed += await pipe.uncurate(item.collection, item.question, item.id)
+    return removed
 
 
 def _load(text: str | None) -> Any:

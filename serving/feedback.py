@@ -18,10 +18,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from rag.curated import CURATED
 from rag.errors import NotFoundError
 from rag.pipeline import Pipeline
 from rag.wire import Answer
 
+from . import curation
 from .principals import principal_of
 from .schemas import FeedbackRequest, FeedbackResponse
 from .support_store import AnswerRecord, Feedback, SupportStore
@@ -83,16 +85,21 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
             param="answer_id",
         )
     evicted, block_id, needs_human = 0, None, None
+    curated = record.answer_kind == CURATED
     if body.rating == "down":
-        evicted, block_id = await pipe.reject_answer(
-            record.question, record.answer, record.cache_group, record.cache_scope, record.collection
-        )
+        if curated:  # a person's answer goes back to a person
+            why = f"thumbs-down on answer {record.id}" + (f": {body.reason}" if body.reason else "")
+            evicted = await curation.dispute(pipe, state.curated, record.collection, record.answer, why)
+        else:
+            evicted, block_id = await pipe.reject_answer(
+                record.question, record.answer, record.cache_group, record.cache_scope, record.collection
+            )
         needs_human = "thumbs_down"
         conversation = [turn.model_dump() for turn in body.conversation]
         state.handoff.notify(
             _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
         )
-    if record.cache_kind == "semantic":  # counting only the thumbs-up would flatter the estimate
+    if record.cache_kind == "semantic" and not curated:  # both ways: the ups alone flatter the estimate
         pipe.judge_hit(record.cache_ref, record.similarity, record.collection, agreed=body.rating == "up")
     entry = Feedback(
         record.id, record.collection, body.rating, body.reason, body.correction, principal.key_id,

@@ -34,14 +34,16 @@ def call(method: str, url: str, **kwargs: Any) -> dict[str, Any]:
     return dict(response.json())
 
 
+def pin_refunds(url: str) -> dict[str, Any]:
+    body = {"question": "How long do refunds take?", "answer": PINNED, "document_ids": ["returns-and-refunds.md"]}
+    return call("POST", f"{url}/v1/curated", json=body)
+
+
 def test_pin_edit_remove_and_the_history_of_each(tmp_path: Path, corpus: Path, embedder: Any) -> None:
     settings = make_settings(tmp_path / "data", backend="extractive", index_poll_s=0.1)
     ingest([corpus], "default", settings, embedder, progress=False)
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
-        pinned = call(
-            "POST", f"{url}/v1/curated",
-            json={"question": "How long do refunds take?", "answer": PINNED, "document_ids": ["returns-and-refunds.md"]},
-        )  # fmt: skip
+        pinned = pin_refunds(url)
         assert pinned["status"] == "active" and pinned["version"] == 1 and pinned["citations"]
         for question in ("How long do refunds take?", "How long does a refund take?"):
             served = ask(url, question)
@@ -160,3 +162,23 @@ def test_only_an_admin_key_curates(tmp_path: Path, embedder: Any) -> None:
         assert refused.status_code == 403, refused.text
         made = httpx.post(f"{url}/v1/curated", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
         assert made.status_code == 201 and made.json()["updated_by"], made.text
+
+
+def test_a_thumbs_down_on_a_curated_answer_sends_it_back_to_review(tmp_path: Path, corpus: Path, embedder: Any) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        pinned = pin_refunds(url)
+        served = ask(url, "How long does a refund take?")
+        assert served["answer_kind"] == "curated", served
+        vote = {"answer_id": served["answer_id"], "rating": "down", "reason": "Mine took three weeks."}
+        down = call("POST", f"{url}/v1/feedback", json=vote)
+        assert down["needs_human"] == "thumbs_down" and down["evicted"] >= 1, down
+        [flagged] = call("GET", f"{url}/v1/curated", params={"status": "needs_review"})["data"]
+        assert flagged["id"] == pinned["id"] and "Mine took three weeks." in flagged["review_reason"]
+        history = call("GET", f"{url}/v1/curated/{pinned['id']}/history")["data"]
+        assert [h["action"] for h in history] == ["create", "flag"]
+        for question in ("How long do refunds take?", "How long does a refund take?"):
+            assert ask(url, question)["answer_kind"] != "curated"  # not served until a person looks again
+        call("POST", f"{url}/v1/curated/{pinned['id']}/approve")
+        assert ask(url, "How long does a refund take?")["answer"] == PINNED
