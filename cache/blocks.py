@@ -11,7 +11,9 @@ the answer's group changes and the block no longer matches: the next answer is n
 An admin lifts a block by its id (:meth:`Blocks.lift`).
 
 Blocks live in the store's counters (diskcache, or Redis for every replica at once), one list
-per scope, read on each admission and hit: a few hundred bytes a block.
+per scope, read on each admission and hit: a few hundred bytes a block. Adding and lifting
+are atomic read-modify-writes (``Counters.update``), so replicas blocking in one scope at
+the same moment lose nothing.
 """
 
 from __future__ import annotations
@@ -51,9 +53,8 @@ class Blocks:
             "tag": tag,
             "created_at": time.time(),
         }
-        with self.counters.transact():
-            self.counters.set(self._key(skey), [*self.counters.get(self._key(skey), []), block])
-            self.counters.set(f"block:{block['id']}", skey)
+        self.counters.set(f"block:{block['id']}", skey)
+        self.counters.update(self._key(skey), lambda blocks: [*blocks, block], [])  # replicas add at once
         return str(block["id"])
 
     def of(self, skey: str) -> list[dict[str, Any]]:
@@ -91,8 +92,6 @@ class Blocks:
         skey = self.counters.get(f"block:{block_id}")
         if skey is None:
             return False
-        with self.counters.transact():
-            kept = [b for b in self.of(skey) if b["id"] != block_id]
-            self.counters.set(self._key(skey), kept)
-            self.counters.delete(f"block:{block_id}")
+        self.counters.update(self._key(skey), lambda blocks: [b for b in blocks if b["id"] != block_id], [])
+        self.counters.delete(f"block:{block_id}")
         return True

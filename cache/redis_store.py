@@ -115,6 +115,19 @@ class RedisCounters:
     def delete(self, key: str) -> None:
         self._g.call(lambda: self._r.delete(self.prefix + key))
 
+    def update(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
+        """WATCH, read, MULTI, write: redis-py runs it again if another writer got in between."""
+        name = self.prefix + key
+
+        def attempt(pipe: Any) -> Any:
+            raw = pipe.get(name)
+            value = change(default if raw is None else json.loads(raw))
+            pipe.multi()
+            pipe.set(name, json.dumps(value))
+            return value
+
+        return self._g.call(lambda: self._r.transaction(attempt, name, value_from_callable=True))
+
     def iterkeys(self) -> Iterator[str]:
         keys = self._g.call(lambda: list(self._r.scan_iter(match=self.prefix + "*", count=1000)))
         return (k.decode()[len(self.prefix) :] for k in keys)

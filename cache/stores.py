@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +49,20 @@ class Counters(Protocol):
     def set(self, key: str, value: Any) -> Any: ...
     def delete(self, key: str) -> Any: ...
     def iterkeys(self) -> Iterator[Any]: ...
+    def update(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
+        """Set ``key`` to ``change(its value)`` atomically, against every other writer (hosts
+        included); returns the new value."""
+        ...
+
+
+class LocalCounters(diskcache.Cache):  # type: ignore[misc]
+    """diskcache as :class:`Counters`: its transaction is one SQLite write lock, across processes."""
+
+    def update(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
+        with self.transact():
+            value = change(self.get(key, default))
+            self.set(key, value)
+        return value
 
 
 class EntryStore(Protocol):
@@ -130,7 +144,7 @@ class LocalStore:
         self._store = diskcache.Cache(
             str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
         )
-        self.counters: Counters = diskcache.Cache(str(directory / "counters"), eviction_policy="none")
+        self.counters: Counters = LocalCounters(str(directory / "counters"), eviction_policy="none")
         self.counters.get("epoch")  # reads the database: a corrupted file fails here, not later
 
     def find_exact(self, skey: str, normalized: str) -> tuple[int, dict[str, Any]] | None:

@@ -87,6 +87,30 @@ def test_entries_expire_by_their_ttl_and_audit_evidence_is_shared(redis_url: str
     assert b.get_exact("s", "When do you ship?") is None  # expired in Redis itself
 
 
+@pytest.mark.parametrize("engine", ["redis", "diskcache"])
+def test_replicas_blocking_in_one_scope_at_once_lose_no_block(engine: str, redis_url: str, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cache.blocks import Blocks
+    from cache.stores import LocalStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    stores = [
+        RedisStore(redis_url, 384, prefix=prefix) if engine == "redis" else LocalStore(tmp_path, 384) for _ in "ab"
+    ]
+    replicas = [Blocks(store.counters, 0.7) for store in stores]
+
+    def vote_down(n: int) -> str:  # 40 different answers (their own chunks), two replicas in turn
+        return replicas[n % 2].add("scope", f"question {n}", _unit(n), f"answer {n}", str(n), "shop")
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(vote_down, range(40)))
+    assert sorted(b["id"] for b in replicas[0].of("scope")) == sorted(ids)
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(replicas[1].lift, ids[:20]))
+    assert sorted(b["id"] for b in replicas[0].of("scope")) == sorted(ids[20:])
+
+
 def test_a_redis_that_goes_away_costs_misses_and_comes_back(tmp_path: Path) -> None:
     engine = redis_engine(tmp_path / "redis").start()
     try:
