@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import diskcache
+from .stores import Counters
 
 _CONFIDENCE = 0.95
 
@@ -43,7 +43,7 @@ def interval(wrong: int, n: int) -> tuple[float, float]:
 class HitEvidence:
     """Audits of served semantic hits, per collection (``tag``) and per entry (``ref``)."""
 
-    def __init__(self, store: diskcache.Cache, max_wrong_rate: Callable[[str | None], float]) -> None:
+    def __init__(self, store: Counters, max_wrong_rate: Callable[[str | None], float]) -> None:
         self._store = store  # must never evict: evidence outlives the entries it is about
         self.max_wrong_rate = max_wrong_rate
 
@@ -52,11 +52,9 @@ class HitEvidence:
         with self._store.transact():
             n = self._store.incr(f"audit:{tag}:n")
             wrong = self._store.incr(f"audit:{tag}:wrong", 0 if agreed else 1)
-            if not agreed:
-                if similarity > self._store.get(f"audit:{tag}:wrong_max", -1.0):
-                    self._store.set(f"audit:{tag}:wrong_max", similarity)
-                if similarity > self._store.get(f"floor:{ref}", -1.0):
-                    self._store.set(f"floor:{ref}", similarity)
+            if not agreed:  # the highest wrong similarity wins, whichever replica writes last
+                self._store.update(f"audit:{tag}:wrong_max", lambda v: max(v, similarity), -1.0)
+                self._store.update(f"floor:{ref}", lambda v: max(v, similarity), -1.0)
             # The collection's boundary changes only here: worked out once, read by every lookup.
             if wrong and interval(wrong, n)[0] > self.max_wrong_rate(tag):
                 self._store.set(f"audit:{tag}:floor", float(self._store.get(f"audit:{tag}:wrong_max")))

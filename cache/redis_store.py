@@ -91,8 +91,9 @@ class _Guarded:
 
 class RedisCounters:
     """The counters store (diskcache's calls that :mod:`cache.audit` makes) on Redis: values as
-    JSON, no TTL. Each call is atomic on its own; an audit's few writes are not one
-    transaction, which at worst lets a concurrent lookup see half of one audit's evidence."""
+    JSON, no TTL. Each call is atomic on its own, and ``update`` is an optimistic transaction;
+    an audit's few writes are not one transaction, which at worst lets a concurrent lookup see
+    half of one audit's evidence."""
 
     def __init__(self, guarded: _Guarded, prefix: str) -> None:
         self._g = guarded
