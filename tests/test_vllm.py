@@ -324,3 +324,26 @@ async def test_questions_over_the_same_chunks_reuse_their_kv_in_document_order(v
     # The context (4 chunks, ~450 tokens) is reused only in document order: several more
     # 128-token blocks than the instructions and examples that both orders share.
     assert reused["document"] >= reused["score"] + 256, reused
+
+
+def test_the_service_answers_through_vllm_router_as_one_url(
+    vllm_url: str,
+    example_data_dir: Path,
+    embedder,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """vllm-router (the other deployment: docs/routing.md) in front of the real vLLM, with its
+    consistent_hash policy on the service's X-Session-ID: answers and streams pass through."""
+    from eval.routing_bench import vllm_router, vllm_router_binary
+
+    binary = vllm_router_binary(os.environ.get("RAG_TEST_VLLM_PYTHON", ".venv-vllm/bin/python"))
+    if binary is None:
+        pytest.fail("no vllm-router - run `make vllm-install` (make test does)")
+    with vllm_router(binary, [vllm_url], "consistent_hash", tmp_path) as router:
+        settings = make_settings(example_data_dir, backend="vllm", vllm_url=router, cache_enabled=False)
+        with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+            body = httpx.post(f"{url}/v1/query", json={"question": "Do gift cards expire?"}, timeout=120).json()
+            assert body["backend"] == "vllm:gemma3-270m" and body["citations"], body
+            assert body["citations"][0]["document_id"] == "gift-cards.txt"
+            _, events = query_events(url, "How long is the password reset link valid?", timeout=120)
+            assert [k for k, _ in events][-1] == "done" and "30 minutes" in events[-1][1]["answer"], events
