@@ -17,6 +17,7 @@ from rag.errors import InvalidRequestError, NotFoundError
 
 from . import observability
 from .curation import sync_curated
+from .health import engine_states
 from .principals import principal_of
 from .report import build_report
 
@@ -95,5 +96,6 @@ async def metrics(request: Request) -> Response:
     principal_of(request).require_admin()
     observability.update_replicas(request.app.state.pipeline.generator)
     observability.update_index_versions(request.app.state.pipeline)
+    observability.update_engines(await asyncio.to_thread(engine_states, request))
     payload, content_type = observability.metrics_payload()
     return Response(payload, media_type=content_type)

@@ -58,7 +58,7 @@ async def readyz(request: Request) -> Any:
     if broken:
         detail = "; ".join(f"{n}: {m}" for n, m in broken.items()) if not public else f"{len(broken)} collection(s)"
         return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready")
-    engines = await asyncio.to_thread(_engines, request)
+    engines = await asyncio.to_thread(engine_states, request)
     if public:  # strangers learn that an engine is away, not where it lives
         engines = {name: state.split(" (")[0] for name, state in engines.items()}
     if engines.get("database", "ok") != "ok":
@@ -84,7 +84,7 @@ async def readyz(request: Request) -> Any:
     return body
 
 
-def _engines(request: Request) -> dict[str, str]:
+def engine_states(request: Request) -> dict[str, str]:
     """Each engine the settings name: "ok", or why not."""
     settings = request.app.state.settings
     found: dict[str, str] = {}

@@ -62,6 +62,13 @@ REPLICA_UP = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+ENGINE_UP = Gauge(
+    "rag_engine_up",
+    "1 when an engine the settings name (redis, database) answers a ping at the scrape, else 0.",
+    ["engine"],
+    multiprocess_mode="livemostrecent",
+)
+
 INDEX_VERSION = Gauge(
     "rag_index_version_info",
     "1 for the index version this process serves for each collection it has loaded.",
@@ -99,6 +106,12 @@ def update_replicas(generator: Any) -> None:
     for replica in getattr(pool, "replicas", ()):
         up = replica.healthy or replica.down_until <= time.monotonic()
         REPLICA_UP.labels(replica.url).set(1 if up else 0)
+
+
+def update_engines(states: dict[str, str]) -> None:
+    """``states``: each engine's "ok" or why not (:func:`serving.health.engine_states`)."""
+    for engine, state in states.items():
+        ENGINE_UP.labels(engine).set(1 if state == "ok" else 0)
 
 
 def update_index_versions(pipeline: Any) -> None:

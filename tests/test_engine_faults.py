@@ -40,12 +40,14 @@ def test_with_redis_away_answers_keep_coming_as_misses_and_the_cache_comes_back(
         with serving(data, embedder, backend="extractive", **overrides) as url:
             assert _ask(url, key).json()["cache"]["hit"] is False
             assert _ask(url, key).json()["cache"]["kind"] == "exact"
+            assert 'rag_engine_up{engine="redis"} 1.0' in httpx.get(f"{url}/metrics", headers=key, timeout=10).text
             engine.kill()
             away = _ask(url, key)
             assert away.status_code == 200 and away.json()["cache"]["hit"] is False and away.json()["citations"]
             assert _ask(url, {"Authorization": "Bearer rk_bad_guess"}).status_code == 401  # not a 500
             ready = httpx.get(f"{url}/readyz", timeout=10)
             assert ready.status_code == 200
+            assert 'rag_engine_up{engine="redis"} 0.0' in httpx.get(f"{url}/metrics", headers=key, timeout=10).text
             stats = httpx.get(f"{url}/v1/cache/stats", headers=key, timeout=10)
             assert stats.status_code == 503 and stats.json()["error"]["code"] == "cache_store_unavailable"
             engine.start()  # restarted empty
@@ -69,6 +71,7 @@ def test_with_postgres_away_key_checks_are_a_503_and_accepted_jobs_finish(
             questions = [{"question": f"{QUESTION} (order {n})", "id": f"q{n}"} for n in range(60)]
             job = httpx.post(f"{url}/v1/jobs", json={"questions": questions}, headers=admin, timeout=30)
             assert job.status_code == 202
+            assert 'rag_engine_up{engine="database"} 1.0' in httpx.get(f"{url}/metrics", headers=admin, timeout=10).text
             engine.kill()  # PostgreSQL dies with the job accepted and (likely) half done
             time.sleep(0.6)  # a key checked in the last 0.5 s is still known without asking
             refused = _ask(url, admin)
