@@ -58,12 +58,17 @@ PUBLIC_PATHS = frozenset(
 
 class Authenticator:
     """Bearer key -> Principal, with a few seconds of memory so a request costs no query;
-    a revoked key stops working within ``ttl_s`` (on every replica, with keys in PostgreSQL)."""
+    a revoked key stops working within ``ttl_s`` (on every replica, with keys in PostgreSQL).
+
+    With no key ever created, requests are anonymous (`rag serve` then listens on loopback
+    only). Once a key has been seen, keys stay required for the life of the process: revoking
+    the last one (or a key store that reads as empty) locks the service, never opens it."""
 
     def __init__(self, store: KeyStoreLike, ttl_s: float = 0.5) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self._enabled: tuple[float, bool] = (0.0, False)
+        self._ever_enabled = False
         self._known: dict[str, tuple[float, Principal | None]] = {}
 
     async def refresh(self, authorization: str | None) -> None:
@@ -87,7 +92,7 @@ class Authenticator:
         checked, enabled = self._enabled
         now = time.monotonic()
         if now - checked > self.ttl_s:
-            enabled = self.store.active() > 0
+            enabled = self._ever_enabled = self._ever_enabled or self.store.active() > 0
             self._enabled = (now, enabled)
         return enabled
 

@@ -272,6 +272,24 @@ def test_without_keys_everything_is_open_on_loopback(example_data_dir: Path, emb
         assert "collections" in http.get("/readyz").json()
 
 
+def test_revoking_the_last_key_locks_the_service_never_opens_it(tmp_path: Path, embedder: Any) -> None:
+    """A service that had keys (so it may listen on every interface) must not fall back to
+    anonymous admin access when its keys are all revoked."""
+    shutil.copytree(EXAMPLES, tmp_path / "docs")
+    ingest([tmp_path / "docs"], "default", make_settings(tmp_path / "data"), embedder, progress=False)
+    store = KeyStore(tmp_path / "data")
+    key, info = store.create([], admin=True)
+    with serving(tmp_path / "data", embedder, backend="extractive") as url, client(url) as anonymous:
+        assert_error(anonymous.get("/v1/cache/stats"), 401, "invalid_api_key")
+        assert store.revoke(info.id)
+        time.sleep(2.2)  # past the service's memory of keys
+        assert_error(anonymous.get("/v1/cache/stats"), 401, "invalid_api_key")
+        assert_error(anonymous.delete("/v1/cache"), 401, "invalid_api_key")
+        with client(url, key) as revoked:
+            assert_error(revoked.get("/v1/cache/stats"), 401, "invalid_api_key")
+    store.close()
+
+
 def test_the_openai_client_and_rag_client_send_the_key(service: str, tenants: dict[str, Any]) -> None:
     import openai
 
