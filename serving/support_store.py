@@ -126,9 +126,9 @@ class Feedback:
 
 
 class _Sqlite:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, never torn
         self._conn.executescript(SQLITE_SCHEMA)
@@ -174,10 +174,14 @@ class _Postgres:
         return None  # the app closes the database it shares
 
 
+MAX_UNWRITTEN = 100_000  # answers held in memory while the database is away (~1 KB each)
+
+
 class SupportStore:
     def __init__(self, sql: _Sqlite | _Postgres, flush_s: float = 0.2) -> None:
         self.sql = sql
         self._pending: queue.SimpleQueue[AnswerRecord] = queue.SimpleQueue()
+        self._unwritten: list[AnswerRecord] = []  # taken from the queue, kept until written
         self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._flush_s = flush_s
@@ -189,13 +193,18 @@ class SupportStore:
         self._pending.put(answer)
 
     def flush(self) -> None:
+        """Write the queued answers. If the database fails, they stay for the next try (the
+        insert ignores ids already written); past MAX_UNWRITTEN the oldest are given up."""
         with self._write_lock:
-            batch = []
             while not self._pending.empty():
-                batch.append(self._pending.get_nowait())
-            if batch:
+                self._unwritten.append(self._pending.get_nowait())
+            if len(self._unwritten) > MAX_UNWRITTEN:
+                log.error("support store: %d answers dropped, the database is away", len(self._unwritten) - MAX_UNWRITTEN)
+                del self._unwritten[:-MAX_UNWRITTEN]
+            if self._unwritten:
                 sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
-                self.sql.write(sql, [r.row() for r in batch])
+                self.sql.write(sql, [r.row() for r in self._unwritten])
+                self._unwritten.clear()
 
     def _write_loop(self) -> None:
         while not self._closing.wait(self._flush_s):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from cli import app as cli_app
@@ -98,3 +99,22 @@ def test_rag_bench_admin_draws_the_page_over_a_filled_store(tmp_path: Path) -> N
 
     result = run_admin_bench(EXAMPLES, make_settings(tmp_path / "unused"), answers=3000, loads=1)
     assert len(result["page_load_ms"]) == 1 and result["unanswered_groups_shown"] >= 1, result
+
+
+def test_answers_queued_while_the_database_is_locked_are_written_once_it_is_free(tmp_path: Path) -> None:
+    import sqlite3
+
+    from serving.support_store import SupportStore, _Sqlite
+
+    path = tmp_path / "support.sqlite"
+    store = SupportStore(_Sqlite(path, timeout_s=0.05), flush_s=3600)  # flushed by hand here
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    store.record(_answer(1, time.time(), "How long do refunds take?"))
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.flush()
+    store.record(_answer(2, time.time(), "Do gift cards expire?"))
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert store.answer("a1") is not None and store.answer("a2") is not None  # neither was lost
+    store.close()
