@@ -199,7 +199,9 @@ class SupportStore:
             while not self._pending.empty():
                 self._unwritten.append(self._pending.get_nowait())
             if len(self._unwritten) > MAX_UNWRITTEN:
-                log.error("support store: %d answers dropped, the database is away", len(self._unwritten) - MAX_UNWRITTEN)
+                log.error(
+                    "support store: %d answers dropped, the database is away", len(self._unwritten) - MAX_UNWRITTEN
+                )
                 del self._unwritten[:-MAX_UNWRITTEN]
             if self._unwritten:
                 sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
