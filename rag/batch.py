@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from .errors import RagError
+from .errors import RagError, error_body
+
+log = logging.getLogger("rag.batch")
 
 Answerer = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 """A question's item (``id``, ``question``, ...) to the fields of its record (answer, citations, ...)."""
@@ -53,6 +56,10 @@ async def answer_each(
                 return key, {**head, **await answer(item)}
             except RagError as exc:
                 return key, {**head, "error": exc.body()["error"]}
+            except Exception:  # a bug must cost one question, not leave the run stuck
+                log.exception("question %r failed", item["id"])
+                internal = error_body("internal error - see the server log", "server_error", None, "internal_error")
+                return key, {**head, **internal}
 
     tasks = [asyncio.ensure_future(one(key, item)) for key, item in items]
     counts = {"answered": 0, "failed": 0}

@@ -39,6 +39,7 @@ from rag.wire import Answer
 
 from .pg_jobs import PgJobStore, job_body
 from .principals import principal_of
+from .schemas import Turn
 
 log = logging.getLogger("rag.serving")
 
@@ -61,7 +62,7 @@ class JobQuestion(BaseModel):
 
     question: str
     id: str | None = None
-    history: list[dict[str, str]] = Field(default_factory=list, max_length=1000)
+    history: list[Turn] = Field(default_factory=list, max_length=1000)
 
 
 class JobRequest(BaseModel):
@@ -194,15 +195,18 @@ class JobRunner:
         assert isinstance(self.store, PgJobStore)
         store = self.store
         run = asyncio.ensure_future(self._run(job_id))
-        while not run.done():
-            await asyncio.wait([run], timeout=store.lease_s / 3)
-            if not run.done():
-                try:
-                    held = await asyncio.to_thread(store.renew, job_id)
-                except RagError:
-                    held = True  # the database is away; the lease may still hold: carry on
-                if not held:
-                    run.cancel()
+        try:
+            while not run.done():
+                await asyncio.wait([run], timeout=store.lease_s / 3)
+                if not run.done():
+                    try:
+                        held = await asyncio.to_thread(store.renew, job_id)
+                    except RagError:
+                        held = True  # the database is away; the lease may still hold: carry on
+                    if not held:
+                        run.cancel()
+        finally:
+            run.cancel()  # shutting down (this task cancelled): the job stops with it; its lease lapses
         with contextlib.suppress(asyncio.CancelledError, RagError):
             await run
 
@@ -241,7 +245,8 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     principal = principal_of(request)
     principal.require_collection(collection)
     pipe.get_index(collection)  # an unknown collection is a 404 now, not later
-    job_id = await asyncio.to_thread(runner.store.create, body, principal.key_id)
+    resolved = body.model_copy(update={"collection": collection})  # run where it was checked, on any replica
+    job_id = await asyncio.to_thread(runner.store.create, resolved, principal.key_id)
     runner.start(job_id)
     return {"id": job_id, "status": "queued", "progress": {"total": len(body.questions), "done": 0, "failed": 0}}
 

@@ -44,3 +44,26 @@ def test_batch_answers_in_order_records_failures_and_resumes(tmp_path: Path, exa
     assert second.returncode == 0, second.stderr
     assert "3 answered, 1 failed, 4 already" in second.stdout
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [f"q{i}" for i in range(8)]
+
+
+def test_a_question_that_hits_a_bug_is_recorded_as_an_internal_error_and_the_rest_go_on() -> None:
+    import asyncio
+
+    from rag.batch import answer_each
+
+    async def answer(item: dict[str, str]) -> dict[str, str]:
+        if item["question"] == "boom":
+            raise KeyError("content")  # a bug, not a RagError
+        return {"answer": item["question"].upper()}
+
+    records: dict[int, dict[str, object]] = {}
+    items = [(n, {"id": str(n), "question": q}) for n, q in enumerate(["a", "boom", "c"])]
+    counts = asyncio.run(answer_each(items, answer, 2, records.__setitem__))
+    assert counts == {"answered": 2, "failed": 1}
+    assert records[1]["error"] == {  # the one error shape, nothing of the traceback
+        "message": "internal error - see the server log",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    assert [records[0].get("answer"), records[2].get("answer")] == ["A", "C"]

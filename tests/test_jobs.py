@@ -41,6 +41,10 @@ def test_a_job_answers_every_question_and_records_failures(example_data_dir: Pat
         assert down.status_code == 200 and down.json()["evicted"] >= 1, down.text
         missing = httpx.get(f"{url}/v1/jobs/job-nope")
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "job_id"
+        bad_turn = {"questions": [{"question": "and then?", "history": [{"role": "user"}]}]}
+        refused = httpx.post(f"{url}/v1/jobs", json=bad_turn)  # refused, not a job stuck for good
+        assert refused.status_code == 400 and "content" in refused.json()["error"]["param"], refused.text
+        assert job["collection"] == "default"  # the collection checked, not null
         unknown = httpx.post(f"{url}/v1/jobs", json={"questions": [{"question": "hi?"}], "collection": "nope"})
         assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "collection"
 
