@@ -126,8 +126,13 @@ class SemanticCache:
         question: str | None = None,
         accept: Callable[[dict[str, Any]], bool] | None = None,
         confirm: Callable[[dict[str, Any]], bool] | None = None,
+        current: Callable[[dict[str, Any]], bool] | None = None,
     ) -> CacheHit | None:
         """The nearest cached question at or above the threshold that passes the checks.
+
+        - ``current``: is the payload still valid (its documents unchanged)? An entry that is
+          not is neither a candidate nor a rival: after a re-ingest the question's old answer
+          and its new one must not make each other ambiguous;
 
         - margin: the candidate must beat every cached entry with another answer (another
           ``group``) by ``margin`` in cosine: a question that sits between two cached
@@ -144,7 +149,8 @@ class SemanticCache:
           question still retrieve the answer's sources?).
         """
         try:
-            return self._similar(scope, np.asarray(vector, dtype=np.float32).reshape(1, -1), question, accept, confirm)
+            query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+            return self._similar(scope, query, question, accept, confirm, current)
         except StoreUnavailable as exc:
             self._unavailable(exc)
             return None
@@ -156,12 +162,15 @@ class SemanticCache:
         question: str | None,
         accept: Callable[[dict[str, Any]], bool] | None,
         confirm: Callable[[dict[str, Any]], bool] | None,
+        current: Callable[[dict[str, Any]], bool] | None = None,
     ) -> CacheHit | None:
         floor = self.threshold if confirm is None else self.confirmed_threshold
         least_margin = self.margin if confirm is None else self.confirmed_margin
         near = self._near(self._scope_key(scope), query, floor - self.margin)
         if near is None:
             return None  # nothing cached in this scope: not counted as a lookup
+        if current is not None:
+            near = [item for item in near if current(item[2]["payload"])]
         for similarity, seq, entry in near:
             if similarity < floor:
                 break
@@ -315,8 +324,12 @@ class SemanticCache:
             "tag": tag,
             "group": group,
         }
+        skey, normalized = self._scope_key(scope), normalize_question(question)
         try:
-            self.store.add(self._scope_key(scope), normalize_question(question), entry, -1.0 if keep else self.ttl_s)
+            before = self.store.find_exact(skey, normalized)
+            if before is not None and before[1].get("group") != group:
+                self.store.remove(skey, before[0])  # the question's answer changed: one entry for it
+            self.store.add(skey, normalized, entry, -1.0 if keep else self.ttl_s)
         except StoreUnavailable as exc:
             self.lookups["store_errors"] += 1
             log.warning("response cache store unavailable, answer not stored: %s", exc)

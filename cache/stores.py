@@ -153,18 +153,26 @@ class LocalStore:
         return None if entry is None else (int(seq), entry)
 
     def near(self, skey: str, query: np.ndarray, k: int, floor: float) -> list[tuple[int, dict[str, Any]]] | None:
-        with self._lock:
-            sindex = self._sync(skey)
-            if sindex.index.ntotal == 0:
-                return None
-            scores, ids = sindex.index.search(query.reshape(1, -1), min(k, sindex.index.ntotal))
-        found = []
-        for score, seq in zip(scores[0], ids[0], strict=True):
-            if seq < 0 or score < floor:  # too far to matter: not read from disk
+        found: list[tuple[int, dict[str, Any]]] = []
+        for _ in range(4):  # entries gone since this process indexed them leave its index, then search again
+            with self._lock:
+                sindex = self._sync(skey)
+                if sindex.index.ntotal == 0:
+                    return None
+                scores, ids = sindex.index.search(query.reshape(1, -1), min(k, sindex.index.ntotal))
+            found, gone = [], []
+            for score, seq in zip(scores[0], ids[0], strict=True):
+                if seq < 0 or score < floor:  # too far to matter: not read from disk
+                    break
+                entry = self._store.get(f"e:{skey}:{int(seq)}")
+                if entry is None:  # removed, evicted or expired
+                    gone.append(int(seq))
+                else:
+                    found.append((int(seq), entry))
+            if not gone:
                 break
-            entry = self._store.get(f"e:{skey}:{int(seq)}")
-            if entry is not None:  # evicted or expired otherwise
-                found.append((int(seq), entry))
+            with self._lock:
+                sindex.index.remove_ids(np.asarray(gone, dtype=np.int64))  # type: ignore[arg-type]  # faiss takes ids too
         return found
 
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:

@@ -135,13 +135,10 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             return found.chunks, None
         t = time.perf_counter()
         agrees = sources_agree(found)
-        hit = cache.get_similar(curated_scope(index), prep.vector, question=prep.question, accept=curated_valid(index))
+        curated = curated_valid(index)
+        hit = cache.get_similar(curated_scope(index), prep.vector, question=prep.question, current=curated)
         hit = hit or cache.get_similar(
-            prep.scope,
-            prep.vector,
-            question=prep.question,
-            accept=lambda p: valid(p) and agrees(p),
-            confirm=faq_confirmed(found),
+            prep.scope, prep.vector, question=prep.question, accept=agrees, confirm=faq_confirmed(found), current=valid
         )
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         return found.chunks, hit

@@ -148,3 +148,15 @@ def test_a_confirmed_candidate_may_sit_below_the_threshold_and_only_then_needs_c
     assert cache.get_similar("s", far, confirm=lambda payload: True) is None  # under the confirmed threshold
     assert cache.get_similar("s", close, confirm=lambda payload: False) is not None  # over 0.9: no confirming needed
     assert cache.stats()["lookups"]["rejected_unconfirmed"] == 1  # the one that asked and was refused
+
+
+def test_removed_entries_leave_the_search_and_never_hide_a_live_one(tmp_path: Path) -> None:
+    from cache.stores import LocalStore
+
+    store = LocalStore(tmp_path, 4)
+    vector = np.asarray([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    seqs = [store.add("s", f"q{n}", {"vector": vector.tobytes(), "n": n}, None) for n in range(12)]
+    assert len(store.near("s", vector, 8, 0.0) or []) == 8  # this process has indexed all 12
+    for seq in seqs[:-1]:  # eleven edits of one curated answer: each removes the one before
+        assert store.remove("s", seq)
+    assert [(seq, entry["n"]) for seq, entry in store.near("s", vector, 8, 0.0) or []] == [(seqs[-1], 11)]

@@ -92,6 +92,9 @@ def test_reingest_invalidates_cached_answers(tmp_path: Path, corpus: Path, embed
         wait_for_version(url, report.version)  # the running server's watcher swaps it in
         after = ask(url, "Do gift cards expire?")
         assert after["cache"]["hit"] is False and "3 years" in after["answer"]
+        # The question's new answer serves its rewordings: the old one is no rival.
+        reworded = ask(url, "Do gift cards ever expire?")
+        assert reworded["cache"]["kind"] == "semantic" and "3 years" in reworded["answer"], reworded
         # Answers built on documents that did not change survive the re-ingest.
         assert ask(url, "which payment methods do you accept")["cache"]["kind"] == "exact"
         assert ask(url, "Which payment methods are accepted?")["cache"]["kind"] == "semantic"
