@@ -284,13 +284,27 @@ async def test_likelihood_reranker_puts_the_passage_that_answers_first(
     await pipeline.aclose()
 
 
-def _cached_prompt_tokens(url: str) -> float:
+def _counters(url: str) -> tuple[float, float]:
+    """(requests finished, prompt tokens served from the prefix cache) in vLLM's /metrics."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("vllm:prompt_tokens_cached_total")
-    )
+
+    def total(name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+    return total("vllm:request_success_total"), total("vllm:prompt_tokens_cached_total")
+
+
+async def _cached_tokens_of(generator: VLLMGenerator, request: GenerationRequest, url: str) -> float:
+    """Prompt tokens of ``request`` that vLLM served from its prefix cache. vLLM records a
+    request's stats after its response can have ended (later still on a busy CPU): wait until
+    /metrics counts it finished; its prefill was recorded before that."""
+    done, cached = _counters(url)
+    await generator.generate(request)
+    deadline = time.monotonic() + 60
+    while (now := _counters(url))[0] < done + 1:
+        assert time.monotonic() < deadline, "vLLM's /metrics never counted the request"
+        await asyncio.sleep(0.1)
+    return now[1] - cached
 
 
 async def test_questions_over_the_same_chunks_reuse_their_kv_in_document_order(vllm_url: str, tmp_path: Path) -> None:
@@ -314,11 +328,8 @@ async def test_questions_over_the_same_chunks_reuse_their_kv_in_document_order(v
             settings = make_settings(tmp_path, prompt_order=order, max_tokens=4)
             first = generation_request("completion", "How much is express delivery?", chunks, settings)
             second = generation_request("completion", "what does fast shipping cost", reordered[::-1], settings)
-            await generator.generate(first)
-            before = _cached_prompt_tokens(vllm_url)
-            await generator.generate(second)
-            await asyncio.sleep(0.5)  # the engine's stats reach /metrics after the request
-            reused[order] = _cached_prompt_tokens(vllm_url) - before
+            await _cached_tokens_of(generator, first, vllm_url)
+            reused[order] = await _cached_tokens_of(generator, second, vllm_url)
     finally:
         await generator.aclose()
     # The context (4 chunks, ~450 tokens) is reused only in document order: several more
