@@ -68,6 +68,7 @@ class CrossEncoderScorer:
 
     name = "ms-marco-minilm-l12-int8"
     MAX_TOKENS = 256
+    MAX_QUERY_TOKENS = 128  # a longer question keeps its end, leaving the sentence the other half
     BATCH = 16
 
     def __init__(self, model_dir: Path | None = None, threads: int = 2) -> None:
@@ -78,6 +79,9 @@ class CrossEncoderScorer:
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(self.MAX_TOKENS, strategy="only_second")
         self._tokenizer.no_padding()
+        self._query_tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._query_tokenizer.no_truncation()
+        self._query_tokenizer.no_padding()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -93,6 +97,7 @@ class CrossEncoderScorer:
         if not texts:
             return out
         with self._lock:
+            query = self._clip(query)
             encodings = self._tokenizer.encode_batch([(query, t) for t in texts])
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), self.BATCH):
@@ -110,6 +115,14 @@ class CrossEncoderScorer:
                 logits = self._session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
             out[rows] = np.asarray(logits, dtype=np.float32).reshape(len(rows), -1)[:, 0]
         return out
+
+    def _clip(self, query: str) -> str:
+        """``query``'s last MAX_QUERY_TOKENS (a long message ends with its question, as a rule):
+        truncating only the sentence fails once the question alone fills the pair."""
+        encoding = self._query_tokenizer.encode(query, add_special_tokens=False)
+        if len(encoding.ids) <= self.MAX_QUERY_TOKENS:
+            return query
+        return query[encoding.offsets[-self.MAX_QUERY_TOKENS][0] :]
 
 
 class LexicalScorer:
