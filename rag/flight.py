@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -47,7 +48,10 @@ class SingleFlight(Generating):
                     raise
                 return await self._generate_prepared(prep)  # the leader's client went away
             prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
-            joined = replace(shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={})
+            joined = replace(  # an answer of its own: feedback on it is this caller's
+                shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={},
+                answer_id=uuid.uuid4().hex,
+            )  # fmt: skip
             self._notify(joined, True)
             return joined
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()

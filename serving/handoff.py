@@ -48,6 +48,7 @@ class Handoff:
             self._task = asyncio.get_running_loop().create_task(self._deliver())
         if self._queue.full():
             dropped = self._queue.get_nowait()
+            self._queue.task_done()  # or drain() would wait for it at every shutdown
             log.error("handoff webhook queue full: dropped the handoff of answer %s", dropped.get("answer_id"))
         self._queue.put_nowait({"event": "needs_human", **event})
 

@@ -77,6 +77,7 @@ async def test_concurrent_identical_misses_share_one_generation(example_data_dir
     assert len(model.requests) == 1
     assert {a.answer for a in answers} == {"Refunds take 5 to 7 business days."}
     assert sum(not a.cache.hit for a in answers) == 1 and sum(a.cache.kind == "exact" for a in answers) == 5
+    assert len({a.answer_id for a in answers}) == 6  # each caller's own, for its feedback
     other = await pipeline.answer("How long do refunds take?")  # nothing in flight now: a new generation
     assert len(model.requests) == 2 and not other.cache.hit
 
