@@ -55,22 +55,30 @@ class HitEvidence:
             if not agreed:  # the highest wrong similarity wins, whichever replica writes last
                 self._store.update(f"audit:{tag}:wrong_max", lambda v: max(v, similarity), -1.0)
                 self._store.update(f"floor:{ref}", lambda v: max(v, similarity), -1.0)
-            # The collection's boundary changes only here: worked out once, read by every lookup.
-            if wrong and interval(wrong, n)[0] > self.max_wrong_rate(tag):
-                self._store.set(f"audit:{tag}:floor", float(self._store.get(f"audit:{tag}:wrong_max")))
-            else:
-                self._store.delete(f"audit:{tag}:floor")
+            self._set_floor(tag, n, wrong)  # worked out here, read by every lookup
 
     def entry_floor(self, ref: str) -> float | None:
         """The similarity a question must exceed to be served this entry (None: no evidence)."""
         value = self._store.get(f"floor:{ref}")
         return None if value is None else float(value)
 
+    def _set_floor(self, tag: str | None, n: int, wrong: int) -> float | None:
+        """Work out the collection's boundary under its bound now, and store it with that bound."""
+        bound = self.max_wrong_rate(tag)
+        over = wrong > 0 and interval(wrong, n)[0] > bound
+        floor = float(self._store.get(f"audit:{tag}:wrong_max", -1.0)) if over else None
+        self._store.set(f"audit:{tag}:floor", [bound, floor])
+        return floor
+
     def collection_floor(self, tag: str | None) -> float | None:
         """When the collection is over its bound with 95% confidence: the similarity a near
-        duplicate must exceed there (the closest hit found wrong); otherwise None."""
-        value = self._store.get(f"audit:{tag}:floor")
-        return None if value is None else float(value)
+        duplicate must exceed there (the closest hit found wrong); otherwise None. Worked out
+        again when the bound is not the one it was stored under (RAG_CACHE_MAX_WRONG_RATE changed)."""
+        stored = self._store.get(f"audit:{tag}:floor")
+        if isinstance(stored, list) and stored[0] == self.max_wrong_rate(tag):
+            return None if stored[1] is None else float(stored[1])
+        n, wrong = int(self._store.get(f"audit:{tag}:n", 0)), int(self._store.get(f"audit:{tag}:wrong", 0))
+        return self._set_floor(tag, n, wrong) if n else None
 
     def estimate(self, tag: str | None) -> dict[str, Any]:
         """The collection's estimated wrong-hit rate beside its bound, for ``rag cache stats``."""

@@ -69,6 +69,11 @@ def test_a_collection_over_its_bound_serves_only_closer_duplicates(tmp_path: Pat
     assert cache.get_similar("strict", v["How many days until I get my refund?"]) is None  # below the wrong ones
     assert cache.get_similar("strict", v["How long does a refund take?"]) is not None  # above them all
     assert cache.get_similar("loose", v["How many days until I get my refund?"]) is not None  # within its bound
+    # The operator tightens the bound: the same evidence now puts "loose" over it, at once.
+    tightened = SemanticCache(tmp_path, dimension=384, threshold=0.6, margin=0.0, max_wrong_rate=lambda tag: 0.2)
+    assert tightened.stats()["wrong_hits"]["loose"]["status"].startswith("over the bound")
+    assert tightened.get_similar("loose", v["How many days until I get my refund?"]) is None
+    assert tightened.get_similar("loose", v["How long does a refund take?"]) is not None
 
 
 def test_max_wrong_rate_is_one_rate_or_rates_per_collection(tmp_path: Path) -> None:
