@@ -36,7 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .stores import StoreUnavailable
+from .stores import KEPT_ON_CLEAR, StoreUnavailable
 
 T = TypeVar("T")
 DEFAULT_TTL_S = 30 * 86400
@@ -296,9 +296,12 @@ class RedisStore:
         if tag is None:
             count = sum(self.count_by_tag().values())
 
+            kept = tuple(f"{self.counters.prefix}{name}".encode() for name in KEPT_ON_CLEAR)
+
             def drop_all() -> None:
                 for key in self._r.scan_iter(match=self.prefix + "*", count=1000):
-                    self._r.delete(key)
+                    if not key.startswith(kept):
+                        self._r.delete(key)
 
             self._g.call(drop_all)
             return count

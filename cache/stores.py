@@ -55,6 +55,12 @@ class Counters(Protocol):
         ...
 
 
+KEPT_ON_CLEAR = ("blocks:", "block:", "audit:")
+"""Counters that outlive ``clear``: the answers people blocked (:mod:`cache.blocks`) and each
+collection's wrong-hit evidence (:mod:`cache.audit`). Clearing answers is not lifting a
+block; sequence numbers and per-entry boundaries go with the entries."""
+
+
 class LocalCounters(diskcache.Cache):  # type: ignore[misc]
     """diskcache as :class:`Counters`: its transaction is one SQLite write lock, across processes."""
 
@@ -227,8 +233,13 @@ class LocalStore:
         with self._lock:
             if tag is None:
                 count = sum(1 for _ in self._entries())
+                kept = {
+                    k: self.counters.get(k) for k in list(self.counters.iterkeys()) if str(k).startswith(KEPT_ON_CLEAR)
+                }
                 self._store.clear()
                 self.counters.clear()  # type: ignore[attr-defined]
+                for key, value in kept.items():
+                    self.counters.set(key, value)
                 self.counters.set("epoch", uuid.uuid4().hex)
                 self._scopes.clear()
                 return count

@@ -111,6 +111,25 @@ def test_replicas_blocking_in_one_scope_at_once_lose_no_block(engine: str, redis
     assert sorted(b["id"] for b in replicas[0].of("scope")) == sorted(ids[20:])
 
 
+@pytest.mark.parametrize("engine", ["redis", "diskcache"])
+def test_clearing_the_cache_keeps_blocks_and_each_collections_evidence(
+    engine: str, redis_url: str, tmp_path: Path
+) -> None:
+    store = RedisStore(redis_url, 384, prefix=f"t{uuid.uuid4().hex[:8]}:") if engine == "redis" else tmp_path
+    cache = SemanticCache(store, dimension=384, threshold=0.9)
+    v = _unit(1)
+    cache.put("scope", "How long do refunds take?", v, {"answer": "Two days."}, tag="shop", group="3")
+    hit = cache.get_similar("scope", _near(v, 2, 0.2))
+    assert hit is not None
+    cache.learn(hit, agreed=True)
+    cache.reject("scope", "How long do refunds take?", v, "Two days.", "3", "shop")
+    assert cache.clear() == 0  # the thumbs-down already took the one entry
+    cache.put("scope", "How long do refunds take?", v, {"answer": "Two days."}, tag="shop", group="3")
+    assert cache.get_exact("scope", "How long do refunds take?") is None  # still blocked
+    assert len(cache.blocks.all("shop")) == 1
+    assert cache.stats()["wrong_hits"]["shop"]["audited_hits"] == 1
+
+
 def test_a_redis_that_goes_away_costs_misses_and_comes_back(tmp_path: Path) -> None:
     engine = redis_engine(tmp_path / "redis").start()
     try:
