@@ -254,7 +254,8 @@ class Pipeline(Retrieval, SingleFlight, Curating):
                 prep.evidence = await loop.run_in_executor(
                     self._cpu, self._select_evidence, question, entry, float("-inf")
                 )
-                chunks = prep.retrieved = entry
+                if prep.evidence.supported:  # an entry with no sentence to quote leaves retrieval's chunks
+                    chunks = prep.retrieved = entry
             if not prep.evidence.supported:
                 prep.evidence = await loop.run_in_executor(self._cpu, self._select_evidence, question, chunks)
             prep.timings["support"] = (time.perf_counter() - t) * 1000

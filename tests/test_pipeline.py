@@ -132,3 +132,27 @@ async def test_a_guard_replaced_answer_is_quoted_and_never_outlives_its_index_ve
     assert not after.cache.hit and len(model.requests) == 2
     assert (after.answer, after.answer_kind) == ("Refunds take 5 to 7 business days.", "generated")
     await pipeline.aclose()
+
+
+async def test_an_faq_entry_with_nothing_to_quote_leaves_the_other_passages_to_the_judge(
+    tmp_path: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from ingest.runner import ingest
+    from rag.generators.extractive import ExtractiveGenerator
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    faq = [
+        {"id": "wrap", "title": "Do you offer gift wrapping?", "text": "Yes."},
+        {"id": "ship", "title": "Do you ship to Canada?", "text": "We ship to Canada in 5 to 8 business days."},
+    ]
+    (docs / "faq.jsonl").write_text("".join(json.dumps(e) + "\n" for e in faq))
+    (docs / "gifts.md").write_text("# Gifts\n\nGift wrapping is available for £3 per item at checkout.\n")
+    settings = make_settings(tmp_path / "data", cache_enabled=False)
+    ingest([docs], "default", settings, embedder, progress=False)
+    pipeline = Pipeline(settings, embedder, ExtractiveGenerator())
+    answer = await pipeline.answer("Do you offer gift wrapping?")
+    assert "£3 per item" in answer.answer and answer.citations[0].document_id == "gifts.md", answer
+    await pipeline.aclose()
