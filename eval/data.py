@@ -11,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rag.wire import jsonl_lines
+
 
 @dataclass
 class QAItem:
@@ -28,7 +30,7 @@ class QAItem:
 
 def load_qa(path: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]:
     items = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
         if line.strip():
             r = json.loads(line)
             items.append(

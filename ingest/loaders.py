@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rag.errors import DocumentError
+from rag.wire import jsonl_lines
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
 
@@ -169,7 +170,7 @@ def _load_jsonl(data: bytes, path: Path, source: str) -> Loaded:
     line) is skipped and reported with its number, and the rest of the file is still indexed."""
     loaded = Loaded([])
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(_decode(data).splitlines(), start=1):
+    for lineno, line in enumerate(jsonl_lines(_decode(data)), start=1):
         if not line.strip():
             continue
         try:

@@ -26,6 +26,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .errors import RagError, error_body
+from .wire import jsonl_lines
 
 log = logging.getLogger("rag.batch")
 
@@ -76,7 +77,7 @@ async def answer_each(
 
 def read_questions(path: Path) -> list[dict[str, Any]]:
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:
@@ -95,7 +96,7 @@ def answered_ids(path: Path) -> set[str]:
     if not path.exists():
         return set()
     done = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
@@ -116,7 +117,7 @@ async def run_batch(
     done = answered_ids(out)
     todo = [item for item in items if str(item["id"]) not in done]
     if out.exists():  # keep answered lines, drop failed or cut ones (they are redone)
-        kept = [line for line in out.read_text(encoding="utf-8").splitlines() if _is_answer(line)]
+        kept = [line for line in jsonl_lines(out.read_text(encoding="utf-8")) if _is_answer(line)]
         out.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
     skipped = len(items) - len(todo)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,7 @@ async def run_batch(
             **await answer_each(((None, i) for i in todo), answer, concurrency, write, in_order=True),
         }
     if skipped:  # a resumed run appended after the kept lines: restore input order
-        lines = {str(json.loads(line)["id"]): line for line in out.read_text(encoding="utf-8").splitlines()}
+        lines = {str(json.loads(line)["id"]): line for line in jsonl_lines(out.read_text(encoding="utf-8")) if line}
         ordered = [lines[str(item["id"])] for item in items if str(item["id"]) in lines]
         tmp = out.with_suffix(out.suffix + ".tmp")
         tmp.write_text("".join(f"{line}\n" for line in ordered), encoding="utf-8")

@@ -14,6 +14,12 @@ if TYPE_CHECKING:
 SNIPPET_CHARS = 300
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSON Lines text. Only a newline ends a line: ``str.splitlines`` also
+    splits at U+2028, U+2029 and U+0085, which JSON strings may hold unescaped."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 @dataclass
 class Citation:
     id: int

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,16 @@ def test_jsonl_keeps_its_good_lines_and_reports_each_bad_one_by_number() -> None
     ]
     assert "not JSON" in loaded.problems[0] and "repeats the id 'a' of line 1" in loaded.problems[1]
     assert 'no "text"' in loaded.problems[2] and "not an object" in loaded.problems[3]
+
+
+def test_a_jsonl_line_may_hold_unicode_line_separators() -> None:
+    # JSON lets U+2028, U+2029 and U+0085 stand unescaped in a string; only "\n" ends a line.
+    text = "Opening hours:\u2028Mon-Fri 9-5.\u2029Closed on public holidays.\x85Call us."
+    data = (json.dumps({"id": "hours", "text": text}, ensure_ascii=False) + "\r\n").encode()
+    data += b'{"id": "next", "text": "Gift cards never expire."}\n'
+    loaded = load_file(Path("faq.jsonl"), data, document_id="faq.jsonl")
+    assert [d.document_id for d in loaded.documents] == ["hours", "next"] and not loaded.problems
+    assert "Closed on public holidays" in loaded.documents[0].text
 
 
 @pytest.mark.parametrize(
