@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -178,6 +179,11 @@ def read_file(root: Path, path: Path, known_sha: str | None, chunker: Chunker) -
     in a task: the same code, so the same chunks). A bad file is a "failed" record, never an
     exception."""
     source = str(path.resolve())
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 in its name: it could not be stored, or cited
+        shown = os.fsencode(source).decode("utf-8", "backslashreplace")  # its bytes, as \xe9
+        return FileRead(shown, "failed", reason="its name is not valid UTF-8 - rename the file")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -28,11 +28,13 @@ def test_mixed_folder_indexes_good_files_and_reports_bad_ones(corpus: Path, sett
     (corpus / "blank.txt").write_text("   ")
     (corpus / "legacy.txt").write_bytes("Caf\xe9 opening hours".encode("latin-1"))
     (corpus / "blob.md").write_bytes(bytes(range(256)))
+    (corpus / "caf\udce9.txt").write_text("A file whose name is Latin-1 bytes.")  # b"caf\xe9.txt" on disk
 
     report = ingest([corpus], "default", settings, embedder, progress=False)
 
     failed = {Path(src).name: why for src, why in report.failed}
-    assert set(failed) == {"corrupt.pdf", "blank.txt", "legacy.txt", "blob.md"}
+    assert set(failed) == {"corrupt.pdf", "blank.txt", "legacy.txt", "blob.md", "caf\\xe9.txt"}
+    assert "rename" in failed["caf\\xe9.txt"]
     assert "PDF" in failed["corrupt.pdf"] and "empty" in failed["blank.txt"]
     assert "UTF-8" in failed["legacy.txt"] and "binary" in failed["blob.md"]
     assert len(report.indexed) == 14
