@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 _EMPHASIS_RE = re.compile(r"\*\*|__|`")
 _LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
-_SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9£$€])")
+# A sentence ends before a capital, a digit, a currency sign or a letter outside ASCII (other scripts).
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?(?:[A-Z0-9£$€]|[^\W\d_a-zA-Z]))")
 _MIN_WORDS = 3
 _TAG_LINE_RE = re.compile(r"^(?:<[^<>]*>\s*)+$")
 # A sentence that speaks to an assistant rather than to a customer (a planted prompt

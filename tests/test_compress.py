@@ -34,3 +34,16 @@ def test_best_sentences_pick_the_matching_fact_in_reading_order() -> None:
     compressed = compress("How long do refunds take?", passages, 1)
     assert [(c.id, c.text) for c in compressed] == [(0, "Refunds take 5 to 7 business days to appear.")]
     assert compress("anything", passages, 0) == passages  # 0 turns compression off
+
+
+def test_words_of_any_script_are_terms_so_their_sentences_can_be_evidence() -> None:
+    from rag.compress import terms
+    from rag.evidence import collect_units
+
+    assert terms("Le café coûte 3 €.") == ["le", "café", "coûte", "3", "€"]
+    chunk = _chunk(0, "Возврат денег занимает 5 рабочих дней. Подарочные карты не имеют срока действия.")
+    units, _ = collect_units([chunk], window=0)
+    assert [u.text for u in units] == [
+        "Возврат денег занимает 5 рабочих дней.",
+        "Подарочные карты не имеют срока действия.",
+    ]  # each its own unit: none dropped as empty, none merged as a repeat
