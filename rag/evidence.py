@@ -80,15 +80,19 @@ class Evidence:
 
 
 def merge(units: list[Unit]) -> list[Unit]:
-    """Overlapping or adjacent windows of the same chunk as one span, in best-first order."""
+    """Overlapping or adjacent windows of the same chunk as one span, in best-first order (a
+    window that bridges two spans joins all three)."""
     spans: list[Unit] = []
     for unit in units:
-        for i, span in enumerate(spans):
-            if span.overlaps(unit):
-                spans[i] = Unit(span.chunk, "", span.score, min(span.first, unit.first), max(span.last, unit.last))
-                break
-        else:
+        joined = [span for span in spans if span.overlaps(unit)]
+        if not joined:
             spans.append(unit)
+            continue
+        first = min([unit.first, *(s.first for s in joined)])
+        last = max([unit.last, *(s.last for s in joined)])
+        at = spans.index(joined[0])  # where the best of them stood
+        spans = [s for s in spans if s not in joined]
+        spans.insert(at, Unit(joined[0].chunk, "", joined[0].score, first, last))
     return spans
 
 

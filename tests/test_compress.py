@@ -47,3 +47,12 @@ def test_words_of_any_script_are_terms_so_their_sentences_can_be_evidence() -> N
         "Возврат денег занимает 5 рабочих дней.",
         "Подарочные карты не имеют срока действия.",
     ]  # each its own unit: none dropped as empty, none merged as a repeat
+
+
+def test_a_window_that_bridges_two_spans_joins_all_three_and_quotes_no_sentence_twice() -> None:
+    from rag.evidence import Unit, merge
+
+    best, second, bridge = Unit(0, "", 3.0, 0, 1), Unit(0, "", 2.0, 3, 4), Unit(0, "", 1.0, 1, 3)
+    assert merge([best, second, bridge]) == [Unit(0, "", 3.0, 0, 4)]
+    elsewhere = Unit(1, "", 2.5, 3, 4)  # another chunk's sentences 3-4 are other sentences
+    assert merge([best, elsewhere, Unit(0, "", 1.0, 2, 2)]) == [Unit(0, "", 3.0, 0, 2), elsewhere]
