@@ -176,6 +176,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         # it names none, with the user turn it follows).
         prep.cacheable = not history
         cache = self.cache if prep.cacheable and not audit else None
+        asked = filters  # the caller's: an audit asks again with these, not the planned ones
         search_text, filters = self.plan_search(index, question, history, filters)
         prep.filters = filters
         prep.search_text = search_text
@@ -195,7 +196,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             prep.result.grounded = not hit.payload.get("provisional")  # a quote the guard put in
             prep.result.cache_ref = hit.ref or None
             if hit.payload.get("answer_kind") != CURATED:  # a person's answer is not audited
-                self._audit_later(hit, (question, collection, top_k, filters, options))
+                self._audit_later(hit, (question, collection, top_k, asked, options))
             return prep
 
         prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]

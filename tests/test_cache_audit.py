@@ -134,3 +134,34 @@ def test_eval_replays_audits_in_arrival_order(embedder) -> None:  # type: ignore
     # The first wrong hit is scored before it is learnt from; the repeat then misses.
     assert replayed["false_hit_rate"] == 0.5 and replayed["hit_rate"] == 1.0
     assert replayed["audits"]["audited_hits"] == 2 and replayed["audits"]["wrong_hits"] == 1
+
+
+async def test_an_audit_asks_again_with_the_callers_filters_not_the_planned_entity(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from ingest.runner import ingest
+
+    facts = {
+        "Harbor Hotel": ["has free parking for guests", "serves breakfast from 7am to 10am", "has 40 sea-view rooms"],
+        "Station Inn": ["has no parking of its own", "serves no breakfast", "has 12 rooms by the station"],
+    }
+    lines = [
+        json.dumps({"id": f"{name}-{n}", "title": name, "text": f"The {name} {fact}."})
+        for name, items in facts.items()
+        for n, fact in enumerate(items)
+    ]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "hotels.jsonl").write_text("\n".join(lines) + "\n")
+    settings: Settings = make_settings(tmp_path / "data", backend="extractive", cache_audit_rate=1.0)
+    ingest([tmp_path / "docs"], "default", settings, embedder, progress=False)
+    pipeline = build_pipeline(settings, embedder)
+    try:
+        await pipeline.answer("Does the Harbor Hotel have parking?")  # searched within the Harbor Hotel's entries
+        again = await pipeline.answer("Does the Harbor Hotel have free parking?")
+        assert again.cache.kind == "semantic", again
+        await pipeline.audits_settled()
+        # The audit's fresh answer is cached where the caller's next ask looks, not in a
+        # scope keyed on the entity filter the pipeline planned.
+        assert (await pipeline.answer("Does the Harbor Hotel have free parking?")).cache.kind == "exact"
+    finally:
+        await pipeline.aclose()
