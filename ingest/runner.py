@@ -114,6 +114,7 @@ def ingest(
             report.removed.extend(gone)
         incremental = index_type == previous_type and (index_type == "flat" or (index_type == "hnsw" and not to_remove))
         report.chunks_removed = _remove(db, version.index if incremental else None, to_remove)
+        pending = _unique_ids(db, pending, report)
         next_id = int(meta.get("next_id", 1))
         ids, vectors = _add(db, pending, next_id, stages, settings.embedding_batch_size, report, progress)
         if incremental:
@@ -255,6 +256,31 @@ def _read(
             report.skipped_lines.extend((read.source, problem) for problem in read.problems)
             pending.append((read.source, read.sha, list(read.document_ids), list(read.chunks)))
     return pending, {str(path.resolve()) for _, path in files}
+
+
+def _unique_ids(db: sqlite3.Connection, pending: Pending, report: IngestReport) -> Pending:
+    """A document id names one document in a collection: citations, FAQ entries and document
+    filters go by it. A document whose id another file already holds (two FAQ files both
+    numbering from 1, or faq.md under two of the folders ingested) is skipped and reported
+    with the file holding it; a file left with nothing fails."""
+    owner = {doc: file for doc, file in db.execute("SELECT DISTINCT document_id, file FROM chunks")}
+    kept: Pending = []
+    for source, sha, doc_ids, chunks in pending:
+        taken = {d: owner[d] for d in doc_ids if owner.get(d, source) != source}
+        used = [f"{doc!r} by {other}" for doc, other in taken.items()]
+        if taken and len(taken) == len(set(doc_ids)):
+            report.failed.append(
+                (source, f"its document ids are already used ({', '.join(used[:3])}) - give each its own")
+            )
+            continue
+        report.skipped_lines.extend(
+            (source, f"document id {doc!r} is already used by {other} - skipped; give each document its own id")
+            for doc, other in taken.items()
+        )
+        ids = [d for d in doc_ids if d not in taken]
+        owner.update(dict.fromkeys(ids, source))
+        kept.append((source, sha, ids, [c for c in chunks if c.document_id not in taken]))
+    return kept
 
 
 def _publish(

@@ -162,3 +162,31 @@ def test_failed_run_keeps_previous_chunks_of_a_file_that_became_unreadable(
     report = ingest([corpus], "default", settings, embedder, progress=False)
     assert [Path(s).name for s, _ in report.failed] == ["gift-cards.txt"]
     assert _top(settings, embedder, "do gift cards expire") == "gift-cards.txt"
+
+
+def test_a_document_id_another_file_holds_is_skipped_and_reported(tmp_path: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    one, two = tmp_path / "shop", tmp_path / "more"
+    one.mkdir(), two.mkdir()
+    (one / "faq.jsonl").write_text(
+        '{"id": "1", "title": "Do you ship to Norway?", "text": "Yes, we ship to Norway in 5 days."}\n'
+        '{"id": "2", "title": "Do gift cards expire?", "text": "Gift cards never expire at all."}\n'
+    )
+    (two / "faq.jsonl").write_text(  # numbered from 1 too: "1" would mix two entries into one
+        '{"id": "1", "title": "Can I pay by cheque?", "text": "We do not accept cheques, sorry."}\n'
+        '{"id": "3", "title": "Do you sell sofas?", "text": "We sell sofas in 12 fabrics."}\n'
+    )
+    (one / "notes.md").write_text("# Notes\n\nThe shop opens at 9am on weekdays.\n")
+    (two / "notes.md").write_text("# Notes\n\nA second notes.md: its id, notes.md, is taken.\n")
+    report = ingest([one, two], "default", settings, embedder, progress=False)
+    failed = {str(Path(src).relative_to(tmp_path)): why for src, why in report.failed}
+    assert list(failed) == ["more/notes.md"] and "'notes.md' by " in failed["more/notes.md"]
+    skipped = [(str(Path(src).relative_to(tmp_path)), why) for src, why in report.skipped_lines]
+    assert (
+        len(skipped) == 1 and skipped[0][0] == "more/faq.jsonl" and "document id '1' is already used" in skipped[0][1]
+    )
+    index = _index(settings, embedder)
+    rows = index._db.execute("SELECT document_id, text FROM chunks ORDER BY document_id").fetchall()
+    assert [d for d, _ in rows] == ["1", "2", "3", "notes.md"]
+    assert "Norway" in rows[0][1] and "9am" in rows[3][1]
+    again = ingest([one, two], "default", settings, embedder, progress=False)  # nothing changed: the same report
+    assert [str(Path(s).relative_to(tmp_path)) for s, _ in again.failed] == ["more/notes.md"]
