@@ -67,6 +67,14 @@ class IndexMismatchError(RagError):
     code = "index_model_mismatch"
 
 
+class ConflictError(RagError):
+    """Someone else changed the record since it was read."""
+
+    status_code = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class BackendUnavailableError(RagError):
     """The generator backend cannot answer now (not installed, not loaded, or down)."""
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag.errors import InvalidRequestError, NotFoundError
+from rag.errors import ConflictError, InvalidRequestError, NotFoundError
 from rag.pipeline import Pipeline
 from rag.store import CollectionIndex
 from rag.wire import Citation
@@ -285,7 +285,7 @@ async def _new_version(
     pipe, _, who = _admin(request, before.collection)
     after = await asyncio.to_thread(store.change, before, who, action, **fields(before, pipe))
     if after is None:
-        raise InvalidRequestError(f"curated answer {curated_id} changed meanwhile - read it again", param="curated_id")
+        raise ConflictError(f"curated answer {curated_id} changed meanwhile - read it again", param="curated_id")
     return pipe, before, after
 
 

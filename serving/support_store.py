@@ -17,7 +17,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +125,14 @@ class Feedback:
         )  # fmt: skip
 
 
+def _chain(execute: Callable[[str, tuple[Any, ...]], int], statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    """Run ``statements`` in order while each changes a row; the rows each changed (0 for the rest)."""
+    changed: list[int] = []
+    for sql, params in statements:
+        changed.append(execute(sql, params) if not changed or changed[-1] > 0 else 0)
+    return changed
+
+
 class _Sqlite:
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,10 +152,11 @@ class _Sqlite:
             self._conn.executemany(sql, rows)
 
     def apply(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
-        """Statements in one transaction; the rows each changed."""
+        """Statements in one transaction, each only if the one before changed a row (an
+        UPDATE that lost a race writes no audit row); the rows each changed."""
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
-            return [self._conn.execute(sql, params).rowcount for sql, params in statements]
+            return _chain(lambda sql, params: int(self._conn.execute(sql, params).rowcount), statements)
 
     def close(self) -> None:
         self._conn.close()
@@ -164,9 +173,13 @@ class _Postgres:
         self.db.run(lambda c: c.cursor().executemany(sql.replace("?", "%s"), rows))  # type: ignore[arg-type]
 
     def apply(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+        """As :meth:`_Sqlite.apply`."""
+
         def run(conn: Any) -> list[int]:
             with conn.transaction():
-                return [conn.execute(sql.replace("?", "%s"), params).rowcount for sql, params in statements]
+                return _chain(
+                    lambda sql, params: int(conn.execute(sql.replace("?", "%s"), params).rowcount), statements
+                )
 
         return self.db.run(run)
 

@@ -182,3 +182,18 @@ def test_a_thumbs_down_on_a_curated_answer_sends_it_back_to_review(tmp_path: Pat
             assert ask(url, question)["answer_kind"] != "curated"  # not served until a person looks again
         call("POST", f"{url}/v1/curated/{pinned['id']}/approve")
         assert ask(url, "How long does a refund take?")["answer"] == PINNED
+
+
+def test_an_edit_that_lost_a_race_changes_nothing_and_leaves_no_history(tmp_path: Path) -> None:
+    from serving.curation import CuratedStore
+    from serving.support_store import open_support_store
+
+    support = open_support_store(tmp_path, None)
+    store = CuratedStore(support.sql)
+    item = store.create("default", "How long do refunds take?", PINNED, [], "admin", "api")
+    won = store.change(item, "ann", "edit", answer="Five to seven business days.")
+    lost = store.change(item, "bob", "edit", answer="A week.")  # read version 1 too: too late
+    assert won is not None and lost is None
+    assert [(h["version"], h["who"]) for h in store.history(item.id)] == [(1, "admin"), (2, "ann")]
+    assert store.get(item.id).answer == "Five to seven business days."  # type: ignore[union-attr]
+    support.close()
