@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from rag import wire
+
+MAX_FILTER_VALUES = 1000  # each is a parameter of one SQL query
 
 
 class Turn(BaseModel):
@@ -35,10 +37,10 @@ class QueryRequest(BaseModel):
         "previous user turn if it names none, and is never answered from or stored in the cache. "
         "At most RAG_MAX_HISTORY_TURNS turns (50 unless configured).",
     )
-    filters: dict[str, str | list[str]] | None = Field(
+    filters: dict[str, str | Annotated[list[str], Field(max_length=MAX_FILTER_VALUES)]] | None = Field(
         default=None,
         description='Retrieve only chunks whose metadata match: keys "title", "document_id", "source"; '
-        "a value or a list of accepted values. Replaces the entity carry-over.",
+        f"a value or a list of up to {MAX_FILTER_VALUES} accepted values. Replaces the entity carry-over.",
         examples=[{"title": "Returns and refunds"}],
     )
     stream: bool = Field(

@@ -202,6 +202,8 @@ def test_request_limits_get_clear_4xx(service: str, tenants: dict[str, Any]) -> 
         assert too_long["param"] == "history"
         for top_k in (0, 51):
             assert_error(ask(http, "alpha", top_k=top_k), 400, "invalid_value")
+        many = assert_error(ask(http, "alpha", filters={"title": ["a"] * 300_000}), 400, "invalid_value")
+        assert "filters" in many["param"]  # one SQL parameter each: a 500 before
 
 
 def test_rate_limit_per_key_answers_429_with_retry_after(tenants: dict[str, Any], embedder: Any) -> None:
