@@ -17,6 +17,7 @@ Up to ``concurrency`` questions are in flight together.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -38,7 +39,7 @@ async def answer_each(
     items: Iterable[tuple[Any, dict[str, Any]]],
     answer: Answerer,
     concurrency: int | asyncio.Semaphore,
-    record: Callable[[Any, dict[str, Any]], None],
+    record: Callable[[Any, dict[str, Any]], Any],
     *,
     in_order: bool = False,
 ) -> dict[str, int]:
@@ -67,7 +68,9 @@ async def answer_each(
     try:
         for done in tasks if in_order else asyncio.as_completed(tasks):
             key, result = await done
-            record(key, result)
+            kept = record(key, result)
+            if inspect.isawaitable(kept):  # a store that writes off the event loop
+                await kept
             counts["failed" if "error" in result else "answered"] += 1
     finally:
         for task in tasks:

@@ -37,14 +37,14 @@ def _cache(request: Request) -> Any:
 @router.get("/v1/cache/stats")
 async def cache_stats(request: Request) -> dict[str, Any]:
     """Entries, bytes on disk, and this worker's lookups by outcome."""
-    return _cache(request).stats()  # type: ignore[no-any-return]
+    return await asyncio.to_thread(_cache(request).stats)  # type: ignore[no-any-return]
 
 
 @router.delete("/v1/cache")
 async def cache_clear(request: Request, collection: str | None = None) -> dict[str, Any]:
     """Drop cached answers: all, or one collection's (`?collection=NAME`). Curated answers are
     put back (their records are the support store's)."""
-    cleared = _cache(request).clear(collection)
+    cleared = await asyncio.to_thread(_cache(request).clear, collection)
     await sync_curated(request.app.state.pipeline, request.app.state.curated, collection)
     return {"cleared": cleared, "collection": collection}
 

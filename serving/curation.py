@@ -281,7 +281,7 @@ async def _new_version(
 ) -> tuple[Pipeline, Curated, Curated]:
     """(the pipeline, the version before, the new version) after an admin's change."""
     store: CuratedStore = request.app.state.curated
-    before = _found(store, curated_id, request)
+    before = await asyncio.to_thread(_found, store, curated_id, request)
     pipe, _, who = _admin(request, before.collection)
     after = await asyncio.to_thread(store.change, before, who, action, **fields(before, pipe))
     if after is None:
@@ -338,7 +338,7 @@ async def curated_history(curated_id: str, request: Request) -> dict[str, Any]:
     """Every version: who, when, what it was before and after (admin)."""
     principal_of(request).require_admin()
     store: CuratedStore = request.app.state.curated
-    item = store.get(curated_id)
+    item = await asyncio.to_thread(store.get, curated_id)
     if item is None or not principal_of(request).can_read(item.collection):
         raise NotFoundError(f"no curated answer {curated_id!r}", param="curated_id")
     return {"data": await asyncio.to_thread(store.history, curated_id)}

@@ -119,11 +119,13 @@ class Database:
                     self._migrated = True
                 yield conn
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            self._down_until = time.monotonic() + 1.0
             raise BackendUnavailableError(
                 f"the database (RAG_DATABASE_URL) is unreachable: {_first_line(exc)}"
             ) from exc
         except Exception as exc:
             if type(exc).__name__ == "PoolTimeout":
+                self._down_until = time.monotonic() + 1.0
                 raise BackendUnavailableError(f"the database (RAG_DATABASE_URL) is unreachable: {exc}") from exc
             raise
 

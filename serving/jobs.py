@@ -226,7 +226,11 @@ class JobRunner:
 
         pending = await asyncio.to_thread(self.store.pending, job_id)
         items = [(p, {**item, "id": item.get("id") or str(p)}) for p, item in pending]
-        await answer_each(items, answer, self._gate, lambda p, result: self.store.record(job_id, p, result))
+
+        def record(position: int, result: dict[str, Any]) -> Awaitable[None]:  # off the event loop: a database
+            return asyncio.to_thread(self.store.record, job_id, position, result)
+
+        await answer_each(items, answer, self._gate, record)
         await asyncio.to_thread(self.store.set_status, job_id, "done")
 
     async def aclose(self) -> None:
