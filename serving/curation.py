@@ -265,6 +265,7 @@ async def pin(body: CuratedRequest, request: Request) -> dict[str, Any]:
 @router.post("/v1/curated/from-feedback", status_code=201)
 async def pin_correction(body: FromFeedback, request: Request) -> dict[str, Any]:
     """Pin a thumbs-down's correction to the question it answered, citing what it cited (admin)."""
+    principal_of(request).require_admin()  # before the lookup: a non-admin learns nothing of which ids exist
     support = request.app.state.support
     vote = await asyncio.to_thread(support.one_feedback, body.feedback_id)
     record = await asyncio.to_thread(support.answer, vote.answer_id) if vote and vote.rating == "down" else None
