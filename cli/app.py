@@ -11,7 +11,12 @@ import typer
 from rag.errors import RagError
 from rag.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Grounded, cited answers from your documents.")
+app = typer.Typer(
+    rich_markup_mode=None,
+    add_completion=False,
+    no_args_is_help=True,
+    help="Grounded, cited answers from your documents.",
+)
 
 DataDir = Annotated[
     Optional[Path], typer.Option("--data-dir", help="Where indexes and the cache live [env RAG_DATA_DIR].")
@@ -33,6 +38,17 @@ def load_settings(**overrides: Any) -> Settings:
 def fail(message: str, code: int = 1) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def counts(text: str, option: str) -> list[int]:
+    """A comma-separated list of whole numbers of at least 1 ("1,8,32"), or a clear failure."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        fail(f"{option} takes whole numbers of at least 1, separated by commas (for example 1,8), not {text!r}")
+    return values
 
 
 def run_or_fail(fn: Any) -> Any:

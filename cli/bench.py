@@ -8,13 +8,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import Backend, load_settings, run_or_fail
+from .app import Backend, counts, load_settings, run_or_fail
 
 _BENCH_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
 
 bench_app = typer.Typer(
-    invoke_without_command=True, help="Latency and throughput of each path against the reference; `rag bench ingest`."
+    rich_markup_mode=None,
+    invoke_without_command=True,
+    help="Latency and throughput of each path against the reference; `rag bench ingest`.",
 )
 
 
@@ -60,7 +62,7 @@ def bench(
     from eval.bench_report import plot, table
 
     settings = load_settings(backend=backend, vllm_url=vllm_url)
-    levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    levels = counts(concurrency, "--concurrency")
     result = run_or_fail(
         lambda: run_bench(
             corpus, qa if qa and qa.exists() else None, settings, levels=levels, requests=requests,
@@ -92,7 +94,7 @@ def bench_ingest(
     cost per chunk (read, embed, write)."""
     from eval.ingest_bench import run_ingest_bench
 
-    workers = [int(x) for x in ray_workers.split(",") if x.strip()]
+    workers = counts(ray_workers, "--ray-workers")
     result = run_or_fail(lambda: run_ingest_bench(paths, load_settings(), workers, progress))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import typer
 
 from .app import Collection, DataDir, fail, load_settings, run_or_fail
 
-cache_app = typer.Typer(no_args_is_help=True, help="Look at or empty the response cache.")
+cache_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Look at or empty the response cache.")
 
 
 def _open_cache(data_dir: Path | None) -> Any:
@@ -66,6 +66,10 @@ def cache_calibrate(
     settings = load_settings(data_dir=data_dir)
     if max_false_hit_rate is None:
         max_false_hit_rate = settings.max_wrong_rate()
+    if not 0 < max_false_hit_rate < 1:
+        fail(
+            f"a false-hit rate of {max_false_hit_rate} cannot be calibrated: give one above 0 and below 1 (0.01 is 1%)"
+        )
     try:
         labelled = load_labelled_questions(questions) if questions else None
         embedder = SentenceTransformerEmbedder.from_settings(settings).load()

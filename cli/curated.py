@@ -11,7 +11,9 @@ import typer
 
 from .app import Collection, DataDir, fail, load_settings, run_or_fail
 
-curated_app = typer.Typer(no_args_is_help=True, help="Curated answers: import approved answers from a file.")
+curated_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Curated answers: import approved answers from a file."
+)
 
 
 def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:

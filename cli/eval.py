@@ -8,11 +8,36 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import Backend, Collection, DataDir, fail, load_settings, run_or_fail
+from .app import Backend, Collection, DataDir, counts, fail, load_settings, run_or_fail
 
 RESULTS = Path("eval/results")
 
-eval_app = typer.Typer(no_args_is_help=True, help="Measure quality and speed on a data set.")
+eval_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Measure quality and speed on a data set.")
+
+
+def _questions(path: Path, limit: int | None) -> list[Any]:
+    """The questions of a qa file, or a clear failure (missing, unreadable, a bad line, none)."""
+    from eval.data import load_qa
+
+    try:
+        items = load_qa(path, limit)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    except ValueError as exc:
+        fail(str(exc))
+    if not items:
+        fail(f"{path} holds no questions")
+    return items
+
+
+def _dataset(data: Path) -> tuple[list[Path], Path]:
+    from eval.data import resolve_dataset
+
+    try:
+        return resolve_dataset(data)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+        raise
 
 
 @eval_app.command("retrieval")
@@ -41,7 +66,6 @@ def eval_retrieval(
     data_dir: DataDir = None,
 ) -> None:
     """recall@1/5/10, MRR@10, nDCG@10 and retrieval latency on a corpus + qa set."""
-    from eval.data import load_qa, resolve_dataset
     from eval.retrieval import evaluate_retrieval, plot_runs, write_run
 
     settings = load_settings(
@@ -49,13 +73,13 @@ def eval_retrieval(
     )
     corpus_paths: list[Path] | None = None
     if data is not None:
-        corpus_paths, qa_path = resolve_dataset(data)
+        corpus_paths, qa_path = _dataset(data)
     elif qa is not None and (corpus or collection):
         corpus_paths, qa_path = corpus or None, qa
     else:
         fail("give --data DIR, or --qa FILE with --corpus PATH or --collection NAME")
         return
-    items = load_qa(qa_path, limit)
+    items = _questions(qa_path, limit)
     try:
         result = run_or_fail(
             lambda: evaluate_retrieval(corpus_paths, items, settings, k=k, index_type=index_type, collection=collection)
@@ -146,7 +170,6 @@ def eval_answers(
     """Right, abstained or wrong, per backend: gold facts and forbidden claims where the set has
     them (eval/sets/), gold answers otherwise; every wrong answer is printed, answers.png drawn."""
     from eval.answers import evaluate_answers, format_summary, format_wrong, plot, write_results
-    from eval.data import load_qa, resolve_dataset
 
     settings = load_settings(
         shots=shots,
@@ -154,13 +177,13 @@ def eval_answers(
         **({"backend": backend} if backend and "," not in backend and ":" not in backend else {}),
     )
     if data is not None:
-        corpus_paths, qa_path = resolve_dataset(data)
+        corpus_paths, qa_path = _dataset(data)
     elif corpus and qa:
         corpus_paths, qa_path = corpus, qa
     else:
         fail("give --data DIR, or --corpus PATH and --qa FILE")
         return
-    items = load_qa(qa_path, limit or None)
+    items = _questions(qa_path, limit or None)
     specs = [b.strip() for b in (backend or settings.backend).split(",") if b.strip()]
     results = run_or_fail(
         lambda: evaluate_answers(
@@ -186,14 +209,27 @@ def eval_latency(
     url: Annotated[str, typer.Option(help="The running service.")] = "http://127.0.0.1:8000",
     collection: Collection = None,
     limit: Annotated[Optional[int], typer.Option(help="Send a fixed random sample of this many questions.")] = 30,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="RAG_API_KEY", help="Key of a service that has keys.")
+    ] = None,
 ) -> None:
     """p50/p95 latency over HTTP for cache misses, exact hits and semantic hits."""
-    from eval.data import load_qa
+    import httpx
+
     from eval.latency import measure_latency
 
-    summary = measure_latency(url, load_qa(qa, limit), collection or "default")
+    items = _questions(qa, limit)
+    name = collection or load_settings().collection
+    try:
+        summary = measure_latency(url, items, name, api_key=api_key)
+    except httpx.TransportError as exc:
+        fail(f"cannot reach {url} ({exc}) - start the service (`rag serve`) or pass --url")
+        return
+    errors = summary.pop("errors", None)
     for kind, figures in summary.items():
         typer.echo(f"{kind:>9}: n={figures['n']:<4} p50 {figures['p50_ms']:.1f} ms   p95 {figures['p95_ms']:.1f} ms")
+    if errors:
+        typer.echo(f"   errors: n={errors['n']} by status {errors['by_status']}; first: {errors['first']}", err=True)
 
 
 @eval_app.command("failover")
@@ -231,12 +267,11 @@ def eval_throughput(
     limit: Annotated[int, typer.Option(help="Questions per level.")] = 32,
 ) -> None:
     """Answers/s and tokens/s for cache misses at several concurrency levels."""
-    from eval.data import load_qa
     from eval.throughput import measure_throughput
 
     settings = load_settings(collection=collection, data_dir=data_dir, backend=backend, vllm_url=vllm_url)
-    levels = [int(x) for x in concurrency.split(",")]
-    items = load_qa(qa, 1 + limit * len(levels))  # a warm-up, then questions of each level's own
+    levels = counts(concurrency, "--concurrency")
+    items = _questions(qa, 1 + limit * len(levels))  # a warm-up, then questions of each level's own
     rows = run_or_fail(lambda: measure_throughput(settings, items, levels, settings.collection, per_level=limit))
     typer.echo("concurrency  answers/s  tokens/s  vs 1")
     for row in rows:

@@ -8,7 +8,7 @@ import typer
 
 from .app import DataDir, fail, load_settings, run_or_fail
 
-keys_app = typer.Typer(no_args_is_help=True, help="API keys: create, list, revoke.")
+keys_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="API keys: create, list, revoke.")
 
 
 @keys_app.command("create")

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import Backend, DataDir, load_settings, run_or_fail
+from .app import Backend, DataDir, fail, load_settings, run_or_fail
 
 
 def serve(
@@ -34,6 +34,10 @@ def serve(
     for name, value in overrides.items():
         if value is not None:
             os.environ[f"RAG_{name.upper()}"] = str(value)
+    from rag.generators import available_generators
+
+    if settings.backend not in available_generators():  # before every worker loads a model to learn it
+        fail(f"unknown backend {settings.backend!r} - choose one of: {', '.join(available_generators())}")
     if settings.backend == "llamacpp":
         # Before any worker starts: a build this CPU cannot run is one line of advice here,
         # not a worker killed by SIGILL (the check runs once per build, CPU and model).

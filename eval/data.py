@@ -30,21 +30,27 @@ class QAItem:
 
 def load_qa(path: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]:
     items = []
-    for line in jsonl_lines(path.read_text(encoding="utf-8")):
-        if line.strip():
+    for number, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
+        if not line.strip():
+            continue
+        try:
             r = json.loads(line)
-            items.append(
-                QAItem(
-                    str(r["id"]),
-                    r["question"],
-                    list(r.get("answers", [])),
-                    list(r.get("gold_passage_ids", [])),
-                    list(r.get("history") or []),
-                    [list(f) if isinstance(f, list) else [f] for f in r.get("facts") or []],
-                    list(r.get("forbidden") or []),
-                    str(r.get("kind") or ""),
-                )
+            if not isinstance(r, dict) or not isinstance(r.get("question"), str) or "id" not in r:
+                raise ValueError('need an object with "id" and "question"')
+        except ValueError as exc:
+            raise ValueError(f"{path} line {number}: {exc}") from None
+        items.append(
+            QAItem(
+                str(r["id"]),
+                r["question"],
+                list(r.get("answers", [])),
+                list(r.get("gold_passage_ids", [])),
+                list(r.get("history") or []),
+                [list(f) if isinstance(f, list) else [f] for f in r.get("facts") or []],
+                list(r.get("forbidden") or []),
+                str(r.get("kind") or ""),
             )
+        )
     if limit is not None and limit < len(items):
         items = random.Random(seed).sample(items, limit)  # a fixed sample across the whole set
     return items

@@ -118,3 +118,15 @@ def test_a_question_as_long_as_allowed_is_answered_not_a_500(base_url: str) -> N
     story = "I bought a sofa last month and the delivery was late and the fabric is torn on one side. " * 20
     body = ask(base_url, (story + "How do I report damaged items?")[-2000:])
     assert body["citations"] or body["answer_kind"] == "no_answer", body
+
+
+def test_eval_latency_counts_refused_requests_and_goes_on(base_url: str) -> None:
+    from eval.data import QAItem
+    from eval.latency import measure_latency
+
+    items = [QAItem("1", "How long do refunds take?", []), QAItem("2", "Do gift cards expire?", [])]
+    served = measure_latency(base_url, items, "default", progress=False)
+    assert "errors" not in served and sum(kind["n"] for kind in served.values()) == 4
+    refused = measure_latency(base_url, items, "no-such-collection", progress=False)
+    assert set(refused) == {"errors"} and refused["errors"]["by_status"] == {"404": 4}
+    assert "collection_not_found" in refused["errors"]["first"]
