@@ -16,11 +16,17 @@ curated_app = typer.Typer(
 )
 
 
+WHO = "rag curated import"
+
+
 def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The (question, answer[, document_ids]) rows of a .jsonl file or of TSV lines
-    ``question<TAB>answer``; and each bad line, with its number and reason."""
+    ``question<TAB>answer``, each with its line number; and each bad line, with its number
+    and reason."""
+    from rag.wire import jsonl_lines
+
     rows, bad = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
         try:
@@ -32,15 +38,47 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except json.JSONDecodeError as exc:
             bad.append(f"line {number}: not JSON ({exc.msg})")
             continue
-        if (
-            not isinstance(row, dict)
-            or not str(row.get("question", "")).strip()
-            or not str(row.get("answer", "")).strip()
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k), str) and row[k].strip() for k in ("question", "answer")
         ):
-            bad.append(f"line {number}: needs a question and an answer")
+            bad.append(f"line {number}: needs a question and an answer, as text")
             continue
-        rows.append(row)
+        ids = row.get("document_ids", [])
+        if not isinstance(ids, list) or not all(isinstance(d, str | int) for d in ids):
+            bad.append(f"line {number}: document_ids must be a list of document ids")
+            continue
+        rows.append({**row, "line": number})
     return rows, bad
+
+
+async def _pin_rows(pipe: Any, store: Any, collection: str, rows: list[dict[str, Any]], bad: list[str]) -> int:
+    """Pin each row; a question already pinned gets a new version only if its answer or
+    citations changed, so importing a file again repeats nothing. Returns how many changed."""
+    from cache import normalize_question
+    from rag.errors import RagError
+    from serving.curation import cite_documents
+
+    index = pipe.get_index(collection)
+    pinned = {normalize_question(c.question): c for c in store.items(collection, "active")}
+    done = 0
+    for row in rows:
+        try:
+            citations = cite_documents(index, [str(d) for d in row.get("document_ids", [])])
+        except RagError as exc:  # an unknown document id: this line only
+            bad.append(f"line {row['line']}: {exc.message}")
+            continue
+        question, answer = row["question"].strip(), row["answer"].strip()
+        before = pinned.get(normalize_question(question))
+        if before is not None and (before.answer, before.citations) == (answer, citations):
+            continue
+        if before is None:
+            item = store.create(collection, question, answer, citations, WHO, "file")
+        else:
+            item = store.change(before, WHO, "edit", answer=answer, citations=citations) or before
+        pinned[normalize_question(question)] = item
+        await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
+        done += 1
+    return done
 
 
 @curated_app.command("import")
@@ -54,7 +92,7 @@ def curated_import(
     """Pin each line's answer to its question (and its rewordings) in a collection; a bad line
     is reported and skipped."""
     from rag.pipeline import build_pipeline
-    from serving.curation import CuratedStore, cite_documents
+    from serving.curation import CuratedStore
     from serving.database import Database
     from serving.support_store import open_support_store
 
@@ -62,8 +100,6 @@ def curated_import(
     if not path.is_file():
         fail(f"no file {path} - give a .jsonl or a TSV file of questions and answers")
     rows, bad = _rows(path)
-    for problem in bad:
-        typer.secho(f"{path}: {problem} (skipped)", err=True, fg="yellow")
 
     async def run() -> int:
         pipe = build_pipeline(settings)
@@ -71,13 +107,7 @@ def curated_import(
         support = open_support_store(settings.data_dir, database)
         store = CuratedStore(support.sql)
         try:
-            index = pipe.get_index(settings.collection)
-            for row in rows:
-                citations = cite_documents(index, [str(d) for d in row.get("document_ids", [])])
-                item = store.create(settings.collection, row["question"].strip(), row["answer"].strip(), citations,
-                                    "rag curated import", "file")  # fmt: skip
-                await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
-            return len(rows)
+            return await _pin_rows(pipe, store, settings.collection, rows, bad)
         finally:
             support.close()
             await pipe.aclose()
@@ -85,6 +115,8 @@ def curated_import(
                 database.close()
 
     count = run_or_fail(lambda: asyncio.run(run()))
+    for problem in bad:
+        typer.secho(f"{path}: {problem} (skipped)", err=True, fg="yellow")
     typer.echo(
         f"pinned {count} curated answers in {settings.collection}" + (f"; {len(bad)} lines skipped" if bad else "")
     )

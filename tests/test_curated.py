@@ -143,9 +143,22 @@ def test_a_thumbs_down_correction_and_a_file_become_curated_answers(tmp_path: Pa
     result = CliRunner().invoke(cli_app, ["curated", "import", str(lines), "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
     assert "pinned 1 curated answers" in result.output and "line 2: needs a question and an answer" in result.output
+    again = tmp_path / "pinned.jsonl"  # the same answer again, a new one, and two bad lines
+    again.write_text(
+        '{"question": "do you sell gift wrap", "answer": "Yes: add it at checkout for 3 EUR."}\n'
+        '{"question": "Can I collect in store?", "answer": "Yes, from our Leeds shop.", "document_ids": ["nope.md"]}\n'
+        '{"question": 5, "answer": "Five."}\n'
+        '{"question": "Do you buy back old sofas?", "answer": "No, we do not."}\n'
+    )
+    result = CliRunner().invoke(cli_app, ["curated", "import", str(again), "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 0, result.output
+    assert "pinned 1 curated answers" in result.output and "2 lines skipped" in result.output, result.output
+    assert "line 2: " in result.output and "nope.md" in result.output and "line 3: needs a question" in result.output
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
         served = ask(url, "Do you sell gift wrap?")
         assert (served["answer_kind"], served["answer"]) == ("curated", "Yes: add it at checkout for 3 EUR.")
+        listed = call("GET", f"{url}/v1/curated")["data"]
+        assert len([c for c in listed if c["question"] == "Do you sell gift wrap?"]) == 1  # imported twice, pinned once
 
 
 def test_only_an_admin_key_curates(tmp_path: Path, embedder: Any) -> None:
