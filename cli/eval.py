@@ -185,12 +185,8 @@ def eval_answers(
         return
     items = _questions(qa_path, limit or None)
     specs = [b.strip() for b in (backend or settings.backend).split(",") if b.strip()]
-    results = run_or_fail(
-        lambda: evaluate_answers(
-            corpus_paths, items, settings, index_type=index_type, backends=specs, progress=progress
-        )
-    )
-    for result in results:
+
+    def report(result: dict[str, Any]) -> None:  # each backend as it finishes: a later one failing loses nothing
         summary = result["summary"]
         name = f"{qa_path.parent.name}-{qa_path.stem}-" + summary["backend"].replace(":", "-")
         path = write_results(result, out, name)
@@ -199,7 +195,15 @@ def eval_answers(
         else:
             typer.echo(format_summary(summary))
             typer.echo("wrong answers:\n" + format_wrong(result["rows"]))
+        for error in result["errors"]:
+            typer.secho(f"  failed [{error['id']}] {error['question']}: {error['error']}", err=True, fg="yellow")
         typer.echo(f"per-question results: {path}", err=True)
+
+    run_or_fail(
+        lambda: evaluate_answers(
+            corpus_paths, items, settings, index_type=index_type, backends=specs, progress=progress, on_result=report
+        )
+    )
     typer.echo(f"plot: {plot(out)}", err=True)
 
 

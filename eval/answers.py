@@ -26,11 +26,13 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from rag.errors import InvalidRequestError, RagError
 from rag.prompts import NO_ANSWER
 from rag.settings import Settings
 
@@ -64,11 +66,19 @@ def judge(item: QAItem, answer: str) -> tuple[str, str]:
     return "wrong", "no gold answer in it"
 
 
-async def _ask_all(pipeline: Any, items: list[QAItem], progress: bool | None, label: str) -> list[dict[str, Any]]:
-    rows = []
+async def _ask_all(
+    pipeline: Any, items: list[QAItem], progress: bool | None, label: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the judged rows, the questions the service failed on with their error): a backend
+    that fails one question (a timeout, a 503) costs that question, not the run."""
+    rows, errors = [], []
     for item in tqdm(items, desc=f"answering ({label})", unit="q", disable=None if progress is None else not progress):
         started = time.perf_counter()
-        answer = await pipeline.answer(item.question, "eval", history=item.history or None)
+        try:
+            answer = await pipeline.answer(item.question, "eval", history=item.history or None)
+        except RagError as exc:
+            errors.append({"id": item.id, "question": item.question, "error": exc.message})
+            continue
         elapsed = (time.perf_counter() - started) * 1000
         cited = [c.document_id for c in answer.citations]
         verdict, why = judge(item, answer.answer)
@@ -95,7 +105,7 @@ async def _ask_all(pipeline: Any, items: list[QAItem], progress: bool | None, la
             row["model_verdict"] = judge(item, answer.model_answer or NO_ANSWER)[0]
             row["guard"] = answer.guard_reason
         rows.append(row)
-    return rows
+    return rows, errors
 
 
 def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -166,36 +176,57 @@ def evaluate_answers(
     progress: bool | None = None,
     index_type: str | None = None,
     backends: list[str] | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One result ({"summary", "rows"}) per backend spec (``extractive``, ``llamacpp:gemma3-270m``,
-    ``vllm``...), on one ingest of the corpus."""
+    """One result ({"summary", "rows", "errors"}) per backend spec (``extractive``,
+    ``llamacpp:gemma3-270m``, ``vllm``...), on one ingest of the corpus; ``on_result`` gets
+    each as soon as its backend is done (a later backend failing to start loses nothing)."""
     from ingest.runner import ingest
     from rag.embedder import SentenceTransformerEmbedder
     from rag.pipeline import build_pipeline
 
+    updates = [(spec, backend_settings(spec)) for spec in backends or [settings.backend]]  # a typo fails first
     results = []
     with tempfile.TemporaryDirectory(prefix="rag-eval-") as scratch:
         base = settings.model_copy(update={"data_dir": Path(scratch), "cache_enabled": False})
         embedder = SentenceTransformerEmbedder.from_settings(base).load()
         ingest(corpus, "eval", base, embedder, progress=progress, index_type=index_type)
-        for spec in backends or [settings.backend]:
-            name, _, model = spec.partition(":")
-            update: dict[str, Any] = {"backend": name}
-            if model and name == "llamacpp":
-                update["llamacpp_model"] = model
-            elif model and name == "vllm":
-                update["vllm_model"] = model
+        for spec, update in updates:
             pipeline = build_pipeline(base.model_copy(update=update), embedder)
 
-            async def run(pipeline: Any = pipeline, label: str = spec) -> list[dict[str, Any]]:
+            async def run(pipeline: Any = pipeline, label: str = spec) -> tuple[list[Any], list[Any]]:
                 try:
                     return await _ask_all(pipeline, items, progress, label)
                 finally:
                     await pipeline.aclose()
 
-            rows = asyncio.run(run())
-            results.append({"summary": summarise(rows, pipeline.generator.name), "rows": rows})
+            rows, errors = asyncio.run(run())
+            result = {"summary": {**summarise(rows, pipeline.generator.name), "errors": len(errors)}, "rows": rows}
+            results.append({**result, "errors": errors})
+            if on_result is not None:
+                on_result(results[-1])
     return results
+
+
+def backend_settings(spec: str) -> dict[str, Any]:
+    """The settings a backend spec (``name[:model]``) stands for; an unknown name or model is a
+    clear error before anything is ingested."""
+    from rag.generators import available_generators
+    from rag.generators.llamacpp import MODELS
+
+    name, _, model = spec.partition(":")
+    if name not in available_generators():
+        raise InvalidRequestError(
+            f"unknown backend {name!r} in {spec!r} - choose from {', '.join(available_generators())}"
+        )
+    if model and name == "llamacpp" and model not in MODELS:
+        raise InvalidRequestError(f"unknown llama.cpp model {model!r} in {spec!r} - choose from {', '.join(MODELS)}")
+    update: dict[str, Any] = {"backend": name}
+    if model and name == "llamacpp":
+        update["llamacpp_model"] = model
+    elif model and name == "vllm":
+        update["vllm_model"] = model
+    return update
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -212,6 +243,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"p95 {summary['latency_p95_ms']:.0f} ms, {summary['quoted']} answers quoted",
         line("answerable", summary["answerable"]),
         line("unanswerable", summary["unanswerable"]),
+        *(
+            [f"  errors        {summary['errors']} questions failed (not judged; listed below)"]
+            if summary.get("errors")
+            else []
+        ),
     ]
     if summary.get("citation_recall") is not None:
         out.append(f"  citation recall {summary['citation_recall']:.3f}, token F1 {summary['f1']:.3f}")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from eval.answers import judge
 from eval.data import QAItem, contains_answer, load_qa
 
@@ -88,3 +90,25 @@ def test_rag_eval_answers_judges_each_backend_prints_the_wrong_answers_and_plots
         rows = json.loads(path.read_text())["rows"]
         assert {r["verdict"] for r in rows} <= {"right", "abstained", "wrong"} and len(rows) == 6
     assert (tmp_path / "answers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_backend_that_fails_costs_its_questions_and_the_results_before_it_are_kept(tmp_path: Path) -> None:
+    from eval.answers import evaluate_answers
+    from rag.errors import RagError
+
+    from .conftest import make_settings
+
+    items = [i for i in load_qa(HELP_CENTRE_QA) if i.kind == "number"][:3]
+    settings = make_settings(tmp_path, vllm_url="http://127.0.0.1:9")  # nothing listens there
+    finished: list[str] = []
+    with pytest.raises(RagError):
+        evaluate_answers([EXAMPLES], items, settings, backends=["extractive", "nope"], on_result=finished.append)
+    assert finished == []  # a typo is found before anything is ingested
+    results = evaluate_answers(
+        [EXAMPLES], items, settings, backends=["extractive", "vllm"],
+        on_result=lambda r: finished.append(r["summary"]["backend"]),
+    )  # fmt: skip
+    assert len(finished) == 2 and finished[0] == "extractive" and finished[1].startswith("vllm")  # each as it ended
+    extractive, vllm = results
+    assert extractive["summary"]["errors"] == 0 and len(extractive["rows"]) == 3
+    assert vllm["summary"]["errors"] + len(vllm["rows"]) == 3 and vllm["errors"], vllm["errors"]
