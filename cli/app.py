@@ -51,6 +51,17 @@ def counts(text: str, option: str) -> list[int]:
     return values
 
 
+def index_types(text: str, option: str = "--index-type") -> list[str]:
+    """Comma-separated vector index types, each one the store knows, or a clear failure."""
+    from rag.store import INDEX_TYPES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in INDEX_TYPES]
+    if not names or unknown:
+        fail(f"{option}: {', '.join(unknown) or repr(text)} is not an index type - use {', '.join(INDEX_TYPES)}")
+    return names
+
+
 def run_or_fail(fn: Any) -> Any:
     try:
         return fn()

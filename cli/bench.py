@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import Backend, counts, load_settings, run_or_fail
+from .app import Backend, counts, index_types, load_settings, run_or_fail
 
 _BENCH_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
@@ -120,6 +120,7 @@ def bench_swap(
     both held (against one version's), publish-to-serving time, failed searches."""
     from eval.swap_bench import run_swap_bench
 
+    index_types(index_type)
     result = run_or_fail(lambda: run_swap_bench(load_settings(), n, index_type))
     if as_json:
         typer.echo(json.dumps(result, indent=2))

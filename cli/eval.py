@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import Backend, Collection, DataDir, counts, fail, load_settings, run_or_fail
+from .app import Backend, Collection, DataDir, counts, fail, index_types, load_settings, run_or_fail
 
 RESULTS = Path("eval/results")
 
@@ -126,7 +126,11 @@ def eval_index(
     """Index types at scale on synthetic 384-d vectors: bytes/vector, recall@10 vs exact, latency."""
     from eval.index_bench import bench_index_types
 
-    result = bench_index_types(n, [t.strip() for t in types.split(",") if t.strip()], queries=queries)
+    try:
+        result = bench_index_types(n, index_types(types, "--types"), queries=queries)
+    except ValueError as exc:  # too few vectors to train a quantised index on
+        fail(f"{exc} (or raise --n)")
+        return
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -279,8 +283,10 @@ def eval_throughput(
     rows = run_or_fail(lambda: measure_throughput(settings, items, levels, settings.collection, per_level=limit))
     typer.echo("concurrency  answers/s  tokens/s  vs 1")
     for row in rows:
+        failed = f"  ({row['errors']} failed)" if row["errors"] else ""
         typer.echo(
             f"{row['concurrency']:>11}  {row['answers_per_s']:>9.2f}  {row['tokens_per_s']:>8.1f}  {row['speedup']:.1f}x"
+            + failed
         )
 
 

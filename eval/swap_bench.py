@@ -123,22 +123,24 @@ def run_swap_bench(settings: Any, n: int, index_type: str) -> dict[str, Any]:
                 outcome["failed"] += 1
             outcome["searches"] += 1
 
-    threads = [threading.Thread(target=sample), threading.Thread(target=search)]
+    threads = [threading.Thread(target=sample, daemon=True), threading.Thread(target=search, daemon=True)]
     for thread in threads:
         thread.start()
-    old_version = retrieval.get_index("bench").version
-    writer = _in_child(*args)
-    writer.join()
-    deadline = time.monotonic() + 30
-    while retrieval.get_index("bench").version == old_version:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the new version was not served within 30 s of its publish")
-        time.sleep(0.002)
-    swap_s = time.monotonic() - (published[0] if published else deadline - 30)
-    time.sleep(1.0)  # the searches that held the old version end; it is freed
-    stop.set()
-    for thread in threads:
-        thread.join()
+    try:
+        old_version = retrieval.get_index("bench").version
+        writer = _in_child(*args)
+        writer.join()
+        deadline = time.monotonic() + 30
+        while retrieval.get_index("bench").version == old_version:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the new version was not served within 30 s of its publish")
+            time.sleep(0.002)
+        swap_s = time.monotonic() - (published[0] if published else deadline - 30)
+        time.sleep(1.0)  # the searches that held the old version end; it is freed
+    finally:
+        stop.set()  # a failure above must not leave the sampler and the searcher running
+        for thread in threads:
+            thread.join()
     after_mb = rss_mb() - start_mb
     retrieval.close_indexes()
     scratch.cleanup()

@@ -7,25 +7,42 @@ import asyncio
 import time
 from typing import Any
 
+from tqdm import tqdm
+
+from rag.errors import RagError
 from rag.settings import Settings
 
 from .data import QAItem
 
 
 async def _level(pipeline: Any, items: list[QAItem], concurrency: int, collection: str) -> dict[str, float]:
+    """One level: answers/s and tokens/s of the answers given; a question the service fails
+    on is counted under ``errors`` and not in the rate."""
     gate = asyncio.Semaphore(concurrency)
-    tokens = 0
+    tokens = errors = 0
+    bar = tqdm(total=len(items), desc=f"concurrency {concurrency}", unit="q", disable=None)
 
     async def one(item: QAItem) -> None:
-        nonlocal tokens
+        nonlocal tokens, errors
         async with gate:
-            answer = await pipeline.answer(item.question, collection)
-            tokens += answer.usage.get("completion_tokens") or 0
+            try:
+                answer = await pipeline.answer(item.question, collection)
+                tokens += answer.usage.get("completion_tokens") or 0
+            except RagError:
+                errors += 1
+            bar.update()
 
     started = time.perf_counter()
     await asyncio.gather(*(one(item) for item in items))
     elapsed = time.perf_counter() - started
-    return {"concurrency": concurrency, "answers_per_s": len(items) / elapsed, "tokens_per_s": tokens / elapsed}
+    bar.close()
+    answered = len(items) - errors
+    return {
+        "concurrency": concurrency,
+        "answers_per_s": answered / elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "errors": errors,
+    }
 
 
 def measure_throughput(
