@@ -16,7 +16,9 @@ def ask(
     collection: Collection = None,
     backend: Backend = None,
     data_dir: DataDir = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Chunks to retrieve.")] = None,
+    top_k: Annotated[
+        Optional[int], typer.Option("--top-k", min=1, max=50, help="Chunks to retrieve (1-50, as the API allows).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole response as JSON.")] = False,
 ) -> None:
     """Answer one question in-process (no server needed)."""

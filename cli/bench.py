@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import Backend, counts, index_types, load_settings, run_or_fail
+from .app import Backend, counts, fail, index_types, load_settings, run_or_fail
 
 _BENCH_FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
@@ -148,7 +148,11 @@ def bench_feedback(
     latency, and votes lost (answered 200 but not in the store)."""
     from eval.feedback_bench import run_feedback_bench
 
-    result = run_or_fail(lambda: run_feedback_bench(corpus, qa, load_settings(), rate, seconds, down_share))
+    try:
+        result = run_or_fail(lambda: run_feedback_bench(corpus, qa, load_settings(), rate, seconds, down_share))
+    except (OSError, ValueError) as exc:  # a missing or empty question file
+        fail(str(exc))
+        return
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -12,8 +12,8 @@ the next is due. After the service has stopped, the feedback rows in its store a
 from __future__ import annotations
 
 import asyncio
-import json
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -23,13 +23,16 @@ from typing import Any
 
 import httpx
 
+from .data import load_qa
 from .processes import free_port, server_process
 from .stats import latency_summary
 
 
 def _questions(qa: Path, limit: int) -> list[str]:
-    rows = [json.loads(line) for line in qa.read_text().splitlines() if line.strip()]
-    return list(dict.fromkeys(str(r["question"]) for r in rows))[:limit]
+    questions = list(dict.fromkeys(item.question for item in load_qa(qa)))[:limit]
+    if not questions:
+        raise ValueError(f"{qa} holds no questions to answer and vote on")
+    return questions
 
 
 async def _vote(client: httpx.AsyncClient, answer_ids: list[str], rate: float, seconds: float, down: float) -> dict:
@@ -73,10 +76,20 @@ async def _vote(client: httpx.AsyncClient, answer_ids: list[str], rate: float, s
 def run_feedback_bench(
     corpus: Path, qa: Path, settings: Any, rate: float = 200.0, seconds: float = 10.0, down_share: float = 0.2
 ) -> dict[str, Any]:
+    questions = _questions(qa, 50)  # before anything is started
+    scratch = Path(tempfile.mkdtemp(prefix="rag-bench-feedback-"))
+    try:
+        return _run(corpus, questions, settings, scratch, rate, seconds, down_share)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(
+    corpus: Path, questions: list[str], settings: Any, scratch: Path, rate: float, seconds: float, down_share: float
+) -> dict[str, Any]:
     from ingest.runner import ingest
     from rag.embedder import SentenceTransformerEmbedder
 
-    scratch = Path(tempfile.mkdtemp(prefix="rag-bench-feedback-"))
     data = scratch / "data"
     local = settings.model_copy(update={"data_dir": data})
     ingest([corpus], "bench", local, SentenceTransformerEmbedder.from_settings(local).load(), progress=False)
@@ -90,7 +103,7 @@ def run_feedback_bench(
             limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
             async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
                 ids = []
-                for question in _questions(qa, 50):
+                for question in questions:
                     response = await client.post("/v1/query", json={"question": question})
                     ids.append(response.json()["answer_id"])
                 return await _vote(client, ids, rate, seconds, down_share)
