@@ -322,6 +322,8 @@ def _cache_faq_rows(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Threshold only; the checks without, then with the FAQ confirmation and the audits (the
     service's policy), on an FAQ and reworded questions; and the plain curve."""
+    from tqdm import tqdm
+
     from eval.cache import Audits, eval_faq
     from eval.cache_bounds import plain_curve_faq
 
@@ -334,9 +336,10 @@ def _cache_faq_rows(
     ]
     rows: list[dict[str, Any]] = []
     audits = Audits(settings.cache_audit_rate, settings.max_wrong_rate())
-    for guards, check, m, v, (ct, cm) in modes if sweep else modes[2:]:
-        replay = audits if ct is not None else None
-        rows += [eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm, audits=replay) for t in thresholds]
+    runs = [(mode, t) for mode in (modes if sweep else modes[2:]) for t in thresholds]
+    for (guards, check, m, v, (ct, cm)), t in tqdm(runs, desc="policies x thresholds", unit="run", disable=None):
+        replay = audits if ct is not None else None  # each run ingests the FAQ afresh: a few seconds
+        rows.append(eval_faq(corpus, qa, embedder, t, guards, check, m, v, ct, cm, audits=replay))
     return rows, plain_curve_faq(corpus, qa, embedder)
 
 

@@ -134,9 +134,18 @@ def embed_as_questions(embedder: Any, texts: list[str]) -> np.ndarray:
     small batches, which take the small-batch path (ONNX Runtime, int8 where
     RAG_EMBEDDING_ONNX says so). Evaluations and calibration use this, so their vectors are
     the ones a request would get."""
+    from tqdm import tqdm
+
     step = SMALL_BATCH - 1
     texts = [question_text(embedder, t) for t in texts]
-    parts = [embedder.embed_batch(texts[i : i + step]) for i in range(0, len(texts), step)]
+    starts = tqdm(
+        range(0, len(texts), step),
+        desc="embedding",
+        unit="batch",
+        leave=False,
+        disable=None if len(texts) >= 1000 else True,
+    )
+    parts = [embedder.embed_batch(texts[i : i + step]) for i in starts]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dimension), dtype=np.float32)
 
 
