@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 
 HEALTHY_ANSWER = ("The answer", " is in", " the documents.")
-MODES = ("ok", "error", "cut", "hang", "stall", "keepalive", "slow")
+MODES = ("ok", "error", "cut", "hang", "stall", "keepalive", "slow", "errorevent")
 
 
 def _chunk(text: str, finish_reason: str | None = None) -> str:
@@ -34,7 +34,9 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
     - ``hang``: accepts the request and never answers it (no status line either);
     - ``stall``: two tokens, then nothing, the connection left open;
     - ``keepalive``: 200, then SSE comments every 0.2 s, never a token;
-    - ``slow``: a token every 0.5 s, forever.
+    - ``slow``: a token every 0.5 s, forever;
+    - ``errorevent``: two tokens, then the error event vLLM sends when generation fails
+      after its 200 (``data: {"object": "error", ...}``), then ``[DONE]``.
 
     ``app.state.mode`` switches it while it runs (the healthy replica comes back); a hung
     request ends when the mode changes. ``app.state.requests`` counts completion requests.
@@ -90,6 +92,11 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
                 yield _chunk(text)
             if mode == "stall":
                 await while_mode("stall")
+                return
+            if mode == "errorevent":
+                error = {"object": "error", "message": "engine step failed", "type": "InternalServerError", "code": 500}
+                yield f"data: {json.dumps(error)}\n\n"
+                yield "data: [DONE]\n\n"
                 return
             raise ConnectionResetError("replica died mid-answer")
 

@@ -143,6 +143,7 @@ FAULTS = {
     "hang before any token": ("hang", ("ReadTimeout",)),
     "stream cut mid-answer": ("cut", ("mid-answer",)),
     "stall mid-answer": ("stall", ("mid-answer",)),
+    "an error event after the 200": ("errorevent", ("error in the stream",)),
     "keep-alives, never a token": ("keepalive", ("longer than 3 s",)),
     "tokens past the total deadline": ("slow", ("longer than 3 s",)),
 }

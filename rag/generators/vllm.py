@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -60,6 +61,7 @@ class VLLMGenerator:
         self.temperature = temperature
         self.total_timeout_s = total_timeout_s
         self._model = model
+        self._limits = max_connections
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             timeout=httpx.Timeout(first_token_timeout_s, connect=connect_timeout_s),
@@ -108,8 +110,9 @@ class VLLMGenerator:
             return "/v1/chat/completions", {**body, "messages": request.prompt}
         return "/v1/completions", {**body, "prompt": request.prompt}
 
-    async def _attempt(self, replica: Replica, request: GenerationRequest, info: dict[str, Any]) -> AsyncIterator[str]:
-        deadline = time.monotonic() + self.total_timeout_s
+    async def _attempt(
+        self, replica: Replica, request: GenerationRequest, info: dict[str, Any], deadline: float
+    ) -> AsyncGenerator[str, None]:
         model = await self._model_name(replica)
         path, body = self._payload(request, model)
         # The prompt's routing key, for a router in front of the replicas: vllm-router's
@@ -138,6 +141,9 @@ class VLLMGenerator:
                 if event.data == "[DONE]":
                     break
                 chunk = json.loads(event.data)
+                if chunk.get("error") or chunk.get("object") == "error":  # vLLM failed mid-answer, still a 200
+                    error = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+                    raise _ReplicaFailed(f"error in the stream: {str(error.get('message') or error)[:300]}")
                 if chunk.get("usage"):
                     info["usage"] = chunk["usage"]
                 for choice in chunk.get("choices") or []:
@@ -153,9 +159,10 @@ class VLLMGenerator:
                 if time.monotonic() > deadline:
                     raise BackendUnavailableError(f"vLLM answer took longer than {self.total_timeout_s:.0f} s")
 
-    async def _stream(self, request: GenerationRequest, info: dict[str, Any]) -> AsyncIterator[str]:
+    async def _stream(self, request: GenerationRequest, info: dict[str, Any]) -> AsyncGenerator[str, None]:
         tried: set[str] = set()
         errors: list[str] = []
+        deadline = time.monotonic() + self.total_timeout_s  # the whole request's, a retry included
         for _ in range(2):  # the request itself is retried once, on another replica
             try:
                 replica = self.pool.pick(exclude=tried, key=request.prefix_key)
@@ -167,11 +174,16 @@ class VLLMGenerator:
             streamed = False
             try:
                 with self.pool.track(replica):
-                    async for piece in self._attempt(replica, request, info):
-                        streamed = True
-                        yield piece
+                    async with aclosing(self._attempt(replica, request, info, deadline)) as pieces:
+                        async for piece in pieces:
+                            streamed = True
+                            yield piece
                 self.pool.mark_ok(replica)
                 return
+            except httpx.PoolTimeout as exc:  # no free connection here: this service is overloaded, not the replica
+                raise BackendUnavailableError(
+                    f"all {self._limits} connections to vLLM are busy - raise RAG_VLLM_MAX_CONNECTIONS or add replicas"
+                ) from exc
             except (httpx.TransportError, _ReplicaFailed, json.JSONDecodeError) as exc:
                 self.pool.mark_failed(replica)
                 errors.append(f"{replica.url}: {type(exc).__name__} {exc}".strip())
@@ -186,8 +198,9 @@ class VLLMGenerator:
         raise BackendUnavailableError("vLLM unavailable - " + "; ".join(errors))
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        async for piece in self._stream(request, {}):
-            yield piece
+        async with aclosing(self._stream(request, {})) as pieces:  # closed at once when the caller stops
+            async for piece in pieces:
+                yield piece
 
     async def generate(self, request: GenerationRequest) -> Generation:
         info: dict[str, Any] = {}
