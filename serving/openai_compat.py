@@ -24,6 +24,7 @@ Errors use the service's one error body, which is OpenAI's.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -44,6 +45,7 @@ from .observability import log_question
 from .principals import principal_of
 
 router = APIRouter()
+log = logging.getLogger("rag.serving")
 
 
 class ChatMessage(BaseModel):
@@ -186,4 +188,11 @@ async def _chunks(
                 yield chunk({"content": item})
     except RagError as exc:
         yield {"data": json.dumps(error_body(exc.message, exc.type, None, exc.code))}
+    except Exception:  # a bug mid-stream: still the one error shape, and [DONE]
+        log.exception("chat completion stream failed")
+        yield {
+            "data": json.dumps(
+                error_body("internal error - see the server log", "server_error", None, "internal_error")
+            )
+        }
     yield {"data": "[DONE]"}

@@ -9,6 +9,7 @@ which closes the upstream stream and so aborts the request in vLLM.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,6 +20,8 @@ from rag.pipeline import Pipeline, Prepared
 from rag.wire import Answer
 
 __all__ = ["EventSourceResponse", "sse_events"]
+
+log = logging.getLogger("rag.serving")
 
 
 def _error_event(message: str, type_: str, code: str | None) -> dict[str, Any]:
@@ -38,3 +41,6 @@ async def sse_events(
                 yield {"event": "token", "data": json.dumps({"text": item}, ensure_ascii=False)}
     except RagError as exc:
         yield _error_event(exc.message, exc.type, exc.code)
+    except Exception:  # a bug mid-stream: the client still gets the one error shape and an end
+        log.exception("stream failed")
+        yield _error_event("internal error - see the server log", "server_error", "internal_error")

@@ -10,7 +10,7 @@ from rag.pipeline import build_pipeline
 from serving.app import create_app
 
 from .conftest import make_settings
-from .servers import running_server, serving, wait_for_version
+from .servers import query_events, running_server, serving, wait_for_version
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,21 @@ def test_eval_latency_counts_refused_requests_and_goes_on(base_url: str) -> None
     refused = measure_latency(base_url, items, "no-such-collection", progress=False)
     assert set(refused) == {"errors"} and refused["errors"]["by_status"] == {"404": 4}
     assert "collection_not_found" in refused["errors"]["first"]
+
+
+def test_a_bug_mid_stream_still_ends_with_the_error_shape(base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: keeping the answer fails with a non-service error after the tokens."""
+    import serving.openai_compat
+    import serving.query
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("support store bug")
+
+    monkeypatch.setattr(serving.query, "remember", broken)
+    monkeypatch.setattr(serving.openai_compat, "remember", broken)
+    _, events = query_events(base_url, "Do gift cards expire?", timeout=60)
+    assert events[-1][0] == "error" and events[-1][1]["error"]["code"] == "internal_error", events
+    body = {"model": "default", "stream": True, "messages": [{"role": "user", "content": "Do gift cards expire?"}]}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and '"internal_error"' in lines[-2], lines[-3:]
