@@ -112,8 +112,17 @@ def _event(kind: str, data: str) -> StreamEvent:
     return StreamEvent("token", text=body["text"])
 
 
+def _cut() -> RagClientError:
+    body = {"message": "the stream ended before its final event - the connection was cut; ask again",
+            "type": "server_error", "param": None, "code": "incomplete_stream"}  # fmt: skip
+    return RagClientError(502, {"error": body})
+
+
+TIMEOUT_S = 330.0  # past the service's own deadline for an answer (RAG_VLLM_TOTAL_TIMEOUT_S, 300 s)
+
+
 class RagClient:
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = TIMEOUT_S) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
 
@@ -137,7 +146,11 @@ class RagClient:
                 source.response.read()
                 _check(source.response)
             for sse in source.iter_sse():
-                yield _event(sse.event, sse.data)
+                event = _event(sse.event, sse.data)
+                yield event
+                if event.kind == "done":
+                    return
+        raise _cut()
 
     def models(self) -> list[str]:
         return [m["id"] for m in _check(self._http.get("/v1/models"))["data"]]
@@ -165,7 +178,7 @@ class RagClient:
 
 
 class AsyncRagClient:
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120.0) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = TIMEOUT_S) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=base_url, headers=headers, timeout=timeout)
 
@@ -189,7 +202,11 @@ class AsyncRagClient:
                 await source.response.aread()
                 _check(source.response)
             async for sse in source.aiter_sse():
-                yield _event(sse.event, sse.data)
+                event = _event(sse.event, sse.data)
+                yield event
+                if event.kind == "done":
+                    return
+        raise _cut()
 
     async def models(self) -> list[str]:
         return [m["id"] for m in _check(await self._http.get("/v1/models"))["data"]]

@@ -112,3 +112,37 @@ async def test_async_python_client(base_url: str) -> None:
         assert events[-1].kind == "done" and events[-1].result is not None
         down = await client.feedback(events[-1].result.answer_id, "down", correction="Yes, until it ships.")
         assert down["needs_human"] == "thumbs_down"
+
+
+def test_a_stream_cut_before_its_final_event_is_an_error_not_a_quiet_end() -> None:
+    """Fault injection: a server speaking the service's SSE framing that drops the connection
+    after one token (a proxy timeout, a crashed worker)."""
+    import asyncio
+    from collections.abc import AsyncIterator
+
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+
+    from .servers import running_server
+
+    app = FastAPI()
+
+    @app.post("/v1/query")
+    async def cut() -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            yield 'event: token\ndata: {"text": "Refunds take"}\n\n'
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def consume(url: str) -> None:
+        async with AsyncRagClient(url) as client:
+            async for _ in client.stream("How long do refunds take?"):
+                pass
+
+    with running_server(app) as url:
+        with RagClient(url) as client, pytest.raises(RagClientError) as cut_short:
+            for _ in client.stream("How long do refunds take?"):
+                pass
+        assert cut_short.value.code == "incomplete_stream" and cut_short.value.status == 502
+        with pytest.raises(RagClientError, match="final event"):
+            asyncio.run(consume(url))
