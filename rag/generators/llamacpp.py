@@ -200,7 +200,9 @@ class LlamaCppGenerator:
         checked: bool = False,
         state_dir: Path | None = None,
         models_dir: Path | None = None,
+        temperature: float = 0.0,
     ) -> None:
+        self.temperature = temperature  # RAG_TEMPERATURE; a request's own overrides it
         if model not in MODELS:
             raise BackendUnavailableError(f"unknown llama.cpp model {model!r} - choose one of {sorted(MODELS)}")
         if not checked:  # a build this CPU cannot run must fail here with advice, not kill the process
@@ -232,12 +234,13 @@ class LlamaCppGenerator:
             settings.llamacpp_ctx,
             state_dir=settings.data_dir / "checks",
             models_dir=settings.models_dir,
+            temperature=settings.temperature,
         )
 
     def _run(self, request: GenerationRequest) -> Generation:
         params: dict[str, Any] = {
             "max_tokens": request.max_tokens,
-            "temperature": request.temperature or 0.0,
+            "temperature": self.temperature if request.temperature is None else request.temperature,
             "stop": request.stop or None,
         }
         out: Any
