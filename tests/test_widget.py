@@ -42,7 +42,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, example_data_dir: Path, embed
         (root / "index.html").write_text(PAGE.format(service=service, endpoint=service))
         dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
         (root / "down.html").write_text(PAGE.format(service=service, endpoint=dead))
-        yield {"page": f"{origin}/index.html", "down": f"{origin}/down.html", "service": service}
+        yield {"page": f"{origin}/index.html", "down": f"{origin}/down.html", "service": service, "root": str(root)}
     server.shutdown()
     server.server_close()
 
@@ -155,6 +155,43 @@ def test_a_thumbs_down_in_the_widget_shows_on_the_admin_page_and_a_pin_there_cha
     assert customer.locator(".rag-bot").first.inner_text().startswith(pinned)
     customer.close()
     admin.close()
+
+
+def test_widget_reads_events_whose_line_ends_are_split_across_reads(site: dict[str, str], browser: Any) -> None:
+    """Fault injection: an endpoint speaking the service's SSE framing ("\\r\\n" line ends, as
+    sse-starlette writes them) whose "\\r\\n" is split between two network reads, as a proxy
+    that re-chunks may split it. The widget must still see where each event ends."""
+    import asyncio
+    import json
+    from collections.abc import AsyncIterator
+
+    from fastapi import FastAPI
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import StreamingResponse
+
+    from .servers import running_server
+
+    done = {"answer": "Gift cards never expire.", "citations": [], "answer_id": "a" * 32, "needs_human": None}
+    app = FastAPI()
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+
+    @app.post("/v1/query")
+    async def query() -> StreamingResponse:
+        async def events() -> AsyncIterator[str]:
+            yield 'event: token\r\ndata: {"text": "Gift cards never"}\r\n\r'
+            await asyncio.sleep(0.3)
+            yield f"\nevent: done\r\ndata: {json.dumps(done)}\r\n\r\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with running_server(app) as endpoint:
+        (Path(site["root"]) / "split.html").write_text(PAGE.format(service=site["service"], endpoint=endpoint))
+        page = browser.new_page()
+        page.goto(site["page"].replace("index.html", "split.html"))
+        _ask(page, "Do gift cards expire?")
+        page.locator(".rag-bot", has_text="Gift cards never expire.").wait_for(timeout=15_000)
+        assert page.locator(".rag-error").count() == 0
+        page.close()
 
 
 def test_widget_says_so_when_the_service_is_unreachable(site: dict[str, str], browser: Any) -> None:

@@ -189,7 +189,8 @@
       var chunk;
       try { chunk = await reader.read(); } catch (err) { unreachable(node); return; }
       if (chunk.done) break;
-      buffer += decoder.decode(chunk.value, { stream: true }).replace(/\r\n/g, "\n");
+      // Normalise the whole buffer: a "\r\n" split across two reads must still end a line.
+      buffer = (buffer + decoder.decode(chunk.value, { stream: true })).replace(/\r\n/g, "\n");
       var parts = buffer.split("\n\n");
       buffer = parts.pop();
       parts.forEach(function (raw) {
@@ -198,8 +199,10 @@
           if (line.indexOf("event:") === 0) event = line.slice(6).trim();
           else if (line.indexOf("data:") === 0) dataLines.push(line.slice(5).replace(/^ /, ""));
         });
-        if (!dataLines.length) return;
-        var payload = JSON.parse(dataLines.join("\n"));
+        if (!dataLines.length || finished) return;
+        var payload;
+        try { payload = JSON.parse(dataLines.join("\n")); }
+        catch (err) { unreachable(node, "a garbled reply"); finished = true; return; }
         if (event === "token") {
           text += payload.text;
           node.textContent = text;
