@@ -168,7 +168,10 @@ class Generating:
         if guard is not None:
             guard.feed(generation.text)
             guard.close()
-        return self._finish(prep, generation.text, usage_of(generation), guard)
+        answer = self._finish(prep, generation.text, usage_of(generation), guard)
+        if generation.finish_reason == "length" and answer.answer_kind == "generated":
+            answer.finish_reason = "length"  # the model's words, cut at max_tokens: an OpenAI client should know
+        return answer
 
     def _finish(self, prep: Prepared, text: str, usage: dict[str, Any], guard: ClauseGuard | None) -> Answer:
         """The served answer from what the backend said (and what the guard let through);

@@ -77,6 +77,8 @@ class Answer:
     )
     cache_scope: str | None = field(default=None, metadata={"internal": True})
     """The response cache's scope this answer was looked up in (feedback evicts within it)."""
+    finish_reason: str = field(default="stop", metadata={"internal": True})
+    """OpenAI's: "length" when the answer is the model's words cut at max_tokens, else "stop"."""
     cache_ref: str | None = field(default=None, metadata={"internal": True})
     """The cache entry a semantic hit was served from (a thumbs-up is evidence for it)."""
 

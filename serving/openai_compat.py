@@ -148,7 +148,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         "object": "chat.completion",
         "created": created,
         "model": body.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer}, "finish_reason": "stop"}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.answer},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
         "usage": _usage(answer),
         **_extras(answer),
     }

@@ -358,3 +358,20 @@ def test_the_service_answers_through_vllm_router_as_one_url(
             assert body["citations"][0]["document_id"] == "gift-cards.txt"
             _, events = query_events(url, "How long is the password reset link valid?", timeout=120)
             assert [k for k, _ in events][-1] == "done" and "30 minutes" in events[-1][1]["answer"], events
+
+
+def test_an_answer_cut_at_max_tokens_says_length_on_the_openai_face(
+    vllm_url: str,
+    example_data_dir: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    import openai
+
+    settings = make_settings(example_data_dir, backend="vllm", vllm_url=vllm_url, cache_enabled=False, guard=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        question = [{"role": "user", "content": "Which payment methods do you accept?"}]
+        cut = client.chat.completions.create(model="default", messages=question, max_tokens=2)
+        assert cut.choices[0].finish_reason == "length", cut
+        whole = client.chat.completions.create(model="default", messages=question)
+        assert whole.choices[0].finish_reason == "stop", whole
