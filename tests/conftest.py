@@ -27,7 +27,10 @@ def embedder() -> SentenceTransformerEmbedder:
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    # No .env file: a developer's local settings never leak into tests.
+    # No .env file: a developer's local settings never leak into tests. No random background
+    # audits either (5% of semantic hits by default): one that stores its answer late makes a
+    # test flaky. The audit tests ask for them with cache_audit_rate.
+    overrides.setdefault("cache_audit_rate", 0.0)
     return Settings(_env_file=None, data_dir=data_dir, **overrides)  # type: ignore[arg-type, call-arg]
 
 

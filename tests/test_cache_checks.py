@@ -73,6 +73,7 @@ async def test_a_reworded_faq_question_is_served_when_both_searches_confirm_its_
     again = await pipeline.answer(reworded)
     assert again.cache.kind == "semantic" and again.answer == first.answer
     assert settings.cache_confirmed_threshold <= again.cache.similarity < settings.cache_threshold  # type: ignore[operator]
+    await pipeline.audits_settled()  # an audit of that hit stores its fresh answer: not after the clear below
 
     # Without the confirmation the same question is a miss: only the plain threshold applies.
     strict = build_pipeline(
