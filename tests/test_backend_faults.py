@@ -253,3 +253,40 @@ def test_openai_route_gives_the_same_clear_error(backend: FakeBackend, service: 
     with httpx.stream("POST", f"{service}/v1/chat/completions", json=stream, timeout=CLIENT_TIMEOUT_S) as r:
         data = [line[5:].strip() for line in r.iter_lines() if line.startswith("data:")]
     assert data[-1] == "[DONE]" and json.loads(data[-2])["error"]["code"] == "backend_unavailable", data
+
+
+def test_a_full_connection_pool_is_a_503_that_blames_no_replica(
+    backend: FakeBackend, example_data_dir: Path, tmp_path: Path, embedder  # type: ignore[no-untyped-def]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
+    settings = make_settings(
+        data_dir,
+        backend="vllm",
+        vllm_url=backend.url,
+        vllm_model="gemma3-270m",
+        vllm_max_connections=1,  # one answer at a time; the next waits for the connection...
+        vllm_first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,  # ...this long (httpx's pool timeout)
+        vllm_total_timeout_s=10 * TOTAL_TIMEOUT_S,
+        cache_enabled=False,
+        guard=False,
+    )
+    pipeline = build_pipeline(settings, embedder)
+    backend.set("slow")  # tokens until the mode changes: the one connection stays taken
+    with running_server(create_app(settings, pipeline)) as url, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(_ask, url, "Do gift cards expire?")
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while backend.app.state.requests < 1:
+            assert time.monotonic() < deadline, "the first question never reached the backend"
+            time.sleep(0.01)
+        busy, _ = _ask(url, "How long do refunds take?")
+        assert "connections to vLLM are busy" in _assert_unavailable(busy, "full pool")
+        assert pipeline.generator.pool.replicas[0].healthy  # type: ignore[attr-defined]  # not the replica's fault
+        backend.set("ok")
+        answered, _ = first.result()
+        assert answered.status_code == 200 and answered.json()["answer"].startswith("and and"), answered.text
+        assert backend.app.state.requests == 1  # the refused question never reached the backend
+        response, _ = _ask(url, "What payment methods do you accept?")
+        assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
