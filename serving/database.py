@@ -101,7 +101,8 @@ class Database:
             reconnect_timeout=0,  # keep trying while the database is away; requests get a 503
         )
         self._migrated = False
-        self._down_until = 0.0  # after a failure, fail fast for a second rather than wait again
+        self.fail_fast_s = 1.0  # after a failure, fail at once for this long rather than wait again
+        self._down_until = 0.0
 
     def open(self) -> Database:
         self.pool.open(wait=False)
@@ -111,7 +112,9 @@ class Database:
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; an unreachable database is a 503 that says which."""
         if time.monotonic() < self._down_until:
-            raise BackendUnavailableError("the database (RAG_DATABASE_URL) was unreachable less than a second ago")
+            raise BackendUnavailableError(
+                f"the database (RAG_DATABASE_URL) was unreachable less than {self.fail_fast_s:g} s ago"
+            )
         try:
             with self.pool.connection() as conn:
                 if not self._migrated:
@@ -119,13 +122,13 @@ class Database:
                     self._migrated = True
                 yield conn
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
-            self._down_until = time.monotonic() + 1.0
+            self._down_until = time.monotonic() + self.fail_fast_s
             raise BackendUnavailableError(
                 f"the database (RAG_DATABASE_URL) is unreachable: {_first_line(exc)}"
             ) from exc
         except Exception as exc:
             if type(exc).__name__ == "PoolTimeout":
-                self._down_until = time.monotonic() + 1.0
+                self._down_until = time.monotonic() + self.fail_fast_s
                 raise BackendUnavailableError(f"the database (RAG_DATABASE_URL) is unreachable: {exc}") from exc
             raise
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from eval.engines import postgres_engine, redis_engine
+from rag.errors import BackendUnavailableError
 from serving.database import Database
 from serving.keys import KeyStore, PgKeyStore
 
-from .servers import serving
+from .servers import free_port, serving
 
 QUESTION = "How long do refunds take?"
 
@@ -93,3 +95,19 @@ def test_with_postgres_away_key_checks_are_a_503_and_accepted_jobs_finish(
     finally:
         db.close()
         engine.stop()
+
+
+def test_an_unreachable_database_fails_fast_then_is_tried_again() -> None:
+    """Requests after a failure get their 503 at once, not after another connect timeout each."""
+    db = Database(f"postgresql://rag@127.0.0.1:{free_port()}/rag", timeout_s=1.0).open()
+    db.fail_fast_s = 60.0  # long enough that no slow machine leaves the window
+    try:
+        with pytest.raises(BackendUnavailableError, match="is unreachable"):
+            db.ping()  # nothing listens there: the pool gives up after its timeout
+        with pytest.raises(BackendUnavailableError, match="was unreachable less than 60 s ago"):
+            db.ping()  # not asked again
+        db._down_until = 0.0  # the window has passed
+        with pytest.raises(BackendUnavailableError, match="is unreachable"):
+            db.ping()  # asked again
+    finally:
+        db.close()
