@@ -256,7 +256,10 @@ def test_openai_route_gives_the_same_clear_error(backend: FakeBackend, service: 
 
 
 def test_a_full_connection_pool_is_a_503_that_blames_no_replica(
-    backend: FakeBackend, example_data_dir: Path, tmp_path: Path, embedder  # type: ignore[no-untyped-def]
+    backend: FakeBackend,
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
