@@ -7,6 +7,7 @@ tests/test_multihost.py."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from pathlib import Path
@@ -109,6 +110,32 @@ def test_replicas_blocking_in_one_scope_at_once_lose_no_block(engine: str, redis
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(replicas[1].lift, ids[:20]))
     assert sorted(b["id"] for b in replicas[0].of("scope")) == sorted(ids[20:])
+
+
+@pytest.mark.parametrize("engine", ["redis", "diskcache"])
+def test_replicas_auditing_at_once_keep_the_highest_wrong_similarity(
+    engine: str, redis_url: str, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cache.audit import HitEvidence
+    from cache.stores import LocalStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    stores = [
+        RedisStore(redis_url, 384, prefix=prefix) if engine == "redis" else LocalStore(tmp_path, 384) for _ in "ab"
+    ]
+    replicas = [HitEvidence(store.counters, lambda tag: 0.01) for store in stores]
+    similarities = [0.80 + n / 1000 for n in range(150)]
+    random.Random(7).shuffle(similarities)
+
+    def audit(n: int) -> None:  # 150 wrong hits, found by two replicas in turn, in any order
+        replicas[n % 2].record("shop", "entry", similarities[n], agreed=False)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(audit, range(150)))
+    assert replicas[0].estimate("shop")["audited_hits"] == replicas[1].estimate("shop")["wrong_hits"] == 150
+    assert replicas[1].collection_floor("shop") == replicas[0].entry_floor("entry") == pytest.approx(max(similarities))
 
 
 @pytest.mark.parametrize("engine", ["redis", "diskcache"])
