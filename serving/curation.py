@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from rag.errors import ConflictError, InvalidRequestError, NotFoundError
 from rag.pipeline import Pipeline
@@ -30,6 +30,7 @@ from rag.store import CollectionIndex
 from rag.wire import Citation
 
 from .principals import principal_of
+from .schemas import RequestBody
 from .support_store import _Postgres, _Sqlite
 
 log = logging.getLogger("rag.serving")
@@ -206,7 +207,7 @@ def follow_versions(
     return on_version
 
 
-class CuratedRequest(BaseModel):
+class CuratedRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1, max_length=2000, description="The question (its rewordings get it too).")
@@ -217,14 +218,14 @@ class CuratedRequest(BaseModel):
     )
 
 
-class CuratedEdit(BaseModel):
+class CuratedEdit(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     question: str | None = Field(default=None, min_length=1, max_length=2000)
     answer: str | None = Field(default=None, min_length=1, max_length=20_000)
 
 
-class FromFeedback(BaseModel):
+class FromFeedback(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     feedback_id: str = Field(min_length=1, max_length=100, description="A thumbs-down that came with a correction.")

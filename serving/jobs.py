@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from rag.batch import answer_each
 from rag.errors import NotFoundError, RagError
@@ -39,7 +39,7 @@ from rag.wire import Answer
 
 from .pg_jobs import PgJobStore, job_body
 from .principals import principal_of
-from .schemas import Turn
+from .schemas import RequestBody, Turn
 
 log = logging.getLogger("rag.serving")
 
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS items (
 """
 
 
-class JobQuestion(BaseModel):
+class JobQuestion(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     question: str
@@ -65,7 +65,7 @@ class JobQuestion(BaseModel):
     history: list[Turn] = Field(default_factory=list, max_length=1000)
 
 
-class JobRequest(BaseModel):
+class JobRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     questions: list[JobQuestion] = Field(min_length=1, max_length=10_000)

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from rag.errors import InvalidRequestError, RagError, error_body
@@ -43,12 +43,13 @@ from rag.wire import Answer, GenerationOptions
 from .feedback import remember
 from .observability import log_question
 from .principals import principal_of
+from .schemas import RequestBody
 
 router = APIRouter()
 log = logging.getLogger("rag.serving")
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(RequestBody):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
@@ -60,7 +61,7 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(RequestBody):
     model_config = ConfigDict(extra="ignore")  # n, top_p, user, ...: accepted, not used
 
     model: str = Field(description="The collection to answer from.")

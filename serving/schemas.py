@@ -6,21 +6,41 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from rag import wire
 
 MAX_FILTER_VALUES = 1000  # each is a parameter of one SQL query
 
 
-class Turn(BaseModel):
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(_has_nul(v) for v in value)
+
+
+class RequestBody(BaseModel):
+    """Every request body: no field holds a NUL character. No text needs one, and PostgreSQL
+    cannot store one: an answer log, a job or a curated answer holding it could never be written."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _has_nul(data):
+            raise ValueError("text must not contain NUL (\\u0000) characters - remove them")
+        return data
+
+
+class Turn(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["user", "assistant"]
     content: str = Field(max_length=20_000)
 
 
-class QueryRequest(BaseModel):
+class QueryRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(description="The customer's question.")
@@ -50,7 +70,7 @@ class QueryRequest(BaseModel):
     )
 
 
-class FeedbackRequest(BaseModel):
+class FeedbackRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     answer_id: str = Field(

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rag.errors import BackendUnavailableError
+
 if TYPE_CHECKING:
     from rag.wire import Answer
 
@@ -217,9 +219,26 @@ class SupportStore:
                 )
                 del self._unwritten[:-MAX_UNWRITTEN]
             if self._unwritten:
-                sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
-                self.sql.write(sql, [r.row() for r in self._unwritten])
-                self._unwritten.clear()
+                self._write_unwritten()
+
+    def _write_unwritten(self) -> None:
+        """One batch; if the database refuses it (not: is away), one row at a time, and a row it
+        will never take is logged and given up, so that it cannot hold back every answer after it."""
+        sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
+        try:
+            self.sql.write(sql, [r.row() for r in self._unwritten])
+        except (BackendUnavailableError, sqlite3.OperationalError):
+            raise  # away or busy: the batch waits for the next try
+        except Exception:
+            for done, record in enumerate(list(self._unwritten)):
+                try:
+                    self.sql.write(sql, [record.row()])
+                except (BackendUnavailableError, sqlite3.OperationalError):
+                    del self._unwritten[:done]  # the rest wait for the next try
+                    raise
+                except Exception:
+                    log.exception("support store: answer %s cannot be written, given up", record.id)
+        self._unwritten.clear()
 
     def _write_loop(self) -> None:
         while not self._closing.wait(self._flush_s):

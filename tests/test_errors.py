@@ -69,6 +69,8 @@ def _assert_error(response, status: int, code: str, param: str | None = None) ->
         ({"json": {}}, 400, "missing_field", "question"),
         ({"json": ["question"]}, 400, "invalid_body", None),
         ({"json": {"question": "hi", "unknown": 1}}, 400, "invalid_value", "unknown"),
+        ({"json": {"question": "hi\u0000"}}, 400, "invalid_value", None),  # no database stores it
+        ({"json": {"question": "hi", "history": [{"role": "user", "content": "a\u0000"}]}}, 400, "invalid_value", None),
     ],
 )
 def test_bad_requests(client: TestClient, kwargs: dict, status: int, code: str, param: str | None) -> None:  # type: ignore[type-arg]

@@ -118,3 +118,23 @@ def test_answers_queued_while_the_database_is_locked_are_written_once_it_is_free
     blocker.close()
     assert store.answer("a1") is not None and store.answer("a2") is not None  # neither was lost
     store.close()
+
+
+def test_an_answer_the_database_will_never_take_is_given_up_and_holds_back_no_other(database_url: str) -> None:
+    from serving.database import Database
+    from serving.support_store import SupportStore, _Postgres
+
+    db = Database(database_url).open()
+    store = SupportStore(_Postgres(db), flush_s=3600)  # flushed by hand here
+    try:
+        store.record(_answer(1, time.time(), "How long do refunds take?"))
+        store.record(_answer(2, time.time(), "Do gift\x00 cards expire?"))  # PostgreSQL text holds no NUL
+        store.record(_answer(3, time.time(), "Which payment methods do you accept?"))
+        store.flush()
+        assert store.answer("a1") is not None and store.answer("a3") is not None
+        assert store.answer("a2") is None
+        store.record(_answer(4, time.time(), "How do I track my parcel?"))
+        assert store.answer("a4") is not None  # the next ones are written too
+    finally:
+        store.close()
+        db.close()
