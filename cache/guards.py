@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-_WORD_RE = re.compile(r"[A-Za-z][A-Za-z']*|\d+(?:[.,]\d+)*")
+_WORD_RE = re.compile(r"[^\W\d_](?:[^\W\d_]|')*|\d+(?:[.,]\d+)*")  # words (letters of any script), numbers
 _STANDALONE_NUMBER_RE = re.compile(r"(?<![\w-])[$£€]?\d+(?:[.,]\d+)*(?![\w-])")
 _NEGATIONS = frozenset({"not", "no", "never", "without", "cannot", "can't", "don't", "doesn't", "didn't", "isn't",
                         "aren't", "won't", "wasn't", "weren't", "haven't", "hasn't", "shouldn't", "couldn't", "nothing"})  # fmt: skip

@@ -40,7 +40,7 @@ _LEADING_YES_NO_RE = re.compile(
 _ABSTAIN_RE = re.compile(r"^\s*(?:i (?:do not|don't) know|i'm not sure|i am not sure)\b", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
 _NAME_RE = re.compile(r"\b[A-Z][\w&'’-]*")
-_WORD_RE = re.compile(r"[a-z0-9£$€]+(?:'[a-z]+)?")
+_WORD_RE = re.compile(r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?")  # letters and digits of any script
 _NEGATIONS = frozenset(
     "not no never cannot none nothing neither nor without can't cant don't dont doesn't doesnt isn't isnt "
     "aren't arent won't wont wasn't weren't shouldn't couldn't wouldn't didn't hasn't haven't mustn't".split()
@@ -98,7 +98,7 @@ def stems(text: str) -> set[str]:
     return set(_stemmer().stemWords(words))
 
 
-_TOKEN_RE = re.compile(r"[a-z0-9£$€]+(?:'[a-z]+)?|[.!?;:,()]")
+_TOKEN_RE = re.compile(r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?|[.!?;:,()]")
 _SCOPE = 4  # a negation reaches the next few words ("cannot be exchanged for cash")
 # Bounds that turn a figure around: "within 2 hours" is not "after 2 hours".
 _BOUND_RE = re.compile(

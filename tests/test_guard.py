@@ -23,6 +23,7 @@ RETURNS = [
     "You can return most items within 30 days of delivery.",
 ]
 PAYMENT = ["We do not accept cash on delivery, cheques or bank transfers for online orders."]
+GIFT_RU = ["Подарочные карты никогда не истекают и действуют для любых товаров."]
 REFUNDS = ["Refunds go back to the original payment method and take 5 to 7 business days to appear on your statement."]
 
 CASES = [
@@ -47,6 +48,9 @@ CASES = [
     (PAYMENT, "Yes, we accept cash on delivery.", None),
     (REFUNDS, "Refunds take 10 business days.", None),
     (REFUNDS, "Refunds take five to seven business days.", "Refunds take five to seven business days."),
+    # Another script: its words are content words too (they were not, and every answer was replaced).
+    (GIFT_RU, "Подарочные карты никогда не истекают.", "Подарочные карты никогда не истекают."),
+    (GIFT_RU, "Подарочные карты можно обменять на деньги.", None),  # words the page does not give
 ]  # fmt: skip
 
 
