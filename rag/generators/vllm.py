@@ -181,6 +181,7 @@ class VLLMGenerator:
                 self.pool.mark_ok(replica)
                 return
             except httpx.PoolTimeout as exc:  # no free connection here: this service is overloaded, not the replica
+                replica.probing = False  # no verdict on it: a probe that never ran must not leave it out for good
                 raise BackendUnavailableError(
                     f"all {self._limits} connections to vLLM are busy - raise RAG_VLLM_MAX_CONNECTIONS or add replicas"
                 ) from exc
@@ -197,16 +198,19 @@ class VLLMGenerator:
                 raise
         raise BackendUnavailableError("vLLM unavailable - " + "; ".join(errors))
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        async with aclosing(self._stream(request, {})) as pieces:  # closed at once when the caller stops
+    async def stream(self, request: GenerationRequest, summary: Generation | None = None) -> AsyncIterator[str]:
+        """The answer's pieces; at the end ``summary`` holds vLLM's token counts and finish reason."""
+        info: dict[str, Any] = {}
+        async with aclosing(self._stream(request, info)) as pieces:  # closed at once when the caller stops
             async for piece in pieces:
                 yield piece
+        if summary is not None:
+            _summarise(summary, info)
 
     async def generate(self, request: GenerationRequest) -> Generation:
         info: dict[str, Any] = {}
         text = "".join([piece async for piece in self._stream(request, info)])
-        usage = info.get("usage") or {}
-        return Generation(text, usage.get("prompt_tokens"), usage.get("completion_tokens"), info.get("finish_reason"))
+        return _summarise(Generation(text), info)
 
     async def ready(self) -> bool:
         for replica in self.pool.replicas:
@@ -219,3 +223,11 @@ class VLLMGenerator:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _summarise(summary: Generation, info: dict[str, Any]) -> Generation:
+    """What the stream's last chunks said: the usage (stream_options.include_usage) and the reason it ended."""
+    usage = info.get("usage") or {}
+    summary.prompt_tokens, summary.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    summary.finish_reason = info.get("finish_reason")
+    return summary
