@@ -87,8 +87,10 @@ class HitEvidence:
         low, high = interval(wrong, n)
         if high <= target:
             status = "within the bound (95% confidence)"
-        elif low > target:
-            status = f"over the bound: near duplicates there must now be closer than {self.collection_floor(tag):.3f}"
+        elif (floor := self.collection_floor(tag)) is not None and low > target:
+            status = f"over the bound: near duplicates there must now be closer than {floor:.3f}"
+        elif low > target:  # an audit on another replica is between its counts and its boundary
+            status = "over the bound"
         else:
             status = f"not enough audits to tell: {wrong} wrong in {n}"
         return {

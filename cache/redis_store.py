@@ -27,12 +27,13 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import LockError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -91,17 +92,31 @@ class _Guarded:
 
 class RedisCounters:
     """The counters store (diskcache's calls that :mod:`cache.audit` makes) on Redis: values as
-    JSON, no TTL. Each call is atomic on its own, and ``update`` is an optimistic transaction;
-    an audit's few writes are not one transaction, which at worst lets a concurrent lookup see
-    half of one audit's evidence."""
+    JSON, no TTL. Each call is atomic on its own, and ``update`` is an optimistic transaction.
+    ``transact`` holds a Redis lock, as diskcache's holds SQLite's write lock: the writers that
+    take it (an audit's counts and the boundary worked out from them) run one at a time across
+    replicas, while readers go on (a lookup may see half of one audit's evidence)."""
+
+    LOCK_KEY = "audit:lock"  # kept on clear, like the evidence it guards
+    LOCK_TIMEOUT_S = 10.0  # a replica that dies holding it holds it no longer than this
 
     def __init__(self, guarded: _Guarded, prefix: str) -> None:
         self._g = guarded
         self._r = guarded.client
         self.prefix = prefix
 
-    def transact(self) -> nullcontext[None]:
-        return nullcontext()
+    @contextmanager
+    def transact(self) -> Iterator[None]:
+        lock = self._r.lock(self.prefix + self.LOCK_KEY, timeout=self.LOCK_TIMEOUT_S)
+        if not self._g.call(lambda: lock.acquire(blocking_timeout=self.LOCK_TIMEOUT_S)):
+            raise StoreUnavailable(f"the Redis lock {self.LOCK_KEY} was held for over {self.LOCK_TIMEOUT_S:g} s")
+        try:
+            yield
+        finally:
+            try:
+                self._g.call(lock.release)
+            except (LockError, StoreUnavailable):
+                pass  # it expired (the work took too long) or Redis went away: nothing to release
 
     def incr(self, key: str, delta: int = 1) -> int:
         return int(self._g.call(lambda: self._r.incrby(self.prefix + key, delta)))

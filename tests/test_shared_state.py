@@ -139,6 +139,38 @@ def test_replicas_auditing_at_once_keep_the_highest_wrong_similarity(
 
 
 @pytest.mark.parametrize("engine", ["redis", "diskcache"])
+def test_transactions_on_the_counters_run_one_at_a_time_across_replicas(
+    engine: str, redis_url: str, tmp_path: Path
+) -> None:
+    """An audit's counts and the boundary worked out from them are written under one
+    transaction: on Redis a lock, as diskcache's is SQLite's write lock."""
+    import threading
+
+    from cache.stores import LocalStore
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    stores = [
+        RedisStore(redis_url, 384, prefix=prefix) if engine == "redis" else LocalStore(tmp_path, 384) for _ in "ab"
+    ]
+    together = threading.Barrier(2)
+    order: list[str] = []
+
+    def work(name: str, counters: Any) -> None:
+        together.wait()
+        with counters.transact():
+            order.append(f"{name} in")
+            time.sleep(0.3)
+            order.append(f"{name} out")
+
+    threads = [threading.Thread(target=work, args=(n, s.counters)) for n, s in zip("ab", stores, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert order in (["a in", "a out", "b in", "b out"], ["b in", "b out", "a in", "a out"]), order
+
+
+@pytest.mark.parametrize("engine", ["redis", "diskcache"])
 def test_clearing_the_cache_keeps_blocks_and_each_collections_evidence(
     engine: str, redis_url: str, tmp_path: Path
 ) -> None:
