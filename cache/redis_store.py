@@ -33,8 +33,7 @@ from typing import Any, TypeVar
 import numpy as np
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import LockError
-from redis.exceptions import ResponseError
+from redis.exceptions import LockError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .stores import KEPT_ON_CLEAR, StoreUnavailable
