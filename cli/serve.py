@@ -46,7 +46,9 @@ def serve(
         run_or_fail(
             lambda: check_loads(settings.llamacpp_model, settings.data_dir / "checks", models_dir=settings.models_dir)
         )
-    bind, message = bind_address(settings.host, run_or_fail(lambda: open_key_store(settings).active()))
+    store = run_or_fail(lambda: open_key_store(settings))
+    bind, message = bind_address(settings.host, run_or_fail(store.active), run_or_fail(store.created))
+    store.close()
     typer.secho(message, fg=typer.colors.YELLOW if bind != settings.host else None, err=True)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers write their metrics here; /metrics sums them. A fresh folder per run.
@@ -62,12 +64,17 @@ def serve(
     )
 
 
-def bind_address(host: str, active_keys: int) -> tuple[str, str]:
+def bind_address(host: str, active_keys: int, created_keys: int | None = None) -> tuple[str, str]:
     """Where `rag serve` may listen, and what it tells the operator: without API keys,
-    only this machine can reach the service."""
+    only this machine can reach the service. Keys all revoked still lock it (``created_keys``)."""
     loopback = host in ("127.0.0.1", "localhost", "::1")
     if active_keys:
         return host, f"API keys required ({active_keys} active); listening on {host}"
+    if created_keys:
+        return host, (
+            f"API keys required, and every key is revoked: requests are refused until you create one "
+            f"with `rag keys create`; listening on {host}"
+        )
     if loopback:
         return host, (
             f"no API keys configured: listening on {host} only (this machine). "

@@ -61,8 +61,9 @@ class Authenticator:
     a revoked key stops working within ``ttl_s`` (on every replica, with keys in PostgreSQL).
 
     With no key ever created, requests are anonymous (`rag serve` then listens on loopback
-    only). Once a key has been seen, keys stay required for the life of the process: revoking
-    the last one (or a key store that reads as empty) locks the service, never opens it."""
+    only). Once a key has been created, keys stay required, revoked ones counted (on every
+    replica and after a restart): revoking the last one locks the service, never opens it, and
+    a key store that reads as empty later does not open this process either."""
 
     def __init__(self, store: KeyStoreLike, ttl_s: float = 0.5) -> None:
         self.store = store
@@ -92,7 +93,7 @@ class Authenticator:
         checked, enabled = self._enabled
         now = time.monotonic()
         if now - checked > self.ttl_s:
-            enabled = self._ever_enabled = self._ever_enabled or self.store.active() > 0
+            enabled = self._ever_enabled = self._ever_enabled or self.store.created() > 0
             self._enabled = (now, enabled)
         return enabled
 

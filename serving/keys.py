@@ -82,6 +82,10 @@ class KeyStoreLike(Protocol):
     def revoke(self, key_id: str) -> bool: ...
     def list(self) -> list[KeyInfo]: ...
     def active(self) -> int: ...
+    def created(self) -> int:
+        """Keys ever created, revoked ones included: any means keys are required."""
+        ...
+
     def lookup(self, key: str) -> Principal | None: ...
     def close(self) -> None: ...
 
@@ -151,6 +155,10 @@ class KeyStore:
             return 0
         return int(db.execute("SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL").fetchone()[0])
 
+    def created(self) -> int:
+        db = self._conn()
+        return 0 if db is None else int(db.execute("SELECT COUNT(*) FROM keys").fetchone()[0])
+
     def lookup(self, key: str) -> Principal | None:
         key_id, db = _key_id(key), self._conn()
         if db is None or key_id is None:
@@ -194,6 +202,10 @@ class PgKeyStore:
 
     def active(self) -> int:
         row = self.db.run(lambda c: c.execute("SELECT COUNT(*) FROM keys WHERE revoked_at IS NULL").fetchone())
+        return int(row[0]) if row else 0
+
+    def created(self) -> int:
+        row = self.db.run(lambda c: c.execute("SELECT COUNT(*) FROM keys").fetchone())
         return int(row[0]) if row else 0
 
     def lookup(self, key: str) -> Principal | None:

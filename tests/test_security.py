@@ -291,6 +291,10 @@ def test_revoking_the_last_key_locks_the_service_never_opens_it(tmp_path: Path, 
         assert_error(anonymous.delete("/v1/cache"), 401, "invalid_api_key")
         with client(url, key) as revoked:
             assert_error(revoked.get("/v1/cache/stats"), 401, "invalid_api_key")
+    # A process that never saw the key active (a restart, another worker) is locked too.
+    with serving(tmp_path / "data", embedder, backend="extractive") as url, client(url) as anonymous:
+        assert_error(anonymous.get("/v1/cache/stats"), 401, "invalid_api_key")
+    assert bind_address("0.0.0.0", active_keys=0, created_keys=1)[0] == "0.0.0.0"  # locked: no need to hide
     store.close()
 
 
