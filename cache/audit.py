@@ -47,10 +47,11 @@ class HitEvidence:
         self._store = store  # must never evict: evidence outlives the entries it is about
         self.max_wrong_rate = max_wrong_rate
 
-    def record(self, tag: str | None, ref: str, similarity: float, agreed: bool) -> None:
-        """One audited hit: did the fresh answer agree with the cached one it was served?"""
+    def record(self, tag: str | None, ref: str, similarity: float, agreed: bool, recount: bool = False) -> None:
+        """One audited hit: did the fresh answer agree with the cached one it was served?
+        ``recount``: a hit counted already, as right, now found wrong (not one more hit)."""
         with self._store.transact():
-            n = self._store.incr(f"audit:{tag}:n")
+            n = self._store.incr(f"audit:{tag}:n", 0 if recount else 1)
             wrong = self._store.incr(f"audit:{tag}:wrong", 0 if agreed else 1)
             if not agreed:  # the highest wrong similarity wins, whichever replica writes last
                 self._store.update(f"audit:{tag}:wrong_max", lambda v: max(v, similarity), -1.0)

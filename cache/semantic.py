@@ -202,12 +202,13 @@ class SemanticCache:
                 return "rejected_by_evidence"
         return None
 
-    def learn(self, hit: CacheHit, agreed: bool) -> None:
+    def learn(self, hit: CacheHit, agreed: bool, recount: bool = False) -> None:
         """Evidence on a served semantic hit: whether the answer the question gets afresh
-        agrees with the cached one (the pipeline's audit, ``Generating._audit``)."""
+        agrees with the cached one (the pipeline's audit, ``Generating._audit``). ``recount``:
+        the hit was counted already (as right), and is now found wrong."""
         if hit.kind == "semantic" and hit.ref:
             try:
-                self.evidence.record(hit.tag, hit.ref, hit.similarity, agreed)
+                self.evidence.record(hit.tag, hit.ref, hit.similarity, agreed, recount=recount)
             except StoreUnavailable as exc:
                 log.warning("response cache store unavailable, audit not recorded: %s", exc)
 

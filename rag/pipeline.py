@@ -333,12 +333,15 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         vector = (await embed_async(self.embedder, [question_text(self.embedder, question)]))[0]
         return await asyncio.to_thread(self.cache.reject, scope, question, vector, answer, group, collection)
 
-    def judge_hit(self, ref: str | None, similarity: float | None, collection: str, agreed: bool) -> None:
+    def judge_hit(
+        self, ref: str | None, similarity: float | None, collection: str, agreed: bool, recount: bool = False
+    ) -> None:
         """A customer's vote on a semantic hit: evidence on the hit at that similarity, as an
         audit's verdict is (:mod:`cache.audit`). A thumbs-down counts as a wrong hit even when
-        a fresh answer would have been the same one, so the estimate errs on the safe side."""
+        a fresh answer would have been the same one, so the estimate errs on the safe side.
+        ``recount``: a verdict on a hit already counted as right, now wrong."""
         if self.cache is not None and ref and similarity is not None:
-            self.cache.learn(CacheHit("semantic", similarity, "", {}, ref, collection), agreed=agreed)
+            self.cache.learn(CacheHit("semantic", similarity, "", {}, ref, collection), agreed=agreed, recount=recount)
 
     async def aclose(self) -> None:
         for task in list(self._audits):

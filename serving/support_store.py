@@ -255,6 +255,10 @@ class SupportStore:
     def add_feedback(self, feedback: Feedback) -> None:
         self.sql.write(f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES ({', '.join('?' * 10)})", [feedback.row()])
 
+    def ratings(self, answer_id: str) -> set[str]:
+        """The ratings this answer has had so far ("up", "down")."""
+        return {r[0] for r in self.sql.query("SELECT DISTINCT rating FROM feedback WHERE answer_id = ?", (answer_id,))}
+
     def one_feedback(self, feedback_id: str) -> Feedback | None:
         rows = self.sql.query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE id = ?", (feedback_id,))
         return _feedback_of(rows[0]) if rows else None

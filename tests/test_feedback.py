@@ -127,8 +127,13 @@ def test_votes_on_semantic_hits_either_way_are_evidence_for_the_wrong_hit_estima
         assert hit["cache"]["kind"] == "semantic", hit
         assert rate(url, hit["answer_id"], "up").status_code == 200
         assert evidence() == (1, 0)
+        assert rate(url, hit["answer_id"], "up").status_code == 200  # the same vote again: counted once
+        assert evidence() == (1, 0)
         assert rate(url, hit["answer_id"], "down").status_code == 200  # the customer changed their mind
-        assert evidence() == (2, 1)
+        assert evidence() == (1, 1)  # the same hit, now wrong: not one more
+        for vote in ("down", "up"):  # repeated, or changed back: the hit stays wrong, counted once
+            assert rate(url, hit["answer_id"], vote).status_code == 200
+            assert evidence() == (1, 1)
 
 
 def test_feedback_errors_and_tenants(tmp_path: Path, embedder: Any) -> None:
