@@ -105,7 +105,9 @@ class SingleFlight(Generating):
                 status = CacheStatus(True, "exact", 1.0)
                 citations = [Citation(**c) for c in hit.payload["citations"]]
                 kind = hit.payload.get("answer_kind", "generated")
-                return self._done(prep, hit.payload["answer"], citations, status, kind=kind)
+                answer = self._done(prep, hit.payload["answer"], citations, status, kind=kind)
+                answer.finish_reason = hit.payload.get("finish_reason", "stop")
+                return answer
             if not cache.claimed(prep.scope, prep.question):
                 return None
         return None

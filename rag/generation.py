@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .cache_policy import answers_agree
 from .errors import BackendUnavailableError, RagError
+from .generators.base import Generation
 from .generators.base import usage as usage_of
 from .guard import ClauseGuard
 from .prompts import NO_ANSWER
@@ -128,7 +129,8 @@ class Generating:
         parts: list[str] = []
         tokens = 0
         sent = False
-        pieces = self.generator.stream(prep.request)  # type: ignore[attr-defined]
+        summary = Generation("")  # the backend's token counts and finish reason, once the stream ends
+        pieces = self.generator.stream(prep.request, summary)  # type: ignore[attr-defined]
         with _backend_errors(self.generator.name):
             try:
                 async for piece in pieces:
@@ -150,7 +152,9 @@ class Generating:
             prep.timings["first_token"] = prep.timings["generate"]
         if tail:
             yield tail
-        answer = self._finish(prep, "".join(parts), {"completion_tokens": tokens}, guard)
+        if summary.completion_tokens is None:  # a backend that does not count: its pieces
+            summary.completion_tokens = tokens
+        answer = self._finish(prep, "".join(parts), summary, guard)
         if guard is not None and guard.replaced:  # the quoted evidence, whole
             yield answer.answer
         yield answer
@@ -168,14 +172,12 @@ class Generating:
         if guard is not None:
             guard.feed(generation.text)
             guard.close()
-        answer = self._finish(prep, generation.text, usage_of(generation), guard)
-        if generation.finish_reason == "length" and answer.answer_kind == "generated":
-            answer.finish_reason = "length"  # the model's words, cut at max_tokens: an OpenAI client should know
-        return answer
+        return self._finish(prep, generation.text, generation, guard)
 
-    def _finish(self, prep: Prepared, text: str, usage: dict[str, Any], guard: ClauseGuard | None) -> Answer:
+    def _finish(self, prep: Prepared, text: str, generation: Generation, guard: ClauseGuard | None) -> Answer:
         """The served answer from what the backend said (and what the guard let through);
-        stored in the cache."""
+        stored in the cache. finish_reason is "length" when the answer is the model's words
+        cut at max_tokens (an OpenAI client should know); a quote or an abstention: "stop"."""
         model_answer = text.strip()
         kind, grounded, provisional = "generated", True, False
         if self.generator.prompt_style == "none":
@@ -191,6 +193,7 @@ class Generating:
             text = guard.text
         if text == NO_ANSWER or not text:
             text, kind = NO_ANSWER, "no_answer"
+        finish = "length" if generation.finish_reason == "length" and kind == "generated" else "stop"
         chunks = prep.quoted if kind == "quoted" else prep.chunks  # a quote cites where it comes from
         citations = [] if kind == "no_answer" else [Citation.from_chunk(c) for c in chunks]
         if self.cache is not None and prep.cacheable and prep.vector is not None:
@@ -202,6 +205,7 @@ class Generating:
                 "provisional": provisional,
                 "faq_entry": prep.faq_entry if citations else None,
                 "top_chunk": prep.top_chunk if citations else None,
+                "finish_reason": finish,  # served again to the same options (max_tokens is in the scope)
             }
             # The scope again, for the same index version: a backend may have learnt its
             # model name during this request.
@@ -210,7 +214,8 @@ class Generating:
             # Answers citing the same chunks are one answer: not rivals for the margin check.
             group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
             self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
-        answer = self._done(prep, text, citations, CacheStatus(), usage, kind=kind)
+        answer = self._done(prep, text, citations, CacheStatus(), usage_of(generation), kind=kind)
+        answer.finish_reason = finish
         if self.cache is not None and prep.cacheable and prep.vector is not None:
             answer.cache_scope = scope  # where it was stored
         answer.grounded = grounded

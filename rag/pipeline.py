@@ -194,6 +194,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
                 kind=hit.payload.get("answer_kind", "generated"),
             )
             prep.result.grounded = not hit.payload.get("provisional")  # a quote the guard put in
+            prep.result.finish_reason = hit.payload.get("finish_reason", "stop")
             prep.result.cache_ref = hit.ref or None
             if hit.payload.get("answer_kind") != CURATED:  # a person's answer is not audited
                 self._audit_later(hit, (question, collection, top_k, asked, options))

@@ -189,7 +189,7 @@ async def _chunks(
                 extras = _extras(item)
                 extras["rag"]["answer"] = item.answer
                 extras["rag"]["replaced"] = item.answer.strip() != sent.strip()
-                yield chunk({}, "stop", usage=_usage(item), **extras)
+                yield chunk({}, item.finish_reason, usage=_usage(item), **extras)
             else:
                 sent += item
                 yield chunk({"content": item})

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -363,6 +364,7 @@ def test_the_service_answers_through_vllm_router_as_one_url(
 def test_an_answer_cut_at_max_tokens_says_length_on_the_openai_face(
     vllm_url: str,
     example_data_dir: Path,
+    tmp_path: Path,
     embedder,  # type: ignore[no-untyped-def]
 ) -> None:
     import openai
@@ -375,3 +377,21 @@ def test_an_answer_cut_at_max_tokens_says_length_on_the_openai_face(
         assert cut.choices[0].finish_reason == "length", cut
         whole = client.chat.completions.create(model="default", messages=question)
         assert whole.choices[0].finish_reason == "stop", whole
+
+        # Streamed: the last chunk says the same, and counts vLLM's tokens, not the pieces sent.
+        chunks = list(client.chat.completions.create(model="default", messages=question, max_tokens=2, stream=True))
+        assert chunks[-1].choices[0].finish_reason == "length", chunks[-1]
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2, chunks[-1]
+        assert chunks[-1].usage.prompt_tokens > 100, chunks[-1]  # the instructions and passages, as vLLM counted them
+        streamed = list(client.chat.completions.create(model="default", messages=question, stream=True))
+        assert streamed[-1].choices[0].finish_reason == "stop", streamed[-1]
+
+    # Cached, the cut answer is served again only to the same max_tokens, and says so again.
+    data_dir = tmp_path / "data"
+    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
+    cached = make_settings(data_dir, backend="vllm", vllm_url=vllm_url, guard=False)
+    with running_server(create_app(cached, build_pipeline(cached, embedder))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        first, again = (client.chat.completions.create(model="default", messages=question, max_tokens=2) for _ in "ab")
+        assert again.model_extra["rag"]["cache"]["hit"], again  # type: ignore[index]
+        assert first.choices[0].finish_reason == again.choices[0].finish_reason == "length", again

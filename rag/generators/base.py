@@ -10,6 +10,10 @@ prompt and never looks at which backend it is talking to.
 ...     async def generate(self, request): return Generation(text=request.question)
 ...     async def aclose(self): pass
 >>> register_generator("echo", lambda settings: Echo())
+
+A backend with ``can_stream`` also has ``stream(request, summary=None)``: an async iterator of
+text pieces which, once it ends, has filled ``summary`` (a :class:`Generation`) with the
+token counts and the finish reason the model server reported.
 """
 
 from __future__ import annotations

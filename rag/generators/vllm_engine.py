@@ -114,9 +114,14 @@ class VLLMEngineGenerator:
             if not finished:  # the consumer went away: free the sequence's KV blocks now
                 await self._engine.abort(request_id)
 
-    async def stream(self, request: GenerationRequest) -> AsyncIterator[str]:
-        async for piece in self._outputs(request, {}):
+    async def stream(self, request: GenerationRequest, summary: Generation | None = None) -> AsyncIterator[str]:
+        """The answer's pieces; at the end ``summary`` holds the token counts and finish reason."""
+        info: dict[str, Any] = {}
+        async for piece in self._outputs(request, info):
             yield piece
+        if summary is not None:
+            summary.prompt_tokens, summary.completion_tokens = info.get("prompt_tokens"), info.get("completion_tokens")
+            summary.finish_reason = info.get("finish_reason")
 
     async def generate(self, request: GenerationRequest) -> Generation:
         info: dict[str, Any] = {}
