@@ -114,7 +114,9 @@ def ingest(
             report.removed.extend(gone)
         incremental = index_type == previous_type and (index_type == "flat" or (index_type == "hnsw" and not to_remove))
         report.chunks_removed = _remove(db, version.index if incremental else None, to_remove)
-        pending = _unique_ids(db, pending, report)
+        # Files already in the collection first: an edited file keeps its document ids from
+        # a newer file that wanted them (it was skipped for them, and is read again each run).
+        pending = _unique_ids(db, sorted(pending, key=lambda p: p[0] not in known), report)
         next_id = int(meta.get("next_id", 1))
         ids, vectors = _add(db, pending, next_id, stages, settings.embedding_batch_size, report, progress)
         if incremental:

@@ -164,6 +164,26 @@ def test_failed_run_keeps_previous_chunks_of_a_file_that_became_unreadable(
     assert _top(settings, embedder, "do gift cards expire") == "gift-cards.txt"
 
 
+def test_the_file_holding_a_document_id_keeps_it_when_it_is_edited(
+    tmp_path: Path, settings: Settings, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "z.jsonl").write_text('{"id": "1", "title": "Do gift cards expire?", "text": "Gift cards never expire."}\n')
+    ingest([docs], "default", settings, embedder, progress=False)
+    (docs / "a.jsonl").write_text('{"id": "1", "title": "Can I pay by cheque?", "text": "We take no cheques."}\n')
+    assert [Path(s).name for s, _ in ingest([docs], "default", settings, embedder, progress=False).failed] == [
+        "a.jsonl"
+    ]
+    (docs / "z.jsonl").write_text(
+        '{"id": "1", "title": "Do gift cards expire?", "text": "Gift cards expire after 3 years."}\n'
+    )
+    report = ingest([docs], "default", settings, embedder, progress=False)  # z.jsonl's old chunks go first
+    assert [Path(s).name for s, _ in report.failed] == ["a.jsonl"], report.failed  # not z.jsonl, the holder
+    rows = _index(settings, embedder)._db.execute("SELECT document_id, text FROM chunks").fetchall()
+    assert len(rows) == 1 and "3 years" in rows[0][1], rows
+
+
 def test_a_document_id_another_file_holds_is_skipped_and_reported(tmp_path: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
     one, two = tmp_path / "shop", tmp_path / "more"
     one.mkdir(), two.mkdir()
