@@ -233,14 +233,14 @@ class LocalStore:
         with self._lock:
             if tag is None:
                 count = sum(1 for _ in self._entries())
-                kept = {
-                    k: self.counters.get(k) for k in list(self.counters.iterkeys()) if str(k).startswith(KEPT_ON_CLEAR)
-                }
                 self._store.clear()
-                self.counters.clear()  # type: ignore[attr-defined]
-                for key, value in kept.items():
-                    self.counters.set(key, value)
-                self.counters.set("epoch", uuid.uuid4().hex)
+                # The rest go in place, in one transaction: blocks and evidence are never away,
+                # not even for a moment another process could add a block or store a blocked answer in.
+                with self.counters.transact():
+                    for key in list(self.counters.iterkeys()):
+                        if not str(key).startswith(KEPT_ON_CLEAR):
+                            self.counters.delete(key)
+                    self.counters.set("epoch", uuid.uuid4().hex)
                 self._scopes.clear()
                 return count
             # The exact-text key then points at a number that holds nothing: a miss.
