@@ -53,13 +53,17 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 async def _pin_rows(pipe: Any, store: Any, collection: str, rows: list[dict[str, Any]], bad: list[str]) -> int:
     """Pin each row; a question already pinned gets a new version only if its answer or
-    citations changed, so importing a file again repeats nothing. Returns how many changed."""
+    citations changed, so importing a file again repeats nothing. One waiting for review stays
+    there (edited if the file changes it): it is not pinned a second time. Returns how many changed."""
     from cache import normalize_question
     from rag.errors import RagError
     from serving.curation import cite_documents
 
     index = pipe.get_index(collection)
-    pinned = {normalize_question(c.question): c for c in store.items(collection, "active")}
+    pinned = {
+        normalize_question(c.question): c
+        for c in store.items(collection, "needs_review") + store.items(collection, "active")  # active ones win
+    }
     done = 0
     for row in rows:
         try:
@@ -76,7 +80,8 @@ async def _pin_rows(pipe: Any, store: Any, collection: str, rows: list[dict[str,
         else:
             item = store.change(before, WHO, "edit", answer=answer, citations=citations) or before
         pinned[normalize_question(question)] = item
-        await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
+        if item.status == "active":
+            await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
         done += 1
     return done
 

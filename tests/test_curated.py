@@ -159,6 +159,14 @@ def test_a_thumbs_down_correction_and_a_file_become_curated_answers(tmp_path: Pa
         assert (served["answer_kind"], served["answer"]) == ("curated", "Yes: add it at checkout for 3 EUR.")
         listed = call("GET", f"{url}/v1/curated")["data"]
         assert len([c for c in listed if c["question"] == "Do you sell gift wrap?"]) == 1  # imported twice, pinned once
+        served = ask(url, "Do you sell gift wrap?")
+        call("POST", f"{url}/v1/feedback", json={"answer_id": served["answer_id"], "rating": "down"})  # to review
+    result = CliRunner().invoke(cli_app, ["curated", "import", str(again), "--data-dir", str(settings.data_dir)])
+    assert "pinned 0 curated answers" in result.output, result.output  # the one in review is not pinned again
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        listed = call("GET", f"{url}/v1/curated")["data"]
+        assert [c["status"] for c in listed if c["question"] == "Do you sell gift wrap?"] == ["needs_review"]
+        assert ask(url, "Do you sell gift wrap?")["answer_kind"] != "curated"
 
 
 def test_only_an_admin_key_curates(tmp_path: Path, embedder: Any) -> None:
