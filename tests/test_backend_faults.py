@@ -93,23 +93,31 @@ def backend() -> Iterator[FakeBackend]:
     fake.down()
 
 
+def _settings(example_data_dir: Path, tmp_path: Path, vllm_url: str, **overrides: Any) -> Any:
+    """The example index, a response cache of the test's own, and the vLLM backend at ``vllm_url``."""
+    data_dir = tmp_path / "data"
+    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
+    return make_settings(
+        data_dir,
+        **{
+            "backend": "vllm",
+            "vllm_url": vllm_url,
+            "vllm_model": "gemma3-270m",
+            "vllm_connect_timeout_s": 1.0,
+            "vllm_first_token_timeout_s": FIRST_TOKEN_TIMEOUT_S,
+            "vllm_total_timeout_s": TOTAL_TIMEOUT_S,
+            # The fake says the same words to every question ("The answer is in the
+            # documents."), which the faithfulness guard rightly replaces: these tests are
+            # about faults, so what the backend said is what the client gets.
+            "guard": False,
+            **overrides,
+        },
+    )
+
+
 @pytest.fixture
 def service(backend: FakeBackend, example_data_dir: Path, tmp_path: Path, embedder) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    data_dir = tmp_path / "data"  # the example index, and a response cache of this test's own
-    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
-    settings = make_settings(
-        data_dir,
-        backend="vllm",
-        vllm_url=backend.url,
-        vllm_model="gemma3-270m",
-        vllm_connect_timeout_s=1.0,
-        vllm_first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,
-        vllm_total_timeout_s=TOTAL_TIMEOUT_S,
-        # The fake says the same words to every question ("The answer is in the documents."),
-        # which the faithfulness guard rightly replaces: these tests are about faults, so
-        # what the backend said is what the client gets.
-        guard=False,
-    )
+    settings = _settings(example_data_dir, tmp_path, backend.url)
     pipeline = build_pipeline(settings, embedder)
     pipeline.generator.pool.backoff_s = 0.1  # type: ignore[attr-defined]  # a replica is probed again soon
     with running_server(create_app(settings, pipeline)) as url:
@@ -212,18 +220,12 @@ def test_a_hanging_replica_fails_over_to_a_healthy_one(example_data_dir: Path, t
     hung.set("hang")
     hung.up()
     healthy.up()
-    data_dir = tmp_path / "data"
-    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
-    settings = make_settings(
-        data_dir,
-        backend="vllm",
-        vllm_url=f"{hung.url},{healthy.url}",
+    settings = _settings(
+        example_data_dir,
+        tmp_path,
+        f"{hung.url},{healthy.url}",
         vllm_routing="least_loaded",  # the hung replica first (prefix routing: wherever the key hashes)
-        vllm_model="gemma3-270m",
-        vllm_first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,
-        vllm_total_timeout_s=TOTAL_TIMEOUT_S,
         cache_enabled=False,
-        guard=False,  # as in `service`: the fake's fixed words pass through
     )
     try:
         with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
@@ -263,18 +265,14 @@ def test_a_full_connection_pool_is_a_503_that_blames_no_replica(
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    data_dir = tmp_path / "data"
-    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
-    settings = make_settings(
-        data_dir,
-        backend="vllm",
-        vllm_url=backend.url,
-        vllm_model="gemma3-270m",
+    settings = _settings(
+        example_data_dir,
+        tmp_path,
+        backend.url,
         vllm_max_connections=1,  # one answer at a time; the next waits for the connection...
         vllm_first_token_timeout_s=FIRST_TOKEN_TIMEOUT_S,  # ...this long (httpx's pool timeout)
         vllm_total_timeout_s=10 * TOTAL_TIMEOUT_S,
         cache_enabled=False,
-        guard=False,
     )
     pipeline = build_pipeline(settings, embedder)
     backend.set("slow")  # tokens until the mode changes: the one connection stays taken
