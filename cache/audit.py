@@ -32,6 +32,7 @@ def interval(wrong: int, n: int) -> tuple[float, float]:
     """Two-sided 95% Clopper-Pearson interval for a rate of ``wrong`` in ``n``."""
     if n == 0:
         return 0.0, 1.0
+    wrong = min(wrong, n)
     from scipy.stats import beta
 
     tail = (1 - _CONFIDENCE) / 2
@@ -53,6 +54,8 @@ class HitEvidence:
         with self._store.transact():
             n = self._store.incr(f"audit:{tag}:n", 0 if recount else 1)
             wrong = self._store.incr(f"audit:{tag}:wrong", 0 if agreed else 1)
+            if wrong > n:  # the hit a recount is about was never counted (its store was away then)
+                n = self._store.incr(f"audit:{tag}:n", wrong - n)
             if not agreed:  # the highest wrong similarity wins, whichever replica writes last
                 self._store.update(f"audit:{tag}:wrong_max", lambda v: max(v, similarity), -1.0)
                 self._store.update(f"floor:{ref}", lambda v: max(v, similarity), -1.0)

@@ -92,7 +92,8 @@ class Generating:
             log.info("cache audit of %r skipped: %s", question, exc)
             return
         assert self.cache is not None
-        self.cache.learn(hit, answers_agree(hit.payload, fresh))
+        # Off the event loop: on Redis the verdict waits for the evidence lock (RedisCounters.transact).
+        await asyncio.to_thread(self.cache.learn, hit, answers_agree(hit.payload, fresh))
 
     async def audits_settled(self) -> None:
         """Wait for the audits running now (tests, benchmarks, shutdown)."""
