@@ -82,6 +82,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX curated_audit_of ON curated_audit (curated_id, at);
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
+        """,
+    ),
 ]
 
 

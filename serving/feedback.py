@@ -73,14 +73,14 @@ async def _find(store: SupportStore, answer_id: str) -> AnswerRecord | None:
 
 async def _judge_hit(pipe: Pipeline, support: SupportStore, record: AnswerRecord, rating: str) -> None:
     """A vote on a semantic hit is evidence on it, both ways (the ups alone would flatter the
-    estimate), counted once per answer: repeated votes do not move a collection's boundary. A
-    first "down" after "up"s turns that answer's verdict to wrong without counting it again."""
-    before = await asyncio.to_thread(support.ratings, record.id)
-    if before and (rating == "up" or "down" in before):
-        return
-    await asyncio.to_thread(
-        pipe.judge_hit, record.cache_ref, record.similarity, record.collection, rating == "up", recount=bool(before)
-    )
+    estimate), counted once per answer: repeated votes, a double click included, do not move a
+    collection's boundary. A first "down" after an "up" turns that answer's verdict to wrong
+    without counting it again."""
+    verdict = await asyncio.to_thread(support.hit_verdict, record.id, rating)
+    if verdict is not None:
+        await asyncio.to_thread(
+            pipe.judge_hit, record.cache_ref, record.similarity, record.collection, rating == "up", verdict == "flip"
+        )
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse)
@@ -111,13 +111,13 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
         state.handoff.notify(
             _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
         )
-    if record.cache_kind == "semantic" and not curated:
-        await _judge_hit(pipe, state.support, record, body.rating)
     entry = Feedback(
         record.id, record.collection, body.rating, body.reason, body.correction, principal.key_id,
         evicted=evicted, block_id=block_id,
     )  # fmt: skip
     await asyncio.to_thread(state.support.add_feedback, entry)
+    if record.cache_kind == "semantic" and not curated:
+        await _judge_hit(pipe, state.support, record, body.rating)
     return {
         "answer_id": record.id,
         "rating": body.rating,

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.errors import BackendUnavailableError
+import psycopg
 
 if TYPE_CHECKING:
     from rag.wire import Answer
@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS curated_audit (
     action TEXT NOT NULL, before TEXT, after TEXT
 );
 CREATE INDEX IF NOT EXISTS curated_audit_of ON curated_audit (curated_id, at);
+CREATE TABLE IF NOT EXISTS hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
 """
 
 _ANSWER_COLUMNS = (
@@ -189,6 +190,8 @@ class _Postgres:
         return None  # the app closes the database it shares
 
 
+# What a database says of one row's contents, never of its own state.
+_ROW_ERRORS = (sqlite3.DataError, sqlite3.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
 MAX_UNWRITTEN = 100_000  # answers held in memory while the database is away (~1 KB each)
 
 
@@ -222,22 +225,22 @@ class SupportStore:
                 self._write_unwritten()
 
     def _write_unwritten(self) -> None:
-        """One batch; if the database refuses it (not: is away), one row at a time, and a row it
-        will never take is logged and given up, so that it cannot hold back every answer after it."""
+        """One batch. If the database refuses a row for its contents (a value it cannot store),
+        one row at a time: a row it will never take is logged and given up, so that it cannot
+        hold back every answer after it. Any other failure (away, read-only, a migration not
+        run yet) keeps them all for the next try."""
         sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
         try:
             self.sql.write(sql, [r.row() for r in self._unwritten])
-        except (BackendUnavailableError, sqlite3.OperationalError):
-            raise  # away or busy: the batch waits for the next try
-        except Exception:
+        except _ROW_ERRORS:
             for done, record in enumerate(list(self._unwritten)):
                 try:
                     self.sql.write(sql, [record.row()])
-                except (BackendUnavailableError, sqlite3.OperationalError):
+                except _ROW_ERRORS:
+                    log.exception("support store: answer %s cannot be written, given up", record.id)
+                except Exception:
                     del self._unwritten[:done]  # the rest wait for the next try
                     raise
-                except Exception:
-                    log.exception("support store: answer %s cannot be written, given up", record.id)
         self._unwritten.clear()
 
     def _write_loop(self) -> None:
@@ -255,9 +258,15 @@ class SupportStore:
     def add_feedback(self, feedback: Feedback) -> None:
         self.sql.write(f"INSERT INTO feedback ({_FEEDBACK_COLUMNS}) VALUES ({', '.join('?' * 10)})", [feedback.row()])
 
-    def ratings(self, answer_id: str) -> set[str]:
-        """The ratings this answer has had so far ("up", "down")."""
-        return {r[0] for r in self.sql.query("SELECT DISTINCT rating FROM feedback WHERE answer_id = ?", (answer_id,))}
+    def hit_verdict(self, answer_id: str, rating: str) -> str | None:
+        """What a vote on a cache hit adds to the evidence, decided in one statement each, so
+        that votes at once (a double click, two replicas) agree: "first" (the answer's first
+        vote), "flip" (its first "down" after an "up") or None (nothing new)."""
+        first = "INSERT INTO hit_verdicts (answer_id, verdict) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        if self.sql.apply([(first, (answer_id, rating))])[0]:
+            return "first"
+        flip = "UPDATE hit_verdicts SET verdict = 'down' WHERE answer_id = ? AND verdict = 'up'"
+        return "flip" if rating == "down" and self.sql.apply([(flip, (answer_id,))])[0] else None
 
     def one_feedback(self, feedback_id: str) -> Feedback | None:
         rows = self.sql.query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE id = ?", (feedback_id,))

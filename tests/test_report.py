@@ -138,3 +138,21 @@ def test_an_answer_the_database_will_never_take_is_given_up_and_holds_back_no_ot
     finally:
         store.close()
         db.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_votes_on_an_answer_make_one_verdict_on_either_database(engine: str, tmp_path: Path, request: Any) -> None:
+    from serving.database import Database
+    from serving.support_store import SupportStore, _Postgres, _Sqlite
+
+    db = Database(request.getfixturevalue("database_url")).open() if engine == "postgres" else None
+    store = SupportStore(_Postgres(db) if db else _Sqlite(tmp_path / "support.sqlite"), flush_s=3600)
+    try:
+        assert [store.hit_verdict("a1", r) for r in ("up", "up", "down", "down", "up")] == [
+            "first", None, "flip", None, None  # counted once; turned wrong once; never back
+        ]  # fmt: skip
+        assert [store.hit_verdict("a2", r) for r in ("down", "up")] == ["first", None]
+    finally:
+        store.close()
+        if db is not None:
+            db.close()
