@@ -29,6 +29,9 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     for number, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
+        if "\x00" in line or "\\u0000" in line:  # no database stores it (a request body is refused too)
+            bad.append(f"line {number}: contains a NUL character - remove it")
+            continue
         try:
             row = (
                 json.loads(line)

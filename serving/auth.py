@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 
 from rag.errors import (
     AuthenticationError,
+    InvalidRequestError,
     RagError,
     RateLimitError,
     RequestTooLargeError,
@@ -234,6 +235,9 @@ class GuardMiddleware:
             if headers.get("expect", "").lower() != "100-continue" and int(declared) <= self._drain_bound:
                 await self._drain(receive, 0)
             await send_error(send, self._too_large(), {"Connection": "close"})
+            return
+        if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):  # bodies: schemas.RequestBody
+            await send_error(send, InvalidRequestError("the URL must not contain NUL (%00) characters - remove them"))
             return
         principal = ANONYMOUS
         if scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS":

@@ -149,10 +149,12 @@ def test_a_thumbs_down_correction_and_a_file_become_curated_answers(tmp_path: Pa
         '{"question": "Can I collect in store?", "answer": "Yes, from our Leeds shop.", "document_ids": ["nope.md"]}\n'
         '{"question": 5, "answer": "Five."}\n'
         '{"question": "Do you buy back old sofas?", "answer": "No, we do not."}\n'
+        '{"question": "Do you sell rugs?\\u0000", "answer": "Yes."}\n'
     )
     result = CliRunner().invoke(cli_app, ["curated", "import", str(again), "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
-    assert "pinned 1 curated answers" in result.output and "2 lines skipped" in result.output, result.output
+    assert "pinned 1 curated answers" in result.output and "3 lines skipped" in result.output, result.output
+    assert "line 5: contains a NUL character" in result.output
     assert "line 2: " in result.output and "nope.md" in result.output and "line 3: needs a question" in result.output
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
         served = ask(url, "Do you sell gift wrap?")

@@ -77,6 +77,11 @@ def test_bad_requests(client: TestClient, kwargs: dict, status: int, code: str, 
     _assert_error(client.post("/v1/query", **kwargs), status, code, param)
 
 
+def test_a_nul_in_the_url_is_a_400_not_a_database_error(client: TestClient) -> None:
+    _assert_error(client.get("/v1/jobs/ab%00cd"), 400, "invalid_request")
+    _assert_error(client.get("/v1/curated", params={"collection": "a\x00b"}), 400, "invalid_request")
+
+
 def test_unknown_route_and_method(client: TestClient) -> None:
     _assert_error(client.get("/v1/nope"), 404, "not_found")
     _assert_error(client.get("/v1/query"), 405, "method_not_allowed")
