@@ -236,7 +236,10 @@ def test_openai_route_passes_max_tokens_and_stop_to_vllm(service_url: str) -> No
     assert stopped.usage.completion_tokens < full.usage.completion_tokens  # ended at the first space
     stream = client.chat.completions.create(model="default", messages=question, max_tokens=4, stream=True)
     chunks = list(stream)
-    assert chunks[-1].choices[0].finish_reason == "stop" and (chunks[-1].model_extra or {})["citations"]
+    extra = chunks[-1].model_extra or {}
+    assert extra["citations"], chunks[-1]
+    # The model's words cut at 4 tokens say so; a quote the guard put in their place ended as it should.
+    assert chunks[-1].choices[0].finish_reason == ("length" if extra["rag"]["answer_kind"] == "generated" else "stop")
 
 
 def test_metrics_time_the_first_token_count_tokens_and_report_the_replica(service_url: str, vllm_url: str) -> None:
