@@ -325,13 +325,10 @@ class SemanticCache:
             "tag": tag,
             "group": group,
         }
-        skey, normalized = self._scope_key(scope), normalize_question(question)
         try:
-            # An earlier entry for this question with another answer stays: in the same index
-            # version it is a rival (two answers to one question: its rewordings are ambiguous);
-            # after a re-ingest it is neither candidate nor rival (``current``). Removing it
-            # took the covid FAQ's duplicate questions from 0.9% to 4.0% wrong hits.
-            self.store.add(skey, normalized, entry, -1.0 if keep else self.ttl_s)
+            # An earlier entry for this question with another answer stays, as a rival: its
+            # rewordings are ambiguous (after a re-ingest a stale one is no rival: ``current``).
+            self.store.add(self._scope_key(scope), normalize_question(question), entry, -1.0 if keep else self.ttl_s)
         except StoreUnavailable as exc:
             self.lookups["store_errors"] += 1
             log.warning("response cache store unavailable, answer not stored: %s", exc)

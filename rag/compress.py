@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 # Sentence ends, blank lines and list items separate sentences; a single line break inside
 # a hard-wrapped paragraph does not.
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+\.)\s)")
-_WORD_RE = re.compile(r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?")  # letters and digits of any script
+WORD_PATTERN = r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?"  # letters and digits of any script (the guard's too)
+_WORD_RE = re.compile(WORD_PATTERN)
 _STOPWORDS = frozenset(
     "a an and are as at be but by can could do does did for from has have how i if in into is it its "
     "me my of on or our so that the their them then there these this to was we what when where which "

@@ -21,7 +21,7 @@ from cache import normalize_question
 
 from .cache_policy import still_valid
 from .generation import Generating
-from .wire import Answer, CacheStatus, Citation
+from .wire import Answer, CacheStatus
 
 if TYPE_CHECKING:
     from cache import SemanticCache
@@ -102,12 +102,7 @@ class SingleFlight(Generating):
             await asyncio.sleep(POLL_S)
             hit = cache.get_exact(prep.scope, prep.question, accept=valid)
             if hit is not None:
-                status = CacheStatus(True, "exact", 1.0)
-                citations = [Citation(**c) for c in hit.payload["citations"]]
-                kind = hit.payload.get("answer_kind", "generated")
-                answer = self._done(prep, hit.payload["answer"], citations, status, kind=kind)
-                answer.finish_reason = hit.payload.get("finish_reason", "stop")
-                return answer
+                return self._cached(prep, hit.payload, CacheStatus(True, "exact", 1.0))
             if not cache.claimed(prep.scope, prep.question):
                 return None
         return None

@@ -249,6 +249,13 @@ class Generating:
             self._notify(answer, prep.cacheable)
         return answer
 
+    def _cached(self, prep: Prepared, payload: dict[str, Any], status: CacheStatus) -> Answer:
+        """An answer served from a cache entry's ``payload`` (what :meth:`_finish` stored)."""
+        citations = [Citation(**c) for c in payload["citations"]]
+        answer = self._done(prep, payload["answer"], citations, status, kind=payload.get("answer_kind", "generated"))
+        answer.finish_reason = payload.get("finish_reason", "stop")
+        return answer
+
     def _notify(self, answer: Answer, cacheable: bool) -> None:
         for observer in self.observers:
             try:

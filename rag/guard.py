@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from .compress import WORD_PATTERN
+
 _BOUNDARY_RE = re.compile(r"[.!?;:,](?=\s)|\n")
 _LEADING_YES_NO_RE = re.compile(
     r"^\s*(?:yes|no|yeah|yep|nope|sure|of course|absolutely|certainly|correct|right|unfortunately|sorry)\b[\s,.!;:-]*",
@@ -40,7 +42,7 @@ _LEADING_YES_NO_RE = re.compile(
 _ABSTAIN_RE = re.compile(r"^\s*(?:i (?:do not|don't) know|i'm not sure|i am not sure)\b", re.IGNORECASE)
 _NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
 _NAME_RE = re.compile(r"\b[A-Z][\w&'’-]*")
-_WORD_RE = re.compile(r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?")  # letters and digits of any script
+_WORD_RE = re.compile(WORD_PATTERN)
 _NEGATIONS = frozenset(
     "not no never cannot none nothing neither nor without can't cant don't dont doesn't doesnt isn't isnt "
     "aren't arent won't wont wasn't weren't shouldn't couldn't wouldn't didn't hasn't haven't mustn't".split()
@@ -98,7 +100,7 @@ def stems(text: str) -> set[str]:
     return set(_stemmer().stemWords(words))
 
 
-_TOKEN_RE = re.compile(r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?|[.!?;:,()]")
+_TOKEN_RE = re.compile(WORD_PATTERN + r"|[.!?;:,()]")
 _SCOPE = 4  # a negation reaches the next few words ("cannot be exchanged for cash")
 # Bounds that turn a figure around: "within 2 hours" is not "after 2 hours".
 _BOUND_RE = re.compile(

@@ -30,7 +30,7 @@ from .retrieval import Retrieval
 from .settings import Settings
 from .store import CollectionIndex, RetrievedChunk
 from .support import get_support_scorer
-from .wire import Answer, CacheStatus, Citation, GenerationOptions
+from .wire import Answer, CacheStatus, GenerationOptions
 
 
 @dataclass
@@ -186,15 +186,8 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         hit = self.curated_exact(index, question) if history and not audit and self.cache is not None else None
         retrieved, hit = ([], hit) if hit is not None else await self._look_up(prep, cache, search_text, filters)
         if hit is not None:
-            prep.result = self._done(
-                prep,
-                hit.payload["answer"],
-                [Citation(**c) for c in hit.payload["citations"]],
-                CacheStatus(True, hit.kind, round(hit.similarity, 4)),
-                kind=hit.payload.get("answer_kind", "generated"),
-            )
+            prep.result = self._cached(prep, hit.payload, CacheStatus(True, hit.kind, round(hit.similarity, 4)))
             prep.result.grounded = not hit.payload.get("provisional")  # a quote the guard put in
-            prep.result.finish_reason = hit.payload.get("finish_reason", "stop")
             prep.result.cache_ref = hit.ref or None
             if hit.payload.get("answer_kind") != CURATED:  # a person's answer is not audited
                 self._audit_later(hit, (question, collection, top_k, asked, options))
