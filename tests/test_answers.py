@@ -78,12 +78,13 @@ def test_rag_eval_answers_judges_each_backend_prints_the_wrong_answers_and_plots
     qa.write_text("\n".join(picked) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")} | {"HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "cli", "eval", "answers", "--corpus", str(EXAMPLES), "--qa", str(qa),
-           "--limit", "0", "--backend", "extractive,instant", "--out", str(tmp_path)]  # fmt: skip
+           "--limit", "0", "--backend", "extractive,instant", "--out", str(tmp_path), "--progress"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("answerable    n=") == 2 and done.stdout.count("wrong answers:") == 2
     assert "extractive: 6 questions" in done.stdout and "instant: 6 questions" in done.stdout
     assert "guard: the model alone was right" in done.stdout  # instant writes its own words: guarded
+    assert "answering (extractive): 100%" in done.stderr and "6/6" in done.stderr  # the long part shows progress
     results = sorted(tmp_path.glob("answers-*.json"))
     assert len(results) == 2
     for path in results:

@@ -284,7 +284,12 @@ def test_a_full_connection_pool_is_a_503_that_blames_no_replica(
             time.sleep(0.01)
         busy, _ = _ask(url, "How long do refunds take?")
         assert "connections to vLLM are busy" in _assert_unavailable(busy, "full pool")
-        assert pipeline.generator.pool.replicas[0].healthy  # type: ignore[attr-defined]  # not the replica's fault
+        replica = pipeline.generator.pool.replicas[0]  # type: ignore[attr-defined]
+        assert replica.healthy  # not the replica's fault
+        replica.failures, replica.down_until = 1, 0.0  # as if it had failed once and were due a probe
+        probe, _ = _ask(url, "Which cards do you accept?")
+        assert "connections to vLLM are busy" in _assert_unavailable(probe, "full pool, probing")
+        assert not replica.probing  # a probe that never ran gives no verdict: the next question probes it
         backend.set("ok")
         answered, _ = first.result()
         assert answered.status_code == 200 and answered.json()["answer"].startswith("and and"), answered.text

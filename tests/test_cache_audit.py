@@ -51,6 +51,18 @@ def test_a_wrong_audit_raises_that_entrys_boundary_to_the_similarity_it_failed_a
     assert reopened.get_similar("s", v["How many days until I get my refund?"]) is None
 
 
+def test_a_recount_of_a_hit_whose_first_count_was_lost_counts_it_once(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    cache, v = _cache(tmp_path, embedder)
+    cache.put("s", "How long do refunds take?", v["How long do refunds take?"], {"answer": "A"}, tag="shop")
+    hit = cache.get_similar("s", v["How long does a refund take?"])
+    assert hit is not None
+    cache.learn(hit, agreed=False, recount=True)  # a thumbs-down after an up whose count never landed
+    estimate = cache.stats()["wrong_hits"]["shop"]
+    assert (estimate["audited_hits"], estimate["wrong_hits"], estimate["estimated_wrong_rate"]) == (1, 1, 1.0)
+    cache.learn(hit, agreed=True)  # counts from here on add up as usual
+    assert cache.stats()["wrong_hits"]["shop"]["audited_hits"] == 2
+
+
 def test_a_collection_over_its_bound_serves_only_closer_duplicates(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     cache, v = _cache(tmp_path, embedder, max_wrong_rate=lambda tag: 0.2 if tag == "strict" else 0.9)
     for tag in ("strict", "loose"):

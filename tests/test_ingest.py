@@ -210,3 +210,19 @@ def test_a_document_id_another_file_holds_is_skipped_and_reported(tmp_path: Path
     assert "Norway" in rows[0][1] and "9am" in rows[3][1]
     again = ingest([one, two], "default", settings, embedder, progress=False)  # nothing changed: the same report
     assert [str(Path(s).relative_to(tmp_path)) for s, _ in again.failed] == ["more/notes.md"]
+
+
+def test_ingest_shows_its_progress_file_by_file_and_chunk_by_chunk(
+    corpus: Path,
+    settings: Settings,
+    embedder,
+    capfd: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
+) -> None:
+    files = sum(1 for p in corpus.rglob("*") if p.is_file())
+    report = ingest([corpus], "default", settings, embedder, progress=True)
+    err = capfd.readouterr().err
+    assert "reading: 100%" in err and f"{files}/{files}" in err  # one step per file
+    assert "embedding: 100%" in err and f"{report.chunks_added}/{report.chunks_added}" in err  # and per chunk
+
+    ingest([corpus], "default", settings, embedder, progress=False)  # a script's run is quiet
+    assert "reading" not in capfd.readouterr().err

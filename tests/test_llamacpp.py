@@ -89,3 +89,27 @@ def test_prompt_puts_fixed_prefix_first_and_context_then_question_last(example_d
     assert a.endswith("Question: First question?\nAnswer:") and COMPLETION_STOP == ["\n"]
     assert completion_prompt("q", [chunk], shots="zero").count("Answer:") == 1
     assert completion_prompt("q", [chunk], shots="one").count("Answer:") == 2
+
+
+async def test_rag_temperature_reaches_llamacpp_and_a_request_overrides_it(
+    tmp_path: Path, example_data_dir: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    from rag.store import CollectionIndex
+
+    index = CollectionIndex.load(
+        make_settings(example_data_dir).collections_dir, "default", model=embedder.name, dimension=384
+    )
+    question = "Which cards do you accept?"
+    chunks = index.search(embedder.embed_batch([question])[0], 2)
+    prompt = completion_prompt(question, chunks)
+    gen = LlamaCppGenerator.from_settings(make_settings(tmp_path, llamacpp_model="gemma3-270m", temperature=2.0))
+    try:
+
+        async def answers(temperature: float | None) -> set[str]:
+            request = GenerationRequest(question, chunks, prompt, max_tokens=24, temperature=temperature)
+            return {(await gen.generate(request)).text for _ in range(3)}
+
+        assert len(await answers(None)) > 1  # RAG_TEMPERATURE=2: samples differ
+        assert len(await answers(0.0)) == 1  # a request's temperature 0: greedy, the same every time
+    finally:
+        await gen.aclose()
