@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from rag.errors import RagError
+from rag.errors import CollectionNotFoundError, RagError
 from rag.settings import Settings
 
 app = typer.Typer(
@@ -65,5 +65,7 @@ def index_types(text: str, option: str = "--index-type") -> list[str]:
 def run_or_fail(fn: Any) -> Any:
     try:
         return fn()
+    except CollectionNotFoundError as exc:  # here, on the server itself, the folder helps
+        fail(f"{exc.message} (data dir: {exc.data_dir})")
     except RagError as exc:
         fail(exc.message)

@@ -26,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .errors import RagError, error_body
+from .errors import RagError, internal_error_body
 from .wire import jsonl_lines
 
 log = logging.getLogger("rag.batch")
@@ -60,7 +60,7 @@ async def answer_each(
                 return key, {**head, "error": exc.body()["error"]}
             except Exception:  # a bug must cost one question, not leave the run stuck
                 log.exception("question %r failed", item["id"])
-                internal = error_body("internal error - see the server log", "server_error", None, "internal_error")
+                internal = internal_error_body()
                 return key, {**head, **internal}
 
     tasks = [asyncio.ensure_future(one(key, item)) for key, item in items]

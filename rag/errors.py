@@ -15,6 +15,14 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+INTERNAL_ERROR = "internal error - see the server log"
+
+
+def internal_error_body() -> dict[str, Any]:
+    """The body of a failure nobody planned for: what it was goes to the log, not the client."""
+    return error_body(INTERNAL_ERROR, "server_error", None, "internal_error")
+
+
 class RagError(Exception):
     """Base of every error this service raises on purpose."""
 
@@ -46,11 +54,13 @@ class CollectionNotFoundError(RagError):
     code = "collection_not_found"
 
     def __init__(self, name: str, data_dir: object) -> None:
+        # No server path in the message: every client sees it (the command line adds ``data_dir``).
         super().__init__(
-            f"collection {name!r} not found in {data_dir} - run `rag ingest PATH --collection {name}` first",
+            f"collection {name!r} not found - run `rag ingest PATH --collection {name}` on the server first",
             param="collection",
         )
         self.name = name
+        self.data_dir = data_dir
 
 
 class NotFoundError(RagError):

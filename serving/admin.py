@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 
-from rag.errors import InvalidRequestError, NotFoundError
+from rag.errors import CollectionNotFoundError, InvalidRequestError, NotFoundError
+from rag.store import check_collection_name, list_collections
 
 from . import observability
 from .curation import sync_curated
@@ -43,8 +44,15 @@ async def cache_stats(request: Request) -> dict[str, Any]:
 @router.delete("/v1/cache")
 async def cache_clear(request: Request, collection: str | None = None) -> dict[str, Any]:
     """Drop cached answers: all, or one collection's (`?collection=NAME`). Curated answers are
-    put back (their records are the support store's)."""
-    cleared = await asyncio.to_thread(_cache(request).clear, collection)
+    put back (their records are the support store's). A name that is no collection is a 400 or
+    a 404, not a clear of nothing."""
+    cache = _cache(request)  # the admin check first: nothing is learnt or loaded without it
+    if collection is not None:
+        principal_of(request).require_collection(collection)
+        settings = request.app.state.settings
+        if check_collection_name(collection) not in list_collections(settings.collections_dir):
+            raise CollectionNotFoundError(collection, settings.data_dir)
+    cleared = await asyncio.to_thread(cache.clear, collection)
     await sync_curated(request.app.state.pipeline, request.app.state.curated, collection)
     return {"cleared": cleared, "collection": collection}
 
@@ -53,7 +61,7 @@ async def cache_clear(request: Request, collection: str | None = None) -> dict[s
 async def cache_blocks(request: Request, collection: str | None = None) -> dict[str, Any]:
     """Answers kept out of the cache by a thumbs-down (of a collection), newest first."""
     cache = _cache(request)
-    return {"data": await asyncio.to_thread(cache.blocks.all, collection)}
+    return {"data": await asyncio.to_thread(cache.blocks.all, collection and check_collection_name(collection))}
 
 
 @router.delete("/v1/cache/blocks/{block_id}")
@@ -71,7 +79,7 @@ async def admin_report(request: Request, collection: str | None = None, days: in
     principal = principal_of(request)
     principal.require_admin()
     if collection is not None:
-        principal.require_collection(collection)
+        principal.require_collection(check_collection_name(collection))
     if not 1 <= days <= 366:
         raise InvalidRequestError("days is 1 to 366", param="days")
     state = request.app.state

@@ -5,6 +5,7 @@ exceptions (the service's own, FastAPI's validation, Starlette's HTTP errors) on
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,18 +38,30 @@ def error_response(
     return JSONResponse(status_code=status, content=error_body(message, type_, param, code), headers=headers)
 
 
+# A union's member in an error's location ("filters.title.str"): pydantic's, not a field.
+_TYPE_TAG_RE = re.compile(r"^(?:str|int|float|bool|none|list\[.*\]|dict\[.*\]|function-\w+\[.*\])$")
+_JSON_OBJECT = "send a JSON object with the header Content-Type: application/json"
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
     errors: list[dict[str, Any]] = list(exc.errors())
     first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":
-        return "request body is not valid JSON - send a JSON object", None, "invalid_json"
+    kind = first.get("type")
+    if kind == "json_invalid":
+        return f"request body is not valid JSON - {_JSON_OBJECT}", None, "invalid_json"
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if len(loc) > 1 and _TYPE_TAG_RE.match(loc[-1]):  # the union member that failed last, not a field
+        loc.pop()
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid request")
-    if first.get("type") == "missing":
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    if kind == "missing":
+        if param is None:  # no body at all
+            return f"request body is missing - {_JSON_OBJECT}", None, "missing_body"
         return f"{param} is required", param, "missing_field"
-    if first.get("type") == "model_attributes_type":
-        return "request body must be a JSON object", None, "invalid_body"
+    if kind == "model_attributes_type":
+        return f"request body must be a JSON object - {_JSON_OBJECT}", None, "invalid_body"
+    if kind == "invalid_text":  # serving.schemas.RequestBody names the field in its context
+        return msg, (first.get("ctx") or {}).get("field"), "invalid_text"
     return f"{param}: {msg}" if param else msg, param, "invalid_value"
 
 
@@ -73,11 +86,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        code = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(exc.status_code)
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}.get(
+            exc.status_code
+        )
+        detail = str(exc.detail)
+        if detail == "There was an error parsing the body":  # FastAPI's, for a body json cannot read
+            detail = f"request body could not be read as JSON (nested too deep, or not in its charset) - {_JSON_OBJECT}"
         # Keep the exception's headers: a 405 must say `Allow` (RFC 9110).
-        return error_response(exc.status_code, str(exc.detail), type_, None, code, exc.headers)
+        return error_response(exc.status_code, detail, type_, None, code, exc.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return error_response(500, "internal error - see the server log", "server_error", None, "internal_error")
+    # Anything else (a bug) is answered by observability.RequestContextMiddleware: there the
+    # 500 and its logged traceback both carry the request id.

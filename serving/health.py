@@ -19,12 +19,14 @@ router = APIRouter()
 
 
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses=ERRORS)
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Any:
     """Ready to answer: every collection that has been ingested loads, and the backend is up.
 
@@ -68,7 +70,7 @@ async def readyz(request: Request) -> Any:
         )  # fmt: skip
     ready = getattr(pipe.generator, "ready", None)
     if ready is not None and not await ready():
-        raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready")
+        raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready - check that its model server is up")
     body: dict[str, Any] = {
         "status": "ready",
         "backend": pipe.generator.name,

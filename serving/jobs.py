@@ -69,7 +69,7 @@ class JobRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
     questions: list[JobQuestion] = Field(min_length=1, max_length=10_000)
-    collection: str | None = None
+    collection: str | None = Field(default=None, min_length=1)
 
 
 class JobStore:

@@ -21,8 +21,10 @@ import time
 import uuid
 from typing import IO, Any
 
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from rag.errors import internal_error_body
 from rag.settings import Settings
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send
@@ -159,12 +161,12 @@ class RequestContextMiddleware:
         given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
-        status = 500
+        status, started_response = 500, False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
@@ -172,6 +174,13 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug: logged here, inside the request's context (the traceback carries its id),
+            # and answered here (the 500 carries X-Request-ID, to find that traceback by).
+            log.exception("unexpected error")
+            if started_response:  # too late for a response of its own: the server closes it
+                raise
+            await JSONResponse(internal_error_body(), status_code=500)(scope, receive, send_with_id)
         finally:
             IN_FLIGHT.dec()
             seconds = time.perf_counter() - started

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
-from rag.errors import InvalidRequestError, RagError, error_body
+from rag.errors import InvalidRequestError, RagError, error_body, internal_error_body
 from rag.pipeline import Pipeline, Prepared
 from rag.store import list_collections
 from rag.wire import Answer, GenerationOptions
@@ -43,7 +43,7 @@ from rag.wire import Answer, GenerationOptions
 from .feedback import remember
 from .observability import log_question
 from .principals import principal_of
-from .schemas import RequestBody
+from .schemas import Count, RequestBody
 
 router = APIRouter()
 log = logging.getLogger("rag.serving")
@@ -64,12 +64,13 @@ class ChatMessage(RequestBody):
 class ChatCompletionRequest(RequestBody):
     model_config = ConfigDict(extra="ignore")  # n, top_p, user, ...: accepted, not used
 
-    model: str = Field(description="The collection to answer from.")
+    model: str = Field(min_length=1, description="The collection to answer from.")
     messages: list[ChatMessage] = Field(min_length=1, max_length=1001)
-    stream: bool = False
-    max_tokens: int | None = Field(default=None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    # "yes" or "5" is a wrong type (a 400), not quietly true or 5 (strict: a float takes an int).
+    stream: bool = Field(default=False, strict=True)
+    max_tokens: Count | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: Count | None = Field(default=None, ge=1, le=4096)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
     stop: str | list[str] | None = None
 
 
@@ -197,9 +198,5 @@ async def _chunks(
         yield {"data": json.dumps(error_body(exc.message, exc.type, None, exc.code))}
     except Exception:  # a bug mid-stream: still the one error shape, and [DONE]
         log.exception("chat completion stream failed")
-        yield {
-            "data": json.dumps(
-                error_body("internal error - see the server log", "server_error", None, "internal_error")
-            )
-        }
+        yield {"data": json.dumps(internal_error_body())}
     yield {"data": "[DONE]"}

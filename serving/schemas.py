@@ -4,32 +4,61 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
 from rag import wire
 
 MAX_FILTER_VALUES = 1000  # each is a parameter of one SQL query
 
 
-def _has_nul(value: Any) -> bool:
+_UNSTORABLE_RE = re.compile("[\x00\ud800-\udfff]")
+
+
+def bad_text(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(where, what) of the first text in ``value`` that no store can keep: a NUL, or a lone
+    surrogate (JSON's "\\ud800" escape, half of a pair: no UTF-8 encoding exists for it)."""
     if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    return isinstance(value, list) and any(_has_nul(v) for v in value)
+        if (char := _UNSTORABLE_RE.search(value)) is None:
+            return None
+        if char.group() == "\x00":
+            return path, "a NUL (\\u0000) character"
+        return path, "a lone surrogate (\\ud800-\\udfff without its pair: not a character)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        found = bad_text(key, where) if isinstance(key, str) else None
+        if (found := found or bad_text(item, where)) is not None:
+            return found
+    return None
+
+
+def _no_text_or_bool(value: Any) -> Any:
+    if isinstance(value, str | bool):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not text or true/false")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_no_text_or_bool)]
+"""An integer field: "5" or true is a wrong type (a 400), not quietly 5 or 1; 5.0 is 5."""
 
 
 class RequestBody(BaseModel):
-    """Every request body: no field holds a NUL character. No text needs one, and PostgreSQL
-    cannot store one: an answer log, a job or a curated answer holding it could never be written."""
+    """Every request body: its text can be stored. No text needs a NUL, and PostgreSQL cannot
+    keep one; a lone surrogate has no UTF-8 at all (the caches, the logs and the answer log
+    would all fail on it). Either is a 400 that names the field."""
 
     @model_validator(mode="before")
     @classmethod
-    def _no_nul(cls, data: Any) -> Any:
-        if _has_nul(data):
-            raise ValueError("text must not contain NUL (\\u0000) characters - remove them")
+    def _storable_text(cls, data: Any) -> Any:
+        if (found := bad_text(data)) is not None:
+            where, what = found
+            raise PydanticCustomError(
+                "invalid_text", "{field} holds {what} - remove it", {"field": where or "body", "what": what}
+            )
         return data
 
 
@@ -46,9 +75,12 @@ class QueryRequest(RequestBody):
     question: str = Field(description="The customer's question.")
     collection: str | None = Field(
         default=None,
+        min_length=1,
         description="Which document collection to answer from; the server default (RAG_COLLECTION) if unset.",
     )
-    top_k: int | None = Field(default=None, ge=1, le=50, description="Chunks to retrieve; the server default if unset.")
+    top_k: Count | None = Field(
+        default=None, ge=1, le=50, description="Chunks to retrieve; the server default if unset."
+    )
     history: list[Turn] = Field(
         default_factory=list,
         max_length=1000,
@@ -65,6 +97,7 @@ class QueryRequest(RequestBody):
     )
     stream: bool = Field(
         default=False,
+        strict=True,
         description="Answer as Server-Sent Events: `token` events as text arrives, then one `done` event "
         "with the whole response (its `answer` is authoritative), or an `error` event.",
     )
@@ -113,9 +146,12 @@ CacheOut = _response_model("CacheOut", wire.CacheStatus)
 
 
 class TimingsOut(BaseModel):
+    """Milliseconds per stage; a stage that did not run (a cache hit retrieves nothing) is 0 or absent."""
+
     embed: float
     cache: float
     retrieve: float
+    support: float | None = Field(default=None, description="The judge reading the retrieved sentences (a miss).")
     generate: float
     total: float
     first_token: float | None = None
@@ -134,6 +170,11 @@ class QueryResponse(BaseModel):
     timings_ms: TimingsOut
     collection: str
     backend: str
+    usage: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="Tokens the model read and wrote (`prompt_tokens`, `completion_tokens`); empty when no "
+        "model wrote the answer (a quote, a cache hit, a curated answer).",
+    )
     answer_id: str = Field(description="This answer, for `POST /v1/feedback`.")
     needs_human: Literal["no_answer", "guard_replaced", "thumbs_down"] | None = Field(
         description="Why a person should take the conversation over (`no_answer`: the service abstained; "

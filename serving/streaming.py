@@ -15,7 +15,7 @@ from typing import Any
 
 from sse_starlette import EventSourceResponse
 
-from rag.errors import RagError, error_body
+from rag.errors import RagError, internal_error_body
 from rag.pipeline import Pipeline, Prepared
 from rag.wire import Answer
 
@@ -24,8 +24,8 @@ __all__ = ["EventSourceResponse", "sse_events"]
 log = logging.getLogger("rag.serving")
 
 
-def _error_event(message: str, type_: str, code: str | None) -> dict[str, Any]:
-    return {"event": "error", "data": json.dumps(error_body(message, type_, None, code))}
+def _error_event(body: dict[str, Any]) -> dict[str, Any]:
+    return {"event": "error", "data": json.dumps(body)}
 
 
 async def sse_events(
@@ -40,7 +40,7 @@ async def sse_events(
             else:
                 yield {"event": "token", "data": json.dumps({"text": item}, ensure_ascii=False)}
     except RagError as exc:
-        yield _error_event(exc.message, exc.type, exc.code)
+        yield _error_event(exc.body())
     except Exception:  # a bug mid-stream: the client still gets the one error shape and an end
         log.exception("stream failed")
-        yield _error_event("internal error - see the server log", "server_error", "internal_error")
+        yield _error_event(internal_error_body())

@@ -45,6 +45,9 @@ def broken_client(example_data_dir: Path, embedder) -> Iterator[TestClient]:  # 
         yield c
 
 
+JSON = {"content-type": "application/json"}
+
+
 def _assert_error(response, status: int, code: str, param: str | None = None) -> None:  # type: ignore[no-untyped-def]
     assert response.status_code == status, response.text
     body = response.json()
@@ -69,12 +72,61 @@ def _assert_error(response, status: int, code: str, param: str | None = None) ->
         ({"json": {}}, 400, "missing_field", "question"),
         ({"json": ["question"]}, 400, "invalid_body", None),
         ({"json": {"question": "hi", "unknown": 1}}, 400, "invalid_value", "unknown"),
-        ({"json": {"question": "hi\u0000"}}, 400, "invalid_value", None),  # no database stores it
-        ({"json": {"question": "hi", "history": [{"role": "user", "content": "a\u0000"}]}}, 400, "invalid_value", None),
+        ({"json": {"question": "hi\u0000"}}, 400, "invalid_text", "question"),  # no database stores it
+        ({"json": {"question": "hi", "history": [{"role": "user", "content": "a\u0000"}]}}, 400, "invalid_text",
+         "history.0.content"),
+        # A lone surrogate (half of a UTF-16 pair) is no character: no UTF-8, no cache key.
+        ({"content": b'{"question": "gift \\ud800 cards"}', "headers": JSON}, 400, "invalid_text", "question"),
+        ({"content": b'{"question": "hi", "filters": {"title": "\\udc00"}}', "headers": JSON}, 400, "invalid_text",
+         "filters.title"),
+        ({}, 400, "missing_body", None),
+        ({"content": b'{"question": "hi"}', "headers": {"content-type": "text/plain"}}, 400, "invalid_body", None),
+        ({"content": b"[" * 100_000, "headers": JSON}, 400, "invalid_body", None),  # nested past any parser
+        ({"json": {"question": "hi", "top_k": "5"}}, 400, "invalid_value", "top_k"),  # a wrong type, not 5
+        ({"json": {"question": "hi", "top_k": True}}, 400, "invalid_value", "top_k"),  # nor 1
+        ({"json": {"question": "hi", "stream": "yes"}}, 400, "invalid_value", "stream"),
+        ({"json": {"question": "hi", "collection": ""}}, 400, "invalid_value", "collection"),  # not the default
+        ({"json": {"question": "hi", "filters": {"title": 5}}}, 400, "invalid_value", "filters.title"),
     ],
-)
+)  # fmt: skip
 def test_bad_requests(client: TestClient, kwargs: dict, status: int, code: str, param: str | None) -> None:  # type: ignore[type-arg]
     _assert_error(client.post("/v1/query", **kwargs), status, code, param)
+
+
+def test_messages_say_what_to_do(client: TestClient) -> None:
+    for kwargs in ({}, {"content": b'{"question": "hi"}', "headers": {"content-type": "text/plain"}}):
+        assert "Content-Type: application/json" in client.post("/v1/query", **kwargs).json()["error"]["message"]
+    nul = client.post("/v1/query", json={"question": "hi\u0000"}).json()["error"]["message"]
+    assert nul.startswith("question holds a NUL") and "remove it" in nul  # no pydantic "Value error, "
+    unknown = client.post("/v1/query", json={"question": "hi", "collection": "nope"}).json()["error"]["message"]
+    assert "rag ingest" in unknown and str(client.app.state.settings.data_dir) not in unknown  # type: ignore[attr-defined]
+
+
+def test_every_body_refuses_text_no_store_can_keep(client: TestClient) -> None:
+    surrogate = '"gift \\ud800 cards"'
+    bodies = {
+        "/v1/chat/completions": f'{{"model": "default", "messages": [{{"role": "user", "content": {surrogate}}}]}}',
+        "/v1/jobs": f'{{"questions": [{{"question": {surrogate}}}]}}',
+        "/v1/feedback": f'{{"answer_id": "a", "rating": "down", "reason": {surrogate}}}',
+        "/v1/curated": f'{{"question": {surrogate}, "answer": "Yes."}}',
+    }
+    for route, body in bodies.items():
+        response = client.post(route, content=body.encode(), headers=JSON)
+        assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_text", (
+            route,
+            response.text,
+        )
+    for body in ({"model": "", "messages": [{"role": "user", "content": "hi"}]},
+                 {"model": "default", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]},
+                 {"model": "default", "max_tokens": "5", "messages": [{"role": "user", "content": "hi"}]}):  # fmt: skip
+        assert client.post("/v1/chat/completions", json=body).status_code == 400, body
+
+
+def test_health_answers_head_and_cache_admin_names_a_real_collection(client: TestClient) -> None:
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
+    _assert_error(client.delete("/v1/cache", params={"collection": "nope"}), 404, "collection_not_found", "collection")
+    _assert_error(client.delete("/v1/cache", params={"collection": "../x"}), 400, "invalid_request", "collection")
+    _assert_error(client.get("/v1/admin/report", params={"collection": "../x"}), 400, "invalid_request", "collection")
 
 
 def test_a_nul_in_the_url_is_a_400_not_a_database_error(client: TestClient) -> None:

@@ -201,3 +201,24 @@ def test_two_workers_share_one_set_of_metrics(example_data_dir: Path, tmp_path: 
             if line.startswith("{"):
                 json.loads(line)
         assert any('"logger": "rag.access"' in line for line in log.read_text().splitlines())
+
+
+def test_a_bug_is_a_500_that_carries_the_request_id_and_so_does_its_logged_traceback(
+    example_data_dir: Path, embedder: Any, json_logs: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the pipeline fails with an error the service did not plan for."""
+    from rag.pipeline import Pipeline
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the query path")
+
+    monkeypatch.setattr(Pipeline, "prepare", broken)
+    with serving(example_data_dir, embedder, backend="extractive") as url, httpx.Client(base_url=url) as http:
+        failed = http.post("/v1/query", json={"question": "Do gift cards expire?"}, headers={"X-Request-ID": "bug-7"})
+    assert failed.status_code == 500 and failed.headers["x-request-id"] == "bug-7"
+    assert failed.json()["error"]["code"] == "internal_error" and "bug" not in failed.json()["error"]["message"]
+    errors = [r for r in lines(json_logs) if r["level"] == "ERROR"]
+    assert len(errors) == 1 and errors[0]["request_id"] == "bug-7"  # once, findable by the id the client holds
+    assert "a bug in the query path" in errors[0]["exc_info"]
+    access = [r for r in lines(json_logs) if r["logger"] == "rag.access" and r["request_id"] == "bug-7"]
+    assert len(access) == 1 and access[0]["status"] == 500

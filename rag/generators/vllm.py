@@ -196,7 +196,9 @@ class VLLMGenerator:
             except BaseException:  # cancelled (client went away): no verdict on the replica
                 replica.probing = False
                 raise
-        raise BackendUnavailableError("vLLM unavailable - " + "; ".join(errors))
+        raise BackendUnavailableError(
+            f"vLLM unavailable ({'; '.join(errors)}) - check that `vllm serve` is running there (RAG_VLLM_URL)"
+        )
 
     async def stream(self, request: GenerationRequest, summary: Generation | None = None) -> AsyncIterator[str]:
         """The answer's pieces; at the end ``summary`` holds vLLM's token counts and finish reason."""
