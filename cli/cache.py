@@ -99,9 +99,34 @@ def cache_calibrate(
 
 @cache_app.command("clear")
 def cache_clear(collection: Collection = None, data_dir: DataDir = None) -> None:
-    """Drop every cached answer, or one collection's."""
-    cleared = _open_cache(data_dir).clear(collection)
-    typer.echo(f"cleared {cleared} cached answers" + (f" of collection {collection!r}" if collection else ""))
+    """Drop every cached answer, or one collection's; curated answers are put back (as
+    `DELETE /v1/cache` does)."""
+    import asyncio
+
+    from rag.store import check_collection_name, list_collections
+    from serving.curation import sync_curated
+
+    from .curated import curated_service
+
+    settings = load_settings(data_dir=data_dir)
+    known = list_collections(settings.collections_dir)
+    if collection is not None and run_or_fail(lambda: check_collection_name(collection)) not in known:
+        fail(
+            f"no collection {collection!r} in {settings.data_dir} - the collections there: {', '.join(known) or 'none'}"
+        )
+
+    async def run() -> tuple[int, int]:
+        async with curated_service(settings) as (pipe, store):
+            assert pipe.cache is not None  # curated_service turns the cache on
+            cleared = await asyncio.to_thread(pipe.cache.clear, collection)
+            return cleared, await sync_curated(pipe, store, collection)
+
+    cleared, curated = run_or_fail(lambda: asyncio.run(run()))
+    typer.echo(
+        f"cleared {cleared} cached answers"
+        + (f" of collection {collection!r}" if collection else "")
+        + (f"; {curated} curated answers put back" if curated else "")
+    )
 
 
 def _print_candidates(result: dict[str, Any]) -> None:

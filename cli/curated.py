@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .app import Collection, DataDir, fail, load_settings, run_or_fail
+
+if TYPE_CHECKING:
+    from rag.pipeline import Pipeline
+    from rag.settings import Settings
+    from serving.curation import CuratedStore
 
 curated_app = typer.Typer(
     rich_markup_mode=None, no_args_is_help=True, help="Curated answers: import approved answers from a file."
@@ -23,10 +30,16 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The (question, answer[, document_ids]) rows of a .jsonl file or of TSV lines
     ``question<TAB>answer``, each with its line number; and each bad line, with its number
     and reason."""
+    from cache.semantic import normalize_question
     from rag.wire import jsonl_lines
+    from serving.schemas import bad_text
 
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{path} is not valid UTF-8 (byte {exc.start}) - re-save it as UTF-8")
     rows, bad = [], []
-    for number, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
+    for number, line in enumerate(jsonl_lines(text), 1):
         if not line.strip():
             continue
         if "\x00" in line or "\\u0000" in line:  # no database stores it (a request body is refused too)
@@ -45,6 +58,12 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             isinstance(row.get(k), str) and row[k].strip() for k in ("question", "answer")
         ):
             bad.append(f"line {number}: needs a question and an answer, as text")
+            continue
+        if (found := bad_text(row)) is not None:  # as a request body would be refused
+            bad.append(f"line {number}: {found[0]} holds {found[1]} - remove it")
+            continue
+        if not normalize_question(row["question"]):
+            bad.append(f"line {number}: the question has no words (it would match every question like it)")
             continue
         ids = row.get("document_ids", [])
         if not isinstance(ids, list) or not all(isinstance(d, str | int) for d in ids):
@@ -89,6 +108,27 @@ async def _pin_rows(pipe: Any, store: Any, collection: str, rows: list[dict[str,
     return done
 
 
+@asynccontextmanager
+async def curated_service(settings: Settings) -> AsyncIterator[tuple[Pipeline, CuratedStore]]:
+    """The pipeline (with its cache) and the curated answers' records, as `rag serve` has them,
+    for a command that pins or puts back curated answers. No LLM is loaded: none is needed."""
+    from rag.pipeline import build_pipeline
+    from serving.curation import CuratedStore
+    from serving.database import Database
+    from serving.support_store import open_support_store
+
+    pipe = build_pipeline(settings.model_copy(update={"backend": "extractive", "cache_enabled": True}))
+    database = Database(settings.database_url).open() if settings.database_url else None
+    support = open_support_store(settings.data_dir, database)
+    try:
+        yield pipe, CuratedStore(support.sql)
+    finally:
+        support.close()
+        await pipe.aclose()
+        if database is not None:
+            database.close()
+
+
 @curated_app.command("import")
 def curated_import(
     path: Annotated[
@@ -99,28 +139,14 @@ def curated_import(
 ) -> None:
     """Pin each line's answer to its question (and its rewordings) in a collection; a bad line
     is reported and skipped."""
-    from rag.pipeline import build_pipeline
-    from serving.curation import CuratedStore
-    from serving.database import Database
-    from serving.support_store import open_support_store
-
     settings = load_settings(data_dir=data_dir, collection=collection)
     if not path.is_file():
         fail(f"no file {path} - give a .jsonl or a TSV file of questions and answers")
     rows, bad = _rows(path)
 
     async def run() -> int:
-        pipe = build_pipeline(settings)
-        database = Database(settings.database_url).open() if settings.database_url else None
-        support = open_support_store(settings.data_dir, database)
-        store = CuratedStore(support.sql)
-        try:
+        async with curated_service(settings) as (pipe, store):
             return await _pin_rows(pipe, store, settings.collection, rows, bad)
-        finally:
-            support.close()
-            await pipe.aclose()
-            if database is not None:
-                database.close()
 
     count = run_or_fail(lambda: asyncio.run(run()))
     for problem in bad:

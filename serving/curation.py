@@ -19,14 +19,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
+from cache.semantic import normalize_question
 from rag.errors import ConflictError, InvalidRequestError, NotFoundError
 from rag.pipeline import Pipeline
-from rag.store import CollectionIndex
+from rag.store import CollectionIndex, check_collection_name
 from rag.wire import Citation
 
 from .principals import principal_of
@@ -207,12 +209,23 @@ def follow_versions(
     return on_version
 
 
+def _has_words(question: str) -> str:
+    # "???" and "   " normalise to the same empty question: pinned, it would answer them all.
+    if not normalize_question(question):
+        raise PydanticCustomError("no_words", "the question has no words - give the question customers ask")
+    return question
+
+
 class CuratedRequest(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
-    question: str = Field(min_length=1, max_length=2000, description="The question (its rewordings get it too).")
+    question: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_has_words)] = Field(
+        description="The question (its rewordings get it too)."
+    )
     answer: str = Field(min_length=1, max_length=20_000, description="The approved answer.")
-    collection: str | None = Field(default=None, description="The server default (RAG_COLLECTION) if unset.")
+    collection: str | None = Field(
+        default=None, min_length=1, description="The server default (RAG_COLLECTION) if unset."
+    )
     document_ids: list[str] = Field(
         default_factory=list, max_length=20, description="Documents it cites: when one changes, it goes to review."
     )
@@ -221,8 +234,14 @@ class CuratedRequest(RequestBody):
 class CuratedEdit(RequestBody):
     model_config = ConfigDict(extra="forbid")
 
-    question: str | None = Field(default=None, min_length=1, max_length=2000)
+    question: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_has_words)] | None = None
     answer: str | None = Field(default=None, min_length=1, max_length=20_000)
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> CuratedEdit:
+        if self.question is None and self.answer is None:
+            raise PydanticCustomError("nothing_to_change", "nothing to change - give the question, the answer or both")
+        return self
 
 
 class FromFeedback(RequestBody):
@@ -245,9 +264,26 @@ def _found(store: CuratedStore, curated_id: str, request: Request) -> Curated:
     return item
 
 
+def _check_unpinned(store: CuratedStore, collection: str, question: str, curated_id: str | None = None) -> None:
+    """A question has one curated answer (the same after normalising): a second would win or
+    lose at random. Checked before the write, not under a lock: two pins racing can both pass."""
+    key = normalize_question(question)
+    if not key:
+        raise InvalidRequestError("the question has no words - give the question customers ask", param="question")
+    for item in store.items(collection, "active") + store.items(collection, "needs_review"):
+        if item.id != curated_id and normalize_question(item.question) == key:
+            then = " and approve it (POST /v1/curated/{0}/approve)" if item.status == "needs_review" else ""
+            raise ConflictError(
+                f"this question already has curated answer {item.id} ({item.status}) - "
+                f"change that one with PATCH /v1/curated/{item.id}{then.format(item.id)}",
+                param="question",
+            )
+
+
 async def _pin(request: Request, collection: str, question: str, answer: str, citations: list[dict[str, Any]],
                source: str) -> dict[str, Any]:  # fmt: skip
     pipe, store, who = _admin(request, collection)
+    await asyncio.to_thread(_check_unpinned, store, collection, question)
     item = await asyncio.to_thread(store.create, collection, question, answer, citations, who, source)
     await pipe.curate(collection, question, answer, citations, item.id, item.version)
     return asdict(item)
@@ -295,6 +331,11 @@ async def _new_version(
 async def edit(curated_id: str, body: CuratedEdit, request: Request) -> dict[str, Any]:
     """A new version: the question, the answer or both (admin)."""
     changes = {k: v for k, v in body.model_dump().items() if v is not None}
+    if "question" in changes:  # to a question another curated answer holds: a 409
+        principal_of(request).require_admin()
+        store: CuratedStore = request.app.state.curated
+        item = await asyncio.to_thread(_found, store, curated_id, request)
+        await asyncio.to_thread(_check_unpinned, store, item.collection, changes["question"], item.id)
     pipe, before, after = await _new_version(request, curated_id, "edit", lambda _b, _p: changes)
     await pipe.uncurate(before.collection, before.question, before.id)
     if after.status == "active":
@@ -331,7 +372,9 @@ async def list_curated(
     """The curated answers (of a collection, in a status), newest change first (admin)."""
     principal = principal_of(request)
     principal.require_admin()
-    items = await asyncio.to_thread(request.app.state.curated.items, collection, status)
+    items = await asyncio.to_thread(
+        request.app.state.curated.items, collection and check_collection_name(collection), status
+    )
     return {"data": [asdict(i) for i in items if principal.can_read(i.collection)]}
 
 

@@ -150,11 +150,17 @@ def test_a_thumbs_down_correction_and_a_file_become_curated_answers(tmp_path: Pa
         '{"question": 5, "answer": "Five."}\n'
         '{"question": "Do you buy back old sofas?", "answer": "No, we do not."}\n'
         '{"question": "Do you sell rugs?\\u0000", "answer": "Yes."}\n'
+        '{"question": "???", "answer": "It would answer every question of punctuation."}\n'
+        '{"question": "Do you sell lamps?", "answer": "Yes \\ud800."}\n'
     )
     result = CliRunner().invoke(cli_app, ["curated", "import", str(again), "--data-dir", str(settings.data_dir)])
     assert result.exit_code == 0, result.output
-    assert "pinned 1 curated answers" in result.output and "3 lines skipped" in result.output, result.output
+    assert "pinned 1 curated answers" in result.output and "5 lines skipped" in result.output, result.output
     assert "line 5: contains a NUL character" in result.output
+    assert (
+        "line 6: the question has no words" in result.output
+        and "line 7: answer holds a lone surrogate" in result.output
+    )
     assert "line 2: " in result.output and "nope.md" in result.output and "line 3: needs a question" in result.output
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
         served = ask(url, "Do you sell gift wrap?")
@@ -220,3 +226,46 @@ def test_an_edit_that_lost_a_race_changes_nothing_and_leaves_no_history(tmp_path
     assert [(h["version"], h["who"]) for h in store.history(item.id)] == [(1, "admin"), (2, "ann")]
     assert store.get(item.id).answer == "Five to seven business days."  # type: ignore[union-attr]
     support.close()
+
+
+def test_a_question_has_one_curated_answer_and_it_has_words(tmp_path: Path, corpus: Path, embedder: Any) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        for question in ("   ", "???"):  # both normalise to "": pinned, it would answer "!!!" and "..." too
+            empty = httpx.post(f"{url}/v1/curated", json={"question": question, "answer": "blank"}, timeout=30)
+            assert empty.status_code == 400 and empty.json()["error"]["param"] == "question", empty.text
+        assert ask(url, "!!!")["answer_kind"] == "no_answer"
+        pinned = pin_refunds(url)
+        twice = httpx.post(
+            f"{url}/v1/curated", json={"question": "how long do refunds take", "answer": "Soon."}, timeout=30
+        )
+        assert twice.status_code == 409 and pinned["id"] in twice.json()["error"]["message"], twice.text
+        other = call("POST", f"{url}/v1/curated", json={"question": "Do gift cards expire?", "answer": "Never."})
+        moved = httpx.patch(
+            f"{url}/v1/curated/{other['id']}", json={"question": "How long do refunds take?"}, timeout=30
+        )
+        assert moved.status_code == 409, moved.text  # an edit cannot take another's question either
+        nothing = httpx.patch(f"{url}/v1/curated/{pinned['id']}", json={}, timeout=30)
+        assert nothing.status_code == 400 and "nothing to change" in nothing.json()["error"]["message"], nothing.text
+        assert [h["action"] for h in call("GET", f"{url}/v1/curated/{pinned['id']}/history")["data"]] == ["create"]
+
+
+def test_rag_cache_clear_puts_the_curated_answers_back(tmp_path: Path, corpus: Path, embedder: Any) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        pin_refunds(url)
+    cleared = CliRunner().invoke(cli_app, ["cache", "clear", "--data-dir", str(settings.data_dir)])
+    assert cleared.exit_code == 0 and "1 curated answers put back" in cleared.output, cleared.output
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        assert ask(url, "How long does a refund take?")["answer"] == PINNED
+    unknown = CliRunner().invoke(
+        cli_app, ["cache", "clear", "--collection", "nope", "--data-dir", str(settings.data_dir)]
+    )
+    assert unknown.exit_code == 1 and "no collection 'nope'" in unknown.output and "default" in unknown.output
+
+    latin1 = tmp_path / "latin1.tsv"
+    latin1.write_bytes("Caf\xe9 open?\tYes.\n".encode("latin-1"))
+    result = CliRunner().invoke(cli_app, ["curated", "import", str(latin1), "--data-dir", str(settings.data_dir)])
+    assert result.exit_code == 1 and "not valid UTF-8 (byte 3) - re-save it as UTF-8" in result.output, result.output
