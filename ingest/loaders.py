@@ -6,8 +6,10 @@ caller can report it and go on with the rest.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +33,14 @@ class Document:
 
 
 def _decode(data: bytes) -> str:
+    if data[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):  # Windows' "Unicode" text: its mark says so
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise DocumentError(f"not valid UTF-16 (byte {exc.start}) - re-save the file as UTF-8") from exc
+        if "\x00" in text:  # UTF-32, whose mark starts as UTF-16's does, or binary
+            raise DocumentError("not UTF-8 or UTF-16 text (it decodes to NUL characters) - re-save it as UTF-8")
+        return text
     if b"\x00" in data[:8192]:
         raise DocumentError("looks like a binary file (contains NUL bytes)")
     try:
@@ -120,6 +130,9 @@ def _load_pdf(data: bytes, path: Path) -> tuple[str, str]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    # pypdf logs what it finds wrong ("EOF marker not found") as well as raising it: the run's
+    # report says it once, with the file's name.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     try:
         reader = PdfReader(io.BytesIO(data))
         pages = [page.extract_text() or "" for page in reader.pages]

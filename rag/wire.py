@@ -57,8 +57,9 @@ class Answer:
     """`generated` (the model's words, every clause checked), `quoted` (sentences of the documents,
     verbatim), `no_answer` ("I don't know from these documents.") or `curated` (an answer a
     person approved for this question)."""
-    grounded: bool = True
-    """False when the guard replaced the model's answer with the quoted evidence."""
+    grounded: bool = field(default=True, metadata={"internal": True})
+    """False when the guard replaced the model's answer with the quoted evidence (clients see
+    it as ``needs_human: "guard_replaced"``)."""
     guard_reason: str | None = field(default=None, metadata={"internal": True})
     """Why the guard cut or replaced the model's answer (for evaluation; not sent to clients)."""
     model_answer: str | None = field(default=None, metadata={"internal": True})

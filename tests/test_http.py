@@ -35,7 +35,11 @@ def test_answer_cites_the_document_that_holds_it(base_url: str) -> None:
         citation["title"] == "Resetting your password" and citation["source"] == "password-reset.html"
     )  # relative to the folder ingested, never a path on the server
     assert body["cache"] == {"hit": False, "kind": None, "similarity": None}
-    assert {"embed", "cache", "retrieve", "generate", "total"} <= set(body["timings_ms"])
+    assert {"embed", "cache", "retrieve", "support", "generate", "total"} <= set(body["timings_ms"])
+    assert body["timings_ms"]["support"] > 0  # the judge read the sentences: the miss's biggest stage
+    assert body["usage"] == {}  # quoted: no model wrote it
+    _, events = query_events(base_url, "How long is the password reset link valid?", timeout=60)
+    assert set(events[-1][1]) == set(body)  # the stream's done event is the same response
 
 
 def test_same_question_again_is_an_exact_hit(base_url: str) -> None:

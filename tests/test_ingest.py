@@ -226,3 +226,17 @@ def test_ingest_shows_its_progress_file_by_file_and_chunk_by_chunk(
 
     ingest([corpus], "default", settings, embedder, progress=False)  # a script's run is quiet
     assert "reading" not in capfd.readouterr().err
+
+
+def test_a_utf16_text_file_with_its_mark_is_read(tmp_path: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    import codecs
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    text = "Opening hours\n\nOur Leeds showroom opens at 9am every weekday.\n"
+    (docs / "hours.txt").write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))  # Windows' "Unicode"
+    (docs / "odd.txt").write_bytes(codecs.BOM_UTF16_LE + b"\x00\xd8")  # a lone surrogate: not UTF-16
+    report = ingest([docs], "default", settings, embedder, progress=False)
+    assert report.indexed == [str(docs / "hours.txt")], report
+    assert "UTF-16" in dict(report.failed)[str(docs / "odd.txt")]
+    assert _top(settings, embedder, "When does the Leeds showroom open?") == "hours.txt"

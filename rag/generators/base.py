@@ -90,4 +90,6 @@ def get_generator(name: str, settings: Settings) -> Generator:
 
 
 def usage(gen: Generation) -> dict[str, Any]:
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens}
+    """The token counts the backend reported (none: a quote, or a backend that counts nothing)."""
+    counts = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens}
+    return {k: v for k, v in counts.items() if v is not None}
