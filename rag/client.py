@@ -8,13 +8,17 @@
 ...     print(event.text if event.kind == "token" else event.answer)
 
 Errors come back as ``RagClientError`` with the service's error body (status, type, param,
-code). Streaming reads the service's Server-Sent Events with httpx-sse.
+code, and ``retry_after`` from a 429 or 503); so does a service that cannot be reached
+(``service_unreachable``), one that does not answer in time (``timeout``) and a stream cut
+before its final event (``incomplete_stream``). Streaming reads the service's Server-Sent
+Events with httpx-sse.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +35,8 @@ class QueryResult:
     answer: str
     citations: list[Citation]
     cache: CacheStatus
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float | None]
+    """Per stage; ``first_token`` is None when nothing was streamed."""
     collection: str
     backend: str
     answer_kind: str = "generated"
@@ -40,6 +45,8 @@ class QueryResult:
     """For :meth:`RagClient.feedback`."""
     needs_human: str | None = None
     """Why a person should take over (no_answer, guard_replaced), or None."""
+    usage: dict[str, int] = field(default_factory=dict)
+    """Tokens a model read and wrote (empty for a quote, a cache hit, a curated answer)."""
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -54,6 +61,7 @@ class QueryResult:
             answer_kind=body.get("answer_kind", "generated"),
             answer_id=body.get("answer_id", ""),
             needs_human=body.get("needs_human"),
+            usage=body.get("usage") or {},
             raw=body,
         )
 
@@ -70,9 +78,11 @@ class StreamEvent:
 
 
 class RagClientError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], retry_after: float | None = None) -> None:
         error = body.get("error", {}) if isinstance(body, dict) else {}
         self.status = status
+        self.retry_after = retry_after
+        """Seconds the service asked to wait (``Retry-After`` of a 429 or 503), if it said."""
         self.message = str(error.get("message", body))
         self.type = error.get("type")
         self.param = error.get("param")
@@ -99,14 +109,19 @@ def _check(response: httpx.Response) -> dict[str, Any]:
     except ValueError:
         body = {"error": {"message": response.text}}
     if response.status_code >= 400:
-        raise RagClientError(response.status_code, body)
+        wait = response.headers.get("retry-after")
+        raise RagClientError(response.status_code, body, float(wait) if wait and wait.isdigit() else None)
     return body  # type: ignore[no-any-return]
+
+
+# The status an error event mid-stream would have had as a response (the stream's is 200).
+_STATUS_OF_TYPE = {"invalid_request_error": 400, "service_unavailable": 503, "rate_limit_error": 429}
 
 
 def _event(kind: str, data: str) -> StreamEvent:
     body = json.loads(data)
     if kind == "error":
-        raise RagClientError(503 if body["error"].get("type") == "service_unavailable" else 500, body)
+        raise RagClientError(_STATUS_OF_TYPE.get(body["error"].get("type"), 500), body)
     if kind == "done":
         return StreamEvent("done", result=QueryResult.from_json(body))
     return StreamEvent("token", text=body["text"])
@@ -116,6 +131,25 @@ def _cut() -> RagClientError:
     body = {"message": "the stream ended before its final event - the connection was cut; ask again",
             "type": "server_error", "param": None, "code": "incomplete_stream"}  # fmt: skip
     return RagClientError(502, {"error": body})
+
+
+def _error(status: int, code: str, message: str) -> RagClientError:
+    return RagClientError(status, {"error": {"message": message, "type": "client_error", "param": None, "code": code}})
+
+
+@contextmanager
+def _transport(streaming: bool = False) -> Iterator[None]:
+    """httpx's own failures as ``RagClientError``: what a caller catches is one exception."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise _error(504, "timeout", f"no answer in time ({type(exc).__name__}) - ask again, or raise timeout") from exc
+    except httpx.RemoteProtocolError as exc:
+        if not streaming:
+            raise _error(502, "bad_response", f"the service's response was cut ({exc}) - ask again") from exc
+        raise _cut() from exc
+    except httpx.TransportError as exc:
+        raise _error(503, "service_unreachable", f"cannot reach the service ({exc}) - is it running?") from exc
 
 
 TIMEOUT_S = 330.0  # past the service's own deadline for an answer (RAG_VLLM_TOTAL_TIMEOUT_S, 300 s)
@@ -135,13 +169,19 @@ class RagClient:
         filters: dict[str, Any] | None = None,
     ) -> QueryResult:
         body = _payload(question, collection=collection, history=history, top_k=top_k, filters=filters)
-        return QueryResult.from_json(_check(self._http.post("/v1/query", json=body)))
+        with _transport():
+            return QueryResult.from_json(_check(self._http.post("/v1/query", json=body)))
 
     def stream(
-        self, question: str, collection: str | None = None, history: list[dict[str, str]] | None = None
+        self,
+        question: str,
+        collection: str | None = None,
+        history: list[dict[str, str]] | None = None,
+        top_k: int | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> Iterator[StreamEvent]:
-        body = _payload(question, collection=collection, history=history, stream=True)
-        with connect_sse(self._http, "POST", "/v1/query", json=body) as source:
+        body = _payload(question, collection=collection, history=history, top_k=top_k, filters=filters, stream=True)
+        with _transport(streaming=True), connect_sse(self._http, "POST", "/v1/query", json=body) as source:
             if source.response.status_code >= 400:
                 source.response.read()
                 _check(source.response)
@@ -153,7 +193,8 @@ class RagClient:
         raise _cut()
 
     def models(self) -> list[str]:
-        return [m["id"] for m in _check(self._http.get("/v1/models"))["data"]]
+        with _transport():
+            return [m["id"] for m in _check(self._http.get("/v1/models"))["data"]]
 
     def feedback(
         self,
@@ -165,7 +206,8 @@ class RagClient:
     ) -> dict[str, Any]:
         """Thumbs ``up`` or ``down`` on an answer (its ``answer_id``, or a completion id)."""
         body = _feedback(answer_id, rating, reason, correction, conversation)
-        return _check(self._http.post("/v1/feedback", json=body))
+        with _transport():
+            return _check(self._http.post("/v1/feedback", json=body))
 
     def close(self) -> None:
         self._http.close()
@@ -191,12 +233,24 @@ class AsyncRagClient:
         filters: dict[str, Any] | None = None,
     ) -> QueryResult:
         body = _payload(question, collection=collection, history=history, top_k=top_k, filters=filters)
-        return QueryResult.from_json(_check(await self._http.post("/v1/query", json=body)))
+        with _transport():
+            return QueryResult.from_json(_check(await self._http.post("/v1/query", json=body)))
 
     async def stream(
-        self, question: str, collection: str | None = None, history: list[dict[str, str]] | None = None
+        self,
+        question: str,
+        collection: str | None = None,
+        history: list[dict[str, str]] | None = None,
+        top_k: int | None = None,
+        filters: dict[str, Any] | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        body = _payload(question, collection=collection, history=history, stream=True)
+        body = _payload(question, collection=collection, history=history, top_k=top_k, filters=filters, stream=True)
+        with _transport(streaming=True):
+            async with aclosing(self._events(body)) as events:  # closed at once if the caller stops
+                async for event in events:
+                    yield event
+
+    async def _events(self, body: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         async with aconnect_sse(self._http, "POST", "/v1/query", json=body) as source:
             if source.response.status_code >= 400:
                 await source.response.aread()
@@ -209,7 +263,8 @@ class AsyncRagClient:
         raise _cut()
 
     async def models(self) -> list[str]:
-        return [m["id"] for m in _check(await self._http.get("/v1/models"))["data"]]
+        with _transport():
+            return [m["id"] for m in _check(await self._http.get("/v1/models"))["data"]]
 
     async def feedback(
         self,
@@ -221,7 +276,8 @@ class AsyncRagClient:
     ) -> dict[str, Any]:
         """Thumbs ``up`` or ``down`` on an answer (its ``answer_id``, or a completion id)."""
         body = _feedback(answer_id, rating, reason, correction, conversation)
-        return _check(await self._http.post("/v1/feedback", json=body))
+        with _transport():
+            return _check(await self._http.post("/v1/feedback", json=body))
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from .compress import terms
 from .store import is_faq_question
 
 _WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
@@ -87,3 +88,31 @@ def standalone(question: str, history: Sequence[dict[str, str]] | None, titles: 
         if entity is not None:
             return Standalone(question, entity)
     return Standalone(question, None)
+
+
+# Words that point back at the conversation ("does it have parking?", "their rooms", "that
+# one", "the same"), or a question that continues one ("and for express?", "what about
+# Ireland?"). "Is there", "is it possible" and the like point at nothing.
+_BACK_REFERENCE_RE = re.compile(
+    r"\b(?:it|its|they|them|their|theirs|that|this|these|those|there|one|ones|same|he|she|his|her|him)\b"
+    r"|^\W*(?:and|also|or|what about|how about)\b",
+    re.IGNORECASE,
+)
+_EMPTY_REFERENCE_RE = re.compile(
+    r"\b(?:is|are|was|were|will|would)\s+there\b|\bthere\s+(?:is|are|was|were|will)\b"
+    r"|\b(?:is|was|will)\s+it\s+(?:possible|ok|okay|true|worth|too late|safe)\b",
+    re.IGNORECASE,
+)
+_OWN_WORDS = 2  # fewer content words than this ("how much?") cannot be searched alone
+
+
+def refers_back(question: str) -> bool:
+    """Whether ``question`` leans on the turn before it; otherwise it starts a topic of its own
+    ("Thanks. Separate question: can I pay with PayPal?" after a password reset) and is
+    searched and judged alone, not with the turn before (which found the old topic's answer).
+    A definite "the hotel" is not read as pointing back (support questions say "the order" of
+    every topic): dstc11-hotels without the entity filter, 0.163 -> 0.157 nDCG@10; with it (the
+    default, the entity carried over) unchanged at 0.661."""
+    if len(terms(question)) < _OWN_WORDS:
+        return True
+    return bool(_BACK_REFERENCE_RE.search(_EMPTY_REFERENCE_RE.sub(" ", question)))

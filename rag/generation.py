@@ -113,6 +113,7 @@ class Generating:
         pieces add up to the final answer. When nothing of the model's answer stands, the
         quoted evidence is sent instead.
         """
+        prep.streamed = True
         await self.ground(prep)
         if prep.result is not None:  # "I don't know", at once: the whole answer is the first token
             prep.result.timings_ms.setdefault("first_token", prep.result.timings_ms.get("total", 0.0))
@@ -234,6 +235,8 @@ class Generating:
         kind: str = "generated",
     ) -> Answer:
         prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
+        if prep.streamed:  # sent whole (a quote, "I don't know"): its first token is its end
+            prep.timings.setdefault("first_token", prep.timings["total"])
         answer = Answer(
             answer=text,
             citations=citations,

@@ -60,6 +60,7 @@ class Prepared:
     search_text: str = ""  # what retrieval searched with: a follow-up with the turn it follows
     scope_extra: str = ""  # caller's filters: part of the cache key
     audit: bool = False  # answered afresh to check a served cache hit: not counted, not looked up
+    streamed: bool = False  # asked for as a stream: an answer sent whole has its first token at the end
     timings: dict[str, float] = field(
         default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
     )

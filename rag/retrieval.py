@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .conversation import standalone
+from .conversation import refers_back, standalone
 from .embedder import Embedder
 from .rerank import RerankerUnavailable, load_reranker
 from .settings import Settings
@@ -150,13 +150,14 @@ class Retrieval:
         filters: dict[str, Any] | None,
     ) -> tuple[str, dict[str, Any] | None]:
         """What to search with: the caller's filters, else the entity the question or its
-        conversation names; a follow-up naming none is searched with the turn it follows."""
+        conversation names; a follow-up naming none is searched with the turn it follows, a
+        question of a topic of its own alone (:func:`rag.conversation.refers_back`)."""
         if not filters and self.settings.entity_filter:
             entity = standalone(question, history, index.titles()).entity
             filters = {"title": entity} if entity else None
         if not filters and history:
             previous = next((t["content"] for t in reversed(history) if t.get("role") == "user"), "")
-            if previous:
+            if previous and refers_back(question):
                 return f"{previous}\n{question}", None
         return question, filters
 

@@ -86,7 +86,8 @@ class QueryRequest(RequestBody):
         max_length=1000,
         description='The conversation before this question, oldest first. A follow-up ("does it have '
         'parking?") is retrieved within the entity the conversation last named (a chunk title), or with the '
-        "previous user turn if it names none, and is never answered from or stored in the cache. "
+        "previous user turn if it names none (a question of a topic of its own is searched alone), and is "
+        "never answered from or stored in the cache. "
         "At most RAG_MAX_HISTORY_TURNS turns (50 unless configured).",
     )
     filters: dict[str, str | Annotated[list[str], Field(max_length=MAX_FILTER_VALUES)]] | None = Field(

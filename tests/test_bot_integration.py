@@ -146,3 +146,59 @@ def test_a_stream_cut_before_its_final_event_is_an_error_not_a_quiet_end() -> No
         assert cut_short.value.code == "incomplete_stream" and cut_short.value.status == 502
         with pytest.raises(RagClientError, match="final event"):
             asyncio.run(consume(url))
+
+
+def test_the_python_client_raises_its_own_error_for_every_transport_failure() -> None:
+    """Fault injection: nothing listening, and a raw socket that answers a stream with one
+    token event and then closes mid-body (a killed server), which no ASGI app can do."""
+    import asyncio
+    import socket
+    import threading
+
+    from .servers import free_port
+
+    with RagClient(f"http://127.0.0.1:{free_port()}") as client, pytest.raises(RagClientError) as down:
+        client.query("How long do refunds take?")
+    assert (down.value.status, down.value.code) == (503, "service_unreachable") and "running" in down.value.message
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def killed_mid_body() -> None:
+        for _ in range(2):  # the sync client, then the async one
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            event = b'event: token\ndata: {"text": "Refunds take"}\n\n'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                + f"{len(event):x}\r\n".encode() + event + b"\r\n" + b"40\r\npartial"
+            )  # fmt: skip
+            conn.close()
+
+    server = threading.Thread(target=killed_mid_body, daemon=True)
+    server.start()
+
+    async def consume() -> None:
+        async with AsyncRagClient(f"http://127.0.0.1:{port}") as client:
+            async for _ in client.stream("How long do refunds take?"):
+                pass
+
+    try:
+        with RagClient(f"http://127.0.0.1:{port}") as client, pytest.raises(RagClientError) as cut:
+            for _ in client.stream("How long do refunds take?"):
+                pass
+        assert (cut.value.status, cut.value.code) == (502, "incomplete_stream")
+        with pytest.raises(RagClientError) as async_cut:
+            asyncio.run(consume())
+        assert async_cut.value.code == "incomplete_stream"
+    finally:
+        server.join(timeout=10)
+        listener.close()
+
+
+def test_the_python_client_carries_usage_and_the_stream_takes_top_k(base_url: str) -> None:
+    with RagClient(base_url) as client:
+        result = client.query("Is Klarna an option at checkout?")
+        assert result.usage == {} and result.answer_kind == "quoted"  # quoted: no model's tokens
+        events = list(client.stream("Is Klarna an option at checkout?", top_k=1))
+        assert events[-1].result is not None and len(events[-1].result.citations) <= 1

@@ -40,6 +40,9 @@ def test_answer_cites_the_document_that_holds_it(base_url: str) -> None:
     assert body["usage"] == {}  # quoted: no model wrote it
     _, events = query_events(base_url, "How long is the password reset link valid?", timeout=60)
     assert set(events[-1][1]) == set(body)  # the stream's done event is the same response
+    _, events = query_events(base_url, "Is Klarna an option at checkout?", timeout=60)  # a streamed miss
+    done = events[-1][1]["timings_ms"]
+    assert done["first_token"] == done["total"] and done["support"] > 0  # a quote is sent whole, at the end
 
 
 def test_same_question_again_is_an_exact_hit(base_url: str) -> None:
@@ -115,6 +118,22 @@ def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> Non
     assert again["cache"]["hit"] is False  # never keyed on the last message alone
     bare = ask(base_url, "Do they expire?")  # without history: nothing was stored under these words
     assert bare["cache"]["hit"] is False
+
+
+def test_a_question_of_a_new_topic_is_answered_alone_not_from_the_turn_before(base_url: str) -> None:
+    history = [
+        {"role": "user", "content": "How do I reset my password?"},
+        {"role": "assistant", "content": "Use Forgot password on the sign-in page."},
+    ]
+    moved_on = ask(base_url, "Thanks. Separate question: can I pay with PayPal?", history=history)
+    assert moved_on["citations"][0]["document_id"] == "payment-methods.md", moved_on  # not the reset article
+    refunds = ask(base_url, "How long do refunds take?", history=history)
+    assert "5 to 7 business days" in refunds["answer"], refunds
+    greeted = ask(base_url, "Do you ship to Canada?", history=[{"role": "user", "content": "hi"}])
+    alone = ask(base_url, "Do you ship to Canada?")
+    assert (greeted["answer"], greeted["answer_kind"]) == (alone["answer"], alone["answer_kind"])
+    follow_up = ask(base_url, "how long is it valid?", history=history)  # "it": the reset link
+    assert "30 minutes" in follow_up["answer"], follow_up
 
 
 def test_a_question_as_long_as_allowed_is_answered_not_a_500(base_url: str) -> None:

@@ -77,6 +77,27 @@ def test_an_faq_entrys_question_is_a_third_ranking(tmp_path: Path, embedder) -> 
     index.close()
 
 
+@pytest.mark.parametrize(
+    ("question", "leans"),
+    [
+        ("does it have parking?", True),
+        ("Are their bathrooms adequately sanitized?", True),
+        ("and for express delivery?", True),
+        ("What about Ireland?", True),
+        ("how much?", True),  # too few words of its own
+        ("how long does it take?", True),
+        ("How long do refunds take?", False),
+        ("Thanks. Separate question: can I pay with PayPal?", False),
+        ("Is there a minimum spend?", False),  # "there" points at nothing here
+        ("Is it possible to cancel after 3 hours?", False),
+    ],
+)
+def test_a_question_leans_on_the_turn_before_only_when_it_points_back(question: str, leans: bool) -> None:
+    from rag.conversation import refers_back
+
+    assert refers_back(question) is leans
+
+
 async def test_a_follow_up_retrieves_the_entity_its_history_names(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     pipeline = _pipeline(hotels_dir, embedder)
     history = [
