@@ -79,7 +79,11 @@ async def answer_each(
 
 
 def read_questions(path: Path) -> list[dict[str, Any]]:
-    items = []
+    """The questions of a JSONL file; a line that is no question, or whose id another line
+    has (ids key the output, and what a rerun skips: one answer would be lost), is an error
+    naming it before anything is asked."""
+    items: list[dict[str, Any]] = []
+    lines_of: dict[str, int] = {}
     for number, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if not line.strip():
             continue
@@ -89,9 +93,21 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path} line {number} is not JSON ({exc.msg})") from exc
         if not isinstance(record, dict) or not isinstance(record.get("question"), str):
             raise ValueError(f'{path} line {number}: need {{"id", "question"}}')
+        history = record.get("history") or []
+        if not isinstance(history, list) or not all(_is_turn(t) for t in history):
+            raise ValueError(f'{path} line {number}: history is a list of {{"role": "user" or "assistant", "content"}}')
         record.setdefault("id", f"line-{number}")
+        if (first := lines_of.setdefault(str(record["id"]), number)) != number:
+            raise ValueError(
+                f"{path} line {number} repeats the id {record['id']!r} of line {first} - "
+                "each question needs its own id (or none: its line number is used)"
+            )
         items.append(record)
     return items
+
+
+def _is_turn(turn: Any) -> bool:
+    return isinstance(turn, dict) and turn.get("role") in ("user", "assistant") and isinstance(turn.get("content"), str)
 
 
 def answered_ids(path: Path) -> set[str]:

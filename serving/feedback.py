@@ -107,10 +107,11 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
                 record.question, record.answer, record.cache_group, record.cache_scope, record.collection
             )
         needs_human = "thumbs_down"
-        conversation = [turn.model_dump() for turn in body.conversation]
-        state.handoff.notify(
-            _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
-        )
+        if not await asyncio.to_thread(state.support.voted_down, record.id):  # a person was told the first time
+            conversation = [turn.model_dump() for turn in body.conversation]
+            state.handoff.notify(
+                _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
+            )
     entry = Feedback(
         record.id, record.collection, body.rating, body.reason, body.correction, principal.key_id,
         evicted=evicted, block_id=block_id,

@@ -4,9 +4,11 @@ An answer that abstains, a quote the guard put in place of the model's answer, a
 thumbs-down each mark the conversation ``needs_human`` (the answer's field; on the OpenAI
 face also the ``X-RAG-Needs-Human`` header). With ``RAG_HANDOFF_WEBHOOK_URL`` set, each also
 POSTs ``{"event": "needs_human", "reason", "answer_id", "collection", "question", "answer",
-"conversation"}`` there, from a background task: retried with exponential backoff (tenacity)
-on a connection error or a 5xx, never holding the answer up. A queue of 10,000 waits while
-the webhook is away; past that the oldest are dropped, and each drop is logged.
+"conversation"}`` there, from a background task: retried with exponential backoff (tenacity,
+at most 30 s apart) on a connection error, a 429 or a 5xx for up to 5 minutes (a help desk's
+restart or deploy loses nothing), never holding the answer up. The others wait in a queue of
+10,000 meanwhile; past that the oldest are dropped, and each drop is logged. The queue is in
+memory: what is still in it when the service stops is logged as not sent.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import logging
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 log = logging.getLogger("rag.serving")
 QUEUE_LIMIT = 10_000
@@ -29,9 +31,9 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class Handoff:
-    def __init__(self, url: str | None, attempts: int = 6, max_wait_s: float = 30.0) -> None:
+    def __init__(self, url: str | None, give_up_s: float = 300.0, max_wait_s: float = 30.0) -> None:
         self.url = url
-        self.attempts = attempts
+        self.give_up_s = give_up_s  # it took 8 s (6 attempts) to give up before: a restart lost them
         self.max_wait_s = max_wait_s
         self.sent = 0
         self.failed = 0
@@ -58,7 +60,7 @@ class Handoff:
             event = await self._queue.get()
             try:
                 async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(self.attempts),
+                    stop=stop_after_delay(self.give_up_s),
                     wait=wait_exponential(multiplier=0.25, max=self.max_wait_s),
                     retry=retry_if_exception(_retryable),
                     reraise=True,

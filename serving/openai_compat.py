@@ -71,6 +71,7 @@ class ChatCompletionRequest(RequestBody):
     max_tokens: Count | None = Field(default=None, ge=1, le=4096)
     max_completion_tokens: Count | None = Field(default=None, ge=1, le=4096)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
+    n: Count | None = Field(default=None, ge=1, le=1, description="Choices: one (the grounded answer).")
     stop: str | list[str] | None = None
 
 

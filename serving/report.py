@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from rag.errors import InvalidRequestError
+
 from .support_store import SupportStore
 
 DAY_S = 86_400
@@ -133,6 +135,8 @@ def build_report(store: SupportStore, embedder: Any, collection: str | None, sin
     """The whole report for ``[since, until)`` (default: the last 30 days)."""
     until = until or time.time()
     since = since if since is not None else until - 30 * DAY_S
+    if since >= until:
+        raise InvalidRequestError(f"the report starts on {_day(since)}, after it ends ({_day(until)}) - swap them")
     days = daily(store, collection, since, until)
     total = sum(d["answers"] for d in days)
 

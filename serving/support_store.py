@@ -268,6 +268,12 @@ class SupportStore:
         flip = "UPDATE hit_verdicts SET verdict = 'down' WHERE answer_id = ? AND verdict = 'up'"
         return "flip" if rating == "down" and self.sql.apply([(flip, (answer_id,))])[0] else None
 
+    def voted_down(self, answer_id: str) -> bool:
+        """Whether the answer has had a thumbs-down already (its handoff went then)."""
+        return bool(
+            self.sql.query("SELECT 1 FROM feedback WHERE answer_id = ? AND rating = 'down' LIMIT 1", (answer_id,))
+        )
+
     def one_feedback(self, feedback_id: str) -> Feedback | None:
         rows = self.sql.query(f"SELECT {_FEEDBACK_COLUMNS} FROM feedback WHERE id = ?", (feedback_id,))
         return _feedback_of(rows[0]) if rows else None

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT
 
 QUESTIONS = [
@@ -67,3 +69,23 @@ def test_a_question_that_hits_a_bug_is_recorded_as_an_internal_error_and_the_res
         "code": "internal_error",
     }
     assert [records[0].get("answer"), records[2].get("answer")] == ["A", "C"]
+
+
+def test_a_repeated_id_or_a_bad_turn_is_refused_before_anything_is_asked(tmp_path: Path) -> None:
+    from rag.batch import read_questions
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(
+        '{"id": "x", "question": "How long do refunds take?"}\n{"id": 1, "question": "Do gift cards expire?"}\n'
+        '{"id": "x", "question": "Which payment methods do you accept?"}\n'
+    )
+    with pytest.raises(ValueError, match="line 3 repeats the id 'x' of line 1"):  # resumed, one answer was lost
+        read_questions(questions)
+    questions.write_text('{"id": "1", "question": "Is it open?"}\n{"id": 1, "question": "Is it closed?"}\n')
+    with pytest.raises(ValueError, match="line 2 repeats the id 1 "):  # 1 and "1" name one output line
+        read_questions(questions)
+    questions.write_text('{"question": "And then?", "history": [{"role": "bot", "content": "Hi"}]}\n')
+    with pytest.raises(ValueError, match="line 1: history"):
+        read_questions(questions)
+    questions.write_text('{"question": "How long do refunds take?"}\n{"question": "How long do refunds take?"}\n')
+    assert [q["id"] for q in read_questions(questions)] == ["line-1", "line-2"]  # no ids: their line numbers

@@ -118,7 +118,8 @@ def test_every_body_refuses_text_no_store_can_keep(client: TestClient) -> None:
         )
     for body in ({"model": "", "messages": [{"role": "user", "content": "hi"}]},
                  {"model": "default", "stream": "yes", "messages": [{"role": "user", "content": "hi"}]},
-                 {"model": "default", "max_tokens": "5", "messages": [{"role": "user", "content": "hi"}]}):  # fmt: skip
+                 {"model": "default", "max_tokens": "5", "messages": [{"role": "user", "content": "hi"}]},
+                 {"model": "default", "n": 3, "messages": [{"role": "user", "content": "hi"}]}):  # fmt: skip
         assert client.post("/v1/chat/completions", json=body).status_code == 400, body
 
 

@@ -196,6 +196,8 @@ def test_answers_that_need_a_person_say_so_and_reach_the_webhook(
         while len(hook.received) < 2:  # the first POST got a 503 and was retried
             assert time.monotonic() < deadline, hook.received
             time.sleep(0.05)
+        again = rate(url, chat.json()["id"], "down")  # a second thumbs-down: a person knows already
+        assert again.status_code == 200 and again.json()["needs_human"] == "thumbs_down", again.text
     reasons = [(event["reason"], event["answer_id"]) for event in hook.received]
     answer_id = chat.json()["id"].removeprefix("chatcmpl-")
     assert reasons == [("no_answer", answer_id), ("thumbs_down", answer_id)], reasons
