@@ -96,7 +96,8 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
         history = record.get("history") or []
         if not isinstance(history, list) or not all(_is_turn(t) for t in history):
             raise ValueError(f'{path} line {number}: history is a list of {{"role": "user" or "assistant", "content"}}')
-        record.setdefault("id", f"line-{number}")
+        if record.get("id") is None:  # none, or null: its line number
+            record["id"] = f"line-{number}"
         if (first := lines_of.setdefault(str(record["id"]), number)) != number:
             raise ValueError(
                 f"{path} line {number} repeats the id {record['id']!r} of line {first} - "

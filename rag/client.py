@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse, connect_sse
+from httpx_sse import SSEError, aconnect_sse, connect_sse
 
 from .wire import CacheStatus, Citation
 
@@ -142,6 +142,8 @@ def _transport(streaming: bool = False) -> Iterator[None]:
     """httpx's own failures as ``RagClientError``: what a caller catches is one exception."""
     try:
         yield
+    except SSEError as exc:  # a 200 that is no event stream (a proxy's page): the service did not answer
+        raise _error(502, "bad_response", f"the response is not an event stream ({exc})") from exc
     except httpx.TimeoutException as exc:
         raise _error(504, "timeout", f"no answer in time ({type(exc).__name__}) - ask again, or raise timeout") from exc
     except httpx.RemoteProtocolError as exc:
@@ -150,6 +152,8 @@ def _transport(streaming: bool = False) -> Iterator[None]:
         raise _cut() from exc
     except httpx.TransportError as exc:
         raise _error(503, "service_unreachable", f"cannot reach the service ({exc}) - is it running?") from exc
+    except httpx.HTTPError as exc:  # a body it cannot decode, a redirect loop
+        raise _error(502, "bad_response", f"{type(exc).__name__}: {exc}") from exc
 
 
 TIMEOUT_S = 330.0  # past the service's own deadline for an answer (RAG_VLLM_TOTAL_TIMEOUT_S, 300 s)

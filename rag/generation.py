@@ -115,7 +115,7 @@ class Generating:
         """
         prep.streamed = True
         await self.ground(prep)
-        if prep.result is not None:  # "I don't know", at once: the whole answer is the first token
+        if prep.result is not None:  # "I don't know", or a hit: the whole answer is the first token
             prep.result.timings_ms.setdefault("first_token", prep.result.timings_ms.get("total", 0.0))
             yield prep.result.answer
             yield prep.result
@@ -140,8 +140,8 @@ class Generating:
                     parts.append(piece)
                     out = guard.feed(piece) if guard is not None else piece
                     if out:
-                        if not sent:
-                            prep.timings["first_token"] = (time.perf_counter() - t) * 1000
+                        if not sent:  # from the request's arrival: what the customer waits
+                            prep.timings["first_token"] = (time.perf_counter() - prep.started) * 1000
                             sent = True
                         yield out
                     if guard is not None and guard.reason is not None:
@@ -151,7 +151,7 @@ class Generating:
         prep.timings["generate"] = (time.perf_counter() - t) * 1000
         tail = guard.close() if guard is not None else ""
         if not sent:  # the last clause, or the quote that replaces the answer, goes out now
-            prep.timings["first_token"] = prep.timings["generate"]
+            prep.timings["first_token"] = (time.perf_counter() - prep.started) * 1000
         if tail:
             yield tail
         if summary.completion_tokens is None:  # a backend that does not count: its pieces

@@ -60,7 +60,7 @@ class Prepared:
     search_text: str = ""  # what retrieval searched with: a follow-up with the turn it follows
     scope_extra: str = ""  # caller's filters: part of the cache key
     audit: bool = False  # answered afresh to check a served cache hit: not counted, not looked up
-    streamed: bool = False  # asked for as a stream: an answer sent whole has its first token at the end
+    streamed: bool = False  # asked for as a stream: timings get first_token, from the request's arrival
     timings: dict[str, float] = field(
         default_factory=lambda: {"embed": 0.0, "cache": 0.0, "retrieve": 0.0, "generate": 0.0}
     )
@@ -153,11 +153,13 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         filters: dict[str, Any] | None = None,
         options: GenerationOptions | None = None,
         audit: bool = False,
+        streamed: bool = False,
     ) -> Prepared:
         """Everything before generation: validate, cache, embed, retrieve, build the prompt.
 
         Raises for a bad request, so a streaming response can still answer it with a 4xx.
-        ``audit``: answer afresh, past the cache (the answer is still stored).
+        ``audit``: answer afresh, past the cache (the answer is still stored). ``streamed``:
+        the answer goes out as a stream (a cache hit answered here has its first token too).
         """
         started = time.perf_counter()
         if not audit:
@@ -167,6 +169,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         collection = collection or self.settings.collection
         top_k = top_k or self.settings.top_k
         prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions(), audit=audit)
+        prep.streamed = streamed
         index = prep.index = self.get_index(collection)
         prep.scope = self.cache_scope(index, top_k)
         if filters or options:

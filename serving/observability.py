@@ -54,7 +54,10 @@ RETRIEVAL = Histogram("rag_retrieval_seconds", "Hybrid retrieval per question.",
 EMBEDDING = Histogram("rag_embedding_seconds", "Embedding one question.", buckets=_LATENCY_BUCKETS)
 GENERATION = Histogram("rag_generation_seconds", "Generating one answer.", ["backend"], buckets=_LATENCY_BUCKETS)
 FIRST_TOKEN = Histogram(
-    "rag_time_to_first_token_seconds", "Time to the first streamed token.", ["backend"], buckets=_LATENCY_BUCKETS
+    "rag_time_to_first_token_seconds",
+    "Time from a streamed request's arrival to its first text.",
+    ["backend"],
+    buckets=_LATENCY_BUCKETS,
 )
 TOKENS = Counter("rag_generated_tokens_total", "Tokens generated.", ["backend"])
 REPLICA_UP = Gauge(

@@ -142,7 +142,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         remember(request, answer, question, history)
 
     if body.stream:
-        prep = await pipe.prepare(question, body.model, None, history, None, _options(body))
+        prep = await pipe.prepare(question, body.model, None, history, None, _options(body), streamed=True)
         return EventSourceResponse(_chunks(pipe, prep, completion_id, created, body.model, keep))
     answer = await pipe.answer(question, body.model, None, history, None, _options(body))
     keep(answer)

@@ -27,7 +27,7 @@ async def query(body: QueryRequest, request: Request) -> Any:
     if body.stream:
         # Bad requests still get a plain 4xx: everything that can fail on the request
         # itself happens before the stream starts.
-        prep = await pipe.prepare(body.question, body.collection, body.top_k, history, body.filters)
+        prep = await pipe.prepare(body.question, body.collection, body.top_k, history, body.filters, streamed=True)
         return EventSourceResponse(sse_events(pipe, prep, lambda a: remember(request, a, body.question, history)))
     answer = await pipe.answer(body.question, body.collection, body.top_k, history, body.filters)
     remember(request, answer, body.question, history)

@@ -135,8 +135,11 @@ def build_report(store: SupportStore, embedder: Any, collection: str | None, sin
     """The whole report for ``[since, until)`` (default: the last 30 days)."""
     until = until or time.time()
     since = since if since is not None else until - 30 * DAY_S
-    if since >= until:
-        raise InvalidRequestError(f"the report starts on {_day(since)}, after it ends ({_day(until)}) - swap them")
+    if since >= until:  # until is the day after the last
+        raise InvalidRequestError(
+            f"no days from {_day(since)} up to {_day(until)} (--until is the day after the last) - "
+            "give a --since before --until (and before today without --until)"
+        )
     days = daily(store, collection, since, until)
     total = sum(d["answers"] for d in days)
 

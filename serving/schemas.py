@@ -155,7 +155,10 @@ class TimingsOut(BaseModel):
     support: float | None = Field(default=None, description="The judge reading the retrieved sentences (a miss).")
     generate: float
     total: float
-    first_token: float | None = None
+    first_token: float | None = Field(
+        default=None,
+        description="A stream's: from the request's arrival to the first text sent (an answer sent whole: its end).",
+    )
 
 
 class QueryResponse(BaseModel):

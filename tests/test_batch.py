@@ -87,5 +87,7 @@ def test_a_repeated_id_or_a_bad_turn_is_refused_before_anything_is_asked(tmp_pat
     questions.write_text('{"question": "And then?", "history": [{"role": "bot", "content": "Hi"}]}\n')
     with pytest.raises(ValueError, match="line 1: history"):
         read_questions(questions)
-    questions.write_text('{"question": "How long do refunds take?"}\n{"question": "How long do refunds take?"}\n')
+    questions.write_text(
+        '{"question": "How long do refunds take?"}\n{"id": null, "question": "How long do refunds take?"}\n'
+    )
     assert [q["id"] for q in read_questions(questions)] == ["line-1", "line-2"]  # no ids: their line numbers

@@ -202,3 +202,21 @@ def test_the_python_client_carries_usage_and_the_stream_takes_top_k(base_url: st
         assert result.usage == {} and result.answer_kind == "quoted"  # quoted: no model's tokens
         events = list(client.stream("Is Klarna an option at checkout?", top_k=1))
         assert events[-1].result is not None and len(events[-1].result.citations) <= 1
+
+
+def test_a_200_that_is_no_event_stream_is_a_bad_response_not_an_unreachable_service() -> None:
+    """Fault injection: a proxy answering the stream with its own HTML page."""
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    from .servers import running_server
+
+    app = FastAPI()
+
+    @app.post("/v1/query")
+    async def page() -> HTMLResponse:
+        return HTMLResponse("<html>Please sign in to the proxy</html>")
+
+    with running_server(app) as url, RagClient(url) as client, pytest.raises(RagClientError) as bad:
+        list(client.stream("How long do refunds take?"))
+    assert (bad.value.status, bad.value.code) == (502, "bad_response") and "event stream" in bad.value.message

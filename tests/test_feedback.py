@@ -204,6 +204,43 @@ def test_answers_that_need_a_person_say_so_and_reach_the_webhook(
     assert hook.received[0]["question"] == unknown and hook.received[1]["conversation"][0]["content"] == unknown
 
 
+async def test_a_handoff_the_help_desk_keeps_refusing_holds_up_no_other() -> None:
+    """A webhook that answers one payload with 503 every time and another with 400: the 503
+    is tried again with backoff, the 400 is given up at once, and the rest go meanwhile."""
+    import asyncio
+
+    from serving.handoff import Handoff
+
+    received: list[str] = []
+
+    class Desk(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            answer_id = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["answer_id"]
+            received.append(answer_id)
+            self.send_response({"stuck": 503, "bad": 400}.get(answer_id, 200))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Desk)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    handoff = Handoff(f"http://127.0.0.1:{server.server_address[1]}/", give_up_s=60)
+    try:
+        for answer_id in ("stuck", "bad", "ok"):
+            handoff.notify({"answer_id": answer_id, "reason": "no_answer"})
+        deadline = time.monotonic() + 5
+        while not (handoff.sent == 1 and handoff.failed == 1 and received.count("stuck") >= 3):
+            assert time.monotonic() < deadline, (received, handoff.sent, handoff.failed)
+            await asyncio.sleep(0.05)
+        assert received.count("bad") == 1 and received.count("ok") == 1  # a 4xx is not tried again
+    finally:
+        await handoff.aclose(timeout_s=0.1)  # "stuck" is logged as not sent
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_thumbs_down_evicts_on_every_replica_sharing_redis_within_a_second(
     tmp_path: Path, embedder: Any, redis_url: str, database_url: str
 ) -> None:

@@ -83,17 +83,20 @@ def test_metrics_count_requests_cache_outcomes_and_stages(example_data_dir: Path
         assert http.post("/v1/query", json={"question": ""}).status_code == 400
         with http.stream("POST", "/v1/query", json={"question": "How do I reset my password?", "stream": True}) as r:
             assert r.status_code == 200 and "event: done" in r.read().decode()
+        with http.stream("POST", "/v1/query", json={**question, "stream": True}) as r:  # a streamed exact hit
+            assert r.status_code == 200 and "event: done" in r.read().decode()
         after = settled_scrape(http)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
     route = {"route": "/v1/query", "method": "POST"}
-    assert delta("rag_http_requests_total", status="200", **route) == 4
+    assert delta("rag_http_requests_total", status="200", **route) == 5
     assert delta("rag_http_requests_total", status="400", **route) == 1
-    assert delta("rag_http_request_duration_seconds_count", status="200", **route) == 4
+    assert delta("rag_http_request_duration_seconds_count", status="200", **route) == 5
     assert delta("rag_cache_lookups_total", collection="default", result="miss") == 2
-    assert delta("rag_cache_lookups_total", collection="default", result="exact") == 1
+    assert delta("rag_cache_lookups_total", collection="default", result="exact") == 2
+    assert delta("rag_time_to_first_token_seconds_count", backend="extractive") == 2  # both streams, the hit too
     assert delta("rag_cache_lookups_total", collection="default", result="bypass") == 1
     assert delta("rag_retrieval_seconds_count", collection="default") == 3  # the exact hit retrieves nothing
     assert delta("rag_generation_seconds_count", backend="extractive") == 3

@@ -90,6 +90,11 @@ def test_an_faq_entrys_question_is_a_third_ranking(tmp_path: Path, embedder) -> 
         ("Thanks. Separate question: can I pay with PayPal?", False),
         ("Is there a minimum spend?", False),  # "there" points at nothing here
         ("Is it possible to cancel after 3 hours?", False),
+        ("Anything else I should know?", True),
+        ("Even for sale items?", True),
+        ("Thanks, that worked! How do I change my email?", False),  # the question is its last sentence
+        ("One more question: can I pay by PayPal?", False),
+        ("Do you offer same-day delivery?", False),  # whole words only
     ],
 )
 def test_a_question_leans_on_the_turn_before_only_when_it_points_back(question: str, leans: bool) -> None:
