@@ -58,6 +58,7 @@ class Prepared:
     quoted: list[RetrievedChunk] = field(default_factory=list)  # the evidence's chunks, cut to its sentences
     retrieved: list[RetrievedChunk] = field(default_factory=list)  # retrieval's chunks above the relevance floor
     search_text: str = ""  # what retrieval searched with: a follow-up with the turn it follows
+    fallback_text: str | None = None  # searched with if the question alone finds no answer
     scope_extra: str = ""  # caller's filters: part of the cache key
     audit: bool = False  # answered afresh to check a served cache hit: not counted, not looked up
     streamed: bool = False  # asked for as a stream: timings get first_token, from the request's arrival
@@ -184,6 +185,8 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         search_text, filters = self.plan_search(index, question, history, filters)
         prep.filters = filters
         prep.search_text = search_text
+        if search_text == question and not filters:  # a question of its own topic, if it finds its answer
+            prep.fallback_text = self.with_turn_before(question, history)
 
         # A follow-up word for word the question of a curated answer gets it: a person pinned
         # that exact question (rewordings need no conversation, so they need a first turn).
@@ -239,26 +242,17 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         identical misses (after :meth:`prepare`, which answers bad requests and cache hits)."""
         if prep.result is not None or prep.request is not None:
             return
+        await self._judge(prep)
+        if not prep.evidence.supported and prep.fallback_text:  # "how do I check the balance?"
+            # Alone it finds nothing: the turn before says what "the balance" is, after all.
+            prep.search_text, prep.fallback_text, prep.faq_entry = prep.fallback_text, None, None
+            retrieved, _ = await self._look_up(prep, None, prep.search_text, prep.filters)
+            prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]
+            await self._judge(prep)
+        llm = self.generator.prompt_style != "none"
         # The judge reads what retrieval searched with: "and how do I start one?" means
         # nothing without the turn before it.
         question, chunks = prep.search_text or prep.question, prep.retrieved
-        if chunks:
-            t = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            # An FAQ entry that the dense and the lexical search both find first answers the
-            # question (two witnesses, rag.cache_policy.faq_entry): its own answer is the
-            # evidence, its best passage whatever the judge thinks of the others'.
-            entry = prep.index.document_chunks(prep.faq_entry, 4) if prep.faq_entry and prep.index else []
-            if entry:
-                prep.evidence = await loop.run_in_executor(
-                    self._cpu, self._select_evidence, question, entry, float("-inf")
-                )
-                if prep.evidence.supported:  # an entry with no sentence to quote leaves retrieval's chunks
-                    chunks = prep.retrieved = entry
-            if not prep.evidence.supported:
-                prep.evidence = await loop.run_in_executor(self._cpu, self._select_evidence, question, chunks)
-            prep.timings["support"] = (time.perf_counter() - t) * 1000
-        llm = self.generator.prompt_style != "none"
         best = prep.evidence.best
         # No sentence answers well enough: say so and cite nothing. An LLM reads further down
         # (RAG_LLM_MIN_SUPPORT): it may see the answer the judge ranks low, and the guard and
@@ -282,6 +276,25 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             self.generator.prompt_style, question, prep.context, self.settings, prep.options
         )
         prep.request.evidence = [u.text for u in prep.evidence.chosen]
+
+    async def _judge(self, prep: Prepared) -> None:
+        """``prep.evidence``: the judge's reading of the retrieved chunks (on the CPU pool)."""
+        question, chunks = prep.search_text or prep.question, prep.retrieved
+        if not chunks:
+            return
+        t = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        # An FAQ entry that the dense and the lexical search both find first answers the
+        # question (two witnesses, rag.cache_policy.faq_entry): its own answer is the
+        # evidence, its best passage whatever the judge thinks of the others'.
+        entry = prep.index.document_chunks(prep.faq_entry, 4) if prep.faq_entry and prep.index else []
+        if entry:
+            prep.evidence = await loop.run_in_executor(self._cpu, self._select_evidence, question, entry, float("-inf"))
+            if prep.evidence.supported:  # an entry with no sentence to quote leaves retrieval's chunks
+                chunks = prep.retrieved = entry
+        if not prep.evidence.supported:
+            prep.evidence = await loop.run_in_executor(self._cpu, self._select_evidence, question, chunks)
+        prep.timings["support"] = prep.timings.get("support", 0.0) + (time.perf_counter() - t) * 1000
 
     def _select_evidence(
         self, question: str, chunks: list[RetrievedChunk], min_support: float | None = None

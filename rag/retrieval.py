@@ -155,11 +155,17 @@ class Retrieval:
         if not filters and self.settings.entity_filter:
             entity = standalone(question, history, index.titles()).entity
             filters = {"title": entity} if entity else None
-        if not filters and history:
-            previous = next((t["content"] for t in reversed(history) if t.get("role") == "user"), "")
-            if previous and refers_back(question):
-                return f"{previous}\n{question}", None
+        if not filters and refers_back(question) and (pasted := self.with_turn_before(question, history)):
+            return pasted, None
         return question, filters
+
+    @staticmethod
+    def with_turn_before(question: str, history: list[dict[str, str]] | None) -> str | None:
+        """The question after the user turn it follows (None: no turn before). A follow-up
+        that points back is searched with it; one that does not, only if alone it finds no
+        answer ("how do I check the balance?" after "do gift cards expire?")."""
+        previous = next((t["content"] for t in reversed(history or []) if t.get("role") == "user"), "")
+        return f"{previous}\n{question}" if previous else None
 
     def retrieve(
         self, index: CollectionIndex, vector: np.ndarray, text: str, k: int, filters: dict[str, Any] | None = None

@@ -134,6 +134,9 @@ def test_a_question_of_a_new_topic_is_answered_alone_not_from_the_turn_before(ba
     assert (greeted["answer"], greeted["answer_kind"]) == (alone["answer"], alone["answer_kind"])
     follow_up = ask(base_url, "how long is it valid?", history=history)  # "it": the reset link
     assert "30 minutes" in follow_up["answer"], follow_up
+    gift_cards = [{"role": "user", "content": "Do gift cards expire?"}, {"role": "assistant", "content": "No."}]
+    balance = ask(base_url, "How do I check the balance?", history=gift_cards)  # alone it finds nothing
+    assert balance["citations"] and balance["citations"][0]["document_id"] == "gift-cards.txt", balance
 
 
 def test_a_question_as_long_as_allowed_is_answered_not_a_500(base_url: str) -> None:
