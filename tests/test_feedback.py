@@ -198,10 +198,13 @@ def test_answers_that_need_a_person_say_so_and_reach_the_webhook(
             time.sleep(0.05)
         again = rate(url, chat.json()["id"], "down")  # a second thumbs-down: a person knows already
         assert again.status_code == 200 and again.json()["needs_human"] == "thumbs_down", again.text
-    reasons = [(event["reason"], event["answer_id"]) for event in hook.received]
+    # Four handoffs go at once: the retried one may land after a later one.
+    by_reason = {event["reason"]: event for event in hook.received}
     answer_id = chat.json()["id"].removeprefix("chatcmpl-")
-    assert reasons == [("no_answer", answer_id), ("thumbs_down", answer_id)], reasons
-    assert hook.received[0]["question"] == unknown and hook.received[1]["conversation"][0]["content"] == unknown
+    assert len(hook.received) == 2 and set(by_reason) == {"no_answer", "thumbs_down"}, hook.received
+    assert {event["answer_id"] for event in hook.received} == {answer_id}
+    assert by_reason["no_answer"]["question"] == unknown
+    assert by_reason["thumbs_down"]["conversation"][0]["content"] == unknown
 
 
 async def test_a_handoff_the_help_desk_keeps_refusing_holds_up_no_other() -> None:
