@@ -242,23 +242,30 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         identical misses (after :meth:`prepare`, which answers bad requests and cache hits)."""
         if prep.result is not None or prep.request is not None:
             return
-        await self._judge(prep)
-        if not prep.evidence.supported and prep.fallback_text:  # "how do I check the balance?"
-            # Alone it finds nothing: the turn before says what "the balance" is, after all.
-            prep.search_text, prep.fallback_text, prep.faq_entry = prep.fallback_text, None, None
-            retrieved, _ = await self._look_up(prep, None, prep.search_text, prep.filters)
-            prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]
-            await self._judge(prep)
         llm = self.generator.prompt_style != "none"
-        # The judge reads what retrieval searched with: "and how do I start one?" means
-        # nothing without the turn before it.
-        question, chunks = prep.search_text or prep.question, prep.retrieved
-        best = prep.evidence.best
         # No sentence answers well enough: say so and cite nothing. An LLM reads further down
         # (RAG_LLM_MIN_SUPPORT): it may see the answer the judge ranks low, and the guard and
         # the quote stand behind whatever it says.
         llm_gate = self.settings.min_support if self.settings.llm_min_support is None else self.settings.llm_min_support
-        if not prep.evidence.supported and (not llm or best is None or best < llm_gate):
+
+        def abstains() -> bool:
+            best = prep.evidence.best
+            return not prep.evidence.supported and (not llm or best is None or best < llm_gate)
+
+        await self._judge(prep)
+        if abstains() and prep.fallback_text:  # "how do I check the balance?"
+            # Alone it finds nothing: the turn before says what "the balance" is, after all.
+            prep.search_text, prep.fallback_text, prep.faq_entry = prep.fallback_text, None, None
+            spent = {k: prep.timings.get(k, 0.0) for k in ("embed", "retrieve")}
+            retrieved, _ = await self._look_up(prep, None, prep.search_text, prep.filters)
+            prep.retrieved = [c for c in retrieved if c.score >= self.settings.min_relevance]
+            prep.timings.update({k: prep.timings.get(k, 0.0) + v for k, v in spent.items()})
+            prep.evidence = Evidence()  # the first search's units index its own chunks
+            await self._judge(prep)
+        # The judge reads what retrieval searched with: "and how do I start one?" means
+        # nothing without the turn before it.
+        question, chunks = prep.search_text or prep.question, prep.retrieved
+        if abstains():
             prep.result = self._done(prep, NO_ANSWER, [], CacheStatus(), kind="no_answer")
             return
         prep.quoted = self._evidence_chunks(chunks, prep.evidence.chosen)
