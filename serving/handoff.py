@@ -118,8 +118,9 @@ class Handoff:
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
         await self.drain(timeout_s)
-        for task in [*self._sending, *([self._task] if self._task is not None else [])]:
+        tasks = [*self._sending, *([self._task] if self._task is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._sending, *([self._task] if self._task else []), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._client is not None:
             await self._client.aclose()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from rag.batch import answer_each
 from rag.errors import NotFoundError, RagError
@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS items (
 """
 
 
-class JobQuestion(RequestBody):
+class JobQuestion(BaseModel):  # inside JobRequest, whose check covers it
     model_config = ConfigDict(extra="forbid")
 
     question: str

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette import EventSourceResponse
 
 from rag.errors import InvalidRequestError, RagError, error_body, internal_error_body
@@ -49,7 +49,7 @@ router = APIRouter()
 log = logging.getLogger("rag.serving")
 
 
-class ChatMessage(RequestBody):
+class ChatMessage(BaseModel):  # inside ChatCompletionRequest, whose check covers it
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]

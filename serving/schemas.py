@@ -49,7 +49,8 @@ Count = Annotated[int, BeforeValidator(_no_text_or_bool)]
 class RequestBody(BaseModel):
     """Every request body: its text can be stored. No text needs a NUL, and PostgreSQL cannot
     keep one; a lone surrogate has no UTF-8 at all (the caches, the logs and the answer log
-    would all fail on it). Either is a 400 that names the field."""
+    would all fail on it). Either is a 400 that names the field. The models nested in a body
+    (a turn, a chat message, a job's question) are plain models: the body's one scan covers them."""
 
     @model_validator(mode="before")
     @classmethod
@@ -62,7 +63,7 @@ class RequestBody(BaseModel):
         return data
 
 
-class Turn(RequestBody):
+class Turn(BaseModel):  # inside a RequestBody, whose check covers it
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["user", "assistant"]
