@@ -21,7 +21,7 @@ from . import admin, curation, feedback, health, jobs, observability, openai_com
 from .auth import Authenticator, GuardMiddleware, KeyLimits
 from .database import Database
 from .errors import ERRORS, install_error_handlers
-from .handoff import Handoff
+from .handoff import Handoff, Outbox
 from .jobs import JobRunner, JobStore
 from .keys import open_key_store
 from .pg_jobs import PgJobStore
@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             app.state.pipeline.observers.append(observability.observe_answer)
         support = app.state.support = open_support_store(settings.data_dir, database)
         app.state.curated = curation.CuratedStore(support.sql)
-        app.state.handoff = Handoff(settings.handoff_webhook_url)
+        app.state.handoff = Handoff(settings.handoff_webhook_url, Outbox(support.sql))
+        app.state.handoff.start()  # the handoffs a stop left in the outbox go now
         store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
         keep = partial(feedback.keep, app.state)  # a job's answers take feedback as a route's do
         app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency, keep)

@@ -88,6 +88,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE handoffs (
+            id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL, payload TEXT NOT NULL, owner TEXT,
+            lease_until DOUBLE PRECISION NOT NULL, given_up TEXT
+        );
+        CREATE INDEX handoffs_waiting ON handoffs (lease_until) WHERE given_up IS NULL;
+        """,
+    ),
 ]
 
 

@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS curated_audit (
 );
 CREATE INDEX IF NOT EXISTS curated_audit_of ON curated_audit (curated_id, at);
 CREATE TABLE IF NOT EXISTS hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
+-- The handoffs not delivered yet (serving/handoff.py's Outbox); a delivered one is deleted.
+CREATE TABLE IF NOT EXISTS handoffs (
+    id TEXT PRIMARY KEY, created_at REAL NOT NULL, payload TEXT NOT NULL, owner TEXT,
+    lease_until REAL NOT NULL, given_up TEXT
+);
+CREATE INDEX IF NOT EXISTS handoffs_waiting ON handoffs (lease_until) WHERE given_up IS NULL;
 """
 
 _ANSWER_COLUMNS = (
