@@ -13,6 +13,7 @@ router = APIRouter()
 
 
 @router.get("/widget.js", include_in_schema=False)
+@router.head("/widget.js", include_in_schema=False)  # CDNs and uptime checks ask HEAD first
 async def widget() -> FileResponse:
     """The chat widget: one <script> tag on any page (see the README)."""
     return FileResponse(WIDGET, media_type="text/javascript", headers={"Cache-Control": "public, max-age=300"})

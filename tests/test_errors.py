@@ -125,6 +125,8 @@ def test_every_body_refuses_text_no_store_can_keep(client: TestClient) -> None:
 
 def test_health_answers_head_and_cache_admin_names_a_real_collection(client: TestClient) -> None:
     assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
+    widget = client.head("/widget.js")
+    assert widget.status_code == 200 and widget.headers["content-type"].startswith("text/javascript")
     _assert_error(client.delete("/v1/cache", params={"collection": "nope"}), 404, "collection_not_found", "collection")
     _assert_error(client.delete("/v1/cache", params={"collection": "../x"}), 400, "invalid_request", "collection")
     _assert_error(client.get("/v1/admin/report", params={"collection": "../x"}), 400, "invalid_request", "collection")
