@@ -75,7 +75,8 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 async def _pin_rows(pipe: Any, store: Any, collection: str, rows: list[dict[str, Any]], bad: list[str]) -> int:
     """Pin each row; a question already pinned gets a new version only if its answer or
-    citations changed, so importing a file again repeats nothing. One waiting for review stays
+    citations changed, so importing a file again repeats nothing (a row without
+    ``document_ids``, as every TSV row, keeps the citations it had). One waiting for review stays
     there (edited if the file changes it): it is not pinned a second time. Returns how many changed."""
     from cache import normalize_question
     from rag.errors import RagError
@@ -88,13 +89,16 @@ async def _pin_rows(pipe: Any, store: Any, collection: str, rows: list[dict[str,
     }
     done = 0
     for row in rows:
-        try:
-            citations = cite_documents(index, [str(d) for d in row.get("document_ids", [])])
+        question, answer = row["question"].strip(), row["answer"].strip()
+        before = pinned.get(normalize_question(question))
+        try:  # a line that names no documents (TSV) keeps what the answer cited
+            kept = before.citations if before is not None and "document_ids" not in row else None
+            citations = (
+                kept if kept is not None else cite_documents(index, [str(d) for d in row.get("document_ids", [])])
+            )
         except RagError as exc:  # an unknown document id: this line only
             bad.append(f"line {row['line']}: {exc.message}")
             continue
-        question, answer = row["question"].strip(), row["answer"].strip()
-        before = pinned.get(normalize_question(question))
         if before is not None and (before.answer, before.citations) == (answer, citations):
             continue
         if before is None:

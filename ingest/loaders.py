@@ -7,6 +7,7 @@ caller can report it and go on with the rest.
 from __future__ import annotations
 
 import codecs
+import hashlib
 import io
 import json
 import logging
@@ -173,7 +174,10 @@ def _jsonl_record(line: str, lineno: int, path: Path, source: str) -> Document:
         text = f"{record.get('question', '')}\n{record['answer']}"
     if not isinstance(text, str) or not text.strip():
         raise DocumentError(f'line {lineno} has no "text"')
-    doc_id = str(record.get("id", f"{path.stem}:{lineno}"))
+    # Without an id, one made from the line's own text: a line added above it moves nothing
+    # (by line number, every id after it would name another entry from then on).
+    made = f"{path.stem}:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
+    doc_id = str(record.get("id", made))
     title = str(record.get("title") or record.get("question") or doc_id)
     return Document(document_id=doc_id, title=title, text=text, source=source)
 
@@ -194,7 +198,7 @@ def _load_jsonl(data: bytes, path: Path, source: str) -> Loaded:
         if doc.document_id in seen:
             loaded.problems.append(
                 f"line {lineno} repeats the id {doc.document_id!r} of line {seen[doc.document_id]} - skipped; "
-                "give each line its own id"
+                "give each line its own id (a line without one is named by its text: the same text repeats it)"
             )
             continue
         seen[doc.document_id] = lineno

@@ -6,18 +6,24 @@ They live in the response cache's own store, in a scope of their own per collect
 without a TTL. Looking one up is the cache's lookup: the same threshold, margin, guards,
 verifier and learned boundaries, so a curated answer reaches the rewordings a cached one
 would, and no further. A curated answer stands while every chunk it cites is unchanged; one
-citing nothing stands until it is removed. The record of who pinned what (and each edit)
-is the serving layer's (:mod:`serving.curation`); this module only stores and finds them.
+citing nothing stands until it is removed. Each citation keeps a fingerprint of its chunk's
+whole text (its ``text`` is a snippet), so a new version of the collection is checked by
+content (:func:`recite`), not by chunk ids: a rebuilt collection numbers its chunks anew.
+The record of who pinned what (and each edit) is the serving layer's
+(:mod:`serving.curation`); this module stores and finds them, and checks their citations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from .embedder import embed_async, question_text
-from .store import CollectionIndex
+from .store import CollectionIndex, RetrievedChunk
+from .wire import Citation
 
 if TYPE_CHECKING:
     from cache import CacheHit, SemanticCache
@@ -39,6 +45,50 @@ def curated_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
         return not cited or index.has_chunks(cited)
 
     return accept
+
+
+def _fingerprint(chunk: RetrievedChunk) -> str:
+    return hashlib.sha256(chunk.text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _holds(cited: dict[str, Any], chunk: RetrievedChunk) -> bool:
+    """Whether ``chunk`` has the text ``cited`` was made from (by its snippet, for citations
+    kept before fingerprints)."""
+    if "fingerprint" in cited:
+        return bool(cited["fingerprint"] == _fingerprint(chunk))
+    return Citation.from_chunk(chunk).text == cited.get("text")
+
+
+def fingerprinted(index: CollectionIndex, citations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Citations as a curated answer keeps them: each with its chunk's fingerprint (a chunk
+    this version no longer holds keeps none, and is checked by its snippet)."""
+    held = index.chunks([int(c["id"]) for c in citations]) if citations else {}
+    return [
+        {**cited, "fingerprint": _fingerprint(held[int(cited["id"])])} if int(cited["id"]) in held else cited
+        for cited in citations
+    ]
+
+
+def recite(index: CollectionIndex, citations: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The citations as this version holds them, or None when the text of one is gone. Each
+    stands where its chunk still has the same text; one whose chunk changed id (a file
+    re-chunked, moved or renamed, a collection rebuilt) moves to the chunk with its text, of
+    the same document first."""
+    held = index.chunks([int(c["id"]) for c in citations]) if citations else {}
+    now = []
+    for cited in citations:
+        chunk = held.get(int(cited["id"]))
+        if chunk is not None and chunk.document_id == cited["document_id"] and _holds(cited, chunk):
+            now.append(cited)
+            continue
+        prefix = str(cited.get("text", "")).removesuffix("…")
+        moved = next((c for c in index.chunks_starting(prefix, cited["document_id"]) if _holds(cited, c)), None)
+        if moved is None:
+            return None
+        now.append(
+            {**asdict(Citation.from_chunk(moved)), "score": cited.get("score", 1.0), "fingerprint": _fingerprint(moved)}
+        )
+    return now
 
 
 def group_of(curated_id: str) -> str:
@@ -75,7 +125,7 @@ class Curating:
         payload = {
             "answer": answer,
             "answer_kind": CURATED,
-            "citations": citations,
+            "citations": [{k: v for k, v in c.items() if k != "fingerprint"} for c in citations],  # as answers cite
             "curated_id": curated_id,
             "version": version,
             "index_version": index.version,

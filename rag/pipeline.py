@@ -19,7 +19,7 @@ from cache import CacheHit, SemanticCache
 from . import __version__
 from .cache_policy import answer_config, faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
 from .compress import compress
-from .curated import CURATED, Curating, curated_scope, curated_valid
+from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
 from .evidence import Evidence, Unit, merge, select_evidence, span_texts
@@ -195,7 +195,8 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         if hit is not None:
             prep.result = self._cached(prep, hit.payload, CacheStatus(True, hit.kind, round(hit.similarity, 4)))
             prep.result.grounded = not hit.payload.get("provisional")  # a quote the guard put in
-            prep.result.cache_ref = hit.ref or None
+            curated_id = hit.payload.get("curated_id")
+            prep.result.cache_ref = group_of(curated_id) if curated_id else hit.ref or None
             if hit.payload.get("answer_kind") != CURATED:  # a person's answer is not audited
                 self._audit_later(hit, (question, collection, top_k, asked, options))
             return prep

@@ -81,7 +81,8 @@ class Answer:
     finish_reason: str = field(default="stop", metadata={"internal": True})
     """OpenAI's: "length" when the answer is the model's words cut at max_tokens, else "stop"."""
     cache_ref: str | None = field(default=None, metadata={"internal": True})
-    """The cache entry a semantic hit was served from (a thumbs-up is evidence for it)."""
+    """The cache entry a semantic hit was served from (a thumbs-up is evidence for it); for a
+    curated answer, ``curated:ID`` (a thumbs-down sends that one to review)."""
 
     def handoff_reason(self) -> str | None:
         if self.needs_human is not None:

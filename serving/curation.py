@@ -4,10 +4,12 @@ and review the ones whose documents changed. Every change is a new version, audi
 when, before, after) in the support store; the answer itself is served from the response
 cache's curated scope (:mod:`rag.curated`), so every replica sharing the cache serves it.
 
-When a collection's new version no longer holds a chunk a curated answer cites (the document
-changed or went), the answer stops being served and is flagged ``needs_review``, not dropped:
-approving it cites the documents' current text; editing or removing it works as always. A
-thumbs-down on a curated answer sends it to review the same way (:func:`dispute`).
+When a collection's new version no longer holds the text a curated answer cites (the
+document changed or went), the answer stops being served and is flagged ``needs_review``, not
+dropped: approving it cites the documents' current text; editing it (``document_ids`` too,
+for a document moved or renamed) or removing it works as always. Text that only moved (a file
+re-chunked, moved or renamed, a collection rebuilt) is cited where it is now. A thumbs-down
+on a curated answer sends it to review the same way (:func:`dispute`).
 """
 
 from __future__ import annotations
@@ -19,20 +21,19 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
 
 from cache.semantic import normalize_question
+from rag.curated import fingerprinted, group_of, recite
 from rag.errors import ConflictError, InvalidRequestError, NotFoundError
 from rag.pipeline import Pipeline
 from rag.store import CollectionIndex, check_collection_name
 from rag.wire import Citation
 
 from .principals import principal_of
-from .schemas import RequestBody
+from .schemas import CuratedEdit, CuratedRequest, FromFeedback
 from .support_store import _Postgres, _Sqlite
 
 log = logging.getLogger("rag.serving")
@@ -113,26 +114,33 @@ class CuratedStore:
         ])  # fmt: skip
         return after if changed[0] == 1 else None
 
-    def flag_stale(self, index: CollectionIndex) -> list[Curated]:
-        """Flag the active curated answers of this collection whose cited chunks are gone."""
-        flagged = []
-        for item in self.items(index.name, "active"):
-            cited = [int(c["id"]) for c in item.citations]
-            if cited and not index.has_chunks(cited):
-                reason = f"a document it cites changed in index version {index.version}"
-                done = self.change(item, "rag-service", "flag", status="needs_review", review_reason=reason)
-                flagged += [done] if done is not None else []
-        return flagged
+    def checked(self, item: Curated, index: CollectionIndex) -> Curated | None:
+        """``item`` checked against this version of its collection, by the text it cites: text
+        that moved to other chunks is cited there (a new version); text that changed or went
+        flags it ``needs_review`` (None: not to be served)."""
+        cited = recite(index, item.citations)
+        if cited == item.citations:
+            return item
+        if cited is None:
+            reason = f"the text it cites changed or went in index version {index.version}"
+            if self.change(item, "rag-service", "flag", status="needs_review", review_reason=reason) is not None:
+                log.warning("curated answer %s needs review: %s", item.id, reason)
+                return None
+        elif (after := self.change(item, "rag-service", "recite", citations=cited)) is not None:
+            return after
+        fresh = self.get(item.id)  # changed meanwhile (another replica's check, an admin): check that
+        return self.checked(fresh, index) if fresh is not None and fresh.status == "active" else None
 
 
-async def dispute(pipe: Pipeline, store: CuratedStore, collection: str, answer: str, why: str) -> int:
+async def dispute(pipe: Pipeline, store: CuratedStore, collection: str, served: str, why: str) -> int:
     """A thumbs-down on a curated answer: a customer disputes what a person approved, so it goes
-    back to a person. Every active curated answer of ``collection`` giving that text is flagged
-    ``needs_review`` (audited as ``flag``) and stops being served until an admin approves or
-    edits it. Returns the cache entries removed."""
+    back to a person. The curated answer that was served (``served``: its cache group,
+    ``curated:ID``) is flagged ``needs_review`` (audited as ``flag``) and stops being served
+    until an admin approves or edits it; others giving the same text stay. Returns the cache
+    entries removed."""
     removed = 0
     for item in await asyncio.to_thread(store.items, collection, "active"):
-        if item.answer == answer:
+        if group_of(item.id) == served:
             done = await asyncio.to_thread(
                 store.change, item, "feedback", "flag", status="needs_review", review_reason=why
             )
@@ -164,20 +172,26 @@ def cite_documents(index: CollectionIndex, document_ids: list[str]) -> list[dict
                 param="document_ids",
             )
         citations += [asdict(Citation.from_chunk(c)) for c in chunks]
-    return citations
+    return fingerprinted(index, citations)
 
 
 async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | None = None) -> int:
-    """Put every active curated answer (of ``collection``) in the cache where its version is
-    not there yet (after a start, a cache clear, or a rebuilt collection); returns how many."""
+    """Check every active curated answer (of ``collection``) against the version its collection
+    serves (:meth:`CuratedStore.checked`), and put it in the cache where its version is not
+    there yet (after a start, a new version, a cache clear, a rebuilt collection); take out
+    the ones that no longer stand. Returns how many were put."""
     put = 0
-    for item in await asyncio.to_thread(store.items, collection, "active"):
+    for before in await asyncio.to_thread(store.items, collection, "active"):
         try:
-            stored = pipe.curated_entry(item.collection, item.question)
+            index = pipe.get_index(before.collection)
+            stored = pipe.curated_entry(before.collection, before.question)
         except Exception as exc:  # the collection is gone or not ingested: nothing to serve it with
-            log.warning("curated answer %s not served: %s", item.id, exc)
+            log.warning("curated answer %s not served: %s", before.id, exc)
             continue
-        if stored is None or stored.get("version") != item.version:
+        item = await asyncio.to_thread(store.checked, before, index)
+        if item is None:
+            await pipe.uncurate(before.collection, before.question, before.id)
+        elif stored is None or stored.get("version") != item.version:
             put += await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
     return put
 
@@ -197,57 +211,16 @@ async def start(pipe: Pipeline, store: CuratedStore) -> None:
 def follow_versions(
     pipe: Pipeline, store: CuratedStore, loop: asyncio.AbstractEventLoop
 ) -> Callable[[CollectionIndex], None]:
-    """Each version a replica starts serving: flag the curated answers whose documents changed,
-    and put the rest in the cache if they are not there (a rebuilt collection)."""
+    """Each version a replica starts serving: check its curated answers (flag the ones whose
+    cited text changed) and put the rest in the cache if they are not there. Until then a
+    curated answer citing a chunk the version lacks is not served (chunk ids never repeat
+    within a lineage; a rebuilt collection's curated scope starts empty)."""
 
     def on_version(index: CollectionIndex) -> None:
-        for item in store.flag_stale(index):
-            log.warning("curated answer %s needs review: %s", item.id, item.review_reason)
         asyncio.run_coroutine_threadsafe(sync_curated(pipe, store, index.name), loop)
 
     pipe.on_version.append(on_version)
     return on_version
-
-
-def _has_words(question: str) -> str:
-    # "???" and "   " normalise to the same empty question: pinned, it would answer them all.
-    if not normalize_question(question):
-        raise PydanticCustomError("no_words", "the question has no words - give the question customers ask")
-    return question
-
-
-class CuratedRequest(RequestBody):
-    model_config = ConfigDict(extra="forbid")
-
-    question: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_has_words)] = Field(
-        description="The question (its rewordings get it too)."
-    )
-    answer: str = Field(min_length=1, max_length=20_000, description="The approved answer.")
-    collection: str | None = Field(
-        default=None, min_length=1, description="The server default (RAG_COLLECTION) if unset."
-    )
-    document_ids: list[str] = Field(
-        default_factory=list, max_length=20, description="Documents it cites: when one changes, it goes to review."
-    )
-
-
-class CuratedEdit(RequestBody):
-    model_config = ConfigDict(extra="forbid")
-
-    question: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_has_words)] | None = None
-    answer: str | None = Field(default=None, min_length=1, max_length=20_000)
-
-    @model_validator(mode="after")
-    def _changes_something(self) -> CuratedEdit:
-        if self.question is None and self.answer is None:
-            raise PydanticCustomError("nothing_to_change", "nothing to change - give the question, the answer or both")
-        return self
-
-
-class FromFeedback(RequestBody):
-    model_config = ConfigDict(extra="forbid")
-
-    feedback_id: str = Field(min_length=1, max_length=100, description="A thumbs-down that came with a correction.")
 
 
 def _admin(request: Request, collection: str) -> tuple[Pipeline, CuratedStore, str | None]:
@@ -284,6 +257,7 @@ async def _pin(request: Request, collection: str, question: str, answer: str, ci
                source: str) -> dict[str, Any]:  # fmt: skip
     pipe, store, who = _admin(request, collection)
     await asyncio.to_thread(_check_unpinned, store, collection, question)
+    citations = fingerprinted(pipe.get_index(collection), citations)
     item = await asyncio.to_thread(store.create, collection, question, answer, citations, who, source)
     await pipe.curate(collection, question, answer, citations, item.id, item.version)
     return asdict(item)
@@ -331,6 +305,10 @@ async def _new_version(
 async def edit(curated_id: str, body: CuratedEdit, request: Request) -> dict[str, Any]:
     """A new version: the question, the answer or both (admin)."""
     changes = {k: v for k, v in body.model_dump().items() if v is not None}
+    if (document_ids := changes.pop("document_ids", None)) is not None:
+        principal_of(request).require_admin()
+        item = await asyncio.to_thread(_found, request.app.state.curated, curated_id, request)
+        changes["citations"] = cite_documents(request.app.state.pipeline.get_index(item.collection), document_ids)
     if "question" in changes:  # to a question another curated answer holds: a 409
         principal_of(request).require_admin()
         store: CuratedStore = request.app.state.curated

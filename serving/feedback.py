@@ -101,7 +101,7 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
     if body.rating == "down":
         if curated:  # a person's answer goes back to a person
             why = f"thumbs-down on answer {record.id}" + (f": {body.reason}" if body.reason else "")
-            evicted = await curation.dispute(pipe, state.curated, record.collection, record.answer, why)
+            evicted = await curation.dispute(pipe, state.curated, record.collection, record.cache_ref or "", why)
         else:
             evicted, block_id = await pipe.reject_answer(
                 record.question, record.answer, record.cache_group, record.cache_scope, record.collection

@@ -7,9 +7,10 @@ import dataclasses
 import re
 from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
+from cache.semantic import normalize_question
 from rag import wire
 
 MAX_FILTER_VALUES = 1000  # each is a parameter of one SQL query
@@ -237,3 +238,49 @@ CHAT_STREAM_RESPONSES = _sse_200(
     },
     'An OpenAI chat completion, or with `"stream": true` its chunks as Server-Sent Events (text/event-stream).',
 )
+
+
+def _has_words(question: str) -> str:
+    # "???" and "   " normalise to the same empty question: pinned, it would answer them all.
+    if not normalize_question(question):
+        raise PydanticCustomError("no_words", "the question has no words - give the question customers ask")
+    return question
+
+
+class CuratedRequest(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+
+    question: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_has_words)] = Field(
+        description="The question (its rewordings get it too)."
+    )
+    answer: str = Field(min_length=1, max_length=20_000, description="The approved answer.")
+    collection: str | None = Field(
+        default=None, min_length=1, description="The server default (RAG_COLLECTION) if unset."
+    )
+    document_ids: list[str] = Field(
+        default_factory=list, max_length=20, description="Documents it cites: when one changes, it goes to review."
+    )
+
+
+class CuratedEdit(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+
+    question: Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_has_words)] | None = None
+    answer: str | None = Field(default=None, min_length=1, max_length=20_000)
+    document_ids: list[str] | None = Field(
+        default=None, max_length=20, description="Cite these documents instead (a moved or renamed one, say)."
+    )
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> CuratedEdit:
+        if self.question is None and self.answer is None and self.document_ids is None:
+            raise PydanticCustomError(
+                "nothing_to_change", "nothing to change - give the question, the answer, the document_ids, or some"
+            )
+        return self
+
+
+class FromFeedback(RequestBody):
+    model_config = ConfigDict(extra="forbid")
+
+    feedback_id: str = Field(min_length=1, max_length=100, description="A thumbs-down that came with a correction.")

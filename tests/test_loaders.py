@@ -41,6 +41,20 @@ def test_jsonl_keeps_document_ids() -> None:
     assert {d.source for d in docs} == {"policies/store-policies.jsonl"} and loaded.problems == []
 
 
+def test_jsonl_lines_without_ids_keep_theirs_when_a_line_is_added_above() -> None:
+    """Named by their text: an FAQ entry added at the top renames no other (by line number,
+    every id after it would have named another entry, and its citations with it)."""
+    lines = [b'{"question": "Do you have a showroom?", "answer": "Yes, in Leeds."}',
+             b'{"question": "Can I pay by cheque?", "answer": "No."}']  # fmt: skip
+    before = load_file(Path("faq.jsonl"), b"\n".join(lines), document_id="faq.jsonl").documents
+    added = b'{"question": "Do you sell rugs?", "answer": "Yes."}'
+    after = load_file(Path("faq.jsonl"), b"\n".join([added, *lines]), document_id="faq.jsonl").documents
+    assert [d.document_id for d in after[1:]] == [d.document_id for d in before]
+    assert before[0].document_id.startswith("faq:") and len({d.document_id for d in after}) == 3
+    twice = load_file(Path("faq.jsonl"), b"\n".join([lines[0], lines[0]]), document_id="faq.jsonl")
+    assert len(twice.documents) == 1 and "line 2 repeats the id" in twice.problems[0]
+
+
 def test_jsonl_keeps_its_good_lines_and_reports_each_bad_one_by_number() -> None:
     data = (
         b'{"id": "a", "text": "Refunds take 5 days."}\n'

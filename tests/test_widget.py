@@ -10,6 +10,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
@@ -139,6 +140,8 @@ def test_a_thumbs_down_in_the_widget_shows_on_the_admin_page_and_a_pin_there_cha
     row.get_by_label(f"Answer to pin for: {question}").fill(pinned)
     row.get_by_role("button", name="Pin").click()
     admin.locator("tr.curated", has_text=pinned).wait_for(timeout=10_000)
+    (curated,) = httpx.get(f"{site['service']}/v1/curated", timeout=10).json()["data"]
+    assert curated["citations"], curated  # the voted-down answer's documents: it goes to review when they change
     ARTIFACTS.mkdir(exist_ok=True)
     admin.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
 

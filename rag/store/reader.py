@@ -288,6 +288,21 @@ class CollectionIndex:
         ).fetchall()
         return [RetrievedChunk(*row, score=1.0) for row in rows]  # type: ignore[misc]
 
+    def chunks(self, ids: list[int]) -> dict[int, RetrievedChunk]:
+        """These chunks, by id (the ones this version holds)."""
+        marks = ",".join("?" * len(ids))
+        sql = f"SELECT id, document_id, source, title, position, text FROM chunks WHERE id IN ({marks})"
+        return {row[0]: RetrievedChunk(*row, score=1.0) for row in self._db.execute(sql, ids)}  # type: ignore[misc]
+
+    def chunks_starting(self, prefix: str, document_id: str, limit: int = 8) -> list[RetrievedChunk]:
+        """The chunks whose text starts with ``prefix``, those of ``document_id`` first."""
+        sql = (
+            "SELECT id, document_id, source, title, position, text FROM chunks WHERE substr(text, 1, ?) = ? "
+            "ORDER BY document_id != ?, id LIMIT ?"
+        )
+        rows = self._db.execute(sql, (len(prefix), prefix, document_id, limit)).fetchall()
+        return [RetrievedChunk(*row, score=1.0) for row in rows]  # type: ignore[misc]
+
     def stored_vectors(self, ids: list[int]) -> np.ndarray:
         return fetch_vectors(self._db, ids, int(self.meta["dimension"]))
 

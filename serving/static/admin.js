@@ -49,7 +49,9 @@
     target.innerHTML = svg + "</svg>";
   }
 
-  function pinForm(question, onPinned) {
+  // documentIds: what the pinned answer cites (a voted-down answer's documents), so that it goes
+  // to review when they change; none for an unanswered question.
+  function pinForm(question, onPinned, documentIds) {
     var form = el("form", null, { class: "pin" });
     var input = el("input", null, { placeholder: "The approved answer", "aria-label": "Answer to pin for: " + question });
     form.appendChild(input);
@@ -58,7 +60,8 @@
       event.preventDefault();
       if (!input.value.trim()) return;
       try {
-        await api("POST", "/v1/curated", { collection: $("collection").value, question: question, answer: input.value.trim() });
+        await api("POST", "/v1/curated", { collection: $("collection").value, question: question, answer: input.value.trim(),
+                                           document_ids: documentIds || [] });
         onPinned();
       } catch (err) { $("error").textContent = err.message; }
     });
@@ -109,7 +112,8 @@
     rows($("down"), ["Question", "Answer", "Reason / correction"], report.voted_down, function (d) {
       var tr = el("tr", null, { class: "voted-down" });
       var q = el("td", d.question);
-      q.appendChild(pinForm(d.question, load));
+      var documents = (d.citations || []).map(function (c) { return c.document_id; });
+      q.appendChild(pinForm(d.question, load, documents.filter(function (id, i) { return documents.indexOf(id) === i; })));
       tr.appendChild(q);
       var a = el("td", d.answer);
       a.appendChild(cites(d.citations));
