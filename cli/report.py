@@ -58,7 +58,7 @@ def report(
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
         return
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    typer.echo(f"{result['collection'] or 'all collections'}, {result['since']} to {result['until']}: "
+    typer.echo(f"{result['collection'] or 'all collections'}, {result['since']} to {result['last_day']}: "
                f"{result['answers']} answers, resolved {pct(result['resolution_rate'])}, abstained "
                f"{pct(result['abstention_rate'])}, cache hits {pct(result['cache_hit_rate'])}")  # fmt: skip
     typer.echo(f"{'day':<12}{'answers':>8}{'resolved':>10}{'abstained':>10}{'hits':>8}{'p50 ms':>9}{'p95 ms':>9}")

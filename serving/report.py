@@ -147,7 +147,8 @@ def build_report(store: SupportStore, embedder: Any, collection: str | None, sin
         return round(sum(d[rate] * d["answers"] for d in days) / total, 4) if total else None
 
     return {
-        "collection": collection, "since": _day(since), "until": _day(until), "answers": total,
+        "collection": collection, "since": _day(since), "until": _day(until),
+        "last_day": _day(until - 1e-3), "answers": total,  # until is the day after the last, or now
         "resolution_rate": overall("resolution_rate"), "abstention_rate": overall("abstention_rate"),
         "cache_hit_rate": overall("cache_hit_rate"), "days": days,
         "unanswered": unanswered(store, embedder, collection, since, until),

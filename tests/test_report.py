@@ -76,6 +76,9 @@ def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(t
     assert result.exit_code == 0, result.output
     assert json.loads((out / "report.json").read_text())["answers"] == 16
     assert (out / "report-rates.png").stat().st_size > 1000 and (out / "report-latency.png").stat().st_size > 1000
+    week = ["report", "--data-dir", str(tmp_path), "--since", "2026-12-01", "--until", "2026-12-08"]
+    result = CliRunner().invoke(cli_app, week)  # --until is the day after the last
+    assert result.exit_code == 0 and "2026-12-01 to 2026-12-07:" in result.output, result.output
     backwards = ["report", "--data-dir", str(tmp_path), "--since", "2026-12-07", "--until", "2026-12-06"]
     result = CliRunner().invoke(cli_app, backwards)
     assert result.exit_code == 1 and "no days from 2026-12-07" in result.output, result.output

@@ -174,7 +174,9 @@ def test_widget_reads_events_whose_line_ends_are_split_across_reads(site: dict[s
 
     from .servers import running_server
 
-    done = {"answer": "Gift cards never expire.", "citations": [], "answer_id": "a" * 32, "needs_human": None}
+    cited = {"id": 1, "document_id": "cards/gift cards.txt", "source": "cards/gift cards.txt", "title": "Gift cards",
+             "text": "Gift cards never expire.", "score": 1.0}  # fmt: skip
+    done = {"answer": "Gift cards never expire.", "citations": [cited], "answer_id": "a" * 32, "needs_human": None}
     app = FastAPI()
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
 
@@ -194,6 +196,8 @@ def test_widget_reads_events_whose_line_ends_are_split_across_reads(site: dict[s
         _ask(page, "Do gift cards expire?")
         page.locator(".rag-bot", has_text="Gift cards never expire.").wait_for(timeout=15_000)
         assert page.locator(".rag-error").count() == 0
+        link = page.locator(".rag-bot a", has_text="Gift cards").first  # a folder stays a folder in the link
+        assert link.get_attribute("href") == "https://help.example.com/cards/gift%20cards.txt"
         page.close()
 
 

@@ -107,7 +107,7 @@
       if (seen[c.document_id]) return;
       seen[c.document_id] = true;
       var a = el("a", null, c.title || c.document_id);
-      var href = /^https?:\/\//.test(c.document_id) ? c.document_id : linkBase ? linkBase + encodeURIComponent(c.document_id) : "#";
+      var href = /^https?:\/\//.test(c.document_id) ? c.document_id : linkBase ? linkBase + c.document_id.split("/").map(encodeURIComponent).join("/") : "#";
       a.href = href;
       a.target = "_blank";
       a.rel = "noopener";
