@@ -247,7 +247,7 @@ class Settings(BaseSettings):
     """Keep each answer (question, answer, citations, cache status, latency) in the support store (`support.sqlite`, or PostgreSQL with RAG_DATABASE_URL) so `POST /v1/feedback` can refer to it; false keeps none, and feedback finds nothing (404)."""
 
     handoff_webhook_url: str | None = None
-    """POST here each answer that needs a person (an abstention, a guard-replaced answer, a thumbs-down): question, answer, conversation and reason, from the background, retried with backoff for up to a day, from an outbox in the support store (a restart loses none). Unset: the `needs_human` field only."""
+    """POST here each answer that needs a person (an abstention, a guard-replaced answer, a thumbs-down, with its reason and correction): question, answer, conversation and reason, from the background, retried with backoff for up to a day, from an outbox in the support store (a restart loses none). Unset: the `needs_human` field only."""
 
     index_poll_s: float = Field(default=1.0, ge=0.05, le=60.0)
     """How often a server checks each collection's `CURRENT` for a version published by an ingest run (here or on a shared volume); a new one is loaded beside the one serving and swapped in."""

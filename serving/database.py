@@ -98,6 +98,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX handoffs_waiting ON handoffs (lease_until) WHERE given_up IS NULL;
         """,
     ),
+    (
+        6,
+        """
+        CREATE TABLE answer_history (answer_id TEXT PRIMARY KEY, turns TEXT NOT NULL);
+        """,
+    ),
 ]
 
 

@@ -41,7 +41,7 @@ def keep(state: Any, answer: Answer, question: str, key_id: str | None, conversa
     """Keep ``answer`` for feedback (unless RAG_ANSWER_LOG is off) and hand it over if it needs
     a person: every answer the service gives, a route's or a job's (``state``: the app's)."""
     if state.settings.answer_log:
-        state.support.record(AnswerRecord.of(answer, question, key_id))
+        state.support.record(AnswerRecord.of(answer, question, key_id, conversation))
     reason = answer.handoff_reason()
     if reason is not None:
         state.handoff.notify(
@@ -108,10 +108,11 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
             )
         needs_human = "thumbs_down"
         if not await asyncio.to_thread(state.support.voted_down, record.id):  # a person was told the first time
-            conversation = [turn.model_dump() for turn in body.conversation]
-            state.handoff.notify(
-                _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
-            )
+            conversation = [turn.model_dump() for turn in body.conversation] or await asyncio.to_thread(
+                state.support.conversation, record.id
+            )  # the vote's own, else the one the answer was given in
+            event = _handoff(record.id, needs_human, record.collection, record.question, record.answer, conversation)
+            state.handoff.notify({**event, "feedback": {"reason": body.reason, "correction": body.correction}})
     entry = Feedback(
         record.id, record.collection, body.rating, body.reason, body.correction, principal.key_id,
         evicted=evicted, block_id=block_id,

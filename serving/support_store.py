@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS curated_audit (
 );
 CREATE INDEX IF NOT EXISTS curated_audit_of ON curated_audit (curated_id, at);
 CREATE TABLE IF NOT EXISTS hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
+-- The conversation before an answer (its history), for the handoff of a later thumbs-down.
+CREATE TABLE IF NOT EXISTS answer_history (answer_id TEXT PRIMARY KEY, turns TEXT NOT NULL);
 -- The handoffs not delivered yet (serving/handoff.py's Outbox); a delivered one is deleted.
 CREATE TABLE IF NOT EXISTS handoffs (
     id TEXT PRIMARY KEY, created_at REAL NOT NULL, payload TEXT NOT NULL, owner TEXT,
@@ -92,20 +94,27 @@ class AnswerRecord:
     latency_ms: float
     needs_human: str | None
     citations: list[dict[str, Any]]
+    conversation: list[dict[str, str]] = field(default_factory=list)  # kept beside (answer_history)
 
     @classmethod
-    def of(cls, answer: Answer, question: str, key_id: str | None) -> AnswerRecord:
+    def of(
+        cls, answer: Answer, question: str, key_id: str | None, conversation: list[dict[str, str]] | None = None
+    ) -> AnswerRecord:
         return cls(
             answer.answer_id, time.time(), answer.collection, key_id, question, answer.answer, answer.answer_kind,
             answer.cache.kind, answer.cache.similarity, answer.cache_ref, answer.cache_scope, answer.cache_group(),
             float(answer.timings_ms.get("total", 0.0)), answer.handoff_reason(),
-            [asdict(c) for c in answer.citations],
+            [asdict(c) for c in answer.citations], conversation or [],
         )  # fmt: skip
 
     def row(self) -> tuple[Any, ...]:
         values = asdict(self)
         values["citations"] = json.dumps(self.citations, ensure_ascii=False)
+        del values["conversation"]
         return tuple(values.values())
+
+    def history_row(self) -> tuple[Any, ...] | None:
+        return (self.id, json.dumps(self.conversation, ensure_ascii=False)) if self.conversation else None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> AnswerRecord:
@@ -235,19 +244,31 @@ class SupportStore:
         one row at a time: a row it will never take is logged and given up, so that it cannot
         hold back every answer after it. Any other failure (away, read-only, a migration not
         run yet) keeps them all for the next try."""
-        sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
         try:
-            self.sql.write(sql, [r.row() for r in self._unwritten])
+            self._write(self._unwritten)
         except _ROW_ERRORS:
             for done, record in enumerate(list(self._unwritten)):
                 try:
-                    self.sql.write(sql, [record.row()])
+                    self._write([record])
                 except _ROW_ERRORS:
                     log.exception("support store: answer %s cannot be written, given up", record.id)
                 except Exception:
                     del self._unwritten[:done]  # the rest wait for the next try
                     raise
         self._unwritten.clear()
+
+    def _write(self, records: list[AnswerRecord]) -> None:
+        sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
+        self.sql.write(sql, [r.row() for r in records])
+        if histories := [row for r in records if (row := r.history_row()) is not None]:
+            self.sql.write(
+                "INSERT INTO answer_history (answer_id, turns) VALUES (?, ?) ON CONFLICT DO NOTHING", histories
+            )
+
+    def conversation(self, answer_id: str) -> list[dict[str, str]]:
+        """The conversation before the answer (its history), as the route was given it."""
+        rows = self.sql.query("SELECT turns FROM answer_history WHERE answer_id = ?", (answer_id,))
+        return list(json.loads(rows[0][0])) if rows else []
 
     def _write_loop(self) -> None:
         while not self._closing.wait(self._flush_s):

@@ -181,16 +181,17 @@ def test_answers_that_need_a_person_say_so_and_reach_the_webhook(
     ingest([EXAMPLES], "default", settings, embedder, progress=False)
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
         unknown = "What is the airspeed velocity of an unladen swallow?"
+        before = [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi, how can I help?"}]
         chat = httpx.post(
             f"{url}/v1/chat/completions",
-            json={"model": "default", "messages": [{"role": "user", "content": unknown}]},
+            json={"model": "default", "messages": [*before, {"role": "user", "content": unknown}]},
             timeout=60,
         )
         assert chat.status_code == 200, chat.text
         assert chat.headers["X-RAG-Needs-Human"] == "no_answer" and chat.json()["rag"]["needs_human"] == "no_answer"
         good = ask(url, QUESTION)
         assert good["needs_human"] is None
-        thumbs = rate(url, chat.json()["id"], "down", conversation=[{"role": "user", "content": unknown}])
+        thumbs = rate(url, chat.json()["id"], "down", reason="I asked about birds", correction="About 11 m/s.")
         assert thumbs.status_code == 200, thumbs.text  # the completion id is the answer id
         deadline = time.monotonic() + 10
         while len(hook.received) < 2:  # the first POST got a 503 and was retried
@@ -204,7 +205,10 @@ def test_answers_that_need_a_person_say_so_and_reach_the_webhook(
     assert len(hook.received) == 2 and set(by_reason) == {"no_answer", "thumbs_down"}, hook.received
     assert {event["answer_id"] for event in hook.received} == {answer_id}
     assert by_reason["no_answer"]["question"] == unknown
-    assert by_reason["thumbs_down"]["conversation"][0]["content"] == unknown
+    assert by_reason["no_answer"]["conversation"] == before
+    # The vote sent no conversation: the one the answer was given in goes, with the vote's words.
+    assert by_reason["thumbs_down"]["conversation"] == before
+    assert by_reason["thumbs_down"]["feedback"] == {"reason": "I asked about birds", "correction": "About 11 m/s."}
 
 
 async def test_a_handoff_the_help_desk_keeps_refusing_holds_up_no_other() -> None:
