@@ -57,6 +57,12 @@ def ingest(
     finally:
         if stages is not None:
             stages.close()
+    if report.rechunked:
+        typer.secho(
+            f"{report.rechunked}: every file under the paths given was chunked again "
+            "(files ingested from other paths keep their chunks until they are ingested again)",
+            fg=typer.colors.YELLOW, err=True,
+        )  # fmt: skip
     for source, reason in report.failed:
         typer.secho(f"skipped {source}: {reason}", fg=typer.colors.YELLOW, err=True)
     for source, reason in report.skipped_lines:

@@ -47,6 +47,8 @@ class IngestReport:
     embed_seconds: float = 0.0
     version: str | None = None
     index_type: str = "flat"
+    rechunked: str | None = None
+    """Why every file was read again (the chunk settings changed since the last run), if so."""
 
     @property
     def changed(self) -> bool:
@@ -103,8 +105,9 @@ def ingest(
 
         known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
         chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
-        read_started = time.perf_counter()
-        pending, seen = _read(roots, known, chunker, report, progress, stages)
+        report.rechunked = _chunking_changed(meta, settings)
+        read_started = time.perf_counter()  # new chunk settings: no file is unchanged
+        pending, seen = _read(roots, {} if report.rechunked else known, chunker, report, progress, stages)
         report.read_seconds = time.perf_counter() - read_started
 
         to_remove = [s for s, _, _, _ in pending if s in known]
@@ -144,6 +147,15 @@ def ingest(
     if not report.indexed and not report.unchanged and not report.removed:
         raise IngestError(_nothing_indexed_message(report))
     return report
+
+
+def _chunking_changed(meta: dict[str, Any], settings: Settings) -> str | None:
+    """What changed, if the chunk settings differ from the last run's (its meta)."""
+    before = (meta.get("chunk_size"), meta.get("chunk_overlap"))
+    now = (settings.chunk_size, settings.chunk_overlap)
+    if before[0] is None or before == now:
+        return None
+    return f"chunk size/overlap {before[0]}/{before[1]} -> {now[0]}/{now[1]}"
 
 
 def _existing_roots(paths: list[Path], report: IngestReport) -> list[Path]:

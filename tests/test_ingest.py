@@ -82,6 +82,20 @@ def _faiss_ids(index: CollectionIndex) -> list[int]:
     return list(faiss.vector_to_array(index._index.id_map))
 
 
+def test_new_chunk_settings_chunk_every_file_again(corpus: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    """A file is unchanged only under the same chunk settings: with others, every file is read
+    again (the run says so), so one collection is never chunked two ways."""
+    first = ingest([corpus], "default", settings, embedder, progress=False)
+    small = settings.model_copy(update={"chunk_size": 300, "chunk_overlap": 50})
+    again = ingest([corpus], "default", small, embedder, progress=False)
+    assert again.rechunked == f"chunk size/overlap {settings.chunk_size}/{settings.chunk_overlap} -> 300/50"
+    assert len(again.indexed) == len(first.indexed) and not again.unchanged
+    assert again.chunks_total > first.chunks_total and again.chunks_removed == first.chunks_total
+    assert all(len(c.text) <= 300 + 100 for c in _index(small, embedder).document_chunks("returns-and-refunds.md", 99))
+    third = ingest([corpus], "default", small, embedder, progress=False)
+    assert third.rechunked is None and len(third.unchanged) == len(first.indexed) and not third.indexed
+
+
 def test_no_prune_keeps_deleted_files_and_other_roots_are_untouched(
     tmp_path: Path, settings: Settings, embedder
 ) -> None:  # type: ignore[no-untyped-def]
