@@ -18,6 +18,7 @@ An entry is a dict: ``question``, ``vector`` (float32 bytes), ``payload``, ``cre
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import sqlite3
@@ -36,8 +37,24 @@ log = logging.getLogger("rag.cache")
 
 
 class StoreUnavailable(Exception):
-    """The store cannot be reached now (a Redis that is down or restarting): the cache
-    treats the lookup as a miss and the write as skipped, and tries again later."""
+    """The store cannot be reached now (a Redis that is down or restarting; a local disk that
+    is full, read-only or locked): the cache treats the lookup as a miss and the write as
+    skipped, and tries again later."""
+
+
+def _local(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A diskcache call that cannot write or read now (SQLite's OperationalError, or an
+    OSError: the disk is full or read-only, the file is locked) as :class:`StoreUnavailable`: misses and
+    skipped writes, as for a Redis that is away, never a 500 for every question."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (sqlite3.OperationalError, OSError) as exc:  # OSError: a large value's own file
+            raise StoreUnavailable(f"the response cache on local disk: {exc}") from exc
+
+    return call
 
 
 class Counters(Protocol):
@@ -64,6 +81,12 @@ block; sequence numbers and per-entry boundaries go with the entries."""
 class LocalCounters(diskcache.Cache):  # type: ignore[misc]
     """diskcache as :class:`Counters`: its transaction is one SQLite write lock, across processes."""
 
+    get = _local(diskcache.Cache.get)
+    set = _local(diskcache.Cache.set)
+    incr = _local(diskcache.Cache.incr)
+    delete = _local(diskcache.Cache.delete)
+
+    @_local
     def update(self, key: str, change: Callable[[Any], Any], default: Any = None) -> Any:
         with self.transact():
             value = change(self.get(key, default))
@@ -136,6 +159,11 @@ class LocalStore:
         directory = Path(directory)
         try:
             self._open(directory, size_limit_bytes)
+        except sqlite3.OperationalError as exc:  # a full or read-only disk: the files are sound
+            raise StoreUnavailable(
+                f"cannot open the response cache at {directory} ({exc}) - free disk space, or make "
+                "RAG_DATA_DIR writable"
+            ) from exc
         except sqlite3.DatabaseError as exc:
             # A corrupted cache costs answers already paid for, never the service: set the
             # files aside (for a post-mortem) and start empty.
@@ -153,11 +181,13 @@ class LocalStore:
         self.counters: Counters = LocalCounters(str(directory / "counters"), eviction_policy="none")
         self.counters.get("epoch")  # reads the database: a corrupted file fails here, not later
 
+    @_local
     def find_exact(self, skey: str, normalized: str) -> tuple[int, dict[str, Any]] | None:
         seq = self._store.get(f"x:{skey}:{normalized}")
         entry = self._store.get(f"e:{skey}:{seq}") if seq is not None else None
         return None if entry is None else (int(seq), entry)
 
+    @_local
     def near(self, skey: str, query: np.ndarray, k: int, floor: float) -> list[tuple[int, dict[str, Any]]] | None:
         found: list[tuple[int, dict[str, Any]]] = []
         for _ in range(4):  # entries gone since this process indexed them leave its index, then search again
@@ -181,6 +211,7 @@ class LocalStore:
                 sindex.index.remove_ids(np.asarray(gone, dtype=np.int64))  # type: ignore[arg-type]  # faiss takes ids too
         return found
 
+    @_local
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
         ttl_s = None if ttl_s is not None and ttl_s < 0 else ttl_s  # < 0: kept until removed
         seq = int(self.counters.incr(f"seq:{skey}"))
@@ -188,6 +219,7 @@ class LocalStore:
         self._store.set(f"x:{skey}:{normalized}", seq, expire=ttl_s)
         return seq
 
+    @_local
     def remove(self, skey: str, seq: int) -> bool:
         return bool(self._store.delete(f"e:{skey}:{seq}"))  # the search skips a missing entry
 
@@ -223,12 +255,14 @@ class LocalStore:
                 if entry is not None:
                     yield str(key), entry
 
+    @_local
     def count_by_tag(self) -> dict[str, int]:
         by_tag: dict[str, int] = {}
         for _, entry in self._entries():
             by_tag[str(entry.get("tag"))] = by_tag.get(str(entry.get("tag")), 0) + 1
         return by_tag
 
+    @_local
     def clear(self, tag: str | None = None) -> int:
         with self._lock:
             if tag is None:
@@ -249,6 +283,7 @@ class LocalStore:
                 self._store.delete(key)
             return len(doomed)
 
+    @_local
     def volume(self) -> int:
         return int(self._store.volume())
 

@@ -46,6 +46,13 @@ def serve(
         run_or_fail(
             lambda: check_loads(settings.llamacpp_model, settings.data_dir / "checks", models_dir=settings.models_dir)
         )
+    if settings.cache_enabled and not settings.redis_url:  # a full or read-only disk: one line, not a traceback
+        from cache.stores import LocalStore, StoreUnavailable
+
+        try:
+            LocalStore(settings.cache_dir, 1).close()
+        except StoreUnavailable as exc:
+            fail(str(exc))
     store = run_or_fail(lambda: open_key_store(settings))
     bind, message = bind_address(settings.host, run_or_fail(store.active), run_or_fail(store.created))
     store.close()

@@ -105,6 +105,56 @@ def test_a_corrupted_cache_file_is_set_aside_and_the_cache_starts_empty(tmp_path
     assert len(list(tmp_path.glob("cache.corrupt-*"))) == 1
 
 
+FULL_DISK_CHILD = """
+import json, resource, signal, sys
+from pathlib import Path
+import numpy as np
+from cache import SemanticCache
+from cache.stores import LocalStore, StoreUnavailable
+
+root = Path(sys.argv[1])
+cache = SemanticCache(root / "cache", dimension=4)
+vector = np.ones(4, dtype=np.float32) / 2
+cache.put("s", "Do gift cards expire?", vector, {"answer": "never"})
+# The disk is full: no file may grow (SIGXFSZ ignored, so a write fails as on a full disk).
+biggest = max(p.stat().st_size for p in root.rglob("*") if p.is_file())
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (biggest, biggest))
+out = {"hit": None, "stored": None, "reopen": None}
+hit = cache.get_exact("s", "Do gift cards expire?")  # a miss or the hit; never an exception
+out["hit"] = None if hit is None else hit.payload["answer"]
+cache.put("s", "Can I pay by cheque?", vector, {"answer": "x" * 100_000})  # skipped, never an exception
+out["stored"] = cache.lookups["store_errors"]
+try:
+    LocalStore(root / "cache", 4, size_limit_bytes=2**20)
+    out["reopen"] = "opened"
+except StoreUnavailable as exc:
+    out["reopen"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_a_full_disk_makes_misses_and_skipped_writes_and_never_sets_the_cache_aside(tmp_path: Path) -> None:
+    """Real diskcache on a disk that cannot grow (RLIMIT_FSIZE in a child process: writes fail
+    as on a full disk): lookups are misses (or hits), writes are skipped and counted, nothing
+    raises (every question was a 500), and opening it again is a clear error that leaves the
+    files where they are (they were moved aside as "corrupt", blocks and evidence with them)."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["hit"] in (None, "never") and out["stored"] >= 1, out
+    assert out["reopen"] == "opened" or "free disk space" in out["reopen"], out
+    assert not list(tmp_path.glob("cache.corrupt-*")) and (tmp_path / "cache" / "entries").exists()
+
+
 def _unit(*parts: float) -> np.ndarray:
     v = np.zeros(384, dtype=np.float32)
     v[: len(parts)] = parts
