@@ -132,13 +132,12 @@ class CuratedStore:
         return self.checked(fresh, index) if fresh is not None and fresh.status == "active" else None
 
 
-async def dispute(pipe: Pipeline, store: CuratedStore, collection: str, served: str, why: str) -> int:
+async def dispute(store: CuratedStore, collection: str, served: str, why: str) -> list[Curated]:
     """A thumbs-down on a curated answer: a customer disputes what a person approved, so it goes
     back to a person. The curated answer that was served (``served``: its cache group,
-    ``curated:ID``) is flagged ``needs_review`` (audited as ``flag``) and stops being served
-    until an admin approves or edits it; others giving the same text stay. Returns the cache
-    entries removed."""
-    removed = 0
+    ``curated:ID``) is flagged ``needs_review`` (audited as ``flag``); others giving the same
+    text stay. Returns the ones flagged, for the caller to take out of the cache."""
+    flagged = []
     for item in await asyncio.to_thread(store.items, collection, "active"):
         if group_of(item.id) == served:
             done = await asyncio.to_thread(
@@ -146,8 +145,8 @@ async def dispute(pipe: Pipeline, store: CuratedStore, collection: str, served: 
             )
             if done is not None:
                 log.warning("curated answer %s needs review: %s", item.id, why)
-                removed += await pipe.uncurate(item.collection, item.question, item.id)
-    return removed
+                flagged.append(done)
+    return flagged
 
 
 def _load(text: str | None) -> Any:

@@ -13,11 +13,16 @@ collection (the tenant a key is scoped to).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from cache.stores import StoreUnavailable
 from rag.curated import CURATED
 from rag.errors import NotFoundError
 from rag.pipeline import Pipeline
@@ -28,6 +33,7 @@ from .principals import principal_of
 from .schemas import FeedbackRequest, FeedbackResponse
 from .support_store import AnswerRecord, Feedback, SupportStore
 
+log = logging.getLogger("rag.serving")
 router = APIRouter()
 _ANOTHER_REPLICA_S = 1.0  # an answer another replica gave is written within its 0.2 s flush
 
@@ -83,6 +89,43 @@ async def _judge_hit(pipe: Pipeline, support: SupportStore, record: AnswerRecord
         )
 
 
+Evict = Callable[[], Awaitable[tuple[int, str | None]]]
+
+
+def _uncurate(pipe: Pipeline, flagged: list[curation.Curated]) -> Evict:
+    async def evict() -> tuple[int, str | None]:
+        return sum([await pipe.uncurate(c.collection, c.question, c.id) for c in flagged]), None
+
+    return evict
+
+
+async def _evict(state: Any, evict: Evict, answer_id: str) -> tuple[int, str | None]:
+    """A thumbs-down's eviction and block: (entries evicted, the block's id). While the cache's
+    store is away (Redis down, a full disk) the vote is kept and handed over all the same, and
+    the eviction is tried again in the background (for 10 minutes, at most 30 s apart)."""
+    try:
+        return await evict()
+    except StoreUnavailable as exc:
+        log.warning("thumbs-down on answer %s: the cache's store is away (%s); evicting it later", answer_id, exc)
+
+    async def later() -> None:
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(600), wait=wait_exponential(multiplier=0.5, max=30),
+                retry=retry_if_exception_type(StoreUnavailable), reraise=True,
+            ):  # fmt: skip
+                with attempt:
+                    await evict()
+            log.info("thumbs-down on answer %s: evicted now that the cache's store is back", answer_id)
+        except Exception:
+            log.exception("thumbs-down on answer %s: not evicted from the cache", answer_id)
+
+    task = asyncio.get_running_loop().create_task(later())
+    state.evictions.add(task)
+    task.add_done_callback(state.evictions.discard)
+    return 0, None
+
+
 @router.post("/v1/feedback", response_model=FeedbackResponse)
 async def feedback(body: FeedbackRequest, request: Request) -> Any:
     """A thumbs-up or -down on an answer, with an optional reason and corrected answer."""
@@ -101,11 +144,14 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
     if body.rating == "down":
         if curated:  # a person's answer goes back to a person
             why = f"thumbs-down on answer {record.id}" + (f": {body.reason}" if body.reason else "")
-            evicted = await curation.dispute(pipe, state.curated, record.collection, record.cache_ref or "", why)
+            flagged = await curation.dispute(state.curated, record.collection, record.cache_ref or "", why)
+            evict = _uncurate(pipe, flagged)
         else:
-            evicted, block_id = await pipe.reject_answer(
-                record.question, record.answer, record.cache_group, record.cache_scope, record.collection
-            )
+            evict = partial(
+                pipe.reject_answer,
+                record.question, record.answer, record.cache_group, record.cache_scope, record.collection,
+            )  # fmt: skip
+        evicted, block_id = await _evict(state, evict, record.id)
         needs_human = "thumbs_down"
         if not await asyncio.to_thread(state.support.voted_down, record.id):  # a person was told the first time
             conversation = [turn.model_dump() for turn in body.conversation] or await asyncio.to_thread(

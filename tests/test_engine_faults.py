@@ -52,10 +52,19 @@ def test_with_redis_away_answers_keep_coming_as_misses_and_the_cache_comes_back(
             assert 'rag_engine_up{engine="redis"} 0.0' in httpx.get(f"{url}/metrics", headers=key, timeout=10).text
             stats = httpx.get(f"{url}/v1/cache/stats", headers=key, timeout=10)
             assert stats.status_code == 503 and stats.json()["error"]["code"] == "cache_store_unavailable"
+            # A thumbs-down meanwhile is kept and handed over; its eviction waits for Redis.
+            cards = httpx.post(f"{url}/v1/query", json={"question": "Do gift cards expire?"}, headers=key, timeout=60)
+            vote = {"answer_id": cards.json()["answer_id"], "rating": "down", "reason": "They did expire"}
+            down = httpx.post(f"{url}/v1/feedback", json=vote, headers=key, timeout=30)
+            assert down.status_code == 200 and down.json()["needs_human"] == "thumbs_down", down.text
             engine.start()  # restarted empty
             time.sleep(1.1)
             assert _ask(url, key).json()["cache"]["hit"] is False
             assert _ask(url, key).json()["cache"]["kind"] == "exact"  # the cache works again by itself
+            deadline = time.monotonic() + 30
+            while not httpx.get(f"{url}/v1/cache/blocks", headers=key, timeout=10).json()["data"]:
+                assert time.monotonic() < deadline, "the thumbs-down's block never reached Redis"
+                time.sleep(0.5)
             stats = httpx.get(f"{url}/v1/cache/stats", headers=key, timeout=10)
             assert stats.status_code == 200 and stats.json()["entries"] == 1
     finally:
