@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from rag.errors import BackendUnavailableError
+from rag.errors import AuthenticationError, BackendUnavailableError
 from rag.pipeline import Pipeline
 from rag.store import list_collections
 
@@ -31,7 +31,7 @@ async def readyz(request: Request) -> Any:
     """Ready to answer: every collection that has been ingested loads, and the backend is up.
 
     Each collection is reported with its index version and size (or why it does not load);
-    with API keys configured, strangers see counts, not collection names."""
+    with API keys configured, only an admin key sees them: others see counts, not names."""
     settings = request.app.state.settings
     pipe: Pipeline = request.app.state.pipeline
     names = list_collections(settings.collections_dir)
@@ -56,7 +56,7 @@ async def readyz(request: Request) -> Any:
                 version, why = pipe.swap_errors[name]
                 collections[name]["newer_version_error"] = f"{version.name}: {why}"
     broken = {n: c["message"] for n, c in collections.items() if c["status"] != "ready"}
-    public = request.app.state.authenticator.enabled()  # public route: no collection names to strangers
+    public = await _stranger(request)  # public route: no collection names to strangers
     if broken:
         detail = "; ".join(f"{n}: {m}" for n, m in broken.items()) if not public else f"{len(broken)} collection(s)"
         return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready")
@@ -84,6 +84,22 @@ async def readyz(request: Request) -> Any:
         body["collections"] = collections
         body["default_collection"] = settings.collection if settings.collection in collections else None
     return body
+
+
+async def _stranger(request: Request) -> bool:
+    """Whether the caller may not see names and versions: keys are configured and it sent no
+    admin key (an operator's probe sends one, and then sees every collection's state)."""
+    authenticator = request.app.state.authenticator
+    header = request.headers.get("authorization")
+    if not authenticator.enabled():
+        return False
+    if not header:
+        return True
+    await authenticator.refresh(header)
+    try:
+        return not authenticator.authenticate(header).admin
+    except AuthenticationError:
+        return True
 
 
 def engine_states(request: Request) -> dict[str, str]:

@@ -93,6 +93,20 @@ def test_without_a_key_only_health_and_the_widget_answer(service: str) -> None:
         assert_error(ask(http, "alpha"), 401, "invalid_api_key")
 
 
+def test_readyz_shows_collection_names_and_versions_to_an_admin_key_only(
+    service: str, tenants: dict[str, Any]
+) -> None:
+    keys = tenants["keys"]
+    for key in (keys["a"], "rk_00000000_not-a-real-key"):
+        with client(service, key) as http:
+            ready = http.get("/readyz").json()
+            assert ready["status"] == "ready" and "collections" not in ready and ready["collection_count"] >= 2
+    with client(service, keys["admin"]) as http:  # an operator's probe sees what serves
+        ready = http.get("/readyz").json()
+        assert {"alpha", "beta"} <= set(ready["collections"]), ready
+        assert all(c["index_version"] for c in ready["collections"].values())
+
+
 def test_a_key_reaches_only_its_collections(service: str, tenants: dict[str, Any]) -> None:
     keys = tenants["keys"]
     with client(service, keys["a"]) as http:
