@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import ValidationError
 
 from rag.errors import CollectionNotFoundError, RagError
 from rag.settings import Settings
@@ -23,16 +24,50 @@ DataDir = Annotated[
 ]
 Collection = Annotated[Optional[str], typer.Option("--collection", "-c", help="Collection name [env RAG_COLLECTION].")]
 Backend = Annotated[
-    Optional[str], typer.Option("--backend", "-b", help="Generator backend: llamacpp, extractive [env RAG_BACKEND].")
+    Optional[str],
+    typer.Option(
+        "--backend",
+        "-b",
+        help="Generator backend: extractive (the default), llamacpp, vllm, vllm-engine, instant [env RAG_BACKEND].",
+    ),
 ]
 
 
 def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:
-        fail(f"invalid settings: {exc}")
+    except ValidationError as exc:
+        fail("invalid settings: " + "; ".join(settings_problem(e) for e in exc.errors()))
         raise
+    except ValueError as exc:  # a value no field's check reached: an environment variable that is no JSON
+        field = str(exc).split('field "', 1)[-1].split('"', 1)[0] if 'field "' in str(exc) else None
+        where = f"RAG_{field.upper()} cannot be parsed" if field else str(exc)
+        fail(
+            f"invalid settings: {where} - a list or a mapping is JSON, e.g. RAG_CORS_ORIGINS='[\"https://example.com\"]'"
+        )
+        raise
+
+
+def settings_problem(error: Any) -> str:
+    """One line per bad setting, named as it is set (RAG_NAME), saying what it takes."""
+    name = str(error["loc"][0]) if error.get("loc") else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    given = error.get("input")
+    plain = isinstance(given, str | int | float) and given != "" and repr(given) not in message
+    shown = f" (got {given!r})" if plain and not name.endswith("_url") else ""  # a URL may hold a password
+    return f"RAG_{name.upper()}: {message}{shown}"
+
+
+def require_collection(settings: Settings, collection: str | None) -> None:
+    """A collection named on the command line that is not ingested here: one line, with the
+    ones that are."""
+    from rag.store import check_collection_name, list_collections
+
+    known = list_collections(settings.collections_dir)
+    if collection is not None and run_or_fail(lambda: check_collection_name(collection)) not in known:
+        fail(
+            f"no collection {collection!r} in {settings.data_dir} - the collections there: {', '.join(known) or 'none'}"
+        )
 
 
 def fail(message: str, code: int = 1) -> None:

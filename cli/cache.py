@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .app import Collection, DataDir, fail, load_settings, run_or_fail
+from .app import Collection, DataDir, fail, load_settings, require_collection, run_or_fail
 
 cache_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Look at or empty the response cache.")
 
@@ -103,17 +103,12 @@ def cache_clear(collection: Collection = None, data_dir: DataDir = None) -> None
     `DELETE /v1/cache` does)."""
     import asyncio
 
-    from rag.store import check_collection_name, list_collections
     from serving.curation import sync_curated
 
     from .curated import curated_service
 
     settings = load_settings(data_dir=data_dir)
-    known = list_collections(settings.collections_dir)
-    if collection is not None and run_or_fail(lambda: check_collection_name(collection)) not in known:
-        fail(
-            f"no collection {collection!r} in {settings.data_dir} - the collections there: {', '.join(known) or 'none'}"
-        )
+    require_collection(settings, collection)
 
     async def run() -> tuple[int, int]:
         async with curated_service(settings) as (pipe, store):

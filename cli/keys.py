@@ -28,6 +28,14 @@ def keys_create(
     store = open_key_store(settings)
     key, info = run_or_fail(lambda: store.create(wanted, admin=admin, name=name))
     store.close()
+    from rag.store import list_collections
+
+    if missing := [c for c in wanted if c != "*" and c not in list_collections(settings.collections_dir)]:
+        typer.secho(
+            f"warning: no collection {', '.join(map(repr, missing))} here yet (a typo?); the key reaches it once "
+            f"it is ingested. Collections: {', '.join(list_collections(settings.collections_dir)) or 'none'}",
+            fg=typer.colors.YELLOW, err=True,
+        )  # fmt: skip
     scope = "admin, every collection" if info.admin else "collections: " + ", ".join(info.collections)
     typer.secho(f"key {info.id} ({scope}); shown only now, store it safely:", err=True)
     typer.echo(key)
@@ -39,7 +47,7 @@ def keys_list(data_dir: DataDir = None) -> None:
     from serving.keys import open_key_store
 
     store = open_key_store(load_settings(data_dir=data_dir))
-    for info in store.list():
+    for info in run_or_fail(store.list):
         state = "revoked" if info.revoked_at else "active"
         kind = "admin" if info.admin else ",".join(info.collections)
         typer.echo(f"{info.id}\t{state}\t{kind}\t{info.name or ''}")
@@ -54,7 +62,7 @@ def keys_revoke(
     from serving.keys import open_key_store
 
     store = open_key_store(load_settings(data_dir=data_dir))
-    revoked = store.revoke(key_id)
+    revoked = run_or_fail(lambda: store.revoke(key_id))
     store.close()
     if not revoked:
         fail(f"no active key {key_id!r} - see `rag keys list`")

@@ -217,6 +217,22 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{value!r} is not a Redis URL: write it like redis://HOST:6379/0 (rediss:// for TLS)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: str | None) -> str | None:
+        if value is not None and value.split("://", 1)[0] not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"{value.split('@')[-1]!r} is not a PostgreSQL URL: write it like postgresql://USER:PASSWORD@HOST:5432/DB"
+            )
+        return value
+
     cache_max_wrong_rate: str = "0.01"
     """Largest share of near-duplicate hits allowed to serve a wrong answer: one rate, or a
     default and rates per collection ("0.01,billing=0.002"). `rag cache calibrate` chooses

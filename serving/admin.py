@@ -41,6 +41,14 @@ async def cache_stats(request: Request) -> dict[str, Any]:
     return await asyncio.to_thread(_cache(request).stats)  # type: ignore[no-any-return]
 
 
+def _require_known(request: Request, collection: str) -> None:
+    """A collection this caller reads and that is ingested: a bad name is a 400, an unknown one a 404."""
+    principal_of(request).require_collection(check_collection_name(collection))
+    settings = request.app.state.settings
+    if collection not in list_collections(settings.collections_dir):
+        raise CollectionNotFoundError(collection, settings.data_dir)
+
+
 @router.delete("/v1/cache")
 async def cache_clear(request: Request, collection: str | None = None) -> dict[str, Any]:
     """Drop cached answers: all, or one collection's (`?collection=NAME`). Curated answers are
@@ -48,10 +56,7 @@ async def cache_clear(request: Request, collection: str | None = None) -> dict[s
     a 404, not a clear of nothing."""
     cache = _cache(request)  # the admin check first: nothing is learnt or loaded without it
     if collection is not None:
-        principal_of(request).require_collection(collection)
-        settings = request.app.state.settings
-        if check_collection_name(collection) not in list_collections(settings.collections_dir):
-            raise CollectionNotFoundError(collection, settings.data_dir)
+        _require_known(request, collection)
     cleared = await asyncio.to_thread(cache.clear, collection)
     await sync_curated(request.app.state.pipeline, request.app.state.curated, collection)
     return {"cleared": cleared, "collection": collection}
@@ -79,7 +84,7 @@ async def admin_report(request: Request, collection: str | None = None, days: in
     principal = principal_of(request)
     principal.require_admin()
     if collection is not None:
-        principal.require_collection(check_collection_name(collection))
+        _require_known(request, collection)
     if not 1 <= days <= 366:
         raise InvalidRequestError("days is 1 to 366", param="days")
     state = request.app.state

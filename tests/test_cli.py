@@ -44,6 +44,34 @@ def test_known_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
     assert result.returncode == 1 and "rag ingest" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_bad_setting_is_one_line_naming_its_variable(tmp_path: Path) -> None:
+    """Named as it is set (RAG_...), saying what it takes; a URL's password never shown."""
+    cases = {
+        "RAG_REDIS_URL": (
+            "localhost:6379",
+            "RAG_REDIS_URL: 'localhost:6379' is not a Redis URL: write it like redis://",
+        ),
+        "RAG_DATABASE_URL": ("mysql://u:secret@db:3306/x", "RAG_DATABASE_URL: 'db:3306/x' is not a PostgreSQL URL"),
+        "RAG_CACHE_THRESHOLD": ("1.5", "RAG_CACHE_THRESHOLD: Input should be less than or equal to 1 (got '1.5')"),
+        "RAG_CORS_ORIGINS": ("https://x.com", "RAG_CORS_ORIGINS cannot be parsed - a list or a mapping is JSON"),
+    }
+    for variable, (value, said) in cases.items():
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(tmp_path), variable: value}
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", "keys", "list"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1 and last.startswith("error: invalid settings: ") and said in last, result.stderr
+        assert "Traceback" not in result.stderr and "secret" not in result.stderr
+    typo = rag("keys", "create", "--collections", "shpo", data_dir=tmp_path)  # made, with a warning
+    assert typo.returncode == 0 and "no collection 'shpo' here yet (a typo?)" in typo.stderr, typo.stderr
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     from cli.settings import settings_table
     from rag.settings import Settings

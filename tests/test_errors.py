@@ -130,6 +130,8 @@ def test_health_answers_head_and_cache_admin_names_a_real_collection(client: Tes
     _assert_error(client.delete("/v1/cache", params={"collection": "nope"}), 404, "collection_not_found", "collection")
     _assert_error(client.delete("/v1/cache", params={"collection": "../x"}), 400, "invalid_request", "collection")
     _assert_error(client.get("/v1/admin/report", params={"collection": "../x"}), 400, "invalid_request", "collection")
+    nope = client.get("/v1/admin/report", params={"collection": "nope"})  # not a report of zeros
+    _assert_error(nope, 404, "collection_not_found", "collection")
 
 
 def test_a_nul_in_the_url_is_a_400_not_a_database_error(client: TestClient) -> None:

@@ -93,9 +93,7 @@ def test_without_a_key_only_health_and_the_widget_answer(service: str) -> None:
         assert_error(ask(http, "alpha"), 401, "invalid_api_key")
 
 
-def test_readyz_shows_collection_names_and_versions_to_an_admin_key_only(
-    service: str, tenants: dict[str, Any]
-) -> None:
+def test_readyz_shows_collection_names_and_versions_to_an_admin_key_only(service: str, tenants: dict[str, Any]) -> None:
     keys = tenants["keys"]
     for key in (keys["a"], "rk_00000000_not-a-real-key"):
         with client(service, key) as http:

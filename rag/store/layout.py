@@ -144,7 +144,7 @@ def fetch_vectors(db: sqlite3.Connection, ids: list[int], dimension: int) -> np.
 def check_collection_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise InvalidRequestError(
-            f"invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-'",
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
             param="collection",
         )
     return name
