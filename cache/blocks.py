@@ -8,7 +8,8 @@ at). A matching answer is never admitted, and a matching entry is never served.
 
 Chunk ids never repeat within a collection's lineage, so once the cited documents change,
 the answer's group changes and the block no longer matches: the next answer is new evidence.
-An admin lifts a block by its id (:meth:`Blocks.lift`).
+An admin lifts a block by its id (:meth:`Blocks.lift`). A copy of each is kept in the support
+store, to put back into a store that lost them (:meth:`Blocks.restore`).
 
 Blocks live in the store's counters (diskcache, or Redis for every replica at once), one list
 per scope, read on each admission and hit: a few hundred bytes a block. Adding and lifting
@@ -86,6 +87,26 @@ class Blocks:
             if str(key).startswith("blocks:"):
                 out += [{k: v for k, v in b.items() if k != "vector"} for b in self.counters.get(key, [])]
         return sorted((b for b in out if tag is None or b["tag"] == tag), key=lambda b: -b["created_at"])
+
+    def find(self, block_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(its scope key, the block), or None."""
+        skey = self.counters.get(f"block:{block_id}")
+        found = [b for b in self.of(skey) if b["id"] == block_id] if skey is not None else []
+        return (str(skey), found[0]) if found else None
+
+    def restore(self, skey: str, block: dict[str, Any]) -> bool:
+        """Put back a block the store lost (a Redis restarted without persistence); False if
+        it is there."""
+        added = False
+
+        def put_back(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            nonlocal added
+            added = all(b["id"] != block["id"] for b in blocks)
+            return [*blocks, block] if added else blocks
+
+        self.counters.update(self._key(skey), put_back, [])
+        self.counters.set(f"block:{block['id']}", skey)
+        return added
 
     def lift(self, block_id: str) -> bool:
         """An admin approved the answer: the block goes (the next answer may be cached)."""

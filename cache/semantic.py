@@ -24,6 +24,7 @@ import logging
 import re
 import time
 import unicodedata
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -332,6 +333,13 @@ class SemanticCache:
         except StoreUnavailable as exc:
             self.lookups["store_errors"] += 1
             log.warning("response cache store unavailable, answer not stored: %s", exc)
+
+    def identity(self) -> str:
+        """The store's identity: made when its state began, kept across clears, so a new one
+        says the store lost everything (a Redis restarted without persistence or flushed, a
+        cache set aside as corrupt): what is kept elsewhere must be put back."""
+        made = uuid.uuid4().hex
+        return str(self.store.counters.update("store:id", lambda known: known or made, None))
 
     def __len__(self) -> int:
         """Entries in the store: a scan, for stats, never for a lookup."""

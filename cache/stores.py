@@ -72,10 +72,10 @@ class Counters(Protocol):
         ...
 
 
-KEPT_ON_CLEAR = ("blocks:", "block:", "audit:")
-"""Counters that outlive ``clear``: the answers people blocked (:mod:`cache.blocks`) and each
-collection's wrong-hit evidence (:mod:`cache.audit`). Clearing answers is not lifting a
-block; sequence numbers and per-entry boundaries go with the entries."""
+KEPT_ON_CLEAR = ("blocks:", "block:", "audit:", "store:")
+"""Counters that outlive ``clear``: the answers people blocked (:mod:`cache.blocks`), each
+collection's wrong-hit evidence (:mod:`cache.audit`) and the store's identity. Clearing
+answers is not lifting a block; sequence numbers and per-entry boundaries go with the entries."""
 
 
 class LocalCounters(diskcache.Cache):  # type: ignore[misc]

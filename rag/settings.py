@@ -268,6 +268,9 @@ class Settings(BaseSettings):
     index_poll_s: float = Field(default=1.0, ge=0.05, le=60.0)
     """How often a server checks each collection's `CURRENT` for a version published by an ingest run (here or on a shared volume); a new one is loaded beside the one serving and swapped in."""
 
+    store_check_s: float = Field(default=5.0, ge=0.05, le=3600.0)
+    """How often each replica checks whether the response cache's store lost its state (a Redis restarted without persistence, or flushed) and puts back the curated answers and the thumbs-down blocks kept in the support store."""
+
     redis_url: str | None = None
     """Redis for the state every replica shares: the response cache (needs vector search: Redis 8, Redis Stack, or Valkey with the search module), the rate limits and the failed-key limit. `redis://HOST:6379/0`; unset: diskcache on local disk."""
 

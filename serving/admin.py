@@ -72,7 +72,9 @@ async def cache_blocks(request: Request, collection: str | None = None) -> dict[
 @router.delete("/v1/cache/blocks/{block_id}")
 async def cache_block_lift(block_id: str, request: Request) -> dict[str, Any]:
     """An admin approves the answer: it may be cached again."""
-    if not await asyncio.to_thread(_cache(request).blocks.lift, block_id):
+    cache = _cache(request)
+    await asyncio.to_thread(request.app.state.support.lift_block, block_id)  # the copy first: never put back
+    if not await asyncio.to_thread(cache.blocks.lift, block_id):
         raise NotFoundError(f"no block {block_id!r} - `GET /v1/cache/blocks` lists them", param="block_id")
     return {"lifted": block_id}
 

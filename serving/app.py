@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
-from . import admin, curation, feedback, health, jobs, observability, openai_compat, query, widget
+from . import admin, curation, feedback, health, jobs, observability, openai_compat, query, restore, widget
 from .auth import Authenticator, GuardMiddleware, KeyLimits
 from .database import Database
 from .errors import ERRORS, install_error_handlers
@@ -54,13 +54,16 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
         follower = curation.follow_versions(app.state.pipeline, app.state.curated, asyncio.get_running_loop())
         await curation.start(app.state.pipeline, app.state.curated)
+        watcher = asyncio.get_running_loop().create_task(
+            restore.watch(app.state.pipeline, support, app.state.curated, settings.store_check_s)
+        )
         try:
             yield
         finally:
             app.state.pipeline.on_version.remove(follower)
             await app.state.jobs.aclose()
             await app.state.handoff.aclose()
-            for task in app.state.evictions:
+            for task in [*app.state.evictions, watcher]:
                 task.cancel()
             support.close()
             if owned:

@@ -102,6 +102,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         6,
         """
         CREATE TABLE answer_history (answer_id TEXT PRIMARY KEY, turns TEXT NOT NULL);
+        CREATE TABLE cache_blocks (id TEXT PRIMARY KEY, scope_key TEXT NOT NULL, block TEXT NOT NULL);
         """,
     ),
 ]

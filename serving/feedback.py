@@ -104,7 +104,9 @@ async def _evict(state: Any, evict: Evict, answer_id: str) -> tuple[int, str | N
     store is away (Redis down, a full disk) the vote is kept and handed over all the same, and
     the eviction is tried again in the background (for 10 minutes, at most 30 s apart)."""
     try:
-        return await evict()
+        evicted, block_id = await evict()
+        await _keep_block(state, block_id)
+        return evicted, block_id
     except StoreUnavailable as exc:
         log.warning("thumbs-down on answer %s: the cache's store is away (%s); evicting it later", answer_id, exc)
 
@@ -115,7 +117,7 @@ async def _evict(state: Any, evict: Evict, answer_id: str) -> tuple[int, str | N
                 retry=retry_if_exception_type(StoreUnavailable), reraise=True,
             ):  # fmt: skip
                 with attempt:
-                    await evict()
+                    await _keep_block(state, (await evict())[1])
             log.info("thumbs-down on answer %s: evicted now that the cache's store is back", answer_id)
         except Exception:
             log.exception("thumbs-down on answer %s: not evicted from the cache", answer_id)
@@ -124,6 +126,15 @@ async def _evict(state: Any, evict: Evict, answer_id: str) -> tuple[int, str | N
     state.evictions.add(task)
     task.add_done_callback(state.evictions.discard)
     return 0, None
+
+
+async def _keep_block(state: Any, block_id: str | None) -> None:
+    """A copy of the block in the support store, for a cache store that loses it
+    (:mod:`serving.restore`)."""
+    cache = state.pipeline.cache
+    found = await asyncio.to_thread(cache.blocks.find, block_id) if block_id and cache is not None else None
+    if found is not None:
+        await asyncio.to_thread(state.support.keep_block, *found)
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse)

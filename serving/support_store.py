@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS curated_audit (
 );
 CREATE INDEX IF NOT EXISTS curated_audit_of ON curated_audit (curated_id, at);
 CREATE TABLE IF NOT EXISTS hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
+-- A copy of each thumbs-down's cache block, to put back into a cache store that lost it.
+CREATE TABLE IF NOT EXISTS cache_blocks (id TEXT PRIMARY KEY, scope_key TEXT NOT NULL, block TEXT NOT NULL);
 -- The conversation before an answer (its history), for the handoff of a later thumbs-down.
 CREATE TABLE IF NOT EXISTS answer_history (answer_id TEXT PRIMARY KEY, turns TEXT NOT NULL);
 -- The handoffs not delivered yet (serving/handoff.py's Outbox); a delivered one is deleted.
@@ -264,6 +266,19 @@ class SupportStore:
             self.sql.write(
                 "INSERT INTO answer_history (answer_id, turns) VALUES (?, ?) ON CONFLICT DO NOTHING", histories
             )
+
+    def keep_block(self, scope_key: str, block: dict[str, Any]) -> None:
+        """A copy of a cache block (cache.blocks), for a store that loses it."""
+        sql = "INSERT INTO cache_blocks (id, scope_key, block) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+        self.sql.write(sql, [(block["id"], scope_key, json.dumps(block))])
+
+    def lift_block(self, block_id: str) -> None:
+        self.sql.write("DELETE FROM cache_blocks WHERE id = ?", [(block_id,)])
+
+    def blocks(self) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (skey, json.loads(block)) for skey, block in self.sql.query("SELECT scope_key, block FROM cache_blocks")
+        ]
 
     def conversation(self, answer_id: str) -> list[dict[str, str]]:
         """The conversation before the answer (its history), as the route was given it."""

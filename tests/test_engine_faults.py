@@ -120,3 +120,52 @@ def test_an_unreachable_database_fails_fast_then_is_tried_again() -> None:
             db.ping()  # asked again
     finally:
         db.close()
+
+
+def test_a_redis_restarted_without_its_data_gets_the_blocks_and_curated_answers_back(
+    tmp_path: Path, example_data_dir: Path, embedder: Any
+) -> None:
+    """Redis restarted empty (no persistence): within a few seconds every replica puts back
+    the thumbs-down blocks and the curated answers from the support store; the voted-down
+    answer is not cached again, the curated answer is served again."""
+    engine = redis_engine(tmp_path / "redis").start()
+    data = tmp_path / "data"
+    shutil.copytree(example_data_dir, data, ignore=shutil.ignore_patterns("cache"))
+    overrides = {"redis_url": engine.url, "redis_prefix": f"t{uuid.uuid4().hex[:8]}:", "store_check_s": 0.2}
+    pinned = {
+        "question": "Can I pay with PayPal?",
+        "answer": "Yes, at checkout.",
+        "document_ids": ["payment-methods.md"],
+    }
+    try:
+        with serving(data, embedder, backend="extractive", **overrides) as url:
+            assert httpx.post(f"{url}/v1/curated", json=pinned, timeout=30).status_code == 201
+            first = _ask(url).json()
+            vote = {"answer_id": first["answer_id"], "rating": "down"}
+            assert httpx.post(f"{url}/v1/feedback", json=vote, timeout=30).json()["evicted"] >= 1
+            engine.kill()
+            engine.start()  # empty: no blocks, no curated answers in it
+            deadline = time.monotonic() + 20
+            while len(httpx.get(f"{url}/v1/cache/blocks", timeout=10).json().get("data", [])) != 1:
+                assert time.monotonic() < deadline, "the block was not put back"
+                time.sleep(0.2)
+            served = httpx.post(f"{url}/v1/query", json={"question": "Can I pay with PayPal?"}, timeout=30).json()
+            assert served["answer_kind"] == "curated", served
+            again = [_ask(url).json() for _ in range(2)]  # the voted-down answer is not let back in
+            assert [a["cache"]["hit"] for a in again] == [False, False], again
+            (block,) = httpx.get(f"{url}/v1/cache/blocks", timeout=10).json()["data"]
+            assert httpx.delete(f"{url}/v1/cache/blocks/{block['id']}", timeout=10).status_code == 200
+            engine.kill()
+            engine.start()  # a lifted block is not put back
+            deadline = time.monotonic() + 20
+            while (
+                httpx.post(f"{url}/v1/query", json={"question": pinned["question"]}, timeout=30)
+                .json()
+                .get("answer_kind")
+                != "curated"
+            ):
+                assert time.monotonic() < deadline, "the curated answer was not put back"
+                time.sleep(0.2)
+            assert httpx.get(f"{url}/v1/cache/blocks", timeout=10).json()["data"] == []
+    finally:
+        engine.stop()
