@@ -146,7 +146,7 @@ def _transport(streaming: bool = False) -> Iterator[None]:
         raise _error(502, "bad_response", f"the response is not an event stream ({exc})") from exc
     except httpx.TimeoutException as exc:
         raise _error(504, "timeout", f"no answer in time ({type(exc).__name__}) - ask again, or raise timeout") from exc
-    except httpx.RemoteProtocolError as exc:
+    except (httpx.RemoteProtocolError, httpx.ReadError) as exc:  # cut mid-answer (a reset is a ReadError)
         if not streaming:
             raise _error(502, "bad_response", f"the service's response was cut ({exc}) - ask again") from exc
         raise _cut() from exc

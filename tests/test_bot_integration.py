@@ -153,7 +153,9 @@ def test_the_python_client_raises_its_own_error_for_every_transport_failure() ->
     token event and then closes mid-body (a killed server), which no ASGI app can do."""
     import asyncio
     import socket
+    import struct
     import threading
+    import time
 
     from .servers import free_port
 
@@ -165,7 +167,7 @@ def test_the_python_client_raises_its_own_error_for_every_transport_failure() ->
     port = listener.getsockname()[1]
 
     def killed_mid_body() -> None:
-        for _ in range(2):  # the sync client, then the async one
+        for reset in (False, False, True):  # the sync client, the async one; then a reset (RST), not a FIN
             conn, _ = listener.accept()
             conn.recv(65536)
             event = b'event: token\ndata: {"text": "Refunds take"}\n\n'
@@ -173,6 +175,9 @@ def test_the_python_client_raises_its_own_error_for_every_transport_failure() ->
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
                 + f"{len(event):x}\r\n".encode() + event + b"\r\n" + b"40\r\npartial"
             )  # fmt: skip
+            if reset:
+                time.sleep(0.2)  # the client is reading the body when the reset comes
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
 
     server = threading.Thread(target=killed_mid_body, daemon=True)
@@ -191,6 +196,10 @@ def test_the_python_client_raises_its_own_error_for_every_transport_failure() ->
         with pytest.raises(RagClientError) as async_cut:
             asyncio.run(consume())
         assert async_cut.value.code == "incomplete_stream"
+        with RagClient(f"http://127.0.0.1:{port}") as client, pytest.raises(RagClientError) as reset_cut:
+            for _ in client.stream("How long do refunds take?"):
+                pass
+        assert (reset_cut.value.status, reset_cut.value.code) == (502, "incomplete_stream"), reset_cut.value.message
     finally:
         server.join(timeout=10)
         listener.close()
