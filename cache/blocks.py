@@ -80,12 +80,17 @@ class Blocks:
 
         return match
 
-    def all(self, tag: str | None = None) -> list[dict[str, Any]]:
-        """Every block (of collection ``tag``), newest first, without vectors."""
+    def each(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every block, with its scope key (and its vector)."""
         out = []
         for key in list(self.counters.iterkeys()):
             if str(key).startswith("blocks:"):
-                out += [{k: v for k, v in b.items() if k != "vector"} for b in self.counters.get(key, [])]
+                out += [(str(key).removeprefix("blocks:"), b) for b in self.counters.get(key, [])]
+        return out
+
+    def all(self, tag: str | None = None) -> list[dict[str, Any]]:
+        """Every block (of collection ``tag``), newest first, without vectors."""
+        out = [{k: v for k, v in b.items() if k != "vector"} for _, b in self.each()]
         return sorted((b for b in out if tag is None or b["tag"] == tag), key=lambda b: -b["created_at"])
 
     def find(self, block_id: str) -> tuple[str, dict[str, Any]] | None:

@@ -159,7 +159,7 @@ class LocalStore:
         directory = Path(directory)
         try:
             self._open(directory, size_limit_bytes)
-        except sqlite3.OperationalError as exc:  # a full or read-only disk: the files are sound
+        except (sqlite3.OperationalError, OSError) as exc:  # a full or read-only disk: the files are sound
             raise StoreUnavailable(
                 f"cannot open the response cache at {directory} ({exc}) - free disk space, or make "
                 "RAG_DATA_DIR writable"

@@ -81,6 +81,8 @@ def recite(index: CollectionIndex, citations: list[dict[str, Any]]) -> list[dict
         if chunk is not None and chunk.document_id == cited["document_id"] and _holds(cited, chunk):
             now.append(cited)
             continue
+        if "fingerprint" not in cited:  # kept before fingerprints: its snippet shows only the start
+            return None
         prefix = str(cited.get("text", "")).removesuffix("…")
         moved = next((c for c in index.chunks_starting(prefix, cited["document_id"]) if _holds(cited, c)), None)
         if moved is None:

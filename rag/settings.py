@@ -221,7 +221,9 @@ class Settings(BaseSettings):
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
         if value is not None and value.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-            raise ValueError(f"{value!r} is not a Redis URL: write it like redis://HOST:6379/0 (rediss:// for TLS)")
+            raise ValueError(
+                f"{value.split('@')[-1]!r} is not a Redis URL: write it like redis://HOST:6379/0 (rediss:// for TLS)"
+            )
         return value
 
     @field_validator("database_url")

@@ -47,7 +47,6 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.curated = curation.CuratedStore(support.sql)
         app.state.handoff = Handoff(settings.handoff_webhook_url, Outbox(support.sql))
         app.state.handoff.start()  # the handoffs a stop left in the outbox go now
-        app.state.evictions = set()  # thumbs-downs' evictions waiting for the cache's store
         store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
         keep = partial(feedback.keep, app.state)  # a job's answers take feedback as a route's do
         app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency, keep)
@@ -63,8 +62,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             app.state.pipeline.on_version.remove(follower)
             await app.state.jobs.aclose()
             await app.state.handoff.aclose()
-            for task in [*app.state.evictions, watcher]:
-                task.cancel()
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)  # before what it uses closes
             support.close()
             if owned:
                 await app.state.pipeline.aclose()
@@ -87,6 +86,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.include_router(widget.router)
     app.state.settings = settings
     app.state.authenticator = authenticator
+    app.state.limits = limits
     app.state.database = database
     # Outermost last: request id, metrics and access log see everything, CORS headers ride
     # on 401s and 429s too (so the widget can read them), then keys and limits.

@@ -29,7 +29,7 @@ from cache.semantic import normalize_question
 from rag.curated import fingerprinted, group_of, recite
 from rag.errors import ConflictError, InvalidRequestError, NotFoundError
 from rag.pipeline import Pipeline
-from rag.store import CollectionIndex, check_collection_name
+from rag.store import CollectionIndex, check_collection_name, current_version_dir
 from rag.wire import Citation
 
 from .principals import principal_of
@@ -187,12 +187,23 @@ async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | No
         except Exception as exc:  # the collection is gone or not ingested: nothing to serve it with
             log.warning("curated answer %s not served: %s", before.id, exc)
             continue
+        if not _is_current(index):  # this replica swaps soon, and checks again then
+            continue
         item = await asyncio.to_thread(store.checked, before, index)
         if item is None:
             await pipe.uncurate(before.collection, before.question, before.id)
         elif stored is None or stored.get("version") != item.version:
             put += await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
+    for waiting in await asyncio.to_thread(store.items, collection, "needs_review"):  # none left in the cache
+        if pipe.curated_entry(waiting.collection, waiting.question) is not None:
+            await pipe.uncurate(waiting.collection, waiting.question, waiting.id)
     return put
+
+
+def _is_current(index: CollectionIndex) -> bool:
+    """Whether ``index`` is its collection's live version (a replica that has not swapped yet
+    must not re-cite by an older one, backwards)."""
+    return current_version_dir(index.version_dir.parent) == index.version_dir
 
 
 async def start(pipe: Pipeline, store: CuratedStore) -> None:
@@ -207,6 +218,11 @@ async def start(pipe: Pipeline, store: CuratedStore) -> None:
             log.info("%d curated answers put in the cache", put)
 
 
+def _log_failure(done: Any) -> None:
+    if not done.cancelled() and done.exception() is not None:
+        log.error("curated answers not checked against the new version: %s", done.exception())
+
+
 def follow_versions(
     pipe: Pipeline, store: CuratedStore, loop: asyncio.AbstractEventLoop
 ) -> Callable[[CollectionIndex], None]:
@@ -216,7 +232,8 @@ def follow_versions(
     within a lineage; a rebuilt collection's curated scope starts empty)."""
 
     def on_version(index: CollectionIndex) -> None:
-        asyncio.run_coroutine_threadsafe(sync_curated(pipe, store, index.name), loop)
+        done = asyncio.run_coroutine_threadsafe(sync_curated(pipe, store, index.name), loop)
+        done.add_done_callback(_log_failure)
 
     pipe.on_version.append(on_version)
     return on_version

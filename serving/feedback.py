@@ -15,12 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from cache.stores import StoreUnavailable
 from rag.curated import CURATED
@@ -89,52 +86,35 @@ async def _judge_hit(pipe: Pipeline, support: SupportStore, record: AnswerRecord
         )
 
 
-Evict = Callable[[], Awaitable[tuple[int, str | None]]]
+async def evict_answer(
+    pipe: Pipeline, support: SupportStore, curated: Any, record: AnswerRecord
+) -> tuple[int, str | None]:
+    """A thumbs-down's eviction: the answer out of the cache and blocked there (a copy of the
+    block kept in the support store), or a disputed curated answer out of the cache; raises
+    StoreUnavailable while the cache's store is away. (entries evicted, the block's id)."""
+    if record.answer_kind == CURATED:
+        item = await asyncio.to_thread(curated.get, (record.cache_ref or "").removeprefix("curated:"))
+        evicted = await pipe.uncurate(item.collection, item.question, item.id) if item is not None else 0
+        return evicted, None
+    evicted, block_id = await pipe.reject_answer(
+        record.question, record.answer, record.cache_group, record.cache_scope, record.collection
+    )
+    found = await asyncio.to_thread(pipe.cache.blocks.find, block_id) if block_id and pipe.cache else None
+    if found is not None:  # for a store that loses it (serving.restore)
+        await asyncio.to_thread(support.keep_block, *found)
+    return evicted, block_id
 
 
-def _uncurate(pipe: Pipeline, flagged: list[curation.Curated]) -> Evict:
-    async def evict() -> tuple[int, str | None]:
-        return sum([await pipe.uncurate(c.collection, c.question, c.id) for c in flagged]), None
-
-    return evict
-
-
-async def _evict(state: Any, evict: Evict, answer_id: str) -> tuple[int, str | None]:
-    """A thumbs-down's eviction and block: (entries evicted, the block's id). While the cache's
-    store is away (Redis down, a full disk) the vote is kept and handed over all the same, and
-    the eviction is tried again in the background (for 10 minutes, at most 30 s apart)."""
+async def _evict(state: Any, record: AnswerRecord) -> tuple[int, str | None]:
+    """:func:`evict_answer`; while the cache's store is away (Redis down, a full disk) the vote
+    is kept and handed over all the same, and the eviction waits in the support store for the
+    store to come back (:mod:`serving.restore` does it; a restart loses nothing)."""
     try:
-        evicted, block_id = await evict()
-        await _keep_block(state, block_id)
-        return evicted, block_id
+        return await evict_answer(state.pipeline, state.support, state.curated, record)
     except StoreUnavailable as exc:
-        log.warning("thumbs-down on answer %s: the cache's store is away (%s); evicting it later", answer_id, exc)
-
-    async def later() -> None:
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(600), wait=wait_exponential(multiplier=0.5, max=30),
-                retry=retry_if_exception_type(StoreUnavailable), reraise=True,
-            ):  # fmt: skip
-                with attempt:
-                    await _keep_block(state, (await evict())[1])
-            log.info("thumbs-down on answer %s: evicted now that the cache's store is back", answer_id)
-        except Exception:
-            log.exception("thumbs-down on answer %s: not evicted from the cache", answer_id)
-
-    task = asyncio.get_running_loop().create_task(later())
-    state.evictions.add(task)
-    task.add_done_callback(state.evictions.discard)
-    return 0, None
-
-
-async def _keep_block(state: Any, block_id: str | None) -> None:
-    """A copy of the block in the support store, for a cache store that loses it
-    (:mod:`serving.restore`)."""
-    cache = state.pipeline.cache
-    found = await asyncio.to_thread(cache.blocks.find, block_id) if block_id and cache is not None else None
-    if found is not None:
-        await asyncio.to_thread(state.support.keep_block, *found)
+        log.warning("thumbs-down on answer %s: the cache's store is away (%s); evicting it later", record.id, exc)
+        await asyncio.to_thread(state.support.defer_eviction, record.id)
+        return 0, None
 
 
 @router.post("/v1/feedback", response_model=FeedbackResponse)
@@ -155,14 +135,8 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
     if body.rating == "down":
         if curated:  # a person's answer goes back to a person
             why = f"thumbs-down on answer {record.id}" + (f": {body.reason}" if body.reason else "")
-            flagged = await curation.dispute(state.curated, record.collection, record.cache_ref or "", why)
-            evict = _uncurate(pipe, flagged)
-        else:
-            evict = partial(
-                pipe.reject_answer,
-                record.question, record.answer, record.cache_group, record.cache_scope, record.collection,
-            )  # fmt: skip
-        evicted, block_id = await _evict(state, evict, record.id)
+            await curation.dispute(state.curated, record.collection, record.cache_ref or "", why)
+        evicted, block_id = await _evict(state, record)
         needs_human = "thumbs_down"
         if not await asyncio.to_thread(state.support.voted_down, record.id):  # a person was told the first time
             conversation = [turn.model_dump() for turn in body.conversation] or await asyncio.to_thread(

@@ -134,6 +134,7 @@ class Handoff:
         self._sending: dict[asyncio.Task[None], dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []  # the senders' loop, the outbox's
         self._writes: set[asyncio.Task[None]] = set()  # handoffs on their way into the outbox
+        self._follower: asyncio.Task[None] | None = None  # renews this process's leases
         self._client: httpx.AsyncClient | None = None
 
     def start(self) -> None:
@@ -143,7 +144,8 @@ class Handoff:
             loop = asyncio.get_running_loop()
             self._tasks.append(loop.create_task(self._deliver()))
             if self.outbox is not None:
-                self._tasks.append(loop.create_task(self._follow_outbox()))
+                self._follower = loop.create_task(self._follow_outbox())
+                self._tasks.append(self._follower)
 
     def notify(self, event: dict[str, Any]) -> None:
         """Queue one handoff for the webhook (returns at once; nothing without a URL)."""
@@ -269,6 +271,9 @@ class Handoff:
                 len(left), kept, ", ".join(str(e.get("answer_id")) for e in left[:50]),
             )  # fmt: skip
             if self.outbox is not None:
+                if self._follower is not None:  # or it could claim them back for this process
+                    self._follower.cancel()
+                    await asyncio.gather(self._follower, return_exceptions=True)
                 for event in left:  # the next start takes them up at once, not after the lease
                     await self._outbox(self.outbox.release, event["handoff_id"])
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from rag.errors import AuthenticationError, BackendUnavailableError
+from rag.errors import AuthenticationError, BackendUnavailableError, RateLimitError
 from rag.pipeline import Pipeline
 from rag.store import list_collections
 
@@ -95,10 +95,16 @@ async def _stranger(request: Request) -> bool:
         return False
     if not header:
         return True
+    limits, address = request.app.state.limits, request.client.host if request.client else "unknown"
+    try:  # a wrong key here counts towards RAG_AUTH_FAILURE_LIMIT, as on every other route
+        await limits.refuse_guessing(address)
+    except RateLimitError:
+        return True
     await authenticator.refresh(header)
     try:
         return not authenticator.authenticate(header).admin
     except AuthenticationError:
+        await limits.count_failure(address)
         return True
 
 

@@ -6,7 +6,8 @@ and a copy of each block in the support store (SQLite or PostgreSQL). A store th
 state (a Redis restarted without persistence, or flushed; a cache file set aside as corrupt)
 gets a new identity (:meth:`cache.SemanticCache.identity`). Each replica looks every few
 seconds, and when the identity is not the one it saw, puts both back: a voted-down answer is
-never served again for want of its block.
+never served again for want of its block. A thumbs-down given while the store was away waits
+in the support store (``pending_evictions``) and is done at the first look that finds it back.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cache.stores import StoreUnavailable
 from rag.pipeline import Pipeline
 
 from .curation import CuratedStore, sync_curated
+from .feedback import evict_answer
 from .support_store import SupportStore
 
 log = logging.getLogger("rag.serving")
@@ -33,22 +35,46 @@ async def restore(pipe: Pipeline, support: SupportStore, curated: CuratedStore) 
     return blocks, await sync_curated(pipe, curated)
 
 
+async def evict_deferred(pipe: Pipeline, support: SupportStore, curated: CuratedStore) -> int:
+    """The thumbs-downs whose eviction waited for the store (:mod:`serving.feedback`); how many
+    were done. Raises StoreUnavailable while it is still away."""
+    done = 0
+    for answer_id in await asyncio.to_thread(support.deferred_evictions):
+        record = await asyncio.to_thread(support.answer, answer_id)
+        if record is not None:
+            await evict_answer(pipe, support, curated, record)
+        await asyncio.to_thread(support.evicted, answer_id)
+        done += 1
+    return done
+
+
+async def _look(pipe: Pipeline, support: SupportStore, curated: CuratedStore, seen: str | None) -> str | None:
+    """One look: the identity, and what follows from it; the deferred evictions. Returns the
+    identity seen."""
+    assert pipe.cache is not None
+    identity = await asyncio.to_thread(pipe.cache.identity)
+    if seen is None:  # blocks made before copies were kept: copied now
+        for skey, block in await asyncio.to_thread(pipe.cache.blocks.each):
+            await asyncio.to_thread(support.keep_block, skey, block)
+    if identity != seen:
+        blocks, answers = await restore(pipe, support, curated)
+        if seen is not None or blocks:
+            log.warning(
+                "the response cache's store lost its state: %d blocks and %d curated answers put back", blocks, answers
+            )
+    if evicted := await evict_deferred(pipe, support, curated):
+        log.info("%d thumbs-downs evicted now that the cache's store is back", evicted)
+    return identity
+
+
 async def watch(pipe: Pipeline, support: SupportStore, curated: CuratedStore, every_s: float = 5.0) -> None:
     """Every ``every_s``: whether the store lost its state since the last look; if so, restore.
     The first look (at start-up) restores too: the store may have lost it while this replica
     was down."""
     seen: str | None = None
-    while True:
+    while pipe.cache is not None:
         try:
-            identity = await asyncio.to_thread(pipe.cache.identity) if pipe.cache is not None else None
-            if identity is not None and identity != seen:
-                blocks, answers = await restore(pipe, support, curated)
-                if seen is not None or blocks:
-                    log.warning(
-                        "the response cache's store lost its state: %d blocks and %d curated answers put back",
-                        blocks, answers,
-                    )  # fmt: skip
-                seen = identity
+            seen = await _look(pipe, support, curated, seen)
         except StoreUnavailable:
             pass  # away: the next look
         except Exception:

@@ -62,6 +62,8 @@ CREATE INDEX IF NOT EXISTS curated_audit_of ON curated_audit (curated_id, at);
 CREATE TABLE IF NOT EXISTS hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
 -- A copy of each thumbs-down's cache block, to put back into a cache store that lost it.
 CREATE TABLE IF NOT EXISTS cache_blocks (id TEXT PRIMARY KEY, scope_key TEXT NOT NULL, block TEXT NOT NULL);
+-- Thumbs-downs whose eviction waits for the cache's store to come back (serving/restore.py).
+CREATE TABLE IF NOT EXISTS pending_evictions (answer_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
 -- The conversation before an answer (its history), for the handoff of a later thumbs-down.
 CREATE TABLE IF NOT EXISTS answer_history (answer_id TEXT PRIMARY KEY, turns TEXT NOT NULL);
 -- The handoffs not delivered yet (serving/handoff.py's Outbox); a delivered one is deleted.
@@ -166,10 +168,13 @@ class _Sqlite:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
-    def write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def write(self, sql: str, rows: list[tuple[Any, ...]], *more: tuple[str, list[tuple[Any, ...]]]) -> None:
+        """``rows`` into ``sql`` (and each of ``more``'s), in one transaction."""
         with self._lock, self._conn:
             self._conn.execute("BEGIN")
-            self._conn.executemany(sql, rows)
+            for statement, values in ((sql, rows), *more):
+                if values:
+                    self._conn.executemany(statement, values)
 
     def apply(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         """Statements in one transaction, each only if the one before changed a row (an
@@ -189,8 +194,16 @@ class _Postgres:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.db.run(lambda c: c.execute(sql.replace("?", "%s"), params).fetchall())  # type: ignore[arg-type]
 
-    def write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        self.db.run(lambda c: c.cursor().executemany(sql.replace("?", "%s"), rows))  # type: ignore[arg-type]
+    def write(self, sql: str, rows: list[tuple[Any, ...]], *more: tuple[str, list[tuple[Any, ...]]]) -> None:
+        """As :meth:`_Sqlite.write`."""
+
+        def run(conn: Any) -> None:
+            with conn.transaction():
+                for statement, values in ((sql, rows), *more):
+                    if values:
+                        conn.cursor().executemany(statement.replace("?", "%s"), values)
+
+        self.db.run(run)
 
     def apply(self, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
         """As :meth:`_Sqlite.apply`."""
@@ -261,16 +274,24 @@ class SupportStore:
 
     def _write(self, records: list[AnswerRecord]) -> None:
         sql = f"INSERT INTO answers ({_ANSWER_COLUMNS}) VALUES ({', '.join('?' * 15)}) ON CONFLICT DO NOTHING"
-        self.sql.write(sql, [r.row() for r in records])
-        if histories := [row for r in records if (row := r.history_row()) is not None]:
-            self.sql.write(
-                "INSERT INTO answer_history (answer_id, turns) VALUES (?, ?) ON CONFLICT DO NOTHING", histories
-            )
+        histories = [row for r in records if (row := r.history_row()) is not None]
+        history_sql = "INSERT INTO answer_history (answer_id, turns) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        self.sql.write(sql, [r.row() for r in records], (history_sql, histories))  # one transaction
 
     def keep_block(self, scope_key: str, block: dict[str, Any]) -> None:
         """A copy of a cache block (cache.blocks), for a store that loses it."""
         sql = "INSERT INTO cache_blocks (id, scope_key, block) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
         self.sql.write(sql, [(block["id"], scope_key, json.dumps(block))])
+
+    def defer_eviction(self, answer_id: str) -> None:
+        sql = "INSERT INTO pending_evictions (answer_id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        self.sql.write(sql, [(answer_id, time.time())])
+
+    def deferred_evictions(self) -> list[str]:
+        return [row[0] for row in self.sql.query("SELECT answer_id FROM pending_evictions ORDER BY created_at")]
+
+    def evicted(self, answer_id: str) -> None:
+        self.sql.write("DELETE FROM pending_evictions WHERE answer_id = ?", [(answer_id,)])
 
     def lift_block(self, block_id: str) -> None:
         self.sql.write("DELETE FROM cache_blocks WHERE id = ?", [(block_id,)])

@@ -362,3 +362,27 @@ def test_curated_edits_that_keep_what_they_cite(tmp_path: Path, corpus: Path, em
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
         (edited,) = [c for c in call("GET", f"{url}/v1/curated")["data"] if c["id"] == other["id"]]
         assert edited["answer"] == "Yes, until the order is packed." and edited["citations"] == recited["citations"]
+
+
+def test_a_citation_kept_before_fingerprints_is_never_re_cited_by_its_snippet(tmp_path: Path, embedder: Any) -> None:
+    """A snippet shows a passage's first 300 characters: the same start with a change after it
+    is another passage. Without a fingerprint, a citation whose chunk is gone goes to review."""
+    from rag.curated import fingerprinted, recite
+    from rag.store import CollectionIndex
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    index = CollectionIndex.load(settings.collections_dir, "default", model=embedder.name, dimension=embedder.dimension)
+    (chunk,) = index.document_chunks("gift-cards.txt", 1)
+    cited = {"id": chunk.id, "document_id": chunk.document_id, "source": chunk.source, "title": chunk.title,
+             "text": chunk.text[:300], "score": 1.0}  # fmt: skip
+    from rag.wire import Citation
+
+    cited["text"] = Citation.from_chunk(chunk).text
+    assert recite(index, [cited]) == [cited]  # held where it was: it stands
+    moved = {**cited, "id": 999_999}  # its chunk went (re-chunked, moved)
+    assert recite(index, [moved]) is None  # no fingerprint: to review, not re-cited by its start
+    (printed,) = fingerprinted(index, [cited])
+    again = recite(index, [{**printed, "id": 999_999}])
+    assert again is not None and again[0]["id"] == chunk.id  # the fingerprint finds it again
+    index.close()

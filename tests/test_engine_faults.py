@@ -37,7 +37,10 @@ def test_with_redis_away_answers_keep_coming_as_misses_and_the_cache_comes_back(
     store = KeyStore(data)
     key = {"Authorization": f"Bearer {store.create([], admin=True)[0]}"}
     store.close()
-    overrides = {"redis_url": engine.url, "redis_prefix": f"t{uuid.uuid4().hex[:8]}:", "rate_limit": "1000/minute"}
+    overrides = {
+        "redis_url": engine.url, "redis_prefix": f"t{uuid.uuid4().hex[:8]}:", "rate_limit": "1000/minute",
+        "store_check_s": 0.2,
+    }  # fmt: skip
     try:
         with serving(data, embedder, backend="extractive", **overrides) as url:
             assert _ask(url, key).json()["cache"]["hit"] is False
