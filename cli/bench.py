@@ -94,7 +94,7 @@ def bench_ingest(
     cost per chunk (read, embed, write)."""
     from eval.ingest_bench import run_ingest_bench
 
-    workers = counts(ray_workers, "--ray-workers")
+    workers = counts(ray_workers, "--ray-workers") if ray_workers.strip() else []  # '': local only
     result = run_or_fail(lambda: run_ingest_bench(paths, load_settings(), workers, progress))
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore", use_attribute_docstrings=True)
 
     data_dir: Path = Path(".rag")
-    """Directory holding every collection's index and the response cache."""
+    """Directory holding every collection's index, the response cache, and (without RAG_DATABASE_URL) the API keys, jobs and support store (answers, feedback, curated answers, handoffs)."""
 
     collection: str = "default"
     """Collection used when a request or command names none."""
@@ -283,7 +283,7 @@ class Settings(BaseSettings):
     """Longest wait for Redis; past it a lookup is a miss, and Redis is left alone for a second."""
 
     database_url: str | None = None
-    """PostgreSQL for durable state shared by every replica: API keys and jobs (`postgresql://USER@HOST:5432/DB`); unset: SQLite files in RAG_DATA_DIR."""
+    """PostgreSQL for durable state shared by every replica: API keys, jobs, and the support store (answers, feedback, curated answers, the handoff outbox, copies of cache blocks) (`postgresql://USER@HOST:5432/DB`); unset: SQLite files in RAG_DATA_DIR."""
 
     job_lease_s: float = Field(default=30.0, ge=1.0)
     """With RAG_DATABASE_URL: a running job's worker renews its lease this often (a third of it); a job whose lease ran out (its worker died) is taken again by another."""
