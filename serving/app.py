@@ -53,8 +53,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
         follower = curation.follow_versions(app.state.pipeline, app.state.curated, asyncio.get_running_loop())
         await curation.start(app.state.pipeline, app.state.curated)
+        stop_watching = asyncio.Event()
         watcher = asyncio.get_running_loop().create_task(
-            restore.watch(app.state.pipeline, support, app.state.curated, settings.store_check_s)
+            restore.watch(app.state.pipeline, support, app.state.curated, stop_watching, settings.store_check_s)
         )
         try:
             yield
@@ -62,8 +63,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             app.state.pipeline.on_version.remove(follower)
             await app.state.jobs.aclose()
             await app.state.handoff.aclose()
+            stop_watching.set()  # its look in progress ends first: its threads use the stores closed below
+            await asyncio.wait([watcher], timeout=30)
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)  # before what it uses closes
             support.close()
             if owned:
                 await app.state.pipeline.aclose()

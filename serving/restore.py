@@ -13,6 +13,7 @@ in the support store (``pending_evictions``) and is done at the first look that 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from cache.stores import StoreUnavailable
@@ -67,16 +68,20 @@ async def _look(pipe: Pipeline, support: SupportStore, curated: CuratedStore, se
     return identity
 
 
-async def watch(pipe: Pipeline, support: SupportStore, curated: CuratedStore, every_s: float = 5.0) -> None:
-    """Every ``every_s``: whether the store lost its state since the last look; if so, restore.
-    The first look (at start-up) restores too: the store may have lost it while this replica
-    was down."""
+async def watch(
+    pipe: Pipeline, support: SupportStore, curated: CuratedStore, stop: asyncio.Event, every_s: float = 5.0
+) -> None:
+    """Every ``every_s`` until ``stop``: whether the store lost its state since the last look;
+    if so, restore. The first look (at start-up) restores too: the store may have lost it while
+    this replica was down. A look in progress ends before ``stop`` does (its worker threads use
+    the stores the shutdown closes next)."""
     seen: str | None = None
-    while pipe.cache is not None:
+    while pipe.cache is not None and not stop.is_set():
         try:
             seen = await _look(pipe, support, curated, seen)
         except StoreUnavailable:
             pass  # away: the next look
         except Exception:
             log.exception("response cache: putting back blocks and curated answers failed")
-        await asyncio.sleep(every_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every_s)

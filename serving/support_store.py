@@ -184,7 +184,11 @@ class _Sqlite:
             return _chain(lambda sql, params: int(self._conn.execute(sql, params).rowcount), statements)
 
     def close(self) -> None:
-        self._conn.close()
+        # Under the lock: a worker thread still in a query (a background check cancelled at
+        # shutdown keeps its thread) gets "closed database", never a connection freed under it
+        # (a segfault, on one CI run).
+        with self._lock:
+            self._conn.close()
 
 
 class _Postgres:
