@@ -71,9 +71,10 @@ def fingerprinted(index: CollectionIndex, citations: list[dict[str, Any]]) -> li
 
 def recite(index: CollectionIndex, citations: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
     """The citations as this version holds them, or None when the text of one is gone. Each
-    stands where its chunk still has the same text; one whose chunk changed id (a file
-    re-chunked, moved or renamed, a collection rebuilt) moves to the chunk with its text, of
-    the same document first."""
+    stands where its chunk still has the same text; one whose chunk changed id (another part of
+    its file edited, a collection rebuilt) moves to the chunk of its document with its text,
+    and to another document's only when its own is gone (moved or renamed): a document that
+    changed is not answered from a stale copy elsewhere."""
     held = index.chunks([int(c["id"]) for c in citations]) if citations else {}
     now = []
     for cited in citations:
@@ -84,7 +85,11 @@ def recite(index: CollectionIndex, citations: list[dict[str, Any]]) -> list[dict
         if "fingerprint" not in cited:  # kept before fingerprints: its snippet shows only the start
             return None
         prefix = str(cited.get("text", "")).removesuffix("…")
-        moved = next((c for c in index.chunks_starting(prefix, cited["document_id"]) if _holds(cited, c)), None)
+        here = bool(index.document_chunks(cited["document_id"], 1))  # its document is still here: it changed
+        found = index.chunks_starting(prefix, cited["document_id"])
+        moved = next(
+            (c for c in found if _holds(cited, c) and (c.document_id == cited["document_id"] or not here)), None
+        )
         if moved is None:
             return None
         now.append(

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 
 from cache.semantic import normalize_question
+from cache.stores import StoreUnavailable
 from rag.curated import fingerprinted, group_of, recite
 from rag.errors import ConflictError, InvalidRequestError, NotFoundError
 from rag.pipeline import Pipeline
@@ -122,7 +123,10 @@ class CuratedStore:
         if cited == item.citations:
             return item
         if cited is None:
-            reason = f"the text it cites changed or went in index version {index.version}"
+            reason = (
+                f"the passage it cites is not in index version {index.version}: its document changed or went, "
+                "or was chunked again with other settings - approve to cite the documents as they are now"
+            )
             if self.change(item, "rag-service", "flag", status="needs_review", review_reason=reason) is not None:
                 log.warning("curated answer %s needs review: %s", item.id, reason)
                 return None
@@ -269,13 +273,38 @@ def _check_unpinned(store: CuratedStore, collection: str, question: str, curated
             )
 
 
+async def _in_cache(request: Request, before: Curated | None, after: Curated | None) -> None:
+    """The cache follows a curated answer's change: ``before``'s entry out, ``after`` in (when
+    active). While the cache's store is away the record stands, and the cache catches up when
+    it is back (the work waits in the support store: :func:`serving.restore.catch_up`)."""
+    pipe: Pipeline = request.app.state.pipeline
+    try:
+        if before is not None:
+            await pipe.uncurate(before.collection, before.question, before.id)
+        if after is not None and after.status == "active":
+            await pipe.curate(after.collection, after.question, after.answer, after.citations, after.id, after.version)
+    except StoreUnavailable as exc:
+        item = after or before
+        assert item is not None
+        log.warning(
+            "curated answer %s: the cache's store is away (%s); the cache follows when it is back", item.id, exc
+        )
+        support = request.app.state.support
+        if before is not None:
+            await asyncio.to_thread(
+                support.defer, "drop:" + json.dumps([before.collection, before.question, before.id])
+            )
+        if after is not None:
+            await asyncio.to_thread(support.defer, f"sync:{after.collection}")
+
+
 async def _pin(request: Request, collection: str, question: str, answer: str, citations: list[dict[str, Any]],
                source: str) -> dict[str, Any]:  # fmt: skip
     pipe, store, who = _admin(request, collection)
     await asyncio.to_thread(_check_unpinned, store, collection, question)
     citations = fingerprinted(pipe.get_index(collection), citations)
     item = await asyncio.to_thread(store.create, collection, question, answer, citations, who, source)
-    await pipe.curate(collection, question, answer, citations, item.id, item.version)
+    await _in_cache(request, None, item)
     return asdict(item)
 
 
@@ -331,9 +360,7 @@ async def edit(curated_id: str, body: CuratedEdit, request: Request) -> dict[str
         item = await asyncio.to_thread(_found, store, curated_id, request)
         await asyncio.to_thread(_check_unpinned, store, item.collection, changes["question"], item.id)
     pipe, before, after = await _new_version(request, curated_id, "edit", lambda _b, _p: changes)
-    await pipe.uncurate(before.collection, before.question, before.id)
-    if after.status == "active":
-        await pipe.curate(after.collection, after.question, after.answer, after.citations, after.id, after.version)
+    await _in_cache(request, before, after)
     return asdict(after)
 
 
@@ -346,16 +373,16 @@ async def approve(curated_id: str, request: Request) -> dict[str, Any]:
         citations = cite_documents(pipe.get_index(before.collection), documents)
         return {"status": "active", "review_reason": None, "citations": citations}
 
-    pipe, _, after = await _new_version(request, curated_id, "approve", recited)
-    await pipe.curate(after.collection, after.question, after.answer, after.citations, after.id, after.version)
+    _, _, after = await _new_version(request, curated_id, "approve", recited)
+    await _in_cache(request, None, after)
     return asdict(after)
 
 
 @router.delete("/v1/curated/{curated_id}")
 async def remove(curated_id: str, request: Request) -> dict[str, Any]:
     """Stop serving it; the record and its history stay (admin)."""
-    pipe, before, after = await _new_version(request, curated_id, "remove", lambda _b, _p: {"status": "removed"})
-    await pipe.uncurate(before.collection, before.question, before.id)
+    _, before, after = await _new_version(request, curated_id, "remove", lambda _b, _p: {"status": "removed"})
+    await _in_cache(request, before, None)
     return asdict(after)
 
 

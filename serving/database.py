@@ -103,7 +103,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """
         CREATE TABLE answer_history (answer_id TEXT PRIMARY KEY, turns TEXT NOT NULL);
         CREATE TABLE cache_blocks (id TEXT PRIMARY KEY, scope_key TEXT NOT NULL, block TEXT NOT NULL);
-        CREATE TABLE pending_evictions (answer_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);
+        CREATE TABLE pending_cache_work (key TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);
         """,
     ),
 ]

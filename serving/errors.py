@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,6 +78,14 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("response cache store unavailable: %s", exc)
         message = f"the response cache's store is unreachable ({exc}) - answers still work, as misses"
         return error_response(503, message, "service_unavailable", None, "cache_store_unavailable")
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _disk(_: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        log.error("a SQLite database under RAG_DATA_DIR cannot be used: %s", exc)
+        message = (
+            f"the service cannot write its records ({exc}) - free disk space under RAG_DATA_DIR; answers still work"
+        )
+        return error_response(503, message, "service_unavailable", None, "storage_unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -113,7 +113,7 @@ async def _evict(state: Any, record: AnswerRecord) -> tuple[int, str | None]:
         return await evict_answer(state.pipeline, state.support, state.curated, record)
     except StoreUnavailable as exc:
         log.warning("thumbs-down on answer %s: the cache's store is away (%s); evicting it later", record.id, exc)
-        await asyncio.to_thread(state.support.defer_eviction, record.id)
+        await asyncio.to_thread(state.support.defer, f"evict:{record.id}")
         return 0, None
 
 

@@ -209,8 +209,8 @@ class Handoff:
     async def _deliver(self) -> None:
         slots = asyncio.Semaphore(SENDERS)
         while True:
+            await slots.acquire()  # first: a handoff waiting for a sender stays in the queue, where drain counts it
             event = await self._queue.get()
-            await slots.acquire()
             task = asyncio.get_running_loop().create_task(self._send(event))
             self._sending[task] = event
 

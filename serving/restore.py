@@ -6,14 +6,16 @@ and a copy of each block in the support store (SQLite or PostgreSQL). A store th
 state (a Redis restarted without persistence, or flushed; a cache file set aside as corrupt)
 gets a new identity (:meth:`cache.SemanticCache.identity`). Each replica looks every few
 seconds, and when the identity is not the one it saw, puts both back: a voted-down answer is
-never served again for want of its block. A thumbs-down given while the store was away waits
-in the support store (``pending_evictions``) and is done at the first look that finds it back.
+never served again for want of its block. Cache work asked for while the store was away (a
+thumbs-down's eviction, a curated answer pinned, edited or removed) waits in the support store
+(``pending_cache_work``) and is done at the first look that finds it back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 
 from cache.stores import StoreUnavailable
@@ -36,15 +38,21 @@ async def restore(pipe: Pipeline, support: SupportStore, curated: CuratedStore) 
     return blocks, await sync_curated(pipe, curated)
 
 
-async def evict_deferred(pipe: Pipeline, support: SupportStore, curated: CuratedStore) -> int:
-    """The thumbs-downs whose eviction waited for the store (:mod:`serving.feedback`); how many
-    were done. Raises StoreUnavailable while it is still away."""
+async def catch_up(pipe: Pipeline, support: SupportStore, curated: CuratedStore) -> int:
+    """The cache work that waited for the store (kept in the support store): a thumbs-down's
+    eviction (:mod:`serving.feedback`), a curated answer's change (:mod:`serving.curation`).
+    How many were done; raises StoreUnavailable while the store is still away."""
     done = 0
-    for answer_id in await asyncio.to_thread(support.deferred_evictions):
-        record = await asyncio.to_thread(support.answer, answer_id)
-        if record is not None:
+    for key in await asyncio.to_thread(support.deferred):
+        kind, _, what = key.partition(":")
+        if kind == "evict" and (record := await asyncio.to_thread(support.answer, what)) is not None:
             await evict_answer(pipe, support, curated, record)
-        await asyncio.to_thread(support.evicted, answer_id)
+        elif kind == "sync":
+            await sync_curated(pipe, curated, what)
+        elif kind == "drop":
+            collection, question, curated_id = json.loads(what)
+            await pipe.uncurate(collection, question, curated_id)
+        await asyncio.to_thread(support.done, key)
         done += 1
     return done
 
@@ -63,8 +71,8 @@ async def _look(pipe: Pipeline, support: SupportStore, curated: CuratedStore, se
             log.warning(
                 "the response cache's store lost its state: %d blocks and %d curated answers put back", blocks, answers
             )
-    if evicted := await evict_deferred(pipe, support, curated):
-        log.info("%d thumbs-downs evicted now that the cache's store is back", evicted)
+    if done := await catch_up(pipe, support, curated):
+        log.info("%d cache changes made now that the cache's store is back", done)
     return identity
 
 

@@ -62,8 +62,9 @@ CREATE INDEX IF NOT EXISTS curated_audit_of ON curated_audit (curated_id, at);
 CREATE TABLE IF NOT EXISTS hit_verdicts (answer_id TEXT PRIMARY KEY, verdict TEXT NOT NULL);
 -- A copy of each thumbs-down's cache block, to put back into a cache store that lost it.
 CREATE TABLE IF NOT EXISTS cache_blocks (id TEXT PRIMARY KEY, scope_key TEXT NOT NULL, block TEXT NOT NULL);
--- Thumbs-downs whose eviction waits for the cache's store to come back (serving/restore.py).
-CREATE TABLE IF NOT EXISTS pending_evictions (answer_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
+-- Cache work waiting for the cache's store to come back (serving/restore.py): a thumbs-down's
+-- eviction, a curated answer's change.
+CREATE TABLE IF NOT EXISTS pending_cache_work (key TEXT PRIMARY KEY, created_at REAL NOT NULL);
 -- The conversation before an answer (its history), for the handoff of a later thumbs-down.
 CREATE TABLE IF NOT EXISTS answer_history (answer_id TEXT PRIMARY KEY, turns TEXT NOT NULL);
 -- The handoffs not delivered yet (serving/handoff.py's Outbox); a delivered one is deleted.
@@ -287,15 +288,17 @@ class SupportStore:
         sql = "INSERT INTO cache_blocks (id, scope_key, block) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
         self.sql.write(sql, [(block["id"], scope_key, json.dumps(block))])
 
-    def defer_eviction(self, answer_id: str) -> None:
-        sql = "INSERT INTO pending_evictions (answer_id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
-        self.sql.write(sql, [(answer_id, time.time())])
+    def defer(self, key: str) -> None:
+        """Cache work to do when the cache's store is back (``evict:ANSWER``, ``sync:COLLECTION``,
+        ``drop:[collection, question, curated id]``: :func:`serving.restore.catch_up`)."""
+        sql = "INSERT INTO pending_cache_work (key, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        self.sql.write(sql, [(key, time.time())])
 
-    def deferred_evictions(self) -> list[str]:
-        return [row[0] for row in self.sql.query("SELECT answer_id FROM pending_evictions ORDER BY created_at")]
+    def deferred(self) -> list[str]:
+        return [row[0] for row in self.sql.query("SELECT key FROM pending_cache_work ORDER BY created_at")]
 
-    def evicted(self, answer_id: str) -> None:
-        self.sql.write("DELETE FROM pending_evictions WHERE answer_id = ?", [(answer_id,)])
+    def done(self, key: str) -> None:
+        self.sql.write("DELETE FROM pending_cache_work WHERE key = ?", [(key,)])
 
     def lift_block(self, block_id: str) -> None:
         self.sql.write("DELETE FROM cache_blocks WHERE id = ?", [(block_id,)])
@@ -318,7 +321,10 @@ class SupportStore:
                 log.exception("support store: answers not written yet")
 
     def answer(self, answer_id: str) -> AnswerRecord | None:
-        self.flush()  # an answer this replica gave a moment ago
+        try:
+            self.flush()  # an answer this replica gave a moment ago
+        except Exception:  # a full disk, the database away: the rows already written are still read
+            log.warning("support store: answers not written yet", exc_info=True)
         rows = self.sql.query(f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE id = ?", (answer_id,))
         return AnswerRecord.from_row(rows[0]) if rows else None
 

@@ -333,6 +333,22 @@ def test_curated_answers_are_checked_by_the_text_they_cite_not_by_chunk_ids(
         assert ask(url, "Do you match prices?")["answer"] == "Yes, within 7 days."
 
 
+def test_a_changed_document_is_not_answered_from_a_copy_of_its_old_text(
+    tmp_path: Path, corpus: Path, embedder: Any
+) -> None:
+    settings = make_settings(tmp_path / "data", backend="extractive", index_poll_s=0.1)
+    (corpus / "archive").mkdir()
+    (corpus / "archive" / "gift-cards-2024.txt").write_text((corpus / "gift-cards.txt").read_text())
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        _pin(url, "Do gift cards ever expire?", "Never.", "gift-cards.txt")
+        cards = corpus / "gift-cards.txt"
+        cards.write_text(cards.read_text().replace("never expire", "expire 12 months after purchase"))
+        wait_for_version(url, ingest([corpus], "default", settings, embedder, progress=False).version)
+        assert _statuses(url) == {"Do gift cards ever expire?": "needs_review"}
+        assert ask(url, "Do gift cards ever expire?")["answer_kind"] != "curated"
+
+
 def test_curated_edits_that_keep_what_they_cite(tmp_path: Path, corpus: Path, embedder: Any) -> None:
     """A thumbs-down sends back the curated answer it was given on, not others of the same
     text; PATCH can cite other documents; a TSV import over a pinned answer keeps its

@@ -172,3 +172,43 @@ def test_a_redis_restarted_without_its_data_gets_the_blocks_and_curated_answers_
             assert httpx.get(f"{url}/v1/cache/blocks", timeout=10).json()["data"] == []
     finally:
         engine.stop()
+
+
+def test_curated_changes_while_redis_is_away_reach_the_cache_when_it_is_back(
+    tmp_path: Path, example_data_dir: Path, embedder: Any
+) -> None:
+    """Redis paused (SIGSTOP: it keeps its data): removing and editing curated answers are
+    recorded (200) and the cache follows once Redis answers again; neither the removed answer
+    nor the old version is served then."""
+    import os
+    import signal
+
+    engine = redis_engine(tmp_path / "redis").start()
+    data = tmp_path / "data"
+    shutil.copytree(example_data_dir, data, ignore=shutil.ignore_patterns("cache"))
+    overrides = {"redis_url": engine.url, "redis_prefix": f"t{uuid.uuid4().hex[:8]}:", "store_check_s": 0.2}
+
+    def ask(url: str, question: str) -> dict[str, Any]:
+        return dict(httpx.post(f"{url}/v1/query", json={"question": question}, timeout=30).json())
+
+    try:
+        with serving(data, embedder, backend="extractive", **overrides) as url:
+            pins = [{"question": "Can I return a gift card?", "answer": "REMOVED: no."},
+                    {"question": "Can I pay with PayPal?", "answer": "OLD: yes."}]  # fmt: skip
+            made = [httpx.post(f"{url}/v1/curated", json=p, timeout=30).json() for p in pins]
+            assert [ask(url, p["question"])["answer"] for p in pins] == ["REMOVED: no.", "OLD: yes."]
+            assert engine.proc is not None
+            os.killpg(engine.proc.pid, signal.SIGSTOP)
+            try:
+                removed = httpx.delete(f"{url}/v1/curated/{made[0]['id']}", timeout=30)
+                edited = httpx.patch(f"{url}/v1/curated/{made[1]['id']}", json={"answer": "NEW: yes."}, timeout=30)
+                assert removed.status_code == 200 and edited.status_code == 200, (removed.text, edited.text)
+            finally:
+                os.killpg(engine.proc.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while ask(url, "Can I pay with PayPal?")["answer"] != "NEW: yes.":
+                assert time.monotonic() < deadline, "the edit never reached the cache"
+                time.sleep(0.3)
+            assert ask(url, "Can I return a gift card?")["answer"] != "REMOVED: no."
+    finally:
+        engine.stop()

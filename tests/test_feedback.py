@@ -283,3 +283,23 @@ def test_rag_bench_feedback_counts_every_vote_it_sent(tmp_path: Path) -> None:
         make_settings(tmp_path / "data"), rate=20, seconds=1.0, down_share=0.5,
     )  # fmt: skip
     assert result["sent"] == 20 and result["ok"] == 20 and result["stored"] == 20 and result["lost"] == 0, result
+
+
+def test_feedback_when_the_support_store_cannot_write_is_a_503_that_says_so(tmp_path: Path, embedder: Any) -> None:
+    """A full or read-only disk under the support store (SQLite refusing writes, as with
+    `PRAGMA query_only`): the answer given before is still found, and the vote is a 503 that
+    says what to do, not a 500."""
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    app = create_app(settings, build_pipeline(settings, embedder))
+    with running_server(app) as url:
+        answer = ask(url, QUESTION)
+        app.state.support.flush()
+        ask(url, "Do gift cards expire?")  # waiting to be written when the disk fills
+        app.state.support.sql._conn.execute("PRAGMA query_only=1")
+        try:
+            vote = rate(url, answer["answer_id"], "down")
+        finally:
+            app.state.support.sql._conn.execute("PRAGMA query_only=0")
+    assert vote.status_code == 503 and vote.json()["error"]["code"] == "storage_unavailable", vote.text
+    assert "free disk space" in vote.json()["error"]["message"]

@@ -84,16 +84,18 @@ async def test_handoffs_a_stop_left_go_at_the_next_start(sql: _Sqlite | _Postgre
     down, up = Desk(503), Desk()
     first = Handoff(down.url, Outbox(sql), max_wait_s=0.2, poll_s=0.1)
     try:
-        for answer_id in ("a1", "a2", "a1"):
+        ids = [f"a{n}" for n in range(6)]  # more than the four senders: two wait in the queue
+        for answer_id in [*ids, "a1"]:
             first.notify(event(answer_id))
-        await until(lambda: len(rows(sql)) == 2, lambda: rows(sql))
-        await first.aclose(timeout_s=0.3)  # not sent: released for the next start
-        assert [r[0] for r in rows(sql)] == ["a1-no_answer", "a2-no_answer"]
+        await until(lambda: len(rows(sql)) == 6, lambda: rows(sql))
+        await first.aclose(timeout_s=0.3)  # not sent: every one released for the next start
+        assert [r[0] for r in rows(sql)] == [f"{a}-no_answer" for a in ids]
+        assert sql.query("SELECT COUNT(*) FROM handoffs WHERE owner IS NULL")[0][0] == 6
         second = Handoff(up.url, Outbox(sql), poll_s=0.1)
         second.start()  # as the app's start-up does, before any new handoff
-        await until(lambda: len(up.received) == 2 and not rows(sql), lambda: (up.received, rows(sql)))
+        await until(lambda: len(up.received) == 6 and not rows(sql), lambda: (up.received, rows(sql)))
         await second.aclose()
-        assert sorted(e["handoff_id"] for e in up.received) == ["a1-no_answer", "a2-no_answer"]
+        assert sorted(e["handoff_id"] for e in up.received) == [f"{a}-no_answer" for a in ids]
         assert up.received[0]["event"] == "needs_human" and up.received[0]["question"] == "q?"
     finally:
         down.close()
