@@ -44,17 +44,26 @@ async def catch_up(pipe: Pipeline, support: SupportStore, curated: CuratedStore)
     How many were done; raises StoreUnavailable while the store is still away."""
     done = 0
     for key in await asyncio.to_thread(support.deferred):
-        kind, _, what = key.partition(":")
-        if kind == "evict" and (record := await asyncio.to_thread(support.answer, what)) is not None:
-            await evict_answer(pipe, support, curated, record)
-        elif kind == "sync":
-            await sync_curated(pipe, curated, what)
-        elif kind == "drop":
-            collection, question, curated_id = json.loads(what)
-            await pipe.uncurate(collection, question, curated_id)
+        try:
+            await _do(pipe, support, curated, key)
+        except StoreUnavailable:
+            raise  # still away: this one and the rest at the next look
+        except Exception:  # it will never work (its collection went): logged, and not tried again
+            log.exception("response cache: the waiting change %s cannot be made; dropped", key)
         await asyncio.to_thread(support.done, key)
         done += 1
     return done
+
+
+async def _do(pipe: Pipeline, support: SupportStore, curated: CuratedStore, key: str) -> None:
+    kind, _, what = key.partition(":")
+    if kind == "evict" and (record := await asyncio.to_thread(support.answer, what)) is not None:
+        await evict_answer(pipe, support, curated, record)
+    elif kind == "sync":
+        await sync_curated(pipe, curated, what)
+    elif kind == "drop":
+        collection, question, curated_id = json.loads(what)
+        await pipe.uncurate(collection, question, curated_id)
 
 
 async def _look(pipe: Pipeline, support: SupportStore, curated: CuratedStore, seen: str | None) -> str | None:

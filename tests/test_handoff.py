@@ -167,3 +167,30 @@ def test_the_service_sends_at_start_up_what_its_last_run_left(tmp_path: Path, em
         assert [e["handoff_id"] for e in desk.received] == ["x-no_answer"]
     finally:
         desk.close()
+
+
+async def test_waiting_cache_work_that_can_never_be_done_does_not_hold_up_the_rest(
+    tmp_path: Path, embedder: Any
+) -> None:
+    """A change queued while the cache's store was away whose collection went since: logged
+    and dropped; the ones after it are made (it would have failed every look, first in line)."""
+    from ingest.runner import ingest
+    from rag.pipeline import build_pipeline
+    from serving.curation import CuratedStore
+    from serving.restore import catch_up
+    from serving.support_store import open_support_store
+
+    from .conftest import EXAMPLES, make_settings
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    pipe = build_pipeline(settings, embedder)
+    support = open_support_store(settings.data_dir, None)
+    try:
+        support.defer("drop:" + json.dumps(["gone", "Do gift cards expire?", "c1"]))  # its collection went
+        support.defer("sync:default")
+        assert await catch_up(pipe, support, CuratedStore(support.sql)) == 2
+        assert support.deferred() == []
+    finally:
+        support.close()
+        await pipe.aclose()
