@@ -183,7 +183,7 @@ async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | No
     serves (:meth:`CuratedStore.checked`), and put it in the cache where its version is not
     there yet (after a start, a new version, a cache clear, a rebuilt collection); take out
     the ones that no longer stand. Returns how many were put."""
-    put = 0
+    put, current = 0, {}  # collection -> whether this replica serves its CURRENT (read once)
     for before in await asyncio.to_thread(store.items, collection, "active"):
         try:
             index = pipe.get_index(before.collection)
@@ -191,7 +191,9 @@ async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | No
         except Exception as exc:  # the collection is gone or not ingested: nothing to serve it with
             log.warning("curated answer %s not served: %s", before.id, exc)
             continue
-        if not _is_current(index):  # this replica swaps soon, and checks again then
+        if index.name not in current:
+            current[index.name] = _is_current(index)
+        if not current[index.name]:  # this replica swaps soon, and checks again then
             continue
         item = await asyncio.to_thread(store.checked, before, index)
         if item is None:
