@@ -380,7 +380,9 @@ def test_an_answer_cut_at_max_tokens_says_length_on_the_openai_face(
         question = [{"role": "user", "content": "Which payment methods do you accept?"}]
         cut = client.chat.completions.create(model="default", messages=question, max_tokens=2)
         assert cut.choices[0].finish_reason == "length", cut
-        whole = client.chat.completions.create(model="default", messages=question)
+        # Not cut: a stop sequence ends it (greedy decoding on CPU is not the same run to run,
+        # and this small model can ramble past the 96-token default).
+        whole = client.chat.completions.create(model="default", messages=question, stop=["."], max_tokens=400)
         assert whole.choices[0].finish_reason == "stop", whole
 
         # Streamed: the last chunk says the same, and counts vLLM's tokens, not the pieces sent.
@@ -388,7 +390,9 @@ def test_an_answer_cut_at_max_tokens_says_length_on_the_openai_face(
         assert chunks[-1].choices[0].finish_reason == "length", chunks[-1]
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2, chunks[-1]
         assert chunks[-1].usage.prompt_tokens > 100, chunks[-1]  # the instructions and passages, as vLLM counted them
-        streamed = list(client.chat.completions.create(model="default", messages=question, stream=True))
+        streamed = list(
+            client.chat.completions.create(model="default", messages=question, stop=["."], max_tokens=400, stream=True)
+        )
         assert streamed[-1].choices[0].finish_reason == "stop", streamed[-1]
 
     # Cached, the cut answer is served again only to the same max_tokens, and says so again.
