@@ -17,6 +17,14 @@ def keys_create(
         Optional[str], typer.Option(help="Comma-separated collections the key reaches ('*' for all).")
     ] = None,
     admin: Annotated[bool, typer.Option("--admin", help="Every collection, plus admin routes.")] = False,
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public",
+            help="A key for a web page (the chat widget's), which anyone can read: limits per visitor "
+            "(RAG_VISITOR_RATE_LIMIT, RAG_MAX_CONCURRENT_PER_VISITOR), no batch jobs.",
+        ),
+    ] = False,
     name: Annotated[Optional[str], typer.Option(help="A label to recognise the key by.")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -26,7 +34,7 @@ def keys_create(
     settings = load_settings(data_dir=data_dir)
     wanted = [c.strip() for c in (collections or "").split(",") if c.strip()]
     store = open_key_store(settings)
-    key, info = run_or_fail(lambda: store.create(wanted, admin=admin, name=name))
+    key, info = run_or_fail(lambda: store.create(wanted, admin=admin, name=name, public=public))
     store.close()
     from rag.store import list_collections
 
@@ -37,6 +45,7 @@ def keys_create(
             fg=typer.colors.YELLOW, err=True,
         )  # fmt: skip
     scope = "admin, every collection" if info.admin else "collections: " + ", ".join(info.collections)
+    scope += ", public: for a web page" if info.public else ""
     typer.secho(f"key {info.id} ({scope}); shown only now, store it safely:", err=True)
     typer.echo(key)
 
@@ -49,7 +58,7 @@ def keys_list(data_dir: DataDir = None) -> None:
     store = open_key_store(load_settings(data_dir=data_dir))
     for info in run_or_fail(store.list):
         state = "revoked" if info.revoked_at else "active"
-        kind = "admin" if info.admin else ",".join(info.collections)
+        kind = "admin" if info.admin else ("public:" if info.public else "") + ",".join(info.collections)
         typer.echo(f"{info.id}\t{state}\t{kind}\t{info.name or ''}")
     store.close()
 

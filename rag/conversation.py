@@ -111,6 +111,20 @@ _SENTENCE_RE = re.compile(r"[^.!?]+[.!?]*")
 _OWN_WORDS = 2  # fewer content words than this ("how much?") cannot be searched alone
 
 
+_NEW_TOPIC_RE = re.compile(
+    r"\b(?:different|separate|unrelated|new|other|another)\s+(?:question|topic|subject|issue|thing)\b"
+    r"|\bunrelated\b|\bchang(?:e|ing)\s+(?:the\s+)?(?:subject|topic)\b|\bon\s+(?:an)?other\s+note\b",
+    re.IGNORECASE,
+)
+
+
+def new_topic(question: str) -> bool:
+    """Whether the message says it starts another topic ("Different question: ...", "on
+    another note", "unrelated, but ..."): then nothing of the conversation is carried into
+    it, not even the entity it named."""
+    return bool(_NEW_TOPIC_RE.search(question))
+
+
 def refers_back(question: str) -> bool:
     """Whether ``question`` leans on the turn before it; otherwise it starts a topic of its own
     ("Thanks. Separate question: can I pay with PayPal?" after a password reset) and is
@@ -122,4 +136,4 @@ def refers_back(question: str) -> bool:
     asked = next((s for s in reversed(sentences) if s.endswith("?")), sentences[-1] if sentences else question)
     if len(terms(asked)) < _OWN_WORDS:
         return True
-    return bool(_BACK_REFERENCE_RE.search(_EMPTY_REFERENCE_RE.sub(" ", asked)))
+    return bool(_BACK_REFERENCE_RE.search(_NEW_TOPIC_RE.sub(" ", _EMPTY_REFERENCE_RE.sub(" ", asked))))

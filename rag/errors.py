@@ -127,6 +127,12 @@ class RequestTooLargeError(RagError):
     code = "request_too_large"
 
 
+class RequestTimeoutError(RagError):
+    status_code = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RateLimitError(RagError):
     """Too many requests for one API key: wait ``retry_after_s`` and send it again."""
 

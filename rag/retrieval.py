@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .conversation import refers_back, standalone
+from .conversation import new_topic, refers_back, standalone
 from .embedder import Embedder
 from .rerank import RerankerUnavailable, load_reranker
 from .settings import Settings
@@ -152,10 +152,15 @@ class Retrieval:
         """What to search with: the caller's filters, else the entity the question or its
         conversation names; a follow-up naming none is searched with the turn it follows, a
         question of a topic of its own alone (:func:`rag.conversation.refers_back`)."""
+        leans = refers_back(question)
         if not filters and self.settings.entity_filter:
-            entity = standalone(question, history, index.titles()).entity
+            # The conversation's entity carries over ("is there free wifi?" in a talk about one
+            # hotel), but not to a question that says it starts another topic ("Thanks.
+            # Different question: how old must I be for an e-bike?" after a turn about one dock).
+            fresh = not leans and new_topic(question)
+            entity = standalone(question, None if fresh else history, index.titles()).entity
             filters = {"title": entity} if entity else None
-        if not filters and refers_back(question) and (pasted := self.with_turn_before(question, history)):
+        if not filters and leans and (pasted := self.with_turn_before(question, history)):
             return pasted, None
         return question, filters
 

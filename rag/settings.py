@@ -212,7 +212,15 @@ class Settings(BaseSettings):
     cache_verifier: Path | None = None
     """Verifier written by `rag cache calibrate` (.npz: a request classifier or a pair network); judges each near duplicate."""
 
-    @field_validator("cache_verifier", "rate_limit", "auth_failure_limit", "redis_url", "database_url", mode="before")
+    @field_validator(
+        "cache_verifier",
+        "rate_limit",
+        "auth_failure_limit",
+        "visitor_rate_limit",
+        "redis_url",
+        "database_url",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -309,7 +317,10 @@ class Settings(BaseSettings):
     rate_limit: str | None = "600/minute"
     """Requests per API key in a moving window (`limits` notation: "600/minute", "20/second"); unset: none."""
 
-    @field_validator("rate_limit", "auth_failure_limit")
+    visitor_rate_limit: str | None = "30/minute"
+    """Requests per visitor (client address) with a public key (`rag keys create --public`: the chat widget's, which anyone can read in the page), on top of the key's RAG_RATE_LIMIT, so one visitor cannot spend every customer's budget; unset: none."""
+
+    @field_validator("rate_limit", "auth_failure_limit", "visitor_rate_limit")
     @classmethod
     def _parse_rate(cls, value: str | None) -> str | None:
         if value is not None:
@@ -332,7 +343,13 @@ class Settings(BaseSettings):
         return self.rate_limit_storage
 
     max_concurrent_per_key: int = Field(default=16, ge=1)
-    """Requests one API key may have in flight at once (per worker process)."""
+    """Requests one API key may have in flight at once (per worker process); a request takes its slot once its body is in."""
+
+    max_concurrent_per_visitor: int = Field(default=2, ge=1)
+    """Requests one visitor (client address) may have in flight at once with a public key (per worker process)."""
+
+    body_timeout_s: float = Field(default=10.0, gt=0.0)
+    """Seconds a client has to send its whole request body; past it, 408 (a slow upload holds no slot of its key meanwhile)."""
 
     log_format: Literal["json", "text"] = "json"
     """Log lines of `rag serve`: one JSON object per line (with the request id), or plain text."""

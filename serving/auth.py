@@ -12,8 +12,12 @@ service is for this machine only: ``rag serve`` binds to 127.0.0.1 and says so.
 
 Limits per key (``RAG_RATE_LIMIT`` requests per window, shared by worker processes through
 ``RAG_RATE_LIMIT_STORAGE``; ``RAG_MAX_CONCURRENT_PER_KEY`` requests in flight per process)
-answer 429 with ``Retry-After``. The anonymous caller of a keyless, loopback-only service has
-no limits.
+answer 429 with ``Retry-After``. A public key (``--public``: the widget's, in a web page that
+anyone can read) is also limited per visitor (client address: ``RAG_VISITOR_RATE_LIMIT``,
+``RAG_MAX_CONCURRENT_PER_VISITOR``), so one visitor cannot spend every customer's budget. A
+request takes its in-flight slot only once its whole body is in (``RAG_BODY_TIMEOUT_S``, then
+408): a client that opens requests and sends their bodies slowly holds no slot. The anonymous
+caller of a keyless, loopback-only service has no limits.
 """
 
 from __future__ import annotations
@@ -24,13 +28,12 @@ import math
 import time
 from typing import Any
 
-from starlette.exceptions import HTTPException
-
 from rag.errors import (
     AuthenticationError,
     InvalidRequestError,
     RagError,
     RateLimitError,
+    RequestTimeoutError,
     RequestTooLargeError,
 )
 from rag.settings import Settings
@@ -143,13 +146,15 @@ class KeyLimits:
 
         uri = settings.limits_storage
         self.rate = parse(settings.rate_limit) if settings.rate_limit else None
+        self.visitor_rate = parse(settings.visitor_rate_limit) if settings.visitor_rate_limit else None
         self.failures = parse(settings.auth_failure_limit) if settings.auth_failure_limit else None
         # The event loop must not wait on Redis: the asyncio flavour of the same storage.
         self._limiter = MovingWindowRateLimiter(
             storage_from_string(uri if uri.startswith("async+") else f"async+{uri}", **_storage_options(uri))
         )
         self.max_concurrent = settings.max_concurrent_per_key
-        self._in_flight: dict[str, int] = {}
+        self.max_per_visitor = settings.max_concurrent_per_visitor
+        self._in_flight: dict[str, int] = {}  # by key id, and by "key id|address" for public keys
         self._store_down_until = 0.0
 
     async def _over(self, limit: Any, *keys: str, hit: bool = True) -> int | None:
@@ -169,18 +174,33 @@ class KeyLimits:
             return None
         return max(1, math.ceil(stats.reset_time - time.time()))
 
-    async def admit(self, principal: Principal) -> None:
-        if principal.key_id is None:
-            return
-        if self.rate is not None and (wait := await self._over(self.rate, principal.key_id)) is not None:
+    async def admit(self, principal: Principal, address: str) -> list[str]:
+        """Count the request against its key's limits (and its visitor's, for a public key), or
+        raise 429; returns the in-flight slots it took, for :meth:`release`."""
+        key = principal.key_id
+        if key is None:
+            return []
+        visitor = f"{key}|{address}"
+        if principal.public and self.visitor_rate is not None:
+            if (wait := await self._over(self.visitor_rate, "visitor", visitor)) is not None:
+                raise RateLimitError(
+                    f"rate limit of {self.visitor_rate} reached for this visitor - retry in {wait} s", wait
+                )
+        if self.rate is not None and (wait := await self._over(self.rate, key)) is not None:
             raise RateLimitError(f"rate limit of {self.rate} reached for this API key - retry in {wait} s", wait)
-        if self._in_flight.get(principal.key_id, 0) >= self.max_concurrent:
-            raise RateLimitError(
-                f"{self.max_concurrent} requests already in flight for this API key - wait for one to finish",
-                1,
-                code="too_many_concurrent_requests",
-            )
-        self._in_flight[principal.key_id] = self._in_flight.get(principal.key_id, 0) + 1
+        slots = [(key, self.max_concurrent, "this API key")]
+        if principal.public:
+            slots.append((visitor, self.max_per_visitor, "this visitor"))
+        for slot, most, whose in slots:
+            if self._in_flight.get(slot, 0) >= most:
+                raise RateLimitError(
+                    f"{most} requests already in flight for {whose} - wait for one to finish",
+                    1,
+                    code="too_many_concurrent_requests",
+                )
+        for slot, _, _ in slots:
+            self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
+        return [slot for slot, _, _ in slots]
 
     async def refuse_guessing(self, address: str) -> None:
         """429 for a client address past RAG_AUTH_FAILURE_LIMIT wrong keys (shared across
@@ -202,13 +222,13 @@ class KeyLimits:
         if close is not None:
             await close()
 
-    def release(self, principal: Principal) -> None:
-        if principal.key_id is not None:
-            left = self._in_flight.get(principal.key_id, 1) - 1
+    def release(self, slots: list[str]) -> None:
+        for slot in slots:
+            left = self._in_flight.get(slot, 1) - 1
             if left > 0:
-                self._in_flight[principal.key_id] = left
+                self._in_flight[slot] = left
             else:
-                self._in_flight.pop(principal.key_id, None)
+                self._in_flight.pop(slot, None)
 
 
 class GuardMiddleware:
@@ -220,6 +240,7 @@ class GuardMiddleware:
     def __init__(self, app: ASGIApp, settings: Settings, authenticator: Authenticator, limits: KeyLimits) -> None:
         self.app = app
         self.max_body = settings.max_body_bytes
+        self.body_timeout_s = settings.body_timeout_s
         self._drain_bound = DRAIN_FACTOR * settings.max_body_bytes
         self.auth = authenticator
         self.limits = limits
@@ -240,16 +261,12 @@ class GuardMiddleware:
             await send_error(send, InvalidRequestError("the URL must not contain NUL (%00) characters - remove them"))
             return
         principal = ANONYMOUS
-        if scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS":
-            address = (scope.get("client") or ("unknown",))[0]
+        guarded = scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS"
+        address = (scope.get("client") or ("unknown",))[0]
+        if guarded:
             try:
-                await self.auth.refresh(headers.get("authorization"))
-                if self.auth.enabled():
-                    await self.limits.refuse_guessing(address)
-                principal = self.auth.authenticate(headers.get("authorization"))
-                await self.limits.admit(principal)
+                principal = await self._authenticate(headers.get("authorization"), address)
             except AuthenticationError as exc:
-                await self.limits.count_failure(address)
                 await send_error(send, exc, {"WWW-Authenticate": "Bearer"})
                 return
             except RateLimitError as exc:
@@ -258,11 +275,47 @@ class GuardMiddleware:
             except RagError as exc:  # the key store is away (PostgreSQL down): a 503
                 await send_error(send, exc)
                 return
+        # The whole body before a slot: a client that sends it slowly (or never) holds none.
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
+        except TimeoutError:
+            error = RequestTimeoutError(
+                f"the request body did not arrive within {self.body_timeout_s:g} s - send it at once "
+                "(or raise RAG_BODY_TIMEOUT_S)"
+            )
+            await send_error(send, error, {"Connection": "close"})
+            return
+        except RequestTooLargeError as exc:
+            await send_error(send, exc, {"Connection": "close"})
+            return
+        if body is None:  # the client went away
+            return
+        slots: list[str] = []
+        if guarded:
+            try:
+                slots = await self.limits.admit(principal, address)
+            except RateLimitError as exc:
+                await send_error(send, exc, {"Retry-After": str(exc.retry_after_s)})
+                return
         scope.setdefault("state", {})["principal"] = principal
         try:
-            await self.app(scope, self._bounded(receive, send), send)
+            await self.app(scope, self._replay(body, receive), send)
         finally:
-            self.limits.release(principal)
+            self.limits.release(slots)
+
+    async def _authenticate(self, authorization: str | None, address: str) -> Principal:
+        """The caller; a wrong key counts towards its address's failure limit (past it, 429).
+        A right key is let in even from an address past that limit: keys are 256-bit random,
+        so there is nothing to guess, and a shared address (an office, a mobile carrier's NAT)
+        must not lock out every customer behind it because of one bad client."""
+        await self.auth.refresh(authorization)
+        try:
+            return self.auth.authenticate(authorization)
+        except AuthenticationError:
+            if self.auth.enabled():
+                await self.limits.refuse_guessing(address)
+            await self.limits.count_failure(address)
+            raise
 
     def _too_large(self) -> RagError:
         return RequestTooLargeError(
@@ -283,19 +336,35 @@ class GuardMiddleware:
                 return
             seen += len(message.get("body", b""))
 
-    def _bounded(self, receive: Receive, send: Send) -> Receive:
-        """A body without Content-Length (chunked) is counted as it arrives."""
+    async def _read_body(self, receive: Receive) -> bytes | None:
+        """The whole body (a chunked one counted as it arrives: past RAG_MAX_BODY_BYTES, a 413),
+        or None when the client went away."""
+        parts: list[bytes] = []
         seen = 0
-
-        async def bounded() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:  # FastAPI passes an HTTPException through as it is
-                    if message.get("more_body", False):
-                        await self._drain(receive, seen)
-                    raise HTTPException(413, self._too_large().message)
-            return message
+            if message["type"] != "http.request":
+                return None
+            part = message.get("body", b"")
+            seen += len(part)
+            if seen > self.max_body:
+                if message.get("more_body", False):
+                    await self._drain(receive, seen)
+                raise self._too_large()
+            parts.append(part)
+            if not message.get("more_body", False):
+                return b"".join(parts)
 
-        return bounded
+    @staticmethod
+    def _replay(body: bytes, receive: Receive) -> Receive:
+        """The body read, then the client's own messages (a disconnect)."""
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay

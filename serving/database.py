@@ -106,6 +106,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE TABLE pending_cache_work (key TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);
         """,
     ),
+    (7, "ALTER TABLE keys ADD COLUMN public BOOLEAN NOT NULL DEFAULT FALSE;"),
 ]
 
 

@@ -133,10 +133,14 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
     evicted, block_id, needs_human = 0, None, None
     curated = record.answer_kind == CURATED
     if body.rating == "down":
-        if curated:  # a person's answer goes back to a person
+        # A person's answer goes back to a person. Through a public key (the widget's, which
+        # anyone can send with) a vote is a customer's word, not a reviewer's: it is handed
+        # over, and the approved answer is served until a person decides.
+        if curated and not principal.public:
             why = f"thumbs-down on answer {record.id}" + (f": {body.reason}" if body.reason else "")
             await curation.dispute(state.curated, record.collection, record.cache_ref or "", why)
-        evicted, block_id = await _evict(state, record)
+        if not (curated and principal.public):
+            evicted, block_id = await _evict(state, record)
         needs_human = "thumbs_down"
         if not await asyncio.to_thread(state.support.voted_down, record.id):  # a person was told the first time
             conversation = [turn.model_dump() for turn in body.conversation] or await asyncio.to_thread(

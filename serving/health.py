@@ -96,14 +96,14 @@ async def _stranger(request: Request) -> bool:
     if not header:
         return True
     limits, address = request.app.state.limits, request.client.host if request.client else "unknown"
-    try:  # a wrong key here counts towards RAG_AUTH_FAILURE_LIMIT, as on every other route
-        await limits.refuse_guessing(address)
-    except RateLimitError:
-        return True
     await authenticator.refresh(header)
     try:
         return not authenticator.authenticate(header).admin
-    except AuthenticationError:
+    except AuthenticationError:  # counts towards RAG_AUTH_FAILURE_LIMIT, as on every other route
+        try:
+            await limits.refuse_guessing(address)
+        except RateLimitError:
+            return True
         await limits.count_failure(address)
         return True
 

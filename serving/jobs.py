@@ -247,6 +247,7 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     pipe: Pipeline = request.app.state.pipeline
     collection = body.collection or pipe.settings.collection
     principal = principal_of(request)
+    principal.require_private("batch jobs (one request, up to 10,000 questions)")
     principal.require_collection(collection)
     pipe.get_index(collection)  # an unknown collection is a 404 now, not later
     resolved = body.model_copy(update={"collection": collection})  # run where it was checked, on any replica

@@ -36,7 +36,7 @@ KEYS_FILE = "keys.sqlite"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY, name TEXT, hash TEXT NOT NULL, collections TEXT NOT NULL,
-    admin INTEGER NOT NULL, created_at REAL NOT NULL, revoked_at REAL
+    admin INTEGER NOT NULL, created_at REAL NOT NULL, revoked_at REAL, public INTEGER NOT NULL DEFAULT 0
 );
 """
 
@@ -49,27 +49,31 @@ class KeyInfo:
     admin: bool
     created_at: float
     revoked_at: float | None
+    public: bool = False
 
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _new_key(collections: list[str], admin: bool, name: str | None) -> tuple[str, KeyInfo, str]:
+def _new_key(collections: list[str], admin: bool, name: str | None, public: bool) -> tuple[str, KeyInfo, str]:
     """A new key, its record and the digest to store."""
     if not collections and not admin:
         raise InvalidRequestError("a key needs --collections (names, or '*' for all) or --admin")
+    if admin and public:
+        raise InvalidRequestError("a public key (one in a web page) cannot be an admin key - leave out --admin")
     key_id = secrets.token_hex(4)
     key = f"rk_{key_id}_{secrets.token_urlsafe(32)}"
     stored = [ALL] if admin or ALL in collections else sorted(set(collections))
-    return key, KeyInfo(key_id, name, stored, admin, time.time(), None), _digest(key)
+    return key, KeyInfo(key_id, name, stored, admin, time.time(), None, public), _digest(key)
 
 
-def _principal(key: str, row: tuple[str, list[str], bool] | None) -> Principal | None:
-    """The caller a key makes, given its row (hash, collections, admin), or None."""
+def _principal(key: str, row: tuple[str, list[str], bool, bool] | None) -> Principal | None:
+    """The caller a key makes, given its row (hash, collections, admin, public), or None."""
     if row is None or not hmac.compare_digest(row[0], _digest(key)):
         return None
-    return Principal(key.split("_", 2)[1], None if ALL in row[1] else frozenset(row[1]), bool(row[2]))
+    collections = None if ALL in row[1] else frozenset(row[1])
+    return Principal(key.split("_", 2)[1], collections, bool(row[2]), bool(row[3]))
 
 
 def _key_id(key: str) -> str | None:
@@ -78,7 +82,9 @@ def _key_id(key: str) -> str | None:
 
 
 class KeyStoreLike(Protocol):
-    def create(self, collections: list[str], admin: bool = False, name: str | None = None) -> tuple[str, KeyInfo]: ...
+    def create(
+        self, collections: list[str], admin: bool = False, name: str | None = None, public: bool = False
+    ) -> tuple[str, KeyInfo]: ...
     def revoke(self, key_id: str) -> bool: ...
     def list(self) -> list[KeyInfo]: ...
     def active(self) -> int: ...
@@ -117,18 +123,22 @@ class KeyStore:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            if "public" not in {row[1] for row in db.execute("PRAGMA table_info(keys)")}:  # a store from before
+                db.execute("ALTER TABLE keys ADD COLUMN public INTEGER NOT NULL DEFAULT 0")
             self._db = db
         return self._db
 
-    def create(self, collections: list[str], admin: bool = False, name: str | None = None) -> tuple[str, KeyInfo]:
+    def create(
+        self, collections: list[str], admin: bool = False, name: str | None = None, public: bool = False
+    ) -> tuple[str, KeyInfo]:
         """A new key: returns it (shown once, never stored) and its record."""
-        key, info, digest = _new_key(collections, admin, name)
+        key, info, digest = _new_key(collections, admin, name, public)
         db = self._conn(create=True)
         assert db is not None
         with self._lock:
             db.execute(
-                "INSERT INTO keys (id, name, hash, collections, admin, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (info.id, name, digest, json.dumps(info.collections), int(admin), info.created_at),
+                "INSERT INTO keys (id, name, hash, collections, admin, created_at, public) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (info.id, name, digest, json.dumps(info.collections), int(admin), info.created_at, int(public)),
             )
         return key, info
 
@@ -146,8 +156,8 @@ class KeyStore:
         db = self._conn()
         if db is None:
             return []
-        rows = db.execute("SELECT id, name, collections, admin, created_at, revoked_at FROM keys ORDER BY created_at")
-        return [KeyInfo(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4], r[5]) for r in rows]
+        sql = "SELECT id, name, collections, admin, created_at, revoked_at, public FROM keys ORDER BY created_at"
+        return [KeyInfo(r[0], r[1], json.loads(r[2]), bool(r[3]), r[4], r[5], bool(r[6])) for r in db.execute(sql)]
 
     def active(self) -> int:
         db = self._conn()
@@ -163,9 +173,9 @@ class KeyStore:
         key_id, db = _key_id(key), self._conn()
         if db is None or key_id is None:
             return None
-        row = db.execute("SELECT hash, collections, admin FROM keys WHERE id = ? AND revoked_at IS NULL", (key_id,))
-        found = row.fetchone()
-        return _principal(key, None if found is None else (found[0], json.loads(found[1]), bool(found[2])))
+        sql = "SELECT hash, collections, admin, public FROM keys WHERE id = ? AND revoked_at IS NULL"
+        found = db.execute(sql, (key_id,)).fetchone()
+        return _principal(key, None if found is None else (found[0], json.loads(found[1]), found[2], found[3]))
 
     def close(self) -> None:
         if self._db is not None:
@@ -180,15 +190,15 @@ class PgKeyStore:
         self.db = database
         self._owns = owns  # closed with the store (the CLI's), or by whoever shares it (the app)
 
-    def create(self, collections: list[str], admin: bool = False, name: str | None = None) -> tuple[str, KeyInfo]:
+    def create(
+        self, collections: list[str], admin: bool = False, name: str | None = None, public: bool = False
+    ) -> tuple[str, KeyInfo]:
         from psycopg.types.json import Jsonb
 
-        key, info, digest = _new_key(collections, admin, name)
+        key, info, digest = _new_key(collections, admin, name, public)
+        sql = "INSERT INTO keys (id, name, hash, collections, admin, created_at, public) VALUES (%s, %s, %s, %s, %s, %s, %s)"
         self.db.run(
-            lambda c: c.execute(
-                "INSERT INTO keys (id, name, hash, collections, admin, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
-                (info.id, name, digest, Jsonb(info.collections), admin, info.created_at),
-            )
+            lambda c: c.execute(sql, (info.id, name, digest, Jsonb(info.collections), admin, info.created_at, public))
         )
         return key, info
 
@@ -197,7 +207,7 @@ class PgKeyStore:
         return bool(self.db.run(lambda c: c.execute(sql, (time.time(), key_id)).rowcount) > 0)
 
     def list(self) -> list[KeyInfo]:
-        sql = "SELECT id, name, collections, admin, created_at, revoked_at FROM keys ORDER BY created_at"
+        sql = "SELECT id, name, collections, admin, created_at, revoked_at, public FROM keys ORDER BY created_at"
         return [KeyInfo(*row) for row in self.db.run(lambda c: c.execute(sql).fetchall())]
 
     def active(self) -> int:
@@ -212,7 +222,7 @@ class PgKeyStore:
         key_id = _key_id(key)
         if key_id is None:
             return None
-        sql = "SELECT hash, collections, admin FROM keys WHERE id = %s AND revoked_at IS NULL"
+        sql = "SELECT hash, collections, admin, public FROM keys WHERE id = %s AND revoked_at IS NULL"
         return _principal(key, self.db.run(lambda c: c.execute(sql, (key_id,)).fetchone()))
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Who is calling: a key's principal (its id, collections, admin flag) or the anonymous user
+"""Who is calling: a key's principal (its id, collections, admin and public flags) or the anonymous user
 of a keyless, loopback-only service; what each may reach."""
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ class Principal:
     key_id: str | None
     collections: frozenset[str] | None  # None: every collection
     admin: bool
+    public: bool = False
+    """A key that sits in a web page (the chat widget's): anyone can read it, so limits per
+    visitor apply, and it reaches only what a visitor needs (no batch jobs; its thumbs-down
+    on a curated answer hands it to a person without taking it out of service)."""
 
     @property
     def label(self) -> str:
@@ -34,6 +38,13 @@ class Principal:
                 f"this API key cannot read collection {collection!r} - use a key created with "
                 f"`rag keys create --collections {collection}`",
                 param="collection",
+            )
+
+    def require_private(self, what: str) -> None:
+        if self.public:
+            raise PermissionDeniedError(
+                f"a public key (`rag keys create --public`, the widget's) cannot use {what} - "
+                "use a key created without --public, kept on a server"
             )
 
     def require_admin(self) -> None:

@@ -94,6 +94,8 @@ def test_an_faq_entrys_question_is_a_third_ranking(tmp_path: Path, embedder) -> 
         ("Even for sale items?", True),
         ("Thanks, that worked! How do I change my email?", False),  # the question is its last sentence
         ("One more question: can I pay by PayPal?", False),
+        ("Another question: can I pay by PayPal?", False),  # "another question" starts one
+        ("Different question: does it have parking?", True),  # ... but "it" still points back
         ("Do you offer same-day delivery?", False),  # whole words only
     ],
 )
@@ -118,6 +120,9 @@ async def test_a_follow_up_retrieves_the_entity_its_history_names(hotels_dir: Pa
     # Without the conversation the question names no hotel: citations from several.
     alone = await pipeline.answer("Are the bathrooms clean?")
     assert len({c.title for c in alone.citations}) > 1
+    # A message that says it starts another topic leaves the conversation's hotel behind.
+    moved_on = await pipeline.answer("Thanks. Different question: are the bathrooms clean?", history=history)
+    assert len({c.title for c in moved_on.citations}) > 1, moved_on.citations
     await pipeline.aclose()
 
 

@@ -47,6 +47,7 @@ def tenants(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> dict[str
         "a": store.create(["alpha"], name="shop a")[0],
         "b": store.create(["beta"])[0],
         "admin": store.create([], admin=True)[0],
+        "widget": store.create(["alpha"], name="widget", public=True)[0],
     }
     store.close()
     return {"data_dir": data_dir, "keys": keys}
@@ -235,33 +236,124 @@ def test_rate_limit_per_key_answers_429_with_retry_after(tenants: dict[str, Any]
 def test_concurrent_requests_per_key_are_bounded(tenants: dict[str, Any], embedder: Any) -> None:
     import threading
 
+    from .fake_vllm import fake_vllm
+    from .servers import running_server
+
     keys = tenants["keys"]
-    with serving(tenants["data_dir"], embedder, backend="extractive", max_concurrent_per_key=1) as url:
-        released = threading.Event()
-
-        def slow_body() -> Iterator[bytes]:  # holds the key's only slot while it uploads
-            yield b'{"question": "How long do refunds take?", '
-            released.wait(20)
-            yield b'"collection": "alpha"}'
-
+    hung = fake_vllm("hang")  # a backend that never answers: the first request holds its slot
+    with (
+        running_server(hung) as backend,
+        serving(tenants["data_dir"], embedder, backend="vllm", vllm_url=backend, max_concurrent_per_key=1) as url,
+    ):
         results: list[int] = []
         with client(url, keys["a"]) as first:
-            holder = threading.Thread(
-                target=lambda: results.append(first.post("/v1/query", content=slow_body(), headers=JSON).status_code)
-            )
+            holder = threading.Thread(target=lambda: results.append(ask(first, "alpha").status_code))
             holder.start()
-            time.sleep(0.5)
+            deadline = time.monotonic() + 20
+            while hung.state.requests < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert hung.state.requests == 1
             with client(url, keys["a"]) as second:
                 busy = ask(second, "alpha")
                 assert_error(busy, 429, "too_many_concurrent_requests")
                 assert busy.headers["retry-after"] == "1"
             with client(url, keys["b"]) as other:
-                assert ask(other, "beta").status_code == 200
-            released.set()
+                assert other.get("/v1/models").status_code == 200
+            hung.state.mode = "ok"  # the hung request ends (a 503: its backend failed it)
             holder.join(30)
-            assert results == [200]
+            assert len(results) == 1
             with client(url, keys["a"]) as again:
-                assert ask(again, "alpha").status_code == 200  # the slot came back
+                assert again.get("/v1/models").status_code == 200  # the slot came back
+
+
+def test_a_slow_body_holds_no_slot_and_gets_a_408(tenants: dict[str, Any], embedder: Any) -> None:
+    """A client that opens a request and sends its body slowly (or never) must not hold its key's
+    in-flight slots: with a key in a web page, anyone could shut out every customer."""
+    keys = tenants["keys"]
+    with serving(
+        tenants["data_dir"], embedder, backend="extractive", max_concurrent_per_key=1, body_timeout_s=2.0
+    ) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=15) as slow:
+            head = (
+                f"POST /v1/query HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {keys['widget']}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+            )
+            slow.sendall(head.encode() + b'{"question": "How lo')
+            time.sleep(0.3)
+            with client(url, keys["widget"]) as customer:  # the key's only slot is free meanwhile
+                assert ask(customer, "alpha").status_code == 200
+            status = slow.recv(65536).split(b"\r\n", 1)[0]
+        assert b" 408 " in status, status
+
+
+def test_a_public_key_is_limited_per_visitor_and_cannot_run_jobs(tenants: dict[str, Any], embedder: Any) -> None:
+    keys = tenants["keys"]
+    with serving(tenants["data_dir"], embedder, backend="extractive", visitor_rate_limit="2/minute") as url:
+        with client(url, keys["widget"]) as widget:
+            assert [ask(widget, "alpha").status_code for _ in range(2)] == [200, 200]
+            limited = assert_error(ask(widget, "alpha"), 429, "rate_limit_exceeded")
+            assert "this visitor" in limited["message"]
+            # Another visitor (a proxy on this host says who) still has their own budget.
+            other = widget.post(
+                "/v1/query",
+                json={"question": QUESTION, "collection": "alpha"},
+                headers={"X-Forwarded-For": "203.0.113.9"},
+            )
+            assert other.status_code == 200, other.text
+            job = widget.post(
+                "/v1/jobs",
+                json={"collection": "alpha", "questions": [{"question": QUESTION}]},
+                headers={"X-Forwarded-For": "203.0.113.10"},
+            )
+            assert "--public" in assert_error(job, 403, "permission_denied")["message"]
+        with client(url, keys["a"]) as server_side:  # a key kept on a server: no per-visitor limit, jobs
+            assert [ask(server_side, "alpha").status_code for _ in range(3)] == [200, 200, 200]
+            assert server_side.post("/v1/jobs", json={"collection": "alpha", "questions": []}).status_code in (202, 400)
+
+
+def test_a_public_keys_thumbs_down_hands_a_curated_answer_over_without_unpublishing_it(
+    tenants: dict[str, Any], tmp_path: Path, embedder: Any
+) -> None:
+    data_dir = tmp_path / "data"
+    shutil.copytree(tenants["data_dir"], data_dir)
+    keys = tenants["keys"]
+    pinned = "Refunds reach your card 5 to 7 business days after we receive the return."
+    with serving(data_dir, embedder, backend="extractive", collection="alpha") as url:
+        with client(url, keys["admin"]) as admin:
+            body = {
+                "collection": "alpha",
+                "question": QUESTION,
+                "answer": pinned,
+                "document_ids": ["returns-and-refunds.md"],
+            }
+            assert admin.post("/v1/curated", json=body).status_code in (200, 201)
+        with client(url, keys["widget"]) as widget:
+            served = ask(widget, "alpha").json()
+            assert served["answer_kind"] == "curated", served
+            vote = widget.post("/v1/feedback", json={"answer_id": served["answer_id"], "rating": "down"}).json()
+            assert vote["needs_human"] == "thumbs_down" and vote["evicted"] == 0, vote
+            again = ask(widget, "alpha").json()
+            assert again["answer_kind"] == "curated" and again["answer"] == pinned, again
+        with client(url, keys["a"]) as server_side:  # a server's key speaks for the business: review
+            served = ask(server_side, "alpha").json()
+            vote = server_side.post("/v1/feedback", json={"answer_id": served["answer_id"], "rating": "down"}).json()
+            assert vote["evicted"] == 1, vote
+            assert ask(server_side, "alpha").json()["answer_kind"] != "curated"
+
+
+def test_a_right_key_gets_in_from_an_address_past_its_failure_limit(tenants: dict[str, Any], embedder: Any) -> None:
+    """Wrong keys from one address are refused with 429 past the limit, but a right key from the
+    same address (an office, a carrier's NAT: many customers) still works."""
+    keys = tenants["keys"]
+    with serving(tenants["data_dir"], embedder, backend="extractive", auth_failure_limit="2/minute") as url:
+        for n in range(2):
+            with client(url, f"rk_dead{n}_nothing") as wrong:
+                assert_error(wrong.get("/v1/models"), 401, "invalid_api_key")
+        with client(url, "rk_dead9_nothing") as wrong:
+            assert_error(wrong.get("/v1/models"), 429, "too_many_failures")
+        with client(url, keys["widget"]) as right:
+            assert right.get("/v1/models").status_code == 200
 
 
 def test_without_keys_the_service_binds_to_loopback_only() -> None:
@@ -279,6 +371,23 @@ def test_keys_are_stored_only_as_hashes(tmp_path: Path) -> None:
     assert key.encode() not in (tmp_path / "keys.sqlite").read_bytes()
     assert key.split("_", 2)[2].encode() not in (tmp_path / "keys.sqlite").read_bytes()
     assert json.dumps(info.collections) == '["alpha"]'
+
+
+def test_a_key_store_from_before_public_keys_keeps_its_keys(tmp_path: Path) -> None:
+    import sqlite3
+
+    old = KeyStore(tmp_path)
+    key, _ = old.create(["alpha"])
+    old.close()
+    with sqlite3.connect(tmp_path / "keys.sqlite") as db:  # the table as it was made before
+        db.execute("ALTER TABLE keys DROP COLUMN public")
+    store = KeyStore(tmp_path)
+    found = store.lookup(key)
+    assert found is not None and not found.public and found.collections == frozenset({"alpha"})
+    public_key, info = store.create(["alpha"], public=True)
+    assert info.public and store.lookup(public_key).public  # type: ignore[union-attr]
+    assert [k.public for k in store.list()] == [False, True]
+    store.close()
 
 
 def test_without_keys_everything_is_open_on_loopback(example_data_dir: Path, embedder: Any) -> None:

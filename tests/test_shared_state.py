@@ -246,13 +246,19 @@ def test_a_key_revoked_on_one_replica_is_refused_on_another_within_a_second(data
         a, b = PgKeyStore(a_db), PgKeyStore(b_db)
         key, info = a.create(["alpha"], name="shop a")
         a.create([], admin=True)  # with no active key left, a service is keyless (loopback only)
+        widget_key, _ = a.create(["alpha"], name="widget", public=True)
         auth_b = Authenticator(b)
         assert auth_b.authenticate(f"Bearer {key}").collections == frozenset({"alpha"})
+        assert auth_b.authenticate(f"Bearer {widget_key}").public and not auth_b.authenticate(f"Bearer {key}").public
         assert a.revoke(info.id)
         time.sleep(1.0)
         with pytest.raises(Exception, match="not recognised"):
             auth_b.authenticate(f"Bearer {key}")
-        assert [k.revoked_at is not None for k in b.list()] == [True, False]
+        assert [(k.revoked_at is not None, k.public) for k in b.list()] == [
+            (True, False),
+            (False, False),
+            (False, True),
+        ]
     finally:
         a_db.close()
         b_db.close()
