@@ -38,6 +38,12 @@ _ADDRESSES_ASSISTANT_RE = re.compile(
     r"|\b(?:previous|prior|earlier|above|original)\s+(?:instructions?|prompts?|rules)\b"
     r"|\b(?:reply|respond|answer)\s+(?:only\b|to (?:every|all|any) (?:question|message)s?\b|with (?:only|just|the word)\b)"
     r"|\b(?:the|an|you are an?)\s+(?:assistant|chatbot|ai|language model)\b[^.]{0,30}\b(?:must|should|shall|will|is to)\b"
+    r"|^\W*(?:dear|hey|hi|hello|attention|note to|message to|to)\s+(?:the\s+)?(?:ai|a\.i\.|assistants?|chat\s?bots?|bots?"
+    r"|llms?|gpt|language models?|ai models?|ai assistants?|models?)\b"
+    r"|\b(?:disregard|ignore|forget|override)\b[^.]{0,60}\byou(?:'ve|'re| have| were| had| are)?\s+(?:been\s+)?"
+    r"(?:told|instructed|given|taught|programmed)\b"
+    r"|\b(?:your|its)\s+(?:previous|prior|original|earlier|initial|system|real|true)\s+"
+    r"(?:instructions|programming|guidelines|directives|orders)\b"
     r"|\bsystem prompt\b"
     r"|^\s*(?:system|assistant|user|model)\s*:"
     r"|<\|?/?(?:im_start|im_end|start_of_turn|end_of_turn|system|document)\b",
