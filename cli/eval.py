@@ -95,7 +95,7 @@ def eval_retrieval(
             + ([] if summary["entity_filter"] else ["no-entity"])
             + ([f"rerank-{summary['reranker'].split(':')[0]}"] if summary.get("reranker") else [])
         )
-        path = write_run(out, run_name, summary)
+        path = write_run(out, run_name, summary, result["questions"])
         typer.echo(f"wrote {path} and {plot_runs(out)}", err=as_json)
 
 
@@ -107,6 +107,8 @@ def _print_retrieval(summary: dict[str, Any], as_json: bool) -> None:
     else:
         typer.echo("  ".join(f"{m} {summary[m]:.3f}" for m in METRICS) + f"  (n={summary['n']})")
         typer.echo(f"latency p50 {summary['latency_ms']['p50']} ms, p95 {summary['latency_ms']['p95']} ms")
+    if summary.get("warning"):
+        typer.secho(summary["warning"], fg=typer.colors.YELLOW, err=True)
     if summary.get("rerank_failures"):
         typer.secho(
             f"the reranker failed on {summary['rerank_failures']} of {summary['n']} questions (hybrid order kept):"
@@ -201,6 +203,8 @@ def eval_answers(
             typer.echo("wrong answers:\n" + format_wrong(result["rows"]))
         for error in result["errors"]:
             typer.secho(f"  failed [{error['id']}] {error['question']}: {error['error']}", err=True, fg="yellow")
+        if summary.get("warning"):
+            typer.secho(summary["warning"], fg=typer.colors.YELLOW, err=True)
         typer.echo(f"per-question results: {path}", err=True)
 
     run_or_fail(
@@ -368,6 +372,7 @@ def eval_cache(
     """Correct and wrong cache hits (pairs, or an FAQ with reworded questions) under the
     configured policy, audits replayed in order; the hit rate at 0.5%, 1% and 2% wrong hits
     beside the best plain threshold on the same vectors."""
+    from eval.cache import load_faq, load_pairs
     from eval.cache_bounds import format_report, report
     from rag.cache_policy import load_verifier
     from rag.embedder import SentenceTransformerEmbedder
@@ -380,6 +385,14 @@ def eval_cache(
     )
     if (pairs is None) == (corpus is None or qa is None):
         fail("give --pairs FILE, or --corpus FILE and --qa FILE")
+    try:
+        if pairs is not None:
+            load_pairs(pairs)  # a bad file says so before anything is embedded
+        else:
+            assert corpus is not None
+            load_faq(corpus)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
     verifier = run_or_fail(lambda: load_verifier(settings))
     embedder = SentenceTransformerEmbedder.from_settings(settings).load()
     thresholds = sorted(

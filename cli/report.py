@@ -49,6 +49,15 @@ def report(
         store.close()
         if database is not None:
             database.close()
+    if scope is not None and not result["answers"]:
+        from rag.store import list_collections
+
+        if scope not in list_collections(settings.collections_dir):
+            typer.secho(
+                f"warning: no collection {scope!r} here and no answers from it (a typo?); collections: "
+                f"{', '.join(list_collections(settings.collections_dir)) or 'none'}",
+                fg=typer.colors.YELLOW, err=True,
+            )  # fmt: skip
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -67,4 +76,6 @@ def report(
                    f"{pct(d['cache_hit_rate']):>8}{d['p50_ms']:>9}{d['p95_ms']:>9}")  # fmt: skip
     for group in result["unanswered"][:10]:
         typer.echo(f"unanswered x{group['count']}: {group['question']}")
+    if len(result["unanswered"]) > 10:
+        typer.echo(f"... and {len(result['unanswered']) - 10} more groups of unanswered questions (--json or --out)")
     typer.echo(f"voted down: {len(result['voted_down'])}")

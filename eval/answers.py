@@ -36,7 +36,7 @@ from rag.errors import InvalidRequestError, RagError
 from rag.prompts import NO_ANSWER
 from rag.settings import Settings
 
-from .data import QAItem, contains_answer, token_f1, within_gold
+from .data import QAItem, contains_answer, gold_id_warning, token_f1, within_gold
 from .stats import percentile, rate
 
 VERDICTS = ("right", "abstained", "wrong")
@@ -191,8 +191,10 @@ def evaluate_answers(
         base = settings.model_copy(update={"data_dir": Path(scratch), "cache_enabled": False})
         embedder = SentenceTransformerEmbedder.from_settings(base).load()
         ingest(corpus, "eval", base, embedder, progress=progress, index_type=index_type)
+        warning = None
         for spec, update in updates:
             pipeline = build_pipeline(base.model_copy(update=update), embedder)
+            warning = warning or gold_id_warning(items, pipeline.get_index("eval").document_ids())
 
             async def run(pipeline: Any = pipeline, label: str = spec) -> tuple[list[Any], list[Any]]:
                 try:
@@ -201,7 +203,8 @@ def evaluate_answers(
                     await pipeline.aclose()
 
             rows, errors = asyncio.run(run())
-            result = {"summary": {**summarise(rows, pipeline.generator.name), "errors": len(errors)}, "rows": rows}
+            summary = {**summarise(rows, pipeline.generator.name), "errors": len(errors)}
+            result = {"summary": {**summary, **({"warning": warning} if warning else {})}, "rows": rows}
             results.append({**result, "errors": errors})
             if on_result is not None:
                 on_result(results[-1])

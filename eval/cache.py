@@ -41,10 +41,29 @@ def load_pairs(path: Path) -> list[dict[str, Any]]:
     else:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     for number, row in enumerate(rows, 1):
-        if not {"text_a", "text_b", "label"} <= row.keys():
+        if not isinstance(row, dict) or not {"text_a", "text_b", "label"} <= row.keys():
             raise ValueError(f"{path} row {number}: need text_a, text_b and label")
+        if str(row["label"]).strip() not in ("0", "1"):
+            raise ValueError(f"{path} row {number}: label is {row['label']!r}; write 1 (one answer serves both) or 0")
         row["label"] = int(row["label"])
     return rows
+
+
+def load_faq(path: Path) -> list[dict[str, Any]]:
+    """FAQ entries (faq_corpus.jsonl's shape: ``id``, ``question``, ``answer``), each line checked."""
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        if not isinstance(entry, dict) or not {"id", "question", "answer"} <= entry.keys():
+            raise ValueError(
+                f"{path} line {number}: an FAQ corpus needs id, question and answer on each line (faq_corpus.jsonl's "
+                "shape); passages ({id, title, text}) have no questions to seed the cache with - score them with "
+                "`rag eval retrieval` or `rag eval answers`, or the cache with --pairs"
+            )
+        entries.append(entry)
+    return entries
 
 
 @dataclass(frozen=True)
@@ -189,7 +208,7 @@ def eval_faq(
 
     from .data import load_qa
 
-    faq = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    faq = load_faq(corpus)
     items = load_qa(qa)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp))

@@ -68,9 +68,10 @@ def plain_curve_pairs(pairs: list[dict[str, Any]], vectors: dict[str, np.ndarray
 def plain_curve_faq(corpus: Path, qa: Path, embedder: Any) -> list[dict[str, Any]]:
     """Every FAQ question cached; each reworded question is served its nearest cached question
     when the cosine reaches the threshold: correct and wrong hits over all questions."""
+    from .cache import load_faq
     from .data import load_qa
 
-    faq = [json.loads(line) for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip()]
+    faq = load_faq(corpus)
     items = load_qa(qa)
     cached = np.asarray(embed_as_questions(embedder, [e["question"] for e in faq]), dtype=np.float32)
     asked = np.asarray(embed_as_questions(embedder, [i.question for i in items]), dtype=np.float32)

@@ -117,3 +117,18 @@ def within_gold(prediction: str, answers: list[str], min_tokens: int = 5) -> boo
         if len(gold) >= 3 * min_tokens and sum((Counter(pred) & gold).values()) >= 0.8 * len(pred):
             return True
     return False
+
+
+def gold_id_warning(items: list[QAItem], document_ids: list[str]) -> str | None:
+    """What to tell a user whose questions' ``gold_passage_ids`` name no document of the corpus
+    (their recall and citation recall count 0, which reads like a failed system), or None."""
+    known = set(document_ids)
+    scored = [i for i in items if i.gold_passage_ids and i.answers]
+    astray = [i for i in scored if not known & set(i.gold_passage_ids)]
+    if not astray:
+        return None
+    return (
+        f"warning: {len(astray)} of {len(scored)} questions name no gold passage id that the corpus has "
+        f"(theirs look like {astray[0].gold_passage_ids[0]!r}, the corpus's like {sorted(known)[:2]}): they score 0 - "
+        "use the corpus's ids (a folder's documents are named by their path in it, a JSONL line by its id)"
+    )

@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .data import QAItem
+from .data import QAItem, gold_id_warning
 from .stats import percentile
 
 METRICS = ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10")
@@ -82,6 +82,7 @@ def evaluate_retrieval(
             ranked = list(dict.fromkeys(c.document_id for c in chunks))[:k]
             per_question.append({"id": item.id, "ranked": ranked, **score_ranking(ranked, item.gold_passage_ids)})
         meta = dict(index.meta)
+        warning = gold_id_warning(items, index.document_ids())
         index.close()
     summary: dict[str, Any] = {m: round(statistics.fmean(q[m] for q in per_question), 4) for m in METRICS}
     summary.update(
@@ -98,14 +99,20 @@ def evaluate_retrieval(
         ),
         chunks=meta.get("chunks"),
         ingest_seconds=round(ingest_seconds, 1),
+        **({"warning": warning} if warning else {}),
     )
     return {"summary": summary, "questions": per_question}
 
 
-def write_run(out: Path, name: str, summary: dict[str, Any]) -> Path:
+def write_run(out: Path, name: str, summary: dict[str, Any], questions: list[dict[str, Any]] | None = None) -> Path:
+    """The run's summary (``retrieval-NAME.json``, what :func:`plot_runs` reads) and each
+    question's ranking and scores beside it (``retrieval-NAME.questions.jsonl``)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"retrieval-{name}.json"
     path.write_text(json.dumps(summary, indent=2))
+    if questions is not None:
+        lines = (json.dumps(q, ensure_ascii=False) for q in questions)
+        (out / f"retrieval-{name}.questions.jsonl").write_text("".join(line + "\n" for line in lines))
     return path
 
 

@@ -82,6 +82,10 @@ def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(t
     backwards = ["report", "--data-dir", str(tmp_path), "--since", "2026-12-07", "--until", "2026-12-06"]
     result = CliRunner().invoke(cli_app, backwards)
     assert result.exit_code == 1 and "no days from 2026-12-07" in result.output, result.output
+    typo = CliRunner().invoke(cli_app, ["report", "--data-dir", str(tmp_path), "--collection", "defualt"])
+    assert typo.exit_code == 0 and "no collection 'defualt' here and no answers from it" in typo.output, typo.output
+    result = CliRunner().invoke(cli_app, ["report", "--data-dir", str(tmp_path), "--collection", "default"])
+    assert "no collection" not in result.output, result.output  # answers from it: it was there
 
 
 def test_the_report_reads_postgresql_the_same(tmp_path: Path, embedder: Any, database_url: str) -> None:

@@ -232,6 +232,38 @@ def test_rag_eval_retrieval_prints_every_metric_and_plots(tmp_path: Path) -> Non
     assert summary["n"] == 40 and set(summary["latency_ms"]) == {"p50", "p95"}
     assert summary["ndcg@10"] > 0.4  # entity carry-over: the question alone scores ~0.25 here
     assert (tmp_path / "retrieval.png").stat().st_size > 0 and list(tmp_path.glob("retrieval-*.json"))
+    assert "warning" not in result.stderr
+    # Each question's ranking beside the summary, so a user can check the figures.
+    (per_question,) = tmp_path.glob("retrieval-*.questions.jsonl")
+    rows = [json.loads(line) for line in per_question.read_text().splitlines()]
+    assert len(rows) == 40 and all(r["ranked"] and "recall@1" in r for r in rows)
+    assert summary["recall@1"] == pytest.approx(sum(r["recall@1"] for r in rows) / 40, abs=1e-4)
+
+
+def test_gold_ids_the_corpus_lacks_are_named_not_scored_as_silent_zeros(tmp_path: Path) -> None:
+    qa = tmp_path / "qa.jsonl"
+    lines = [json.loads(line) for line in HOTEL_QA.read_text().splitlines()[:3]]
+    qa.write_text("".join(json.dumps({**line, "gold_passage_ids": ["KB 1"]}) + "\n" for line in lines))
+    result = _rag("eval", "retrieval", "--corpus", str(HOTELS), "--qa", str(qa), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "3 of 3 questions name no gold passage id that the corpus has" in result.stderr, result.stderr
+    assert "'KB 1'" in result.stderr
+
+
+def test_rag_eval_cache_refuses_files_of_the_wrong_shape_in_one_line(tmp_path: Path) -> None:
+    result = _rag("eval", "cache", "--corpus", str(HOTELS), "--qa", str(HOTEL_QA))  # passages, not an FAQ
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "needs id, question and answer" in result.stderr and "--pairs" in result.stderr, result.stderr
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        json.dumps({"text_a": "a", "text_b": "b", "label": 1})
+        + "\n"
+        + json.dumps({"text_a": "a", "text_b": "c", "label": "yes"})
+        + "\n"
+    )
+    result = _rag("eval", "cache", "--pairs", str(pairs))
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "row 2: label is 'yes'" in result.stderr, result.stderr
 
 
 def test_rag_eval_answers_reports_abstention_on_unanswerable_questions(tmp_path: Path) -> None:

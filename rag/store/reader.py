@@ -279,6 +279,10 @@ class CollectionIndex:
             found.get(lexical[0]) if lexical else None,
         )
 
+    def document_ids(self) -> list[str]:
+        """Every document this version holds."""
+        return [d for (d,) in self._db.execute("SELECT DISTINCT document_id FROM chunks ORDER BY document_id")]
+
     def document_chunks(self, document_id: str, limit: int = 8) -> list[RetrievedChunk]:
         """A document's first ``limit`` chunks in order (score 1.0: asked for by name, not found)."""
         rows = self._db.execute(
