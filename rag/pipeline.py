@@ -263,6 +263,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             prep.timings.update({k: prep.timings.get(k, 0.0) + v for k, v in spent.items()})
             prep.evidence = Evidence()  # the first search's units index its own chunks
             await self._judge(prep)
+            await self._still_about(prep, prep.question, llm_gate)
         # The judge reads what retrieval searched with: "and how do I start one?" means
         # nothing without the turn before it.
         question, chunks = prep.search_text or prep.question, prep.retrieved
@@ -284,6 +285,19 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             self.generator.prompt_style, question, prep.context, self.settings, prep.options
         )
         prep.request.evidence = [u.text for u in prep.evidence.chosen]
+
+    async def _still_about(self, prep: Prepared, question: str, gate: float) -> None:
+        """Evidence found with the turn before must answer the question too: "how do I check the
+        balance?" after "do gift cards expire?" reads the gift-card sentences well on its own
+        (2.6), "what is the capital of Mongolia?" or a question in another language does not
+        (-11): the turn before found its own topic, not an answer. Else nothing is evidence."""
+        chosen = prep.evidence.chosen or prep.evidence.ranked[:1]
+        if not chosen:
+            return
+        loop = asyncio.get_running_loop()
+        alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, question, [u.text for u in chosen])
+        if float(max(alone)) < gate:
+            prep.evidence = Evidence()
 
     async def _judge(self, prep: Prepared) -> None:
         """``prep.evidence``: the judge's reading of the retrieved chunks (on the CPU pool)."""

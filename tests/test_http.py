@@ -137,6 +137,10 @@ def test_a_question_of_a_new_topic_is_answered_alone_not_from_the_turn_before(ba
     gift_cards = [{"role": "user", "content": "Do gift cards expire?"}, {"role": "assistant", "content": "No."}]
     balance = ask(base_url, "How do I check the balance?", history=gift_cards)  # alone it finds nothing
     assert balance["citations"] and balance["citations"][0]["document_id"] == "gift-cards.txt", balance
+    # ... but what the turn before finds must answer the question too: not its own topic again.
+    for elsewhere in ("What is the capital of Mongolia?", "¿Cuánto tarda el reembolso?"):
+        off_topic = ask(base_url, elsewhere, history=gift_cards)
+        assert off_topic["answer_kind"] == "no_answer" and not off_topic["citations"], off_topic
 
 
 def test_a_question_as_long_as_allowed_is_answered_not_a_500(base_url: str) -> None:

@@ -6,15 +6,23 @@
  *           data-collection="default"
  *           data-title="Ask us"
  *           data-link-base="https://help.example.com/articles/"
- *           data-api-key="rk_..."></script>   (when the service has API keys: a key made
- *                                               for this collection only, since the page shows it)
+ *           data-api-key="rk_..."   (when the service has API keys: a public key made for
+ *                                     this collection only, `rag keys create --public`)
+ *           data-contact="https://example.com/contact"   (optional: how a customer reaches a
+ *                                     person; a URL, an email address or a line of text)
+ *           data-timeout="30"       (seconds of silence before the widget gives up on an answer)
+ *           data-max-chars="2000"></script>   (the service's RAG_MAX_QUESTION_CHARS)
  *
  * A chat bubble opens a panel; answers stream in as they are generated (POST /v1/query with
- * "stream": true, read as Server-Sent Events), then the citations appear as links. The
- * conversation so far is sent as "history", so follow-up questions work. Each answer has
- * thumbs up / down buttons (POST /v1/feedback); a thumbs-down, or an answer the service could
- * not give, says a person will follow up (the service hands it over). If the service
- * cannot be reached the panel says so. No dependencies, no build step, no CDN.
+ * "stream": true, read as Server-Sent Events), then the citations appear as links (only
+ * under data-link-base, or on its or the page's own site). The conversation so far is sent
+ * as "history", so follow-up questions work, and it is kept for the browser tab's session
+ * (a reload or another help page keeps it). Each answer has thumbs up / down buttons (POST
+ * /v1/feedback); a thumbs-down, or an answer the service could not give, says the team has
+ * been told (the service hands it over) and, with data-contact, how to reach a person. A
+ * failure (no service, a refusal, an answer that stalls) says so in words for a customer (the
+ * service's own message goes to the console), keeps the question and offers to try again.
+ * Escape closes the panel. No dependencies, no build step, no CDN.
  */
 (function () {
   "use strict";
@@ -27,13 +35,19 @@
   var title = data.title || "Ask a question";
   var linkBase = data.linkBase || "";
   var apiKey = data.apiKey || "";
+  var contact = data.contact || "";
+  var timeoutMs = 1000 * (parseFloat(data.timeout) || 30);
+  var maxChars = parseInt(data.maxChars, 10) || 2000;
   var history = [];
+  var saved = [];  // what the log shows, for the rest of the tab's session
+  var storageKey = "rag-widget:" + endpoint + ":" + (collection || "");
 
   var css =
-    ".rag-w{position:fixed;right:20px;bottom:20px;z-index:2147483000;font:14px/1.4 system-ui,sans-serif;color:#1b1b1f}" +
+    ".rag-w{position:fixed;right:20px;bottom:20px;z-index:2147483000;font:14px/1.4 system-ui,sans-serif;color:#1b1b1f;max-width:calc(100vw - 20px)}" +
     ".rag-w *{box-sizing:border-box}" +
     ".rag-bubble{display:block;margin-left:auto;width:56px;height:56px;border-radius:50%;border:0;background:#2f5bea;color:#fff;font-size:26px;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
-    ".rag-panel{display:none;flex-direction:column;width:340px;height:460px;background:#fff;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden;margin-bottom:10px}" +
+    ".rag-panel{display:none;flex-direction:column;width:min(340px,calc(100vw - 30px));height:min(460px,calc(100vh - 96px));background:#fff;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden;margin-bottom:10px}" +
+    "@media (max-width:420px),(max-height:560px){.rag-w{right:10px;bottom:10px}}" +
     ".rag-open .rag-panel{display:flex}" +
     ".rag-head{background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between}" +
     ".rag-head button{background:none;border:0;color:#fff;font-size:18px;cursor:pointer}" +
@@ -47,6 +61,9 @@
     ".rag-rate button{border:1px solid #ccd;border-radius:6px;background:#fff;cursor:pointer;padding:2px 8px}" +
     ".rag-form{display:flex;border-top:1px solid #ddd}" +
     ".rag-form input{flex:1;border:0;padding:12px;font:inherit;outline:none}" +
+    ".rag-form input:focus-visible{box-shadow:inset 0 0 0 2px #2f5bea}" +
+    ".rag-w button:focus-visible,.rag-w a:focus-visible,.rag-rate:focus-visible{outline:2px solid #1b1b1f;outline-offset:2px}" +
+    ".rag-retry{margin-left:6px;border:1px solid #8a1c1c;border-radius:6px;background:#fff;color:#8a1c1c;cursor:pointer;padding:1px 8px}" +
     ".rag-form button{border:0;background:#2f5bea;color:#fff;padding:0 16px;cursor:pointer}";
 
   function el(tag, cls, text) {
@@ -60,6 +77,7 @@
   var style = el("style");
   style.textContent = css;
   var panel = el("div", "rag-panel");
+  panel.id = "rag-panel";
   panel.setAttribute("role", "dialog");
   panel.setAttribute("aria-label", title);
   var head = el("div", "rag-head");
@@ -72,6 +90,7 @@
   var form = el("form", "rag-form");
   var input = el("input");
   input.placeholder = "Type your question";
+  input.maxLength = maxChars;
   input.setAttribute("aria-label", "Your question");
   var send = el("button", null, "Send");
   send.type = "submit";
@@ -82,21 +101,45 @@
   panel.appendChild(form);
   var bubble = el("button", "rag-bubble", "?");
   bubble.setAttribute("aria-label", title);
+  bubble.setAttribute("aria-controls", "rag-panel");
+  bubble.setAttribute("aria-expanded", "false");
   root.appendChild(style);
   root.appendChild(panel);
   root.appendChild(bubble);
 
-  bubble.addEventListener("click", function () {
-    root.classList.toggle("rag-open");
-    if (root.classList.contains("rag-open")) input.focus();
+  function setOpen(open) {
+    root.classList.toggle("rag-open", open);
+    bubble.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open) input.focus();
+    else bubble.focus();
+  }
+  bubble.addEventListener("click", function () { setOpen(!root.classList.contains("rag-open")); });
+  close.addEventListener("click", function () { setOpen(false); });
+  root.addEventListener("keydown", function (event) {
+    if (event.key === "Escape" && root.classList.contains("rag-open")) setOpen(false);
   });
-  close.addEventListener("click", function () { root.classList.remove("rag-open"); });
 
   function say(cls, text) {
     var node = el("div", "rag-msg " + cls, text);
     log.appendChild(node);
     log.scrollTop = log.scrollHeight;
     return node;
+  }
+
+  // A citation links under data-link-base only (a document id with ".." segments would climb
+  // out of it), or to a full URL on data-link-base's site or the page's own: never elsewhere.
+  function citationHref(id) {
+    var base;
+    try { base = linkBase ? new URL(linkBase, location.href) : null; } catch (e) { base = null; }
+    if (/^[a-z][a-z0-9+.-]*:/i.test(id)) {
+      var url;
+      try { url = new URL(id); } catch (e) { return null; }
+      var home = base ? base.origin : location.origin;
+      return /^https?:$/.test(url.protocol) && url.origin === home ? url.href : null;
+    }
+    var parts = id.split("/");
+    if (!base || parts.some(function (p) { return p === ".." || p === "."; })) return null;
+    return linkBase + parts.map(encodeURIComponent).join("/");
   }
 
   function showCitations(node, citations) {
@@ -106,22 +149,50 @@
     citations.forEach(function (c) {
       if (seen[c.document_id]) return;
       seen[c.document_id] = true;
-      var a = el("a", null, c.title || c.document_id);
-      var href = /^https?:\/\//.test(c.document_id) ? c.document_id : linkBase ? linkBase + c.document_id.split("/").map(encodeURIComponent).join("/") : "#";
-      a.href = href;
-      a.target = "_blank";
-      a.rel = "noopener";
+      var href = citationHref(c.document_id);
+      var a = el(href ? "a" : "span", null, c.title || c.document_id);
+      if (href) {
+        a.href = href;
+        a.target = "_blank";
+        a.rel = "noopener";
+      }
       a.dataset.documentId = c.document_id;
       box.appendChild(a);
     });
     node.appendChild(box);
   }
 
-  var HANDOFF = "A person from our team will follow up on this.";
+  // Honest about what happens next: the service hands the question to the team; a person can
+  // reply only to a customer who contacts them (data-contact says how).
+  var TOLD = "Our team has been told about this question.";
+
+  function contactNode() {
+    if (!contact) return null;
+    var box = el("span", "rag-contact", " To hear back from a person: ");
+    var link = null;
+    if (/^https?:\/\//i.test(contact)) link = el("a", null, "contact us");
+    else if (/^[^\s@]+@[^\s@]+$/.test(contact)) link = el("a", null, contact);
+    if (link) {
+      link.href = /@/.test(contact) && !/^https?:/i.test(contact) ? "mailto:" + contact : contact;
+      link.target = "_blank";
+      link.rel = "noopener";
+      box.appendChild(link);
+      box.appendChild(document.createTextNode("."));
+    } else {
+      box.appendChild(document.createTextNode(contact));
+    }
+    return box;
+  }
 
   function showRating(node, answerId, needsHuman) {
     var box = el("div", "rag-rate");
-    if (needsHuman) box.appendChild(el("span", "rag-handoff", HANDOFF + " "));
+    box.tabIndex = -1;  // focus lands here once a vote replaces the buttons
+    if (needsHuman) {
+      box.appendChild(el("span", "rag-handoff", TOLD));
+      var reach = contactNode();
+      if (reach) box.appendChild(reach);
+      box.appendChild(document.createTextNode(" "));
+    }
     [["up", "\ud83d\udc4d", "Helpful"], ["down", "\ud83d\udc4e", "Not helpful"]].forEach(function (spec) {
       var button = el("button", "rag-rate-" + spec[0], spec[1]);
       button.type = "button";
@@ -143,41 +214,97 @@
         body: JSON.stringify({ answer_id: answerId, rating: rating, conversation: history.slice(-20) }),
       });
       if (!response.ok) throw new Error("HTTP " + response.status);
-      box.textContent = rating === "down" ? "Thanks for telling us. " + HANDOFF : "Thanks for the feedback.";
+      box.textContent = rating === "down" ? "Thanks for telling us. " + TOLD : "Thanks for the feedback.";
+      if (rating === "down") { var reach = contactNode(); if (reach) box.appendChild(reach); }
     } catch (err) {
       box.textContent = "Your feedback could not be sent.";
     }
+    box.focus();
   }
 
-  function unreachable(node, detail) {
+  // What a customer reads; the service's own words (meant for whoever runs it) go to the console.
+  var UNREACHABLE = "Sorry, the help service can't be reached right now. Please try again in a moment.";
+  var SLOW = "Sorry, this is taking longer than usual. Please try again in a moment.";
+
+  function customerMessage(status, message) {
+    if (status >= 500) return UNREACHABLE;
+    if (status === 429) return "We're getting a lot of questions right now. Please try again in a few seconds.";
+    if (status === 401 || status === 403) return "This help chat isn't available right now. Please contact us another way.";
+    if (status === 413 || /characters; the limit/.test(message)) return "That message is too long. Please shorten it and try again.";
+    if (status === 408) return SLOW;
+    return "Sorry, that message couldn't be answered. Please rephrase it and try again.";
+  }
+
+  function failed(node, question, shown, detail) {
+    if (detail) console.warn("rag widget: " + detail);
     node.className = "rag-msg rag-error";
-    node.textContent = "Sorry, the help service can't be reached right now. Please try again in a moment." +
-      (detail ? " (" + detail + ")" : "");
+    node.removeAttribute("aria-busy");
+    node.textContent = shown;
+    var retry = el("button", "rag-retry", "Try again");
+    retry.type = "button";
+    retry.addEventListener("click", function () {
+      node.remove();
+      if (input.value === question) input.value = "";
+      run(question);
+    });
+    node.appendChild(retry);
+    if (!input.value) input.value = question;  // the customer's words are never lost
+  }
+
+  function remember(entry) {
+    saved.push(entry);
+    try { sessionStorage.setItem(storageKey, JSON.stringify(saved.slice(-40))); } catch (e) { /* storage off */ }
+  }
+
+  function restore() {
+    var entries;
+    try { entries = JSON.parse(sessionStorage.getItem(storageKey) || "[]"); } catch (e) { entries = []; }
+    if (!Array.isArray(entries)) return;
+    entries.forEach(function (entry) {
+      if (!entry || typeof entry.text !== "string") return;
+      var node = say(entry.role === "user" ? "rag-user" : "rag-bot", entry.text);
+      if (entry.role === "assistant") {
+        showCitations(node, entry.citations);
+        history.push({ role: "user", content: entry.question || "" }, { role: "assistant", content: entry.text });
+      }
+      saved.push(entry);
+    });
   }
 
   async function ask(question) {
-    say("rag-user", question);
     var node = say("rag-bot", "\u2026");
+    node.setAttribute("aria-busy", "true");
     var body = { question: question, stream: true, history: history.slice(-20) };
     if (collection) body.collection = collection;
     var response;
     var headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
     if (apiKey) headers.Authorization = "Bearer " + apiKey;
+    // Silence past data-timeout ends the wait (a hung service must not leave "..." for ever).
+    var controller = new AbortController();
+    var timedOut = false;
+    var timer = null;
+    function waitAgain() {
+      clearTimeout(timer);
+      timer = setTimeout(function () { timedOut = true; controller.abort(); }, timeoutMs);
+    }
+    waitAgain();
     try {
       response = await fetch(endpoint + "/v1/query", {
         method: "POST",
         headers: headers,
         body: JSON.stringify(body),
+        signal: controller.signal,
       });
     } catch (err) {
-      unreachable(node);
+      clearTimeout(timer);
+      failed(node, question, timedOut ? SLOW : UNREACHABLE, timedOut ? "no reply within the timeout" : String(err));
       return;
     }
     if (!response.ok) {
+      clearTimeout(timer);
       var message = "HTTP " + response.status;
       try { message = (await response.json()).error.message; } catch (e) { /* not JSON */ }
-      if (response.status >= 500) unreachable(node, message);
-      else { node.className = "rag-msg rag-error"; node.textContent = message; }
+      failed(node, question, customerMessage(response.status, message), "HTTP " + response.status + ": " + message);
       return;
     }
     var reader = response.body.getReader();
@@ -187,7 +314,12 @@
     var finished = false;
     while (!finished) {
       var chunk;
-      try { chunk = await reader.read(); } catch (err) { unreachable(node); return; }
+      waitAgain();
+      try { chunk = await reader.read(); } catch (err) {
+        clearTimeout(timer);
+        failed(node, question, timedOut ? SLOW : UNREACHABLE, timedOut ? "the answer stalled" : String(err));
+        return;
+      }
       if (chunk.done) break;
       // Normalise the whole buffer: a "\r\n" split across two reads must still end a line.
       buffer = (buffer + decoder.decode(chunk.value, { stream: true })).replace(/\r\n/g, "\n");
@@ -202,25 +334,40 @@
         if (!dataLines.length || finished) return;
         var payload;
         try { payload = JSON.parse(dataLines.join("\n")); }
-        catch (err) { unreachable(node, "a garbled reply"); finished = true; return; }
+        catch (err) { failed(node, question, UNREACHABLE, "a garbled reply"); finished = true; return; }
         if (event === "token") {
           text += payload.text;
           node.textContent = text;
         } else if (event === "done") {
+          node.removeAttribute("aria-busy");
           node.textContent = payload.answer;  // authoritative
           showCitations(node, payload.citations);
           if (payload.answer_id) showRating(node, payload.answer_id, payload.needs_human);
           history.push({ role: "user", content: question }, { role: "assistant", content: payload.answer });
+          remember({ role: "assistant", question: question, text: payload.answer, citations: payload.citations || [] });
           finished = true;
         } else if (event === "error") {
-          if (payload.error && payload.error.type === "service_unavailable") unreachable(node, payload.error.message);
-          else { node.className = "rag-msg rag-error"; node.textContent = payload.error.message; }
+          var error = payload.error || {};
+          var shown = error.type === "service_unavailable" ? UNREACHABLE : customerMessage(400, error.message || "");
+          failed(node, question, shown, (error.code || "error") + ": " + error.message);
           finished = true;
         }
       });
       log.scrollTop = log.scrollHeight;
     }
-    if (!finished) unreachable(node, "the answer was cut off");
+    clearTimeout(timer);
+    if (!finished) failed(node, question, UNREACHABLE, "the answer was cut off");
+  }
+
+  function run(question) {
+    send.disabled = true;
+    return ask(question).finally(function () { send.disabled = false; input.focus(); });
+  }
+
+  function submit(question) {
+    say("rag-user", question);
+    remember({ role: "user", text: question });
+    return run(question);
   }
 
   form.addEventListener("submit", function (event) {
@@ -228,10 +375,12 @@
     var question = input.value.trim();
     if (!question) return;
     input.value = "";
-    send.disabled = true;
-    ask(question).finally(function () { send.disabled = false; input.focus(); });
+    submit(question);
   });
 
-  function mount() { document.body.appendChild(root); }
+  function mount() {
+    document.body.appendChild(root);
+    restore();
+  }
   if (document.body) mount(); else document.addEventListener("DOMContentLoaded", mount);
 })();
