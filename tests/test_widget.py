@@ -131,7 +131,13 @@ def test_a_thumbs_down_in_the_widget_shows_on_the_admin_page_and_a_pin_there_cha
     widget.get_by_text("Our team has been told").wait_for(timeout=10_000)
 
     admin = browser.new_page(viewport={"width": 1200, "height": 900})
-    admin.goto(f"{site['service']}/admin")
+    blocked: list[str] = []
+    admin.on(
+        "console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None
+    )
+    page_response = admin.goto(f"{site['service']}/admin")
+    assert page_response is not None and page_response.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page_response.headers["content-security-policy"]
     admin.wait_for_selector("body[data-loaded]", timeout=30_000)
     row = admin.locator("tr.voted-down", has_text=question)
     row.wait_for(timeout=10_000)
@@ -144,6 +150,7 @@ def test_a_thumbs_down_in_the_widget_shows_on_the_admin_page_and_a_pin_there_cha
     assert curated["citations"], curated  # the voted-down answer's documents: it goes to review when they change
     ARTIFACTS.mkdir(exist_ok=True)
     admin.screenshot(path=str(ARTIFACTS / "admin.png"), full_page=True)
+    assert not blocked, blocked  # the page works under its own policy
 
     # The same conversation asks again (a follow-up, word for word the pinned question).
     widget.get_by_label("Your question").fill(question)
