@@ -141,6 +141,10 @@ def summarise(rows: list[dict[str, Any]], backend: str) -> dict[str, Any]:
         if answerable
         else None,
         "quoted": sum(r["answer_kind"] == "quoted" for r in rows),
+        # Beside "contains": a long quote contains more gold answers (token F1 says how much else it says).
+        "answer_words_p50": percentile([len(r["answer"].split()) for r in rows if r["verdict"] != "abstained"], 50)
+        if any(r["verdict"] != "abstained" for r in rows)
+        else None,
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
         "decode_tok_per_s": tokens / (gen_ms / 1000) if gen_ms else 0.0,
@@ -236,6 +240,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     def line(label: str, r: dict[str, Any]) -> str:
         if not r["n"]:
             return f"  {label:<13} n=0"
+        if label == "unanswerable":  # abstaining is the right reply here
+            return (
+                f"  {label:<13} n={r['n']:<4} abstained {r['abstained']:>4} ({r['abstained_rate']:.1%}, the right reply)  "
+                f"wrong {r['wrong']:>4} ({r['wrong_rate']:.1%})"
+            )
         return (
             f"  {label:<13} n={r['n']:<4} right {r['right']:>4} ({r['right_rate']:.1%})  "
             f"abstained {r['abstained']:>4} ({r['abstained_rate']:.1%})  wrong {r['wrong']:>4} ({r['wrong_rate']:.1%})"
@@ -254,6 +263,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("citation_recall") is not None:
         out.append(f"  citation recall {summary['citation_recall']:.3f}, token F1 {summary['f1']:.3f}")
+    if summary.get("answer_words_p50") is not None:
+        out.append(f"  answers given: median {summary['answer_words_p50']:.0f} words (a longer quote contains more)")
     for kind, rates in summary["by_kind"].items():
         out.append(line(kind, rates))
     if "guard" in summary:

@@ -74,7 +74,9 @@ def test_the_help_centre_set_is_well_formed() -> None:
 def test_rag_eval_answers_judges_each_backend_prints_the_wrong_answers_and_plots(tmp_path: Path) -> None:
     qa = tmp_path / "qa.jsonl"
     lines = HELP_CENTRE_QA.read_text().splitlines()
-    picked = [line for line in lines if json.loads(line)["kind"] in ("yes_no_trap", "unanswerable")][:6]
+    kinds = [json.loads(line)["kind"] for line in lines]
+    picked = [line for line, k in zip(lines, kinds, strict=True) if k == "yes_no_trap"][:4]
+    picked += [line for line, k in zip(lines, kinds, strict=True) if k == "unanswerable"][:2]
     qa.write_text("\n".join(picked) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")} | {"HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "cli", "eval", "answers", "--corpus", str(EXAMPLES), "--qa", str(qa),
@@ -88,8 +90,12 @@ def test_rag_eval_answers_judges_each_backend_prints_the_wrong_answers_and_plots
     results = sorted(tmp_path.glob("answers-*.json"))
     assert len(results) == 2
     for path in results:
-        rows = json.loads(path.read_text())["rows"]
+        result = json.loads(path.read_text())
+        rows = result["rows"]
         assert {r["verdict"] for r in rows} <= {"right", "abstained", "wrong"} and len(rows) == 6
+        given = sorted(len(r["answer"].split()) for r in rows if r["verdict"] != "abstained")
+        assert given and given[0] <= result["summary"]["answer_words_p50"] <= given[-1]  # beside "contains"
+    assert "the right reply" in done.stdout  # an abstention on an unanswerable question is not "0 right"
     assert (tmp_path / "answers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
