@@ -40,7 +40,7 @@ class QueryResult:
     collection: str
     backend: str
     answer_kind: str = "generated"
-    """generated, quoted (sentences of the documents, verbatim) or no_answer."""
+    """generated, quoted (sentences of the documents, verbatim), no_answer, curated or small_talk."""
     answer_id: str = ""
     """For :meth:`RagClient.feedback`."""
     needs_human: str | None = None

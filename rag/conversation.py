@@ -137,3 +137,43 @@ def refers_back(question: str) -> bool:
     if len(terms(asked)) < _OWN_WORDS:
         return True
     return bool(_BACK_REFERENCE_RE.search(_NEW_TOPIC_RE.sub(" ", _EMPTY_REFERENCE_RE.sub(" ", asked))))
+
+
+# A message that asks nothing ("hi", "thanks, that worked!", a thumbs-up emoji, "bye") gets a
+# courteous reply of its own: not the last answer again (pasted with the turn before), not "I
+# don't know" handed to the help desk as an unanswered question.
+_GREETING = frozenset("hi hello hey hiya heya howdy morning afternoon evening yo".split())
+_THANKS = frozenset(
+    "thanks thank thx ty cheers ok okay k kk great cool perfect awesome nice brilliant lovely "
+    "fantastic excellent super amazing sorted fine noted understood worked works helped helpful".split()
+)
+_BYE = frozenset("bye goodbye cya later".split())
+_FILLER = frozenset(
+    "you u so very much many a lot lots that it this has have that's it's was is all good got "
+    "great the for your help again oh ah alright right yes yeah yep there see ya now i i'm "
+    "am and just really many, thats its".split()
+)
+_WORD_RE = re.compile(r"[a-z']+")
+SMALL_TALK = "small_talk"  # the answer kind of such a reply
+SMALL_TALK_REPLIES = {
+    "greeting": "Hi! What would you like to know? Ask me a question about our products, orders or services.",
+    "thanks": "You're welcome. Is there anything else I can help you with?",
+    "bye": "Goodbye, and thanks for getting in touch.",
+}
+
+
+def small_talk(message: str) -> str | None:
+    """``greeting``, ``thanks`` or ``bye`` for a message that asks nothing (only courtesy words,
+    or no words at all: "👍"), else None. A question mark means a question, whatever its words."""
+    if "?" in message:
+        return None
+    words = _WORD_RE.findall(message.lower())
+    if any(w not in _GREETING | _THANKS | _BYE | _FILLER for w in words):
+        return None
+    if not words:  # an emoji or a "!" alone is a reaction; an order number is not
+        return "thanks" if message.strip() and not any(c.isalnum() for c in message) else None
+    if any(w in _BYE for w in words):
+        return "bye"
+    if any(w in _THANKS for w in words):
+        return "thanks"
+    return "greeting" if any(w in _GREETING for w in words) else None

@@ -19,6 +19,7 @@ from cache import CacheHit, SemanticCache
 from . import __version__
 from .cache_policy import answer_config, faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
 from .compress import compress
+from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, small_talk
 from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
@@ -172,6 +173,9 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions(), audit=audit)
         prep.streamed = streamed
         index = prep.index = self.get_index(collection)
+        if (courtesy := small_talk(question)) is not None and not audit:  # "thanks, that worked!"
+            prep.result = self._done(prep, SMALL_TALK_REPLIES[courtesy], [], CacheStatus(), kind=SMALL_TALK)
+            return prep
         prep.scope = self.cache_scope(index, top_k)
         if filters or options:
             prep.scope_extra = "|" + json.dumps([filters, asdict(options) if options else None], sort_keys=True)

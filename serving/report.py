@@ -44,7 +44,8 @@ def daily(store: SupportStore, collection: str | None, since: float, until: floa
     where, params = _scoped(collection, since, until, "a.")
     sql = (
         "SELECT a.created_at, CASE WHEN a.answer_kind = 'no_answer' THEN 1 ELSE 0 END, "
-        f"CASE WHEN a.cache_kind IS NULL THEN 0 ELSE 1 END, a.latency_ms FROM answers a{where}"
+        f"CASE WHEN a.cache_kind IS NULL THEN 0 ELSE 1 END, a.latency_ms FROM answers a{where} "
+        "AND a.answer_kind <> 'small_talk'"  # "thanks!" is not a question resolved
     )
     rows = np.asarray(store.sql.query(sql, params), dtype=np.float64).reshape(-1, 4)
     if not len(rows):

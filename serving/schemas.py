@@ -165,11 +165,12 @@ class TimingsOut(BaseModel):
 
 class QueryResponse(BaseModel):
     answer: str
-    answer_kind: Literal["generated", "quoted", "no_answer", "curated"] = Field(
+    answer_kind: Literal["generated", "quoted", "no_answer", "curated", "small_talk"] = Field(
         description="`generated`: the model's words, every clause checked against the documents; `quoted`: "
         "sentences of the documents, verbatim (the extractive backend, or what the guard served in place of an "
         'answer they do not support); `no_answer`: "I don\'t know from these documents."; `curated`: an answer '
-        "a person approved for this question (`POST /v1/curated`)."
+        "a person approved for this question (`POST /v1/curated`); `small_talk`: a courteous reply to a message that "
+        'asks nothing ("hi", "thanks, that worked!", an emoji), never handed to a person.'
     )
     citations: list[CitationOut]  # type: ignore[valid-type]  # a model made by create_model
     cache: CacheOut  # type: ignore[valid-type]

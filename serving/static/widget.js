@@ -342,7 +342,7 @@
           node.removeAttribute("aria-busy");
           node.textContent = payload.answer;  // authoritative
           showCitations(node, payload.citations);
-          if (payload.answer_id) showRating(node, payload.answer_id, payload.needs_human);
+          if (payload.answer_id && payload.answer_kind !== "small_talk") showRating(node, payload.answer_id, payload.needs_human);
           history.push({ role: "user", content: question }, { role: "assistant", content: payload.answer });
           remember({ role: "assistant", question: question, text: payload.answer, citations: payload.citations || [] });
           finished = true;
