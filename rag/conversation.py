@@ -17,6 +17,7 @@ restaurants): an entity is found for 96% of questions and is the gold one for 91
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,8 +171,9 @@ def small_talk(message: str) -> str | None:
     words = _WORD_RE.findall(message.lower())
     if any(w not in _GREETING | _THANKS | _BYE | _FILLER for w in words):
         return None
-    if not words:  # an emoji or a "!" alone is a reaction; an order number is not
-        return "thanks" if message.strip() and not any(c.isalnum() for c in message) else None
+    if not words:  # an emoji alone is a reaction; an order number or "!!!" is not
+        reaction = any(unicodedata.category(c) == "So" for c in message)
+        return "thanks" if reaction and not any(c.isalnum() for c in message) else None
     if any(w in _BYE for w in words):
         return "bye"
     if any(w in _THANKS for w in words):

@@ -139,7 +139,11 @@ def test_a_question_of_a_new_topic_is_answered_alone_not_from_the_turn_before(ba
     assert balance["citations"] and balance["citations"][0]["document_id"] == "gift-cards.txt", balance
     # A message that asks nothing gets a courteous reply: not the reset article again, and not an
     # "I don't know" handed to the help desk.
-    for courtesy, reply in (("thanks, that worked!", "You're welcome"), ("hi", "Hi!"), ("\U0001f44d", "You're welcome")):
+    for courtesy, reply in (
+        ("thanks, that worked!", "You're welcome"),
+        ("hi", "Hi!"),
+        ("\U0001f44d", "You're welcome"),
+    ):
         said = ask(base_url, courtesy, history=history)
         assert said["answer_kind"] == "small_talk" and said["answer"].startswith(reply), said
         assert not said["citations"] and said["needs_human"] is None, said

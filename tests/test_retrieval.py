@@ -332,3 +332,26 @@ def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
     assert mixed[0].startswith("Passage: Can I return a mattress?\nNo.") and mixed[1].startswith("Passage: Returns")
     assert len(mixed[1]) < len(page.text)  # the first 600 characters only
     reranker.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("hi", "greeting"),
+        ("Hello there!", "greeting"),
+        ("thanks, that worked!", "thanks"),
+        ("thank you so much", "thanks"),
+        ("\U0001f44d", "thanks"),  # an emoji alone is a reaction
+        ("ok thanks bye", "bye"),
+        ("hi, can i return a lamp", None),  # a request, however it starts
+        ("thanks?", None),  # a question mark asks something
+        ("Hello, I need help", None),
+        ("123456", None),  # an order number
+        ("!!!", None),
+        ("yes", None),  # an answer to the bot's own question: left to the conversation
+    ],
+)
+def test_a_message_that_asks_nothing_is_small_talk(message: str, kind: str | None) -> None:
+    from rag.conversation import small_talk
+
+    assert small_talk(message) == kind
