@@ -77,5 +77,6 @@ def report(
     for group in result["unanswered"][:10]:
         typer.echo(f"unanswered x{group['count']}: {group['question']}")
     if len(result["unanswered"]) > 10:
-        typer.echo(f"... and {len(result['unanswered']) - 10} more groups of unanswered questions (--json or --out)")
+        shown = len(result["unanswered"])
+        typer.echo(f"... {shown - 10} more of the {shown} biggest groups of unanswered questions in --json or --out")
     typer.echo(f"voted down: {len(result['voted_down'])}")

@@ -39,7 +39,11 @@ def load_pairs(path: Path) -> list[dict[str, Any]]:
         with path.open(newline="", encoding="utf-8") as f:
             rows: list[dict[str, Any]] = [{_PAIR_ALIASES.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)]
     else:
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [
+            _json_line(path, n, line)
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if line.strip()
+        ]
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict) or not {"text_a", "text_b", "label"} <= row.keys():
             raise ValueError(f"{path} row {number}: need text_a, text_b and label")
@@ -49,13 +53,20 @@ def load_pairs(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _json_line(path: Path, number: int, line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} line {number}: not JSON ({exc.msg}) - one JSON object per line") from exc
+
+
 def load_faq(path: Path) -> list[dict[str, Any]]:
     """FAQ entries (faq_corpus.jsonl's shape: ``id``, ``question``, ``answer``), each line checked."""
     entries = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        entry = json.loads(line)
+        entry = _json_line(path, number, line)
         if not isinstance(entry, dict) or not {"id", "question", "answer"} <= entry.keys():
             raise ValueError(
                 f"{path} line {number}: an FAQ corpus needs id, question and answer on each line (faq_corpus.jsonl's "

@@ -119,11 +119,12 @@ def within_gold(prediction: str, answers: list[str], min_tokens: int = 5) -> boo
     return False
 
 
-def gold_id_warning(items: list[QAItem], document_ids: list[str]) -> str | None:
+def gold_id_warning(items: list[QAItem], document_ids: list[str], answered_only: bool = True) -> str | None:
     """What to tell a user whose questions' ``gold_passage_ids`` name no document of the corpus
-    (their recall and citation recall count 0, which reads like a failed system), or None."""
+    (their recall and citation recall count 0, which reads like a failed system), or None.
+    ``answered_only``: only questions with answers are scored (citation recall), not all (retrieval)."""
     known = set(document_ids)
-    scored = [i for i in items if i.gold_passage_ids and i.answers]
+    scored = [i for i in items if i.gold_passage_ids and (i.answers or not answered_only)]
     astray = [i for i in scored if not known & set(i.gold_passage_ids)]
     if not astray:
         return None

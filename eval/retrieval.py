@@ -82,7 +82,7 @@ def evaluate_retrieval(
             ranked = list(dict.fromkeys(c.document_id for c in chunks))[:k]
             per_question.append({"id": item.id, "ranked": ranked, **score_ranking(ranked, item.gold_passage_ids)})
         meta = dict(index.meta)
-        warning = gold_id_warning(items, index.document_ids())
+        warning = gold_id_warning(items, index.document_ids(), answered_only=False)
         index.close()
     summary: dict[str, Any] = {m: round(statistics.fmean(q[m] for q in per_question), 4) for m in METRICS}
     summary.update(

@@ -103,7 +103,7 @@ _BACK_REFERENCE_RE = re.compile(
 )
 _EMPTY_REFERENCE_RE = re.compile(
     r"\b(?:is|are|was|were|will|would)\s+there\b|\bthere\s+(?:is|are|was|were|will)\b"
-    r"|\b(?:is|was|will)\s+it\s+possible\b|\bone more question\b",
+    r"|\b(?:is|was|will)\s+it\s+possible\b|\b(?:one more|another|other)\s+(?:question|thing)\b",
     re.IGNORECASE,
 )
 # The question a message asks is its last sentence with a question mark ("Thanks, that worked!
@@ -112,8 +112,9 @@ _SENTENCE_RE = re.compile(r"[^.!?]+[.!?]*")
 _OWN_WORDS = 2  # fewer content words than this ("how much?") cannot be searched alone
 
 
+# Explicit switches only: "another thing: is breakfast included?" goes on about the same hotel.
 _NEW_TOPIC_RE = re.compile(
-    r"\b(?:different|separate|unrelated|new|other|another)\s+(?:question|topic|subject|issue|thing)\b"
+    r"\b(?:different|separate|unrelated)\s+(?:question|topic|subject|matter)\b|\bnew\s+topic\b"
     r"|\bunrelated\b|\bchang(?:e|ing)\s+(?:the\s+)?(?:subject|topic)\b|\bon\s+(?:an)?other\s+note\b",
     re.IGNORECASE,
 )
@@ -154,7 +155,7 @@ _FILLER = frozenset(
     "great the for your help again oh ah alright right yes yeah yep there see ya now i i'm "
     "am and just really many, thats its".split()
 )
-_WORD_RE = re.compile(r"[a-z']+")
+_COURTESY_WORD_RE = re.compile(r"[\w']+")  # every script and digits: "hi, мой заказ не пришел" asks something
 SMALL_TALK = "small_talk"  # the answer kind of such a reply
 SMALL_TALK_REPLIES = {
     "greeting": "Hi! What would you like to know? Ask me a question about our products, orders or services.",
@@ -168,7 +169,7 @@ def small_talk(message: str) -> str | None:
     or no words at all: "👍"), else None. A question mark means a question, whatever its words."""
     if "?" in message:
         return None
-    words = _WORD_RE.findall(message.lower())
+    words = _COURTESY_WORD_RE.findall(message.lower())
     if any(w not in _GREETING | _THANKS | _BYE | _FILLER for w in words):
         return None
     if not words:  # an emoji alone is a reaction; an order number or "!!!" is not

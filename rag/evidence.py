@@ -38,12 +38,13 @@ _ADDRESSES_ASSISTANT_RE = re.compile(
     r"|\b(?:previous|prior|earlier|above|original)\s+(?:instructions?|prompts?|rules)\b"
     r"|\b(?:reply|respond|answer)\s+(?:only\b|to (?:every|all|any) (?:question|message)s?\b|with (?:only|just|the word)\b)"
     r"|\b(?:the|an|you are an?)\s+(?:assistant|chatbot|ai|language model)\b[^.]{0,30}\b(?:must|should|shall|will|is to)\b"
-    r"|^\W*(?:dear|hey|hi|hello|attention|note to|message to|to)\s+(?:the\s+)?(?:ai|a\.i\.|assistants?|chat\s?bots?|bots?"
-    r"|llms?|gpt|language models?|ai models?|ai assistants?|models?)\b"
+    # A salutation to an AI, then a comma or colon: "Dear AI model, ...", "Hey assistant: ...".
+    r"|^\W*(?:dear|hey|hi|hello|attention|note to|message to|to)\s+(?:the\s+)?(?:ai|a\.i\.|assistant|chat\s?bot"
+    r"|llm|gpt|language model|ai model|ai assistant)s?\s*[,:;!]"
     r"|\b(?:disregard|ignore|forget|override)\b[^.]{0,60}\byou(?:'ve|'re| have| were| had| are)?\s+(?:been\s+)?"
-    r"(?:told|instructed|given|taught|programmed)\b"
-    r"|\b(?:your|its)\s+(?:previous|prior|original|earlier|initial|system|real|true)\s+"
-    r"(?:instructions|programming|guidelines|directives|orders)\b"
+    r"(?:told|instructed|taught|programmed)\b"
+    r"|\b(?:your|its)\s+(?:previous|prior|original|earlier|initial|system)\s+(?:instructions|programming|guidelines"
+    r"|directives)\b[^.]{0,30}\b(?:no longer|do not|don't|are (?:void|cancelled|replaced|suspended))\b"
     r"|\bsystem prompt\b"
     r"|^\s*(?:system|assistant|user|model)\s*:"
     r"|<\|?/?(?:im_start|im_end|start_of_turn|end_of_turn|system|document)\b",
@@ -176,6 +177,11 @@ def units_of(text: str) -> list[str]:
     ]
 
 
+def judged_text(chunk: RetrievedChunk, text: str) -> str:
+    """What the judge reads for ``text`` of ``chunk``: the chunk's title, then the text."""
+    return f"{chunk.title}: {text}" if chunk.title and not text.startswith(chunk.title) else text
+
+
 def collect_units(chunks: list[RetrievedChunk], window: int = 1) -> tuple[list[Unit], list[str]]:
     """Every sentence of every chunk as a window of ``window`` sentences either side (a
     sentence alone loses what its neighbours say: "Keep the item and the packaging until the
@@ -193,7 +199,7 @@ def collect_units(chunks: list[RetrievedChunk], window: int = 1) -> tuple[list[U
             if key and key not in seen:
                 seen.add(key)
                 units.append(Unit(n, text, 0.0, first, last))
-                judged.append(f"{chunk.title}: {text}" if chunk.title and not text.startswith(chunk.title) else text)
+                judged.append(judged_text(chunk, text))
     return units, judged
 
 

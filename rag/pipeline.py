@@ -19,11 +19,11 @@ from cache import CacheHit, SemanticCache
 from . import __version__
 from .cache_policy import answer_config, faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
 from .compress import compress
-from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, small_talk
+from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, new_topic, small_talk
 from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
-from .evidence import Evidence, Unit, merge, select_evidence, span_texts
+from .evidence import Evidence, Unit, judged_text, merge, select_evidence, span_texts
 from .flight import SingleFlight
 from .generators import GenerationRequest, Generator
 from .prompts import NO_ANSWER, generation_request
@@ -189,7 +189,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         search_text, filters = self.plan_search(index, question, history, filters)
         prep.filters = filters
         prep.search_text = search_text
-        if search_text == question and not filters:  # a question of its own topic, if it finds its answer
+        if search_text == question and not filters and not new_topic(question):  # its own topic, if it finds its answer
             prep.fallback_text = self.with_turn_before(question, history)
 
         # A follow-up word for word the question of a curated answer gets it: a person pinned
@@ -267,7 +267,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             prep.timings.update({k: prep.timings.get(k, 0.0) + v for k, v in spent.items()})
             prep.evidence = Evidence()  # the first search's units index its own chunks
             await self._judge(prep)
-            await self._still_about(prep, prep.question, llm_gate)
+            await self._still_about(prep, prep.question, llm_gate if llm else self.settings.min_support)
         # The judge reads what retrieval searched with: "and how do I start one?" means
         # nothing without the turn before it.
         question, chunks = prep.search_text or prep.question, prep.retrieved
@@ -298,8 +298,9 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         chosen = prep.evidence.chosen or prep.evidence.ranked[:1]
         if not chosen:
             return
+        texts = [judged_text(prep.retrieved[u.chunk], u.text) for u in chosen]  # as the judge read them
         loop = asyncio.get_running_loop()
-        alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, question, [u.text for u in chosen])
+        alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, question, texts)
         if float(max(alone)) < gate:
             prep.evidence = Evidence()
 

@@ -317,8 +317,8 @@ class Settings(BaseSettings):
     rate_limit: str | None = "600/minute"
     """Requests per API key in a moving window (`limits` notation: "600/minute", "20/second"); unset: none."""
 
-    visitor_rate_limit: str | None = "30/minute"
-    """Requests per visitor (client address) with a public key (`rag keys create --public`: the chat widget's, which anyone can read in the page), on top of the key's RAG_RATE_LIMIT, so one visitor cannot spend every customer's budget; unset: none."""
+    visitor_rate_limit: str | None = "60/minute"
+    """Requests per visitor (client address; an IPv6 client's /64) with a public key (`rag keys create --public`: the chat widget's, which anyone can read in the page), on top of the key's RAG_RATE_LIMIT, so one visitor cannot spend every customer's budget; customers behind one shared address (an office, a carrier's NAT) share it. Unset: none."""
 
     @field_validator("rate_limit", "auth_failure_limit", "visitor_rate_limit")
     @classmethod
@@ -345,8 +345,8 @@ class Settings(BaseSettings):
     max_concurrent_per_key: int = Field(default=16, ge=1)
     """Requests one API key may have in flight at once (per worker process); a request takes its slot once its body is in."""
 
-    max_concurrent_per_visitor: int = Field(default=2, ge=1)
-    """Requests one visitor (client address) may have in flight at once with a public key (per worker process)."""
+    max_concurrent_per_visitor: int = Field(default=4, ge=1)
+    """Requests one visitor (client address) may have in flight, and bodies arriving, at once with a public key (per worker process)."""
 
     body_timeout_s: float = Field(default=10.0, gt=0.0)
     """Seconds a client has to send its whole request body; past it, 408 (a slow upload holds no slot of its key meanwhile)."""

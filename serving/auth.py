@@ -23,10 +23,13 @@ caller of a keyless, loopback-only service has no limits.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import time
 from typing import Any
+
+from starlette.exceptions import HTTPException
 
 from rag.errors import (
     AuthenticationError,
@@ -101,6 +104,14 @@ class Authenticator:
             self._enabled = (now, enabled)
         return enabled
 
+    def known(self, authorization: str | None) -> Principal | None:
+        """The caller of a key this process found right in the last 10 s (a busy widget key always
+        is), without a lookup; a key revoked meanwhile works that long more from such an address."""
+        cached = self._known.get(_token(authorization))
+        if cached is None or cached[1] is None or time.monotonic() - cached[0] > 10.0:
+            return None
+        return cached[1]
+
     def authenticate(self, authorization: str | None) -> Principal:
         if not self.enabled():
             return ANONYMOUS
@@ -174,29 +185,36 @@ class KeyLimits:
             return None
         return max(1, math.ceil(stats.reset_time - time.time()))
 
-    async def admit(self, principal: Principal, address: str) -> list[str]:
-        """Count the request against its key's limits (and its visitor's, for a public key), or
-        raise 429; returns the in-flight slots it took, for :meth:`release`."""
+    async def charge(self, principal: Principal, address: str) -> None:
+        """Count the request against its key's rate limit (and its visitor's, for a public key),
+        before its body is read; 429 past either."""
         key = principal.key_id
         if key is None:
-            return []
-        visitor = f"{key}|{address}"
+            return
         if principal.public and self.visitor_rate is not None:
-            if (wait := await self._over(self.visitor_rate, "visitor", visitor)) is not None:
+            if (wait := await self._over(self.visitor_rate, "visitor", visitor_of(key, address))) is not None:
                 raise RateLimitError(
                     f"rate limit of {self.visitor_rate} reached for this visitor - retry in {wait} s", wait
                 )
         if self.rate is not None and (wait := await self._over(self.rate, key)) is not None:
             raise RateLimitError(f"rate limit of {self.rate} reached for this API key - retry in {wait} s", wait)
-        slots = [(key, self.max_concurrent, "this API key")]
+
+    def occupy(self, principal: Principal, address: str, stage: str = "run") -> list[str]:
+        """Take the request's slots of ``stage`` or raise 429; returns them, for :meth:`release`.
+        ``upload``: a body being read (its own, looser bound per key: a slow client cannot take
+        the slots that answer questions; per visitor the same bound as ``run``); ``run``: in flight."""
+        key = principal.key_id
+        if key is None:
+            return []
+        per_key = self.max_concurrent * (UPLOADS_PER_SLOT if stage == "upload" else 1)
+        slots = [(f"{stage}|{key}", per_key, "this API key")]
         if principal.public:
-            slots.append((visitor, self.max_per_visitor, "this visitor"))
+            slots.append((f"{stage}|{visitor_of(key, address)}", self.max_per_visitor, "this visitor"))
         for slot, most, whose in slots:
             if self._in_flight.get(slot, 0) >= most:
+                doing = "requests already in flight" if stage == "run" else "request bodies still arriving"
                 raise RateLimitError(
-                    f"{most} requests already in flight for {whose} - wait for one to finish",
-                    1,
-                    code="too_many_concurrent_requests",
+                    f"{most} {doing} for {whose} - wait for one to finish", 1, code="too_many_concurrent_requests"
                 )
         for slot, _, _ in slots:
             self._in_flight[slot] = self._in_flight.get(slot, 0) + 1
@@ -204,7 +222,8 @@ class KeyLimits:
 
     async def refuse_guessing(self, address: str) -> None:
         """429 for a client address past RAG_AUTH_FAILURE_LIMIT wrong keys (shared across
-        replicas through Redis): checked before its key is, so guessing gets nowhere."""
+        replicas through Redis): it slows a client trying keys and spares the key store their
+        lookups (the keys' 256 random bits are what make guessing hopeless)."""
         if self.failures is not None and (wait := await self._over(self.failures, "auth-failures", address, hit=False)):
             raise RateLimitError(
                 f"too many failed authentications from this address - retry in {wait} s", wait, code="too_many_failures"
@@ -229,6 +248,25 @@ class KeyLimits:
                 self._in_flight[slot] = left
             else:
                 self._in_flight.pop(slot, None)
+
+
+UPLOADS_PER_SLOT = 4
+"""Request bodies that may be arriving at once per key, per in-flight slot: the memory held is
+bounded (each up to RAG_MAX_BODY_BYTES), and slow uploads do not take the slots that answer."""
+
+
+def visitor_of(key: str, address: str) -> str:
+    """Who a public key's request comes from: its client address (an IPv6 client by its /64,
+    which one subscriber holds whole, so changing address within it is still one visitor)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"{key}|{address}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"{key}|{ip.ipv4_mapped}"
+        return f"{key}|{ipaddress.ip_network(f'{address}/64', strict=False)}"
+    return f"{key}|{ip}"
 
 
 class GuardMiddleware:
@@ -260,22 +298,27 @@ class GuardMiddleware:
         if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):  # bodies: schemas.RequestBody
             await send_error(send, InvalidRequestError("the URL must not contain NUL (%00) characters - remove them"))
             return
-        principal = ANONYMOUS
-        guarded = scope["path"] not in PUBLIC_PATHS and scope["method"] != "OPTIONS"
+        if scope["path"] in PUBLIC_PATHS or scope["method"] == "OPTIONS":
+            # No key, no buffering: the route reads what it needs (most read nothing), bounded.
+            scope.setdefault("state", {})["principal"] = ANONYMOUS
+            await self.app(scope, self._bounded(receive), send)
+            return
         address = (scope.get("client") or ("unknown",))[0]
-        if guarded:
-            try:
-                principal = await self._authenticate(headers.get("authorization"), address)
-            except AuthenticationError as exc:
-                await send_error(send, exc, {"WWW-Authenticate": "Bearer"})
-                return
-            except RateLimitError as exc:
-                await send_error(send, exc, {"Retry-After": str(exc.retry_after_s)})
-                return
-            except RagError as exc:  # the key store is away (PostgreSQL down): a 503
-                await send_error(send, exc)
-                return
-        # The whole body before a slot: a client that sends it slowly (or never) holds none.
+        try:
+            principal = await self._authenticate(headers.get("authorization"), address)
+            await self.limits.charge(principal, address)
+            uploading = self.limits.occupy(principal, address, "upload")
+        except AuthenticationError as exc:
+            await send_error(send, exc, {"WWW-Authenticate": "Bearer"})
+            return
+        except RateLimitError as exc:
+            await send_error(send, exc, {"Retry-After": str(exc.retry_after_s)})
+            return
+        except RagError as exc:  # the key store is away (PostgreSQL down): a 503
+            await send_error(send, exc)
+            return
+        # The whole body before an in-flight slot: a client that sends it slowly (or never)
+        # holds none of the slots that answer questions.
         try:
             body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_s)
         except TimeoutError:
@@ -288,15 +331,15 @@ class GuardMiddleware:
         except RequestTooLargeError as exc:
             await send_error(send, exc, {"Connection": "close"})
             return
+        finally:
+            self.limits.release(uploading)
         if body is None:  # the client went away
             return
-        slots: list[str] = []
-        if guarded:
-            try:
-                slots = await self.limits.admit(principal, address)
-            except RateLimitError as exc:
-                await send_error(send, exc, {"Retry-After": str(exc.retry_after_s)})
-                return
+        try:
+            slots = self.limits.occupy(principal, address)
+        except RateLimitError as exc:
+            await send_error(send, exc, {"Retry-After": str(exc.retry_after_s)})
+            return
         scope.setdefault("state", {})["principal"] = principal
         try:
             await self.app(scope, self._replay(body, receive), send)
@@ -305,15 +348,21 @@ class GuardMiddleware:
 
     async def _authenticate(self, authorization: str | None, address: str) -> Principal:
         """The caller; a wrong key counts towards its address's failure limit (past it, 429).
-        A right key is let in even from an address past that limit: keys are 256-bit random,
-        so there is nothing to guess, and a shared address (an office, a mobile carrier's NAT)
-        must not lock out every customer behind it because of one bad client."""
+        A key this process already knows to be right is let in even from an address past that
+        limit: a shared address (an office, a mobile carrier's NAT) must not lock out every
+        customer behind it because of one bad client. Past the limit nothing else is looked up."""
+        if self.auth.enabled():
+            try:
+                await self.limits.refuse_guessing(address)
+            except RateLimitError:  # past the limit: only a key already known right, no lookups
+                known = self.auth.known(authorization)
+                if known is None:
+                    raise
+                return known
         await self.auth.refresh(authorization)
         try:
             return self.auth.authenticate(authorization)
         except AuthenticationError:
-            if self.auth.enabled():
-                await self.limits.refuse_guessing(address)
             await self.limits.count_failure(address)
             raise
 
@@ -354,6 +403,24 @@ class GuardMiddleware:
             parts.append(part)
             if not message.get("more_body", False):
                 return b"".join(parts)
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """A body read by a route that needs no key, counted as it arrives (past
+        RAG_MAX_BODY_BYTES, a 413)."""
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:  # FastAPI passes an HTTPException through as it is
+                    if message.get("more_body", False):
+                        await self._drain(receive, seen)
+                    raise HTTPException(413, self._too_large().message)
+            return message
+
+        return bounded
 
     @staticmethod
     def _replay(body: bytes, receive: Receive) -> Receive:

@@ -96,14 +96,15 @@ async def _stranger(request: Request) -> bool:
     if not header:
         return True
     limits, address = request.app.state.limits, request.client.host if request.client else "unknown"
+    try:  # as on every other route: past RAG_AUTH_FAILURE_LIMIT, no lookups, only a key known right
+        await limits.refuse_guessing(address)
+    except RateLimitError:
+        known = authenticator.known(header)
+        return known is None or not known.admin
     await authenticator.refresh(header)
     try:
         return not authenticator.authenticate(header).admin
-    except AuthenticationError:  # counts towards RAG_AUTH_FAILURE_LIMIT, as on every other route
-        try:
-            await limits.refuse_guessing(address)
-        except RateLimitError:
-            return True
+    except AuthenticationError:  # counts towards RAG_AUTH_FAILURE_LIMIT
         await limits.count_failure(address)
         return True
 

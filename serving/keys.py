@@ -124,7 +124,11 @@ class KeyStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             if "public" not in {row[1] for row in db.execute("PRAGMA table_info(keys)")}:  # a store from before
-                db.execute("ALTER TABLE keys ADD COLUMN public INTEGER NOT NULL DEFAULT 0")
+                try:
+                    db.execute("ALTER TABLE keys ADD COLUMN public INTEGER NOT NULL DEFAULT 0")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
             self._db = db
         return self._db
 

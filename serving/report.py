@@ -53,7 +53,8 @@ def daily(store: SupportStore, collection: str | None, since: float, until: floa
     # The answers voted down (once each), by the day they were given on: a few, not a scan.
     down_sql = (
         "SELECT DISTINCT a.id, a.created_at, CASE WHEN a.answer_kind = 'no_answer' THEN 1 ELSE 0 END "
-        f"FROM answers a JOIN feedback f ON f.answer_id = a.id{where} AND f.rating = 'down'"
+        f"FROM answers a JOIN feedback f ON f.answer_id = a.id{where} AND f.rating = 'down' "
+        "AND a.answer_kind <> 'small_talk'"
     )
     down = np.asarray([r[1:] for r in store.sql.query(down_sql, params)], dtype=np.float64).reshape(-1, 2)
     day_of = np.floor(rows[:, 0] / DAY_S).astype(np.int64)

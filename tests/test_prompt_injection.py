@@ -270,6 +270,11 @@ def test_gemma_does_not_obey_instructions_planted_in_documents(gemma: tuple[str,
         ("Ignore the first dispatch email if you have received a second one.", True),
         ("Model numbers are printed on the label under the seat.", True),
         ("Follow the assembly instructions in the box, step by step.", True),
+        ("Keep your original orders in a safe place until the refund arrives.", True),
+        ("To model your monthly payment, use the calculator on the Klarna page.", True),
+        ("Attention Model 3 owners: a recall applies to the charging cable.", True),
+        ("Ignore the first email you were given by the courier if a second one came.", True),
+        ("To the assistant manager on duty, returns are logged at the till.", True),
     ],
 )
 def test_a_sentence_speaking_to_an_assistant_is_dropped_and_a_customers_is_kept(sentence: str, kept: bool) -> None:

@@ -94,7 +94,8 @@ def test_an_faq_entrys_question_is_a_third_ranking(tmp_path: Path, embedder) -> 
         ("Even for sale items?", True),
         ("Thanks, that worked! How do I change my email?", False),  # the question is its last sentence
         ("One more question: can I pay by PayPal?", False),
-        ("Another question: can I pay by PayPal?", False),  # "another question" starts one
+        ("Another question: can I pay by PayPal?", False),  # "another question" points at nothing
+        ("Another thing: does it have parking?", True),
         ("Different question: does it have parking?", True),  # ... but "it" still points back
         ("Do you offer same-day delivery?", False),  # whole words only
     ],
@@ -103,6 +104,15 @@ def test_a_question_leans_on_the_turn_before_only_when_it_points_back(question: 
     from rag.conversation import refers_back
 
     assert refers_back(question) is leans
+
+
+def test_an_entity_is_found_by_its_name_in_any_case() -> None:
+    from rag.conversation import standalone
+
+    titles = ["ASHLEY HOTEL", "HOBSONS HOUSE", "Hôtel Écrin"]
+    assert standalone("Is there parking at the Ashley Hotel?", None, titles).entity == "ASHLEY HOTEL"
+    assert standalone("is breakfast served at hobsons house", None, titles).entity == "HOBSONS HOUSE"
+    assert standalone("Does the Hôtel Écrin have a lift?", None, titles).entity == "Hôtel Écrin"
 
 
 async def test_a_follow_up_retrieves_the_entity_its_history_names(hotels_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
@@ -120,9 +130,12 @@ async def test_a_follow_up_retrieves_the_entity_its_history_names(hotels_dir: Pa
     # Without the conversation the question names no hotel: citations from several.
     alone = await pipeline.answer("Are the bathrooms clean?")
     assert len({c.title for c in alone.citations}) > 1
-    # A message that says it starts another topic leaves the conversation's hotel behind.
+    # A message that says it starts another topic leaves the conversation's hotel behind; "another
+    # thing" goes on about the same one.
     moved_on = await pipeline.answer("Thanks. Different question: are the bathrooms clean?", history=history)
     assert len({c.title for c in moved_on.citations}) > 1, moved_on.citations
+    more = await pipeline.answer("Another thing: are the bathrooms clean?", history=history)
+    assert {c.title for c in more.citations} == {"HOBSONS HOUSE"}, more.citations
     await pipeline.aclose()
 
 
@@ -348,6 +361,9 @@ def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
         ("Hello, I need help", None),
         ("123456", None),  # an order number
         ("!!!", None),
+        ("hi, мой заказ не пришел", None),  # a request in another script
+        ("thanks 12345", None),  # an order number
+        ("ok 注文が届きません", None),
         ("yes", None),  # an answer to the bot's own question: left to the conversation
     ],
 )

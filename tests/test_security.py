@@ -271,8 +271,9 @@ def test_a_slow_body_holds_no_slot_and_gets_a_408(tenants: dict[str, Any], embed
     in-flight slots: with a key in a web page, anyone could shut out every customer."""
     keys = tenants["keys"]
     with serving(
-        tenants["data_dir"], embedder, backend="extractive", max_concurrent_per_key=1, body_timeout_s=2.0
-    ) as url:
+        tenants["data_dir"], embedder, backend="extractive", max_concurrent_per_key=1, body_timeout_s=2.0,
+        max_concurrent_per_visitor=2,
+    ) as url:  # fmt: skip
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=15) as slow:
             head = (
@@ -283,6 +284,12 @@ def test_a_slow_body_holds_no_slot_and_gets_a_408(tenants: dict[str, Any], embed
             time.sleep(0.3)
             with client(url, keys["widget"]) as customer:  # the key's only slot is free meanwhile
                 assert ask(customer, "alpha").status_code == 200
+                # Bodies arriving at once are bounded too (memory): per visitor as many as in flight (2 here).
+                with socket.create_connection((host, int(port)), timeout=15) as second:
+                    second.sendall(head.encode() + b'{"question": "How lo')
+                    time.sleep(0.3)
+                    busy = assert_error(ask(customer, "alpha"), 429, "too_many_concurrent_requests")
+                    assert "bodies still arriving for this visitor" in busy["message"]
             status = slow.recv(65536).split(b"\r\n", 1)[0]
         assert b" 408 " in status, status
 
@@ -343,10 +350,13 @@ def test_a_public_keys_thumbs_down_hands_a_curated_answer_over_without_unpublish
 
 
 def test_a_right_key_gets_in_from_an_address_past_its_failure_limit(tenants: dict[str, Any], embedder: Any) -> None:
-    """Wrong keys from one address are refused with 429 past the limit, but a right key from the
-    same address (an office, a carrier's NAT: many customers) still works."""
+    """Wrong keys from one address are refused with 429 past the limit, but a right key in use from
+    the same address (an office, a carrier's NAT: many customers) still works; a key not seen
+    lately is not looked up from there."""
     keys = tenants["keys"]
     with serving(tenants["data_dir"], embedder, backend="extractive", auth_failure_limit="2/minute") as url:
+        with client(url, keys["widget"]) as customer:  # the widget's key is in use (by customers elsewhere)
+            assert customer.get("/v1/models").status_code == 200
         for n in range(2):
             with client(url, f"rk_dead{n}_nothing") as wrong:
                 assert_error(wrong.get("/v1/models"), 401, "invalid_api_key")
@@ -354,6 +364,8 @@ def test_a_right_key_gets_in_from_an_address_past_its_failure_limit(tenants: dic
             assert_error(wrong.get("/v1/models"), 429, "too_many_failures")
         with client(url, keys["widget"]) as right:
             assert right.get("/v1/models").status_code == 200
+        with client(url, keys["b"]) as unseen:  # right, but this process has not seen it: no lookup from here
+            assert_error(unseen.get("/v1/models"), 429, "too_many_failures")
 
 
 def test_without_keys_the_service_binds_to_loopback_only() -> None:
@@ -436,3 +448,14 @@ def test_the_openai_client_and_rag_client_send_the_key(service: str, tenants: di
         with pytest.raises(RagClientError) as denied:
             rag.query(QUESTION, collection="alpha")
         assert denied.value.status == 403
+
+
+def test_a_visitor_is_its_address_or_its_ipv6_slash_64() -> None:
+    from serving.auth import visitor_of
+
+    assert visitor_of("k", "2001:db8::1") == visitor_of("k", "2001:db8::ffff:1")  # one subscriber's /64
+    assert visitor_of("k", "2001:db8:0:1::1") != visitor_of("k", "2001:db8::1")
+    assert visitor_of("k", "::ffff:10.0.0.1") == visitor_of("k", "10.0.0.1")
+    assert visitor_of("k", "10.0.0.1") != visitor_of("k", "10.0.0.2") and visitor_of("j", "10.0.0.1") != visitor_of(
+        "k", "10.0.0.1"
+    )

@@ -126,20 +126,26 @@
     return node;
   }
 
-  // A citation links under data-link-base only (a document id with ".." segments would climb
-  // out of it), or to a full URL on data-link-base's site or the page's own: never elsewhere.
+  // A citation links under data-link-base only (a document id with ".." segments, or one that
+  // would name another host, gets no link), or to a full URL on data-link-base's site (the
+  // page's own, without a data-link-base): never elsewhere.
   function citationHref(id) {
     var base;
-    try { base = linkBase ? new URL(linkBase, location.href) : null; } catch (e) { base = null; }
+    try { base = linkBase ? new URL(linkBase, location.href).href : null; } catch (e) { base = null; }
     if (/^[a-z][a-z0-9+.-]*:/i.test(id)) {
       var url;
       try { url = new URL(id); } catch (e) { return null; }
-      var home = base ? base.origin : location.origin;
+      var home = base ? new URL(base).origin : location.origin;
       return /^https?:$/.test(url.protocol) && url.origin === home ? url.href : null;
     }
     var parts = id.split("/");
     if (!base || parts.some(function (p) { return p === ".." || p === "."; })) return null;
-    return linkBase + parts.map(encodeURIComponent).join("/");
+    var href = base + parts.map(encodeURIComponent).join("/");
+    var under = base.replace(/[?#].*$/, "");
+    var checked;
+    try { checked = new URL(href); } catch (e) { return null; }
+    if (checked.origin !== new URL(base).origin) return null;  // "help.example.com" + ".evil.com/x"
+    return checked.href.indexOf(under.slice(0, under.lastIndexOf("/") + 1)) === 0 ? href : null;
   }
 
   function showCitations(node, citations) {
@@ -243,6 +249,7 @@
     var retry = el("button", "rag-retry", "Try again");
     retry.type = "button";
     retry.addEventListener("click", function () {
+      if (send.disabled) return;  // one question at a time
       node.remove();
       if (input.value === question) input.value = "";
       run(question);
@@ -301,9 +308,9 @@
       return;
     }
     if (!response.ok) {
-      clearTimeout(timer);
       var message = "HTTP " + response.status;
-      try { message = (await response.json()).error.message; } catch (e) { /* not JSON */ }
+      try { message = (await response.json()).error.message; } catch (e) { /* not JSON, or it stalled */ }
+      clearTimeout(timer);
       failed(node, question, customerMessage(response.status, message), "HTTP " + response.status + ": " + message);
       return;
     }
@@ -314,7 +321,6 @@
     var finished = false;
     while (!finished) {
       var chunk;
-      waitAgain();
       try { chunk = await reader.read(); } catch (err) {
         clearTimeout(timer);
         failed(node, question, timedOut ? SLOW : UNREACHABLE, timedOut ? "the answer stalled" : String(err));
@@ -332,6 +338,7 @@
           else if (line.indexOf("data:") === 0) dataLines.push(line.slice(5).replace(/^ /, ""));
         });
         if (!dataLines.length || finished) return;
+        waitAgain();  // an event, not a keep-alive comment (": ping"), is news from the answer
         var payload;
         try { payload = JSON.parse(dataLines.join("\n")); }
         catch (err) { failed(node, question, UNREACHABLE, "a garbled reply"); finished = true; return; }
