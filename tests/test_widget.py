@@ -304,7 +304,7 @@ def test_widget_links_only_under_its_link_base_and_words_a_refusal_for_customers
     from .servers import running_server
 
     ids = ["../../../../etc/passwd", "https://evil.example/phish", "https://help.example.com/ok.html", "faq/a b.md",
-           "//evil.example/x"]  # fmt: skip
+           ".evil.example/x"]  # fmt: skip  # the last, pasted after a base without its "/", named another host
     cites = [
         {"id": n, "document_id": d, "source": d, "title": f"doc {n}", "text": "x", "score": 1.0}
         for n, d in enumerate(ids)
@@ -331,7 +331,10 @@ def test_widget_links_only_under_its_link_base_and_words_a_refusal_for_customers
         page = browser.new_page()
         console: list[str] = []
         page.on("console", lambda message: console.append(message.text))
-        page.goto(_fault_page(site, endpoint, "refused.html"))
+        url = _fault_page(site, endpoint, "refused.html")
+        html = Path(site["root"], "refused.html").read_text()
+        Path(site["root"], "refused.html").write_text(html.replace('help.example.com/"', 'help.example.com"'))
+        page.goto(url)
         _ask(page, "Do gift cards expire?")
         error = page.locator(".rag-error")
         error.wait_for(timeout=15_000)
