@@ -303,15 +303,14 @@ def _print_cache_rows(rows: list[dict[str, Any]], x: str, y: str) -> None:
 
 
 def _cache_pair_rows(
-    pairs: Path, embedder: Any, thresholds: list[float], verifier: Any, sweep: bool, settings: Any
+    records: list[dict[str, Any]], embedder: Any, thresholds: list[float], verifier: Any, sweep: bool, settings: Any
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The policy's rows (with its audits replayed; swept, also the threshold alone's) on a
     pairs file, and the plain curve."""
-    from eval.cache import Audits, _embed_unique, eval_pairs, load_pairs
+    from eval.cache import Audits, _embed_unique, eval_pairs
     from eval.cache_bounds import plain_curve_pairs
 
     audits = Audits(settings.cache_audit_rate, settings.max_wrong_rate())
-    records = load_pairs(pairs)
     vectors = _embed_unique(embedder, [p["text_a"] for p in records] + [p["text_b"] for p in records])
     rows: list[dict[str, Any]] = []
     for guards, check in ((False, None), (True, verifier)) if sweep else ((True, verifier),):
@@ -385,9 +384,10 @@ def eval_cache(
     )
     if (pairs is None) == (corpus is None or qa is None):
         fail("give --pairs FILE, or --corpus FILE and --qa FILE")
-    try:
+    records: list[dict[str, Any]] = []
+    try:  # a bad file says so before anything is embedded
         if pairs is not None:
-            load_pairs(pairs)  # a bad file says so before anything is embedded
+            records = load_pairs(pairs)
         else:
             assert corpus is not None
             load_faq(corpus)
@@ -399,7 +399,7 @@ def eval_cache(
         {settings.cache_threshold} | ({round(0.70 + 0.02 * i, 2) for i in range(15)} if sweep else set())
     )
     if pairs is not None:
-        rows, plain = _cache_pair_rows(pairs, embedder, thresholds, verifier, sweep, settings)
+        rows, plain = _cache_pair_rows(records, embedder, thresholds, verifier, sweep, settings)
         x, y, name = "false_hit_rate", "hit_rate", pairs.stem
     else:
         assert corpus is not None and qa is not None

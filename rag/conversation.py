@@ -152,9 +152,10 @@ _THANKS = frozenset(
 _BYE = frozenset("bye goodbye cya later".split())
 _FILLER = frozenset(
     "you u so very much many a lot lots that it this has have that's it's was is all good got "
-    "great the for your help again oh ah alright right yes yeah yep there see ya now i i'm "
-    "am and just really many, thats its".split()
+    "the for your help again oh ah alright right yes yeah yep there see ya now i i'm "
+    "am and just really thats its".split()
 )
+_COURTESY = _GREETING | _THANKS | _BYE | _FILLER
 _COURTESY_WORD_RE = re.compile(r"[\w']+")  # every script and digits: "hi, мой заказ не пришел" asks something
 SMALL_TALK = "small_talk"  # the answer kind of such a reply
 SMALL_TALK_REPLIES = {
@@ -170,7 +171,7 @@ def small_talk(message: str) -> str | None:
     if "?" in message:
         return None
     words = _COURTESY_WORD_RE.findall(message.lower())
-    if any(w not in _GREETING | _THANKS | _BYE | _FILLER for w in words):
+    if any(w not in _COURTESY for w in words):
         return None
     if not words:  # an emoji alone is a reaction; an order number or "!!!" is not
         reaction = any(unicodedata.category(c) == "So" for c in message)

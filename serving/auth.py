@@ -386,27 +386,23 @@ class GuardMiddleware:
             seen += len(message.get("body", b""))
 
     async def _read_body(self, receive: Receive) -> bytes | None:
-        """The whole body (a chunked one counted as it arrives: past RAG_MAX_BODY_BYTES, a 413),
-        or None when the client went away."""
-        parts: list[bytes] = []
-        seen = 0
+        """The whole body (counted as it arrives, by :meth:`_bounded`: past RAG_MAX_BODY_BYTES, a
+        413), or None when the client went away."""
+        bounded, parts = self._bounded(receive), []
         while True:
-            message = await receive()
+            try:
+                message = await bounded()
+            except HTTPException:
+                raise self._too_large() from None
             if message["type"] != "http.request":
                 return None
-            part = message.get("body", b"")
-            seen += len(part)
-            if seen > self.max_body:
-                if message.get("more_body", False):
-                    await self._drain(receive, seen)
-                raise self._too_large()
-            parts.append(part)
+            parts.append(message.get("body", b""))
             if not message.get("more_body", False):
                 return b"".join(parts)
 
     def _bounded(self, receive: Receive) -> Receive:
-        """A body read by a route that needs no key, counted as it arrives (past
-        RAG_MAX_BODY_BYTES, a 413)."""
+        """``receive`` with the body counted as it arrives (past RAG_MAX_BODY_BYTES, a 413): what a
+        route that needs no key reads through, and what :meth:`_read_body` reads with."""
         seen = 0
 
         async def bounded() -> Message:

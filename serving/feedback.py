@@ -136,10 +136,11 @@ async def feedback(body: FeedbackRequest, request: Request) -> Any:
         # A person's answer goes back to a person. Through a public key (the widget's, which
         # anyone can send with) a vote is a customer's word, not a reviewer's: it is handed
         # over, and the approved answer is served until a person decides.
-        if curated and not principal.public:
+        handed_over_only = curated and principal.public
+        if curated and not handed_over_only:
             why = f"thumbs-down on answer {record.id}" + (f": {body.reason}" if body.reason else "")
             await curation.dispute(state.curated, record.collection, record.cache_ref or "", why)
-        if not (curated and principal.public):
+        if not handed_over_only:
             evicted, block_id = await _evict(state, record)
         needs_human = "thumbs_down"
         if not await asyncio.to_thread(state.support.voted_down, record.id):  # a person was told the first time

@@ -40,12 +40,14 @@ def _scoped(collection: str | None, since: float, until: float, prefix: str = ""
     return where, params
 
 
+_ASKED = " AND a.answer_kind <> 'small_talk'"  # "thanks!" is not a question, resolved or not
+
+
 def daily(store: SupportStore, collection: str | None, since: float, until: float) -> list[dict[str, Any]]:
     where, params = _scoped(collection, since, until, "a.")
     sql = (
         "SELECT a.created_at, CASE WHEN a.answer_kind = 'no_answer' THEN 1 ELSE 0 END, "
-        f"CASE WHEN a.cache_kind IS NULL THEN 0 ELSE 1 END, a.latency_ms FROM answers a{where} "
-        "AND a.answer_kind <> 'small_talk'"  # "thanks!" is not a question resolved
+        f"CASE WHEN a.cache_kind IS NULL THEN 0 ELSE 1 END, a.latency_ms FROM answers a{where}{_ASKED}"
     )
     rows = np.asarray(store.sql.query(sql, params), dtype=np.float64).reshape(-1, 4)
     if not len(rows):
@@ -53,8 +55,7 @@ def daily(store: SupportStore, collection: str | None, since: float, until: floa
     # The answers voted down (once each), by the day they were given on: a few, not a scan.
     down_sql = (
         "SELECT DISTINCT a.id, a.created_at, CASE WHEN a.answer_kind = 'no_answer' THEN 1 ELSE 0 END "
-        f"FROM answers a JOIN feedback f ON f.answer_id = a.id{where} AND f.rating = 'down' "
-        "AND a.answer_kind <> 'small_talk'"
+        f"FROM answers a JOIN feedback f ON f.answer_id = a.id{where} AND f.rating = 'down'{_ASKED}"
     )
     down = np.asarray([r[1:] for r in store.sql.query(down_sql, params)], dtype=np.float64).reshape(-1, 2)
     day_of = np.floor(rows[:, 0] / DAY_S).astype(np.int64)
