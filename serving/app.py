@@ -13,12 +13,13 @@ from functools import partial
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
 from . import admin, curation, feedback, health, jobs, observability, openai_compat, query, restore, widget
-from .auth import Authenticator, GuardMiddleware, KeyLimits
+from .auth import DOCS_STATIC, Authenticator, GuardMiddleware, KeyLimits
 from .database import Database
 from .errors import ERRORS, install_error_handlers
 from .handoff import Handoff, Outbox
@@ -75,7 +76,11 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
                 database.close()
             observability.worker_exit()
 
-    app = FastAPI(
+    # /docs from Swagger UI's own files, not a CDN: it works on a host with no internet.
+    app = FastAPIOffline(
+        docs_url="/docs",
+        redoc_url=None,
+        static_url=DOCS_STATIC,
         title="rag-service",
         summary="Grounded, cited answers from your documents, with a semantic response cache.",
         version="0.1.0",

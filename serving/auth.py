@@ -46,7 +46,8 @@ from .keys import KeyStoreLike
 from .principals import ANONYMOUS, Principal
 
 log = logging.getLogger("rag.serving")
-# Reachable without a key: liveness/readiness probes, the widget script, the API schema.
+# Reachable without a key: liveness/readiness probes, the widget script, the API schema and
+# its page (/docs, and Swagger UI's script and style under DOCS_STATIC).
 # A refused body up to this many times RAG_MAX_BODY_BYTES is read and dropped before the 413.
 DRAIN_FACTOR = 8
 PUBLIC_PATHS = frozenset(
@@ -61,6 +62,11 @@ PUBLIC_PATHS = frozenset(
         "/openapi.json",
     }
 )  # the admin page holds no data: it asks the API with the admin key its user enters
+DOCS_STATIC = "/docs/static"
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(DOCS_STATIC + "/")
 
 
 class Authenticator:
@@ -298,7 +304,7 @@ class GuardMiddleware:
         if "\x00" in scope["path"] or b"%00" in scope.get("query_string", b""):  # bodies: schemas.RequestBody
             await send_error(send, InvalidRequestError("the URL must not contain NUL (%00) characters - remove them"))
             return
-        if scope["path"] in PUBLIC_PATHS or scope["method"] == "OPTIONS":
+        if is_public(scope["path"]) or scope["method"] == "OPTIONS":
             # No key, no buffering: the route reads what it needs (most read nothing), bounded.
             scope.setdefault("state", {})["principal"] = ANONYMOUS
             await self.app(scope, self._bounded(receive), send)

@@ -4,6 +4,7 @@ boundary (another tenant's collection, cached answer or job; an admin route; a l
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import time
@@ -92,6 +93,22 @@ def test_without_a_key_only_health_and_the_widget_answer(service: str) -> None:
         assert_error(ask(http, "alpha"), 401, "invalid_api_key")
     with client(service, "Basic abc") as http:
         assert_error(ask(http, "alpha"), 401, "invalid_api_key")
+
+
+def test_the_api_docs_page_loads_from_the_service_not_a_cdn(service: str) -> None:
+    """/docs works on a host with no internet: Swagger UI's script and style come from the
+    service itself, without a key (like the schema); nothing else under /docs opens up."""
+    with client(service) as http:
+        page = http.get("/docs")
+        assert page.status_code == 200 and "cdn." not in page.text and "https://" not in page.text
+        assets = re.findall(r'(?:src|href)="(/docs/static/[^"]+)"', page.text)
+        assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets)
+        for asset in assets:
+            served = http.get(asset)
+            assert served.status_code == 200 and len(served.content) > 1000, asset
+        assert "openapi" in http.get("/openapi.json").json()
+        assert http.get("/redoc").status_code in (401, 404)  # its page would load from a CDN
+        assert http.get("/docs/static/../../metrics").status_code in (401, 404)
 
 
 def test_readyz_shows_collection_names_and_versions_to_an_admin_key_only(service: str, tenants: dict[str, Any]) -> None:
