@@ -7,19 +7,32 @@ caller can report it and go on with the rest.
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
 import io
 import json
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rag.errors import DocumentError
 from rag.wire import jsonl_lines
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl")
+from .html import html_to_text
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jsonl", ".csv")
+# Files a content team keeps documents in that are not read: found in a folder, each is
+# reported as not indexed, with what to save it as (an image or a stylesheet is passed over).
+_SAVE_AS = {
+    **dict.fromkeys((".xlsx", ".xls", ".xlsm", ".ods", ".numbers"), "a spreadsheet: save it as CSV (UTF-8) with question and answer columns"),
+    **dict.fromkeys((".docx", ".doc", ".odt", ".rtf", ".pages"), "a word-processor file: save or download it as PDF, HTML or Markdown"),
+    **dict.fromkeys((".pptx", ".ppt", ".odp", ".key"), "slides: save them as PDF"),
+    ".json": 'JSON: write one document a line as .jsonl ({"id", "title", "text"} or {"question", "answer"})',
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,68 +76,32 @@ def _load_text(data: bytes, path: Path) -> tuple[str, str]:
     return _first_line_title(text, path.stem), text
 
 
+_FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
+
+
 def _load_markdown(data: bytes, path: Path) -> tuple[str, str]:
+    """A Markdown file's title is its front matter's ``title:`` (Jekyll, Hugo, Docusaurus),
+    else its first ``#`` heading; the front matter itself (slug, tags, author) is not text."""
+    import yaml
+
     text = _decode(data)
+    title = ""
+    front = _FRONT_MATTER_RE.match(text)
+    if front:
+        try:
+            meta = yaml.safe_load(front.group(1))
+        except yaml.YAMLError:
+            meta = None
+        if isinstance(meta, dict):  # else it was a rule and a paragraph, not front matter
+            text = text[front.end() :]
+            title = str(meta.get("title") or "").strip()
     match = re.search(r"^#\s+(.+)$", text, flags=re.MULTILINE)
-    return (match.group(1).strip() if match else path.stem), text
-
-
-_BLOCK_TAGS = [
-    "p",
-    "div",
-    "section",
-    "article",
-    "main",
-    "header",
-    "aside",
-    "h1",
-    "h2",
-    "h3",
-    "h4",
-    "h5",
-    "h6",
-    "li",
-    "ul",
-    "ol",
-    "dl",
-    "dt",
-    "dd",
-    "tr",
-    "table",
-    "blockquote",
-    "pre",
-    "hr",
-    "figure",
-    "figcaption",
-]
+    title = title or (match.group(1).strip() if match else path.stem)
+    return title, text if match or not front or not title else f"# {title}\n\n{text}"
 
 
 def _load_html(data: bytes, path: Path) -> tuple[str, str]:
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(_decode(data), "html.parser")
-    for tag in soup(["script", "style", "nav", "footer", "noscript", "template"]):
-        tag.decompose()
-    title = soup.title.get_text(strip=True) if soup.title else ""
-    if soup.title:
-        soup.title.decompose()
-    body = soup.body or soup
-    for cell in body.find_all(["td", "th"]):
-        cell.append(" | ")
-    for node in body.find_all(string=True):  # source line breaks mean nothing in HTML
-        node.replace_with(re.sub(r"\s+", " ", str(node)))
-    for block in body.find_all(_BLOCK_TAGS):
-        block.insert_before("\n")
-        block.insert_after("\n")
-    for br in body.find_all("br"):
-        br.replace_with("\n")
-    text = body.get_text()
-    text = "\n".join(" ".join(line.split()) for line in text.splitlines())
-    text = re.sub(r"\n{3,}", "\n\n", text).strip()
-    if not title:
-        heading = body.find(["h1", "h2"])
-        title = heading.get_text(strip=True) if heading else path.stem
-    return title, text
+    return html_to_text(_decode(data), path)
 
 
 def _load_pdf(data: bytes, path: Path) -> tuple[str, str]:
@@ -140,8 +117,86 @@ def _load_pdf(data: bytes, path: Path) -> tuple[str, str]:
         meta_title = reader.metadata.title if reader.metadata else None
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as exc:
         raise DocumentError(f"corrupt or unreadable PDF ({exc})") from exc
-    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    if pages and not any(p.strip() for p in pages):
+        raise DocumentError(
+            f"no text in its {len(pages)} page(s): a scan or images of text - "
+            "run OCR on it first (ocrmypdf, or the scanner's searchable-PDF setting)"
+        )
+    text = _join_pages(_without_page_furniture(pages))
     return (meta_title or _first_line_title(text, path.stem)), text
+
+
+_PAGE_NUMBER_RE = re.compile(r"^(?:page\s*)?\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?$", re.IGNORECASE)
+
+
+def _without_page_furniture(pages: list[str]) -> list[list[str]]:
+    """Each page's lines without its running header and footer: a line near the top or the
+    bottom of most pages (figures aside: "Page 2 of 8"), and bare page numbers. Left in, they
+    are spliced into the sentence that crosses the page break and quoted as answers."""
+    lines = [[line.strip() for line in page.splitlines() if line.strip()] for page in pages]
+
+    def key(line: str) -> str:
+        return re.sub(r"\d+", "#", " ".join(line.lower().split()))
+
+    seen: Counter[str] = Counter()
+    for page in lines:
+        seen.update({key(line) for line in page[:3] + page[-3:]})
+    running = {k for k, n in seen.items() if len(lines) >= 3 and n >= max(3, 0.6 * len(lines))}
+    return [
+        [line for i, line in enumerate(page) if not _PAGE_NUMBER_RE.match(line)
+         and not ((i < 3 or i >= len(page) - 3) and key(line) in running)]
+        for page in lines
+    ]  # fmt: skip
+
+
+def _join_pages(pages: list[list[str]]) -> str:
+    """Pages one after another; a sentence that runs on over a page break is joined again."""
+    text = ""
+    for page in (p for p in pages if p):
+        body = "\n".join(page)
+        runs_on = text and text[-1] not in ".!?:;" and page[0][:1].islower()
+        text = f"{text} {body}" if runs_on else f"{text}\n\n{body}" if text else body
+    return text
+
+
+def _load_csv(data: bytes, path: Path, source: str) -> Loaded:
+    """A spreadsheet of questions and answers (saved as CSV: comma, semicolon or tab), or of
+    titles and texts: each row a document, like a .jsonl line; a row without its text is
+    reported by its line number and the rest are indexed."""
+    text = _decode(data)
+    try:
+        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    rows = csv.reader(io.StringIO(text), dialect)
+    header = [h.strip().lower() for h in next(rows, [])]
+    names = {"id": "id", "title": "title", "text": "text", "question": "question", "answer": "answer",
+             "body": "text", "content": "text", "q": "question", "a": "answer"}  # fmt: skip
+    columns = {names[h]: n for n, h in enumerate(header) if h in names}
+    if "text" not in columns and "answer" not in columns:
+        raise DocumentError(
+            f"a .csv needs a header row naming its columns: question and answer (or title and text); "
+            f"its first row is {', '.join(header[:6]) or 'empty'}"
+        )
+    loaded = Loaded([])
+    seen: dict[str, int] = {}
+    for lineno, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        record = {field: row[n].strip() for field, n in columns.items() if n < len(row) and row[n].strip()}
+        try:
+            doc = _document(record, f"row {lineno}", path, source)
+        except DocumentError as exc:
+            loaded.problems.append(exc.message)
+            continue
+        if doc.document_id in seen:
+            loaded.problems.append(
+                f"row {lineno} repeats the id {doc.document_id!r} of row {seen[doc.document_id]} - skipped"
+            )
+            continue
+        seen[doc.document_id] = lineno
+        loaded.documents.append(doc)
+    return loaded
 
 
 _LOADERS: dict[str, Callable[[bytes, Path], tuple[str, str]]] = {
@@ -169,11 +224,17 @@ def _jsonl_record(line: str, lineno: int, path: Path, source: str) -> Document:
         raise DocumentError(f"line {lineno} is not JSON ({exc.msg})") from exc
     if not isinstance(record, dict):
         raise DocumentError(f'line {lineno} is not an object like {{"id", "title", "text"}}')
+    return _document(record, f"line {lineno}", path, source)
+
+
+def _document(record: dict[str, Any], where: str, path: Path, source: str) -> Document:
+    """One entry of a .jsonl or .csv file: {id, title, text} or {id, question, answer}."""
     text = record.get("text")
     if text is None and "answer" in record:  # FAQ shape: question + answer is the passage
         text = f"{record.get('question', '')}\n{record['answer']}"
     if not isinstance(text, str) or not text.strip():
-        raise DocumentError(f'line {lineno} has no "text"')
+        faq = "question" in record or "answer" in record
+        raise DocumentError(f"{where} has no answer" if faq else f'{where} has no "text"')
     # Without an id, one made from the line's own text: a line added above it moves nothing
     # (by line number, every id after it would name another entry from then on).
     made = f"{path.stem}:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
@@ -215,10 +276,13 @@ def load_file(path: Path, data: bytes, document_id: str, source: str | None = No
         raise DocumentError("empty file")
     if suffix == ".jsonl":
         loaded = _load_jsonl(data, path, source)
+    elif suffix == ".csv":
+        loaded = _load_csv(data, path, source)
     else:
         loader = _LOADERS.get(suffix)
         if loader is None:
-            raise DocumentError(f"unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
+            hint = f"{_SAVE_AS[suffix]} - " if suffix in _SAVE_AS else ""
+            raise DocumentError(f"{hint}unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
         title, text = loader(data, path)
         loaded = Loaded([Document(document_id=document_id, title=title, text=text, source=source)])
     loaded.documents = [d for d in loaded.documents if d.text.strip()]
@@ -229,13 +293,14 @@ def load_file(path: Path, data: bytes, document_id: str, source: str | None = No
 
 
 def iter_files(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
-    """Yield (root, file) for every supported file under the given files and folders."""
+    """Yield (root, file) for every supported file under the given files and folders, and
+    every office document (.docx, .xlsx, ...): reading one says what to save it as."""
     for root in paths:
         if root.is_dir():
             for path in sorted(root.rglob("*")):
                 if (
                     path.is_file()
-                    and path.suffix.lower() in SUPPORTED_SUFFIXES
+                    and (path.suffix.lower() in SUPPORTED_SUFFIXES or path.suffix.lower() in _SAVE_AS)
                     and not any(part.startswith(".") for part in path.relative_to(root).parts)
                 ):
                     yield root, path

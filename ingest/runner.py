@@ -397,7 +397,7 @@ def _embed_faq_questions(db: sqlite3.Connection, stages: Any, batch_size: int) -
 
 def _nothing_indexed_message(report: IngestReport) -> str:
     reasons = "; ".join(f"{src}: {why}" for src, why in report.failed[:5]) or "no supported files found"
-    return f"nothing could be indexed ({reasons}) - supported: .txt .md .html .pdf .jsonl"
+    return f"nothing could be indexed ({reasons}) - supported: .txt .md .html .pdf .jsonl .csv"
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -82,8 +82,17 @@ class Evidence:
         return bool(self.chosen)
 
     def quote(self) -> str:
-        """The chosen units, best first: the answer when nothing generated can be trusted."""
-        return " ".join(as_sentence(u.text) for u in self.chosen)
+        """The chosen units, best first: the answer when nothing generated can be trusted.
+        A sentence in two of them (chunks overlap; a page says it twice) is quoted once."""
+        seen: set[str] = set()
+        out = []
+        for unit in self.chosen:
+            for sentence in _sentences(unit.text):
+                key = " ".join(terms(sentence))
+                if key not in seen or not key:
+                    seen.add(key)
+                    out.append(as_sentence(sentence))
+        return " ".join(out)
 
 
 def merge(units: list[Unit]) -> list[Unit]:
@@ -115,9 +124,30 @@ def _is_heading(line: str) -> bool:
     return line.endswith("?") or (len(words) <= 6 and line[-1:] not in ".!:;")
 
 
-def _table_row(line: str) -> str:
-    cells = [c.strip() for c in line.strip().strip("|").split("|") if c.strip()]
-    return f"{cells[0]}: {', '.join(cells[1:])}" if len(cells) > 1 else line
+_RULE_CELL_RE = re.compile(r"^:?-{2,}:?$")
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _is_table_header(cells: list[str], following: str | None) -> bool:
+    """A table's first row names its columns: above a Markdown rule ("|---|---|"), or short
+    labels without a figure ("Option | Time | Price"). A first row of values is a row."""
+    if following is not None and all(_RULE_CELL_RE.match(c) for c in _cells(following) if c):
+        return True
+    return all(len(c.split()) <= 4 and not re.search(r"\d", c) for c in cells if c)
+
+
+def _table_row(cells: list[str], header: list[str] | None) -> str:
+    """A row as a sentence that carries its column names, which is what a question asks
+    about ("what does the Growth plan cost per month?" -> "Growth: Monthly price £29; ...")."""
+    if header and len(header) == len(cells) and all(header[1:]):
+        row = f"{cells[0]}: " + "; ".join(f"{h} {c}" for h, c in zip(header[1:], cells[1:], strict=True) if c)
+    else:
+        filled = [c for c in cells if c]
+        row = f"{filled[0]}: {', '.join(filled[1:])}" if len(filled) > 1 else " ".join(filled)
+    return as_sentence(row)  # a row is a statement, however short: never taken for a heading
 
 
 def _sentences(block: str) -> list[str]:
@@ -158,10 +188,20 @@ def units_of(text: str) -> list[str]:
             else:  # numbered steps: each its own unit (a step answers "how do I ...")
                 out.extend(as_sentence(item) for item in items)
             continue
-        if "|" in line and line.count("|") >= 2:
-            if not all(len(c.split()) <= 2 for c in line.strip("|").split("|")):  # not a header row
-                out.append(_table_row(line))
-            i += 1
+        if "|" in line and line.count("|") >= 2:  # a table: its rows, each with the column names
+            header: list[str] | None = None
+            first = True
+            while i < len(lines) and "|" in lines[i] and lines[i].count("|") >= 2:
+                cells = _cells(lines[i])
+                following = lines[i + 1] if i + 1 < len(lines) else None
+                if all(_RULE_CELL_RE.match(c) for c in cells if c):
+                    pass  # the rule under a Markdown header
+                elif first and _is_table_header(cells, following):
+                    header = cells
+                elif any(cells):
+                    out.append(_table_row(cells, header))
+                first = False
+                i += 1
             continue
         # Prose: a paragraph is the lines up to a blank one (hard-wrapped text).
         para = [line]

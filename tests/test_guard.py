@@ -90,4 +90,14 @@ def test_evidence_units_keep_lists_with_their_lead_in_and_table_rows_whole() -> 
     assert "How to cancel an order" not in cancel  # a heading answers nothing
     assert "Pick a reason and confirm." in cancel  # a numbered step is its own unit
     rows = units_of("Option | Time | Price |\nExpress delivery | 1 to 2 business days | £9.95 |")
-    assert rows == ["Express delivery: 1 to 2 business days, £9.95"]
+    assert rows == ["Express delivery: Time 1 to 2 business days; Price £9.95."]  # each value with its column
+    # A Markdown table (an HTML page's, read by trafilatura): the header above the rule names
+    # the columns, however long; a short row is still a statement, not a heading.
+    plans = (
+        "| Plan | Monthly price | Annual price (per month) |\n|---|---|---|\n| Growth | £29 | £24 |\n| Free | £0 | |"
+    )
+    assert units_of(plans) == ["Growth: Monthly price £29; Annual price (per month) £24.", "Free: Monthly price £0."]
+    assert units_of("| Standard | 3 to 5 days |\n| Express | 1 to 2 days |") == [
+        "Standard: 3 to 5 days.",  # no header: a first row of values is a row
+        "Express: 1 to 2 days.",
+    ]

@@ -5,8 +5,9 @@ import pytest
 
 from ingest.loaders import iter_files, load_file
 from rag.errors import DocumentError
+from rag.evidence import units_of
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, FIXTURES
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,20 @@ def test_html_drops_scripts_styles_and_navigation() -> None:
     path = EXAMPLES / "shipping-times.html"
     [doc] = load_file(path, path.read_bytes(), document_id="x").documents
     assert "analytics" not in doc.text and "font-family" not in doc.text and "Help centre" not in doc.text
+
+
+def test_a_help_desk_export_gives_the_article_not_the_page_around_it() -> None:
+    """A Zendesk-style page: cookie banner, status strip, breadcrumbs, sidebar, vote widget,
+    related articles, comments and footer around one article with a table."""
+    path = FIXTURES / "exports" / "helpdesk-article.html"
+    [doc] = load_file(path, path.read_bytes(), document_id="x").documents
+    assert doc.title == "Ledgerly plans and pricing"  # not "... - Ledgerly Help Center"
+    for clutter in ("cookies", "found this helpful", "System status", "sign in to leave a comment",
+                    "Related articles", "Powered by", "Articles in this section", "Skip to main content"):  # fmt: skip
+        assert clutter.lower() not in doc.text.lower(), clutter
+    assert "Registered charities get 50% off" in doc.text and "Downgrades take effect" in doc.text
+    rows = [u for u in units_of(doc.text) if u.startswith("Growth:")]
+    assert rows == ["Growth: Monthly price £29; Annual price (per month) £24; Invoices per month 500; Team members 5."]
 
 
 def test_jsonl_keeps_document_ids() -> None:
@@ -87,6 +102,19 @@ def test_a_jsonl_line_may_hold_unicode_line_separators() -> None:
     assert "Closed on public holidays" in loaded.documents[0].text
 
 
+def _pdf(pages: list[list[str]]) -> bytes:
+    """A PDF of these pages, each line a line of text (an empty page: no text layer)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    for lines in pages:
+        pdf.add_page()
+        for line in lines:
+            pdf.cell(0, 8, line, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
 @pytest.mark.parametrize(
     ("name", "data", "reason"),
     [
@@ -96,6 +124,10 @@ def test_a_jsonl_line_may_hold_unicode_line_separators() -> None:
         ("broken.pdf", b"%PDF-1.4\n this is not really a pdf", "PDF"),
         ("bad.jsonl", b"not json\n[]\n", "no text could be extracted .line 1 is not JSON.*line 2 is not an object"),
         ("notext.jsonl", b'{"id": "a", "title": "t"}\n', "text"),
+        ("faq.csv", b"category,owner\nbilling,ann\n", "header row naming its columns: question and answer"),
+        ("FAQ.xlsx", b"PK\x03\x04", "a spreadsheet: save it as CSV"),
+        ("guide.docx", b"PK\x03\x04", "save or download it as PDF, HTML or Markdown"),
+        ("scan.pdf", _pdf([[]]), "no text in its 1 page.*run OCR"),
     ],
 )
 def test_unreadable_files_say_why(name: str, data: bytes, reason: str) -> None:
@@ -109,5 +141,49 @@ def test_iter_files_recurses_and_skips_hidden_and_unsupported(tmp_path: Path) ->
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config.txt").write_text("hidden")
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / "FAQ.xlsx").write_bytes(b"PK\x03\x04")  # found, so that reading it says what to save it as
     found = [p.relative_to(tmp_path).as_posix() for _, p in iter_files([tmp_path])]
-    assert found == ["a/b/deep.md"]
+    assert found == ["FAQ.xlsx", "a/b/deep.md"]
+
+
+def test_a_csv_faq_is_one_document_a_row_and_a_bad_row_is_reported_by_number() -> None:
+    data = (
+        "\ufeffCategory;Question;Answer;Owner\n"  # Excel's "CSV UTF-8": a byte-order mark, semicolons
+        'billing;Can I pay by bank transfer?;"Yes, on annual plans; by BACS.";ann\n'
+        "billing;Do you charge VAT?;;ann\n"
+        "\n"
+        "account;How do I delete my account?;Settings > Account > Delete.;bo\n"
+    ).encode()
+    loaded = load_file(Path("support faq.csv"), data, document_id="support faq.csv")
+    assert [d.title for d in loaded.documents] == ["Can I pay by bank transfer?", "How do I delete my account?"]
+    assert loaded.documents[0].text == "Can I pay by bank transfer?\nYes, on annual plans; by BACS."
+    assert loaded.problems == ["row 3 has no answer"]
+    again = load_file(Path("support faq.csv"), data, document_id="support faq.csv")
+    assert [d.document_id for d in again.documents] == [d.document_id for d in loaded.documents]  # stable ids
+
+
+def test_markdown_front_matter_gives_the_title_and_is_not_text() -> None:
+    data = b"---\ntitle: Setting up recurring invoices\nslug: recurring\ntags: [billing]\nauthor: tom.b\n---\n\nRecurring invoices are sent on a schedule.\n"
+    [doc] = load_file(Path("recurring-invoices.md"), data, document_id="x").documents
+    assert doc.title == "Setting up recurring invoices"
+    assert "tom.b" not in doc.text and "slug" not in doc.text and "Recurring invoices are sent" in doc.text
+    rule = b"---\nA paragraph after a rule.\n---\n# Heading\nText.\n"  # a rule, not front matter
+    assert load_file(Path("r.md"), rule, document_id="r").documents[0].text.startswith("---")
+
+
+def test_a_pdf_loses_its_running_header_footer_and_page_numbers_and_keeps_sentences_whole() -> None:
+    header, footer = (
+        "Acme Ltd - Customer Terms - Version 3.2 CONFIDENTIAL",
+        "Acme Ltd, registered in England. Page {n} of 4",
+    )
+    body = [
+        ["Refunds are paid within 14 days. This clause should be read together with the rest of"],
+        ["these terms. Deliveries take 3 to 5 business days."],
+        ["Cancel any time from your account page."],
+        ["These terms are governed by the laws of England."],
+    ]
+    pages = [[header, *lines, footer.format(n=n)] for n, lines in enumerate(body, start=1)]
+    [doc] = load_file(Path("terms.pdf"), _pdf(pages), document_id="terms.pdf").documents
+    assert "CONFIDENTIAL" not in doc.text and "Page" not in doc.text and "registered in England" not in doc.text
+    assert "read together with the rest of these terms." in doc.text  # across the page break
+    assert "governed by the laws of England" in doc.text
