@@ -16,6 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,23 +179,41 @@ def _load_csv(data: bytes, path: Path, source: str) -> Loaded:
             f"a .csv needs a header row naming its columns: question and answer (or title and text); "
             f"its first row is {', '.join(header[:6]) or 'empty'}"
         )
+    entries = (
+        (
+            n,
+            partial(
+                _document,
+                {f: row[i].strip() for f, i in columns.items() if i < len(row) and row[i].strip()},
+                f"row {n}",
+                path,
+                source,
+            ),
+        )
+        for n, row in enumerate(rows, start=2)
+        if any(cell.strip() for cell in row)
+    )
+    return _entries(entries, "row")
+
+
+def _entries(entries: Iterator[tuple[int, Callable[[], Document]]], unit: str) -> Loaded:
+    """The documents of a file of entries (.jsonl lines, .csv rows): a bad one, or one whose
+    id an earlier one has, is skipped and reported by its number; the rest are indexed."""
     loaded = Loaded([])
     seen: dict[str, int] = {}
-    for lineno, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        record = {field: row[n].strip() for field, n in columns.items() if n < len(row) and row[n].strip()}
+    for number, read in entries:
         try:
-            doc = _document(record, f"row {lineno}", path, source)
+            doc = read()
         except DocumentError as exc:
             loaded.problems.append(exc.message)
             continue
         if doc.document_id in seen:
             loaded.problems.append(
-                f"row {lineno} repeats the id {doc.document_id!r} of row {seen[doc.document_id]} - skipped"
+                f"{unit} {number} repeats the id {doc.document_id!r} of {unit} {seen[doc.document_id]} - skipped; "
+                f"give each {unit} its own id (a {unit} without one is named by its text: the same text repeats it)"
             )
             continue
-        seen[doc.document_id] = lineno
+        seen[doc.document_id] = number
         loaded.documents.append(doc)
     return loaded
 
@@ -246,25 +265,9 @@ def _document(record: dict[str, Any], where: str, path: Path, source: str) -> Do
 def _load_jsonl(data: bytes, path: Path, source: str) -> Loaded:
     """Every good line is a document; a bad line (not JSON, no text, an id seen on an earlier
     line) is skipped and reported with its number, and the rest of the file is still indexed."""
-    loaded = Loaded([])
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(jsonl_lines(_decode(data)), start=1):
-        if not line.strip():
-            continue
-        try:
-            doc = _jsonl_record(line, lineno, path, source)
-        except DocumentError as exc:
-            loaded.problems.append(exc.message)
-            continue
-        if doc.document_id in seen:
-            loaded.problems.append(
-                f"line {lineno} repeats the id {doc.document_id!r} of line {seen[doc.document_id]} - skipped; "
-                "give each line its own id (a line without one is named by its text: the same text repeats it)"
-            )
-            continue
-        seen[doc.document_id] = lineno
-        loaded.documents.append(doc)
-    return loaded
+    lines = enumerate(jsonl_lines(_decode(data)), start=1)
+    entries = ((n, partial(_jsonl_record, line, n, path, source)) for n, line in lines if line.strip())
+    return _entries(entries, "line")
 
 
 def load_file(path: Path, data: bytes, document_id: str, source: str | None = None) -> Loaded:
