@@ -59,6 +59,7 @@ class CacheHit:
     payload: dict[str, Any]
     ref: str = ""  # the entry, for :meth:`SemanticCache.learn`
     tag: str | None = None
+    vector: np.ndarray | None = None  # the stored question's
 
 
 class SemanticCache:
@@ -118,7 +119,8 @@ class SemanticCache:
             self.lookups["exact_rejected"] += 1
             return None
         self.lookups["exact_hits"] += 1
-        return CacheHit("exact", 1.0, entry["question"], entry["payload"])
+        vector = np.frombuffer(entry["vector"], dtype=np.float32)
+        return CacheHit("exact", 1.0, entry["question"], entry["payload"], vector=vector)
 
     def get_similar(
         self,

@@ -5,7 +5,8 @@
 - the checks on a near duplicate before it serves, which read what retrieval found for the
   new question and the sources the cached answer cites (:func:`sources_agree`,
   :func:`faq_entry`, :func:`faq_confirmed`);
-- how long a cached answer stands: :func:`still_valid`.
+- how long a cached answer stands: :func:`still_valid` (its cited chunks unchanged), and
+  :func:`added_since` (no passage added since then is retrieved for its question).
 
 The cache's own mechanisms (the similarity search, its guards against negation and number
 changes, the verifier's forward pass) live in ``cache/``.
@@ -34,7 +35,7 @@ from cache.verifier import load_verifier as read_verifier
 
 from .errors import RagError
 from .prompts import prompt_version
-from .store import CollectionIndex, SearchResult, is_faq_question
+from .store import CollectionIndex, RetrievedChunk, SearchResult, is_faq_question
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -62,6 +63,20 @@ def sources_agree(found: SearchResult) -> Callable[[Payload], bool]:
         return payload.get("top_chunk") == top or top in cited or bool(cited and cited[0] in best_two)
 
     return accept
+
+
+def added_since(payload: Payload, chunks: list[RetrievedChunk], floor: float) -> bool:
+    """Whether ``chunks`` (what retrieval finds for the question now) hold a passage, at
+    ``floor`` or above, added after the answer was given: a new document, or a changed one
+    (its chunks are new). It may answer the question where the cited one did not, so the
+    question is answered again; an answer whose question finds nothing new stands."""
+    newest = payload.get("newest_chunk")
+    return newest is not None and any(c.id > newest and c.score >= floor for c in chunks)
+
+
+def nothing_added(found: SearchResult, floor: float) -> Callable[[Payload], bool]:
+    """:func:`added_since` as a near duplicate's check, on what the new question found."""
+    return lambda payload: not added_since(payload, found.chunks, floor)
 
 
 def faq_entry(found: SearchResult) -> str | None:

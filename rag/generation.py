@@ -204,6 +204,7 @@ class Generating:
                 "answer_kind": kind,
                 "citations": [asdict(c) for c in citations],
                 "index_version": prep.index.version if prep.index else None,
+                "newest_chunk": prep.index.newest_chunk if prep.index else None,
                 "provisional": provisional,
                 "faq_entry": prep.faq_entry if citations else None,
                 "top_chunk": prep.top_chunk if citations else None,

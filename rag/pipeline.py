@@ -17,7 +17,16 @@ import numpy as np
 from cache import CacheHit, SemanticCache
 
 from . import __version__
-from .cache_policy import answer_config, faq_confirmed, faq_entry, open_cache, sources_agree, still_valid
+from .cache_policy import (
+    added_since,
+    answer_config,
+    faq_confirmed,
+    faq_entry,
+    nothing_added,
+    open_cache,
+    sources_agree,
+    still_valid,
+)
 from .compress import compress
 from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, new_topic, small_talk
 from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
@@ -137,11 +146,16 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         if cache is None:
             return found.chunks, None
         t = time.perf_counter()
-        agrees = sources_agree(found)
+        agrees, fresh = sources_agree(found), nothing_added(found, self.settings.min_relevance)
         curated = curated_valid(index)
         hit = cache.get_similar(curated_scope(index), prep.vector, question=prep.question, current=curated)
         hit = hit or cache.get_similar(
-            prep.scope, prep.vector, question=prep.question, accept=agrees, confirm=faq_confirmed(found), current=valid
+            prep.scope,
+            prep.vector,
+            question=prep.question,
+            accept=lambda payload: agrees(payload) and fresh(payload),
+            confirm=faq_confirmed(found),
+            current=valid,
         )
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         return found.chunks, hit
@@ -228,7 +242,11 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         hit = None
         if cache is not None:  # a curated answer first, then the answers the service gave
             hit = cache.get_exact(curated_scope(index), prep.question, accept=curated_valid(index))
-            hit = hit or cache.get_exact(prep.scope, prep.question, accept=valid)
+            if hit is None:
+                hit = cache.get_exact(prep.scope, prep.question, accept=valid)
+                if hit is not None and await self._added_since(prep, index, hit):
+                    cache.lookups["exact_outdated"] += 1
+                    hit = None  # the near-duplicate search below finds it again, and refuses it
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is not None:
             return [], hit
@@ -239,6 +257,20 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         # on the pipeline's pool, so the event loop keeps serving other requests.
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._cpu, self._search, prep, index, cache, search_text, filters, valid)
+
+    async def _added_since(self, prep: Prepared, index: CollectionIndex, hit: CacheHit) -> bool:
+        """Whether a passage added since ``hit``'s answer was given is retrieved for its
+        question now (:func:`added_since`): a search of the index with the stored question's
+        vector, only once the collection has chunks newer than the answer."""
+        newest = hit.payload.get("newest_chunk")
+        if newest is None or hit.vector is None or index.newest_chunk <= newest:
+            return False
+        vector = hit.vector
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(
+            self._cpu, lambda: index.search(vector, prep.top_k, filters=prep.filters, mode="dense")
+        )
+        return added_since(hit.payload, found, self.settings.min_relevance)
 
     async def ground(self, prep: Prepared) -> None:
         """Find the evidence and build the generation request; or answer "I don't know" now

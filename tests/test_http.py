@@ -105,6 +105,19 @@ def test_reingest_invalidates_cached_answers(tmp_path: Path, corpus: Path, embed
         # Answers built on documents that did not change survive the re-ingest.
         assert ask(url, "which payment methods do you accept")["cache"]["kind"] == "exact"
         assert ask(url, "Which payment methods are accepted?")["cache"]["kind"] == "semantic"
+        # An answer whose documents did not change, but whose question a new document
+        # answers (the content team fixed it in another article), is answered again.
+        link = "How long is the password reset link valid?"
+        assert "30 minutes" in ask(url, link)["answer"] and ask(url, link)["cache"]["kind"] == "exact"
+        (corpus / "security-update.md").write_text(
+            "# Security update\n\nFrom 1 May the password reset link is valid for 2 hours instead of 30 minutes.\n"
+        )
+        report = ingest([corpus], "default", settings, embedder, progress=False)
+        wait_for_version(url, report.version)
+        fixed = ask(url, link)
+        assert fixed["cache"]["hit"] is False and "2 hours" in fixed["answer"], fixed
+        assert "security-update.md" in {c["document_id"] for c in fixed["citations"]}
+        assert ask(url, "Which payment methods do you accept?")["cache"]["kind"] == "exact"  # nothing new for it
 
 
 def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> None:

@@ -11,6 +11,7 @@ synthetic vectors: IVF-PQ recall@10 0.73 alone, 1.00 re-ranked; ``rag eval index
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -138,6 +139,13 @@ class CollectionIndex:
         marks = ",".join("?" * len(ids))
         (found,) = self._db.execute(f"SELECT COUNT(*) FROM chunks WHERE id IN ({marks})", ids).fetchone()
         return int(found) == len(set(ids))
+
+    @functools.cached_property
+    def newest_chunk(self) -> int:
+        """The highest chunk id in this version. Ids only grow within a lineage, so a chunk
+        with a higher one was added after (a new document, or a changed one read again)."""
+        (newest,) = self._db.execute("SELECT MAX(id) FROM chunks").fetchone()
+        return int(newest) if newest is not None else -1
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
