@@ -16,6 +16,7 @@ class Chunk:
     source: str
     position: int
     text: str
+    url: str = ""
 
     @property
     def embedding_text(self) -> str:
@@ -36,6 +37,6 @@ class Chunker:
     def split(self, doc: Document) -> list[Chunk]:
         pieces = [p for p in self._splitter.split_text(doc.text) if p.strip()]
         return [
-            Chunk(document_id=doc.document_id, title=doc.title, source=doc.source, position=i, text=p)
+            Chunk(document_id=doc.document_id, title=doc.title, source=doc.source, position=i, text=p, url=doc.url)
             for i, p in enumerate(pieces)
         ]

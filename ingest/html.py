@@ -22,8 +22,9 @@ _BLOCK_TAGS = [
 ]  # fmt: skip
 
 
-def html_to_text(html: str, path: Path) -> tuple[str, str]:
-    """(title, text) of a page: its main content where one can be found, else all of it."""
+def html_to_text(html: str, path: Path) -> tuple[str, str, str]:
+    """(title, text, url) of a page: its main content where one can be found, else all of
+    it; the url is its canonical address (``<link rel="canonical">``, ``og:url``), or ""."""
     import trafilatura
 
     logging.getLogger("trafilatura").setLevel(logging.ERROR)  # "not enough text" is not the run's news
@@ -38,13 +39,14 @@ def html_to_text(html: str, path: Path) -> tuple[str, str]:
         deduplicate=False,
     )
     whole_title, whole = _whole_page(html, path)
-    if not text or not text.strip():
-        return whole_title, whole
     meta = trafilatura.extract_metadata(html)
+    url = (meta.url if meta else None) or ""
+    if not text or not text.strip():
+        return whole_title, whole, url
     title = (meta.title if meta and meta.title else "") or whole_title
     text = re.sub(r"\*\*|__", "", text)  # emphasis: noise to a reader of quotes
     text = "\n\n".join(_unwrap(block) for block in re.split(r"\n\s*\n", text) if block.strip())
-    return title, text if text.startswith(title) else f"{title}\n\n{text}"
+    return title, text if text.startswith(title) else f"{title}\n\n{text}", url
 
 
 _STRUCTURED_LINE_RE = re.compile(r"\s*(?:\||[-*•+]\s|\d+[.)]\s|#)")

@@ -45,6 +45,9 @@ class Document:
     text: str
     source: str
     metadata: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    """Where customers read it (cited as a link): a page's canonical address, a Markdown
+    file's front matter ``url``, a .jsonl or .csv entry's ``url``; "" if none is known."""
 
 
 def _decode(data: bytes) -> str:
@@ -72,21 +75,26 @@ def _first_line_title(text: str, fallback: str) -> str:
     return fallback
 
 
-def _load_text(data: bytes, path: Path) -> tuple[str, str]:
+Page = tuple[str, str, str]
+"""(title, text, url) of a file: its public address where the file says (a page's canonical
+link, a Markdown file's front matter), else ""."""
+
+
+def _load_text(data: bytes, path: Path) -> Page:
     text = _decode(data)
-    return _first_line_title(text, path.stem), text
+    return _first_line_title(text, path.stem), text, ""
 
 
 _FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
-def _load_markdown(data: bytes, path: Path) -> tuple[str, str]:
+def _load_markdown(data: bytes, path: Path) -> Page:
     """A Markdown file's title is its front matter's ``title:`` (Jekyll, Hugo, Docusaurus),
     else its first ``#`` heading; the front matter itself (slug, tags, author) is not text."""
     import yaml
 
     text = _decode(data)
-    title = ""
+    title = url = ""
     front = _FRONT_MATTER_RE.match(text)
     if front:
         try:
@@ -96,16 +104,24 @@ def _load_markdown(data: bytes, path: Path) -> tuple[str, str]:
         if isinstance(meta, dict):  # else it was a rule and a paragraph, not front matter
             text = text[front.end() :]
             title = str(meta.get("title") or "").strip()
+            url = _web_address(meta.get("url") or meta.get("canonical_url") or meta.get("permalink"))
     match = re.search(r"^#\s+(.+)$", text, flags=re.MULTILINE)
     title = title or (match.group(1).strip() if match else path.stem)
-    return title, text if match or not front or not title else f"# {title}\n\n{text}"
+    return title, text if match or not front or not title else f"# {title}\n\n{text}", url
 
 
-def _load_html(data: bytes, path: Path) -> tuple[str, str]:
-    return html_to_text(_decode(data), path)
+def _web_address(value: object) -> str:
+    """``value`` if it is an http(s) address (a citation's link), else ""."""
+    text = str(value or "").strip()
+    return text if re.match(r"^https?://[^\s/]+", text, re.IGNORECASE) else ""
 
 
-def _load_pdf(data: bytes, path: Path) -> tuple[str, str]:
+def _load_html(data: bytes, path: Path) -> Page:
+    title, text, url = html_to_text(_decode(data), path)
+    return title, text, _web_address(url)
+
+
+def _load_pdf(data: bytes, path: Path) -> Page:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
@@ -124,7 +140,7 @@ def _load_pdf(data: bytes, path: Path) -> tuple[str, str]:
             "run OCR on it first (ocrmypdf, or the scanner's searchable-PDF setting)"
         )
     text = _join_pages(_without_page_furniture(pages))
-    return (meta_title or _first_line_title(text, path.stem)), text
+    return (meta_title or _first_line_title(text, path.stem)), text, ""
 
 
 _PAGE_NUMBER_RE = re.compile(r"^(?:page\s*)?\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?$", re.IGNORECASE)
@@ -172,7 +188,7 @@ def _load_csv(data: bytes, path: Path, source: str) -> Loaded:
     rows = csv.reader(io.StringIO(text), dialect)
     header = [h.strip().lower() for h in next(rows, [])]
     names = {"id": "id", "title": "title", "text": "text", "question": "question", "answer": "answer",
-             "body": "text", "content": "text", "q": "question", "a": "answer"}  # fmt: skip
+             "body": "text", "content": "text", "q": "question", "a": "answer", "url": "url", "link": "url"}  # fmt: skip
     columns = {names[h]: n for n, h in enumerate(header) if h in names}
     if "text" not in columns and "answer" not in columns:
         raise DocumentError(
@@ -218,7 +234,7 @@ def _entries(entries: Iterator[tuple[int, Callable[[], Document]]], unit: str) -
     return loaded
 
 
-_LOADERS: dict[str, Callable[[bytes, Path], tuple[str, str]]] = {
+_LOADERS: dict[str, Callable[[bytes, Path], Page]] = {
     ".txt": _load_text,
     ".md": _load_markdown,
     ".markdown": _load_markdown,
@@ -259,7 +275,7 @@ def _document(record: dict[str, Any], where: str, path: Path, source: str) -> Do
     made = f"{path.stem}:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}"
     doc_id = str(record.get("id", made))
     title = str(record.get("title") or record.get("question") or doc_id)
-    return Document(document_id=doc_id, title=title, text=text, source=source)
+    return Document(document_id=doc_id, title=title, text=text, source=source, url=_web_address(record.get("url")))
 
 
 def _load_jsonl(data: bytes, path: Path, source: str) -> Loaded:
@@ -286,8 +302,8 @@ def load_file(path: Path, data: bytes, document_id: str, source: str | None = No
         if loader is None:
             hint = f"{_SAVE_AS[suffix]} - " if suffix in _SAVE_AS else ""
             raise DocumentError(f"{hint}unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
-        title, text = loader(data, path)
-        loaded = Loaded([Document(document_id=document_id, title=title, text=text, source=source)])
+        title, text, url = loader(data, path)
+        loaded = Loaded([Document(document_id=document_id, title=title, text=text, source=source, url=url)])
     loaded.documents = [d for d in loaded.documents if d.text.strip()]
     if not loaded.documents:
         reasons = "; ".join(loaded.problems[:3])

@@ -353,10 +353,10 @@ def _add(
     report.embed_seconds = time.perf_counter() - embed_started
     files_of = [s for s, _, _, chunks in pending for _ in chunks]
     db.executemany(
-        "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector, url) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes())
+            (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes(), c.url)
             for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
         ],
     )

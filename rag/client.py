@@ -53,7 +53,9 @@ class QueryResult:
     def from_json(cls, body: dict[str, Any]) -> QueryResult:
         return cls(
             answer=body["answer"],
-            citations=[Citation(**{k: c[k] for k in Citation.__dataclass_fields__}) for c in body["citations"]],
+            citations=[
+                Citation(**{k: c[k] for k in Citation.__dataclass_fields__ if k in c}) for c in body["citations"]
+            ],
             cache=CacheStatus(**body["cache"]),
             timings_ms=body.get("timings_ms", {}),
             collection=body.get("collection", ""),

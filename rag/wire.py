@@ -30,11 +30,18 @@ class Citation:
     title: str
     text: str
     score: float
+    url: str = field(
+        default="",
+        metadata={
+            "description": "Where a customer reads the document (its page's canonical address, or the url its"
+            " front matter, .jsonl or .csv entry gives); empty when none is known."
+        },
+    )
 
     @classmethod
     def from_chunk(cls, chunk: RetrievedChunk) -> Citation:
         text = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
-        return cls(chunk.id, chunk.document_id, chunk.source, chunk.title, text, round(chunk.score, 4))
+        return cls(chunk.id, chunk.document_id, chunk.source, chunk.title, text, round(chunk.score, 4), chunk.url)
 
 
 @dataclass

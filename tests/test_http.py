@@ -1,5 +1,6 @@
 """The whole path over real HTTP: uvicorn on 127.0.0.1, real index, real cache."""
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from rag.pipeline import build_pipeline
 from serving.app import create_app
 
-from .conftest import make_settings
+from .conftest import FIXTURES, make_settings
 from .servers import query_events, running_server, serving, wait_for_version
 
 
@@ -118,6 +119,35 @@ def test_reingest_invalidates_cached_answers(tmp_path: Path, corpus: Path, embed
         assert fixed["cache"]["hit"] is False and "2 hours" in fixed["answer"], fixed
         assert "security-update.md" in {c["document_id"] for c in fixed["citations"]}
         assert ask(url, "Which payment methods do you accept?")["cache"]["kind"] == "exact"  # nothing new for it
+
+
+def test_an_exported_help_centre_page_is_answered_from_its_article_and_cited_by_its_address(
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    from ingest.runner import ingest
+
+    docs = tmp_path / "export"
+    docs.mkdir()
+    shutil.copy(FIXTURES / "exports" / "helpdesk-article.html", docs / "360011111103-plans.html")
+    (docs / "faq.csv").write_text(
+        "question,answer,url\nIs there a free trial?,Yes: 30 days on any plan.,https://help.ledgerly.io/trial\n"
+    )
+    (docs / "FAQ.xlsx").write_bytes(b"PK\x03\x04")
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    report = ingest([docs], "default", settings, embedder, progress=False)
+    assert [why for src, why in report.failed if src.endswith("FAQ.xlsx")] == [
+        "a spreadsheet: save it as CSV (UTF-8) with question and answer columns - unsupported file type '.xlsx' "
+        "(supported: .txt, .md, .markdown, .html, .htm, .pdf, .jsonl, .csv)"
+    ]
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        price = ask(url, "What does the Growth plan cost per month?")
+        assert "£29" in price["answer"] and "cookie" not in price["answer"].lower(), price
+        assert price["citations"][0]["url"] == (
+            "https://help.ledgerly.io/hc/en-us/articles/360011111103-Ledgerly-plans-and-pricing"
+        )
+        trial = ask(url, "do you have a free trial")
+        assert "30 days" in trial["answer"] and trial["citations"][0]["url"] == "https://help.ledgerly.io/trial"
 
 
 def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> None:

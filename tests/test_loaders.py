@@ -39,6 +39,7 @@ def test_a_help_desk_export_gives_the_article_not_the_page_around_it() -> None:
     path = FIXTURES / "exports" / "helpdesk-article.html"
     [doc] = load_file(path, path.read_bytes(), document_id="x").documents
     assert doc.title == "Ledgerly plans and pricing"  # not "... - Ledgerly Help Center"
+    assert doc.url == "https://help.ledgerly.io/hc/en-us/articles/360011111103-Ledgerly-plans-and-pricing"  # canonical
     for clutter in ("cookies", "found this helpful", "System status", "sign in to leave a comment",
                     "Related articles", "Powered by", "Articles in this section", "Skip to main content"):  # fmt: skip
         assert clutter.lower() not in doc.text.lower(), clutter
@@ -148,24 +149,25 @@ def test_iter_files_recurses_and_skips_hidden_and_unsupported(tmp_path: Path) ->
 
 def test_a_csv_faq_is_one_document_a_row_and_a_bad_row_is_reported_by_number() -> None:
     data = (
-        "\ufeffCategory;Question;Answer;Owner\n"  # Excel's "CSV UTF-8": a byte-order mark, semicolons
-        'billing;Can I pay by bank transfer?;"Yes, on annual plans; by BACS.";ann\n'
-        "billing;Do you charge VAT?;;ann\n"
+        "\ufeffCategory;Question;Answer;Owner;URL\n"  # Excel's "CSV UTF-8": a byte-order mark, semicolons
+        'billing;Can I pay by bank transfer?;"Yes, on annual plans; by BACS.";ann;https://help.example.com/bacs\n'
+        "billing;Do you charge VAT?;;ann;\n"
         "\n"
-        "account;How do I delete my account?;Settings > Account > Delete.;bo\n"
+        "account;How do I delete my account?;Settings > Account > Delete.;bo;javascript:alert(1)\n"
     ).encode()
     loaded = load_file(Path("support faq.csv"), data, document_id="support faq.csv")
     assert [d.title for d in loaded.documents] == ["Can I pay by bank transfer?", "How do I delete my account?"]
     assert loaded.documents[0].text == "Can I pay by bank transfer?\nYes, on annual plans; by BACS."
     assert loaded.problems == ["row 3 has no answer"]
+    assert [d.url for d in loaded.documents] == ["https://help.example.com/bacs", ""]  # only a web address
     again = load_file(Path("support faq.csv"), data, document_id="support faq.csv")
     assert [d.document_id for d in again.documents] == [d.document_id for d in loaded.documents]  # stable ids
 
 
 def test_markdown_front_matter_gives_the_title_and_is_not_text() -> None:
-    data = b"---\ntitle: Setting up recurring invoices\nslug: recurring\ntags: [billing]\nauthor: tom.b\n---\n\nRecurring invoices are sent on a schedule.\n"
+    data = b"---\ntitle: Setting up recurring invoices\nslug: recurring\ntags: [billing]\nauthor: tom.b\nurl: https://help.example.com/recurring\n---\n\nRecurring invoices are sent on a schedule.\n"
     [doc] = load_file(Path("recurring-invoices.md"), data, document_id="x").documents
-    assert doc.title == "Setting up recurring invoices"
+    assert doc.title == "Setting up recurring invoices" and doc.url == "https://help.example.com/recurring"
     assert "tom.b" not in doc.text and "slug" not in doc.text and "Recurring invoices are sent" in doc.text
     rule = b"---\nA paragraph after a rule.\n---\n# Heading\nText.\n"  # a rule, not front matter
     assert load_file(Path("r.md"), rule, document_id="r").documents[0].text.startswith("---")

@@ -77,6 +77,29 @@ def test_an_faq_entrys_question_is_a_third_ranking(tmp_path: Path, embedder) -> 
     index.close()
 
 
+def test_a_version_written_before_citations_had_urls_still_serves(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "faq.jsonl").write_text(
+        '{"id": "a", "question": "Do gift cards expire?", "answer": "Never.", "url": "https://x.example/a"}\n'
+    )
+    data_dir = tmp_path / "data"
+    ingest([docs], "faq", make_settings(data_dir), embedder, progress=False)
+    index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
+    vector = embedder.embed_batch(["do gift cards expire"])[0]
+    assert index.search(vector, 1)[0].url == "https://x.example/a"
+    version_dir = index.version_dir
+    index.close()
+    with sqlite3.connect(version_dir / "chunks.sqlite") as db:  # as the release before wrote it
+        db.execute("ALTER TABLE chunks DROP COLUMN url")
+    index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
+    [found] = index.search(vector, 1)
+    assert (found.document_id, found.url) == ("a", "") and index.chunks([found.id])[found.id].url == ""
+    index.close()
+
+
 @pytest.mark.parametrize(
     ("question", "leans"),
     [

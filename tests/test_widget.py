@@ -309,6 +309,14 @@ def test_widget_links_only_under_its_link_base_and_words_a_refusal_for_customers
         {"id": n, "document_id": d, "source": d, "title": f"doc {n}", "text": "x", "score": 1.0}
         for n, d in enumerate(ids)
     ]
+    # A citation's url (the document's own page, from its canonical link) is the link when it
+    # is on the site; one that is not falls back to data-link-base + the document id.
+    cites += [
+        {"id": 5, "document_id": "export/42.html", "source": "export/42.html", "title": "doc 5", "text": "x",
+         "score": 1.0, "url": "https://help.example.com/hc/en-us/articles/42-Plans"},
+        {"id": 6, "document_id": "faq/six.md", "source": "faq/six.md", "title": "doc 6", "text": "x",
+         "score": 1.0, "url": "https://evil.example/six"},
+    ]  # fmt: skip
     done = {"answer": "Gift cards never expire.", "citations": cites, "answer_id": "b" * 32, "needs_human": None}
     app = FastAPI()
     app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
@@ -345,7 +353,12 @@ def test_widget_links_only_under_its_link_base_and_words_a_refusal_for_customers
         page.locator(".rag-bot", has_text="Gift cards never expire.").wait_for(timeout=15_000)
         assert page.locator(".rag-error").count() == 0 and page.locator(".rag-user").count() == 1
         cited = page.locator(".rag-cites").last
-        assert cited.locator("a").count() == 3
+        assert cited.locator("a").count() == 5
+        assert (
+            cited.locator("a", has_text="doc 5").get_attribute("href")
+            == "https://help.example.com/hc/en-us/articles/42-Plans"
+        )
+        assert cited.locator("a", has_text="doc 6").get_attribute("href") == "https://help.example.com/faq/six.md"
         assert cited.locator("a", has_text="doc 4").get_attribute("href").startswith("https://help.example.com/")  # type: ignore[union-attr]
         assert cited.locator("a", has_text="doc 2").get_attribute("href") == "https://help.example.com/ok.html"
         assert cited.locator("a", has_text="doc 3").get_attribute("href") == "https://help.example.com/faq/a%20b.md"

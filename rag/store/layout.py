@@ -38,7 +38,9 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.sqlite"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
-FORMAT_VERSION = 3  # 3: chunks.file (the file on this host) apart from chunks.source (the path citations show)
+FORMAT_VERSION = (
+    4  # 3: chunks.file (the file on this host) apart from chunks.source (the path citations show); 4: chunks.url
+)
 READABLE_FORMAT = 2  # the query path reads versions from here up (2 added the full-text index)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq", "sq8")
 COMPRESSED_TYPES = frozenset({"ivfpq", "sq8"})
@@ -61,7 +63,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     title TEXT NOT NULL,
     position INTEGER NOT NULL,
     text TEXT NOT NULL,
-    vector BLOB
+    vector BLOB,
+    url TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS chunks_file ON chunks(file);
 CREATE INDEX IF NOT EXISTS chunks_source ON chunks(source);

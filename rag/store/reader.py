@@ -94,6 +94,14 @@ class RetrievedChunk:
     position: int
     text: str
     score: float
+    url: str = ""
+
+
+def _chunk(row: Any, score: float = 1.0) -> RetrievedChunk:
+    """A chunk from its row (the fields ``CollectionIndex._fields`` names); score 1.0 for one
+    asked for by id or name rather than found."""
+    chunk_id, document_id, source, title, position, text, url = row
+    return RetrievedChunk(chunk_id, document_id, source, title, position, text, score, url)
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,9 @@ class CollectionIndex:
         self._index = index
         self._titles: list[str] | None = None
         self._db = sqlite3.connect(f"file:{version_dir / CHUNKS_FILE}?mode=ro", uri=True, check_same_thread=False)
+        # What a RetrievedChunk is read from (a version written before chunks.url has none).
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
+        self._fields = "id, document_id, source, title, position, text, " + ("url" if "url" in columns else "''")
         self._faq: tuple[np.ndarray, np.ndarray] | None = None
         # An FAQ entry's question alone is a third ranking, from this cosine to the user's
         # question up (below it, "the closest FAQ question" is no evidence).
@@ -275,9 +286,9 @@ class CollectionIndex:
         wanted = list({*top, *dense[:1], *lexical[:1]})
         marks = ",".join("?" * len(wanted))
         found = {
-            row[0]: RetrievedChunk(*row[:6], score=float(np.frombuffer(row[6], dtype=np.float32) @ query))  # type: ignore[misc]
+            row[0]: _chunk(row[:7], score=float(np.frombuffer(row[7], dtype=np.float32) @ query))
             for row in self._db.execute(
-                f"SELECT id, document_id, source, title, position, text, vector FROM chunks WHERE id IN ({marks})",
+                f"SELECT {self._fields}, vector FROM chunks WHERE id IN ({marks})",
                 wanted,
             )
         }
@@ -294,26 +305,22 @@ class CollectionIndex:
     def document_chunks(self, document_id: str, limit: int = 8) -> list[RetrievedChunk]:
         """A document's first ``limit`` chunks in order (score 1.0: asked for by name, not found)."""
         rows = self._db.execute(
-            "SELECT id, document_id, source, title, position, text FROM chunks WHERE document_id = ? "
-            "ORDER BY position LIMIT ?",
+            f"SELECT {self._fields} FROM chunks WHERE document_id = ? ORDER BY position LIMIT ?",
             (document_id, limit),
         ).fetchall()
-        return [RetrievedChunk(*row, score=1.0) for row in rows]  # type: ignore[misc]
+        return [_chunk(row) for row in rows]
 
     def chunks(self, ids: list[int]) -> dict[int, RetrievedChunk]:
         """These chunks, by id (the ones this version holds)."""
         marks = ",".join("?" * len(ids))
-        sql = f"SELECT id, document_id, source, title, position, text FROM chunks WHERE id IN ({marks})"
-        return {row[0]: RetrievedChunk(*row, score=1.0) for row in self._db.execute(sql, ids)}  # type: ignore[misc]
+        sql = f"SELECT {self._fields} FROM chunks WHERE id IN ({marks})"
+        return {row[0]: _chunk(row) for row in self._db.execute(sql, ids)}
 
     def chunks_starting(self, prefix: str, document_id: str, limit: int = 8) -> list[RetrievedChunk]:
         """The chunks whose text starts with ``prefix``, those of ``document_id`` first."""
-        sql = (
-            "SELECT id, document_id, source, title, position, text FROM chunks WHERE substr(text, 1, ?) = ? "
-            "ORDER BY document_id != ?, id LIMIT ?"
-        )
+        sql = f"SELECT {self._fields} FROM chunks WHERE substr(text, 1, ?) = ? ORDER BY document_id != ?, id LIMIT ?"
         rows = self._db.execute(sql, (len(prefix), prefix, document_id, limit)).fetchall()
-        return [RetrievedChunk(*row, score=1.0) for row in rows]  # type: ignore[misc]
+        return [_chunk(row) for row in rows]
 
     def stored_vectors(self, ids: list[int]) -> np.ndarray:
         return fetch_vectors(self._db, ids, int(self.meta["dimension"]))

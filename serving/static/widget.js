@@ -14,8 +14,9 @@
  *           data-max-chars="2000"></script>   (the service's RAG_MAX_QUESTION_CHARS)
  *
  * A chat bubble opens a panel; answers stream in as they are generated (POST /v1/query with
- * "stream": true, read as Server-Sent Events), then the citations appear as links (only
- * under data-link-base, or on its or the page's own site). The conversation so far is sent
+ * "stream": true, read as Server-Sent Events), then the citations appear as links: to the
+ * document's own page where the service knows it (a citation's url), else data-link-base +
+ * the document id; only under data-link-base, or on its or the page's own site. The conversation so far is sent
  * as "history", so follow-up questions work, and it is kept for the browser tab's session
  * (a reload or another help page keeps it). Each answer has thumbs up / down buttons (POST
  * /v1/feedback); a thumbs-down, or an answer the service could not give, says the team has
@@ -155,7 +156,7 @@
     citations.forEach(function (c) {
       if (seen[c.document_id]) return;
       seen[c.document_id] = true;
-      var href = citationHref(c.document_id);
+      var href = (c.url && citationHref(c.url)) || citationHref(c.document_id);  // its page, if the service knows it
       var a = el(href ? "a" : "span", null, c.title || c.document_id);
       if (href) {
         a.href = href;
