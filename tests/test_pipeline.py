@@ -156,3 +156,30 @@ async def test_an_faq_entry_with_nothing_to_quote_leaves_the_other_passages_to_t
     answer = await pipeline.answer("Do you offer gift wrapping?")
     assert "£3 per item" in answer.answer and answer.citations[0].document_id == "gifts.md", answer
     await pipeline.aclose()
+
+
+async def test_the_only_faq_entry_in_a_language_does_not_answer_every_question_in_it(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """Both searches find the one French entry first for any French question (an English
+    embedding model, the entry's words): the judge still has to read it as an answer."""
+    import json
+
+    from ingest.runner import ingest
+    from rag.generators.extractive import ExtractiveGenerator
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    faq = [
+        {"id": "reset-fr", "question": "Comment réinitialiser mon mot de passe ?",
+         "answer": "Sur la page de connexion, cliquez sur Mot de passe oublié ? et saisissez votre adresse e-mail. "
+                   "Le lien expire au bout de 60 minutes."},
+        {"id": "cancel", "question": "How do I cancel my subscription?", "answer": "Go to Settings > Billing."},
+    ]  # fmt: skip
+    (docs / "faq.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in faq))
+    settings = make_settings(tmp_path / "data", cache_enabled=False)
+    ingest([docs], "default", settings, embedder, progress=False)
+    pipeline = Pipeline(settings, embedder, ExtractiveGenerator())
+    other = await pipeline.answer("Puis-je payer par PayPal ?")
+    assert other.answer_kind == "no_answer", other.answer
+    reset = await pipeline.answer("J'ai oublié mon mot de passe, que faire ?")
+    assert "60 minutes" in reset.answer and reset.citations[0].document_id == "reset-fr", reset
+    await pipeline.aclose()
