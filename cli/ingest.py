@@ -67,4 +67,12 @@ def ingest(
         typer.secho(f"skipped {source}: {reason}", fg=typer.colors.YELLOW, err=True)
     for source, reason in report.skipped_lines:
         typer.secho(f"skipped in {source}: {reason}", fg=typer.colors.YELLOW, err=True)
+    for line in report.duplicates[:5]:
+        typer.secho(f"twice: {line}", fg=typer.colors.YELLOW, err=True)
+    if report.duplicates:
+        more = f" ({len(report.duplicates) - 5} more like them)" if len(report.duplicates) > 5 else ""
+        typer.secho(
+            f"both copies are searched and quoted{more}: remove an outdated or repeated copy from the folder",
+            fg=typer.colors.YELLOW, err=True,
+        )  # fmt: skip
     typer.echo(report.summary())

@@ -49,6 +49,9 @@ class IngestReport:
     index_type: str = "flat"
     rechunked: str | None = None
     """Why every file was read again (the chunk settings changed since the last run), if so."""
+    duplicates: list[str] = field(default_factory=list)
+    """Files of the collection with the same content, or documents of several files with the
+    same title (an archive copy beside the current page): both are quoted, so it is said."""
 
     @property
     def changed(self) -> bool:
@@ -136,6 +139,7 @@ def ingest(
         report.chunks_added = len(ids)
         report.chunks_total = int(version.index.ntotal)
         report.index_type = index_type
+        report.duplicates = _duplicates(db)
 
         if not report.changed and index_type == previous_type:
             version.discard()
@@ -147,6 +151,27 @@ def ingest(
     if not report.indexed and not report.unchanged and not report.removed:
         raise IngestError(_nothing_indexed_message(report))
     return report
+
+
+def _duplicates(db: sqlite3.Connection) -> list[str]:
+    """What the collection holds twice: files with the same bytes, then documents of different
+    files with the same title (each file named once, in the first group it is in)."""
+    groups: list[tuple[str, list[str]]] = []
+    shown = dict(db.execute("SELECT DISTINCT file, source FROM chunks"))  # the path citations show
+    by_sha: dict[str, list[str]] = {}
+    for file, sha in db.execute("SELECT source, sha256 FROM files ORDER BY source"):
+        by_sha.setdefault(sha, []).append(shown.get(file, file))
+    groups += [("the same content", sources) for sources in by_sha.values() if len(sources) > 1]
+    named = {s for _, sources in groups for s in sources}
+    by_title: dict[str, list[str]] = {}
+    for title, source in db.execute("SELECT DISTINCT title, source FROM chunks WHERE title != '' ORDER BY source"):
+        by_title.setdefault(title, []).append(source)
+    groups += [
+        (f"the title {title!r}", sources)
+        for title, sources in by_title.items()
+        if len(sources) > 1 and not set(sources) <= named
+    ]
+    return [f"{len(sources)} files with {what}: {', '.join(sources)}" for what, sources in groups]
 
 
 def _chunking_changed(meta: dict[str, Any], settings: Settings) -> str | None:

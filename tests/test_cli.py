@@ -18,10 +18,21 @@ def rag(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 def test_ingest_reports_skips_and_asks_answer_with_citations(tmp_path: Path, corpus: Path) -> None:
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.4 not a pdf")
+    (corpus / "Support FAQ.xlsx").write_bytes(b"PK\x03\x04")  # an office file is named, not passed over
+    (corpus / "archive").mkdir()
+    (corpus / "archive" / "gift-cards.txt").write_bytes((corpus / "gift-cards.txt").read_bytes())
+    (corpus / "archive" / "returns.md").write_text("# Returns and refunds\n\nYou can return items within 14 days.\n")
     result = rag("ingest", str(corpus), "--collection", "shop", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stderr and "broken.pdf" in result.stderr
-    assert "14 files indexed" in result.stdout and "1 failed" in result.stdout
+    assert "Support FAQ.xlsx: a spreadsheet: save it as CSV" in result.stderr
+    assert "twice: 2 files with the same content: archive/gift-cards.txt, gift-cards.txt" in result.stderr
+    assert (
+        "twice: 2 files with the title 'Returns and refunds': archive/returns.md, returns-and-refunds.md"
+        in result.stderr
+    )
+    assert "remove an outdated or repeated copy" in result.stderr
+    assert "16 files indexed" in result.stdout and "2 failed" in result.stdout
 
     result = rag("ask", "How much is express delivery?", "--collection", "shop", "--json", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
