@@ -80,3 +80,13 @@ def report(
         shown = len(result["unanswered"])
         typer.echo(f"... {shown - 10} more of the {shown} biggest groups of unanswered questions in --json or --out")
     typer.echo(f"voted down: {len(result['voted_down'])}")
+    for item in result["voted_down"][:10]:  # what a content team fixes first: the question, what was said, why
+        why = "; ".join(
+            x for x in (item.get("reason"), item.get("correction") and f"should be: {item['correction']}") if x
+        )
+        answer = " ".join(str(item["answer"]).split())
+        typer.echo(
+            f"  {item['question']} -> {answer[:100]}{'...' if len(answer) > 100 else ''}" + (f" ({why})" if why else "")
+        )
+    if len(result["voted_down"]) > 10:
+        typer.echo(f"  ... {len(result['voted_down']) - 10} more in --json or --out")

@@ -86,6 +86,7 @@ def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(t
     assert typo.exit_code == 0 and "no collection 'defualt' here and no answers from it" in typo.output, typo.output
     result = CliRunner().invoke(cli_app, ["report", "--data-dir", str(tmp_path), "--collection", "default"])
     assert "no collection" not in result.output, result.output  # answers from it: it was there
+    assert "voted down: 3\n  Question 11? -> It is so. (wrong)\n" in result.output, result.output  # what, not a count
 
 
 def test_the_report_reads_postgresql_the_same(tmp_path: Path, embedder: Any, database_url: str) -> None:
