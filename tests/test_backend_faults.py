@@ -296,3 +296,22 @@ def test_a_full_connection_pool_is_a_503_that_blames_no_replica(
         assert backend.app.state.requests == 1  # the refused question never reached the backend
         response, _ = _ask(url, "What payment methods do you accept?")
         assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+
+
+def test_a_process_started_while_vllm_is_down_serves_the_answers_it_had_cached(
+    backend: FakeBackend,
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """The model's name (learnt from the server, RAG_VLLM_MODEL unset) is part of the cache
+    scope: a restarted process must know it before it can reach the server."""
+    settings = _settings(example_data_dir, tmp_path, backend.url, vllm_model=None)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        response, _ = _ask(url, CACHED)
+        assert response.status_code == 200 and response.json()["backend"] == "vllm:gemma3-270m", response.text
+    backend.down()
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:  # the restart
+        response, _ = _ask(url, CACHED)
+        assert response.status_code == 200 and response.json()["cache"]["kind"] == "exact", response.text
+        _assert_unavailable(_ask(url, "Do gift cards expire?")[0], "down")  # a new question: the honest 503

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -27,6 +30,8 @@ from httpx_sse import aconnect_sse
 from ..errors import BackendUnavailableError, RagError
 from .base import Generation, GenerationRequest, PromptStyle
 from .replicas import Replica, ReplicaPool, Routing
+
+log = logging.getLogger("rag.generation")
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -55,12 +60,19 @@ class VLLMGenerator:
         backoff_s: float = 0.5,
         routing: Routing = "least_loaded",
         load_factor: float = 1.25,
+        known_models: Path | None = None,
     ) -> None:
         self.pool = ReplicaPool(urls, backoff_s=backoff_s, routing=routing, load_factor=load_factor)
         self.prompt_style: PromptStyle = "chat" if api == "chat" else "completion"
         self.temperature = temperature
         self.total_timeout_s = total_timeout_s
         self._model = model
+        # The model these servers served last (RAG_DATA_DIR/vllm-models.json): the name, and so
+        # the cache scope, a restarted process has before it reaches them. Without it, a
+        # process started while vLLM is down could serve none of the answers it has cached.
+        self._known_models = known_models
+        self._known = None if model else _read_known(known_models, urls)
+        self._urls = urls
         self._limits = max_connections
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -82,11 +94,12 @@ class VLLMGenerator:
             api_key=settings.vllm_api_key,
             routing=settings.vllm_routing,
             load_factor=settings.vllm_load_factor,
+            known_models=settings.data_dir / "vllm-models.json",
         )
 
     @property
     def name(self) -> str:
-        return f"vllm:{self._model or 'auto'}"
+        return f"vllm:{self._model or self._known or 'auto'}"
 
     async def _model_name(self, replica: Replica) -> str:
         if self._model is None:  # the first model the server lists
@@ -94,6 +107,8 @@ class VLLMGenerator:
             if response.status_code >= 400:
                 raise _ReplicaFailed(f"GET /v1/models answered {response.status_code}")
             self._model = str(response.json()["data"][0]["id"])
+            if self._model != self._known:
+                _write_known(self._known_models, self._urls, self._model)
         return self._model
 
     def _payload(self, request: GenerationRequest, model: str) -> tuple[str, dict[str, Any]]:
@@ -233,3 +248,29 @@ def _summarise(summary: Generation, info: dict[str, Any]) -> Generation:
     summary.prompt_tokens, summary.completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
     summary.finish_reason = info.get("finish_reason")
     return summary
+
+
+def _read_known(path: Path | None, urls: list[str]) -> str | None:
+    """The model ``urls`` served last, as :func:`_write_known` kept it; None if unknown."""
+    try:
+        known = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return None
+    model = known.get(" ".join(sorted(urls))) if isinstance(known, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _write_known(path: Path | None, urls: list[str], model: str) -> None:
+    """Keep ``model`` as the one ``urls`` serve (atomically; a failure costs only the name)."""
+    if path is None:
+        return
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known = known if isinstance(known, dict) else {}
+        known[" ".join(sorted(urls))] = model
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1) + "\n")
+        os.replace(tmp, path)
+    except (OSError, ValueError) as exc:
+        log.warning("could not keep the vLLM model's name in %s: %s", path, exc)
