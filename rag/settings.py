@@ -351,6 +351,9 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=10.0, gt=0.0)
     """Seconds a client has to send its whole request body; past it, 408 (a slow upload holds no slot of its key meanwhile)."""
 
+    shutdown_grace_s: float = Field(default=20.0, ge=0.0)
+    """On SIGTERM (a rolling deploy), streamed answers in flight get this long to finish; one still going then ends with an `error` event (code `shutting_down`), never cut without a word. Keep it under the orchestrator's grace period (Kubernetes: 30 s)."""
+
     log_format: Literal["json", "text"] = "json"
     """Log lines of `rag serve`: one JSON object per line (with the request id), or plain text."""
 

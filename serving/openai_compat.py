@@ -33,7 +33,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sse_starlette import EventSourceResponse
 
 from rag.errors import InvalidRequestError, RagError, error_body, internal_error_body
 from rag.pipeline import Pipeline, Prepared
@@ -44,6 +43,7 @@ from .feedback import remember
 from .observability import log_question
 from .principals import principal_of
 from .schemas import Count, RequestBody
+from .streaming import SHUTTING_DOWN, answer_stream
 
 router = APIRouter()
 log = logging.getLogger("rag.serving")
@@ -143,7 +143,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
     if body.stream:
         prep = await pipe.prepare(question, body.model, None, history, None, _options(body), streamed=True)
-        return EventSourceResponse(_chunks(pipe, prep, completion_id, created, body.model, keep))
+        farewell = [{"data": json.dumps(SHUTTING_DOWN)}, {"data": "[DONE]"}]
+        events = _chunks(pipe, prep, completion_id, created, body.model, keep)
+        return answer_stream(events, farewell, request.app.state.settings.shutdown_grace_s)
     answer = await pipe.answer(question, body.model, None, history, None, _options(body))
     keep(answer)
     content = {

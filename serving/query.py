@@ -12,7 +12,7 @@ from . import observability
 from .feedback import remember
 from .principals import principal_of
 from .schemas import QueryRequest, QueryResponse
-from .streaming import EventSourceResponse, sse_events
+from .streaming import QUERY_FAREWELL, answer_stream, sse_events
 
 router = APIRouter()
 
@@ -28,7 +28,8 @@ async def query(body: QueryRequest, request: Request) -> Any:
         # Bad requests still get a plain 4xx: everything that can fail on the request
         # itself happens before the stream starts.
         prep = await pipe.prepare(body.question, body.collection, body.top_k, history, body.filters, streamed=True)
-        return EventSourceResponse(sse_events(pipe, prep, lambda a: remember(request, a, body.question, history)))
+        events = sse_events(pipe, prep, lambda a: remember(request, a, body.question, history))
+        return answer_stream(events, QUERY_FAREWELL, settings.shutdown_grace_s)
     answer = await pipe.answer(body.question, body.collection, body.top_k, history, body.filters)
     remember(request, answer, body.question, history)
     return answer.to_dict()

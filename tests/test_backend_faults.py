@@ -315,3 +315,81 @@ def test_a_process_started_while_vllm_is_down_serves_the_answers_it_had_cached(
         response, _ = _ask(url, CACHED)
         assert response.status_code == 200 and response.json()["cache"]["kind"] == "exact", response.text
         _assert_unavailable(_ask(url, "Do gift cards expire?")[0], "down")  # a new question: the honest 503
+
+
+def _stream(url: str, path: str, body: dict[str, Any], out: list[str], started: threading.Event) -> None:
+    """The raw lines of a streamed answer into ``out`` (``started`` once the first one came)."""
+    with httpx.stream("POST", f"{url}{path}", json={**body, "stream": True}, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.strip():
+                out.append(line)
+                started.set()
+
+
+def test_a_shutdown_lets_streams_finish_and_ends_one_that_cannot_with_an_error(
+    backend: FakeBackend, example_data_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to `rag serve` (a rolling deploy) mid-stream: an answer that ends within
+    RAG_SHUTDOWN_GRACE_S arrives whole; one still going then ends with the face's error (and
+    [DONE] on the OpenAI face), never a clean end with half an answer."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(example_data_dir / "collections", data_dir / "collections")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(data_dir), "RAG_BACKEND": "vllm",
+           "RAG_VLLM_URL": backend.url, "RAG_VLLM_MODEL": "gemma3-270m", "RAG_GUARD": "false",
+           "RAG_VLLM_TOTAL_TIMEOUT_S": "120", "RAG_CACHE_ENABLED": "false"}  # fmt: skip
+    for grace, finishes in ((8.0, True), (1.0, False)):
+        backend.set("slow")  # " and" every 0.5 s while the mode lasts
+        port = free_port()
+        env["RAG_SHUTDOWN_GRACE_S"] = str(grace)
+        cmd = [sys.executable, "-m", "cli", "serve", "--port", str(port)]
+        log = (tmp_path / f"serve-{grace}.log").open("w")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            faces = {"query": ("/v1/query", {"question": "Do gift cards expire?"}),
+                     "openai": ("/v1/chat/completions", {"model": "default", "messages": [{"role": "user", "content": "Do gift cards expire?"}]})}  # fmt: skip
+            lines: dict[str, list[str]] = {face: [] for face in faces}
+            started = {face: threading.Event() for face in faces}
+            threads = [
+                threading.Thread(target=_stream, args=(url, path, body, lines[face], started[face]))
+                for face, (path, body) in faces.items()
+            ]
+            for thread in threads:
+                thread.start()
+            assert all(s.wait(60) for s in started.values()), lines
+            time.sleep(1.0)  # tokens are flowing
+            proc.send_signal(signal.SIGTERM)
+            if finishes:
+                time.sleep(1.0)
+                backend.set("ok")  # the answers end, inside the grace period
+            for thread in threads:
+                thread.join(timeout=60)
+            assert proc.wait(timeout=60) in (
+                0,
+                -signal.SIGTERM,
+            )  # uvicorn raises the signal again once it has shut down
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+        query, openai = lines["query"], lines["openai"]
+        if finishes:
+            assert "event: done" in query, query
+            assert openai[-1] == "data: [DONE]" and '"finish_reason": "stop"' in "".join(openai), openai
+        else:
+            assert query[-2:] == ["event: error", query[-1]] and '"code": "shutting_down"' in query[-1], query
+            assert openai[-1] == "data: [DONE]" and '"code": "shutting_down"' in openai[-2], openai

@@ -31,7 +31,8 @@ def test_answer_cites_the_document_that_holds_it(base_url: str) -> None:
     assert body["citations"][0]["document_id"] == "password-reset.html"
     assert "30 minutes" in body["answer"]
     citation = body["citations"][0]
-    assert set(citation) == {"id", "document_id", "source", "title", "text", "score"}
+    assert set(citation) == {"id", "document_id", "source", "title", "text", "score", "url"}
+    assert citation["url"] == ""  # the page names no address of its own (no canonical link)
     assert (
         citation["title"] == "Resetting your password" and citation["source"] == "password-reset.html"
     )  # relative to the folder ingested, never a path on the server
