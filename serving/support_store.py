@@ -314,17 +314,39 @@ class SupportStore:
         return list(json.loads(rows[0][0])) if rows else []
 
     def _write_loop(self) -> None:
+        failing_since: float | None = None
+        said_at = 0.0
         while not self._closing.wait(self._flush_s):
             try:
                 self.flush()
-            except Exception:  # the database is away: the answers wait in the queue
-                log.exception("support store: answers not written yet")
+            except Exception as exc:  # the database is away, a full disk: the answers wait in memory
+                now = time.monotonic()
+                if failing_since is None:  # the first time with its traceback, then a line a minute
+                    failing_since = said_at = now
+                    log.exception("support store: answers not written yet")
+                elif now - said_at >= 60:
+                    said_at = now
+                    log.error("support store: %d answers still not written after %.0f s (%s)",
+                              self.unwritten(), now - failing_since, exc)  # fmt: skip
+                continue
+            if failing_since is not None:
+                log.warning("support store: writing again after %.0f s", time.monotonic() - failing_since)
+                failing_since = None
+
+    def unwritten(self) -> int:
+        """Answers held in memory, not yet written (the database away, a full disk)."""
+        with self._write_lock:
+            return len(self._unwritten) + self._pending.qsize()
 
     def answer(self, answer_id: str) -> AnswerRecord | None:
         try:
             self.flush()  # an answer this replica gave a moment ago
         except Exception:  # a full disk, the database away: the rows already written are still read
-            log.warning("support store: answers not written yet", exc_info=True)
+            log.debug("support store: answers not written yet", exc_info=True)
+            with self._write_lock:  # and one held in memory until it can be
+                held = next((r for r in reversed(self._unwritten) if r.id == answer_id), None)
+            if held is not None:
+                return held
         rows = self.sql.query(f"SELECT {_ANSWER_COLUMNS} FROM answers WHERE id = ?", (answer_id,))
         return AnswerRecord.from_row(rows[0]) if rows else None
 

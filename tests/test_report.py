@@ -131,6 +131,40 @@ def test_answers_queued_while_the_database_is_locked_are_written_once_it_is_free
     store.close()
 
 
+def test_an_answer_held_while_the_disk_refuses_it_can_be_voted_on_and_the_log_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk (here: another process holding the write lock): the answer a customer just
+    got is still found for their vote, and the writer says it cannot write once, not 5 times
+    a second."""
+    import logging
+    import sqlite3
+
+    from serving.support_store import SupportStore, _Sqlite
+
+    path = tmp_path / "support.sqlite"
+    store = SupportStore(_Sqlite(path, timeout_s=0.01), flush_s=0.05)
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("PRAGMA journal_mode=WAL")
+    blocker.execute("BEGIN IMMEDIATE")  # writes refused, reads still served (WAL), as on a full disk
+    with caplog.at_level(logging.WARNING, logger="rag.serving"):
+        store.record(_answer(7, time.time(), "How long do refunds take?"))
+        time.sleep(1.0)  # about 20 write attempts
+        held = store.answer("a7")
+        assert held is not None and held.question == "How long do refunds take?"
+        assert store.unwritten() == 1
+        failures = [r for r in caplog.records if "answers not written yet" in r.getMessage()]
+        assert len(failures) == 1 and failures[0].exc_info, [r.getMessage() for r in caplog.records]
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        deadline = time.monotonic() + 5
+        while store.unwritten() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert store.unwritten() == 0 and store.answer("a7") is not None
+    assert any("writing again" in r.getMessage() for r in caplog.records)
+    store.close()
+
+
 def test_an_answer_the_database_will_never_take_is_given_up_and_holds_back_no_other(database_url: str) -> None:
     from serving.database import Database
     from serving.support_store import SupportStore, _Postgres
