@@ -86,11 +86,16 @@ class ConflictError(RagError):
 
 
 class BackendUnavailableError(RagError):
-    """The generator backend cannot answer now (not installed, not loaded, or down)."""
+    """The generator backend cannot answer now (not installed, not loaded, or down); its
+    503 carries ``Retry-After`` (``retry_after_s``: when a replica is tried again, if known)."""
 
     status_code = 503
     type = "service_unavailable"
     code = "backend_unavailable"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int = 5) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = retry_after_s
 
 
 class IngestError(RagError):

@@ -71,7 +71,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _rag_error(_: Request, exc: RagError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("%s: %s", type(exc).__name__, exc.message)
-        return error_response(exc.status_code, exc.message, exc.type, exc.param, exc.code)
+        retry = getattr(exc, "retry_after_s", None)  # a 429's, a backend's 503: when to send it again
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return error_response(exc.status_code, exc.message, exc.type, exc.param, exc.code, headers)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_away(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -28,7 +28,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses=ERRORS)
 @router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Any:
-    """Ready to answer: every collection that has been ingested loads, and the backend is up.
+    """Ready to answer: every collection that has been ingested loads, and the backend is up
+    (a shared model server that is down, vLLM's, is reported in ``backend_state`` instead: the
+    cached answers still serve, so the replica stays in its load balancer).
 
     Each collection is reported with its index version and size (or why it does not load);
     with API keys configured, only an admin key sees them: others see counts, not names."""
@@ -69,13 +71,18 @@ async def readyz(request: Request) -> Any:
             None, "not_ready",
         )  # fmt: skip
     ready = getattr(pipe.generator, "ready", None)
-    if ready is not None and not await ready():
+    backend_down = ready is not None and not await ready()
+    if backend_down and not getattr(pipe.generator, "shared", False):  # this process's own model
         raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready - check that its model server is up")
     body: dict[str, Any] = {
         "status": "ready",
         "backend": pipe.generator.name,
         "chunks": sum(c["chunks"] for c in collections.values()),
     }
+    if backend_down:
+        # A model server every replica shares (vLLM): its outage is no reason to take this
+        # replica out of a load balancer, which would leave no one to serve the cached answers.
+        body["backend_state"] = "unreachable: cached answers still serve, new questions get 503 - check `vllm serve`"
     if engines:
         body["engines"] = engines
     if public:

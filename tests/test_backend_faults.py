@@ -314,7 +314,13 @@ def test_a_process_started_while_vllm_is_down_serves_the_answers_it_had_cached(
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:  # the restart
         response, _ = _ask(url, CACHED)
         assert response.status_code == 200 and response.json()["cache"]["kind"] == "exact", response.text
-        _assert_unavailable(_ask(url, "Do gift cards expire?")[0], "down")  # a new question: the honest 503
+        refused = _ask(url, "Do gift cards expire?")[0]
+        _assert_unavailable(refused, "down")  # a new question: the honest 503, and when to try again
+        assert int(refused.headers["retry-after"]) >= 1, refused.headers
+        # Still ready: a shared model server's outage must not take every replica out of its
+        # load balancer, or no one would serve the cached answers.
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 200 and "unreachable" in ready.json()["backend_state"], ready.text
 
 
 def _stream(url: str, path: str, body: dict[str, Any], out: list[str], started: threading.Event) -> None:

@@ -86,7 +86,8 @@ class ReplicaPool:
         soonest = min((r.down_until for r in self.replicas), default=now) - now
         raise BackendUnavailableError(
             f"all {len(self.replicas)} vLLM replicas are down (next retry in {max(soonest, 0):.1f} s) - "
-            "check that `vllm serve` is running at " + ", ".join(r.url for r in self.replicas) + " (RAG_VLLM_URL)"
+            "check that `vllm serve` is running at " + ", ".join(r.url for r in self.replicas) + " (RAG_VLLM_URL)",
+            retry_after_s=max(1, math.ceil(soonest)),
         )
 
     def _route(self, healthy: list[Replica], key: str | None) -> Replica:

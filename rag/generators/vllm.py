@@ -44,6 +44,7 @@ class _ReplicaFailed(Exception):
 class VLLMGenerator:
     can_stream = True
     supports_prefix_cache = True
+    shared = True  # a model server every replica of the service uses: /readyz stays ready while it is down
 
     def __init__(
         self,
