@@ -98,6 +98,13 @@ class BackendUnavailableError(RagError):
         self.retry_after_s = retry_after_s
 
 
+class DatabaseUnavailableError(BackendUnavailableError):
+    """The database (RAG_DATABASE_URL: keys, jobs, answers) cannot be reached now: a code of
+    its own, so that an alert or a client can tell it from a model server that is down."""
+
+    code = "database_unavailable"
+
+
 class IngestError(RagError):
     """Ingestion could not index anything."""
 

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 
 from rag.errors import (
     AuthenticationError,
+    BackendUnavailableError,
     InvalidRequestError,
     RagError,
     RateLimitError,
@@ -67,6 +68,9 @@ DOCS_STATIC = "/docs/static"
 
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(DOCS_STATIC + "/")
+
+
+STALE_KEY_S = 300.0  # how long a key found right still works while the key store is unreachable
 
 
 class Authenticator:
@@ -106,7 +110,13 @@ class Authenticator:
         checked, enabled = self._enabled
         now = time.monotonic()
         if now - checked > self.ttl_s:
-            enabled = self._ever_enabled = self._ever_enabled or self.store.created() > 0
+            try:
+                created = self._ever_enabled or self.store.created() > 0
+            except BackendUnavailableError:
+                if not self._ever_enabled:  # whether keys are needed at all is not known
+                    raise
+                created = True  # they were, so they still are
+            enabled = self._ever_enabled = created
             self._enabled = (now, enabled)
         return enabled
 
@@ -131,7 +141,14 @@ class Authenticator:
         if cached is None or now - cached[0] > self.ttl_s:
             if len(self._known) > 10_000:
                 self._known.clear()
-            cached = (now, self.store.lookup(token))
+            try:
+                cached = (now, self.store.lookup(token))
+            except BackendUnavailableError:
+                # The key store (PostgreSQL) is away: a key found right in the last few minutes
+                # still works, so that the cached answers serve; an unknown one gets the 503.
+                if cached is not None and cached[1] is not None and now - cached[0] <= STALE_KEY_S:
+                    return cached[1]
+                raise
             self._known[token] = cached
         if cached[1] is None:
             raise AuthenticationError("API key not recognised (mistyped or revoked) - check the key you send")

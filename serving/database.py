@@ -4,7 +4,7 @@ at a time, under an advisory lock; each in its own transaction, recorded in
 ``schema_migrations``). Add a migration by appending to :data:`MIGRATIONS`; never edit one
 that has shipped.
 
-A database that cannot be reached is :class:`rag.errors.BackendUnavailableError` (503 in the
+A database that cannot be reached is :class:`rag.errors.DatabaseUnavailableError` (503 in the
 one error shape), never a 500.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from rag.errors import BackendUnavailableError
+from rag.errors import DatabaseUnavailableError
 
 log = logging.getLogger("rag.serving")
 T = TypeVar("T")
@@ -137,7 +137,7 @@ class Database:
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; an unreachable database is a 503 that says which."""
         if time.monotonic() < self._down_until:
-            raise BackendUnavailableError(
+            raise DatabaseUnavailableError(
                 f"the database (RAG_DATABASE_URL) was unreachable less than {self.fail_fast_s:g} s ago"
             )
         try:
@@ -148,13 +148,13 @@ class Database:
                 yield conn
         except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
             self._down_until = time.monotonic() + self.fail_fast_s
-            raise BackendUnavailableError(
+            raise DatabaseUnavailableError(
                 f"the database (RAG_DATABASE_URL) is unreachable: {_first_line(exc)}"
             ) from exc
         except Exception as exc:
             if type(exc).__name__ == "PoolTimeout":
                 self._down_until = time.monotonic() + self.fail_fast_s
-                raise BackendUnavailableError(f"the database (RAG_DATABASE_URL) is unreachable: {exc}") from exc
+                raise DatabaseUnavailableError(f"the database (RAG_DATABASE_URL) is unreachable: {exc}") from exc
             raise
 
     def run(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
