@@ -3,6 +3,8 @@ the settings from flags, and the one way a command fails."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -104,3 +106,11 @@ def run_or_fail(fn: Any) -> Any:
         fail(f"{exc.message} (data dir: {exc.data_dir})")
     except RagError as exc:
         fail(exc.message)
+    except sqlite3.OperationalError as exc:  # a full disk, a read-only data dir: what to do, not a traceback
+        fail(f"cannot write under the data dir ({exc}) - free disk space, or make RAG_DATA_DIR writable")
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+            raise
+        fail(
+            f"cannot write {exc.filename or 'under the data dir'} ({exc.strerror}) - free disk space, or make RAG_DATA_DIR writable"
+        )

@@ -92,3 +92,31 @@ def test_every_setting_is_documented_in_the_readme() -> None:
         assert field.description, f"setting {name} has no docstring"
         assert f"RAG_{name.upper()}" in readme, f"RAG_{name.upper()} missing from README - run `make docs`"
     assert settings_table() in readme, "README settings table is stale - run `make docs`"
+
+
+def test_ingest_on_a_full_disk_is_one_line_and_the_collection_stays_as_it_was(tmp_path: Path, corpus: Path) -> None:
+    """Fault injection: the files this run may write are capped (RLIMIT_FSIZE, as a full disk
+    refuses writes), past what the index of the second folder needs."""
+    import resource
+    import signal
+
+    from .conftest import FIXTURES
+
+    assert rag("ingest", str(corpus), data_dir=tmp_path).returncode == 0
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "hotels.jsonl").write_bytes((FIXTURES / "dstc11_hotels_corpus_slice.jsonl").read_bytes())
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the cap fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(tmp_path), "RAG_BACKEND": "extractive"}
+    full = subprocess.run(
+        [sys.executable, "-m", "cli", "ingest", str(corpus), str(tmp_path / "more")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=small_disk,
+    )  # fmt: skip
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    assert full.stderr.strip().splitlines()[-1].startswith("error: cannot write"), full.stderr
+    assert "free disk space" in full.stderr
+    result = rag("ask", "How much is express delivery?", "--json", data_dir=tmp_path)
+    assert result.returncode == 0 and "£9.95" in json.loads(result.stdout)["answer"]  # the version before serves
