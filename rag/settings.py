@@ -302,6 +302,9 @@ class Settings(BaseSettings):
     job_concurrency: int = Field(default=8, ge=1, le=256)
     """Questions of POST /v1/jobs answered at once (vLLM batches them)."""
 
+    job_retry_s: float = Field(default=300.0, ge=0.0)
+    """A job's question whose backend is down (vLLM restarting, the database away) is tried again, backing off, for this long before it is recorded as failed."""
+
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the service from a browser (the chat widget's pages), as JSON: ["https://help.example.com"]."""
 

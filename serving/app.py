@@ -50,7 +50,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.handoff.start()  # the handoffs a stop left in the outbox go now
         store = PgJobStore(database, settings.job_lease_s) if database else JobStore(settings.data_dir / "jobs.sqlite")
         keep = partial(feedback.keep, app.state)  # a job's answers take feedback as a route's do
-        app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency, keep)
+        app.state.jobs = JobRunner(store, app.state.pipeline, settings.job_concurrency, keep, settings.job_retry_s)
         app.state.jobs.resume()  # jobs a restart interrupted carry on (shared: any replica's)
         follower = curation.follow_versions(app.state.pipeline, app.state.curated, asyncio.get_running_loop())
         await curation.start(app.state.pipeline, app.state.curated)

@@ -3,7 +3,8 @@
 
 Jobs and each question's result are persisted in SQLite under ``RAG_DATA_DIR/jobs.sqlite``
 as they complete, so a restart loses nothing: on start-up, unfinished jobs carry on from
-the questions not yet answered. A question that fails is recorded with its error body.
+the questions not yet answered. A question whose backend is down is tried again, backing
+off, for ``RAG_JOB_RETRY_S``; one that still fails is recorded with its error body.
 Questions run through the same pipeline as ``/v1/query``, a few at a time
 (``RAG_JOB_CONCURRENCY``), so vLLM batches them.
 
@@ -31,9 +32,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from rag.batch import answer_each
-from rag.errors import NotFoundError, RagError
+from rag.errors import BackendUnavailableError, NotFoundError, RagError
 from rag.pipeline import Pipeline
 from rag.wire import Answer
 
@@ -147,10 +149,12 @@ class JobRunner:
         pipeline: Pipeline,
         concurrency: int,
         keep: Callable[[Answer, str, str | None, list[dict[str, str]]], None] | None = None,
+        retry_s: float = 300.0,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.keep = keep  # each answer, its question, the job's owner and history: for feedback
+        self.retry_s = retry_s
         self._gate = asyncio.Semaphore(concurrency)  # shared by every job: the service's limit
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -218,7 +222,17 @@ class JobRunner:
 
         async def answer(item: dict[str, Any]) -> dict[str, Any]:
             history = item["history"] or []
-            answer = await self.pipeline.answer(item["question"], collection, history=history or None)
+            # A backend that is down for a while (vLLM restarting) is waited out, backing off, for
+            # RAG_JOB_RETRY_S: a job is batch work, and its caller is not waiting on the line.
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(BackendUnavailableError),
+                stop=stop_after_delay(self.retry_s),
+                wait=wait_exponential(multiplier=0.5, max=15.0),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    answer = await self.pipeline.answer(item["question"], collection, history=history or None)
             if self.keep is not None:
                 self.keep(answer, item["question"], owner, history)
             body = answer.to_dict()

@@ -399,3 +399,20 @@ def test_a_shutdown_lets_streams_finish_and_ends_one_that_cannot_with_an_error(
         else:
             assert query[-2:] == ["event: error", query[-1]] and '"code": "shutting_down"' in query[-1], query
             assert openai[-1] == "data: [DONE]" and '"code": "shutting_down"' in openai[-2], openai
+
+
+def test_a_job_waits_out_a_backend_restart_instead_of_failing_its_questions(backend: FakeBackend, service: str) -> None:
+    """vLLM down when the job starts (a restart): its questions are tried again, backing off,
+    and answered once it is back; none is recorded as failed."""
+    backend.down()
+    questions = [{"id": f"q{n}", "question": f"Can I return item number {n}?"} for n in range(3)]
+    job = httpx.post(f"{service}/v1/jobs", json={"questions": questions}, timeout=30)
+    assert job.status_code == 202, job.text
+    time.sleep(1.5)  # the first tries fail
+    backend.up()
+    deadline = time.monotonic() + 60
+    while (body := httpx.get(f"{service}/v1/jobs/{job.json()['id']}", timeout=30).json())["status"] != "done":
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+    assert body["progress"]["failed"] == 0, body
+    assert [r["answer"] for r in body["results"]] == [HEALTHY] * 3
