@@ -4,7 +4,7 @@ the commands are registered here, in the order `rag --help` lists them."""
 
 from __future__ import annotations
 
-from . import ask, bench, cache, curated, ingest, jobs, keys, report, serve, settings
+from . import ask, backup, bench, cache, curated, ingest, jobs, keys, report, serve, settings
 from . import eval as evaluate
 from .app import app
 
@@ -19,6 +19,7 @@ app.add_typer(cache.cache_app, name="cache")
 app.add_typer(curated.curated_app, name="curated")
 app.command()(report.report)
 app.command("settings")(settings.show_settings)
+app.command()(backup.backup)
 
 
 def main() -> None:

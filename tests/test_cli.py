@@ -120,3 +120,37 @@ def test_ingest_on_a_full_disk_is_one_line_and_the_collection_stays_as_it_was(tm
     assert "free disk space" in full.stderr
     result = rag("ask", "How much is express delivery?", "--json", data_dir=tmp_path)
     assert result.returncode == 0 and "£9.95" in json.loads(result.stdout)["answer"]  # the version before serves
+
+
+def test_a_backup_taken_while_serving_restores_keys_answers_feedback_and_collections(
+    tmp_path: Path,
+    corpus: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    import httpx
+
+    from rag.pipeline import build_pipeline
+    from serving.app import create_app
+
+    from .conftest import make_settings
+    from .servers import running_server
+
+    data = tmp_path / "data"
+    assert rag("ingest", str(corpus), data_dir=data).returncode == 0
+    key = rag("keys", "create", "--admin", data_dir=data).stdout.split()[-1]
+    auth = {"Authorization": f"Bearer {key}"}
+    settings = make_settings(data, backend="extractive")
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        answer = httpx.post(f"{url}/v1/query", json={"question": "Do gift cards expire?"}, headers=auth, timeout=60)
+        vote = {"answer_id": answer.json()["answer_id"], "rating": "down", "reason": "outdated"}
+        assert httpx.post(f"{url}/v1/feedback", json=vote, headers=auth, timeout=60).status_code == 200
+        done = rag("backup", str(tmp_path / "backup"), data_dir=data)  # while it serves
+    assert done.returncode == 0 and "keys.sqlite" in done.stdout and "collections/default/" in done.stdout, done.stderr
+    assert rag("backup", str(tmp_path / "backup"), data_dir=data).returncode == 1  # never mixed with another
+
+    restored = make_settings(tmp_path / "backup", backend="extractive")
+    with running_server(create_app(restored, build_pipeline(restored, embedder))) as url:
+        again = httpx.post(f"{url}/v1/query", json={"question": "Do gift cards expire?"}, headers=auth, timeout=60)
+        assert again.status_code == 200 and "never expire" in again.json()["answer"]  # the key, the collection
+    report = rag("report", "--json", data_dir=tmp_path / "backup")
+    assert [v["reason"] for v in json.loads(report.stdout)["voted_down"]] == ["outdated"], report.stderr

@@ -1,0 +1,81 @@
+"""`rag backup DEST`: a consistent copy of a data dir, taken while the service runs.
+
+The SQLite stores are copied with SQLite's online backup (a plain `cp` of a database in WAL
+mode under writes may copy a torn file), each collection's live version as it is (a
+published version is never written again), and the small files beside them. The response
+cache is left out: it is rebuilt by answering, and the curated answers and thumbs-down blocks
+it holds are kept in the support store too, which puts them back at start-up. With
+RAG_DATABASE_URL, keys, jobs and the support store live in PostgreSQL: back it up with
+`pg_dump`; this copies the rest.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rag.store import CURRENT_FILE, current_version_dir, list_collections
+
+from .app import DataDir, fail, load_settings
+
+STORES = ("keys.sqlite", "support.sqlite", "jobs.sqlite")  # what cannot be made again
+SMALL_FILES = ("cache-verifier.npz", "vllm-models.json")  # calibrated or learnt: kept too
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    with closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+def backup(
+    dest: Annotated[Path, typer.Argument(help="A folder that does not exist yet (or is empty).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Copy the data dir's keys, answers and feedback, jobs and collections to DEST, consistently,
+    while the service runs. Restore: stop `rag serve`, copy DEST's contents into RAG_DATA_DIR
+    (or point RAG_DATA_DIR at it), start it."""
+    settings = load_settings(data_dir=data_dir)
+    source = settings.data_dir.resolve()
+    if not source.is_dir():
+        fail(f"no data dir at {source} - give --data-dir (or RAG_DATA_DIR)")
+    if dest.exists() and any(dest.iterdir()):
+        fail(f"{dest} is not empty - give a new folder, so that no backup is mixed with another")
+    dest.mkdir(parents=True, exist_ok=True)
+    copied: list[str] = []
+    try:
+        for name in STORES:
+            if (source / name).exists():
+                _sqlite_copy(source / name, dest / name)
+                copied.append(name)
+        for name in SMALL_FILES:
+            if (source / name).exists():
+                shutil.copy2(source / name, dest / name)
+                copied.append(name)
+        for collection in list_collections(settings.collections_dir):
+            cdir = settings.collections_dir / collection
+            version = current_version_dir(cdir)
+            if version is None:
+                continue
+            target = dest / "collections" / collection
+            shutil.copytree(version, target / version.name)
+            (target / CURRENT_FILE).write_text(version.name + "\n")
+            copied.append(f"collections/{collection}/{version.name}")
+    except (OSError, sqlite3.Error) as exc:
+        fail(f"the backup stopped ({exc}) - {dest} is incomplete: delete it and run again")
+    if not copied:
+        fail(f"nothing to back up in {source}")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    typer.echo(f"backed up {source} to {dest}: {', '.join(copied)} ({size / 2**20:.1f} MiB)")
+    typer.echo(
+        "left out: the response cache (rebuilt by answering; curated answers and blocks come back from the support store)"
+    )
+    if settings.database_url:
+        typer.secho(
+            "keys, jobs and the support store are in PostgreSQL (RAG_DATABASE_URL): back them up with pg_dump",
+            fg=typer.colors.YELLOW, err=True,
+        )  # fmt: skip
