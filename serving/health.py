@@ -108,10 +108,12 @@ async def _stranger(request: Request) -> bool:
         return known is None or not known.admin
     await authenticator.refresh(header)
     try:
-        return not authenticator.authenticate(header).admin
+        principal = authenticator.authenticate(header)
     except AuthenticationError:  # counts towards RAG_AUTH_FAILURE_LIMIT
         await limits.count_failure(address)
         return True
+    request.scope.setdefault("state", {})["principal"] = principal  # the access log names the caller
+    return not principal.admin
 
 
 def engine_states(request: Request) -> dict[str, str]:

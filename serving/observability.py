@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.routing import compile_path
 
 from rag.errors import internal_error_body
 from rag.settings import Settings
@@ -151,6 +152,24 @@ def worker_exit() -> None:
         multiprocess.mark_process_dead(os.getpid())
 
 
+def _route_of(scope: Scope) -> str:
+    """The route template a request was for, also when it was refused before routing (a 401,
+    a 429, a 413: the guard answers those), so that a dashboard per route sees them."""
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        return str(route)
+    app = scope.get("app")
+    if app is None or not hasattr(app, "openapi"):
+        return "unmatched"
+    templates = _TEMPLATES.get(id(app))
+    if templates is None:  # once per app: its schema's paths, as patterns
+        templates = _TEMPLATES[id(app)] = [(compile_path(path)[0], path) for path in app.openapi().get("paths", {})]
+    return next((template for pattern, template in templates if pattern.match(scope["path"])), "unmatched")
+
+
+_TEMPLATES: dict[int, list[tuple[re.Pattern[str], str]]] = {}
+
+
 class RequestContextMiddleware:
     """Outermost: request id, in-flight gauge, latency by route and status, one access log line."""
 
@@ -187,8 +206,7 @@ class RequestContextMiddleware:
         finally:
             IN_FLIGHT.dec()
             seconds = time.perf_counter() - started
-            route_obj = scope.get("route")
-            route = getattr(route_obj, "path", None) or "unmatched"
+            route = _route_of(scope)
             HTTP_REQUESTS.labels(route, scope["method"], str(status)).inc()
             HTTP_LATENCY.labels(route, scope["method"], str(status)).observe(seconds)
             principal = scope.get("state", {}).get("principal")

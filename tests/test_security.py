@@ -95,6 +95,18 @@ def test_without_a_key_only_health_and_the_widget_answer(service: str) -> None:
         assert_error(ask(http, "alpha"), 401, "invalid_api_key")
 
 
+def test_refusals_are_counted_under_their_route(service: str, tenants: dict[str, Any]) -> None:
+    """A 401 is answered before routing; a dashboard per route still sees it under its route."""
+    with client(service) as http:
+        assert_error(ask(http, "alpha"), 401, "invalid_api_key")
+    with client(service, tenants["keys"]["admin"]) as http:
+        metrics = http.get("/metrics").text
+    refused = [
+        line for line in metrics.splitlines() if line.startswith("rag_http_requests_total{") and 'status="401"' in line
+    ]
+    assert any('route="/v1/query"' in line for line in refused), refused
+
+
 def test_the_api_docs_page_loads_from_the_service_not_a_cdn(service: str) -> None:
     """/docs works on a host with no internet: Swagger UI's script and style come from the
     service itself, without a key (like the schema); nothing else under /docs opens up."""
