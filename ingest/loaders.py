@@ -144,26 +144,32 @@ def _load_pdf(data: bytes, path: Path) -> Page:
 
 
 _PAGE_NUMBER_RE = re.compile(r"^(?:page\s*)?\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?$", re.IGNORECASE)
+_PAGE_WORD_RE = re.compile(r"\bpage\s*\d|\b\d{1,4}\s*(?:of|/)\s*\d{1,4}\s*$", re.IGNORECASE)
 
 
 def _without_page_furniture(pages: list[str]) -> list[list[str]]:
-    """Each page's lines without its running header and footer: a line near the top or the
-    bottom of most pages (figures aside: "Page 2 of 8"), and bare page numbers. Left in, they
-    are spliced into the sentence that crosses the page break and quoted as answers."""
+    """Each page's lines without its running header and footer: a line that stands the same
+    near the top or the bottom of most pages (its page number aside, where it has one: "…
+    Page 2 of 8"), and a bare page number as a page's first or last line. Left in, they are
+    spliced into the sentence that crosses the page break and quoted as answers. A figure
+    inside a page, or "Section 2" at the top of one, is text."""
     lines = [[line.strip() for line in page.splitlines() if line.strip()] for page in pages]
 
     def key(line: str) -> str:
-        return re.sub(r"\d+", "#", " ".join(line.lower().split()))
+        text = " ".join(line.lower().split())
+        return re.sub(r"\d+", "#", text) if _PAGE_WORD_RE.search(text) else text
 
     seen: Counter[str] = Counter()
     for page in lines:
         seen.update({key(line) for line in page[:3] + page[-3:]})
     running = {k for k, n in seen.items() if len(lines) >= 3 and n >= max(3, 0.6 * len(lines))}
-    return [
-        [line for i, line in enumerate(page) if not _PAGE_NUMBER_RE.match(line)
-         and not ((i < 3 or i >= len(page) - 3) and key(line) in running)]
-        for page in lines
-    ]  # fmt: skip
+
+    def furniture(page: list[str], i: int) -> bool:
+        edge = i < 3 or i >= len(page) - 3
+        number = (i < 2 or i >= len(page) - 2) and _PAGE_NUMBER_RE.match(page[i]) is not None
+        return number or (edge and key(page[i]) in running)
+
+    return [[line for i, line in enumerate(page) if not furniture(page, i)] for page in lines]
 
 
 def _join_pages(pages: list[list[str]]) -> str:

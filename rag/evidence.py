@@ -124,7 +124,7 @@ def _is_heading(line: str) -> bool:
     return line.endswith("?") or (len(words) <= 6 and line[-1:] not in ".!:;")
 
 
-_RULE_CELL_RE = re.compile(r"^:?-{2,}:?$")
+_RULE_CELL_RE = re.compile(r"^:?-+:?$")
 
 
 def _cells(line: str) -> list[str]:
@@ -132,17 +132,19 @@ def _cells(line: str) -> list[str]:
 
 
 def _is_table_header(cells: list[str], following: str | None) -> bool:
-    """A table's first row names its columns: above a Markdown rule ("|---|---|"), or short
-    labels without a figure ("Option | Time | Price"). A first row of values is a row."""
+    """A table's first row names its columns: above a Markdown rule ("|---|---|"), or, in a
+    table of three columns or more, short labels without a figure ("Option | Time | Price").
+    A two-column table without a rule is read as pairs ("Opening hours | Monday to Friday"):
+    its first row is a fact, not the name of the other rows' values."""
     if following is not None and all(_RULE_CELL_RE.match(c) for c in _cells(following) if c):
         return True
-    return all(len(c.split()) <= 4 and not re.search(r"\d", c) for c in cells if c)
+    return len(cells) >= 3 and all(len(c.split()) <= 4 and not re.search(r"\d", c) for c in cells if c)
 
 
 def _table_row(cells: list[str], header: list[str] | None) -> str:
     """A row as a sentence that carries its column names, which is what a question asks
     about ("what does the Growth plan cost per month?" -> "Growth: Monthly price £29; ...")."""
-    if header and len(header) == len(cells) and all(header[1:]):
+    if header and len(header) == len(cells) and all(header[1:]) and cells[0]:
         row = f"{cells[0]}: " + "; ".join(f"{h} {c}" for h, c in zip(header[1:], cells[1:], strict=True) if c)
     else:
         filled = [c for c in cells if c]

@@ -149,13 +149,15 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         agrees, fresh = sources_agree(found), nothing_added(found, self.settings.min_relevance)
         curated = curated_valid(index)
         hit = cache.get_similar(curated_scope(index), prep.vector, question=prep.question, current=curated)
+        # An answer a passage added since may improve is not current: neither a candidate nor
+        # a rival of the question's new answer (which has the same question vector).
         hit = hit or cache.get_similar(
             prep.scope,
             prep.vector,
             question=prep.question,
-            accept=lambda payload: agrees(payload) and fresh(payload),
+            accept=agrees,
             confirm=faq_confirmed(found),
-            current=valid,
+            current=lambda payload: valid(payload) and fresh(payload),
         )
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         return found.chunks, hit

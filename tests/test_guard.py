@@ -101,3 +101,10 @@ def test_evidence_units_keep_lists_with_their_lead_in_and_table_rows_whole() -> 
         "Standard: 3 to 5 days.",  # no header: a first row of values is a row
         "Express: 1 to 2 days.",
     ]
+    pairs = "| Opening hours | Monday to Friday |\n| Phone | Call us on the number below |\n| Email | Write to us |"
+    assert units_of(pairs) == [  # two columns, no rule: pairs, the first one a fact like the others
+        "Opening hours: Monday to Friday.",
+        "Phone: Call us on the number below.",
+        "Email: Write to us.",
+    ]
+    assert units_of("| Plan | Price |\n|-|-|\n| Growth | £29 |") == ["Growth: Price £29."]  # a one-dash rule

@@ -119,6 +119,9 @@ def test_reingest_invalidates_cached_answers(tmp_path: Path, corpus: Path, embed
         fixed = ask(url, link)
         assert fixed["cache"]["hit"] is False and "2 hours" in fixed["answer"], fixed
         assert "security-update.md" in {c["document_id"] for c in fixed["citations"]}
+        # Its rewordings get the new answer from the cache: the old one is no rival.
+        reworded = ask(url, "How long is the password reset link valid for?")
+        assert reworded["cache"]["kind"] == "semantic" and "2 hours" in reworded["answer"], reworded
         assert ask(url, "Which payment methods do you accept?")["cache"]["kind"] == "exact"  # nothing new for it
 
 

@@ -189,3 +189,11 @@ def test_a_pdf_loses_its_running_header_footer_and_page_numbers_and_keeps_senten
     assert "CONFIDENTIAL" not in doc.text and "Page" not in doc.text and "registered in England" not in doc.text
     assert "read together with the rest of these terms." in doc.text  # across the page break
     assert "governed by the laws of England" in doc.text
+    # A figure on a line of its own and a numbered heading at the top of each page are text.
+    bodies = [("Refunds", "30", "days from delivery."), ("Exchanges", "14", "days to swap a size."),
+              ("Repairs", "90", "days of free repairs.")]  # fmt: skip
+    section = [[f"Section {n}", *body, f"Page {n} of 3"] for n, body in enumerate(bodies, start=1)]
+    [doc] = load_file(Path("policy.pdf"), _pdf(section), document_id="policy.pdf").documents
+    assert all(f"Section {n}" in doc.text for n in (1, 2, 3)), doc.text
+    assert all(f"\n{figure}\n" in doc.text for figure in ("30", "14", "90")), doc.text
+    assert "Page" not in doc.text
