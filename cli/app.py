@@ -107,6 +107,8 @@ def run_or_fail(fn: Any) -> Any:
     except RagError as exc:
         fail(exc.message)
     except sqlite3.OperationalError as exc:  # a full disk, a read-only data dir: what to do, not a traceback
+        if not any(words in str(exc) for words in ("disk", "full", "readonly", "read-only", "unable to open")):
+            raise
         fail(f"cannot write under the data dir ({exc}) - free disk space, or make RAG_DATA_DIR writable")
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):

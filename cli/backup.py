@@ -16,6 +16,7 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 
@@ -28,7 +29,8 @@ SMALL_FILES = ("cache-verifier.npz", "vllm-models.json")  # calibrated or learnt
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:
-    with closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src, closing(sqlite3.connect(target)) as dst:
+    uri = f"file:{quote(str(source))}?mode=ro"  # a path may hold "?" or "#"
+    with closing(sqlite3.connect(uri, uri=True)) as src, closing(sqlite3.connect(target)) as dst:
         src.backup(dst)
 
 
@@ -43,9 +45,10 @@ def backup(
     source = settings.data_dir.resolve()
     if not source.is_dir():
         fail(f"no data dir at {source} - give --data-dir (or RAG_DATA_DIR)")
-    if dest.exists() and any(dest.iterdir()):
-        fail(f"{dest} is not empty - give a new folder, so that no backup is mixed with another")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        fail(f"{dest} is not an empty folder - give a new one, so that no backup is mixed with another")
     dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o700)  # customers' questions and the key hashes: the owner's only
     copied: list[str] = []
     try:
         for name in STORES:

@@ -84,9 +84,10 @@ def report(
         why = "; ".join(
             x for x in (item.get("reason"), item.get("correction") and f"should be: {item['correction']}") if x
         )
-        answer = " ".join(str(item["answer"]).split())
-        typer.echo(
-            f"  {item['question']} -> {answer[:100]}{'...' if len(answer) > 100 else ''}" + (f" ({why})" if why else "")
+        # A customer's words on an operator's terminal: printable characters only.
+        answer, question = (
+            " ".join("".join(c for c in str(item[k]) if c.isprintable()).split()) for k in ("answer", "question")
         )
+        typer.echo(f"  {question} -> {answer[:100]}{'...' if len(answer) > 100 else ''}" + (f" ({why})" if why else ""))
     if len(result["voted_down"]) > 10:
         typer.echo(f"  ... {len(result['voted_down']) - 10} more in --json or --out")

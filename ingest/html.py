@@ -46,7 +46,7 @@ def html_to_text(html: str, path: Path) -> tuple[str, str, str]:
     title = (meta.title if meta and meta.title else "") or whole_title
     text = re.sub(r"\*\*|__", "", text)  # emphasis: noise to a reader of quotes
     text = "\n\n".join(_unwrap(block) for block in re.split(r"\n\s*\n", text) if block.strip())
-    return title, text if text.startswith(title) else f"{title}\n\n{text}", url
+    return title, text if text.lstrip("# ").startswith(title) else f"{title}\n\n{text}", url
 
 
 _STRUCTURED_LINE_RE = re.compile(r"\s*(?:\||[-*•+]\s|\d+[.)]\s|#)")

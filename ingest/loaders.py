@@ -31,8 +31,7 @@ SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".jso
 _SAVE_AS = {
     **dict.fromkeys((".xlsx", ".xls", ".xlsm", ".ods", ".numbers"), "a spreadsheet: save it as CSV (UTF-8) with question and answer columns"),
     **dict.fromkeys((".docx", ".doc", ".odt", ".rtf", ".pages"), "a word-processor file: save or download it as PDF, HTML or Markdown"),
-    **dict.fromkeys((".pptx", ".ppt", ".odp", ".key"), "slides: save them as PDF"),
-    ".json": 'JSON: write one document a line as .jsonl ({"id", "title", "text"} or {"question", "answer"})',
+    **dict.fromkeys((".pptx", ".ppt", ".odp"), "slides: save them as PDF"),
 }  # fmt: skip
 
 
@@ -187,11 +186,11 @@ def _load_csv(data: bytes, path: Path, source: str) -> Loaded:
     titles and texts: each row a document, like a .jsonl line; a row without its text is
     reported by its line number and the rest are indexed."""
     text = _decode(data)
-    try:
-        dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
+    try:  # the delimiter only: a sniffed quote character (an answer's 'quoted' word) cuts answers short
+        delimiter = csv.Sniffer().sniff(text[:8192], delimiters=",;\t").delimiter
     except csv.Error:
-        dialect = csv.excel
-    rows = csv.reader(io.StringIO(text), dialect)
+        delimiter = ","
+    rows = csv.reader(io.StringIO(text), delimiter=delimiter, quotechar='"')
     header = [h.strip().lower() for h in next(rows, [])]
     names = {"id": "id", "title": "title", "text": "text", "question": "question", "answer": "answer",
              "body": "text", "content": "text", "q": "question", "a": "answer", "url": "url", "link": "url"}  # fmt: skip

@@ -86,14 +86,16 @@ class ConflictError(RagError):
 
 
 class BackendUnavailableError(RagError):
-    """The generator backend cannot answer now (not installed, not loaded, or down); its
-    503 carries ``Retry-After`` (``retry_after_s``: when a replica is tried again, if known)."""
+    """The generator backend cannot answer now (not installed, not loaded, or down).
+    ``retry_after_s`` is set where it is down for a while (unreachable, failed mid-answer,
+    busy): the 503 carries it as ``Retry-After``, and a job waits it out; unset, asking
+    again will not help (not installed, a request the server refuses)."""
 
     status_code = 503
     type = "service_unavailable"
     code = "backend_unavailable"
 
-    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int = 5) -> None:
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int | None = None) -> None:
         super().__init__(message, param=param)
         self.retry_after_s = retry_after_s
 
@@ -103,6 +105,9 @@ class DatabaseUnavailableError(BackendUnavailableError):
     its own, so that an alert or a client can tell it from a model server that is down."""
 
     code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int | None = 5) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class IngestError(RagError):

@@ -303,7 +303,7 @@ class Settings(BaseSettings):
     """Questions of POST /v1/jobs answered at once (vLLM batches them)."""
 
     job_retry_s: float = Field(default=300.0, ge=0.0)
-    """A job's question whose backend is down (vLLM restarting, the database away) is tried again, backing off, for this long before it is recorded as failed."""
+    """A job's question whose backend is down (vLLM restarting) is tried again, backing off; once the outage has lasted this long, the questions it fails are recorded as failed at once. An error that asking again will not mend (a request vLLM refuses) fails at once."""
 
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the service from a browser (the chat widget's pages), as JSON: ["https://help.example.com"]."""

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
+from rag import __version__
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         static_url=DOCS_STATIC,
         title="rag-service",
         summary="Grounded, cited answers from your documents, with a semantic response cache.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     install_error_handlers(app)

@@ -110,13 +110,9 @@ class Authenticator:
         checked, enabled = self._enabled
         now = time.monotonic()
         if now - checked > self.ttl_s:
-            try:
-                created = self._ever_enabled or self.store.created() > 0
-            except BackendUnavailableError:
-                if not self._ever_enabled:  # whether keys are needed at all is not known
-                    raise
-                created = True  # they were, so they still are
-            enabled = self._ever_enabled = created
+            # Once keys were needed they stay needed: the store is not asked again (nor, while it
+            # is away, is its absence taken for "no keys").
+            enabled = self._ever_enabled = self._ever_enabled or self.store.created() > 0
             self._enabled = (now, enabled)
         return enabled
 
@@ -337,8 +333,9 @@ class GuardMiddleware:
         except RateLimitError as exc:
             await send_error(send, exc, {"Retry-After": str(exc.retry_after_s)})
             return
-        except RagError as exc:  # the key store is away (PostgreSQL down): a 503
-            await send_error(send, exc)
+        except RagError as exc:  # the key store is away (PostgreSQL down): a 503, and when to try again
+            retry = getattr(exc, "retry_after_s", None)
+            await send_error(send, exc, {"Retry-After": str(retry)} if retry is not None else None)
             return
         # The whole body before an in-flight slot: a client that sends it slowly (or never)
         # holds none of the slots that answer questions.

@@ -70,7 +70,8 @@ async def readyz(request: Request) -> Any:
         engines = {name: state.split(" (")[0] for name, state in engines.items()}
     ready = getattr(pipe.generator, "ready", None)
     backend_down = ready is not None and not await ready()
-    if backend_down and not getattr(pipe.generator, "shared", False):  # this process's own model
+    # This process's own model, or nothing cached to serve meanwhile: not ready.
+    if backend_down and (not getattr(pipe.generator, "shared", False) or pipe.cache is None):
         raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready - check that its model server is up")
     body: dict[str, Any] = {
         "status": "ready",
@@ -96,8 +97,11 @@ async def _stranger(request: Request) -> bool:
     admin key (an operator's probe sends one, and then sees every collection's state)."""
     authenticator = request.app.state.authenticator
     header = request.headers.get("authorization")
-    if not authenticator.enabled():
-        return False
+    try:
+        if not authenticator.enabled():
+            return False
+    except BackendUnavailableError:  # the key store is away: the public view, still an answer
+        return True
     if not header:
         return True
     limits, address = request.app.state.limits, request.client.host if request.client else "unknown"
@@ -106,9 +110,11 @@ async def _stranger(request: Request) -> bool:
     except RateLimitError:
         known = authenticator.known(header)
         return known is None or not known.admin
-    await authenticator.refresh(header)
     try:
+        await authenticator.refresh(header)
         principal = authenticator.authenticate(header)
+    except BackendUnavailableError:  # a key it cannot check now (PostgreSQL away): the public view
+        return True
     except AuthenticationError:  # counts towards RAG_AUTH_FAILURE_LIMIT
         await limits.count_failure(address)
         return True

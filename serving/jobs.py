@@ -32,7 +32,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
 from rag.batch import answer_each
 from rag.errors import BackendUnavailableError, NotFoundError, RagError
@@ -155,9 +155,13 @@ class JobRunner:
         self.pipeline = pipeline
         self.keep = keep  # each answer, its question, the job's owner and history: for feedback
         self.retry_s = retry_s
+        self._down_since: float | None = None  # when the backend's outage began, as jobs saw it
         self._gate = asyncio.Semaphore(concurrency)  # shared by every job: the service's limit
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+
+    def _outage_s(self) -> float:
+        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
     def _spawn(self, run: Awaitable[None]) -> None:
         task = asyncio.ensure_future(run)
@@ -224,15 +228,23 @@ class JobRunner:
             history = item["history"] or []
             # A backend that is down for a while (vLLM restarting) is waited out, backing off, for
             # RAG_JOB_RETRY_S: a job is batch work, and its caller is not waiting on the line.
+            # Only an outage is waited out (an error that says when to try again), and for one
+            # RAG_JOB_RETRY_S in all: past it, every question fails at once, not 5 minutes each.
             retrying = AsyncRetrying(
-                retry=retry_if_exception_type(BackendUnavailableError),
-                stop=stop_after_delay(self.retry_s),
+                retry=retry_if_exception(lambda exc: getattr(exc, "retry_after_s", None) is not None),
+                stop=lambda _: self._outage_s() > self.retry_s,
                 wait=wait_exponential(multiplier=0.5, max=15.0),
                 reraise=True,
             )
             async for attempt in retrying:
                 with attempt:
-                    answer = await self.pipeline.answer(item["question"], collection, history=history or None)
+                    try:
+                        answer = await self.pipeline.answer(item["question"], collection, history=history or None)
+                    except BackendUnavailableError as exc:
+                        if exc.retry_after_s is not None and self._down_since is None:
+                            self._down_since = time.monotonic()
+                        raise
+                    self._down_since = None
             if self.keep is not None:
                 self.keep(answer, item["question"], owner, history)
             body = answer.to_dict()

@@ -161,13 +161,14 @@ def _route_of(scope: Scope) -> str:
     app = scope.get("app")
     if app is None or not hasattr(app, "openapi"):
         return "unmatched"
-    templates = _TEMPLATES.get(id(app))
+    templates = getattr(app.state, "route_templates", None)
     if templates is None:  # once per app: its schema's paths, as patterns
-        templates = _TEMPLATES[id(app)] = [(compile_path(path)[0], path) for path in app.openapi().get("paths", {})]
+        try:
+            templates = [(compile_path(path)[0], path) for path in app.openapi().get("paths", {})]
+        except Exception:  # never the reason a request's own error is lost
+            return "unmatched"
+        app.state.route_templates = templates
     return next((template for pattern, template in templates if pattern.match(scope["path"])), "unmatched")
-
-
-_TEMPLATES: dict[int, list[tuple[re.Pattern[str], str]]] = {}
 
 
 class RequestContextMiddleware:

@@ -416,3 +416,35 @@ def test_a_job_waits_out_a_backend_restart_instead_of_failing_its_questions(back
         time.sleep(0.2)
     assert body["progress"]["failed"] == 0, body
     assert [r["answer"] for r in body["results"]] == [HEALTHY] * 3
+
+
+async def test_a_job_fails_at_once_what_asking_again_cannot_mend(tmp_path: Path) -> None:
+    """Fault injection at the pipeline: an error without retry_after_s (a request vLLM refuses,
+    a backend not installed) is no outage: the job's questions fail at once, they do not wait
+    RAG_JOB_RETRY_S each; an outage is waited out for one RAG_JOB_RETRY_S in all."""
+    import asyncio
+
+    from rag.errors import BackendUnavailableError
+    from serving.jobs import JobRequest, JobRunner, JobStore
+
+    class Failing:
+        def __init__(self, error: BackendUnavailableError) -> None:
+            self.error, self.calls = error, 0
+
+        async def answer(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            raise self.error
+
+    questions = [{"id": f"q{n}", "question": f"Can I return item number {n}?"} for n in range(3)]
+    for error, most_calls in ((BackendUnavailableError("vLLM refused the request (400)"), 3),
+                              (BackendUnavailableError("vLLM unavailable", retry_after_s=1), 12)):  # fmt: skip
+        store = JobStore(tmp_path / f"jobs-{most_calls}.sqlite")
+        pipeline = Failing(error)
+        runner = JobRunner(store, pipeline, concurrency=1, retry_s=1.0)  # type: ignore[arg-type]
+        job_id = store.create(JobRequest.model_validate({"questions": questions}))
+        started = time.monotonic()
+        await asyncio.wait_for(runner._run(job_id), timeout=30)
+        job = store.get(job_id)
+        assert job is not None and job["progress"]["failed"] == 3, job
+        assert pipeline.calls <= most_calls and time.monotonic() - started < 10, (pipeline.calls, error)
+        store.close()

@@ -99,6 +99,9 @@ def test_with_postgres_away_known_keys_still_work_unknown_ones_get_a_503_and_acc
             assert "RAG_DATABASE_URL" in refused.json()["error"]["message"]
             ready = httpx.get(f"{url}/readyz", headers=admin, timeout=10)  # shared: reported, not required
             assert ready.status_code == 200 and "unreachable" in ready.json()["engines"]["database"], ready.text
+            probe = httpx.get(f"{url}/readyz", headers=unseen, timeout=10)  # a key it cannot check: the public view
+            assert probe.status_code == 200 and "collections" not in probe.json(), probe.text
+            assert int(refused.headers["retry-after"]) >= 1
             engine.start()
             deadline = time.monotonic() + 120
             while True:

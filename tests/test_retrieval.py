@@ -77,7 +77,9 @@ def test_an_faq_entrys_question_is_a_third_ranking(tmp_path: Path, embedder) -> 
     index.close()
 
 
-def test_a_version_written_before_citations_had_urls_still_serves(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_a_version_written_before_citations_had_urls_still_serves_and_gains_them_in_place(
+    tmp_path: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
     import sqlite3
 
     docs = tmp_path / "docs"
@@ -97,6 +99,18 @@ def test_a_version_written_before_citations_had_urls_still_serves(tmp_path: Path
     index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
     [found] = index.search(vector, 1)
     assert (found.document_id, found.url) == ("a", "") and index.chunks([found.id])[found.id].url == ""
+    lineage = index.lineage
+    index.close()
+    # The next ingest adds the column in place: same lineage, same ids, nothing embedded again.
+    (docs / "more.jsonl").write_text(
+        '{"id": "b", "question": "Can I pay by PayPal?", "answer": "Yes.", "url": "https://x.example/b"}\n'
+    )
+    report = ingest([docs], "faq", make_settings(data_dir), embedder, progress=False)
+    assert [Path(s).name for s in report.indexed] == ["more.jsonl"] and len(report.unchanged) == 1
+    index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
+    assert index.lineage == lineage and index.chunks([found.id])[found.id].url == ""  # until its file changes
+    paypal = index.search(embedder.embed_batch(["can I pay with paypal"])[0], 1)[0]
+    assert (paypal.document_id, paypal.url) == ("b", "https://x.example/b")
     index.close()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -152,7 +153,7 @@ class VLLMGenerator:
                     break
                 except TimeoutError:
                     raise BackendUnavailableError(
-                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s"
+                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s", retry_after_s=5
                     ) from None
                 if event.data == "[DONE]":
                     break
@@ -173,7 +174,9 @@ class VLLMGenerator:
                     if text:
                         yield text
                 if time.monotonic() > deadline:
-                    raise BackendUnavailableError(f"vLLM answer took longer than {self.total_timeout_s:.0f} s")
+                    raise BackendUnavailableError(
+                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s", retry_after_s=5
+                    )
 
     async def _stream(self, request: GenerationRequest, info: dict[str, Any]) -> AsyncGenerator[str, None]:
         tried: set[str] = set()
@@ -199,13 +202,14 @@ class VLLMGenerator:
             except httpx.PoolTimeout as exc:  # no free connection here: this service is overloaded, not the replica
                 replica.probing = False  # no verdict on it: a probe that never ran must not leave it out for good
                 raise BackendUnavailableError(
-                    f"all {self._limits} connections to vLLM are busy - raise RAG_VLLM_MAX_CONNECTIONS or add replicas"
+                    f"all {self._limits} connections to vLLM are busy - raise RAG_VLLM_MAX_CONNECTIONS or add replicas",
+                    retry_after_s=1,
                 ) from exc
             except (httpx.TransportError, _ReplicaFailed, json.JSONDecodeError) as exc:
                 self.pool.mark_failed(replica)
                 errors.append(f"{replica.url}: {type(exc).__name__} {exc}".strip())
                 if streamed:  # tokens already went out: a retry would repeat them
-                    raise BackendUnavailableError(f"vLLM failed mid-answer ({errors[-1]})") from exc
+                    raise BackendUnavailableError(f"vLLM failed mid-answer ({errors[-1]})", retry_after_s=5) from exc
             except RagError:
                 self.pool.mark_ok(replica)  # the replica answered; the request was the problem
                 raise
@@ -213,7 +217,8 @@ class VLLMGenerator:
                 replica.probing = False
                 raise
         raise BackendUnavailableError(
-            f"vLLM unavailable ({'; '.join(errors)}) - check that `vllm serve` is running there (RAG_VLLM_URL)"
+            f"vLLM unavailable ({'; '.join(errors)}) - check that `vllm serve` is running there (RAG_VLLM_URL)",
+            retry_after_s=max(1, math.ceil(self.pool.backoff_s)),
         )
 
     async def stream(self, request: GenerationRequest, summary: Generation | None = None) -> AsyncIterator[str]:

@@ -38,9 +38,9 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.sqlite"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
-FORMAT_VERSION = (
-    4  # 3: chunks.file (the file on this host) apart from chunks.source (the path citations show); 4: chunks.url
-)
+# 3: chunks.file (the file on this host) apart from chunks.source (the path citations show).
+# Later columns (chunks.url) are added in place (rag.store.writer), without a rebuild.
+FORMAT_VERSION = 3
 READABLE_FORMAT = 2  # the query path reads versions from here up (2 added the full-text index)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq", "sq8")
 COMPRESSED_TYPES = frozenset({"ivfpq", "sq8"})

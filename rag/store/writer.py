@@ -78,6 +78,7 @@ class NewVersion:
                 with closing(sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True)) as old:
                     old.backup(self.db)
                 self.db.executescript(SCHEMA)  # tables a later release added (all IF NOT EXISTS)
+                _add_columns(self.db)
                 self.index = faiss.read_index(str(current / INDEX_FILE))
             else:  # new, or written by an older release: built afresh from the files
                 self.db.executescript(SCHEMA)
@@ -143,6 +144,15 @@ class NewVersion:
                 shutil.rmtree(path, ignore_errors=True)
         for tmp in self.cdir.glob(f".{CURRENT_FILE}.*.tmp"):
             tmp.unlink(missing_ok=True)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Columns a later release added to a table an earlier one made, in place: the lineage and
+    the chunk ids stay (nothing is embedded again; a file's chunks get the new values when it
+    is read again, when it changes)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
+    if "url" not in columns:  # citations' links
+        db.execute("ALTER TABLE chunks ADD COLUMN url TEXT NOT NULL DEFAULT ''")
 
 
 @contextmanager
