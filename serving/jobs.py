@@ -226,12 +226,13 @@ class JobRunner:
 
         async def answer(item: dict[str, Any]) -> dict[str, Any]:
             history = item["history"] or []
-            # A backend that is down for a while (vLLM restarting) is waited out, backing off, for
-            # RAG_JOB_RETRY_S: a job is batch work, and its caller is not waiting on the line.
-            # Only an outage is waited out (an error that says when to try again), and for one
-            # RAG_JOB_RETRY_S in all: past it, every question fails at once, not 5 minutes each.
+            # A job is batch work, its caller not waiting on the line: a backend that is down for a
+            # while (vLLM restarting; an error that says when to try again) is waited out, backing
+            # off, for one RAG_JOB_RETRY_S in all: past it, every question fails at once.
             retrying = AsyncRetrying(
-                retry=retry_if_exception(lambda exc: getattr(exc, "retry_after_s", None) is not None),
+                retry=retry_if_exception(
+                    lambda exc: isinstance(exc, BackendUnavailableError) and exc.retry_after_s is not None
+                ),
                 stop=lambda _: self._outage_s() > self.retry_s,
                 wait=wait_exponential(multiplier=0.5, max=15.0),
                 reraise=True,
