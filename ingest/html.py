@@ -22,12 +22,14 @@ _BLOCK_TAGS = [
 ]  # fmt: skip
 
 
+logging.getLogger("trafilatura").setLevel(logging.ERROR)  # "not enough text" is not the run's news
+
+
 def html_to_text(html: str, path: Path) -> tuple[str, str, str]:
     """(title, text, url) of a page: its main content where one can be found, else all of
     it; the url is its canonical address (``<link rel="canonical">``, ``og:url``), or ""."""
     import trafilatura
 
-    logging.getLogger("trafilatura").setLevel(logging.ERROR)  # "not enough text" is not the run's news
     text = trafilatura.extract(
         html,
         include_tables=True,
@@ -38,12 +40,11 @@ def html_to_text(html: str, path: Path) -> tuple[str, str, str]:
         output_format="markdown",
         deduplicate=False,
     )
-    whole_title, whole = _whole_page(html, path)
     meta = trafilatura.extract_metadata(html)
     url = (meta.url if meta else None) or ""
     if not text or not text.strip():
-        return whole_title, whole, url
-    title = (meta.title if meta and meta.title else "") or whole_title
+        return (*_whole_page(html, path), url)
+    title = (meta.title if meta and meta.title else "") or _whole_page(html, path)[0]  # parsed whole only if needed
     text = re.sub(r"\*\*|__", "", text)  # emphasis: noise to a reader of quotes
     text = "\n\n".join(_unwrap(block) for block in re.split(r"\n\s*\n", text) if block.strip())
     return title, text if text.lstrip("# ").startswith(title) else f"{title}\n\n{text}", url

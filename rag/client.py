@@ -53,9 +53,7 @@ class QueryResult:
     def from_json(cls, body: dict[str, Any]) -> QueryResult:
         return cls(
             answer=body["answer"],
-            citations=[
-                Citation(**{k: c[k] for k in Citation.__dataclass_fields__ if k in c}) for c in body["citations"]
-            ],
+            citations=[Citation.from_dict(c) for c in body["citations"]],
             cache=CacheStatus(**body["cache"]),
             timings_ms=body.get("timings_ms", {}),
             collection=body.get("collection", ""),

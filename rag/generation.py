@@ -256,9 +256,7 @@ class Generating:
     def _cached(self, prep: Prepared, payload: dict[str, Any], status: CacheStatus) -> Answer:
         """An answer served from a cache entry's ``payload`` (what :meth:`_finish` stored)."""
         # Fields a newer release added are left out (a replica behind in a rolling deploy reads them).
-        citations = [
-            Citation(**{k: c[k] for k in Citation.__dataclass_fields__ if k in c}) for c in payload["citations"]
-        ]
+        citations = [Citation.from_dict(c) for c in payload["citations"]]
         answer = self._done(prep, payload["answer"], citations, status, kind=payload.get("answer_kind", "generated"))
         answer.finish_reason = payload.get("finish_reason", "stop")
         return answer

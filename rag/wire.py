@@ -39,6 +39,12 @@ class Citation:
     )
 
     @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> Citation:
+        """A citation as another process wrote it (a cached answer, a response): fields this
+        release does not know are left out, so one written by a newer release reads too."""
+        return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
+
+    @classmethod
     def from_chunk(cls, chunk: RetrievedChunk) -> Citation:
         text = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
         return cls(chunk.id, chunk.document_id, chunk.source, chunk.title, text, round(chunk.score, 4), chunk.url)
