@@ -39,6 +39,7 @@ def ask(
         return
     typer.echo(answer.answer)
     for n, c in enumerate(answer.citations, start=1):
-        typer.echo(f"  [{n}] {c.title} ({c.document_id}, score {c.score:.2f})")
+        page = f", p. {c.page}" if c.page else ""
+        typer.echo(f"  [{n}] {c.title} ({c.document_id}{page}, score {c.score:.2f})")
     status = f"cache {answer.cache.kind} hit" if answer.cache.hit else "cache miss"
     typer.secho(f"{status}, {answer.timings_ms['total']:.0f} ms", dim=True, err=True)

@@ -17,6 +17,8 @@ class Chunk:
     position: int
     text: str
     url: str = ""
+    page: int = 0
+    """The page of a PDF the chunk begins on (from 1); 0 for a document without pages."""
 
     @property
     def embedding_text(self) -> str:
@@ -35,8 +37,16 @@ class Chunker:
         )
 
     def split(self, doc: Document) -> list[Chunk]:
-        pieces = [p for p in self._splitter.split_text(doc.text) if p.strip()]
+        """A PDF is split page by page (a chunk cites one page; a sentence over a page break
+        is its first page's), anything else as one text."""
+        edges = sorted({0, *doc.pages, len(doc.text)}) if doc.pages else [0, len(doc.text)]
+        pieces = [
+            (doc.page_at(a), p)
+            for a, b in zip(edges, edges[1:], strict=False)
+            for p in self._splitter.split_text(doc.text[a:b])
+            if p.strip()
+        ]
         return [
-            Chunk(document_id=doc.document_id, title=doc.title, source=doc.source, position=i, text=p, url=doc.url)
-            for i, p in enumerate(pieces)
+            Chunk(doc.document_id, doc.title, doc.source, i, text, url=doc.url, page=page)
+            for i, (page, text) in enumerate(pieces)
         ]

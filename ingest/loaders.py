@@ -6,6 +6,7 @@ caller can report it and go on with the rest.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import hashlib
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rag.errors import DocumentError
 from rag.wire import jsonl_lines
@@ -47,6 +48,12 @@ class Document:
     url: str = ""
     """Where customers read it (cited as a link): a page's canonical address, a Markdown
     file's front matter ``url``, a .jsonl or .csv entry's ``url``; "" if none is known."""
+    pages: tuple[int, ...] = ()
+    """A PDF's pages: the offset in ``text`` where each begins (page n at ``pages[n - 1]``)."""
+
+    def page_at(self, offset: int) -> int:
+        """The page (from 1) that ``text[offset]`` is on; 0 for a document without pages."""
+        return bisect.bisect_right(self.pages, offset) if self.pages else 0
 
 
 def _decode(data: bytes) -> str:
@@ -74,14 +81,21 @@ def _first_line_title(text: str, fallback: str) -> str:
     return fallback
 
 
-Page = tuple[str, str, str]
-"""(title, text, url) of a file: its public address where the file says (a page's canonical
-link, a Markdown file's front matter), else ""."""
+class Page(NamedTuple):
+    """What a loader reads from one file."""
+
+    title: str
+    text: str
+    url: str
+    """Its public address where the file says (a page's canonical link, a Markdown file's
+    front matter), else ""."""
+    pages: tuple[int, ...] = ()
+    """A PDF's pages: where each begins in ``text`` (page n at ``pages[n - 1]``)."""
 
 
 def _load_text(data: bytes, path: Path) -> Page:
     text = _decode(data)
-    return _first_line_title(text, path.stem), text, ""
+    return Page(_first_line_title(text, path.stem), text, "")
 
 
 _FRONT_MATTER_RE = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
@@ -106,7 +120,7 @@ def _load_markdown(data: bytes, path: Path) -> Page:
             url = _web_address(meta.get("url") or meta.get("canonical_url") or meta.get("permalink"))
     match = re.search(r"^#\s+(.+)$", text, flags=re.MULTILINE)
     title = title or (match.group(1).strip() if match else path.stem)
-    return title, text if match or not front or not title else f"# {title}\n\n{text}", url
+    return Page(title, text if match or not front or not title else f"# {title}\n\n{text}", url)
 
 
 def _web_address(value: object) -> str:
@@ -117,7 +131,7 @@ def _web_address(value: object) -> str:
 
 def _load_html(data: bytes, path: Path) -> Page:
     title, text, url = html_to_text(_decode(data), path)
-    return title, text, _web_address(url)
+    return Page(title, text, _web_address(url))
 
 
 def _load_pdf(data: bytes, path: Path) -> Page:
@@ -138,8 +152,8 @@ def _load_pdf(data: bytes, path: Path) -> Page:
             f"no text in its {len(pages)} page(s): a scan or images of text - "
             "run OCR on it first (ocrmypdf, or the scanner's searchable-PDF setting)"
         )
-    text = _join_pages(_without_page_furniture(pages))
-    return (meta_title or _first_line_title(text, path.stem)), text, ""
+    text, starts = _join_pages(_without_page_furniture(pages))
+    return Page(meta_title or _first_line_title(text, path.stem), text, "", starts)
 
 
 _PAGE_NUMBER_RE = re.compile(r"^(?:page\s*)?\d{1,4}(?:\s*(?:of|/)\s*\d{1,4})?$", re.IGNORECASE)
@@ -171,14 +185,23 @@ def _without_page_furniture(pages: list[str]) -> list[list[str]]:
     return [[line for i, line in enumerate(page) if not furniture(page, i)] for page in lines]
 
 
-def _join_pages(pages: list[list[str]]) -> str:
-    """Pages one after another; a sentence that runs on over a page break is joined again."""
+def _join_pages(pages: list[list[str]]) -> tuple[str, tuple[int, ...]]:
+    """Pages one after another, and where each begins (a page with no text begins where the
+    next one does); a sentence that runs on over a page break is joined again, and belongs to
+    the page it begins on (its page ends after it)."""
     text = ""
-    for page in (p for p in pages if p):
+    starts = []
+    for page in pages:
+        if not page:
+            starts.append(len(text))
+            continue
         body = "\n".join(page)
         runs_on = text and text[-1] not in ".!?:;" and page[0][:1].islower()
-        text = f"{text} {body}" if runs_on else f"{text}\n\n{body}" if text else body
-    return text
+        joint = " " if runs_on else "\n\n" if text else ""
+        own = re.search(r"[.!?]\s+", body) if runs_on else None  # where the page's own sentences begin
+        starts.append(len(text) + len(joint) + (own.end() if own else len(body) if runs_on else 0))
+        text = f"{text}{joint}{body}"
+    return text, tuple(starts)
 
 
 def _load_csv(data: bytes, path: Path, source: str) -> Loaded:
@@ -307,8 +330,8 @@ def load_file(path: Path, data: bytes, document_id: str, source: str | None = No
         if loader is None:
             hint = f"{_SAVE_AS[suffix]} - " if suffix in _SAVE_AS else ""
             raise DocumentError(f"{hint}unsupported file type {suffix!r} (supported: {', '.join(SUPPORTED_SUFFIXES)})")
-        title, text, url = loader(data, path)
-        loaded = Loaded([Document(document_id=document_id, title=title, text=text, source=source, url=url)])
+        page = loader(data, path)
+        loaded = Loaded([Document(document_id, page.title, page.text, source, url=page.url, pages=page.pages)])
     loaded.documents = [d for d in loaded.documents if d.text.strip()]
     if not loaded.documents:
         reasons = "; ".join(loaded.problems[:3])

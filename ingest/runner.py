@@ -109,8 +109,11 @@ def ingest(
         known = {src: sha for src, sha in db.execute("SELECT source, sha256 FROM files")}
         chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
         report.rechunked = _chunking_changed(meta, settings)
+        # A PDF indexed before chunks had pages is read again: split page by page, cited by page.
+        unpaged = {f for (f,) in db.execute("SELECT DISTINCT file FROM chunks WHERE page = 0 AND file LIKE '%.pdf'")}
+        unchanged = {} if report.rechunked else {s: sha for s, sha in known.items() if s not in unpaged}
         read_started = time.perf_counter()  # new chunk settings: no file is unchanged
-        pending, seen = _read(roots, {} if report.rechunked else known, chunker, report, progress, stages)
+        pending, seen = _read(roots, unchanged, chunker, report, progress, stages)
         report.read_seconds = time.perf_counter() - read_started
 
         to_remove = [s for s, _, _, _ in pending if s in known]
@@ -378,10 +381,10 @@ def _add(
     report.embed_seconds = time.perf_counter() - embed_started
     files_of = [s for s, _, _, chunks in pending for _ in chunks]
     db.executemany(
-        "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector, url) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO chunks (id, file, source, document_id, title, position, text, vector, url, page) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes(), c.url)
+            (int(i), f, c.source, c.document_id, c.title, c.position, c.text, v.tobytes(), c.url, c.page)
             for i, f, c, v in zip(ids, files_of, all_chunks, vectors, strict=True)
         ],
     )

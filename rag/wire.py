@@ -37,6 +37,12 @@ class Citation:
             " front matter, .jsonl or .csv entry gives); empty when none is known."
         },
     )
+    page: int | None = field(
+        default=None,
+        metadata={
+            "description": "The page of a PDF the passage begins on (from 1); null for a document without pages."
+        },
+    )
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> Citation:
@@ -47,7 +53,16 @@ class Citation:
     @classmethod
     def from_chunk(cls, chunk: RetrievedChunk) -> Citation:
         text = chunk.text if len(chunk.text) <= SNIPPET_CHARS else chunk.text[:SNIPPET_CHARS].rsplit(" ", 1)[0] + "…"
-        return cls(chunk.id, chunk.document_id, chunk.source, chunk.title, text, round(chunk.score, 4), chunk.url)
+        return cls(
+            chunk.id,
+            chunk.document_id,
+            chunk.source,
+            chunk.title,
+            text,
+            round(chunk.score, 4),
+            chunk.url,
+            chunk.page or None,
+        )
 
 
 @dataclass

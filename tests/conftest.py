@@ -26,6 +26,19 @@ def embedder() -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder().load()
 
 
+def make_pdf(pages: list[list[str]]) -> bytes:
+    """A PDF of these pages, each line a line of text (an empty page: no text layer)."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=11)
+    for lines in pages:
+        pdf.add_page()
+        for line in lines:
+            pdf.cell(0, 8, line, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     # No .env file: a developer's local settings never leak into tests. No random background
     # audits either (5% of semantic hits by default): one that stores its answer late makes a

@@ -10,7 +10,7 @@ import pytest
 from rag.pipeline import build_pipeline
 from serving.app import create_app
 
-from .conftest import FIXTURES, make_settings
+from .conftest import FIXTURES, make_pdf, make_settings
 from .servers import query_events, running_server, serving, wait_for_version
 
 
@@ -31,8 +31,8 @@ def test_answer_cites_the_document_that_holds_it(base_url: str) -> None:
     assert body["citations"][0]["document_id"] == "password-reset.html"
     assert "30 minutes" in body["answer"]
     citation = body["citations"][0]
-    assert set(citation) == {"id", "document_id", "source", "title", "text", "score", "url"}
-    assert citation["url"] == ""  # the page names no address of its own (no canonical link)
+    assert set(citation) == {"id", "document_id", "source", "title", "text", "score", "url", "page"}
+    assert citation["url"] == "" and citation["page"] is None  # no address of its own (no canonical link), no pages
     assert (
         citation["title"] == "Resetting your password" and citation["source"] == "password-reset.html"
     )  # relative to the folder ingested, never a path on the server
@@ -138,6 +138,9 @@ def test_an_exported_help_centre_page_is_answered_from_its_article_and_cited_by_
         "question,answer,url\nIs there a free trial?,Yes: 30 days on any plan.,https://help.ledgerly.io/trial\n"
     )
     (docs / "FAQ.xlsx").write_bytes(b"PK\x03\x04")
+    filler = [f"Clause {n}: the account owner may change the billing contact at any time." for n in range(1, 9)]
+    terms = [filler, filler, ["Data retention: invoices are kept for 7 years after an account is closed."]]
+    (docs / "terms.pdf").write_bytes(make_pdf(terms))
     settings = make_settings(tmp_path / "data", backend="extractive")
     report = ingest([docs], "default", settings, embedder, progress=False)
     assert [why for src, why in report.failed if src.endswith("FAQ.xlsx")] == [
@@ -152,6 +155,10 @@ def test_an_exported_help_centre_page_is_answered_from_its_article_and_cited_by_
         )
         trial = ask(url, "do you have a free trial")
         assert "30 days" in trial["answer"] and trial["citations"][0]["url"] == "https://help.ledgerly.io/trial"
+        assert price["citations"][0]["page"] is None  # a web page has no pages
+        kept = ask(url, "how long do you keep my invoices after I close my account?")
+        assert "7 years" in kept["answer"], kept
+        assert (kept["citations"][0]["source"], kept["citations"][0]["page"]) == ("terms.pdf", 3)
 
 
 def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> None:

@@ -96,6 +96,21 @@ def test_new_chunk_settings_chunk_every_file_again(corpus: Path, settings: Setti
     assert third.rechunked is None and len(third.unchanged) == len(first.indexed) and not third.indexed
 
 
+def test_a_pdf_indexed_before_chunks_had_pages_is_read_again(corpus: Path, settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    ingest([corpus], "default", settings, embedder, progress=False)
+    pdfs = sorted(p.name for p in corpus.glob("*.pdf"))
+    assert {c.page for d in pdfs for c in _index(settings, embedder).document_chunks(d, 99)} == {1}
+    version = current_version_dir(collection_dir(settings.collections_dir, "default"))
+    with sqlite3.connect(version / "chunks.sqlite") as db:  # as the release before wrote it: no pages
+        db.execute("UPDATE chunks SET page = 0")
+    again = ingest([corpus], "default", settings, embedder, progress=False)
+    assert sorted(Path(s).name for s in again.indexed) == pdfs and len(again.unchanged) == 14 - len(pdfs)
+    assert again.chunks_removed == again.chunks_added  # read again in place of their old chunks
+    assert {c.page for d in pdfs for c in _index(settings, embedder).document_chunks(d, 99)} == {1}
+
+
 def test_no_prune_keeps_deleted_files_and_other_roots_are_untouched(
     tmp_path: Path, settings: Settings, embedder
 ) -> None:  # type: ignore[no-untyped-def]

@@ -3,11 +3,12 @@ from pathlib import Path
 
 import pytest
 
+from ingest.chunker import Chunker
 from ingest.loaders import iter_files, load_file
 from rag.errors import DocumentError
 from rag.evidence import units_of
 
-from .conftest import EXAMPLES, FIXTURES
+from .conftest import EXAMPLES, FIXTURES, make_pdf
 
 
 @pytest.mark.parametrize(
@@ -103,19 +104,6 @@ def test_a_jsonl_line_may_hold_unicode_line_separators() -> None:
     assert "Closed on public holidays" in loaded.documents[0].text
 
 
-def _pdf(pages: list[list[str]]) -> bytes:
-    """A PDF of these pages, each line a line of text (an empty page: no text layer)."""
-    from fpdf import FPDF
-
-    pdf = FPDF()
-    pdf.set_font("helvetica", size=11)
-    for lines in pages:
-        pdf.add_page()
-        for line in lines:
-            pdf.cell(0, 8, line, new_x="LMARGIN", new_y="NEXT")
-    return bytes(pdf.output())
-
-
 @pytest.mark.parametrize(
     ("name", "data", "reason"),
     [
@@ -128,7 +116,7 @@ def _pdf(pages: list[list[str]]) -> bytes:
         ("faq.csv", b"category,owner\nbilling,ann\n", "header row naming its columns: question and answer"),
         ("FAQ.xlsx", b"PK\x03\x04", "a spreadsheet: save it as CSV"),
         ("guide.docx", b"PK\x03\x04", "save or download it as PDF, HTML or Markdown"),
-        ("scan.pdf", _pdf([[]]), "no text in its 1 page.*run OCR"),
+        ("scan.pdf", make_pdf([[]]), "no text in its 1 page.*run OCR"),
     ],
 )
 def test_unreadable_files_say_why(name: str, data: bytes, reason: str) -> None:
@@ -185,7 +173,7 @@ def test_a_pdf_loses_its_running_header_footer_and_page_numbers_and_keeps_senten
         ["These terms are governed by the laws of England."],
     ]
     pages = [[header, *lines, footer.format(n=n)] for n, lines in enumerate(body, start=1)]
-    [doc] = load_file(Path("terms.pdf"), _pdf(pages), document_id="terms.pdf").documents
+    [doc] = load_file(Path("terms.pdf"), make_pdf(pages), document_id="terms.pdf").documents
     assert "CONFIDENTIAL" not in doc.text and "Page" not in doc.text and "registered in England" not in doc.text
     assert "read together with the rest of these terms." in doc.text  # across the page break
     assert "governed by the laws of England" in doc.text
@@ -193,7 +181,29 @@ def test_a_pdf_loses_its_running_header_footer_and_page_numbers_and_keeps_senten
     bodies = [("Refunds", "30", "days from delivery."), ("Exchanges", "14", "days to swap a size."),
               ("Repairs", "90", "days of free repairs.")]  # fmt: skip
     section = [[f"Section {n}", *body, f"Page {n} of 3"] for n, body in enumerate(bodies, start=1)]
-    [doc] = load_file(Path("policy.pdf"), _pdf(section), document_id="policy.pdf").documents
+    [doc] = load_file(Path("policy.pdf"), make_pdf(section), document_id="policy.pdf").documents
     assert all(f"Section {n}" in doc.text for n in (1, 2, 3)), doc.text
     assert all(f"\n{figure}\n" in doc.text for figure in ("30", "14", "90")), doc.text
     assert "Page" not in doc.text
+
+
+def test_a_pdf_passage_knows_the_page_it_begins_on() -> None:
+    """A citation names the page of a PDF (and the widget opens it there): each chunk carries
+    the page its text begins on, counting a page with no text, and a sentence over a page
+    break belongs to the page it begins on."""
+    pages = [
+        [f"Delivery rule {n}: parcels of size {n} arrive within {n} days." for n in range(1, 7)],
+        [],  # a blank page (no text layer) still counts
+        ["Returns rule one: send it back within 30 days of delivery, unused and in its box, with"],
+        ["the receipt. Refunds reach the card in 5 to 7 business days after we inspect the item."],
+        [f"Warranty rule {n}: frames are covered for {n} years against defects." for n in range(1, 7)],
+    ]
+    [doc] = load_file(Path("terms.pdf"), make_pdf(pages), document_id="terms.pdf").documents
+    chunks = Chunker(chunk_size=150, chunk_overlap=30).split(doc)
+    assert len(chunks) >= 6
+    for chunk in chunks:
+        first = chunk.text.split(".")[0][:25]
+        where = next(n for n, lines in enumerate(pages, start=1) if any(first in line for line in lines))
+        assert chunk.page == where, (chunk.page, chunk.text)
+    assert {c.page for c in chunks} == {1, 3, 4, 5}  # the blank page 2 begins no chunk
+    assert Chunker(800, 120).split(load_file(Path("a.md"), b"# A\nText.", document_id="a.md").documents[0])[0].page == 0

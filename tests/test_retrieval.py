@@ -94,11 +94,12 @@ def test_a_version_written_before_citations_had_urls_still_serves_and_gains_them
     assert index.search(vector, 1)[0].url == "https://x.example/a"
     version_dir = index.version_dir
     index.close()
-    with sqlite3.connect(version_dir / "chunks.sqlite") as db:  # as the release before wrote it
+    with sqlite3.connect(version_dir / "chunks.sqlite") as db:  # as the releases before wrote it
         db.execute("ALTER TABLE chunks DROP COLUMN url")
+        db.execute("ALTER TABLE chunks DROP COLUMN page")
     index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
     [found] = index.search(vector, 1)
-    assert (found.document_id, found.url) == ("a", "") and index.chunks([found.id])[found.id].url == ""
+    assert (found.document_id, found.url, found.page) == ("a", "", 0) and index.chunks([found.id])[found.id].url == ""
     lineage = index.lineage
     index.close()
     # The next ingest adds the column in place: same lineage, same ids, nothing embedded again.

@@ -316,6 +316,8 @@ def test_widget_links_only_under_its_link_base_and_words_a_refusal_for_customers
          "score": 1.0, "url": "https://help.example.com/hc/en-us/articles/42-Plans"},
         {"id": 6, "document_id": "faq/six.md", "source": "faq/six.md", "title": "doc 6", "text": "x",
          "score": 1.0, "url": "https://evil.example/six"},
+        {"id": 7, "document_id": "policies/terms.pdf", "source": "policies/terms.pdf", "title": "doc 7", "text": "x",
+         "score": 1.0, "url": "", "page": 3},
     ]  # fmt: skip
     done = {"answer": "Gift cards never expire.", "citations": cites, "answer_id": "b" * 32, "needs_human": None}
     app = FastAPI()
@@ -353,7 +355,10 @@ def test_widget_links_only_under_its_link_base_and_words_a_refusal_for_customers
         page.locator(".rag-bot", has_text="Gift cards never expire.").wait_for(timeout=15_000)
         assert page.locator(".rag-error").count() == 0 and page.locator(".rag-user").count() == 1
         cited = page.locator(".rag-cites").last
-        assert cited.locator("a").count() == 5
+        assert cited.locator("a").count() == 6
+        pdf = cited.locator("a", has_text="doc 7")  # a PDF passage opens at its page, which it names
+        assert pdf.inner_text() == "doc 7 (p. 3)"
+        assert pdf.get_attribute("href") == "https://help.example.com/policies/terms.pdf#page=3"
         assert (
             cited.locator("a", has_text="doc 5").get_attribute("href")
             == "https://help.example.com/hc/en-us/articles/42-Plans"

@@ -95,13 +95,14 @@ class RetrievedChunk:
     text: str
     score: float
     url: str = ""
+    page: int = 0
 
 
 def _chunk(row: Any, score: float = 1.0) -> RetrievedChunk:
     """A chunk from its row (the fields ``CollectionIndex._fields`` names); score 1.0 for one
     asked for by id or name rather than found."""
-    chunk_id, document_id, source, title, position, text, url = row
-    return RetrievedChunk(chunk_id, document_id, source, title, position, text, score, url)
+    chunk_id, document_id, source, title, position, text, url, page = row
+    return RetrievedChunk(chunk_id, document_id, source, title, position, text, score, url, page)
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,12 @@ class CollectionIndex:
         self._index = index
         self._titles: list[str] | None = None
         self._db = sqlite3.connect(f"file:{version_dir / CHUNKS_FILE}?mode=ro", uri=True, check_same_thread=False)
-        # What a RetrievedChunk is read from (a version written before chunks.url has none).
+        # What a RetrievedChunk is read from (a version written before chunks.url or
+        # chunks.page has none).
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(chunks)")}
-        self._fields = "id, document_id, source, title, position, text, " + ("url" if "url" in columns else "''")
+        self._fields = "id, document_id, source, title, position, text, " + ", ".join(
+            name if name in columns else default for name, default in (("url", "''"), ("page", "0"))
+        )
         self._faq: tuple[np.ndarray, np.ndarray] | None = None
         # An FAQ entry's question alone is a third ranking, from this cosine to the user's
         # question up (below it, "the closest FAQ question" is no evidence).
@@ -286,7 +290,7 @@ class CollectionIndex:
         wanted = list({*top, *dense[:1], *lexical[:1]})
         marks = ",".join("?" * len(wanted))
         found = {
-            row[0]: _chunk(row[:7], score=float(np.frombuffer(row[7], dtype=np.float32) @ query))
+            row[0]: _chunk(row[:8], score=float(np.frombuffer(row[8], dtype=np.float32) @ query))
             for row in self._db.execute(
                 f"SELECT {self._fields}, vector FROM chunks WHERE id IN ({marks})",
                 wanted,

@@ -153,6 +153,8 @@ def _add_columns(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(chunks)")}
     if "url" not in columns:  # citations' links
         db.execute("ALTER TABLE chunks ADD COLUMN url TEXT NOT NULL DEFAULT ''")
+    if "page" not in columns:  # a PDF passage's page
+        db.execute("ALTER TABLE chunks ADD COLUMN page INTEGER NOT NULL DEFAULT 0")
 
 
 @contextmanager

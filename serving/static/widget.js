@@ -16,7 +16,8 @@
  * A chat bubble opens a panel; answers stream in as they are generated (POST /v1/query with
  * "stream": true, read as Server-Sent Events), then the citations appear as links: to the
  * document's own page where the service knows it (a citation's url), else data-link-base +
- * the document id; only under data-link-base, or on its or the page's own site. The conversation so far is sent
+ * the document id; only under data-link-base, or on its or the page's own site (a PDF at the
+ * passage's page, "#page=N", which the title names too). The conversation so far is sent
  * as "history", so follow-up questions work, and it is kept for the browser tab's session
  * (a reload or another help page keeps it). Each answer has thumbs up / down buttons (POST
  * /v1/feedback); a thumbs-down, or an answer the service could not give, says the team has
@@ -157,7 +158,8 @@
       if (seen[c.document_id]) return;
       seen[c.document_id] = true;
       var href = (c.url && citationHref(c.url)) || citationHref(c.document_id);  // its page, if the service knows it
-      var a = el(href ? "a" : "span", null, c.title || c.document_id);
+      if (href && c.page && href.indexOf("#") < 0) href += "#page=" + c.page;  // a PDF opens at the passage's page
+      var a = el(href ? "a" : "span", null, (c.title || c.document_id) + (c.page ? " (p. " + c.page + ")" : ""));
       if (href) {
         a.href = href;
         a.target = "_blank";
