@@ -1,6 +1,7 @@
 """Answers people rejected: what a thumbs-down keeps out of the cache.
 
-A block is one rejected answer in one scope: the question it was given to (its vector), the
+A block is one rejected answer in one scope (every release's: the cache keys its entries by
+its code's release too, its blocks not): the question it was given to (its vector), the
 answer's text and its ``group`` (the chunks it cites). An answer matches a block when it is
 the same answer from the same chunks, either word for word or to a question in the rejected
 one's neighbourhood (cosine at or above ``near``, the lowest similarity a hit is ever served

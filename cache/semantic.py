@@ -76,8 +76,12 @@ class SemanticCache:
         confirmed_threshold: float | None = None,
         confirmed_margin: float | None = None,
         max_wrong_rate: float | Callable[[str | None], float] = 0.01,
+        release: str = "",
     ) -> None:
         self.dimension = dimension
+        # Answers are never shared across releases of the code that makes them (a new one may
+        # answer better); blocks are: an answer people rejected stays rejected after an upgrade.
+        self.code_release = release
         self.guards = guards
         self.margin = margin
         # Candidates the caller confirms with evidence of its own (``confirm``) may sit lower.
@@ -96,8 +100,13 @@ class SemanticCache:
         self.blocks = Blocks(self.store.counters, self.confirmed_threshold)
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
 
+    def _scope_key(self, scope: str) -> str:
+        """Where ``scope``'s entries are (this release's)."""
+        return scope_key(f"{scope}|{self.code_release}" if self.code_release else scope)
+
     @staticmethod
-    def _scope_key(scope: str) -> str:
+    def blocks_key(scope: str) -> str:
+        """Where ``scope``'s blocks are (every release's)."""
         return scope_key(scope)
 
     def get_exact(
@@ -112,7 +121,7 @@ class SemanticCache:
         entry = found[1] if found is not None else None
         if entry is None or normalize_question(entry["question"]) != normalized:
             return None
-        if self._blocked(self._scope_key(scope), entry):
+        if self._blocked(self.blocks_key(scope), entry):
             self.lookups["rejected_as_blocked"] += 1
             return None
         if accept is not None and not accept(entry["payload"]):
@@ -186,7 +195,7 @@ class SemanticCache:
             needs_confirmation = similarity < self.threshold or similarity - rival < self.margin
             rejected = (
                 self._within_boundaries(ref, entry.get("tag"), similarity)
-                or ("rejected_as_blocked" if self._blocked(self._scope_key(scope), entry) else None)
+                or ("rejected_as_blocked" if self._blocked(self.blocks_key(scope), entry) else None)
                 or self._rejection(query[0], entry, question, accept, confirm if needs_confirmation else None)
             )
             if rejected is not None:
@@ -228,16 +237,16 @@ class SemanticCache:
         the scope that gives it goes now (the same answer word for word, or to a question in
         this one's neighbourhood), and it is blocked from coming back (:mod:`cache.blocks`).
         Returns (entries evicted, the block's id)."""
-        skey = self._scope_key(scope)
+        bkey = self.blocks_key(scope)
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-        block_id = self.blocks.add(skey, question, vec, answer, group, tag)
-        match = self.blocks.matcher(skey)
+        block_id = self.blocks.add(bkey, question, vec, answer, group, tag)
+        match = self.blocks.matcher(bkey)
 
         def doomed(entry: dict[str, Any]) -> bool:
             stored = np.frombuffer(entry["vector"], dtype=np.float32)
             return match(stored, str(entry["payload"].get("answer")), str(entry.get("group"))) is not None
 
-        return self._remove_where(skey, question, vec, doomed), block_id
+        return self._remove_where(self._scope_key(scope), question, vec, doomed), block_id
 
     def drop(self, scope: str, question: str, vector: np.ndarray, group: str) -> int:
         """Remove the entries of ``group`` stored for this question or near it (a curated
@@ -315,7 +324,7 @@ class SemanticCache:
         if vec.shape[0] != self.dimension:
             raise ValueError(f"vector has {vec.shape[0]} dimensions, the cache holds {self.dimension}")
         try:
-            if self.blocks.matching(self._scope_key(scope), vec, str(payload.get("answer")), str(group)):
+            if self.blocks.matching(self.blocks_key(scope), vec, str(payload.get("answer")), str(group)):
                 self.lookups["not_stored_blocked"] += 1  # people rejected this answer here
                 return
         except StoreUnavailable:

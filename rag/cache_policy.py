@@ -33,6 +33,7 @@ from cache.stores import StoreUnavailable
 from cache.verifier import Verifier
 from cache.verifier import load_verifier as read_verifier
 
+from . import __version__
 from .errors import RagError
 from .prompts import prompt_version
 from .store import CollectionIndex, RetrievedChunk, SearchResult, is_faq_question
@@ -173,6 +174,7 @@ def open_cache(settings: Settings, dimension: int) -> SemanticCache:
         confirmed_threshold=settings.cache_confirmed_threshold,
         confirmed_margin=settings.cache_confirmed_margin,
         max_wrong_rate=settings.max_wrong_rate,
+        release=__version__,
     )
 
 

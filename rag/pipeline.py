@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,6 @@ import numpy as np
 
 from cache import CacheHit, SemanticCache
 
-from . import __version__
 from .cache_policy import (
     added_since,
     answer_config,
@@ -41,6 +41,16 @@ from .settings import Settings
 from .store import CollectionIndex, RetrievedChunk
 from .support import get_support_scorer
 from .wire import Answer, CacheStatus, GenerationOptions
+
+
+def scope_today(stored: str) -> str:
+    """A cache scope as an answer's record keeps it, in this release's form. Releases up to
+    0.2.0 put their number in it (the sixth field): without it, a thumbs-down on an answer an
+    earlier release gave, and the blocks kept from then, apply to this release's answers."""
+    fields = stored.split("|")
+    if len(fields) > 5 and re.fullmatch(r"\d+\.\d+\.\d+", fields[5]):
+        del fields[5]
+    return "|".join(fields)
 
 
 @dataclass
@@ -121,10 +131,11 @@ class Pipeline(Retrieval, SingleFlight, Curating):
 
     def cache_scope(self, index: CollectionIndex, top_k: int) -> str:
         """Answers are shared only between requests that would have produced the same one:
-        same collection lineage, prompt, generator and its parameters, top-k and release of
-        this code. Whether the content an answer was built on is unchanged is checked per
-        entry (``_still_valid``), so re-ingesting one document keeps the other answers."""
-        return f"{index.name}|{index.lineage}|{self._answer_config}|{self.generator.name}|{top_k}|{__version__}"
+        same collection lineage, prompt, generator and its parameters, top-k (and release of
+        this code: the cache adds it to its entries' scope, not to its blocks'). Whether the
+        content an answer was built on is unchanged is checked per entry (``_still_valid``),
+        so re-ingesting one document keeps the other answers."""
+        return f"{index.name}|{index.lineage}|{self._answer_config}|{self.generator.name}|{top_k}"
 
     def _search(
         self,
@@ -406,7 +417,9 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         if self.cache is None or scope is None:
             return 0, None
         vector = (await embed_async(self.embedder, [question_text(self.embedder, question)]))[0]
-        return await asyncio.to_thread(self.cache.reject, scope, question, vector, answer, group, collection)
+        return await asyncio.to_thread(
+            self.cache.reject, scope_today(scope), question, vector, answer, group, collection
+        )
 
     def judge_hit(
         self, ref: str | None, similarity: float | None, collection: str, agreed: bool, recount: bool = False

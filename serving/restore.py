@@ -19,7 +19,7 @@ import json
 import logging
 
 from cache.stores import StoreUnavailable
-from rag.pipeline import Pipeline
+from rag.pipeline import Pipeline, scope_today
 
 from .curation import CuratedStore, sync_curated
 from .feedback import evict_answer
@@ -66,14 +66,36 @@ async def _do(pipe: Pipeline, support: SupportStore, curated: CuratedStore, key:
         await pipe.uncurate(collection, question, curated_id)
 
 
+def carry_blocks_over(pipe: Pipeline, support: SupportStore) -> int:
+    """Blocks an earlier release made in its own scope (its number in it, up to 0.2.0), moved
+    to the scope this release's answers are checked against: a rejected answer stays out of
+    the cache after an upgrade. Idempotent (an interrupted move is finished at the next start).
+    How many moved."""
+    assert pipe.cache is not None
+    moved = 0
+    kept = {block["id"]: skey for skey, block in support.blocks()}
+    for block_id, scope in support.block_scopes():
+        key = pipe.cache.blocks_key(scope_today(scope))
+        found = pipe.cache.blocks.find(block_id)
+        if found is not None and found[0] != key:
+            pipe.cache.blocks.lift(block_id)
+            pipe.cache.blocks.restore(key, found[1])
+            moved += 1
+        if block_id in kept and kept[block_id] != key:
+            support.rekey_block(block_id, key)
+    return moved
+
+
 async def _look(pipe: Pipeline, support: SupportStore, curated: CuratedStore, seen: str | None) -> str | None:
     """One look: the identity, and what follows from it; the deferred evictions. Returns the
     identity seen."""
     assert pipe.cache is not None
     identity = await asyncio.to_thread(pipe.cache.identity)
-    if seen is None:  # blocks made before copies were kept: copied now
+    if seen is None:  # blocks made before copies were kept: copied now; an earlier release's moved
         for skey, block in await asyncio.to_thread(pipe.cache.blocks.each):
             await asyncio.to_thread(support.keep_block, skey, block)
+        if moved := await asyncio.to_thread(carry_blocks_over, pipe, support):
+            log.info("response cache: %d blocks an earlier release made now apply to this release's answers", moved)
     if identity != seen:
         blocks, answers = await restore(pipe, support, curated)
         if seen is not None or blocks:

@@ -303,6 +303,17 @@ class SupportStore:
     def lift_block(self, block_id: str) -> None:
         self.sql.write("DELETE FROM cache_blocks WHERE id = ?", [(block_id,)])
 
+    def rekey_block(self, block_id: str, scope_key: str) -> None:
+        self.sql.write("UPDATE cache_blocks SET scope_key = ? WHERE id = ?", [(scope_key, block_id)])
+
+    def block_scopes(self) -> list[tuple[str, str]]:
+        """(block id, the cache scope of the answer voted down) of each kept block."""
+        sql = (
+            "SELECT b.id, a.cache_scope FROM cache_blocks b JOIN feedback f ON f.block_id = b.id "
+            "JOIN answers a ON a.id = f.answer_id WHERE a.cache_scope IS NOT NULL"
+        )
+        return [(block_id, scope) for block_id, scope in self.sql.query(sql)]
+
     def blocks(self) -> list[tuple[str, dict[str, Any]]]:
         return [
             (skey, json.loads(block)) for skey, block in self.sql.query("SELECT scope_key, block FROM cache_blocks")

@@ -46,6 +46,21 @@ def test_scopes_never_see_each_other(tmp_path: Path, embedder) -> None:  # type:
     assert cache.get_exact("collection-a|v1", q) is not None
 
 
+def test_answers_are_not_shared_across_releases_and_blocks_are(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    q = "How long do refunds take?"
+    before = SemanticCache(tmp_path, dimension=384, release="1.0.0")
+    before.put("s", q, _vec(embedder, q), {"answer": "Two days."}, group="3")
+    before.put("s", "Do gift cards expire?", _vec(embedder, "Do gift cards expire?"), {"answer": "No."}, group="4")
+    before.reject("s", q, _vec(embedder, q), "Two days.", "3")
+    before.close()
+    after = SemanticCache(tmp_path, dimension=384, release="1.1.0")  # the code upgraded, same store
+    assert after.get_exact("s", "Do gift cards expire?") is None  # a new release answers afresh
+    after.put("s", q, _vec(embedder, q), {"answer": "Two days."}, group="3")  # the rejected answer again
+    assert after.get_exact("s", q) is None and after.get_similar("s", _vec(embedder, q)) is None
+    after.put("s", q, _vec(embedder, q), {"answer": "5 to 7 business days."}, group="5")  # a new one is cached
+    assert after.get_exact("s", q) is not None
+
+
 def test_entries_survive_restart_and_are_shared_between_instances(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     writer = SemanticCache(tmp_path, dimension=384, threshold=0.75)
     reader = SemanticCache(tmp_path, dimension=384, threshold=0.75)  # another worker process on the same host

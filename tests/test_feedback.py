@@ -303,3 +303,45 @@ def test_feedback_when_the_support_store_cannot_write_is_a_503_that_says_so(tmp_
             app.state.support.sql._conn.execute("PRAGMA query_only=0")
     assert vote.status_code == 503 and vote.json()["error"]["code"] == "storage_unavailable", vote.text
     assert "free disk space" in vote.json()["error"]["message"]
+
+
+def test_a_thumbs_down_given_before_an_upgrade_keeps_the_answer_out_after_it(
+    tmp_path: Path, corpus: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Releases up to 0.2.0 put their number in the cache scope, and kept their blocks under
+    it. On the same data dir after an upgrade, an answer voted down before stays out of the
+    cache (its block moved, listed once), and a vote on an answer the old release gave (a
+    rolling deploy) takes this release's copy out too."""
+    from rag.pipeline import Pipeline, scope_today
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    today = Pipeline.cache_scope
+    monkeypatch.setattr(Pipeline, "cache_scope", lambda self, index, top_k: f"{today(self, index, top_k)}|0.2.0")
+    monkeypatch.setattr("rag.pipeline.scope_today", lambda scope: scope)
+    old = build_pipeline(settings, embedder)
+    assert old.cache is not None
+    old.cache.code_release = ""  # as 0.2.0 keyed entries and blocks alike: by the scope with its number
+    with running_server(create_app(settings, old)) as url:
+        refunds = ask(url, QUESTION)
+        assert rate(url, refunds["answer_id"], "down").json()["evicted"] >= 1
+        assert not ask(url, QUESTION)["cache"]["hit"]
+        gift = ask(url, "Do gift cards expire?")
+    monkeypatch.undo()
+
+    app = create_app(settings, build_pipeline(settings, embedder))
+    with running_server(app) as url:
+        cache = app.state.pipeline.cache
+        [(block_id, scope)] = app.state.support.block_scopes()
+        assert scope.endswith("|0.2.0") and scope_today(scope) == scope.removesuffix("|0.2.0")
+        deadline = time.monotonic() + 30  # the first look at the store (serving.restore) moves it
+        while cache.blocks.find(block_id)[0] != cache.blocks_key(scope_today(scope)):
+            assert time.monotonic() < deadline, "the old release's block was not moved"
+            time.sleep(0.05)
+        for _ in range(2):
+            assert not ask(url, QUESTION)["cache"]["hit"]  # voted down before the upgrade: never cached
+        assert [b["id"] for b in httpx.get(f"{url}/v1/cache/blocks", timeout=30).json()["data"]] == [block_id]
+        ask(url, "Do gift cards expire?")
+        assert ask(url, "Do gift cards expire?")["cache"]["kind"] == "exact"
+        assert rate(url, gift["answer_id"], "down").json()["evicted"] >= 1  # the old release's answer
+        assert not ask(url, "Do gift cards expire?")["cache"]["hit"]
