@@ -71,6 +71,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             support.close()
             if owned:
                 await app.state.pipeline.aclose()
+            elif release := getattr(app.state.pipeline.generator, "release_connections", None):
+                await release()  # its owner's pipeline; the connections it opened are this loop's
             keys.close()
             await limits.aclose()
             if database is not None:

@@ -79,12 +79,16 @@ async def _until_shutdown(
             yield event
     finally:
         deadline.cancel()
-        if step is not None and not step.done():  # the events' generator is mid-step: stop it there first
-            step.cancel()
-            await asyncio.gather(step, return_exceptions=True)
-        aclose = getattr(upcoming, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        # Shielded (for 5 s at most): a client that went away has this task cancelled again at
+        # every await, and a close cut short leaves the connection to vLLM taken for good and
+        # its generation running (the pool runs out: 503 for every question).
+        with anyio.move_on_after(5, shield=True):
+            if step is not None and not step.done():  # the events' generator is mid-step: stop it there first
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+            aclose = getattr(upcoming, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 async def sse_events(

@@ -8,7 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 HEALTHY_ANSWER = ("The answer", " is in", " the documents.")
@@ -39,12 +39,16 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
       after its 200 (``data: {"object": "error", ...}``), then ``[DONE]``.
 
     ``app.state.mode`` switches it while it runs (the healthy replica comes back); a hung
-    request ends when the mode changes. ``app.state.requests`` counts completion requests.
+    request ends when the mode changes. ``app.state.requests`` counts completion requests,
+    ``app.state.connections`` the client ports they came from (a reused connection: one),
+    ``app.state.abandoned`` the ``slow`` streams the client closed (vLLM aborts those).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}")
     app = FastAPI()
     app.state.requests = 0
+    app.state.connections = set()
+    app.state.abandoned = 0
     app.state.mode = mode
 
     async def while_mode(current: str, every_s: float = 0.02) -> None:
@@ -60,8 +64,9 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
         return {"object": "list", "data": [{"id": "gemma3-270m", "object": "model"}]}
 
     @app.post("/v1/completions")
-    async def completions() -> object:
+    async def completions(request: Request) -> object:
         app.state.requests += 1
+        app.state.connections.add(request.client.port if request.client else None)
         mode = app.state.mode
         if mode == "error":
             return JSONResponse({"error": {"message": "engine dead", "type": "InternalServerError"}}, 500)
@@ -84,9 +89,13 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
                     await asyncio.sleep(0.2)
                 return
             if mode == "slow":
-                while app.state.mode == "slow":
-                    yield _chunk(" and")
-                    await asyncio.sleep(0.5)
+                try:
+                    while app.state.mode == "slow":
+                        yield _chunk(" and")
+                        await asyncio.sleep(0.5)
+                finally:
+                    if app.state.mode == "slow":  # the client went away mid-answer
+                        app.state.abandoned += 1
                 return
             for text in ("Refunds take", " 5 to 7"):
                 yield _chunk(text)

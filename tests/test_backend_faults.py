@@ -448,3 +448,74 @@ async def test_a_job_fails_at_once_what_asking_again_cannot_mend(tmp_path: Path)
         assert job is not None and job["progress"]["failed"] == 3, job
         assert pipeline.calls <= most_calls and time.monotonic() - started < 10, (pipeline.calls, error)
         store.close()
+
+
+def test_a_replica_that_spends_the_whole_deadline_is_left_out_like_a_failed_one(
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """A replica that answers 200 and sends keep-alives but never a token spends a request's
+    whole deadline (RAG_VLLM_TOTAL_TIMEOUT_S): the next questions go to another replica while
+    it backs off, as after any failure, not to it again."""
+    stuck, healthy = FakeBackend(), FakeBackend()
+    stuck.set("keepalive")
+    stuck.up()
+    healthy.up()
+    settings = _settings(
+        example_data_dir, tmp_path, f"{stuck.url},{healthy.url}", vllm_routing="least_loaded", cache_enabled=False
+    )
+    try:
+        with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+            response, _ = _ask(url, "Do gift cards expire?")
+            assert "longer than 3 s" in _assert_unavailable(response, "keep-alives, never a token")
+            for question in ("How long do refunds take?", "What payment methods do you accept?"):
+                response, _ = _ask(url, question)
+                assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+            assert (stuck.app.state.requests, healthy.app.state.requests) == (1, 2)
+    finally:
+        stuck.down()
+        healthy.down()
+
+
+def test_answers_reuse_their_connection_to_vllm(backend: FakeBackend, service: str) -> None:
+    for question in ("Do gift cards expire?", "How long do refunds take?", "What payment methods do you accept?"):
+        response, _ = _ask(service, question)
+        assert response.status_code == 200 and not response.json()["cache"]["hit"], response.text
+    events, _ = _ask_streaming(service, "How do I track my parcel?")
+    assert events[-1][0] == "done"
+    assert backend.app.state.requests == 4 and len(backend.app.state.connections) == 1
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_connection_and_vllm_stops(
+    backend: FakeBackend,
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """A customer who closes the widget mid-answer: the stream to vLLM is closed (vLLM aborts
+    the generation) and its connection freed, however often the request is cancelled while it
+    closes. Three abandoned streams, two connections: the next question is still answered."""
+    settings = _settings(
+        example_data_dir,
+        tmp_path,
+        backend.url,
+        vllm_max_connections=2,
+        vllm_total_timeout_s=10 * TOTAL_TIMEOUT_S,
+        cache_enabled=False,
+    )
+    backend.set("slow")  # a token every 0.5 s until the mode changes
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        for question in ("Do gift cards expire?", "How long do refunds take?", "Do you ship abroad?"):
+            body = {"question": question, "stream": True}
+            with httpx.stream("POST", f"{url}/v1/query", json=body, timeout=CLIENT_TIMEOUT_S) as response:
+                assert response.status_code == 200
+                next(line for line in response.iter_lines() if line.startswith("event: token"))
+            # The customer is gone: the connection is closed with the answer half read.
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while backend.app.state.abandoned < 3:
+            assert time.monotonic() < deadline, f"{backend.app.state.abandoned} of 3 streams to vLLM were closed"
+            time.sleep(0.05)
+        backend.set("ok")
+        response, _ = _ask(url, "What payment methods do you accept?")
+        assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text

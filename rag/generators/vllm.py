@@ -15,6 +15,7 @@ answer, and closing the stream (a client that went away) aborts the request in v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 
 class _ReplicaFailed(Exception):
     """This replica could not serve the request; another one may."""
+
+
+class _TooSlow(Exception):
+    """The request's whole deadline passed on this replica (no time is left for another)."""
 
 
 class VLLMGenerator:
@@ -76,11 +81,12 @@ class VLLMGenerator:
         self._known = None if model else _read_known(known_models, urls)
         self._urls = urls
         self._limits = max_connections
-        self._client = httpx.AsyncClient(
+        self._new_client = lambda: httpx.AsyncClient(
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             timeout=httpx.Timeout(first_token_timeout_s, connect=connect_timeout_s),
             headers={"Authorization": f"Bearer {api_key}"} if api_key else None,
         )
+        self._client = self._new_client()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VLLMGenerator:
@@ -152,10 +158,14 @@ class VLLMGenerator:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise BackendUnavailableError(
-                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s", retry_after_s=5
-                    ) from None
+                    raise _TooSlow(f"vLLM answer took longer than {self.total_timeout_s:.0f} s") from None
                 if event.data == "[DONE]":
+                    # The body read to its end, the connection goes back to the pool (closed
+                    # unread, it is dropped, and every answer opens a new one).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                            async for _ in events:
+                                pass
                     break
                 chunk = json.loads(event.data)
                 if chunk.get("error") or chunk.get("object") == "error":  # vLLM failed mid-answer, still a 200
@@ -174,9 +184,7 @@ class VLLMGenerator:
                     if text:
                         yield text
                 if time.monotonic() > deadline:
-                    raise BackendUnavailableError(
-                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s", retry_after_s=5
-                    )
+                    raise _TooSlow(f"vLLM answer took longer than {self.total_timeout_s:.0f} s")
 
     async def _stream(self, request: GenerationRequest, info: dict[str, Any]) -> AsyncGenerator[str, None]:
         tried: set[str] = set()
@@ -210,6 +218,9 @@ class VLLMGenerator:
                 errors.append(f"{replica.url}: {type(exc).__name__} {exc}".strip())
                 if streamed:  # tokens already went out: a retry would repeat them
                     raise BackendUnavailableError(f"vLLM failed mid-answer ({errors[-1]})", retry_after_s=5) from exc
+            except _TooSlow as exc:  # the whole deadline spent here: no time left to try another
+                self.pool.mark_failed(replica)  # sends keep-alives but no answer, or far too slowly
+                raise BackendUnavailableError(str(exc), retry_after_s=5) from None
             except RagError:
                 self.pool.mark_ok(replica)  # the replica answered; the request was the problem
                 raise
@@ -243,6 +254,13 @@ class VLLMGenerator:
             except httpx.HTTPError:
                 continue
         return False
+
+    async def release_connections(self) -> None:
+        """Close the connections kept open to vLLM (they belong to the event loop that opened
+        them) and go on with new ones: a server given a pipeline it does not own calls this
+        as it stops."""
+        client, self._client = self._client, self._new_client()
+        await client.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()
