@@ -89,22 +89,17 @@ class Authenticator:
         self._ever_enabled = False
         self._known: dict[str, tuple[float, Principal | None]] = {}
 
-    async def refresh(self, authorization: str | None) -> None:
-        """Bring what :meth:`authenticate` needs up to date, in a thread when it needs the key
-        store (PostgreSQL may be slow or away: the event loop never waits on it)."""
+    async def authenticate_async(self, authorization: str | None) -> Principal:
+        """:meth:`authenticate`, in a thread when it needs the key store (PostgreSQL may be
+        slow or away: the event loop never waits on it, however long the lookup takes)."""
         now = time.monotonic()
         stale = now - self._enabled[0] > self.ttl_s
         if not stale and self._enabled[1]:
             cached = self._known.get(_token(authorization))
             stale = cached is None or now - cached[0] > self.ttl_s
         if stale:
-            await asyncio.to_thread(self._lookup_now, authorization)
-
-    def _lookup_now(self, authorization: str | None) -> None:
-        try:
-            self.authenticate(authorization)
-        except AuthenticationError:
-            pass  # remembered; the request's own call raises it
+            return await asyncio.to_thread(self.authenticate, authorization)
+        return self.authenticate(authorization)
 
     def enabled(self) -> bool:
         checked, enabled = self._enabled
@@ -379,9 +374,8 @@ class GuardMiddleware:
                 if known is None:
                     raise
                 return known
-        await self.auth.refresh(authorization)
         try:
-            return self.auth.authenticate(authorization)
+            return await self.auth.authenticate_async(authorization)
         except AuthenticationError:
             await self.limits.count_failure(address)
             raise

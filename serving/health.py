@@ -111,8 +111,7 @@ async def _stranger(request: Request) -> bool:
         known = authenticator.known(header)
         return known is None or not known.admin
     try:
-        await authenticator.refresh(header)
-        principal = authenticator.authenticate(header)
+        principal = await authenticator.authenticate_async(header)
     except BackendUnavailableError:  # a key it cannot check now (PostgreSQL away): the public view
         return True
     except AuthenticationError:  # counts towards RAG_AUTH_FAILURE_LIMIT

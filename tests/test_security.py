@@ -487,3 +487,36 @@ def test_a_visitor_is_its_address_or_its_ipv6_slash_64() -> None:
     assert visitor_of("k", "10.0.0.1") != visitor_of("k", "10.0.0.2") and visitor_of("j", "10.0.0.1") != visitor_of(
         "k", "10.0.0.1"
     )
+
+
+async def test_a_slow_key_store_is_never_asked_on_the_event_loop(tmp_path: Path) -> None:
+    """Fault injection (a key store slower than the key memory, as PostgreSQL under load): the
+    lookup runs in a worker thread, once, never again on the event loop that serves every
+    other request."""
+    import threading
+
+    from serving.auth import Authenticator
+
+    store = KeyStore(tmp_path)
+    key, _ = store.create(["default"], name="bot")
+    loop_thread = threading.get_ident()
+    asked: list[tuple[str, bool]] = []
+
+    class Slow:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(store, name)
+
+        def created(self) -> int:
+            asked.append(("created", threading.get_ident() == loop_thread))
+            time.sleep(0.6)
+            return store.created()
+
+        def lookup(self, token: str) -> Any:
+            asked.append(("lookup", threading.get_ident() == loop_thread))
+            time.sleep(0.6)  # longer than the Authenticator's memory (ttl_s 0.5)
+            return store.lookup(token)
+
+    auth = Authenticator(Slow())  # type: ignore[arg-type]
+    principal = await auth.authenticate_async(f"Bearer {key}")
+    assert principal.collections == frozenset({"default"})
+    assert asked == [("created", False), ("lookup", False)]  # each once, off the loop
