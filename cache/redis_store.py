@@ -337,7 +337,8 @@ class RedisStore:
 
     # -- claims: one generation for concurrent identical misses on any host --------------
     def claim(self, key: str, ttl_s: float) -> bool:
-        lock = self._r.lock(f"{self.prefix}claim:{_digest(key)}", timeout=ttl_s, blocking=False)
+        # Not thread-local: the claim is renewed and released from other threads than took it.
+        lock = self._r.lock(f"{self.prefix}claim:{_digest(key)}", timeout=ttl_s, blocking=False, thread_local=False)
         if not self._g.call(lock.acquire):
             return False
         with self._lock:

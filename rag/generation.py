@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .cache_policy import answers_agree
@@ -156,7 +157,7 @@ class Generating:
             yield tail
         if summary.completion_tokens is None:  # a backend that does not count: its pieces
             summary.completion_tokens = tokens
-        answer = self._finish(prep, "".join(parts), summary, guard)
+        answer = await self._finish(prep, "".join(parts), summary, guard)
         if guard is not None and guard.replaced:  # the quoted evidence, whole
             yield answer.answer
         yield answer
@@ -174,9 +175,9 @@ class Generating:
         if guard is not None:
             guard.feed(generation.text)
             guard.close()
-        return self._finish(prep, generation.text, generation, guard)
+        return await self._finish(prep, generation.text, generation, guard)
 
-    def _finish(self, prep: Prepared, text: str, generation: Generation, guard: ClauseGuard | None) -> Answer:
+    async def _finish(self, prep: Prepared, text: str, generation: Generation, guard: ClauseGuard | None) -> Answer:
         """The served answer from what the backend said (and what the guard let through);
         stored in the cache. finish_reason is "length" when the answer is the model's words
         cut at max_tokens (an OpenAI client should know); a quote or an abstention: "stop"."""
@@ -216,7 +217,8 @@ class Generating:
             scope = self.cache_scope(prep.index, prep.top_k) + prep.scope_extra
             # Answers citing the same chunks are one answer: not rivals for the margin check.
             group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
-            self.cache.put(scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
+            put = partial(self.cache.put, scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
+            await asyncio.to_thread(put)  # the store's I/O: another process may hold its lock
         answer = self._done(prep, text, citations, CacheStatus(), usage_of(generation), kind=kind)
         answer.finish_reason = finish
         if self.cache is not None and prep.cacheable and prep.vector is not None:

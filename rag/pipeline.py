@@ -221,7 +221,8 @@ class Pipeline(Retrieval, SingleFlight, Curating):
 
         # A follow-up word for word the question of a curated answer gets it: a person pinned
         # that exact question (rewordings need no conversation, so they need a first turn).
-        hit = self.curated_exact(index, question) if history and not audit and self.cache is not None else None
+        curated = history and not audit and self.cache is not None
+        hit = await asyncio.to_thread(self.curated_exact, index, question) if curated else None
         retrieved, hit = ([], hit) if hit is not None else await self._look_up(prep, cache, search_text, filters)
         if hit is not None:
             prep.result = self._cached(prep, hit.payload, CacheStatus(True, hit.kind, round(hit.similarity, 4)))
@@ -254,12 +255,19 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         valid = still_valid(index)
         hit = None
         if cache is not None:  # a curated answer first, then the answers the service gave
-            hit = cache.get_exact(curated_scope(index), prep.question, accept=curated_valid(index))
-            if hit is None:
-                hit = cache.get_exact(prep.scope, prep.question, accept=valid)
-                if hit is not None and await self._added_since(prep, index, hit):
-                    cache.lookups["exact_outdated"] += 1
-                    hit = None  # the near-duplicate search below finds it again, and refuses it
+
+            def exact() -> tuple[CacheHit | None, bool]:  # the store's I/O (SQLite, Redis): off the loop
+                pinned = cache.get_exact(curated_scope(index), prep.question, accept=curated_valid(index))
+                return (
+                    (pinned, True)
+                    if pinned is not None
+                    else (cache.get_exact(prep.scope, prep.question, accept=valid), False)
+                )
+
+            hit, curated = await asyncio.to_thread(exact)
+            if hit is not None and not curated and await self._added_since(prep, index, hit):
+                cache.lookups["exact_outdated"] += 1
+                hit = None  # the near-duplicate search below finds it again, and refuses it
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is not None:
             return [], hit

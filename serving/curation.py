@@ -187,7 +187,7 @@ async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | No
     for before in await asyncio.to_thread(store.items, collection, "active"):
         try:
             index = pipe.get_index(before.collection)
-            stored = pipe.curated_entry(before.collection, before.question)
+            stored = await asyncio.to_thread(pipe.curated_entry, before.collection, before.question)
         except Exception as exc:  # the collection is gone or not ingested: nothing to serve it with
             log.warning("curated answer %s not served: %s", before.id, exc)
             continue
@@ -201,7 +201,7 @@ async def sync_curated(pipe: Pipeline, store: CuratedStore, collection: str | No
         elif stored is None or stored.get("version") != item.version:
             put += await pipe.curate(item.collection, item.question, item.answer, item.citations, item.id, item.version)
     for waiting in await asyncio.to_thread(store.items, collection, "needs_review"):  # none left in the cache
-        if pipe.curated_entry(waiting.collection, waiting.question) is not None:
+        if await asyncio.to_thread(pipe.curated_entry, waiting.collection, waiting.question) is not None:
             await pipe.uncurate(waiting.collection, waiting.question, waiting.id)
     return put
 

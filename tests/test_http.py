@@ -1,6 +1,7 @@
 """The whole path over real HTTP: uvicorn on 127.0.0.1, real index, real cache."""
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +243,37 @@ def test_a_bug_mid_stream_still_ends_with_the_error_shape(base_url: str, monkeyp
     with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and '"internal_error"' in lines[-2], lines[-3:]
+
+
+def test_a_cache_write_held_up_by_another_process_holds_up_no_other_request(
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """Another process (a second worker, `rag cache clear`) holds the response cache's write
+    lock: the requests that need the cache wait for it (a hit too: a read records its use),
+    each alone in a thread; the event loop serves the rest (health checks first)."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ingest.runner import ingest
+
+    from .conftest import EXAMPLES
+
+    settings = make_settings(tmp_path / "data", backend="extractive")
+    ingest([EXAMPLES], "default", settings, embedder, progress=False)
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        ask(url, "Do gift cards expire?")  # the cache's files exist
+        other = sqlite3.connect(settings.cache_dir / "entries" / "cache.db", timeout=0, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # the other process's write, in progress
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                waiting = pool.submit(ask, url, "How long do refunds take?")  # a miss: its answer is stored
+                time.sleep(0.5)  # it reaches the store and waits for the lock
+                assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200  # the loop serves
+                assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
+                assert not waiting.done()  # still waiting for the lock, alone
+                other.execute("COMMIT")
+                assert "5 to 7 business days" in waiting.result(timeout=60)["answer"]
+        finally:
+            other.close()
+        assert ask(url, "How long do refunds take?")["cache"]["kind"] == "exact"  # and it was stored
