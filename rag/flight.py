@@ -5,8 +5,10 @@ that several hosts share (Redis), the first asker on any host also takes a claim
 question in the cache's store; an asker on another host that finds the claim taken polls
 the exact cache until the answer is there (a hit, as if it had come a moment later), or
 until the claim is gone without one (the other host failed, or its answer is not one to
-cache, such as "I don't know"), and then answers it itself. :class:`rag.pipeline.Pipeline`
-is one (the generation stage it builds on is :class:`rag.generation.Generating`).
+cache, such as "I don't know"), and then answers it itself. A streamed question shares in
+one process, with streamed and plain ones alike (a follower gets the answer whole, as a
+hit); it takes no claim across hosts. :class:`rag.pipeline.Pipeline` is one (the generation
+stage it builds on is :class:`rag.generation.Generating`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -33,27 +37,80 @@ CLAIM_TTL_S = 6.0  # renewed every third of it while the host generates; a dead 
 MAX_WAIT_S = 120.0  # past this, a waiting host answers the question itself
 
 
+def _key(prep: Prepared) -> str:
+    return f"{prep.scope}\0{normalize_question(prep.question)}"
+
+
 class SingleFlight(Generating):
     _inflight: dict[str, asyncio.Future[Answer]]
 
+    async def _follow(self, prep: Prepared, leader: asyncio.Future[Answer]) -> Answer | None:
+        """The leader's answer, as this caller's own; None when the leader's client went away
+        before it was done (this caller answers itself)."""
+        try:
+            shared = await asyncio.shield(leader)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not leader.cancelled() or (task is not None and task.cancelling()):
+                raise
+            return None
+        prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
+        if prep.streamed:  # the whole answer is its first token
+            prep.timings.setdefault("first_token", prep.timings["total"])
+        joined = replace(  # an answer of its own: feedback on it is this caller's
+            shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={},
+            answer_id=uuid.uuid4().hex,
+        )  # fmt: skip
+        self._notify(joined, True)
+        return joined
+
+    async def stream(self, prep: Prepared) -> AsyncGenerator[str | Answer, None]:
+        """:meth:`Generating.stream`, sharing a generation with identical questions in flight
+        in this process, streamed or not: a follower gets the leader's answer whole, as a hit."""
+        leader = self._inflight.get(_key(prep)) if prep.cacheable else None
+        if leader is not None:
+            prep.streamed = True
+            joined = await self._follow(prep, leader)
+            if joined is not None:
+                yield joined.answer
+                yield joined
+                return
+        if not prep.cacheable or _key(prep) in self._inflight:  # a follow-up; or another leads by now
+            async with aclosing(super().stream(prep)) as items:  # closed at once when the client goes
+                async for item in items:
+                    yield item
+            return
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._inflight[_key(prep)] = future
+        answer = None
+        try:
+            async with aclosing(super().stream(prep)) as items:
+                async for item in items:
+                    if isinstance(item, Answer):
+                        answer = item
+                    yield item
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: followers answer themselves
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # waiters re-raise it; nobody waiting is fine too
+            raise
+        else:
+            if answer is not None:
+                future.set_result(answer)
+            else:
+                future.cancel()
+        finally:
+            if self._inflight.get(_key(prep)) is future:
+                del self._inflight[_key(prep)]
+
     async def _answer_once(self, prep: Prepared) -> Answer:
-        key = f"{prep.scope}\0{normalize_question(prep.question)}"
+        key = _key(prep)
         leader = self._inflight.get(key)
         if leader is not None:
-            try:
-                shared = await asyncio.shield(leader)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not leader.cancelled() or (task is not None and task.cancelling()):
-                    raise
-                return await self._generate_prepared(prep)  # the leader's client went away
-            prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
-            joined = replace(  # an answer of its own: feedback on it is this caller's
-                shared, cache=CacheStatus(True, "exact", 1.0), timings_ms=dict(prep.timings), usage={},
-                answer_id=uuid.uuid4().hex,
-            )  # fmt: skip
-            self._notify(joined, True)
-            return joined
+            joined = await self._follow(prep, leader)
+            return joined if joined is not None else await self._generate_prepared(prep)
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
@@ -106,7 +106,7 @@ class Generating:
             return None
         return ClauseGuard(prep.support)
 
-    async def stream(self, prep: Prepared) -> AsyncIterator[str | Answer]:
+    async def stream(self, prep: Prepared) -> AsyncGenerator[str | Answer, None]:
         """Text pieces as they may be shown, then the final Answer.
 
         With the guard on, a generated answer is released a clause at a time, each once it

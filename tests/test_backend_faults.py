@@ -519,3 +519,34 @@ def test_a_client_that_leaves_mid_stream_frees_its_connection_and_vllm_stops(
         backend.set("ok")
         response, _ = _ask(url, "What payment methods do you accept?")
         assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+
+
+def test_identical_streamed_questions_at_once_share_one_generation(
+    backend: FakeBackend,
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """Everyone asks about the same outage at once, through the widget (streamed): one
+    generation, whose answer the others get whole, as a hit; a plain request joins it too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = _settings(example_data_dir, tmp_path, backend.url, vllm_total_timeout_s=10 * TOTAL_TIMEOUT_S)
+    backend.set("slow")  # the first asker's answer is still being written when the others ask
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url, ThreadPoolExecutor(5) as pool:
+        streamed = [pool.submit(_ask_streaming, url, "Do gift cards expire?") for _ in range(4)]
+        plain = pool.submit(_ask, url, "Do gift cards expire?")
+        deadline = time.monotonic() + CLIENT_TIMEOUT_S
+        while backend.app.state.requests < 1:
+            assert time.monotonic() < deadline, "the question never reached the backend"
+            time.sleep(0.01)
+        time.sleep(1.0)  # the others arrive meanwhile
+        backend.set("ok")  # the slow answer ends
+        dones = [events[-1] for events, _ in (f.result() for f in streamed)]
+        response, _ = plain.result()
+    assert [kind for kind, _ in dones] == ["done"] * 4, dones
+    answers = {done["answer"] for _, done in dones} | {response.json()["answer"]}
+    assert len(answers) == 1 and next(iter(answers)).startswith("and"), answers
+    hits = [done["cache"]["hit"] for _, done in dones] + [response.json()["cache"]["hit"]]
+    assert sorted(hits) == [False, True, True, True, True]  # whoever came first generated
+    assert backend.app.state.requests == 1
