@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -80,53 +80,44 @@ class SingleFlight(Generating):
                 async for item in items:
                     yield item
             return
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._inflight[_key(prep)] = future
-        answer = None
-        try:
+        with self._leading(_key(prep)) as future:
             async with aclosing(super().stream(prep)) as items:
                 async for item in items:
                     if isinstance(item, Answer):
-                        answer = item
+                        future.set_result(item)
                     yield item
-        except (asyncio.CancelledError, GeneratorExit):  # the client went away: followers answer themselves
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # waiters re-raise it; nobody waiting is fine too
-            raise
-        else:
-            if answer is not None:
-                future.set_result(answer)
-            else:
-                future.cancel()
-        finally:
-            if self._inflight.get(_key(prep)) is future:
-                del self._inflight[_key(prep)]
 
     async def _answer_once(self, prep: Prepared) -> Answer:
-        key = _key(prep)
-        leader = self._inflight.get(key)
+        leader = self._inflight.get(_key(prep))
         if leader is not None:
             joined = await self._follow(prep, leader)
             return joined if joined is not None else await self._generate_prepared(prep)
+        with self._leading(_key(prep)) as future:
+            answer = await self._across_hosts(prep)
+            future.set_result(answer)
+            return answer
+
+    @contextmanager
+    def _leading(self, key: str) -> Iterator[asyncio.Future[Answer]]:
+        """This caller generates for ``key``: the future its followers await, for the leader to
+        set. Cancelled when the leader's client goes away (or it ends without an answer): the
+        followers then answer themselves; failed with the leader's error."""
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            answer = await self._across_hosts(prep)
-        except asyncio.CancelledError:
+            yield future
+        except (asyncio.CancelledError, GeneratorExit):
             future.cancel()
             raise
         except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # waiters re-raise it; nobody waiting is fine too
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # waiters re-raise it; nobody waiting is fine too
             raise
-        else:
-            future.set_result(answer)
-            return answer
         finally:
-            self._inflight.pop(key, None)
+            future.cancel()  # no answer came (a no-op once it has one)
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
 
     async def _across_hosts(self, prep: Prepared) -> Answer:
         """Generate, unless another host sharing the cache is generating the same answer."""
