@@ -1,6 +1,7 @@
 """The `rag` command, the top layer: it parses flags into Settings and calls the packages
 below it (serving, ingest, eval; rag and cache under those). One module per command group;
-the commands are registered here, in the order `rag --help` lists them."""
+the commands are registered here (`rag --help` lists the single commands in this order,
+then the groups in theirs)."""
 
 from __future__ import annotations
 

@@ -39,8 +39,9 @@ def backup(
     data_dir: DataDir = None,
 ) -> None:
     """Copy the data dir's keys, answers and feedback, jobs and collections to DEST, consistently,
-    while the service runs. Restore: stop `rag serve`, copy DEST's contents into RAG_DATA_DIR
-    (or point RAG_DATA_DIR at it), start it."""
+    while the service runs. Restore: stop `rag serve`; in RAG_DATA_DIR delete the *.sqlite,
+    *.sqlite-wal and *.sqlite-shm files, collections/ and cache/; copy DEST's contents in (or
+    point RAG_DATA_DIR at DEST); start it."""
     settings = load_settings(data_dir=data_dir)
     source = settings.data_dir.resolve()
     if not source.is_dir():

@@ -36,7 +36,7 @@ def ingest(
         Optional[int], typer.Option(help="Embedding workers on Ray (default: one a CPU of the cluster, at most 8).")
     ] = None,
 ) -> None:
-    """Index documents (.txt .md .html .pdf .jsonl) into a collection, incrementally."""
+    """Index documents (.txt .md .html .pdf .jsonl .csv) into a collection, incrementally."""
     from ingest.runner import ingest as run_ingest
     from rag.embedder import SentenceTransformerEmbedder
 

@@ -1,5 +1,6 @@
-"""The query path: validate -> exact cache -> embed -> semantic cache -> retrieve ->
-prompt -> generate -> store.  One object per process, shared by every request."""
+"""The query path: validate -> exact cache -> embed -> retrieve -> semantic cache (a near
+duplicate whose sources the question still finds) -> evidence -> prompt -> generate -> guard
+-> store.  One object per process, shared by every request."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     """Collection used when a request or command names none."""
 
     backend: str = "extractive"
-    """Generator backend: `extractive` (no LLM: the evidence, quoted; the default, chosen by `rag eval answers`), `llamacpp` (embedded model), `vllm`, `instant` (no generation: for benchmarks), or a registered one."""
+    """Generator backend: `extractive` (no LLM: the evidence, quoted; the default, chosen by `rag eval answers`), `llamacpp` (embedded model), `vllm` (a vLLM server), `vllm-engine` (vLLM in this process), `instant` (no generation: for benchmarks), or a registered one."""
 
     llamacpp_model: Literal["gemma3-270m", "smollm2-135m", "qwen2.5-1.5b"] = "gemma3-270m"
     """Model of the `llamacpp` backend: `gemma3-270m` (base, completion prompt), `smollm2-135m` or `qwen2.5-1.5b` (chat; `make model-qwen` installs it)."""
