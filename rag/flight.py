@@ -91,7 +91,7 @@ class SingleFlight(Generating):
         leader = self._inflight.get(_key(prep))
         if leader is not None:
             joined = await self._follow(prep, leader)
-            return joined if joined is not None else await self._generate_prepared(prep)
+            return joined if joined is not None else await self._answer_once(prep)  # one of them leads now
         with self._leading(_key(prep)) as future:
             answer = await self._across_hosts(prep)
             future.set_result(answer)

@@ -200,7 +200,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         top_k = top_k or self.settings.top_k
         prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions(), audit=audit)
         prep.streamed = streamed
-        index = prep.index = self.get_index(collection)
+        index = prep.index = await self.index_for(collection)
         if (courtesy := small_talk(question)) is not None and not audit:  # "thanks, that worked!"
             prep.result = self._done(prep, SMALL_TALK_REPLIES[courtesy], [], CacheStatus(), kind=SMALL_TALK)
             return prep

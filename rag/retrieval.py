@@ -13,6 +13,7 @@ one keeps serving until ``CURRENT`` moves on."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -63,6 +64,13 @@ class Retrieval:
                 self._start_watcher()
                 self._announce(loaded)
             return loaded
+
+    async def index_for(self, collection: str) -> CollectionIndex:
+        """:meth:`get_index` from the event loop: a first load (a FAISS file, seconds for a big
+        collection) in a worker thread, so the other requests go on meanwhile."""
+        if collection in self._indexes:
+            return self.get_index(collection)
+        return await asyncio.to_thread(self.get_index, collection)
 
     def refresh(self) -> list[str]:
         """Swap in every loaded collection's newer version now (what the watcher does each

@@ -52,7 +52,7 @@ async def readyz(request: Request) -> Any:
     collections: dict[str, dict[str, Any]] = {}
     for name in names:
         try:
-            index = pipe.get_index(name)
+            index = await pipe.index_for(name)
         except Exception as exc:  # not ready is an answer here, not a failure
             collections[name] = {"status": "error", "message": str(getattr(exc, "message", exc))}
         else:

@@ -276,7 +276,7 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     principal = principal_of(request)
     principal.require_private("batch jobs (one request, up to 10,000 questions)")
     principal.require_collection(collection)
-    pipe.get_index(collection)  # an unknown collection is a 404 now, not later
+    await pipe.index_for(collection)  # an unknown collection is a 404 now, not later
     resolved = body.model_copy(update={"collection": collection})  # run where it was checked, on any replica
     job_id = await asyncio.to_thread(runner.store.create, resolved, principal.key_id)
     runner.start(job_id)

@@ -550,3 +550,34 @@ def test_identical_streamed_questions_at_once_share_one_generation(
     hits = [done["cache"]["hit"] for _, done in dones] + [response.json()["cache"]["hit"]]
     assert sorted(hits) == [False, True, True, True, True]  # whoever came first generated
     assert backend.app.state.requests == 1
+
+
+async def test_when_the_leading_generation_is_cancelled_one_follower_takes_over(
+    backend: FakeBackend,
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """The first asker's generation is cancelled (its job lost its lease, a shutdown): one of
+    the askers waiting on it generates, and the others wait on that one again."""
+    import asyncio
+
+    settings = _settings(example_data_dir, tmp_path, backend.url, vllm_total_timeout_s=10 * TOTAL_TIMEOUT_S)
+    pipeline = build_pipeline(settings, embedder)
+    backend.set("slow")
+    try:
+        first = asyncio.create_task(pipeline.answer("Do gift cards expire?"))
+        while backend.app.state.requests < 1:
+            await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(pipeline.answer("Do gift cards expire?")) for _ in range(3)]
+        await asyncio.sleep(0.5)  # they wait on the first
+        first.cancel()
+        while backend.app.state.requests < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        backend.set("ok")  # the slow answer ends
+        answers = await asyncio.gather(*waiting)
+    finally:
+        await pipeline.aclose()
+    assert len({a.answer for a in answers}) == 1 and sorted(a.cache.hit for a in answers) == [False, True, True]
+    assert backend.app.state.requests == 2
