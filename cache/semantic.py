@@ -62,6 +62,11 @@ class CacheHit:
     vector: np.ndarray | None = None  # the stored question's
 
 
+PINNED = "curated"
+"""The first field of the scope of answers a person pinned (:mod:`rag.curated`): the same in
+every release of the code, unlike the answers the code makes."""
+
+
 class SemanticCache:
     def __init__(
         self,
@@ -101,8 +106,9 @@ class SemanticCache:
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
 
     def _scope_key(self, scope: str) -> str:
-        """Where ``scope``'s entries are (this release's)."""
-        return scope_key(f"{scope}|{self.code_release}" if self.code_release else scope)
+        """Where ``scope``'s entries are (this release's; a person's pinned answers, every release's)."""
+        per_release = self.code_release and not scope.startswith(f"{PINNED}|")
+        return scope_key(f"{scope}|{self.code_release}" if per_release else scope)
 
     @staticmethod
     def blocks_key(scope: str) -> str:

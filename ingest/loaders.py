@@ -190,10 +190,10 @@ def _join_pages(pages: list[list[str]]) -> tuple[str, tuple[int, ...]]:
     next one does); a sentence that runs on over a page break is joined again, and belongs to
     the page it begins on (its page ends after it)."""
     text = ""
-    starts = []
+    starts: list[int | None] = []
     for page in pages:
         if not page:
-            starts.append(len(text))
+            starts.append(None)  # where the next page begins (below)
             continue
         body = "\n".join(page)
         runs_on = text and text[-1] not in ".!?:;" and page[0][:1].islower()
@@ -201,7 +201,12 @@ def _join_pages(pages: list[list[str]]) -> tuple[str, tuple[int, ...]]:
         own = re.search(r"[.!?]\s+", body) if runs_on else None  # where the page's own sentences begin
         starts.append(len(text) + len(joint) + (own.end() if own else len(body) if runs_on else 0))
         text = f"{text}{joint}{body}"
-    return text, tuple(starts)
+    filled: list[int] = []
+    after = len(text)
+    for start in reversed(starts):
+        after = after if start is None else start
+        filled.append(after)
+    return text, tuple(reversed(filled))
 
 
 def _load_csv(data: bytes, path: Path, source: str) -> Loaded:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from cache import PINNED
+
 from .embedder import embed_async, question_text
 from .store import CollectionIndex, RetrievedChunk
 from .wire import Citation
@@ -30,11 +32,11 @@ if TYPE_CHECKING:
 
     from .embedder import Embedder
 
-CURATED = "curated"
+CURATED = "curated"  # the answer kind
 
 
 def curated_scope(index: CollectionIndex) -> str:
-    return f"{CURATED}|{index.name}|{index.lineage}"
+    return f"{PINNED}|{index.name}|{index.lineage}"  # the same in every release
 
 
 def curated_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:

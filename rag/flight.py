@@ -44,15 +44,20 @@ def _key(prep: Prepared) -> str:
 class SingleFlight(Generating):
     _inflight: dict[str, asyncio.Future[Answer]]
 
-    async def _follow(self, prep: Prepared, leader: asyncio.Future[Answer]) -> Answer | None:
-        """The leader's answer, as this caller's own; None when the leader's client went away
-        before it was done (this caller answers itself)."""
-        try:
-            shared = await asyncio.shield(leader)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not leader.cancelled() or (task is not None and task.cancelling()):
-                raise
+    async def _follow(self, prep: Prepared) -> Answer | None:
+        """The answer of whoever generates this question now, as this caller's own; None when
+        no one does (a leader whose client went away hands over to one of its followers: the
+        others follow that one), and this caller leads."""
+        while (leader := self._inflight.get(_key(prep))) is not None:
+            try:
+                shared = await asyncio.shield(leader)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not leader.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                continue
+            break
+        else:
             return None
         prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
         if prep.streamed:  # the whole answer is its first token
@@ -67,18 +72,16 @@ class SingleFlight(Generating):
     async def stream(self, prep: Prepared) -> AsyncGenerator[str | Answer, None]:
         """:meth:`Generating.stream`, sharing a generation with identical questions in flight
         in this process, streamed or not: a follower gets the leader's answer whole, as a hit."""
-        leader = self._inflight.get(_key(prep)) if prep.cacheable else None
-        if leader is not None:
-            prep.streamed = True
-            joined = await self._follow(prep, leader)
-            if joined is not None:
-                yield joined.answer
-                yield joined
-                return
-        if not prep.cacheable or _key(prep) in self._inflight:  # a follow-up; or another leads by now
+        if prep.result is not None or not prep.cacheable:  # answered already (a hit, small talk); a follow-up
             async with aclosing(super().stream(prep)) as items:  # closed at once when the client goes
                 async for item in items:
                     yield item
+            return
+        prep.streamed = True
+        joined = await self._follow(prep)
+        if joined is not None:
+            yield joined.answer
+            yield joined
             return
         with self._leading(_key(prep)) as future:
             async with aclosing(super().stream(prep)) as items:
@@ -88,10 +91,9 @@ class SingleFlight(Generating):
                     yield item
 
     async def _answer_once(self, prep: Prepared) -> Answer:
-        leader = self._inflight.get(_key(prep))
-        if leader is not None:
-            joined = await self._follow(prep, leader)
-            return joined if joined is not None else await self._answer_once(prep)  # one of them leads now
+        joined = await self._follow(prep)
+        if joined is not None:
+            return joined
         with self._leading(_key(prep)) as future:
             answer = await self._across_hosts(prep)
             future.set_result(answer)

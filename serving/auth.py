@@ -101,6 +101,12 @@ class Authenticator:
             return await asyncio.to_thread(self.authenticate, authorization)
         return self.authenticate(authorization)
 
+    async def enabled_async(self) -> bool:
+        """:meth:`enabled`, in a worker thread when it needs the key store."""
+        if time.monotonic() - self._enabled[0] > self.ttl_s:
+            return await asyncio.to_thread(self.enabled)
+        return self.enabled()
+
     def enabled(self) -> bool:
         checked, enabled = self._enabled
         now = time.monotonic()
@@ -108,7 +114,7 @@ class Authenticator:
             # Once keys were needed they stay needed: the store is not asked again (nor, while it
             # is away, is its absence taken for "no keys").
             enabled = self._ever_enabled = self._ever_enabled or self.store.created() > 0
-            self._enabled = (now, enabled)
+            self._enabled = (time.monotonic(), enabled)  # from the answer: a slow store is not stale at once
         return enabled
 
     def known(self, authorization: str | None) -> Principal | None:
@@ -366,7 +372,7 @@ class GuardMiddleware:
         A key this process already knows to be right is let in even from an address past that
         limit: a shared address (an office, a mobile carrier's NAT) must not lock out every
         customer behind it because of one bad client. Past the limit nothing else is looked up."""
-        if self.auth.enabled():
+        if await self.auth.enabled_async():
             try:
                 await self.limits.refuse_guessing(address)
             except RateLimitError:  # past the limit: only a key already known right, no lookups

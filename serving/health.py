@@ -98,7 +98,7 @@ async def _stranger(request: Request) -> bool:
     authenticator = request.app.state.authenticator
     header = request.headers.get("authorization")
     try:
-        if not authenticator.enabled():
+        if not await authenticator.enabled_async():
             return False
     except BackendUnavailableError:  # the key store is away: the public view, still an answer
         return True

@@ -71,18 +71,22 @@ def carry_blocks_over(pipe: Pipeline, support: SupportStore) -> int:
     to the scope this release's answers are checked against: a rejected answer stays out of
     the cache after an upgrade. Idempotent (an interrupted move is finished at the next start).
     How many moved."""
-    assert pipe.cache is not None
+    cache = pipe.cache
+    assert cache is not None
+    moves = {
+        cache.blocks_key(scope): cache.blocks_key(scope_today(scope))
+        for scope in support.voted_down_scopes()
+        if scope_today(scope) != scope
+    }
     moved = 0
-    kept = {block["id"]: skey for skey, block in support.blocks()}
-    for block_id, scope in support.block_scopes():
-        key = pipe.cache.blocks_key(scope_today(scope))
-        found = pipe.cache.blocks.find(block_id)
-        if found is not None and found[0] != key:
-            pipe.cache.blocks.lift(block_id)
-            pipe.cache.blocks.restore(key, found[1])
+    for skey, block in cache.blocks.each() if moves else []:
+        if skey in moves:
+            cache.blocks.lift(block["id"])
+            cache.blocks.restore(moves[skey], block)
             moved += 1
-        if block_id in kept and kept[block_id] != key:
-            support.rekey_block(block_id, key)
+    for skey, block in support.blocks() if moves else []:
+        if skey in moves:
+            support.rekey_block(block["id"], moves[skey])
     return moved
 
 

@@ -306,13 +306,13 @@ class SupportStore:
     def rekey_block(self, block_id: str, scope_key: str) -> None:
         self.sql.write("UPDATE cache_blocks SET scope_key = ? WHERE id = ?", [(scope_key, block_id)])
 
-    def block_scopes(self) -> list[tuple[str, str]]:
-        """(block id, the cache scope of the answer voted down) of each kept block."""
+    def voted_down_scopes(self) -> list[str]:
+        """The cache scopes of the answers voted down (a block's scope, made then or later)."""
         sql = (
-            "SELECT b.id, a.cache_scope FROM cache_blocks b JOIN feedback f ON f.block_id = b.id "
-            "JOIN answers a ON a.id = f.answer_id WHERE a.cache_scope IS NOT NULL"
+            "SELECT DISTINCT a.cache_scope FROM feedback f JOIN answers a ON a.id = f.answer_id "
+            "WHERE f.rating = 'down' AND a.cache_scope IS NOT NULL"
         )
-        return [(block_id, scope) for block_id, scope in self.sql.query(sql)]
+        return [scope for (scope,) in self.sql.query(sql)]
 
     def blocks(self) -> list[tuple[str, dict[str, Any]]]:
         return [

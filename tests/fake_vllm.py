@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 HEALTHY_ANSWER = ("The answer", " is in", " the documents.")
-MODES = ("ok", "error", "cut", "hang", "stall", "keepalive", "slow", "errorevent")
+MODES = ("ok", "error", "cut", "hang", "stall", "keepalive", "slow", "errorevent", "cutafterdone")
 
 
 def _chunk(text: str, finish_reason: str | None = None) -> str:
@@ -36,7 +36,9 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
     - ``keepalive``: 200, then SSE comments every 0.2 s, never a token;
     - ``slow``: a token every 0.5 s, forever;
     - ``errorevent``: two tokens, then the error event vLLM sends when generation fails
-      after its 200 (``data: {"object": "error", ...}``), then ``[DONE]``.
+      after its 200 (``data: {"object": "error", ...}``), then ``[DONE]``;
+    - ``cutafterdone``: a healthy answer to its ``[DONE]``, then the connection drops before
+      the body's end.
 
     ``app.state.mode`` switches it while it runs (the healthy replica comes back); a hung
     request ends when the mode changes. ``app.state.requests`` counts completion requests,
@@ -75,13 +77,15 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
             return JSONResponse({"error": {"message": "woke up", "type": "InternalServerError"}}, 500)
 
         async def events() -> AsyncIterator[str]:
-            if mode == "ok":
+            if mode in ("ok", "cutafterdone"):
                 for text in HEALTHY_ANSWER:
                     yield _chunk(text)
                 yield _chunk("", "stop")
                 usage = {"prompt_tokens": 120, "completion_tokens": len(HEALTHY_ANSWER), "total_tokens": 123}
                 yield f"data: {json.dumps({'id': 'cmpl-1', 'object': 'text_completion', 'choices': [], 'usage': usage})}\n\n"
                 yield "data: [DONE]\n\n"
+                if mode == "cutafterdone":
+                    raise ConnectionResetError("dropped after its answer")
                 return
             if mode == "keepalive":
                 while app.state.mode == "keepalive":

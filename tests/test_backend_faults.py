@@ -552,24 +552,37 @@ def test_identical_streamed_questions_at_once_share_one_generation(
     assert backend.app.state.requests == 1
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 async def test_when_the_leading_generation_is_cancelled_one_follower_takes_over(
+    streamed: bool,
     backend: FakeBackend,
     example_data_dir: Path,
     tmp_path: Path,
     embedder,  # type: ignore[no-untyped-def]
 ) -> None:
-    """The first asker's generation is cancelled (its job lost its lease, a shutdown): one of
-    the askers waiting on it generates, and the others wait on that one again."""
+    """The first asker goes away mid-answer (a customer closing the widget; a job that lost
+    its lease): one of the askers waiting on it generates, and the others wait on that one."""
     import asyncio
+
+    from rag.wire import Answer
 
     settings = _settings(example_data_dir, tmp_path, backend.url, vllm_total_timeout_s=10 * TOTAL_TIMEOUT_S)
     pipeline = build_pipeline(settings, embedder)
+    question = "Do gift cards expire?"
+
+    async def ask() -> Answer:
+        if not streamed:
+            return await pipeline.answer(question)
+        items = [item async for item in pipeline.stream(await pipeline.prepare(question, streamed=True))]
+        assert isinstance(items[-1], Answer)
+        return items[-1]
+
     backend.set("slow")
     try:
-        first = asyncio.create_task(pipeline.answer("Do gift cards expire?"))
+        first = asyncio.create_task(ask())
         while backend.app.state.requests < 1:
             await asyncio.sleep(0.01)
-        waiting = [asyncio.create_task(pipeline.answer("Do gift cards expire?")) for _ in range(3)]
+        waiting = [asyncio.create_task(ask()) for _ in range(3)]
         await asyncio.sleep(0.5)  # they wait on the first
         first.cancel()
         while backend.app.state.requests < 2:
@@ -581,3 +594,14 @@ async def test_when_the_leading_generation_is_cancelled_one_follower_takes_over(
         await pipeline.aclose()
     assert len({a.answer for a in answers}) == 1 and sorted(a.cache.hit for a in answers) == [False, True, True]
     assert backend.app.state.requests == 2
+
+
+def test_a_connection_dropped_after_a_whole_answer_is_no_failure(backend: FakeBackend, service: str) -> None:
+    backend.set("cutafterdone")
+    response, _ = _ask(service, "Do gift cards expire?")
+    assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+    events, _ = _ask_streaming(service, "How long do refunds take?")
+    assert [kind for kind, _ in events][-1] == "done" and events[-1][1]["answer"] == HEALTHY, events
+    backend.set("ok")
+    response, _ = _ask(service, "What payment methods do you accept?")  # the replica was not left out
+    assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache import SemanticCache, normalize_question
+from cache import PINNED, SemanticCache, normalize_question
 
 
 def _vec(embedder, text: str) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -52,9 +52,12 @@ def test_answers_are_not_shared_across_releases_and_blocks_are(tmp_path: Path, e
     before.put("s", q, _vec(embedder, q), {"answer": "Two days."}, group="3")
     before.put("s", "Do gift cards expire?", _vec(embedder, "Do gift cards expire?"), {"answer": "No."}, group="4")
     before.reject("s", q, _vec(embedder, q), "Two days.", "3")
+    pinned = f"{PINNED}|default|lineage"  # an answer a person pinned (rag.curated)
+    before.put(pinned, "Do you price match?", _vec(embedder, "Do you price match?"), {"answer": "Yes."}, keep=True)
     before.close()
     after = SemanticCache(tmp_path, dimension=384, release="1.1.0")  # the code upgraded, same store
     assert after.get_exact("s", "Do gift cards expire?") is None  # a new release answers afresh
+    assert after.get_exact(pinned, "Do you price match?") is not None  # a person's answer stands
     after.put("s", q, _vec(embedder, q), {"answer": "Two days."}, group="3")  # the rejected answer again
     assert after.get_exact("s", q) is None and after.get_similar("s", _vec(embedder, q)) is None
     after.put("s", q, _vec(embedder, q), {"answer": "5 to 7 business days."}, group="5")  # a new one is cached

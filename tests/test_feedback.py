@@ -312,6 +312,8 @@ def test_a_thumbs_down_given_before_an_upgrade_keeps_the_answer_out_after_it(
     it. On the same data dir after an upgrade, an answer voted down before stays out of the
     cache (its block moved, listed once), and a vote on an answer the old release gave (a
     rolling deploy) takes this release's copy out too."""
+    import sqlite3
+
     from rag.pipeline import Pipeline, scope_today
 
     settings = make_settings(tmp_path / "data", backend="extractive")
@@ -328,11 +330,15 @@ def test_a_thumbs_down_given_before_an_upgrade_keeps_the_answer_out_after_it(
         assert not ask(url, QUESTION)["cache"]["hit"]
         gift = ask(url, "Do gift cards expire?")
     monkeypatch.undo()
+    with sqlite3.connect(settings.data_dir / "support.sqlite") as db:  # as an eviction made later leaves it
+        db.execute("UPDATE feedback SET block_id = NULL")
 
     app = create_app(settings, build_pipeline(settings, embedder))
     with running_server(app) as url:
         cache = app.state.pipeline.cache
-        [(block_id, scope)] = app.state.support.block_scopes()
+        [(_, kept)] = app.state.support.blocks()
+        [scope] = app.state.support.voted_down_scopes()
+        block_id = kept["id"]
         assert scope.endswith("|0.2.0") and scope_today(scope) == scope.removesuffix("|0.2.0")
         deadline = time.monotonic() + 30  # the first look at the store (serving.restore) moves it
         while cache.blocks.find(block_id)[0] != cache.blocks_key(scope_today(scope)):

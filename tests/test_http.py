@@ -268,7 +268,7 @@ def test_a_cache_write_held_up_by_another_process_holds_up_no_other_request(
         try:
             with ThreadPoolExecutor(1) as pool:
                 waiting = pool.submit(ask, url, "How long do refunds take?")  # a miss: its answer is stored
-                time.sleep(0.5)  # it reaches the store and waits for the lock
+                time.sleep(2.0)  # it reaches the store and waits for the lock (a miss: ~0.2 s of work)
                 assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200  # the loop serves
                 assert httpx.get(f"{url}/readyz", timeout=30).status_code == 200
                 assert not waiting.done()  # still waiting for the lock, alone

@@ -206,4 +206,10 @@ def test_a_pdf_passage_knows_the_page_it_begins_on() -> None:
         where = next(n for n, lines in enumerate(pages, start=1) if any(first in line for line in lines))
         assert chunk.page == where, (chunk.page, chunk.text)
     assert {c.page for c in chunks} == {1, 3, 4, 5}  # the blank page 2 begins no chunk
+    # A sentence that runs on over a blank page is whole, and its first page's.
+    over_blank = [pages[2], [], pages[3]]
+    [doc] = load_file(Path("t.pdf"), make_pdf(over_blank), document_id="t.pdf").documents
+    first, second = Chunker(chunk_size=150, chunk_overlap=30).split(doc)
+    assert (first.page, first.text.endswith("with the receipt.")) == (1, True), first
+    assert (second.page, second.text.startswith("Refunds reach")) == (3, True), second
     assert Chunker(800, 120).split(load_file(Path("a.md"), b"# A\nText.", document_id="a.md").documents[0])[0].page == 0

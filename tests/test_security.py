@@ -517,6 +517,7 @@ async def test_a_slow_key_store_is_never_asked_on_the_event_loop(tmp_path: Path)
             return store.lookup(token)
 
     auth = Authenticator(Slow())  # type: ignore[arg-type]
+    assert await auth.enabled_async()  # what the middleware asks first
     principal = await auth.authenticate_async(f"Bearer {key}")
     assert principal.collections == frozenset({"default"})
     assert asked == [("created", False), ("lookup", False)]  # each once, off the loop

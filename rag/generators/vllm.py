@@ -161,9 +161,10 @@ class VLLMGenerator:
                     raise _TooSlow(f"vLLM answer took longer than {self.total_timeout_s:.0f} s") from None
                 if event.data == "[DONE]":
                     # The body read to its end, the connection goes back to the pool (closed
-                    # unread, it is dropped, and every answer opens a new one).
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                    # unread, it is dropped, and every answer opens a new one). The answer is
+                    # whole: whatever the end of the body does, it is no failure.
+                    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                        async with asyncio.timeout(min(1.0, max(deadline - time.monotonic(), 0))):
                             async for _ in events:
                                 pass
                     break
@@ -219,7 +220,10 @@ class VLLMGenerator:
                 if streamed:  # tokens already went out: a retry would repeat them
                     raise BackendUnavailableError(f"vLLM failed mid-answer ({errors[-1]})", retry_after_s=5) from exc
             except _TooSlow as exc:  # the whole deadline spent here: no time left to try another
-                self.pool.mark_failed(replica)  # sends keep-alives but no answer, or far too slowly
+                if streamed:  # slow, but answering: busy, not broken
+                    self.pool.mark_ok(replica)
+                else:  # a 200 and keep-alives, never a token: wedged
+                    self.pool.mark_failed(replica)
                 raise BackendUnavailableError(str(exc), retry_after_s=5) from None
             except RagError:
                 self.pool.mark_ok(replica)  # the replica answered; the request was the problem
