@@ -1,3 +1,3 @@
 """rag-service: the query pipeline and its parts."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
