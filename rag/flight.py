@@ -126,7 +126,7 @@ class SingleFlight(Generating):
         cache = self.cache
         if cache is None or not cache.shared:
             return await self._generate_prepared(prep)
-        while not await asyncio.to_thread(cache.claim, prep.scope, prep.question, CLAIM_TTL_S):
+        while not await self.in_store(cache.claim, prep.scope, prep.question, CLAIM_TTL_S):
             answer = await self._await_other_host(prep, cache)
             if answer is not None:
                 return answer
@@ -135,13 +135,12 @@ class SingleFlight(Generating):
             return await self._generate_prepared(prep)
         finally:
             renewing.cancel()
-            await asyncio.to_thread(cache.release, prep.scope, prep.question)
+            await self.in_store(cache.release, prep.scope, prep.question)
 
-    @staticmethod
-    async def _keep_claim(prep: Prepared, cache: SemanticCache) -> None:
+    async def _keep_claim(self, prep: Prepared, cache: SemanticCache) -> None:
         while True:
             await asyncio.sleep(CLAIM_TTL_S / 3)
-            await asyncio.to_thread(cache.renew, prep.scope, prep.question)
+            await self.in_store(cache.renew, prep.scope, prep.question)
 
     async def _await_other_host(self, prep: Prepared, cache: SemanticCache) -> Answer | None:
         """The other host's answer once it is cached; None once its claim is gone without one."""
@@ -150,9 +149,9 @@ class SingleFlight(Generating):
         deadline = time.monotonic() + MAX_WAIT_S
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_S)
-            hit = await asyncio.to_thread(cache.get_exact, prep.scope, prep.question, valid)
+            hit = await self.in_store(cache.get_exact, prep.scope, prep.question, valid)
             if hit is not None:
                 return self._cached(prep, hit.payload, CacheStatus(True, "exact", 1.0))
-            if not await asyncio.to_thread(cache.claimed, prep.scope, prep.question):
+            if not await self.in_store(cache.claimed, prep.scope, prep.question):
                 return None
         return None

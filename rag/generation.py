@@ -10,10 +10,11 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cache_policy import answers_agree
 from .errors import BackendUnavailableError, RagError
@@ -23,6 +24,7 @@ from .guard import ClauseGuard
 from .prompts import NO_ANSWER
 from .wire import Answer, CacheStatus, Citation
 
+T = TypeVar("T")
 log = logging.getLogger("rag.pipeline")
 AUDIT_QUIET_S = 0.05
 AUDIT_MAX_WAIT_S = 10.0
@@ -53,7 +55,14 @@ class Generating:
     cache: SemanticCache | None
     observers: list[Callable[[Answer, bool], None]]
     _audits: set[asyncio.Task[None]]
+    _store_io: ThreadPoolExecutor
     last_request: float
+
+    async def in_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``: the response cache's store I/O (SQLite, Redis), on threads of its own,
+        so that a write lock another process holds (a second worker, `rag cache clear`) stalls
+        neither the event loop nor the default pool that keys and the support store use."""
+        return await asyncio.get_running_loop().run_in_executor(self._store_io, partial(fn, *args))
 
     if TYPE_CHECKING:
 
@@ -94,7 +103,7 @@ class Generating:
             return
         assert self.cache is not None
         # Off the event loop: on Redis the verdict waits for the evidence lock (RedisCounters.transact).
-        await asyncio.to_thread(self.cache.learn, hit, answers_agree(hit.payload, fresh))
+        await self.in_store(self.cache.learn, hit, answers_agree(hit.payload, fresh))
 
     async def audits_settled(self) -> None:
         """Wait for the audits running now (tests, benchmarks, shutdown)."""
@@ -218,7 +227,7 @@ class Generating:
             # Answers citing the same chunks are one answer: not rivals for the margin check.
             group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
             put = partial(self.cache.put, scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
-            await asyncio.to_thread(put)  # the store's I/O: another process may hold its lock
+            await self.in_store(put)
         answer = self._done(prep, text, citations, CacheStatus(), usage_of(generation), kind=kind)
         answer.finish_reason = finish
         if self.cache is not None and prep.cacheable and prep.vector is not None:

@@ -112,6 +112,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         # CPU-bound steps of a request (retrieval, reranking, the near-duplicate search), off
         # the event loop; one thread a core (FAISS, SQLite and numpy release the GIL).
         self._cpu = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="rag-cpu")
+        self._store_io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cache-io")  # waits, no CPU
         # Called with every answer and whether it could use the cache (metrics hook here).
         self.observers: list[Callable[[Answer, bool], None]] = []
         self._answer_config = answer_config(settings, self.support_scorer.name, embedder.name)
@@ -223,7 +224,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         # A follow-up word for word the question of a curated answer gets it: a person pinned
         # that exact question (rewordings need no conversation, so they need a first turn).
         curated = history and not audit and self.cache is not None
-        hit = await asyncio.to_thread(self.curated_exact, index, question) if curated else None
+        hit = await self.in_store(self.curated_exact, index, question) if curated else None
         retrieved, hit = ([], hit) if hit is not None else await self._look_up(prep, cache, search_text, filters)
         if hit is not None:
             prep.result = self._cached(prep, hit.payload, CacheStatus(True, hit.kind, round(hit.similarity, 4)))
@@ -265,7 +266,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
                     else (cache.get_exact(prep.scope, prep.question, accept=valid), False)
                 )
 
-            hit, curated = await asyncio.to_thread(exact)
+            hit, curated = await self.in_store(exact)
             if hit is not None and not curated and await self._added_since(prep, index, hit):
                 cache.lookups["exact_outdated"] += 1
                 hit = None  # the near-duplicate search below finds it again, and refuses it
@@ -426,9 +427,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         if self.cache is None or scope is None:
             return 0, None
         vector = (await embed_async(self.embedder, [question_text(self.embedder, question)]))[0]
-        return await asyncio.to_thread(
-            self.cache.reject, scope_today(scope), question, vector, answer, group, collection
-        )
+        return await self.in_store(self.cache.reject, scope_today(scope), question, vector, answer, group, collection)
 
     def judge_hit(
         self, ref: str | None, similarity: float | None, collection: str, agreed: bool, recount: bool = False
@@ -445,6 +444,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             task.cancel()
         await asyncio.gather(*self._audits, return_exceptions=True)
         self._cpu.shutdown(wait=True)
+        self._store_io.shutdown(wait=True)
         await self.generator.aclose()
         close = getattr(self.reranker, "close", None)  # one with connections of its own
         if close is not None:
