@@ -61,7 +61,8 @@ class Generating:
     async def in_store(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)``: the response cache's store I/O (SQLite, Redis), on threads of its own,
         so that a write lock another process holds (a second worker, `rag cache clear`) stalls
-        neither the event loop nor the default pool that keys and the support store use."""
+        neither the event loop nor the default pool that keys and the support store use (the
+        cache's calls queue for the store's threads meanwhile)."""
         return await asyncio.get_running_loop().run_in_executor(self._store_io, partial(fn, *args))
 
     if TYPE_CHECKING:

@@ -112,7 +112,9 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         # CPU-bound steps of a request (retrieval, reranking, the near-duplicate search), off
         # the event loop; one thread a core (FAISS, SQLite and numpy release the GIL).
         self._cpu = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="rag-cpu")
-        self._store_io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cache-io")  # waits, no CPU
+        # The response cache store's calls (in_store): a thread a core; more only contend for
+        # the GIL on a hit (exact hits at c8 here: 16 threads 419/s, 4 528/s, 2 594/s).
+        self._store_io = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="cache-io")
         # Called with every answer and whether it could use the cache (metrics hook here).
         self.observers: list[Callable[[Answer, bool], None]] = []
         self._answer_config = answer_config(settings, self.support_scorer.name, embedder.name)
