@@ -110,7 +110,8 @@ def ingest(
         chunker = Chunker(settings.chunk_size, settings.chunk_overlap)
         report.rechunked = _chunking_changed(meta, settings)
         # A PDF indexed before chunks had pages is read again: split page by page, cited by page.
-        unpaged = {f for (f,) in db.execute("SELECT DISTINCT file FROM chunks WHERE page = 0 AND file LIKE '%.pdf'")}
+        pdfs = "SELECT source FROM files WHERE source LIKE '%.pdf'"  # the chunks of these only, by index
+        unpaged = {f for (f,) in db.execute(f"SELECT DISTINCT file FROM chunks WHERE page = 0 AND file IN ({pdfs})")}
         unchanged = {} if report.rechunked else {s: sha for s, sha in known.items() if s not in unpaged}
         read_started = time.perf_counter()  # new chunk settings: no file is unchanged
         pending, seen = _read(roots, unchanged, chunker, report, progress, stages)

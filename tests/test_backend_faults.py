@@ -13,7 +13,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,14 @@ def _ask_streaming(url: str, question: str) -> tuple[list[tuple[str, Any]], floa
     started = time.perf_counter()
     _, events = query_events(url, question, timeout=CLIENT_TIMEOUT_S)
     return events, time.perf_counter() - started
+
+
+def _until(check: Callable[[], bool], failure: str) -> None:
+    """Wait (up to the client's timeout) until ``check()`` holds, what the fake reports."""
+    deadline = time.monotonic() + CLIENT_TIMEOUT_S
+    while not check():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.01)
 
 
 def _assert_unavailable(response: httpx.Response, fault: str) -> str:
@@ -278,10 +286,7 @@ def test_a_full_connection_pool_is_a_503_that_blames_no_replica(
     backend.set("slow")  # tokens until the mode changes: the one connection stays taken
     with running_server(create_app(settings, pipeline)) as url, ThreadPoolExecutor(1) as pool:
         first = pool.submit(_ask, url, "Do gift cards expire?")
-        deadline = time.monotonic() + CLIENT_TIMEOUT_S
-        while backend.app.state.requests < 1:
-            assert time.monotonic() < deadline, "the first question never reached the backend"
-            time.sleep(0.01)
+        _until(lambda: backend.app.state.requests >= 1, "the first question never reached the backend")
         busy, _ = _ask(url, "How long do refunds take?")
         assert "connections to vLLM are busy" in _assert_unavailable(busy, "full pool")
         replica = pipeline.generator.pool.replicas[0]  # type: ignore[attr-defined]
@@ -512,10 +517,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_connection_and_vllm_stops(
                 assert response.status_code == 200
                 next(line for line in response.iter_lines() if line.startswith("event: token"))
             # The customer is gone: the connection is closed with the answer half read.
-        deadline = time.monotonic() + CLIENT_TIMEOUT_S
-        while backend.app.state.abandoned < 3:
-            assert time.monotonic() < deadline, f"{backend.app.state.abandoned} of 3 streams to vLLM were closed"
-            time.sleep(0.05)
+        _until(lambda: backend.app.state.abandoned >= 3, "not every stream to vLLM was closed")
         backend.set("ok")
         response, _ = _ask(url, "What payment methods do you accept?")
         assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
@@ -536,10 +538,7 @@ def test_identical_streamed_questions_at_once_share_one_generation(
     with running_server(create_app(settings, build_pipeline(settings, embedder))) as url, ThreadPoolExecutor(5) as pool:
         streamed = [pool.submit(_ask_streaming, url, "Do gift cards expire?") for _ in range(4)]
         plain = pool.submit(_ask, url, "Do gift cards expire?")
-        deadline = time.monotonic() + CLIENT_TIMEOUT_S
-        while backend.app.state.requests < 1:
-            assert time.monotonic() < deadline, "the question never reached the backend"
-            time.sleep(0.01)
+        _until(lambda: backend.app.state.requests >= 1, "the question never reached the backend")
         time.sleep(1.0)  # the others arrive meanwhile
         backend.set("ok")  # the slow answer ends
         dones = [events[-1] for events, _ in (f.result() for f in streamed)]
