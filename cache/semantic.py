@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import unicodedata
 import uuid
@@ -104,6 +105,12 @@ class SemanticCache:
         self.evidence = HitEvidence(self.store.counters, bound)
         self.blocks = Blocks(self.store.counters, self.confirmed_threshold)
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
+        self._lookups_lock = threading.Lock()  # counted from the store's threads and the event loop
+
+    def count(self, outcome: str) -> None:
+        """One more lookup of ``outcome`` (this process's stats)."""
+        with self._lookups_lock:
+            self.lookups[outcome] += 1
 
     def _scope_key(self, scope: str) -> str:
         """Where ``scope``'s entries are (this release's; a person's pinned answers, every release's)."""
@@ -128,12 +135,12 @@ class SemanticCache:
         if entry is None or normalize_question(entry["question"]) != normalized:
             return None
         if self._blocked(self.blocks_key(scope), entry):
-            self.lookups["rejected_as_blocked"] += 1
+            self.count("rejected_as_blocked")
             return None
         if accept is not None and not accept(entry["payload"]):
-            self.lookups["exact_rejected"] += 1
+            self.count("exact_rejected")
             return None
-        self.lookups["exact_hits"] += 1
+        self.count("exact_hits")
         vector = np.frombuffer(entry["vector"], dtype=np.float32)
         return CacheHit("exact", 1.0, entry["question"], entry["payload"], vector=vector)
 
@@ -195,7 +202,7 @@ class SemanticCache:
             group = entry.get("group") or f"#{seq}"
             rival = max((s for s, q, e in near if (e.get("group") or f"#{q}") != group), default=-1.0)
             if similarity - rival < least_margin:
-                self.lookups["rejected_as_ambiguous"] += 1
+                self.count("rejected_as_ambiguous")
                 break  # every later candidate is closer still to a rival
             ref = f"{self._scope_key(scope)}:{seq}"
             needs_confirmation = similarity < self.threshold or similarity - rival < self.margin
@@ -205,11 +212,11 @@ class SemanticCache:
                 or self._rejection(query[0], entry, question, accept, confirm if needs_confirmation else None)
             )
             if rejected is not None:
-                self.lookups[rejected] += 1
+                self.count(rejected)
                 continue
-            self.lookups["semantic_hits"] += 1
+            self.count("semantic_hits")
             return CacheHit("semantic", similarity, entry["question"], entry["payload"], ref, entry.get("tag"))
-        self.lookups["misses"] += 1
+        self.count("misses")
         return None
 
     def _within_boundaries(self, ref: str, tag: str | None, similarity: float) -> str | None:
@@ -287,7 +294,7 @@ class SemanticCache:
         return near
 
     def _unavailable(self, exc: Exception) -> None:
-        self.lookups["store_errors"] += 1
+        self.count("store_errors")
         log.warning("response cache store unavailable, answering as a miss: %s", exc)
         return None
 
@@ -331,7 +338,7 @@ class SemanticCache:
             raise ValueError(f"vector has {vec.shape[0]} dimensions, the cache holds {self.dimension}")
         try:
             if self.blocks.matching(self.blocks_key(scope), vec, str(payload.get("answer")), str(group)):
-                self.lookups["not_stored_blocked"] += 1  # people rejected this answer here
+                self.count("not_stored_blocked")  # people rejected this answer here
                 return
         except StoreUnavailable:
             pass  # the add below reports it
@@ -348,7 +355,7 @@ class SemanticCache:
             # rewordings are ambiguous (after a re-ingest a stale one is no rival: ``current``).
             self.store.add(self._scope_key(scope), normalize_question(question), entry, -1.0 if keep else self.ttl_s)
         except StoreUnavailable as exc:
-            self.lookups["store_errors"] += 1
+            self.count("store_errors")
             log.warning("response cache store unavailable, answer not stored: %s", exc)
 
     def identity(self) -> str:
@@ -384,8 +391,12 @@ class SemanticCache:
             "confirmed_margin": self.confirmed_margin,
             "verifier": self.verifier is not None,
             "ttl_s": self.ttl_s,
-            "lookups": dict(self.lookups),
+            "lookups": self._lookups_now(),
         }
+
+    def _lookups_now(self) -> dict[str, int]:
+        with self._lookups_lock:
+            return dict(self.lookups)
 
     def clear(self, tag: str | None = None) -> int:
         """Drop every entry, or only those stored with ``tag``; returns how many went."""

@@ -100,6 +100,14 @@ class BackendUnavailableError(RagError):
         self.retry_after_s = retry_after_s
 
 
+class BackendRefusedError(BackendUnavailableError):
+    """The model server answered and refused this request (a 4xx from vLLM: a prompt over its
+    context length, an option it does not take): asking again will not help. Where the
+    documents hold sentences that answer, they are served, quoted, in its place."""
+
+    code = "backend_refused"
+
+
 class DatabaseUnavailableError(BackendUnavailableError):
     """The database (RAG_DATABASE_URL: keys, jobs, answers) cannot be reached now: a code of
     its own, so that an alert or a client can tell it from a model server that is down."""

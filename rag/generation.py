@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .cache_policy import answers_agree
-from .errors import BackendUnavailableError, RagError
+from .errors import BackendRefusedError, BackendUnavailableError, RagError
 from .generators.base import Generation
 from .generators.base import usage as usage_of
 from .guard import ClauseGuard
@@ -144,21 +144,29 @@ class Generating:
         sent = False
         summary = Generation("")  # the backend's token counts and finish reason, once the stream ends
         pieces = self.generator.stream(prep.request, summary)  # type: ignore[attr-defined]
-        with _backend_errors(self.generator.name):
-            try:
-                async for piece in pieces:
-                    tokens += 1
-                    parts.append(piece)
-                    out = guard.feed(piece) if guard is not None else piece
-                    if out:
-                        if not sent:  # from the request's arrival: what the customer waits
-                            prep.timings["first_token"] = (time.perf_counter() - prep.started) * 1000
-                            sent = True
-                        yield out
-                    if guard is not None and guard.reason is not None:
-                        break  # the rest would be cut: stop generating it
-            finally:
-                await pieces.aclose()
+        try:
+            with _backend_errors(self.generator.name):
+                try:
+                    async for piece in pieces:
+                        tokens += 1
+                        parts.append(piece)
+                        out = guard.feed(piece) if guard is not None else piece
+                        if out:
+                            if not sent:  # from the request's arrival: what the customer waits
+                                prep.timings["first_token"] = (time.perf_counter() - prep.started) * 1000
+                                sent = True
+                            yield out
+                        if guard is not None and guard.reason is not None:
+                            break  # the rest would be cut: stop generating it
+                finally:
+                    await pieces.aclose()
+        except BackendRefusedError as exc:
+            if sent:
+                raise
+            answer = self._refused(prep, exc)
+            yield answer.answer
+            yield answer
+            return
         prep.timings["generate"] = (time.perf_counter() - t) * 1000
         tail = guard.close() if guard is not None else ""
         if not sent:  # the last clause, or the quote that replaces the answer, goes out now
@@ -178,14 +186,28 @@ class Generating:
             return prep.result
         assert prep.request is not None
         t = time.perf_counter()
-        with _backend_errors(self.generator.name):
-            generation = await self.generator.generate(prep.request)
+        try:
+            with _backend_errors(self.generator.name):
+                generation = await self.generator.generate(prep.request)
+        except BackendRefusedError as exc:
+            return self._refused(prep, exc)
         prep.timings["generate"] = (time.perf_counter() - t) * 1000
         guard = self._guard(prep)
         if guard is not None:
             guard.feed(generation.text)
             guard.close()
         return await self._finish(prep, generation.text, generation, guard)
+
+    def _refused(self, prep: Prepared, error: BackendRefusedError) -> Answer:
+        """The model server refused this request (its prompt over the context length, say):
+        the sentences that answer, quoted and cited, where there are any (not stored: with the
+        server mended, the model answers); else the error, a 503 of its own code."""
+        quote = prep.evidence.quote()
+        if not quote:
+            raise error
+        log.warning("%s - the evidence is quoted instead", error.message)
+        citations = [Citation.from_chunk(c) for c in prep.quoted]
+        return self._done(prep, quote, citations, CacheStatus(), kind="quoted")
 
     async def _finish(self, prep: Prepared, text: str, generation: Generation, guard: ClauseGuard | None) -> Answer:
         """The served answer from what the backend said (and what the guard let through);

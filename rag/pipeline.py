@@ -270,7 +270,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
 
             hit, curated = await self.in_store(exact)
             if hit is not None and not curated and await self._added_since(prep, index, hit):
-                cache.lookups["exact_outdated"] += 1
+                cache.count("exact_outdated")
                 hit = None  # the near-duplicate search below finds it again, and refuses it
         prep.timings["cache"] += (time.perf_counter() - t) * 1000
         if hit is not None:

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 HEALTHY_ANSWER = ("The answer", " is in", " the documents.")
-MODES = ("ok", "error", "cut", "hang", "stall", "keepalive", "slow", "errorevent", "cutafterdone")
+MODES = ("ok", "error", "refuse", "cut", "hang", "stall", "keepalive", "slow", "errorevent", "cutafterdone")
 
 
 def _chunk(text: str, finish_reason: str | None = None) -> str:
@@ -30,6 +30,7 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
 
     - ``ok``: a healthy answer (:data:`HEALTHY_ANSWER`, three tokens, usage, ``[DONE]``);
     - ``error``: 500 (and an unhealthy ``/health``);
+    - ``refuse``: 400, vLLM's answer to a prompt over the model's context length;
     - ``cut``: two tokens, then the connection drops;
     - ``hang``: accepts the request and never answers it (no status line either);
     - ``stall``: two tokens, then nothing, the connection left open;
@@ -72,6 +73,14 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
         mode = app.state.mode
         if mode == "error":
             return JSONResponse({"error": {"message": "engine dead", "type": "InternalServerError"}}, 500)
+        if mode == "refuse":
+            message = (
+                "This model's maximum context length is 2048 tokens. However, your prompt contains 2101 input "
+                "tokens, which exceeds this limit even without any output tokens. Please reduce the length of the "
+                "input prompt."
+            )
+            error = {"message": message, "type": "BadRequestError", "param": "input_tokens", "code": 400}
+            return JSONResponse({"error": error}, 400)
         if mode == "hang":
             await while_mode("hang")
             return JSONResponse({"error": {"message": "woke up", "type": "InternalServerError"}}, 500)

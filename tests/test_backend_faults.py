@@ -223,6 +223,44 @@ def test_backend_fault_is_a_clear_error_cache_still_serves_and_service_recovers(
     assert [k for k, _ in events][-1] == "done" and events[-1][1]["answer"] == HEALTHY
 
 
+def test_a_request_vllm_refuses_is_answered_by_the_quoted_evidence(
+    backend: FakeBackend,
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    """vLLM's 400 (a prompt over the model's context length) is no outage and no reason to
+    leave the customer without an answer: the sentences that answer are quoted and cited, plain
+    and streamed, and not cached (the model answers once the server is mended); a question
+    with nothing to quote gets the refusal, a 503 of its own code. The replica stays in."""
+    settings = _settings(example_data_dir, tmp_path, backend.url, llm_min_support=-20.0)  # every question reaches vLLM
+    backend.set("refuse")
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        for _ in range(2):  # not cached: the second asks vLLM again
+            before = backend.app.state.requests
+            response, _ = _ask(url, "Do gift cards expire?")
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["answer_kind"] == "quoted" and "never expire" in body["answer"], body
+            assert body["citations"][0]["document_id"] == "gift-cards.txt" and not body["cache"]["hit"], body
+            assert body["needs_human"] is None and backend.app.state.requests == before + 1
+        events, _ = _ask_streaming(url, "Do gift cards expire?")
+        assert [k for k, _ in events][-1] == "done", events
+        streamed = "".join(d["text"] for k, d in events if k == "token")
+        assert "never expire" in streamed and events[-1][1]["answer"] == streamed.strip(), events
+
+        response, _ = _ask(url, "Do you offer a student discount?")  # retrieved, but no sentence answers
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "backend_refused" and error["message"].startswith(
+            "vLLM refused the request (400): This model"
+        ), error
+
+        backend.set("ok")  # not marked down for a request it refused: answered at once
+        response, _ = _ask(url, "How do I track my parcel?")
+        assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+
+
 def test_a_hanging_replica_fails_over_to_a_healthy_one(example_data_dir: Path, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
     hung, healthy = FakeBackend(), FakeBackend()
     hung.set("hang")

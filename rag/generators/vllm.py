@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from ..errors import BackendUnavailableError, RagError
+from ..errors import BackendRefusedError, BackendUnavailableError, RagError
 from .base import Generation, GenerationRequest, PromptStyle
 from .replicas import Replica, ReplicaPool, Routing
 
@@ -146,8 +146,9 @@ class VLLMGenerator:
             if response.status_code >= 500:
                 raise _ReplicaFailed(f"{path} answered {response.status_code}")
             if response.status_code >= 400:  # our request is wrong for this server: retrying won't help
-                detail = (await response.aread()).decode(errors="replace")[:500]
-                raise BackendUnavailableError(f"vLLM refused the request ({response.status_code}): {detail}")
+                raise BackendRefusedError(
+                    f"vLLM refused the request ({response.status_code}): {_reason(await response.aread())}"
+                )
             events = source.aiter_sse()
             while True:
                 # The deadline bounds every wait, not only the gaps between tokens: a server that
@@ -268,6 +269,15 @@ class VLLMGenerator:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _reason(body: bytes) -> str:
+    """What an error body says: vLLM's (OpenAI's) ``error.message``, or the body's start."""
+    try:
+        error = json.loads(body)["error"]
+        return str(error["message"] if isinstance(error, dict) else error)[:500]
+    except (ValueError, KeyError, TypeError):
+        return body.decode(errors="replace")[:500]
 
 
 def _summarise(summary: Generation, info: dict[str, Any]) -> Generation:
