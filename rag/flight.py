@@ -5,9 +5,8 @@ that several hosts share (Redis), the first asker on any host also takes a claim
 question in the cache's store; an asker on another host that finds the claim taken polls
 the exact cache until the answer is there (a hit, as if it had come a moment later), or
 until the claim is gone without one (the other host failed, or its answer is not one to
-cache, such as "I don't know"), and then answers it itself. A streamed question shares in
-one process, with streamed and plain ones alike (a follower gets the answer whole, as a
-hit); it takes no claim across hosts. :class:`rag.pipeline.Pipeline` is one (the generation
+cache, such as "I don't know"), and then answers it itself. A streamed question shares the
+same way, with streamed and plain ones alike (a follower gets the answer whole, as a hit). :class:`rag.pipeline.Pipeline` is one (the generation
 stage it builds on is :class:`rag.generation.Generating`).
 """
 
@@ -16,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import aclosing, contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -84,11 +83,17 @@ class SingleFlight(Generating):
             yield joined
             return
         with self._leading(_key(prep)) as future:
-            async with aclosing(super().stream(prep)) as items:
-                async for item in items:
-                    if isinstance(item, Answer):
-                        future.set_result(item)
-                    yield item
+            async with self._host_claim(prep) as other:
+                if other is not None:  # another host answered it meanwhile: whole, as a hit
+                    future.set_result(other)
+                    yield other.answer
+                    yield other
+                    return
+                async with aclosing(super().stream(prep)) as items:
+                    async for item in items:
+                        if isinstance(item, Answer):
+                            future.set_result(item)
+                        yield item
 
     async def _answer_once(self, prep: Prepared) -> Answer:
         joined = await self._follow(prep)
@@ -123,16 +128,26 @@ class SingleFlight(Generating):
 
     async def _across_hosts(self, prep: Prepared) -> Answer:
         """Generate, unless another host sharing the cache is generating the same answer."""
+        async with self._host_claim(prep) as other:
+            return other if other is not None else await self._generate_prepared(prep)
+
+    @asynccontextmanager
+    async def _host_claim(self, prep: Prepared) -> AsyncIterator[Answer | None]:
+        """This question claimed for this host among the hosts sharing the cache, kept while
+        the body generates (None); or, where another host had it, that host's answer once it
+        is cached. Without a shared cache: None, at once."""
         cache = self.cache
         if cache is None or not cache.shared:
-            return await self._generate_prepared(prep)
+            yield None
+            return
         while not await self.in_store(cache.claim, prep.scope, prep.question, CLAIM_TTL_S):
             answer = await self._await_other_host(prep, cache)
             if answer is not None:
-                return answer
+                yield answer
+                return
         renewing = asyncio.create_task(self._keep_claim(prep, cache))
         try:
-            return await self._generate_prepared(prep)
+            yield None
         finally:
             renewing.cancel()
             await self.in_store(cache.release, prep.scope, prep.question)

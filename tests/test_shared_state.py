@@ -210,15 +210,30 @@ def test_a_redis_that_goes_away_costs_misses_and_comes_back(tmp_path: Path) -> N
         engine.stop()
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 async def test_concurrent_identical_misses_on_two_replicas_make_one_generation(
-    example_data_dir: Path, embedder: Any, redis_url: str
+    streamed: bool, example_data_dir: Path, embedder: Any, redis_url: str
 ) -> None:
+    """Streamed or not, the question is claimed across the hosts sharing the cache: one
+    generates, the other gets its answer, whole, as a hit."""
+    from rag.wire import Answer
+
     settings = make_settings(
         example_data_dir, backend="extractive", redis_url=redis_url, redis_prefix=f"t{uuid.uuid4().hex[:8]}:"
     )
     replicas = [build_pipeline(settings, embedder) for _ in range(2)]
+    question = "How long do refunds take?"
+
+    async def ask(pipeline: Any) -> Answer:
+        if not streamed:
+            answer: Answer = await pipeline.answer(question)
+            return answer
+        items = [item async for item in pipeline.stream(await pipeline.prepare(question, streamed=True))]
+        assert isinstance(items[-1], Answer) and items[0] == items[-1].answer, items
+        return items[-1]
+
     try:
-        answers = await asyncio.gather(*(p.answer("How long do refunds take?") for p in replicas))
+        answers = await asyncio.gather(*(ask(p) for p in replicas))
         assert sorted(a.cache.hit for a in answers) == [False, True]  # one generated, one waited for it
         assert answers[0].answer == answers[1].answer and answers[0].citations == answers[1].citations
     finally:
