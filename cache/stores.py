@@ -53,6 +53,11 @@ def _local(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(*args, **kwargs)
         except (sqlite3.OperationalError, OSError) as exc:  # OSError: a large value's own file
             raise StoreUnavailable(f"the response cache on local disk: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # damaged past what opening it reads
+            raise StoreUnavailable(
+                f"the response cache on local disk is damaged ({exc}) - `rag cache clear` sets its file aside "
+                "and starts it empty (blocks kept)"
+            ) from exc
 
     return call
 
@@ -171,6 +176,7 @@ class LocalStore:
             log.warning("response cache at %s is unreadable (%s); moved to %s and started empty", directory, exc, aside)
             directory.rename(aside)
             self._open(directory, size_limit_bytes)
+        self._directory, self._size_limit = directory, size_limit_bytes
         self._scopes: dict[str, _ScopeIndex] = {}
         self._lock = threading.Lock()
 
@@ -266,8 +272,13 @@ class LocalStore:
     def clear(self, tag: str | None = None) -> int:
         with self._lock:
             if tag is None:
-                count = sum(1 for _ in self._entries())
-                self._store.clear()
+                try:
+                    count = sum(1 for _ in self._entries())
+                    self._store.clear()
+                except sqlite3.DatabaseError as exc:
+                    if isinstance(exc, sqlite3.OperationalError):  # locked, full: the file is sound
+                        raise
+                    count = self._set_entries_aside(exc)
                 # The rest go in place, in one transaction: blocks and evidence are never away,
                 # not even for a moment another process could add a block or store a blocked answer in.
                 with self.counters.transact():
@@ -282,6 +293,18 @@ class LocalStore:
             for key in doomed:
                 self._store.delete(key)
             return len(doomed)
+
+    def _set_entries_aside(self, error: Exception) -> int:
+        """The answers' file, damaged past reading, set aside (for a post-mortem) and started
+        empty; the counters (blocks, evidence) are another file and stay. Returns 0: how many
+        answers it held cannot be read."""
+        entries = self._directory / "entries"
+        aside = entries.with_name(f"entries.corrupt-{int(time.time())}")
+        log.warning("response cache at %s is damaged (%s): moved to %s, started empty", entries, error, aside)
+        self._store.close()
+        entries.rename(aside)
+        self._store = diskcache.Cache(str(entries), size_limit=self._size_limit, eviction_policy="least-recently-used")
+        return 0
 
     @_local
     def volume(self) -> int:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 from pydantic import ValidationError
 
+from cache.stores import StoreUnavailable
 from rag.errors import CollectionNotFoundError, RagError
 from rag.settings import Settings
 
@@ -106,6 +107,8 @@ def run_or_fail(fn: Any) -> Any:
         fail(f"{exc.message} (data dir: {exc.data_dir})")
     except RagError as exc:
         fail(exc.message)
+    except StoreUnavailable as exc:  # the response cache on a full or read-only disk: it says what to do
+        fail(str(exc))
     except sqlite3.OperationalError as exc:  # a full disk, a read-only data dir: what to do, not a traceback
         if not any(words in str(exc) for words in ("disk", "full", "readonly", "read-only", "unable to open")):
             raise

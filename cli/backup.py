@@ -4,7 +4,9 @@ The SQLite stores are copied with SQLite's online backup (a plain `cp` of a data
 mode under writes may copy a torn file), each collection's live version as it is (a
 published version is never written again), and the small files beside them. The response
 cache is left out: it is rebuilt by answering, and the curated answers and thumbs-down blocks
-it holds are kept in the support store too, which puts them back at start-up. With
+it holds are kept in the support store too, which puts them back at start-up. The copy is
+written to ``DEST.partial`` and renamed to DEST when whole, so a DEST is never a backup cut
+short (a killed run's ``.partial`` is cleared by the next). With
 RAG_DATABASE_URL, keys, jobs and the support store live in PostgreSQL: back it up with
 `pg_dump`; this copies the rest.
 """
@@ -26,6 +28,7 @@ from .app import DataDir, fail, load_settings
 
 STORES = ("keys.sqlite", "support.sqlite", "jobs.sqlite")  # what cannot be made again
 SMALL_FILES = ("cache-verifier.npz", "vllm-models.json")  # calibrated or learnt: kept too
+PARTIAL_MARK = ".rag-backup-unfinished"
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:
@@ -48,8 +51,15 @@ def backup(
         fail(f"no data dir at {source} - give --data-dir (or RAG_DATA_DIR)")
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         fail(f"{dest} is not an empty folder - give a new one, so that no backup is mixed with another")
-    dest.mkdir(parents=True, exist_ok=True)
+    # Written beside DEST and renamed to it when whole: a DEST is never a backup cut short.
+    final, dest = dest, dest.with_name(f"{dest.name}.partial")
+    if (dest / PARTIAL_MARK).exists():  # a run killed before it finished: ours to clear
+        shutil.rmtree(dest)
+    elif dest.exists():
+        fail(f"{dest} is in the way (the backup is written there first) - move it, or give another DEST")
+    dest.mkdir(parents=True)
     dest.chmod(0o700)  # customers' questions and the key hashes: the owner's only
+    (dest / PARTIAL_MARK).touch()
     copied: list[str] = []
     try:
         for name in STORES:
@@ -72,7 +82,14 @@ def backup(
     except (OSError, sqlite3.Error) as exc:
         fail(f"the backup stopped ({exc}) - {dest} is incomplete: delete it and run again")
     if not copied:
+        shutil.rmtree(dest)
         fail(f"nothing to back up in {source}")
+    (dest / PARTIAL_MARK).unlink()
+    try:
+        dest.replace(final)  # onto a missing or empty folder
+    except OSError as exc:
+        fail(f"the backup is whole in {dest} but could not be named {final} ({exc}) - rename it yourself")
+    dest = final
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     typer.echo(f"backed up {source} to {dest}: {', '.join(copied)} ({size / 2**20:.1f} MiB)")
     typer.echo(

@@ -22,6 +22,14 @@ def ingest(
         Optional[str],
         typer.Option(help="flat (exact), hnsw, ivfpq or sq8; default: the collection's own, flat when new."),
     ] = None,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Build the collection afresh from PATHS alone (a damaged one, or another embedding model); "
+            "the version serving now stays until the new one is whole.",
+        ),
+    ] = False,
     ray: Annotated[
         bool,
         typer.Option("--ray", help="Read and embed on a Ray cluster (pip install '.[ray]'); the writing stays here."),
@@ -51,7 +59,7 @@ def ingest(
         report = run_or_fail(
             lambda: run_ingest(
                 paths, settings.collection, settings, embedder, prune=prune, progress=progress,
-                index_type=index_type, stages=stages,
+                index_type=index_type, stages=stages, rebuild=rebuild,
             )
         )  # fmt: skip
     finally:

@@ -53,6 +53,12 @@ def serve(
             LocalStore(settings.cache_dir, 1).close()
         except StoreUnavailable as exc:
             fail(str(exc))
+    if not settings.database_url:  # the stores a server opens as it starts: what to do, not a traceback
+        from serving.jobs import JobStore
+        from serving.support_store import open_support_store
+
+        run_or_fail(lambda: open_support_store(settings.data_dir, None)).close()
+        run_or_fail(lambda: JobStore(settings.data_dir / "jobs.sqlite")).close()
     store = run_or_fail(lambda: open_key_store(settings))
     bind, message = bind_address(settings.host, run_or_fail(store.active), run_or_fail(store.created))
     store.close()

@@ -90,16 +90,20 @@ def ingest(
     progress: bool | None = None,
     index_type: str | None = None,
     stages: Any = None,
+    rebuild: bool = False,
 ) -> IngestReport:
     """Index ``paths`` into ``collection``. Raises IngestError only if nothing could be indexed.
     ``stages``: where reading and embedding run (:class:`LocalStages` unless given, e.g.
-    :class:`ingest.distributed.RayStages`); the writing is always here."""
+    :class:`ingest.distributed.RayStages`); the writing is always here. ``rebuild``: afresh from
+    ``paths`` alone, a new lineage (the live version is not read: it may be damaged)."""
     stages = stages or LocalStages(embedder)
 
     started = time.perf_counter()
     report = IngestReport(collection=collection)
     roots = _existing_roots(paths, report)
-    with NewVersion(settings.collections_dir, collection, model=embedder.name, dimension=embedder.dimension) as version:
+    with NewVersion(
+        settings.collections_dir, collection, model=embedder.name, dimension=embedder.dimension, rebuild=rebuild
+    ) as version:
         db, meta = version.db, version.meta
         previous_type = str(meta.get("index_type", "flat"))
         index_type = index_type or previous_type

@@ -63,6 +63,33 @@ class CollectionNotFoundError(RagError):
         self.data_dir = data_dir
 
 
+class CollectionDamagedError(RagError):
+    """A collection's files on disk are not what its ingest wrote (truncated, overwritten,
+    missing): nothing is answered from it until it is restored or rebuilt."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "collection_damaged"
+
+    def __init__(self, name: str, damage: str) -> None:
+        super().__init__(
+            f"collection {name!r} is damaged ({damage}) - put collections/{name} back from a `rag backup` copy, "
+            f"or rebuild it from its documents: `rag ingest PATH... --collection {name} --rebuild`",
+            param="collection",
+        )
+        self.name = name
+        self.damage = damage
+
+
+class StoreDamagedError(RagError):
+    """A store's SQLite file under the data dir is damaged (not one an I/O error left locked
+    or full): the service will not start on it, and says how to put it back."""
+
+    status_code = 503
+    type = "service_unavailable"
+    code = "store_damaged"
+
+
 class NotFoundError(RagError):
     status_code = 404
     type = "invalid_request_error"

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 
 from rag.errors import AuthenticationError, BackendUnavailableError, RateLimitError
 from rag.pipeline import Pipeline
-from rag.store import list_collections
+from rag.store import list_collections, lost_collections
 
 from .errors import ERRORS, error_response
 
@@ -39,7 +39,7 @@ async def readyz(request: Request) -> Any:
     with API keys configured, only an admin key sees them: others see counts, not names."""
     settings = request.app.state.settings
     pipe: Pipeline = request.app.state.pipeline
-    names = list_collections(settings.collections_dir)
+    names = sorted({*list_collections(settings.collections_dir), *lost_collections(settings.collections_dir)})
     if not names:
         return error_response(
             503,

@@ -81,12 +81,28 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._open(path)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, full, read-only: the file is sound
+                raise
+            # Jobs are a batch's progress and results, not records to keep: a damaged file is set
+            # aside (for a post-mortem) and the store starts empty, rather than the service not at all.
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            log.warning("job store %s is damaged (%s): moved to %s, started empty", path, exc, aside)
+            self._db.close()
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{path}{suffix}").exists():
+                    Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+            self._open(path)
+        self._lock = threading.Lock()
+
+    def _open(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         if "owner" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
             self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before API keys
-        self._lock = threading.Lock()
 
     def create(self, body: JobRequest, owner: str | None = None) -> str:
         job_id = f"job-{uuid.uuid4().hex[:16]}"

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from rag.errors import StoreDamagedError
+
 if TYPE_CHECKING:
     from rag.wire import Answer
 
@@ -160,9 +162,18 @@ class _Sqlite:
     def __init__(self, path: Path, timeout_s: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, never torn
-        self._conn.executescript(SQLITE_SCHEMA)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, never torn
+            self._conn.executescript(SQLITE_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            if isinstance(exc, sqlite3.OperationalError):  # locked, full, read-only: the file is sound
+                raise
+            raise StoreDamagedError(
+                f"{path.name} in the data dir is damaged ({exc}) - put it back from a `rag backup` copy (it holds "
+                "the answers given, their feedback and the curated answers), or move it aside to start without them"
+            ) from None
         self._lock = threading.Lock()
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

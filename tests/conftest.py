@@ -106,3 +106,13 @@ def database_url(postgres_server: str) -> str:
     with psycopg.connect(postgres_server, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
     return postgres_server.rsplit("/", 1)[0] + f"/{name}"
+
+
+def without_digests(version_dir: Path) -> None:
+    """A version's meta.json as releases up to 0.3.0 wrote it: no digests of its files (a
+    test that edits the files in place, as an older release had them, drops them too)."""
+    import json
+
+    meta = json.loads((version_dir / "meta.json").read_text())
+    meta.pop("files", None)
+    (version_dir / "meta.json").write_text(json.dumps(meta))

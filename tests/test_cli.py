@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,18 @@ def test_ingest_on_a_full_disk_is_one_line_and_the_collection_stays_as_it_was(tm
     result = rag("ask", "How much is express delivery?", "--json", data_dir=tmp_path)
     assert result.returncode == 0 and "£9.95" in json.loads(result.stdout)["answer"]  # the version before serves
 
+    def no_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+
+    shutil.rmtree(tmp_path / "cache")  # `rag ask` on a full disk: its cache cannot be made, and it says so
+    asked = subprocess.run(
+        [sys.executable, "-m", "cli", "ask", "How much is express delivery?"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, preexec_fn=no_disk,
+    )  # fmt: skip
+    assert asked.returncode == 1 and "Traceback" not in asked.stderr, asked.stderr
+    assert asked.stderr.strip().splitlines()[-1].startswith("error: cannot open the response cache"), asked.stderr
+
 
 def test_a_backup_taken_while_serving_restores_keys_answers_feedback_and_collections(
     tmp_path: Path,
@@ -144,8 +157,14 @@ def test_a_backup_taken_while_serving_restores_keys_answers_feedback_and_collect
         answer = httpx.post(f"{url}/v1/query", json={"question": "Do gift cards expire?"}, headers=auth, timeout=60)
         vote = {"answer_id": answer.json()["answer_id"], "rating": "down", "reason": "outdated"}
         assert httpx.post(f"{url}/v1/feedback", json=vote, headers=auth, timeout=60).status_code == 200
+        # What a backup killed half-way left: DEST itself never appears until the copy is whole.
+        killed = tmp_path / "backup.partial"
+        killed.mkdir()
+        (killed / ".rag-backup-unfinished").touch()
+        (killed / "support.sqlite").write_bytes(b"half a file")
         done = rag("backup", str(tmp_path / "backup"), data_dir=data)  # while it serves
     assert done.returncode == 0 and "keys.sqlite" in done.stdout and "collections/default/" in done.stdout, done.stderr
+    assert not killed.exists() and not (tmp_path / "backup" / ".rag-backup-unfinished").exists()
     assert rag("backup", str(tmp_path / "backup"), data_dir=data).returncode == 1  # never mixed with another
 
     restored = make_settings(tmp_path / "backup", backend="extractive")

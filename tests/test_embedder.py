@@ -172,9 +172,13 @@ def test_mpnet_is_joined_checked_and_exported_without_token_type_ids(tmp_path: P
     assert np.min(cosine) > 0.9999, cosine
 
 
-async def test_a_collection_ingested_with_bge_small_answers_and_refuses_another_model(tmp_path: Path) -> None:
+async def test_a_collection_ingested_with_bge_small_answers_and_refuses_another_model(
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
     """The whole path on another model: ingest, retrieve behind the query prefix with the
-    model's own relevance floor, quote, cite; the collection is not searched with MiniLM."""
+    model's own relevance floor, quote, cite; the collection is not searched with MiniLM,
+    nor added to by it, until it is rebuilt with it."""
     from ingest.runner import ingest
     from rag.errors import IndexMismatchError
     from rag.pipeline import build_pipeline
@@ -195,5 +199,12 @@ async def test_a_collection_ingested_with_bge_small_answers_and_refuses_another_
     finally:
         await pipeline.aclose()
     minilm = EMBEDDING_MODELS["minilm"]
-    with pytest.raises(IndexMismatchError, match="re-ingest"):
+    with pytest.raises(IndexMismatchError, match="--rebuild"):
         CollectionIndex.load(settings.collections_dir, "support", model=minilm.name, dimension=minilm.dimension)
+    from rag.errors import IngestError
+
+    on_minilm = Settings(_env_file=None, data_dir=tmp_path, backend="extractive")  # type: ignore[call-arg]
+    with pytest.raises(IngestError, match="--rebuild"):
+        ingest([EXAMPLES], "support", on_minilm, embedder, progress=False)
+    ingest([EXAMPLES], "support", on_minilm, embedder, progress=False, rebuild=True)
+    CollectionIndex.load(settings.collections_dir, "support", model=minilm.name, dimension=minilm.dimension).close()

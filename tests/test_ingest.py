@@ -11,7 +11,7 @@ from rag.errors import IngestError
 from rag.settings import Settings
 from rag.store import CollectionIndex, collection_dir, current_version_dir
 
-from .conftest import ROOT
+from .conftest import ROOT, without_digests
 
 
 def _index(settings: Settings, embedder, name: str = "default") -> CollectionIndex:  # type: ignore[no-untyped-def]
@@ -103,8 +103,9 @@ def test_a_pdf_indexed_before_chunks_had_pages_is_read_again(corpus: Path, setti
     pdfs = sorted(p.name for p in corpus.glob("*.pdf"))
     assert {c.page for d in pdfs for c in _index(settings, embedder).document_chunks(d, 99)} == {1}
     version = current_version_dir(collection_dir(settings.collections_dir, "default"))
-    with sqlite3.connect(version / "chunks.sqlite") as db:  # as the release before wrote it: no pages
+    with sqlite3.connect(version / "chunks.sqlite") as db:  # as the release before wrote it: no pages,
         db.execute("UPDATE chunks SET page = 0")
+    without_digests(version)  # nor the files' digests
     again = ingest([corpus], "default", settings, embedder, progress=False)
     assert sorted(Path(s).name for s in again.indexed) == pdfs and len(again.unchanged) == 14 - len(pdfs)
     assert again.chunks_removed == again.chunks_added  # read again in place of their old chunks
@@ -143,7 +144,7 @@ def test_index_records_its_model_and_refuses_another(corpus: Path, settings: Set
     assert (meta["embedding_model"], meta["dimension"]) == ("all-MiniLM-L6-v2", 384)
     from rag.errors import IndexMismatchError
 
-    with pytest.raises(IndexMismatchError, match="re-ingest"):
+    with pytest.raises(IndexMismatchError, match="--rebuild"):
         CollectionIndex.load(settings.collections_dir, "default", model="other-model", dimension=768)
 
 

@@ -20,7 +20,7 @@ from rag.errors import RagError
 from rag.pipeline import Pipeline, build_pipeline
 from rag.store import CollectionIndex
 
-from .conftest import FIXTURES, ROOT, make_settings
+from .conftest import FIXTURES, ROOT, make_settings, without_digests
 from .servers import free_port, serving
 
 HOTELS = FIXTURES / "dstc11_hotels_corpus_slice.jsonl"
@@ -97,6 +97,7 @@ def test_a_version_written_before_citations_had_urls_still_serves_and_gains_them
     with sqlite3.connect(version_dir / "chunks.sqlite") as db:  # as the releases before wrote it
         db.execute("ALTER TABLE chunks DROP COLUMN url")
         db.execute("ALTER TABLE chunks DROP COLUMN page")
+    without_digests(version_dir)
     index = CollectionIndex.load(data_dir / "collections", "faq", model=embedder.name, dimension=384)
     [found] = index.search(vector, 1)
     assert (found.document_id, found.url, found.page) == ("a", "", 0) and index.chunks([found.id])[found.id].url == ""

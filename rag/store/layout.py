@@ -24,6 +24,8 @@ The approximate types are rebuilt from the stored vectors when a re-ingest delet
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import sqlite3
@@ -183,7 +185,86 @@ def switch_current(cdir: Path, version_dir: Path) -> None:
         os.close(dir_fd)
 
 
+CHECKED_FILES = (INDEX_FILE, CHUNKS_FILE)
+"""The files of a version whose size and digest ``meta.json`` keeps (version folders are never
+rewritten): a reader checks them before it trusts them, so a damaged index is an error, not
+wrong passages served in silence."""
+
+
+def file_digests(vdir: Path) -> dict[str, dict[str, Any]]:
+    """Size and BLAKE2b of each of a version's :data:`CHECKED_FILES`."""
+    out = {}
+    for name in CHECKED_FILES:
+        digest = hashlib.blake2b(digest_size=16)
+        with open(vdir / name, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        out[name] = {"bytes": (vdir / name).stat().st_size, "blake2b": digest.hexdigest()}
+    return out
+
+
+def read_meta(vdir: Path) -> dict[str, Any]:
+    """A version's ``meta.json``; :class:`Damage` if it is missing or unreadable."""
+    try:
+        meta = json.loads((vdir / META_FILE).read_text())
+    except FileNotFoundError:
+        raise Damage(f"{vdir.name}/{META_FILE} is missing") from None
+    except (ValueError, UnicodeDecodeError):
+        raise Damage(f"{vdir.name}/{META_FILE} is not the JSON its ingest wrote") from None
+    if not isinstance(meta, dict):
+        raise Damage(f"{vdir.name}/{META_FILE} is not the JSON its ingest wrote")
+    return meta
+
+
+def check_files(vdir: Path, meta: dict[str, Any]) -> None:
+    """Raise :class:`Damage` if a file of the version is missing, or is not the size and bytes
+    its ingest wrote (versions written before digests were kept: only that the files exist)."""
+    for name in CHECKED_FILES:
+        if not (vdir / name).is_file():
+            raise Damage(f"{vdir.name}/{name} is missing")
+    expected = meta.get("files")
+    if not isinstance(expected, dict):
+        return
+    for name in CHECKED_FILES:
+        size = (vdir / name).stat().st_size
+        if name in expected and size != expected[name].get("bytes"):
+            raise Damage(f"{vdir.name}/{name} is {size} bytes; its ingest wrote {expected[name].get('bytes')}")
+    found = file_digests(vdir)
+    for name in CHECKED_FILES:
+        if name in expected and found[name]["blake2b"] != expected[name].get("blake2b"):
+            raise Damage(f"{vdir.name}/{name} is not the file its ingest wrote (its checksum differs)")
+
+
+class Damage(Exception):
+    """What is wrong with a version folder on disk (the message)."""
+
+
+def orphaned_versions(cdir: Path) -> list[Path]:
+    """Whole versions (their ``meta.json`` written, which publishing does last but one) of a
+    collection whose ``CURRENT`` is missing: a collection that was ingested and lost its
+    pointer, not one never ingested. Newest first."""
+    if (cdir / CURRENT_FILE).exists():
+        return []
+    return sorted((p for p in cdir.glob("v[0-9]*") if (p / META_FILE).is_file()), reverse=True)
+
+
+def lost_pointer(name: str, whole: Path) -> str:
+    """What to say of a collection whose ``CURRENT`` is gone and whose ``whole`` version is not."""
+    return (
+        f"its {CURRENT_FILE} file is missing, and {whole.name} is whole: put it back with "
+        f"`echo {whole.name} > collections/{name}/{CURRENT_FILE}` in the data dir"
+    )
+
+
 def list_collections(collections_dir: Path) -> list[str]:
     if not collections_dir.is_dir():
         return []
     return sorted(p.name for p in collections_dir.iterdir() if current_version_dir(p) is not None)
+
+
+def lost_collections(collections_dir: Path) -> list[str]:
+    """Collections whose ``CURRENT`` is gone while whole versions remain (readiness reports
+    them, with how to mend them; :func:`list_collections` does not list them)."""
+    if not collections_dir.is_dir():
+        return []
+    return sorted(p.name for p in collections_dir.iterdir() if p.is_dir() and orphaned_versions(p))

@@ -12,7 +12,7 @@ synthetic vectors: IVF-PQ recall@10 0.73 alone, 1.00 re-ranked; ``rag eval index
 from __future__ import annotations
 
 import functools
-import json
+import logging
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -22,21 +22,26 @@ from typing import Any
 import numpy as np
 
 from ..embedding_models import calibration_of
-from ..errors import CollectionNotFoundError, IndexMismatchError, InvalidRequestError
+from ..errors import CollectionDamagedError, CollectionNotFoundError, IndexMismatchError, InvalidRequestError
 from .layout import (
     CHUNKS_FILE,
     COMPRESSED_TYPES,
     INDEX_FILE,
-    META_FILE,
     READABLE_FORMAT,
     REFINE,
+    Damage,
+    check_files,
     collection_dir,
     current_version_dir,
     decode_vectors,
     fetch_vectors,
+    lost_pointer,
+    orphaned_versions,
     read_index_mapped,
+    read_meta,
 )
 
+log = logging.getLogger("rag.store")
 FILTER_FIELDS = ("title", "document_id", "source")
 RRF_K = 60
 _FTS_TOKEN_RE = re.compile(r"\w+", re.UNICODE)
@@ -171,8 +176,14 @@ class CollectionIndex:
         cdir = collection_dir(collections_dir, name)
         vdir = current_version_dir(cdir)
         if vdir is None:
+            if orphans := orphaned_versions(cdir):
+                raise CollectionDamagedError(name, lost_pointer(name, orphans[0]))
             raise CollectionNotFoundError(name, collections_dir.parent)
-        meta = json.loads((vdir / META_FILE).read_text())
+        try:
+            meta = read_meta(vdir)
+            check_files(vdir, meta)
+        except Damage as exc:
+            raise CollectionDamagedError(name, str(exc)) from None
         if int(meta.get("format_version", 1)) < READABLE_FORMAT:
             raise IndexMismatchError(
                 f"collection {name!r} was written by an older release (no full-text index) - "
@@ -183,10 +194,14 @@ class CollectionIndex:
             raise IndexMismatchError(
                 f"collection {name!r} was built with {meta.get('embedding_model')} "
                 f"({meta.get('dimension')}-d) but this service embeds with {model} ({dimension}-d) - "
-                f"re-ingest it with `rag ingest PATH --collection {name}`",
+                f"rebuild it with `rag ingest PATH... --collection {name} --rebuild`",
                 param="collection",
             )
-        return cls(name, vdir, read_index_mapped(vdir / INDEX_FILE), meta)
+        try:
+            return cls(name, vdir, read_index_mapped(vdir / INDEX_FILE), meta)
+        except (RuntimeError, sqlite3.DatabaseError) as exc:  # a version written before digests were kept
+            log.error("collection %r, %s: %s", name, vdir.name, exc)
+            raise CollectionDamagedError(name, f"{vdir.name} cannot be read: {type(exc).__name__}") from None
 
     def warm(self) -> None:
         """Read what the first request would otherwise wait for: the titles, the FAQ questions,

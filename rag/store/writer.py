@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import IngestError
+from ..errors import CollectionDamagedError, IngestError
 from .layout import (
     CHUNKS_FILE,
     CURRENT_FILE,
@@ -34,16 +34,23 @@ from .layout import (
     INDEX_FILE,
     META_FILE,
     SCHEMA,
+    Damage,
+    check_files,
     collection_dir,
     current_version_dir,
+    file_digests,
+    lost_pointer,
     new_faiss_index,
+    orphaned_versions,
+    read_meta,
     switch_current,
 )
 
 
 class NewVersion:
-    def __init__(self, collections_dir: Path, name: str, *, model: str, dimension: int) -> None:
+    def __init__(self, collections_dir: Path, name: str, *, model: str, dimension: int, rebuild: bool = False) -> None:
         self.name = name
+        self.rebuild = rebuild
         self.cdir = collection_dir(collections_dir, name)
         self.model = model
         self.dimension = dimension
@@ -61,18 +68,21 @@ class NewVersion:
         self._stack.enter_context(_locked(self.cdir))
         try:
             self.current = current_version_dir(self.cdir)
+            if not self.rebuild:
+                self._check_current()
             self.path = self._next_version_dir()
-            self._clean_old_versions(keep={p for p in (self.current,) if p is not None})
+            # The live version, and whole ones a lost CURRENT left (--rebuild), stay until the new one is published.
+            self._clean_old_versions(keep={*orphaned_versions(self.cdir), *((self.current,) if self.current else ())})
             self.path.mkdir(parents=True)
             self.db = sqlite3.connect(self.path / CHUNKS_FILE)
             self._stack.callback(self._remove_unpublished)
-            current = self.current
+            current = None if self.rebuild else self.current  # rebuilt: afresh, from the files given
             if current is not None:
-                self.meta = json.loads((current / META_FILE).read_text())
+                self.meta = read_meta(current)
                 if self.meta.get("embedding_model") != self.model or self.meta.get("dimension") != self.dimension:
                     raise IngestError(
                         f"collection {self.name!r} was built with {self.meta.get('embedding_model')}; "
-                        f"delete {self.cdir} to rebuild it with {self.model}"
+                        f"rebuild it with {self.model}: `rag ingest PATH... --collection {self.name} --rebuild`"
                     )
             if current is not None and int(self.meta.get("format_version", 1)) >= FORMAT_VERSION:
                 with closing(sqlite3.connect(f"file:{current / CHUNKS_FILE}?mode=ro", uri=True)) as old:
@@ -96,6 +106,18 @@ class NewVersion:
     ) -> None:
         self._stack.close()
 
+    def _check_current(self) -> None:
+        """Refuse to build on a damaged version, or over whole versions whose ``CURRENT`` is
+        gone (the folders a new version would clear away): say how to mend it instead."""
+        if self.current is None:
+            if orphans := orphaned_versions(self.cdir):
+                raise IngestError(CollectionDamagedError(self.name, lost_pointer(self.name, orphans[0])).message)
+            return
+        try:
+            check_files(self.current, read_meta(self.current))
+        except Damage as exc:
+            raise IngestError(CollectionDamagedError(self.name, str(exc)).message) from None
+
     def publish(self, meta: dict[str, Any]) -> None:
         """Make this version the live one: ``db`` committed, ``index`` and ``meta`` written,
         everything fsynced, then ``CURRENT`` swapped; the version before it stays one run
@@ -105,7 +127,8 @@ class NewVersion:
         self.db.commit()
         self.db.close()
         faiss.write_index(self.index, str(self.path / INDEX_FILE))
-        (self.path / META_FILE).write_text(json.dumps({**meta, "format_version": FORMAT_VERSION}, indent=2))
+        meta = {**meta, "format_version": FORMAT_VERSION, "files": file_digests(self.path)}
+        (self.path / META_FILE).write_text(json.dumps(meta, indent=2))
         _fsync_dir(self.path)
         switch_current(self.cdir, self.path)
         self.published = True
@@ -118,7 +141,7 @@ class NewVersion:
     def current_fingerprint(self) -> str | None:
         if self.current is None:
             return None
-        fingerprint = json.loads((self.current / META_FILE).read_text()).get("fingerprint")
+        fingerprint = read_meta(self.current).get("fingerprint")
         return str(fingerprint) if fingerprint is not None else None
 
     def _remove_unpublished(self) -> None:

@@ -1,0 +1,180 @@
+"""Files damaged on disk (a disk error, a bad restore, a hand that deleted the wrong file):
+a collection whose files are not what its ingest wrote is an error that says how to mend
+it, never wrong passages served in silence, and nothing whole is thrown away."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ingest.runner import ingest
+from rag.errors import CollectionDamagedError, IngestError
+from rag.pipeline import build_pipeline
+from rag.store import CURRENT_FILE, INDEX_FILE, CollectionIndex, current_version_dir
+from serving.app import create_app
+
+from .conftest import EXAMPLES, make_settings
+from .servers import running_server
+
+
+@pytest.fixture
+def data_dir(example_data_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the example collection, free to damage."""
+    target = tmp_path / "data"
+    shutil.copytree(example_data_dir / "collections", target / "collections")
+    return target
+
+
+def _garble(path: Path, whole: bool = False) -> None:
+    """Random bytes over the middle of the file (4 KB, or its third quarter), its size unchanged."""
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(os.urandom(size // 4 if whole else min(4096, size // 4)))
+
+
+def _load(data_dir: Path, embedder) -> CollectionIndex:  # type: ignore[no-untyped-def]
+    return CollectionIndex.load(data_dir / "collections", "default", model=embedder.name, dimension=embedder.dimension)
+
+
+def test_an_index_overwritten_in_place_is_refused_with_how_to_mend_it(data_dir: Path, embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """FAISS reads a garbled index without a word (its vectors are just other numbers): the
+    size and checksum its ingest kept catch it, at load, at /readyz, at a question, and at
+    the next ingest (which would otherwise build on it); --rebuild mends it."""
+    vdir = current_version_dir(data_dir / "collections" / "default")
+    assert vdir is not None
+    _garble(vdir / INDEX_FILE)
+    with pytest.raises(CollectionDamagedError, match=r"index\.faiss is not the file its ingest wrote"):
+        _load(data_dir, embedder)
+
+    settings = make_settings(data_dir, backend="extractive")
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503 and "index.faiss" in ready.json()["error"]["message"], ready.text
+        response = httpx.post(f"{url}/v1/query", json={"question": "Do gift cards expire?"}, timeout=60)
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "collection_damaged" and "--rebuild" in error["message"], error
+        assert str(data_dir) not in error["message"]  # no server path to clients
+
+    docs = tmp_path / "docs"
+    shutil.copytree(EXAMPLES, docs)
+    with pytest.raises(IngestError, match="is damaged"):
+        ingest([docs], "default", settings, embedder, progress=False)
+    assert current_version_dir(data_dir / "collections" / "default") == vdir  # nothing was changed
+
+    ingest([docs], "default", settings, embedder, progress=False, rebuild=True)
+    index = _load(data_dir, embedder)
+    assert len(index) > 0 and index.version_dir != vdir
+    index.close()
+
+
+def test_a_truncated_chunks_file_or_a_missing_meta_is_named(data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    vdir = current_version_dir(data_dir / "collections" / "default")
+    assert vdir is not None
+    chunks = vdir / "chunks.sqlite"
+    os.truncate(chunks, chunks.stat().st_size // 2)
+    with pytest.raises(CollectionDamagedError, match=r"chunks\.sqlite is \d+ bytes; its ingest wrote \d+"):
+        _load(data_dir, embedder)
+    (vdir / "meta.json").unlink()
+    with pytest.raises(CollectionDamagedError, match=r"meta\.json is missing"):
+        _load(data_dir, embedder)
+
+
+def test_a_lost_current_file_says_which_version_is_whole_and_ingest_keeps_it(
+    data_dir: Path,
+    embedder,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """Without CURRENT a collection looked never ingested, and the next ingest cleared its
+    whole version away (and embedded everything again): now both say how to put it back."""
+    cdir = data_dir / "collections" / "default"
+    vdir = current_version_dir(cdir)
+    assert vdir is not None
+    (cdir / CURRENT_FILE).unlink()
+    with pytest.raises(CollectionDamagedError, match=f"echo {vdir.name} > collections/default/CURRENT"):
+        _load(data_dir, embedder)
+
+    settings = make_settings(data_dir, backend="extractive")
+    with running_server(create_app(settings, build_pipeline(settings, embedder))) as url:
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503 and f"echo {vdir.name}" in ready.json()["error"]["message"], ready.text
+
+    docs = tmp_path / "docs"
+    shutil.copytree(EXAMPLES, docs)
+    with pytest.raises(IngestError, match="CURRENT file is missing"):
+        ingest([docs], "default", settings, embedder, progress=False)
+    assert (vdir / INDEX_FILE).exists()  # the whole version is still there
+
+    (cdir / CURRENT_FILE).write_text(vdir.name + "\n")  # what the message says to do
+    index = _load(data_dir, embedder)
+    assert index.version_dir == vdir and len(index) > 0
+    index.close()
+
+
+def test_a_response_cache_damaged_past_its_header_is_a_miss_and_clear_mends_it(tmp_path: Path) -> None:
+    """Opening reads only the first pages: damage further in used to fail every lookup with a
+    500 and `rag cache clear` with a traceback. Now a lookup is a miss, and clearing sets
+    the file aside and starts it empty, keeping the blocks (another file)."""
+    import numpy as np
+
+    from cache import SemanticCache
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(400, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cache = SemanticCache(tmp_path / "cache", dimension=384, threshold=0.9)
+    for n, v in enumerate(vectors):
+        cache.put("s", f"question number {n}?", v, {"answer": f"answer {n} " + "x" * 2000})
+    cache.reject("s", "question number 0?", vectors[0], "answer 0", "no-answer", "default")  # a block
+    cache.close()
+    _garble(tmp_path / "cache" / "entries" / "cache.db", whole=True)
+
+    cache = SemanticCache(tmp_path / "cache", dimension=384, threshold=0.9)
+    hits = [cache.get_exact("s", f"question number {n}?") for n in range(1, 400)]
+    assert any(h is None for h in hits) and cache.lookups["store_errors"] > 0  # misses, not errors
+    assert cache.clear() == 0
+    assert list((tmp_path / "cache").glob("entries.corrupt-*")), "the damaged file is kept aside"
+    cache.put("s", "question number 1?", vectors[1], {"answer": "fresh"})
+    hit = cache.get_exact("s", "question number 1?")
+    assert hit is not None and hit.payload["answer"] == "fresh"
+    assert len(cache.blocks.all("default")) == 1  # the block outlived it
+    cache.close()
+
+
+def test_a_damaged_support_store_stops_serve_with_one_line_and_a_damaged_job_store_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    """The support store holds answers, feedback and curated answers: `rag serve` will not
+    start on a damaged one, and says so in one line, naming it; the job store (a batch's
+    progress) is set aside and started empty."""
+    import subprocess
+    import sys
+
+    from serving.jobs import JobStore
+    from serving.support_store import open_support_store
+
+    from .conftest import ROOT
+
+    data = tmp_path / "data"
+    open_support_store(data, None).close()
+    JobStore(data / "jobs.sqlite").close()
+    for name in ("support.sqlite", "jobs.sqlite"):
+        with open(data / name, "r+b") as fh:
+            fh.write(os.urandom(100))  # its header
+    jobs = JobStore(data / "jobs.sqlite")
+    assert jobs.unfinished() == []  # empty, and working
+    jobs.close()
+    assert list(data.glob("jobs.sqlite.corrupt-*"))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(data), "RAG_BACKEND": "extractive"}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "serve", "--port", "0"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert "support.sqlite in the data dir is damaged" in result.stderr and "rag backup" in result.stderr, result.stderr
