@@ -23,6 +23,7 @@ from urllib.parse import quote
 import typer
 
 from rag.store import CURRENT_FILE, current_version_dir, list_collections
+from rag.store.layout import Damage, check_files, read_meta
 
 from .app import DataDir, fail, load_settings
 
@@ -61,6 +62,7 @@ def backup(
     dest.chmod(0o700)  # customers' questions and the key hashes: the owner's only
     (dest / PARTIAL_MARK).touch()
     copied: list[str] = []
+    damaged: list[str] = []
     try:
         for name in STORES:
             if (source / name).exists():
@@ -74,6 +76,11 @@ def backup(
             cdir = settings.collections_dir / collection
             version = current_version_dir(cdir)
             if version is None:
+                continue
+            try:
+                check_files(version, read_meta(version))
+            except Damage as exc:  # a copy of it would be no backup: say so, keep the rest
+                damaged.append(f"collections/{collection} ({exc})")
                 continue
             target = dest / "collections" / collection
             shutil.copytree(version, target / version.name)
@@ -100,3 +107,8 @@ def backup(
             "keys, jobs and the support store are in PostgreSQL (RAG_DATABASE_URL): back them up with pg_dump",
             fg=typer.colors.YELLOW, err=True,
         )  # fmt: skip
+    if damaged:
+        fail(
+            f"left out, damaged: {'; '.join(damaged)} - rebuild it (`rag ingest PATH... --collection NAME --rebuild`) "
+            "or put it back from an earlier backup"
+        )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -17,7 +19,7 @@ from rag.pipeline import build_pipeline
 from rag.store import CURRENT_FILE, INDEX_FILE, CollectionIndex, current_version_dir
 from serving.app import create_app
 
-from .conftest import EXAMPLES, make_settings
+from .conftest import EXAMPLES, ROOT, make_settings
 from .servers import running_server
 
 
@@ -35,6 +37,13 @@ def _garble(path: Path, whole: bool = False) -> None:
     with open(path, "r+b") as fh:
         fh.seek(size // 2)
         fh.write(os.urandom(size // 4 if whole else min(4096, size // 4)))
+
+
+def _cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(data_dir), "RAG_BACKEND": "extractive"}
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def _load(data_dir: Path, embedder) -> CollectionIndex:  # type: ignore[no-untyped-def]
@@ -60,6 +69,10 @@ def test_an_index_overwritten_in_place_is_refused_with_how_to_mend_it(data_dir: 
         error = response.json()["error"]
         assert error["code"] == "collection_damaged" and "--rebuild" in error["message"], error
         assert str(data_dir) not in error["message"]  # no server path to clients
+
+    backup = _cli("backup", str(tmp_path / "backup"), data_dir=data_dir)  # a copy of it would be no backup
+    assert backup.returncode == 1 and "left out, damaged: collections/default" in backup.stderr, backup.stderr
+    assert (tmp_path / "backup").is_dir() and not (tmp_path / "backup" / "collections").exists()
 
     docs = tmp_path / "docs"
     shutil.copytree(EXAMPLES, docs)
@@ -152,13 +165,8 @@ def test_a_damaged_support_store_stops_serve_with_one_line_and_a_damaged_job_sto
     """The support store holds answers, feedback and curated answers: `rag serve` will not
     start on a damaged one, and says so in one line, naming it; the job store (a batch's
     progress) is set aside and started empty."""
-    import subprocess
-    import sys
-
     from serving.jobs import JobStore
     from serving.support_store import open_support_store
-
-    from .conftest import ROOT
 
     data = tmp_path / "data"
     open_support_store(data, None).close()
@@ -171,10 +179,6 @@ def test_a_damaged_support_store_stops_serve_with_one_line_and_a_damaged_job_sto
     jobs.close()
     assert list(data.glob("jobs.sqlite.corrupt-*"))
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(data), "RAG_BACKEND": "extractive"}
-    result = subprocess.run(
-        [sys.executable, "-m", "cli", "serve", "--port", "0"], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
+    result = _cli("serve", "--port", "0", data_dir=data)
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     assert "support.sqlite in the data dir is damaged" in result.stderr and "rag backup" in result.stderr, result.stderr
