@@ -5,12 +5,13 @@ then the groups in theirs)."""
 
 from __future__ import annotations
 
-from . import ask, backup, bench, cache, curated, ingest, jobs, keys, report, serve, settings
+from . import ask, backup, bench, cache, collections, curated, ingest, jobs, keys, report, serve, settings
 from . import eval as evaluate
 from .app import app
 
 app.command()(jobs.batch)
 app.command()(ingest.ingest)
+app.command()(collections.collections)
 app.command()(serve.serve)
 app.add_typer(keys.keys_app, name="keys")
 app.command()(ask.ask)
