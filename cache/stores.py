@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import pickle
 import sqlite3
 import threading
 import time
@@ -42,6 +43,18 @@ class StoreUnavailable(Exception):
     skipped, and tries again later."""
 
 
+DAMAGE = (sqlite3.DatabaseError, pickle.UnpicklingError, UnicodeDecodeError, EOFError)
+
+
+def damaged(exc: BaseException) -> bool:
+    """Whether ``exc`` says a file's bytes are not what was written (SQLite's own "malformed",
+    "not a database"; a stored value that no longer unpickles), not that the file is busy,
+    full or read-only (OperationalError) or that a query was wrong (IntegrityError, ...)."""
+    if isinstance(exc, sqlite3.DatabaseError):
+        return type(exc) is sqlite3.DatabaseError
+    return isinstance(exc, (pickle.UnpicklingError, UnicodeDecodeError, EOFError))
+
+
 def _local(method: Callable[..., Any]) -> Callable[..., Any]:
     """A diskcache call that cannot write or read now (SQLite's OperationalError, or an
     OSError: the disk is full or read-only, the file is locked) as :class:`StoreUnavailable`: misses and
@@ -53,7 +66,9 @@ def _local(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(*args, **kwargs)
         except (sqlite3.OperationalError, OSError) as exc:  # OSError: a large value's own file
             raise StoreUnavailable(f"the response cache on local disk: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # damaged past what opening it reads
+        except DAMAGE as exc:  # damaged past what opening it reads (a page; a stored value)
+            if not damaged(exc):
+                raise
             raise StoreUnavailable(
                 f"the response cache on local disk is damaged ({exc}) - `rag cache clear` sets its file aside "
                 "and starts it empty (blocks kept)"
@@ -275,8 +290,8 @@ class LocalStore:
                 try:
                     count = sum(1 for _ in self._entries())
                     self._store.clear()
-                except sqlite3.DatabaseError as exc:
-                    if isinstance(exc, sqlite3.OperationalError):  # locked, full: the file is sound
+                except DAMAGE as exc:
+                    if not damaged(exc):  # locked, full: the file is sound
                         raise
                     count = self._set_entries_aside(exc)
                 # The rest go in place, in one transaction: blocks and evidence are never away,

@@ -5,8 +5,8 @@ mode under writes may copy a torn file), each collection's live version as it is
 published version is never written again), and the small files beside them. The response
 cache is left out: it is rebuilt by answering, and the curated answers and thumbs-down blocks
 it holds are kept in the support store too, which puts them back at start-up. The copy is
-written to ``DEST.partial`` and renamed to DEST when whole, so a DEST is never a backup cut
-short (a killed run's ``.partial`` is cleared by the next). With
+written to ``DEST/.partial`` and moved up when whole, so a DEST that holds ``.partial`` is a
+backup cut short (the next run clears it). With
 RAG_DATABASE_URL, keys, jobs and the support store live in PostgreSQL: back it up with
 `pg_dump`; this copies the rest.
 """
@@ -22,14 +22,14 @@ from urllib.parse import quote
 
 import typer
 
-from rag.store import CURRENT_FILE, current_version_dir, list_collections
+from rag.store import CURRENT_FILE, current_version_dir, list_collections, lost_collections
 from rag.store.layout import Damage, check_files, read_meta
 
 from .app import DataDir, fail, load_settings
 
 STORES = ("keys.sqlite", "support.sqlite", "jobs.sqlite")  # what cannot be made again
 SMALL_FILES = ("cache-verifier.npz", "vllm-models.json")  # calibrated or learnt: kept too
-PARTIAL_MARK = ".rag-backup-unfinished"
+PARTIAL = ".partial"
 
 
 def _sqlite_copy(source: Path, target: Path) -> None:
@@ -50,17 +50,17 @@ def backup(
     source = settings.data_dir.resolve()
     if not source.is_dir():
         fail(f"no data dir at {source} - give --data-dir (or RAG_DATA_DIR)")
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        fail(f"{dest} is not an empty folder - give a new one, so that no backup is mixed with another")
-    # Written beside DEST and renamed to it when whole: a DEST is never a backup cut short.
-    final, dest = dest, dest.with_name(f"{dest.name}.partial")
-    if (dest / PARTIAL_MARK).exists():  # a run killed before it finished: ours to clear
+    # Written into DEST/.partial and moved up when whole: a DEST holding .partial is a backup cut short.
+    final, dest = dest, dest / PARTIAL
+    if final.exists() and (not final.is_dir() or any(p.name != PARTIAL for p in final.iterdir())):
+        fail(f"{final} is not an empty folder - give a new one, so that no backup is mixed with another")
+    if dest.exists():  # a run killed before it finished: ours to clear
         shutil.rmtree(dest)
-    elif dest.exists():
-        fail(f"{dest} is in the way (the backup is written there first) - move it, or give another DEST")
-    dest.mkdir(parents=True)
-    dest.chmod(0o700)  # customers' questions and the key hashes: the owner's only
-    (dest / PARTIAL_MARK).touch()
+    try:
+        dest.mkdir(parents=True)
+    except OSError as exc:
+        fail(f"cannot make {dest} ({exc.strerror}) - give a DEST where you may write")
+    final.chmod(0o700)  # customers' questions and the key hashes: the owner's only
     copied: list[str] = []
     damaged: list[str] = []
     try:
@@ -72,6 +72,9 @@ def backup(
             if (source / name).exists():
                 shutil.copy2(source / name, dest / name)
                 copied.append(name)
+        damaged += [
+            f"collections/{c} (its CURRENT file is missing)" for c in lost_collections(settings.collections_dir)
+        ]
         for collection in list_collections(settings.collections_dir):
             cdir = settings.collections_dir / collection
             version = current_version_dir(cdir)
@@ -90,12 +93,10 @@ def backup(
         fail(f"the backup stopped ({exc}) - {dest} is incomplete: delete it and run again")
     if not copied:
         shutil.rmtree(dest)
-        fail(f"nothing to back up in {source}")
-    (dest / PARTIAL_MARK).unlink()
-    try:
-        dest.replace(final)  # onto a missing or empty folder
-    except OSError as exc:
-        fail(f"the backup is whole in {dest} but could not be named {final} ({exc}) - rename it yourself")
+        fail(f"nothing to back up in {source}" + (f" but the damaged {'; '.join(damaged)}" if damaged else ""))
+    for path in list(dest.iterdir()):
+        path.replace(final / path.name)
+    dest.rmdir()
     dest = final
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
     typer.echo(f"backed up {source} to {dest}: {', '.join(copied)} ({size / 2**20:.1f} MiB)")

@@ -106,7 +106,7 @@ def ingest(
     ) as version:
         db, meta = version.db, version.meta
         previous_type = str(meta.get("index_type", "flat"))
-        index_type = index_type or previous_type
+        index_type = index_type or version.rebuilt_index_type or previous_type
         if index_type not in INDEX_TYPES:
             raise IngestError(f"unknown index type {index_type!r}: use one of {', '.join(INDEX_TYPES)}")
 

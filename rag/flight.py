@@ -140,10 +140,14 @@ class SingleFlight(Generating):
         if cache is None or not cache.shared:
             yield None
             return
+        deadline = time.monotonic() + MAX_WAIT_S
         while not await self.in_store(cache.claim, prep.scope, prep.question, CLAIM_TTL_S):
             answer = await self._await_other_host(prep, cache)
             if answer is not None:
                 yield answer
+                return
+            if time.monotonic() >= deadline:  # the other host holds it this long: answer it here, unclaimed
+                yield None
                 return
         renewing = asyncio.create_task(self._keep_claim(prep, cache))
         try:

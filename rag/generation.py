@@ -203,7 +203,7 @@ class Generating:
         the sentences that answer, quoted and cited, where there are any (not stored: with the
         server mended, the model answers); else the error, a 503 of its own code."""
         quote = prep.evidence.quote()
-        if not quote:
+        if not quote or prep.audit:  # an audit compares the model's answers: no verdict from a quote
             raise error
         log.warning("%s - the evidence is quoted instead", error.message)
         citations = [Citation.from_chunk(c) for c in prep.quoted]

@@ -26,9 +26,17 @@ import numpy as np
 
 from .conversation import new_topic, refers_back, standalone
 from .embedder import Embedder
+from .errors import CollectionDamagedError
 from .rerank import RerankerUnavailable, load_reranker
 from .settings import Settings
-from .store import CollectionIndex, RetrievedChunk, SearchResult, collection_dir, current_version_dir
+from .store import (
+    CURRENT_FILE,
+    CollectionIndex,
+    RetrievedChunk,
+    SearchResult,
+    collection_dir,
+    current_version_dir,
+)
 
 log = logging.getLogger("rag.pipeline")
 
@@ -42,6 +50,7 @@ class Retrieval:
         self._indexes: dict[str, CollectionIndex] = {}
         self._index_lock = threading.Lock()
         self.swap_errors: dict[str, tuple[Path, str]] = {}  # collection -> (version, why it did not load)
+        self._damaged: dict[str, tuple[tuple[Any, ...], CollectionDamagedError]] = {}  # its files then, the error
         self._refresh_lock = threading.Lock()
         self._watch = threading.Event()  # set: look now
         self._closing = threading.Event()
@@ -57,13 +66,36 @@ class Retrieval:
             if self._live(collection) != loaded.version_dir:
                 self._watch.set()
             return loaded
+        failed = self._damaged.get(collection)
+        if failed is not None and failed[0] == self._files_now(collection):
+            raise failed[1]  # the same damaged files: not read and hashed again for each request
         with self._index_lock:
             loaded = self._indexes.get(collection)
             if loaded is None:
-                loaded = self._indexes[collection] = self._load(collection)
+                seen = self._files_now(collection)
+                try:
+                    loaded = self._indexes[collection] = self._load(collection)
+                except CollectionDamagedError as exc:
+                    self._damaged[collection] = (seen, exc)
+                    raise
+                self._damaged.pop(collection, None)
                 self._start_watcher()
                 self._announce(loaded)
             return loaded
+
+    def _files_now(self, collection: str) -> tuple[Any, ...]:
+        """What a damaged verdict holds for: CURRENT, and the live version's files as they are
+        now (a restore or a rebuild changes one)."""
+        cdir = collection_dir(self.settings.collections_dir, collection)
+        paths = [cdir / CURRENT_FILE, *(p for p in sorted(cdir.glob("v[0-9]*/*")) if p.is_file())]
+        out: list[tuple[Any, ...]] = []
+        for path in paths:
+            try:
+                st = path.stat()
+                out.append((path.name, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append((path.name, None))
+        return tuple(out)
 
     async def index_for(self, collection: str) -> CollectionIndex:
         """:meth:`get_index` from the event loop: a first load (a FAISS file, seconds for a big

@@ -84,7 +84,7 @@ class JobStore:
         try:
             self._open(path)
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError):  # locked, full, read-only: the file is sound
+            if type(exc) is not sqlite3.DatabaseError:  # locked, full, read-only: the file is sound
                 raise
             # Jobs are a batch's progress and results, not records to keep: a damaged file is set
             # aside (for a post-mortem) and the store starts empty, rather than the service not at all.

@@ -168,7 +168,7 @@ class _Sqlite:
             self._conn.executescript(SQLITE_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            if isinstance(exc, sqlite3.OperationalError):  # locked, full, read-only: the file is sound
+            if type(exc) is not sqlite3.DatabaseError:  # locked, full, read-only: the file is sound
                 raise
             raise StoreDamagedError(
                 f"{path.name} in the data dir is damaged ({exc}) - put it back from a `rag backup` copy (it holds "

@@ -12,7 +12,19 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 HEALTHY_ANSWER = ("The answer", " is in", " the documents.")
-MODES = ("ok", "error", "refuse", "cut", "hang", "stall", "keepalive", "slow", "errorevent", "cutafterdone")
+MODES = (
+    "ok",
+    "error",
+    "refuse",
+    "unauthorized",
+    "cut",
+    "hang",
+    "stall",
+    "keepalive",
+    "slow",
+    "errorevent",
+    "cutafterdone",
+)
 
 
 def _chunk(text: str, finish_reason: str | None = None) -> str:
@@ -31,6 +43,7 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
     - ``ok``: a healthy answer (:data:`HEALTHY_ANSWER`, three tokens, usage, ``[DONE]``);
     - ``error``: 500 (and an unhealthy ``/health``);
     - ``refuse``: 400, vLLM's answer to a prompt over the model's context length;
+    - ``unauthorized``: 401, a server started with ``--api-key`` that the service does not send;
     - ``cut``: two tokens, then the connection drops;
     - ``hang``: accepts the request and never answers it (no status line either);
     - ``stall``: two tokens, then nothing, the connection left open;
@@ -81,6 +94,8 @@ def fake_vllm(mode: str = "ok") -> FastAPI:
             )
             error = {"message": message, "type": "BadRequestError", "param": "input_tokens", "code": 400}
             return JSONResponse({"error": error}, 400)
+        if mode == "unauthorized":
+            return JSONResponse({"error": "Unauthorized"}, 401)
         if mode == "hang":
             await while_mode("hang")
             return JSONResponse({"error": {"message": "woke up", "type": "InternalServerError"}}, 500)

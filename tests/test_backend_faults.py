@@ -256,6 +256,10 @@ def test_a_request_vllm_refuses_is_answered_by_the_quoted_evidence(
             "vLLM refused the request (400): This model"
         ), error
 
+        backend.set("unauthorized")  # a key or model it refuses every request for: an outage, not a quote
+        response, _ = _ask(url, "Do gift cards expire?")
+        assert response.status_code == 503 and response.json()["error"]["code"] == "backend_unavailable", response.text
+
         backend.set("ok")  # not marked down for a request it refused: answered at once
         response, _ = _ask(url, "How do I track my parcel?")
         assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text

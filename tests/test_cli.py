@@ -158,13 +158,12 @@ def test_a_backup_taken_while_serving_restores_keys_answers_feedback_and_collect
         vote = {"answer_id": answer.json()["answer_id"], "rating": "down", "reason": "outdated"}
         assert httpx.post(f"{url}/v1/feedback", json=vote, headers=auth, timeout=60).status_code == 200
         # What a backup killed half-way left: DEST itself never appears until the copy is whole.
-        killed = tmp_path / "backup.partial"
-        killed.mkdir()
-        (killed / ".rag-backup-unfinished").touch()
+        killed = tmp_path / "backup" / ".partial"
+        killed.mkdir(parents=True)
         (killed / "support.sqlite").write_bytes(b"half a file")
         done = rag("backup", str(tmp_path / "backup"), data_dir=data)  # while it serves
     assert done.returncode == 0 and "keys.sqlite" in done.stdout and "collections/default/" in done.stdout, done.stderr
-    assert not killed.exists() and not (tmp_path / "backup" / ".rag-backup-unfinished").exists()
+    assert not killed.exists()
     assert rag("backup", str(tmp_path / "backup"), data_dir=data).returncode == 1  # never mixed with another
 
     restored = make_settings(tmp_path / "backup", backend="extractive")

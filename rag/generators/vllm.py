@@ -146,9 +146,11 @@ class VLLMGenerator:
             if response.status_code >= 500:
                 raise _ReplicaFailed(f"{path} answered {response.status_code}")
             if response.status_code >= 400:  # our request is wrong for this server: retrying won't help
-                raise BackendRefusedError(
-                    f"vLLM refused the request ({response.status_code}): {_reason(await response.aread())}"
-                )
+                reason = f"vLLM refused the request ({response.status_code}): {_reason(await response.aread())}"
+                if response.status_code in (400, 413, 422):  # this prompt (over the context length, say)
+                    raise BackendRefusedError(reason)
+                # Its key, its model name (401, 403, 404): every request would be refused, an outage.
+                raise BackendUnavailableError(reason)
             events = source.aiter_sse()
             while True:
                 # The deadline bounds every wait, not only the gaps between tokens: a server that

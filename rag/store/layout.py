@@ -29,6 +29,7 @@ import json
 import os
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,23 +236,39 @@ def check_files(vdir: Path, meta: dict[str, Any]) -> None:
             raise Damage(f"{vdir.name}/{name} is not the file its ingest wrote (its checksum differs)")
 
 
+SETTLED_S = 60.0
+"""How old a version without ``CURRENT`` must be before a reader calls its pointer lost (not
+being published now)."""
+
+
 class Damage(Exception):
     """What is wrong with a version folder on disk (the message)."""
 
 
-def orphaned_versions(cdir: Path) -> list[Path]:
+def orphaned_versions(cdir: Path, settled_s: float = 0.0) -> list[Path]:
     """Whole versions (their ``meta.json`` written, which publishing does last but one) of a
-    collection whose ``CURRENT`` is missing: a collection that was ingested and lost its
-    pointer, not one never ingested. Newest first."""
-    if (cdir / CURRENT_FILE).exists():
+    collection whose ``CURRENT`` is missing or names no version folder: a collection that was
+    ingested and lost its pointer, not one never ingested. Newest first. A reader passes
+    ``settled_s``: a version whose meta.json is younger may be being published this moment
+    (the writer, holding the lock, passes 0)."""
+    if current_version_dir(cdir) is not None:
         return []
-    return sorted((p for p in cdir.glob("v[0-9]*") if (p / META_FILE).is_file()), reverse=True)
+    now = time.time()
+    whole = []
+    for path in cdir.glob("v[0-9]*"):
+        try:
+            if now - (path / META_FILE).stat().st_mtime >= settled_s:
+                whole.append(path)
+        except OSError:
+            continue
+    return sorted(whole, reverse=True)
 
 
 def lost_pointer(name: str, whole: Path) -> str:
     """What to say of a collection whose ``CURRENT`` is gone and whose ``whole`` version is not."""
+    lost = "names no version folder" if (whole.parent / CURRENT_FILE).exists() else "is missing"
     return (
-        f"its {CURRENT_FILE} file is missing, and {whole.name} is whole: put it back with "
+        f"its {CURRENT_FILE} file {lost}, and {whole.name} is whole: put it back with "
         f"`echo {whole.name} > collections/{name}/{CURRENT_FILE}` in the data dir"
     )
 
@@ -267,4 +284,4 @@ def lost_collections(collections_dir: Path) -> list[str]:
     them, with how to mend them; :func:`list_collections` does not list them)."""
     if not collections_dir.is_dir():
         return []
-    return sorted(p.name for p in collections_dir.iterdir() if p.is_dir() and orphaned_versions(p))
+    return sorted(p.name for p in collections_dir.iterdir() if p.is_dir() and orphaned_versions(p, SETTLED_S))

@@ -29,6 +29,7 @@ from .layout import (
     INDEX_FILE,
     READABLE_FORMAT,
     REFINE,
+    SETTLED_S,
     Damage,
     check_files,
     collection_dir,
@@ -176,7 +177,7 @@ class CollectionIndex:
         cdir = collection_dir(collections_dir, name)
         vdir = current_version_dir(cdir)
         if vdir is None:
-            if orphans := orphaned_versions(cdir):
+            if orphans := orphaned_versions(cdir, SETTLED_S):
                 raise CollectionDamagedError(name, lost_pointer(name, orphans[0]))
             raise CollectionNotFoundError(name, collections_dir.parent)
         try:

@@ -71,8 +71,11 @@ class NewVersion:
             if not self.rebuild:
                 self._check_current()
             self.path = self._next_version_dir()
-            # The live version, and whole ones a lost CURRENT left (--rebuild), stay until the new one is published.
-            self._clean_old_versions(keep={*orphaned_versions(self.cdir), *((self.current,) if self.current else ())})
+            # The live version stays until the new one is published; rebuilding (the live one may be
+            # damaged), every whole one does, and those a lost CURRENT left.
+            whole = {p for p in self.cdir.glob("v[0-9]*") if (p / META_FILE).is_file()} if self.rebuild else set()
+            keep = {*whole, *orphaned_versions(self.cdir), *((self.current,) if self.current else ())}
+            self._clean_old_versions(keep=keep)
             self.path.mkdir(parents=True)
             self.db = sqlite3.connect(self.path / CHUNKS_FILE)
             self._stack.callback(self._remove_unpublished)
@@ -105,6 +108,17 @@ class NewVersion:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._stack.close()
+
+    @property
+    def rebuilt_index_type(self) -> str | None:
+        """Rebuilding: the index type the collection had (an ivfpq one would come back flat, at
+        12x the memory), where its meta still says; else None."""
+        if not self.rebuild or self.current is None:
+            return None
+        try:
+            return str(read_meta(self.current).get("index_type", "flat"))
+        except Damage:
+            return None
 
     def _check_current(self) -> None:
         """Refuse to build on a damaged version, or over whole versions whose ``CURRENT`` is
@@ -139,9 +153,12 @@ class NewVersion:
         self._remove_unpublished()
 
     def current_fingerprint(self) -> str | None:
-        if self.current is None:
+        if self.current is None or self.rebuild:
             return None
-        fingerprint = read_meta(self.current).get("fingerprint")
+        try:
+            fingerprint = read_meta(self.current).get("fingerprint")
+        except Damage:
+            return None
         return str(fingerprint) if fingerprint is not None else None
 
     def _remove_unpublished(self) -> None:
