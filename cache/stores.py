@@ -55,6 +55,16 @@ def damaged(exc: BaseException) -> bool:
     return isinstance(exc, (pickle.UnpicklingError, UnicodeDecodeError, EOFError))
 
 
+def set_aside(path: Path, what: str, error: BaseException) -> None:
+    """A damaged file or folder (with a SQLite file's ``-wal`` and ``-shm``) renamed to
+    ``NAME.corrupt-TIME`` beside it, for a post-mortem; the caller starts an empty one."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    log.warning("%s at %s is unreadable (%s); moved to %s and started empty", what, path, error, aside)
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{path}{suffix}").exists():
+            Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+
+
 def _local(method: Callable[..., Any]) -> Callable[..., Any]:
     """A diskcache call that cannot write or read now (SQLite's OperationalError, or an
     OSError: the disk is full or read-only, the file is locked) as :class:`StoreUnavailable`: misses and
@@ -185,20 +195,15 @@ class LocalStore:
                 "RAG_DATA_DIR writable"
             ) from exc
         except sqlite3.DatabaseError as exc:
-            # A corrupted cache costs answers already paid for, never the service: set the
-            # files aside (for a post-mortem) and start empty.
-            aside = directory.with_name(f"{directory.name}.corrupt-{int(time.time())}")
-            log.warning("response cache at %s is unreadable (%s); moved to %s and started empty", directory, exc, aside)
-            directory.rename(aside)
+            # A corrupted cache costs answers already paid for, never the service.
+            set_aside(directory, "response cache", exc)
             self._open(directory, size_limit_bytes)
         self._directory, self._size_limit = directory, size_limit_bytes
         self._scopes: dict[str, _ScopeIndex] = {}
         self._lock = threading.Lock()
 
     def _open(self, directory: Path, size_limit_bytes: int) -> None:
-        self._store = diskcache.Cache(
-            str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
-        )
+        self._open_entries(directory, size_limit_bytes)
         self.counters: Counters = LocalCounters(str(directory / "counters"), eviction_policy="none")
         self.counters.get("epoch")  # reads the database: a corrupted file fails here, not later
 
@@ -313,13 +318,15 @@ class LocalStore:
         """The answers' file, damaged past reading, set aside (for a post-mortem) and started
         empty; the counters (blocks, evidence) are another file and stay. Returns 0: how many
         answers it held cannot be read."""
-        entries = self._directory / "entries"
-        aside = entries.with_name(f"entries.corrupt-{int(time.time())}")
-        log.warning("response cache at %s is damaged (%s): moved to %s, started empty", entries, error, aside)
         self._store.close()
-        entries.rename(aside)
-        self._store = diskcache.Cache(str(entries), size_limit=self._size_limit, eviction_policy="least-recently-used")
+        set_aside(self._directory / "entries", "response cache", error)
+        self._open_entries(self._directory, self._size_limit)
         return 0
+
+    def _open_entries(self, directory: Path, size_limit_bytes: int) -> None:
+        self._store = diskcache.Cache(
+            str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+        )
 
     @_local
     def volume(self) -> int:

@@ -22,8 +22,8 @@ from urllib.parse import quote
 
 import typer
 
-from rag.store import CURRENT_FILE, current_version_dir, list_collections, lost_collections
-from rag.store.layout import Damage, check_files, read_meta
+from rag.store import CURRENT_FILE
+from rag.store.layout import SETTLED_S, Damage, checked_version, collection_dirs
 
 from .app import DataDir, fail, load_settings
 
@@ -72,19 +72,16 @@ def backup(
             if (source / name).exists():
                 shutil.copy2(source / name, dest / name)
                 copied.append(name)
-        damaged += [
-            f"collections/{c} (its CURRENT file is missing)" for c in lost_collections(settings.collections_dir)
-        ]
-        for collection in list_collections(settings.collections_dir):
-            cdir = settings.collections_dir / collection
-            version = current_version_dir(cdir)
-            if version is None:
-                continue
+        for cdir in collection_dirs(settings.collections_dir):
+            collection = cdir.name
             try:
-                check_files(version, read_meta(version))
+                found = checked_version(cdir, SETTLED_S)
             except Damage as exc:  # a copy of it would be no backup: say so, keep the rest
                 damaged.append(f"collections/{collection} ({exc})")
                 continue
+            if found is None:
+                continue
+            version = found[0]
             target = dest / "collections" / collection
             shutil.copytree(version, target / version.name)
             (target / CURRENT_FILE).write_text(version.name + "\n")

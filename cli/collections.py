@@ -18,30 +18,24 @@ def collections(
     """List the collections: live version, chunks, index type, embedding model, when last
     ingested, and whether their files are what their ingest wrote (checked, as a load does)."""
     from rag.errors import CollectionDamagedError
-    from rag.store import current_version_dir
-    from rag.store.layout import Damage, check_files, lost_pointer, orphaned_versions, read_meta
+    from rag.store.layout import Damage, checked_version, collection_dirs
 
     settings = load_settings(data_dir=data_dir)
     root = settings.collections_dir
     rows: list[dict[str, Any]] = []
-    for cdir in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    for cdir in collection_dirs(root):
         row: dict[str, Any] = {"name": cdir.name}
-        vdir = current_version_dir(cdir)
-        if vdir is None:
-            if not (orphans := orphaned_versions(cdir)):
-                continue  # an ingest that never finished its first version
-            row["state"] = CollectionDamagedError(cdir.name, lost_pointer(cdir.name, orphans[0])).message
-            rows.append(row)
-            continue
-        row["version"] = vdir.name
         try:
-            meta = read_meta(vdir)
-            check_files(vdir, meta)
+            found = checked_version(cdir)
         except Damage as exc:
             row["state"] = CollectionDamagedError(cdir.name, str(exc)).message
         else:
-            row["state"] = "whole" if "files" in meta else "present (written before checksums were kept)"
+            if found is None:
+                continue  # an ingest that never finished its first version
+            vdir, meta = found
             row.update(
+                version=vdir.name,
+                state="whole" if "files" in meta else "present (written before checksums were kept)",
                 chunks=meta.get("chunks"),
                 index_type=meta.get("index_type"),
                 embedding_model=meta.get("embedding_model"),

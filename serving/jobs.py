@@ -34,6 +34,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 
+from cache.stores import damaged, set_aside
 from rag.batch import answer_each
 from rag.errors import BackendUnavailableError, NotFoundError, RagError
 from rag.pipeline import Pipeline
@@ -84,16 +85,12 @@ class JobStore:
         try:
             self._open(path)
         except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # locked, full, read-only: the file is sound
+            if not damaged(exc):  # locked, full, read-only: the file is sound
                 raise
             # Jobs are a batch's progress and results, not records to keep: a damaged file is set
-            # aside (for a post-mortem) and the store starts empty, rather than the service not at all.
-            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            log.warning("job store %s is damaged (%s): moved to %s, started empty", path, exc, aside)
+            # aside and the store starts empty, rather than the service not at all.
             self._db.close()
-            for suffix in ("", "-wal", "-shm"):
-                if Path(f"{path}{suffix}").exists():
-                    Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+            set_aside(path, "job store", exc)
             self._open(path)
         self._lock = threading.Lock()
 

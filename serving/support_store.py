@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from cache.stores import damaged
 from rag.errors import StoreDamagedError
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ class _Sqlite:
             self._conn.executescript(SQLITE_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            if type(exc) is not sqlite3.DatabaseError:  # locked, full, read-only: the file is sound
+            if not damaged(exc):  # locked, full, read-only: the file is sound
                 raise
             raise StoreDamagedError(
                 f"{path.name} in the data dir is damaged ({exc}) - put it back from a `rag backup` copy (it holds "

@@ -239,15 +239,15 @@ def test_a_damaged_collection_is_not_hashed_again_for_each_request(
     """Checking reads both files whole: a damaged collection's verdict is kept while its files
     stay as they are (each request and /readyz probe would read them again), and dropped when
     they change (a restore)."""
-    import rag.store.reader as reader
+    import rag.store.layout as layout
 
     vdir = current_version_dir(data_dir / "collections" / "default")
     assert vdir is not None
     good = (vdir / INDEX_FILE).read_bytes()
     _garble(vdir / INDEX_FILE)
     checks = []
-    real = reader.check_files
-    monkeypatch.setattr(reader, "check_files", lambda *a: (checks.append(1), real(*a))[1])
+    real = layout.check_files
+    monkeypatch.setattr(layout, "check_files", lambda *a: (checks.append(1), real(*a))[1])
     pipeline = build_pipeline(make_settings(data_dir, backend="extractive"), embedder)
     try:
         for _ in range(3):

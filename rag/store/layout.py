@@ -264,24 +264,39 @@ def orphaned_versions(cdir: Path, settled_s: float = 0.0) -> list[Path]:
     return sorted(whole, reverse=True)
 
 
-def lost_pointer(name: str, whole: Path) -> str:
+def lost_pointer(whole: Path) -> str:
     """What to say of a collection whose ``CURRENT`` is gone and whose ``whole`` version is not."""
     lost = "names no version folder" if (whole.parent / CURRENT_FILE).exists() else "is missing"
     return (
         f"its {CURRENT_FILE} file {lost}, and {whole.name} is whole: put it back with "
-        f"`echo {whole.name} > collections/{name}/{CURRENT_FILE}` in the data dir"
+        f"`echo {whole.name} > collections/{whole.parent.name}/{CURRENT_FILE}` in the data dir"
     )
 
 
+def checked_version(cdir: Path, settled_s: float = 0.0) -> tuple[Path, dict[str, Any]] | None:
+    """A collection's live version folder and its meta, its files checked; None if it was
+    never ingested. :class:`Damage` says what is wrong: a lost ``CURRENT`` (``settled_s`` as
+    :func:`orphaned_versions`), a ``meta.json`` or a file not as its ingest wrote it."""
+    vdir = current_version_dir(cdir)
+    if vdir is None:
+        if orphans := orphaned_versions(cdir, settled_s):
+            raise Damage(lost_pointer(orphans[0]))
+        return None
+    meta = read_meta(vdir)
+    check_files(vdir, meta)
+    return vdir, meta
+
+
+def collection_dirs(collections_dir: Path) -> list[Path]:
+    """Every collection's folder, by name, whatever state it is in."""
+    return sorted(p for p in collections_dir.iterdir() if p.is_dir()) if collections_dir.is_dir() else []
+
+
 def list_collections(collections_dir: Path) -> list[str]:
-    if not collections_dir.is_dir():
-        return []
-    return sorted(p.name for p in collections_dir.iterdir() if current_version_dir(p) is not None)
+    return [p.name for p in collection_dirs(collections_dir) if current_version_dir(p) is not None]
 
 
 def lost_collections(collections_dir: Path) -> list[str]:
     """Collections whose ``CURRENT`` is gone while whole versions remain (readiness reports
     them, with how to mend them; :func:`list_collections` does not list them)."""
-    if not collections_dir.is_dir():
-        return []
-    return sorted(p.name for p in collections_dir.iterdir() if p.is_dir() and orphaned_versions(p, SETTLED_S))
+    return [p.name for p in collection_dirs(collections_dir) if orphaned_versions(p, SETTLED_S)]

@@ -31,15 +31,11 @@ from .layout import (
     REFINE,
     SETTLED_S,
     Damage,
-    check_files,
+    checked_version,
     collection_dir,
-    current_version_dir,
     decode_vectors,
     fetch_vectors,
-    lost_pointer,
-    orphaned_versions,
     read_index_mapped,
-    read_meta,
 )
 
 log = logging.getLogger("rag.store")
@@ -174,17 +170,13 @@ class CollectionIndex:
     @classmethod
     def load(cls, collections_dir: Path, name: str, *, model: str, dimension: int) -> CollectionIndex:
 
-        cdir = collection_dir(collections_dir, name)
-        vdir = current_version_dir(cdir)
-        if vdir is None:
-            if orphans := orphaned_versions(cdir, SETTLED_S):
-                raise CollectionDamagedError(name, lost_pointer(name, orphans[0]))
-            raise CollectionNotFoundError(name, collections_dir.parent)
         try:
-            meta = read_meta(vdir)
-            check_files(vdir, meta)
+            found = checked_version(collection_dir(collections_dir, name), SETTLED_S)
         except Damage as exc:
             raise CollectionDamagedError(name, str(exc)) from None
+        if found is None:
+            raise CollectionNotFoundError(name, collections_dir.parent)
+        vdir, meta = found
         if int(meta.get("format_version", 1)) < READABLE_FORMAT:
             raise IndexMismatchError(
                 f"collection {name!r} was written by an older release (no full-text index) - "

@@ -35,11 +35,10 @@ from .layout import (
     META_FILE,
     SCHEMA,
     Damage,
-    check_files,
+    checked_version,
     collection_dir,
     current_version_dir,
     file_digests,
-    lost_pointer,
     new_faiss_index,
     orphaned_versions,
     read_meta,
@@ -123,12 +122,8 @@ class NewVersion:
     def _check_current(self) -> None:
         """Refuse to build on a damaged version, or over whole versions whose ``CURRENT`` is
         gone (the folders a new version would clear away): say how to mend it instead."""
-        if self.current is None:
-            if orphans := orphaned_versions(self.cdir):
-                raise IngestError(CollectionDamagedError(self.name, lost_pointer(self.name, orphans[0])).message)
-            return
         try:
-            check_files(self.current, read_meta(self.current))
+            checked_version(self.cdir)
         except Damage as exc:
             raise IngestError(CollectionDamagedError(self.name, str(exc)).message) from None
 
