@@ -6,13 +6,17 @@ published version is never written again), and the small files beside them. The 
 cache is left out: it is rebuilt by answering, and the curated answers and thumbs-down blocks
 it holds are kept in the support store too, which puts them back at start-up. The copy is
 written to ``DEST/.partial`` and moved up when whole, so a DEST that holds ``.partial`` is a
-backup cut short (the next run clears it). With
+backup cut short (the next run clears it), and DEST is locked while one writes it: a second
+run into the same DEST at once stops, saying so, rather than clearing the first's copy. With
 RAG_DATABASE_URL, keys, jobs and the support store live in PostgreSQL: back it up with
 `pg_dump`; this copies the rest.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import shutil
 import sqlite3
 from contextlib import closing
@@ -52,12 +56,25 @@ def backup(
         fail(f"no data dir at {source} - give --data-dir (or RAG_DATA_DIR)")
     # Written into DEST/.partial and moved up when whole: a DEST holding .partial is a backup cut short.
     final, dest = dest, dest / PARTIAL
-    if final.exists() and (not final.is_dir() or any(p.name != PARTIAL for p in final.iterdir())):
+    if final.exists() and not final.is_dir():
+        fail(f"{final} is not a folder - give a new one")
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+        lock = os.open(final, os.O_RDONLY | os.O_DIRECTORY)  # held until this process ends
+    except OSError as exc:
+        fail(f"cannot make {final} ({exc.strerror}) - give a DEST where you may write")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        fail(f"another `rag backup` is writing to {final} now - wait for it, or give another DEST")
+    if any(p.name != PARTIAL for p in final.iterdir()):
         fail(f"{final} is not an empty folder - give a new one, so that no backup is mixed with another")
     if dest.exists():  # a run killed before it finished: ours to clear
         shutil.rmtree(dest)
     try:
-        dest.mkdir(parents=True)
+        dest.mkdir()
     except OSError as exc:
         fail(f"cannot make {dest} ({exc.strerror}) - give a DEST where you may write")
     final.chmod(0o700)  # customers' questions and the key hashes: the owner's only

@@ -1,5 +1,6 @@
 """The `rag` command as a user runs it: a real subprocess, real files."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -161,6 +162,12 @@ def test_a_backup_taken_while_serving_restores_keys_answers_feedback_and_collect
         killed = tmp_path / "backup" / ".partial"
         killed.mkdir(parents=True)
         (killed / "support.sqlite").write_bytes(b"half a file")
+        held = os.open(tmp_path / "backup", os.O_RDONLY | os.O_DIRECTORY)  # as a run writing it now holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = rag("backup", str(tmp_path / "backup"), data_dir=data)
+        os.close(held)
+        assert busy.returncode == 1 and "another `rag backup` is writing" in busy.stderr, busy.stderr
+        assert (killed / "support.sqlite").read_bytes() == b"half a file"  # its copy left alone
         done = rag("backup", str(tmp_path / "backup"), data_dir=data)  # while it serves
     assert done.returncode == 0 and "keys.sqlite" in done.stdout and "collections/default/" in done.stdout, done.stderr
     assert not killed.exists()
