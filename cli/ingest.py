@@ -83,4 +83,13 @@ def ingest(
             f"both copies are searched and quoted{more}: remove an outdated or repeated copy from the folder",
             fg=typer.colors.YELLOW, err=True,
         )  # fmt: skip
+    for source in report.not_english[:5]:
+        typer.secho(f"not English? {source}", fg=typer.colors.YELLOW, err=True)
+    if report.not_english:
+        more = f" ({len(report.not_english) - 5} more like them)" if len(report.not_english) > 5 else ""
+        typer.secho(
+            f"this text does not read as English{more}: the bundled embedding model and judge read English, so "
+            "questions about it will mostly be answered \"I don't know\" and some wrongly (README: Languages)",
+            fg=typer.colors.YELLOW, err=True,
+        )  # fmt: skip
     typer.echo(report.summary())

@@ -141,22 +141,94 @@ def refers_back(question: str) -> bool:
     return bool(_BACK_REFERENCE_RE.search(_NEW_TOPIC_RE.sub(" ", _EMPTY_REFERENCE_RE.sub(" ", asked))))
 
 
+# A long message (a complaint with its question at the end, a pasted email thread) is searched,
+# judged and keyed in the cache by what it asks, not by its first 256 tokens (all the embedder
+# reads): two complaints with the same story and different questions are different questions.
+# Longer than any question of the benchmarks (29 words); a question with its context fits.
+LONG_MESSAGE_WORDS = 60
+# Where the message ends and the thread it replies to, or a signature, begins.
+_THREAD_RE = re.compile(
+    r"^\s*(?:-{2,}\s*(?:original|forwarded)\s+message\s*-{2,}|-{2,}\s*$|_{5,}\s*$|on\b.{3,120}\bwrote:\s*$"
+    r"|from:\s.+|sent from my\b.*|get outlook for\b.*)",
+    re.IGNORECASE,
+)
+_QUESTION_MARKS = "?？؟❓❔¿"
+_ASKING_RE = re.compile(
+    r"^\W*(?:(?:and|also|so|but|ok|okay|then)\W+)*(?:how|what|whats|what's|when|where|why|who|which|can|could|do|does|did"
+    r"|is|are|was|were|will|would|should|shall|may|might|have|has|am)\b",
+    re.IGNORECASE,
+)
+_PIECE_RE = re.compile(r"[^.!?？؟❓❔\n]+[.!?？؟❓❔]*")
+
+
+def _asks(sentence: str) -> bool:
+    return any(m in sentence for m in _QUESTION_MARKS) or bool(_ASKING_RE.match(sentence))
+
+
+def focus(message: str) -> str:
+    """What a long message asks: its sentences that ask something (a question mark, or "how",
+    "can I", ...), latest last, up to :data:`LONG_MESSAGE_WORDS` words; without one, its last
+    sentences. The thread it replies to (quoted lines, "-----Original Message-----", "On ...
+    wrote:") and a signature are left out. A message of up to that many words is itself."""
+    if len(message.split()) <= LONG_MESSAGE_WORDS:
+        return message
+    lines: list[str] = []
+    for line in message.splitlines():
+        if _THREAD_RE.match(line):
+            break
+        if not line.lstrip().startswith(">"):
+            lines.append(line)
+    sentences = [s.strip() for s in _PIECE_RE.findall("\n".join(lines)) if s.strip()]
+    asking = [s for s in sentences if _asks(s)] or sentences
+    kept: list[str] = []
+    words = 0
+    for sentence in reversed(asking):
+        words += len(sentence.split())
+        if kept and words > LONG_MESSAGE_WORDS:
+            break
+        kept.insert(0, sentence)
+    focused = " ".join(kept)
+    return " ".join(focused.split()[:LONG_MESSAGE_WORDS]) if focused else message
+
+
 # A message that asks nothing ("hi", "thanks, that worked!", a thumbs-up emoji, "bye") gets a
 # courteous reply of its own: not the last answer again (pasted with the turn before), not "I
 # don't know" handed to the help desk as an unanswered question.
-_GREETING = frozenset("hi hello hey hiya heya howdy morning afternoon evening yo".split())
+# Courtesy words in the languages customers most often write (the reply is English, as every
+# answer is: README, Languages); a word of another script is one run of letters ("谢谢").
+_GREETING = frozenset(
+    "hi hello hey hiya heya howdy morning afternoon evening yo bonjour salut bonsoir hola buenos buenas hallo "
+    "moin servus ciao buongiorno olá ola oi bom привет здравствуйте cześć dzień hej hei hallå merhaba "
+    "你好 您好 こんにちは 안녕하세요 مرحبا السلام नमस्ते namaste".split()
+)
 _THANKS = frozenset(
     "thanks thank thx ty cheers ok okay k kk great cool perfect awesome nice brilliant lovely "
-    "fantastic excellent super amazing sorted fine noted understood worked works helped helpful".split()
+    "fantastic excellent super amazing sorted fine noted understood worked works helped helpful "
+    "merci gracias danke dank grazie obrigado obrigada dziękuję dzięki спасибо tack takk tak kiitos teşekkürler "
+    "teşekkür 谢谢 多谢 謝謝 ありがとう ありがとうございます 감사합니다 고맙습니다 شكرا धन्यवाद".split()
 )
-_BYE = frozenset("bye goodbye cya later".split())
+_BYE = frozenset("bye goodbye cya later adiós adios revoir tschüss tschüs arrivederci пока 再见".split())
 _FILLER = frozenset(
     "you u so very much many a lot lots that it this has have that's it's was is all good got "
     "the for your help again oh ah alright right yes yeah yep there see ya now i i'm "
-    "am and just really thats its".split()
+    "am and just really thats its beaucoup muchas mil mille vielen schön sehr tante bardzo большое "
+    "dobry días dias tardes noches tag dia tarde giorno au".split()
 )
-_COURTESY = _GREETING | _THANKS | _BYE | _FILLER
 _COURTESY_WORD_RE = re.compile(r"[\w']+")  # every script and digits: "hi, мой заказ не пришел" asks something
+
+
+def _plain(text: str) -> str:
+    """Lower case without combining marks ("شكرًا" is "شكرا", "नमस्ते" one run of letters)."""
+    return "".join(c for c in unicodedata.normalize("NFC", text.lower()) if unicodedata.category(c) not in ("Mn", "Mc"))
+
+
+_GREETING, _THANKS, _BYE, _FILLER = (frozenset(map(_plain, words)) for words in (_GREETING, _THANKS, _BYE, _FILLER))
+_COURTESY = _GREETING | _THANKS | _BYE | _FILLER
+# An emoji alone is thanks only when it is a friendly one: "😡", "👎" or "📦" is a customer who
+# wants something, who gets the answer path (and a person, if nothing answers).
+_FRIENDLY = frozenset("👍👌🙏😊🙂😀😃😄😁☺😍🤩🥰😘❤♥💙💚💛🧡💜🖤🤍💯✅✔🎉🥳👏🙌✨😎🤗😉👋🆗🌟⭐")
+# Skin tones, the emoji and text presentation selectors, a zero-width joiner: parts of one emoji.
+_EMOJI_PARTS_RE = re.compile("[\U0001f3fb-\U0001f3ff\ufe0e\ufe0f\u200d]")
 SMALL_TALK = "small_talk"  # the answer kind of such a reply
 SMALL_TALK_REPLIES = {
     "greeting": "Hi! What would you like to know? Ask me a question about our products, orders or services.",
@@ -168,14 +240,14 @@ SMALL_TALK_REPLIES = {
 def small_talk(message: str) -> str | None:
     """``greeting``, ``thanks`` or ``bye`` for a message that asks nothing (only courtesy words,
     or no words at all: "👍"), else None. A question mark means a question, whatever its words."""
-    if "?" in message:
+    if any(m in message for m in _QUESTION_MARKS):
         return None
-    words = _COURTESY_WORD_RE.findall(message.lower())
+    words = _COURTESY_WORD_RE.findall(_plain(message))
     if any(w not in _COURTESY for w in words):
         return None
-    if not words:  # an emoji alone is a reaction; an order number or "!!!" is not
-        reaction = any(unicodedata.category(c) == "So" for c in message)
-        return "thanks" if reaction and not any(c.isalnum() for c in message) else None
+    if not words:  # a friendly emoji alone is thanks; an angry one, an order number or "!!!" is not
+        symbols = [c for c in _EMOJI_PARTS_RE.sub("", message) if not c.isspace() and unicodedata.category(c)[0] != "P"]
+        return "thanks" if symbols and all(c in _FRIENDLY for c in symbols) else None
     if any(w in _BYE for w in words):
         return "bye"
     if any(w in _THANKS for w in words):

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -29,7 +30,7 @@ from .cache_policy import (
     still_valid,
 )
 from .compress import compress
-from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, new_topic, small_talk
+from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, focus, new_topic, small_talk
 from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
@@ -52,6 +53,11 @@ def scope_today(stored: str) -> str:
     if len(fields) > 5 and re.fullmatch(r"\d+\.\d+\.\d+", fields[5]):
         del fields[5]
     return "|".join(fields)
+
+
+# Invisible format characters: zero-width spaces and joiners, a word joiner, a byte-order mark, a
+# soft hyphen, and the bidirectional controls (which also turn text around on an admin's terminal).
+_INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 
 
 @dataclass
@@ -79,6 +85,7 @@ class Prepared:
     quoted: list[RetrievedChunk] = field(default_factory=list)  # the evidence's chunks, cut to its sentences
     retrieved: list[RetrievedChunk] = field(default_factory=list)  # retrieval's chunks above the relevance floor
     search_text: str = ""  # what retrieval searched with: a follow-up with the turn it follows
+    asked: str = ""  # what the question asks (a long message's question, :func:`rag.conversation.focus`)
     fallback_text: str | None = None  # searched with if the question alone finds no answer
     scope_extra: str = ""  # caller's filters: part of the cache key
     audit: bool = False  # answered afresh to check a served cache hit: not counted, not looked up
@@ -122,7 +129,10 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         self.last_request = 0.0  # perf_counter of the latest request's start
 
     def validate_question(self, question: str) -> str:
-        question = question.strip()
+        """The question as the models should read it: full-width forms as their plain ones
+        ("Ｃａｎ　Ｉ" is "Can I", NFKC, as the cache keys it), without invisible format
+        characters (a byte-order mark, zero-width joiners), trimmed; or a clear error."""
+        question = _INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", question)).strip()
         if not question:
             raise InvalidRequestError("question is empty - send the customer's question as text", param="question")
         if len(question) > self.settings.max_question_chars:
@@ -217,11 +227,14 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         prep.cacheable = not history
         cache = self.cache if prep.cacheable and not audit else None
         asked = filters  # the caller's: an audit asks again with these, not the planned ones
-        search_text, filters = self.plan_search(index, question, history, filters)
+        # A long message is searched and judged by what it asks (a complaint's story, a
+        # pasted thread and a signature would outweigh it); it is still stored whole.
+        prep.asked = focused = focus(question)
+        search_text, filters = self.plan_search(index, focused, history, filters)
         prep.filters = filters
         prep.search_text = search_text
-        if search_text == question and not filters and not new_topic(question):  # its own topic, if it finds its answer
-            prep.fallback_text = self.with_turn_before(question, history)
+        if search_text == focused and not filters and not new_topic(focused):  # its own topic, if it finds its answer
+            prep.fallback_text = self.with_turn_before(focused, history)
 
         # A follow-up word for word the question of a curated answer gets it: a person pinned
         # that exact question (rewordings need no conversation, so they need a first turn).
@@ -324,7 +337,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             prep.timings.update({k: prep.timings.get(k, 0.0) + v for k, v in spent.items()})
             prep.evidence = Evidence()  # the first search's units index its own chunks
             await self._judge(prep)
-            await self._still_about(prep, prep.question, llm_gate if llm else self.settings.min_support)
+            await self._still_about(prep, prep.asked or prep.question, llm_gate if llm else self.settings.min_support)
         # The judge reads what retrieval searched with: "and how do I start one?" means
         # nothing without the turn before it.
         question, chunks = prep.search_text or prep.question, prep.retrieved

@@ -24,6 +24,12 @@ def test_ingest_reports_skips_and_asks_answer_with_citations(tmp_path: Path, cor
     (corpus / "archive").mkdir()
     (corpus / "archive" / "gift-cards.txt").write_bytes((corpus / "gift-cards.txt").read_bytes())
     (corpus / "archive" / "returns.md").write_text("# Returns and refunds\n\nYou can return items within 14 days.\n")
+    (corpus / "versand.md").write_text(  # a page in German: indexed, and said to be not English
+        "# Versand und Lieferzeiten\n\nDie Standardlieferung innerhalb Deutschlands dauert drei bis fünf "
+        "Werktage und kostet 4,95 Euro. Ab einem Bestellwert von 50 Euro ist der Versand kostenlos. Die "
+        "Expresslieferung kommt am nächsten Werktag, wenn Sie bis 14 Uhr bestellen, und kostet 9,95 Euro. "
+        "Sendungen in die Schweiz und nach Österreich brauchen fünf bis sieben Werktage.\n"
+    )
     result = rag("ingest", str(corpus), "--collection", "shop", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stderr and "broken.pdf" in result.stderr
@@ -34,7 +40,11 @@ def test_ingest_reports_skips_and_asks_answer_with_citations(tmp_path: Path, cor
         in result.stderr
     )
     assert "remove an outdated or repeated copy" in result.stderr
-    assert "16 files indexed" in result.stdout and "2 failed" in result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("not English?")] == [
+        f"not English? {corpus.resolve() / 'versand.md'}"  # the English pages, PDFs included, are not named
+    ]
+    assert "does not read as English" in result.stderr
+    assert "17 files indexed" in result.stdout and "2 failed" in result.stdout
 
     result = rag("ask", "How much is express delivery?", "--collection", "shop", "--json", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr

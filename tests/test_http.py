@@ -213,6 +213,16 @@ def test_a_question_as_long_as_allowed_is_answered_not_a_500(base_url: str) -> N
     story = "I bought a sofa last month and the delivery was late and the fabric is torn on one side. " * 20
     body = ask(base_url, (story + "How do I report damaged items?")[-2000:])
     assert body["citations"] or body["answer_kind"] == "no_answer", body
+    # It is searched, judged and cached by what it asks: the same story with another question
+    # is another question, not a near duplicate of the first (the embedder reads 256 tokens).
+    story = "My neighbour told me your shop was great so I ordered a wardrobe, and it came two days late. " * 10
+    expire = ask(base_url, story + "Do gift cards expire?")
+    assert "never expire" in expire["answer"], expire
+    paypal = ask(base_url, story + "Can I pay with PayPal?")
+    assert not paypal["cache"]["hit"] and paypal["citations"][0]["document_id"] == "payment-methods.md", paypal
+    # Full-width letters (an East Asian keyboard) and invisible characters read as plain ones.
+    wide = ask(base_url, "\uff23\uff41\uff4e\u3000\uff29\u3000\uff50\uff41\uff59 with \ufeffApple\u200b Pay\uff1f")
+    assert wide["citations"] and wide["citations"][0]["document_id"] == "payment-methods.md", wide
 
 
 def test_eval_latency_counts_refused_requests_and_goes_on(base_url: str) -> None:

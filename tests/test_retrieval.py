@@ -404,9 +404,40 @@ def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
         ("thanks 12345", None),  # an order number
         ("ok 注文が届きません", None),
         ("yes", None),  # an answer to the bot's own question: left to the conversation
+        ("Merci beaucoup !", "thanks"),  # courtesy in the languages customers write
+        ("Danke schön", "thanks"),
+        ("谢谢", "thanks"),
+        ("شكرًا", "thanks"),  # with its vowel mark
+        ("नमस्ते", "greeting"),
+        ("Bonjour", "greeting"),
+        ("au revoir", "bye"),
+        ("\U0001f44d\U0001f3fd", "thanks"),  # with a skin tone
+        ("\u2764\ufe0f", "thanks"),
+        ("\U0001f621\U0001f621", None),  # an angry customer wants something, not "You're welcome"
+        ("\U0001f44e", None),
+        ("\U0001f4e6\u2753", None),  # a parcel, a question mark
+        ("ok\uff1f", None),  # a full-width question mark asks too
+        ("thanks\u061f", None),  # an Arabic one
     ],
 )
 def test_a_message_that_asks_nothing_is_small_talk(message: str, kind: str | None) -> None:
     from rag.conversation import small_talk
 
     assert small_talk(message) == kind
+
+
+def test_a_long_message_is_searched_by_what_it_asks() -> None:
+    from rag.conversation import LONG_MESSAGE_WORDS, focus
+
+    story = "My neighbour told me your shop was great so I ordered a wardrobe last month. " * 6
+    assert focus(story + "Do gift cards expire?") == "Do gift cards expire?"
+    assert focus("Do gift cards expire? " + story) == "Do gift cards expire?"
+    assert focus(story + "so how do i get a refund. thanks") == "so how do i get a refund."  # no question mark
+    email = (
+        "Still nothing arrived. Also, can I return the sofa if I don't like it?\n\nJane\n"
+        "-----Original Message-----\nFrom: support@example.com\n> Can I help you with anything else today? " + story
+    )
+    assert focus(email) == "Also, can I return the sofa if I don't like it?"  # not the thread quoted below it
+    assert len(focus(story).split()) <= LONG_MESSAGE_WORDS  # asks nothing: its last sentences
+    short = "I ordered a rug 3 hours ago and changed my mind. Can I still cancel it?"
+    assert focus(short) == short  # a question with its context is itself
