@@ -22,6 +22,13 @@ def _ts(day: str | None, name: str) -> float | None:
         raise
 
 
+def _shown(text: object, limit: int) -> str:
+    """A customer's words on an operator's terminal: printable characters only (no escape
+    sequences, no bidirectional controls turning the line around), on one line, cut at ``limit``."""
+    plain = " ".join("".join(c if c.isprintable() else " " if c.isspace() else "" for c in str(text)).split())
+    return plain if len(plain) <= limit else plain[: limit - 3] + "..."
+
+
 def report(
     collection: Collection = None,
     since: Annotated[Optional[str], typer.Option(help="First day, YYYY-MM-DD (UTC); default 30 days ago.")] = None,
@@ -75,7 +82,7 @@ def report(
         typer.echo(f"{d['day']:<12}{d['answers']:>8}{pct(d['resolution_rate']):>10}{pct(d['abstention_rate']):>10}"
                    f"{pct(d['cache_hit_rate']):>8}{d['p50_ms']:>9}{d['p95_ms']:>9}")  # fmt: skip
     for group in result["unanswered"][:10]:
-        typer.echo(f"unanswered x{group['count']}: {group['question']}")
+        typer.echo(f"unanswered x{group['count']}: {_shown(group['question'], 200)}")
     if len(result["unanswered"]) > 10:
         shown = len(result["unanswered"])
         typer.echo(f"... {shown - 10} more of the {shown} biggest groups of unanswered questions in --json or --out")
@@ -84,10 +91,7 @@ def report(
         why = "; ".join(
             x for x in (item.get("reason"), item.get("correction") and f"should be: {item['correction']}") if x
         )
-        # A customer's words on an operator's terminal: printable characters only.
-        answer, question = (
-            " ".join("".join(c for c in str(item[k]) if c.isprintable()).split()) for k in ("answer", "question")
-        )
-        typer.echo(f"  {question} -> {answer[:100]}{'...' if len(answer) > 100 else ''}" + (f" ({why})" if why else ""))
+        question, answer, why = _shown(item["question"], 200), _shown(item["answer"], 100), _shown(why, 200)
+        typer.echo(f"  {question} -> {answer}" + (f" ({why})" if why else ""))
     if len(result["voted_down"]) > 10:
         typer.echo(f"  ... {len(result['voted_down']) - 10} more in --json or --out")

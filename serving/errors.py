@@ -44,7 +44,7 @@ _TYPE_TAG_RE = re.compile(r"^(?:str|int|float|bool|none|list\[.*\]|dict\[.*\]|fu
 _JSON_OBJECT = "send a JSON object with the header Content-Type: application/json"
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, str]:
+def _validation_message(exc: RequestValidationError, content_type: str = "") -> tuple[str, str | None, str]:
     errors: list[dict[str, Any]] = list(exc.errors())
     first = errors[0] if errors else {}
     kind = first.get("type")
@@ -60,6 +60,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None, s
             return f"request body is missing - {_JSON_OBJECT}", None, "missing_body"
         return f"{param} is required", param, "missing_field"
     if kind == "model_attributes_type":
+        media = content_type.split(";")[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):  # JSON, maybe, sent as another type
+            return (
+                f"request body was sent as {media!r}, so it was not read as JSON - {_JSON_OBJECT}",
+                None,
+                "invalid_body",
+            )
         return f"request body must be a JSON object - {_JSON_OBJECT}", None, "invalid_body"
     if kind == "invalid_text":  # serving.schemas.RequestBody names the field in its context
         return msg, (first.get("ctx") or {}).get("field"), "invalid_text"
@@ -90,8 +97,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(503, message, "service_unavailable", None, "storage_unavailable")
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param, code = _validation_message(exc)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param, code = _validation_message(exc, request.headers.get("content-type", ""))
         return error_response(400, message, "invalid_request_error", param, code)
 
     @app.exception_handler(StarletteHTTPException)
@@ -102,7 +109,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         detail = str(exc.detail)
         if detail == "There was an error parsing the body":  # FastAPI's, for a body json cannot read
-            detail = f"request body could not be read as JSON (nested too deep, or not in its charset) - {_JSON_OBJECT}"
+            detail = (
+                "request body could not be read as JSON: it is not UTF-8 (send text as UTF-8, whatever charset the "
+                f"header names), or it is nested too deep - {_JSON_OBJECT}"
+            )
         # Keep the exception's headers: a 405 must say `Allow` (RFC 9110).
         return error_response(exc.status_code, detail, type_, None, code, exc.headers)
 

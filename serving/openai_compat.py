@@ -126,9 +126,21 @@ async def list_models(request: Request) -> dict[str, Any]:
     }
 
 
+# What the service's own errors name, as an OpenAI client's request names it.
+_OPENAI_PARAMS = {"collection": "model", "history": "messages", "question": "messages"}
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """An OpenAI chat completion answered from the collection named by ``model``."""
+    try:
+        return await _chat_completions(body, request)
+    except RagError as exc:
+        exc.param = _OPENAI_PARAMS.get(exc.param or "", exc.param)
+        raise
+
+
+async def _chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     pipe: Pipeline = request.app.state.pipeline
     principal_of(request).require_collection(body.model)
     question, history = _split(body)

@@ -47,11 +47,42 @@ Count = Annotated[int, BeforeValidator(_no_text_or_bool)]
 """An integer field: "5" or true is a wrong type (a 400), not quietly 5 or 1; 5.0 is 5."""
 
 
+# A payment card number as customers type it: 13 to 19 digits, in groups or not, starting as
+# the card schemes' numbers do (2-6), that pass the Luhn check (an order number seldom does both).
+_CARD_RE = re.compile(r"(?<![\d-])[2-6](?:[ -]?\d){12,18}(?![\d-])")
+CARD_NUMBER = "[card number]"
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for n, d in enumerate(reversed(digits)):
+        value = int(d) * (2 if n % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def without_card_numbers(value: Any) -> Any:
+    """``value`` with every payment card number in its text replaced by "[card number]": a
+    customer who pastes one ("my card 4111 1111 1111 1111 was charged twice") must not have it
+    kept in the answer log, the cache's keys and the report (PCI DSS forbids keeping it), and
+    no answer needs it."""
+    if isinstance(value, str):
+        if not _CARD_RE.search(value):
+            return value
+        return _CARD_RE.sub(lambda m: CARD_NUMBER if _luhn(re.sub(r"\D", "", m.group())) else m.group(), value)
+    if isinstance(value, dict):
+        return {k: without_card_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_card_numbers(v) for v in value]
+    return value
+
+
 class RequestBody(BaseModel):
     """Every request body: its text can be stored. No text needs a NUL, and PostgreSQL cannot
     keep one; a lone surrogate has no UTF-8 at all (the caches, the logs and the answer log
-    would all fail on it). Either is a 400 that names the field. The models nested in a body
-    (a turn, a chat message, a job's question) are plain models: the body's one scan covers them."""
+    would all fail on it). Either is a 400 that names the field. A payment card number is
+    replaced before anything reads it. The models nested in a body (a turn, a chat message, a
+    job's question) are plain models: the body's one scan covers them."""
 
     @model_validator(mode="before")
     @classmethod
@@ -61,7 +92,7 @@ class RequestBody(BaseModel):
             raise PydanticCustomError(
                 "invalid_text", "{field} holds {what} - remove it", {"field": where or "body", "what": what}
             )
-        return data
+        return without_card_numbers(data)
 
 
 class Turn(BaseModel):  # inside a RequestBody, whose check covers it

@@ -81,7 +81,7 @@ def test_earlier_messages_are_the_history(oai: openai.OpenAI) -> None:
 def test_errors_come_in_openai_shape(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         oai.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi?"}])
-    assert missing.value.body["param"] == "collection"  # type: ignore[index]
+    assert missing.value.body["param"] == "model"  # type: ignore[index]  # as the OpenAI request names it
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(model="default", messages=[{"role": "assistant", "content": "hello"}])
 

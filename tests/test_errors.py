@@ -96,6 +96,12 @@ def test_bad_requests(client: TestClient, kwargs: dict, status: int, code: str, 
 def test_messages_say_what_to_do(client: TestClient) -> None:
     for kwargs in ({}, {"content": b'{"question": "hi"}', "headers": {"content-type": "text/plain"}}):
         assert "Content-Type: application/json" in client.post("/v1/query", **kwargs).json()["error"]["message"]
+    as_text = client.post("/v1/query", content=b'{"question": "hi"}', headers={"content-type": "text/plain"})
+    assert as_text.json()["error"]["message"].startswith(
+        "request body was sent as 'text/plain'"
+    )  # not "must be an object"
+    latin1 = client.post("/v1/query", content='{"question": "caf\u00e9?"}'.encode("latin-1"), headers=JSON)
+    assert "not UTF-8" in latin1.json()["error"]["message"], latin1.text
     nul = client.post("/v1/query", json={"question": "hi\u0000"}).json()["error"]["message"]
     assert nul.startswith("question holds a NUL") and "remove it" in nul  # no pydantic "Value error, "
     unknown = client.post("/v1/query", json={"question": "hi", "collection": "nope"}).json()["error"]["message"]

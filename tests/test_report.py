@@ -201,3 +201,10 @@ def test_votes_on_an_answer_make_one_verdict_on_either_database(engine: str, tmp
         store.close()
         if db is not None:
             db.close()
+
+
+def test_a_customers_words_reach_the_operators_terminal_printable_and_cut() -> None:
+    from cli.report import _shown
+
+    assert _shown("do gift\x1b[31m cards\u202e expire?\n\tplease", 200) == "do gift[31m cards expire? please"
+    assert _shown("a" * 2000, 200) == "a" * 197 + "..."
