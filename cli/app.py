@@ -3,7 +3,9 @@ the settings from flags, and the one way a command fails."""
 
 from __future__ import annotations
 
+import difflib
 import errno
+import os
 import sqlite3
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -36,7 +38,27 @@ Backend = Annotated[
 ]
 
 
+# RAG_ variables that are not settings: the CLI's own, the tests'.
+_NOT_SETTINGS = frozenset({"RAG_API_KEY", "RAG_CRASH_SEED"})
+_warned = False
+
+
+def _unknown_variables() -> None:
+    """Warn of each RAG_ variable that names no setting ("RAG_CACHE_TRESHOLD"): it is ignored,
+    and a typo in a deploy would otherwise start with the default in silence."""
+    known = {f"RAG_{name.upper()}" for name in Settings.model_fields} | _NOT_SETTINGS
+    for name in sorted(os.environ):
+        if name.startswith("RAG_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" - did you mean {close[0]}?" if close else " - `rag settings` lists them"
+            typer.secho(f"warning: {name} is not a setting and is ignored{hint}", fg=typer.colors.YELLOW, err=True)
+
+
 def load_settings(**overrides: Any) -> Settings:
+    global _warned
+    if not _warned:
+        _warned = True
+        _unknown_variables()
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

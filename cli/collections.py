@@ -16,7 +16,8 @@ def collections(
     as_json: Annotated[bool, typer.Option("--json", help="Print them as JSON.")] = False,
 ) -> None:
     """List the collections: live version, chunks, index type, embedding model, when last
-    ingested, and whether their files are what their ingest wrote (checked, as a load does)."""
+    ingested, and whether their files are what their ingest wrote (checked, as a load does).
+    Ends non-zero when one is damaged."""
     from rag.errors import CollectionDamagedError
     from rag.store.layout import Damage, checked_version, collection_dirs
 
@@ -42,9 +43,10 @@ def collections(
                 ingested_at=meta.get("created_at"),
             )
         rows.append(row)
+    damaged = any("chunks" not in row for row in rows)  # a monitor's check: non-zero when one is
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
-        return
+        raise typer.Exit(1 if damaged else 0)
     if not rows:
         typer.echo(f"no collection under {root} - run `rag ingest PATH --collection NAME`")
         return
@@ -57,3 +59,5 @@ def collections(
             f"{row['name']}: {row['chunks']} chunks, {row['index_type']}, {row['embedding_model']}, "
             f"{row['version']} ingested {when}; {row['state']}"
         )
+    if damaged:
+        raise typer.Exit(1)

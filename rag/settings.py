@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     """llama.cpp context window in tokens."""
 
     vllm_url: str = "http://127.0.0.1:8100"
-    """Base URL of the vLLM server; several comma-separated URLs are replicas."""
+    """Base URL of the vLLM server (http://HOST:PORT; a trailing /v1 is dropped); several comma-separated URLs are replicas."""
 
     vllm_routing: VLLMRouting = "prefix"
     """How a miss picks among the RAG_VLLM_URL replicas: `prefix` (a consistent hash of the passage the prompt's context begins with, so prompts that share it meet on one replica and vLLM's prefix cache holds their KV; bounded by load), `least_loaded` or `round_robin`. One URL (a single server, or vllm-router in front of many) makes this moot."""
@@ -242,6 +242,25 @@ class Settings(BaseSettings):
                 f"{value.split('@')[-1]!r} is not a PostgreSQL URL: write it like postgresql://USER:PASSWORD@HOST:5432/DB"
             )
         return value
+
+    @field_validator("vllm_url")
+    @classmethod
+    def _vllm_urls(cls, value: str) -> str:
+        """Each replica's root URL: "http://host:8000/v1" (the OpenAI clients' base URL) is
+        "http://host:8000"; a URL with no http(s) scheme or no host fails at start, not as a
+        503 at every question."""
+        roots = []
+        for url in (u.strip() for u in value.split(",")):
+            if not url:
+                continue
+            scheme, _, rest = url.partition("://")
+            if scheme not in ("http", "https") or not rest.split("/")[0]:
+                raise ValueError(
+                    f"{url!r} is not a vLLM server's URL: write it like http://HOST:8000 (comma-separate replicas)"
+                )
+            url = url.rstrip("/")
+            roots.append(url.removesuffix("/v1").rstrip("/"))
+        return ",".join(roots)
 
     cache_max_wrong_rate: str = "0.01"
     """Largest share of near-duplicate hits allowed to serve a wrong answer: one rate, or a

@@ -7,6 +7,8 @@ in the lifespan, the middleware, the error handlers) and includes one router per
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -124,4 +126,9 @@ def app_from_env() -> FastAPI:
     ``RAG_*`` variables, logging configured for the service."""
     settings = Settings()
     observability.configure_logging(settings)
+    # A worker killed by a signal (SIGBUS: an index file truncated under its memory map;
+    # SIGSEGV in a native library) leaves its Python traceback in the log, not only an exit code.
+    faulthandler.enable()
+    backend = f"{settings.backend} at {settings.vllm_url}" if settings.backend == "vllm" else settings.backend
+    logging.getLogger("rag.serving").info("starting: backend %s, data dir %s", backend, settings.data_dir)
     return create_app(settings)

@@ -223,6 +223,30 @@ def test_backend_fault_is_a_clear_error_cache_still_serves_and_service_recovers(
     assert [k for k, _ in events][-1] == "done" and events[-1][1]["answer"] == HEALTHY
 
 
+def test_a_readiness_probe_sets_a_dead_replica_down_and_takes_it_back_at_once(
+    backend: FakeBackend,
+    example_data_dir: Path,
+    tmp_path: Path,
+    embedder,  # type: ignore[no-untyped-def]
+) -> None:
+    settings = _settings(example_data_dir, tmp_path, backend.url)
+    pipeline = build_pipeline(settings, embedder)
+    pipeline.generator.pool.backoff_s = 30.0  # type: ignore[attr-defined]  # one failure: half a minute out
+    with running_server(create_app(settings, pipeline)) as url:
+        backend.down()
+        ready = httpx.get(f"{url}/readyz", timeout=10).json()
+        assert ready["backend_state"].startswith("unreachable"), ready
+        up_line = f'rag_backend_replica_up{{replica="{backend.url}"}}'
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert f"{up_line} 0.0" in metrics, metrics  # no question was asked: the probe told it
+        backend.up()
+        ready = httpx.get(f"{url}/readyz", timeout=10).json()
+        assert "backend_state" not in ready, ready
+        response, _ = _ask(url, "Do gift cards expire?")  # at once, not after the replica's 30 s out
+        assert response.status_code == 200 and response.json()["answer"] == HEALTHY, response.text
+        assert f"{up_line} 1.0" in httpx.get(f"{url}/metrics", timeout=10).text
+
+
 def test_a_request_vllm_refuses_is_answered_by_the_quoted_evidence(
     backend: FakeBackend,
     example_data_dir: Path,

@@ -77,6 +77,7 @@ def test_a_bad_setting_is_one_line_naming_its_variable(tmp_path: Path) -> None:
         "RAG_DATABASE_URL": ("mysql://u:secret@db:3306/x", "RAG_DATABASE_URL: 'db:3306/x' is not a PostgreSQL URL"),
         "RAG_CACHE_THRESHOLD": ("1.5", "RAG_CACHE_THRESHOLD: Input should be less than or equal to 1 (got '1.5')"),
         "RAG_CORS_ORIGINS": ("https://x.com", "RAG_CORS_ORIGINS cannot be parsed - a list or a mapping is JSON"),
+        "RAG_VLLM_URL": ("htp://gpu:8000", "RAG_VLLM_URL: 'htp://gpu:8000' is not a vLLM server's URL"),
     }
     for variable, (value, said) in cases.items():
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(tmp_path), variable: value}
@@ -91,6 +92,12 @@ def test_a_bad_setting_is_one_line_naming_its_variable(tmp_path: Path) -> None:
         last = result.stderr.strip().splitlines()[-1]
         assert result.returncode == 1 and last.startswith("error: invalid settings: ") and said in last, result.stderr
         assert "Traceback" not in result.stderr and "secret" not in result.stderr
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(tmp_path), "RAG_CACHE_TRESHOLD": "0.9"}
+    misspelt = subprocess.run(
+        [sys.executable, "-m", "cli", "keys", "list"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert misspelt.returncode == 0, misspelt.stderr  # ignored, as before, but said
+    assert "RAG_CACHE_TRESHOLD is not a setting and is ignored - did you mean RAG_CACHE_THRESHOLD?" in misspelt.stderr
     typo = rag("keys", "create", "--collections", "shpo", data_dir=tmp_path)  # made, with a warning
     assert typo.returncode == 0 and "no collection 'shpo' here yet (a typo?)" in typo.stderr, typo.stderr
 

@@ -73,7 +73,9 @@ def test_an_index_overwritten_in_place_is_refused_with_how_to_mend_it(data_dir: 
         assert error["code"] == "collection_damaged" and "--rebuild" in error["message"], error
         assert str(data_dir) not in error["message"]  # no server path to clients
 
-    listed = json.loads(_cli("collections", "--json", data_dir=data_dir).stdout)
+    shown = _cli("collections", "--json", data_dir=data_dir)
+    assert shown.returncode == 1  # a monitor's check sees it
+    listed = json.loads(shown.stdout)
     assert [r["name"] for r in listed] == ["default"] and "index.faiss is not the file" in listed[0]["state"], listed
     backup = _cli("backup", str(tmp_path / "backup"), data_dir=data_dir)  # a copy of it would be no backup
     assert backup.returncode == 1 and "left out, damaged: collections/default" in backup.stderr, backup.stderr
@@ -86,7 +88,9 @@ def test_an_index_overwritten_in_place_is_refused_with_how_to_mend_it(data_dir: 
     assert current_version_dir(data_dir / "collections" / "default") == vdir  # nothing was changed
 
     ingest([docs], "default", settings, embedder, progress=False, rebuild=True)
-    listed = json.loads(_cli("collections", "--json", data_dir=data_dir).stdout)
+    shown = _cli("collections", "--json", data_dir=data_dir)
+    assert shown.returncode == 0
+    listed = json.loads(shown.stdout)
     assert listed[0]["state"] == "whole" and listed[0]["chunks"] > 0, listed
     index = _load(data_dir, embedder)
     assert len(index) > 0 and index.version_dir != vdir

@@ -254,13 +254,25 @@ class VLLMGenerator:
         return _summarise(Generation(text), info)
 
     async def ready(self) -> bool:
-        for replica in self.pool.replicas:
+        """Whether any replica answers ``/health`` (in 2 s). Each probe also tells the pool: a
+        replica that answers is taken back at once (not after its backoff: questions got 503s
+        for seconds after `/readyz` said healthy), one that does not sits out as after a failed
+        request, so `rag_backend_replica_up` follows the probes when no questions come."""
+
+        async def probe(replica: Replica) -> bool:
             try:
-                if (await self._client.get(f"{replica.url}/health", timeout=2.0)).status_code == 200:
-                    return True
+                up = (await self._client.get(f"{replica.url}/health", timeout=2.0)).status_code == 200
             except httpx.HTTPError:
-                continue
-        return False
+                up = False
+            if up and (replica.failures or replica.down_until):
+                log.info("vLLM replica %s answers /health again: taking requests", replica.url)
+                self.pool.mark_ok(replica)
+            elif not up and replica.healthy:
+                log.warning("vLLM replica %s does not answer /health: sitting out", replica.url)
+                self.pool.mark_failed(replica)
+            return up
+
+        return any(await asyncio.gather(*(probe(r) for r in self.pool.replicas)))
 
     async def release_connections(self) -> None:
         """Close the connections kept open to vLLM (they belong to the event loop that opened
