@@ -53,6 +53,12 @@ CACHE = Counter(
 )
 RETRIEVAL = Histogram("rag_retrieval_seconds", "Hybrid retrieval per question.", ["collection"], buckets=_LATENCY_BUCKETS)  # fmt: skip
 EMBEDDING = Histogram("rag_embedding_seconds", "Embedding one question.", buckets=_LATENCY_BUCKETS)
+JUDGE = Histogram(
+    "rag_judge_seconds",
+    "The judge reading every retrieved sentence against the question (CPU: the cross-encoder).",
+    ["collection"],
+    buckets=_LATENCY_BUCKETS,
+)
 GENERATION = Histogram("rag_generation_seconds", "Generating one answer.", ["backend"], buckets=_LATENCY_BUCKETS)
 FIRST_TOKEN = Histogram(
     "rag_time_to_first_token_seconds",
@@ -98,6 +104,8 @@ def observe_answer(answer: Any, cacheable: bool) -> None:
         EMBEDDING.observe(timings["embed"] / 1000)
     if timings.get("retrieve"):
         RETRIEVAL.labels(answer.collection).observe(timings["retrieve"] / 1000)
+    if timings.get("support"):
+        JUDGE.labels(answer.collection).observe(timings["support"] / 1000)
     if timings.get("generate"):
         GENERATION.labels(answer.backend).observe(timings["generate"] / 1000)
     if timings.get("first_token"):

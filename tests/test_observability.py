@@ -99,6 +99,7 @@ def test_metrics_count_requests_cache_outcomes_and_stages(example_data_dir: Path
     assert delta("rag_time_to_first_token_seconds_count", backend="extractive") == 2  # both streams, the hit too
     assert delta("rag_cache_lookups_total", collection="default", result="bypass") == 1
     assert delta("rag_retrieval_seconds_count", collection="default") == 3  # the exact hit retrieves nothing
+    assert delta("rag_judge_seconds_count", collection="default") == 3  # each question answered afresh
     assert delta("rag_generation_seconds_count", backend="extractive") == 3
     assert value(after, "rag_http_requests_in_flight") == 1  # the scrape itself
     assert delta("rag_http_requests_total", route="/metrics", status="200") == 1
