@@ -69,6 +69,11 @@ def browser() -> Iterator[Any]:
         launched.close()
 
 
+# The element that has the focus, inside the widget's shadow root where it is there.
+FOCUSED = """() => { let e = document.activeElement; while (e && e.shadowRoot && e.shadowRoot.activeElement)
+    e = e.shadowRoot.activeElement; return e && (e.getAttribute('aria-label') || e.tagName); }"""
+
+
 def _ask(page: Any, question: str) -> None:
     page.get_by_role("button", name="Ask Harbor & Hearth").click()
     page.get_by_label("Your question").fill(question)
@@ -425,7 +430,7 @@ def test_widget_keeps_the_conversation_across_a_reload_and_closes_on_escape(site
     answer = page.locator(".rag-bot").first.inner_text()
     page.get_by_label("Your question").press("Escape")
     assert not page.get_by_role("dialog").is_visible() and bubble.get_attribute("aria-expanded") == "false"
-    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Ask Harbor & Hearth"
+    assert page.evaluate(FOCUSED) == "Ask Harbor & Hearth"
     page.reload()
     bubble.click()
     assert page.locator(".rag-user").first.inner_text() == "Do gift cards expire?"
@@ -436,4 +441,86 @@ def test_widget_keeps_the_conversation_across_a_reload_and_closes_on_escape(site
     told = page.locator(".rag-handoff")
     told.wait_for(timeout=30_000)
     assert page.locator(".rag-contact a").get_attribute("href") == "https://example.com/contact"
+    page.close()
+
+
+def _styled_page(site: dict[str, str], name: str, head: str = "", tag: str = "") -> str:
+    """A help page with extra markup in its <head> (a policy, a stylesheet) and on the widget's tag."""
+    html = PAGE.format(service=site["service"], endpoint=site["service"])
+    html = html.replace("<title>", head + "<title>").replace("<script ", f"<script {tag} ")
+    (Path(site["root"]) / name).write_text(html)
+    return site["page"].replace("index.html", name)
+
+
+def _bubble_is_styled(page: Any) -> None:
+    """The bubble floats at the bottom right, the panel stays shut until it is pressed."""
+    bubble = page.get_by_role("button", name="Ask Harbor & Hearth")
+    box = bubble.bounding_box()
+    viewport = page.viewport_size
+    assert box is not None and viewport is not None
+    assert box["width"] == 56 and box["height"] == 56, box
+    assert viewport["width"] - 40 <= box["x"] + box["width"] <= viewport["width"], box
+    assert viewport["height"] - 40 <= box["y"] + box["height"] <= viewport["height"], box
+    assert not page.get_by_role("dialog").is_visible()
+    bubble.click()
+    assert page.get_by_role("dialog").is_visible() and page.get_by_role("button", name="Send").is_visible()
+
+
+def test_widget_is_styled_under_a_strict_content_security_policy(site: dict[str, str], browser: Any) -> None:
+    """A page whose policy allows the service for scripts and fetches, and no inline styles: the
+    widget's styles still apply (a constructable stylesheet), and the browser blocks nothing."""
+    service = site["service"]
+    policy = f"default-src 'self'; script-src 'self' {service}; connect-src 'self' {service}; style-src 'self'; img-src 'self'"
+    page = browser.new_page()
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(_styled_page(site, "csp.html", f'<meta http-equiv="Content-Security-Policy" content="{policy}">'))
+    _bubble_is_styled(page)
+    page.get_by_label("Your question").fill("Do gift cards expire?")
+    page.get_by_label("Your question").press("Enter")
+    page.locator(".rag-cites a").first.wait_for(timeout=30_000)
+    assert page.locator(".rag-bot").last.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(242, 242, 244)"
+    assert not blocked, blocked
+    page.close()
+
+
+def test_widget_falls_back_to_a_style_with_the_scripts_nonce(site: dict[str, str], browser: Any) -> None:
+    """A browser without constructable stylesheets: the widget's <style> carries the nonce its
+    <script> tag was given, which a nonce-based policy allows."""
+    service = site["service"]
+    policy = f"default-src 'self'; script-src 'nonce-r4nd0m'; connect-src {service}; style-src 'nonce-r4nd0m'"
+    page = browser.new_page()
+    page.add_init_script("delete ShadowRoot.prototype.adoptedStyleSheets")
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    head = f'<meta http-equiv="Content-Security-Policy" content="{policy}">'
+    page.goto(_styled_page(site, "nonce.html", head, 'nonce="r4nd0m"'))
+    _bubble_is_styled(page)
+    assert not blocked, blocked
+    page.close()
+
+
+HOSTILE = """<style>
+button, div, span, form, input, a { display: none !important; }
+* { font-size: 40px !important; text-transform: uppercase; min-height: 60px; padding: 20px; border: 3px solid red; }
+input { background: #000 !important; color: #000 !important; }
+:root { color-scheme: dark; background: #111; color: #eee; direction: rtl; }
+</style>"""
+
+
+def test_widget_is_untouched_by_the_host_pages_css(site: dict[str, str], browser: Any) -> None:
+    """Reset and theme sheets on the help page (buttons hidden, black inputs, huge fonts, a dark
+    colour scheme) do not reach the widget: every control shows, in the widget's own colours."""
+    page = browser.new_page()
+    page.goto(_styled_page(site, "hostile.html", HOSTILE))
+    _bubble_is_styled(page)
+    assert page.get_by_role("button", name="Close").is_visible()
+    field = page.get_by_label("Your question")
+    assert field.is_visible()
+    colours = field.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+    assert colours == ["rgb(27, 27, 31)", "rgb(255, 255, 255)"], colours
+    assert field.evaluate("e => getComputedStyle(e).fontSize") == "14px"
+    assert field.evaluate("e => getComputedStyle(e).colorScheme") == "light"
+    send = page.get_by_role("button", name="Send").bounding_box()
+    assert send is not None and send["height"] < 60, send
     page.close()

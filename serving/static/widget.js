@@ -24,7 +24,9 @@
  * been told (the service hands it over) and, with data-contact, how to reach a person. A
  * failure (no service, a refusal, an answer that stalls) says so in words for a customer (the
  * service's own message goes to the console), keeps the question and offers to try again.
- * Escape closes the panel. No dependencies, no build step, no CDN.
+ * Escape closes the panel. The widget lives in a shadow root (the page's CSS does not reach it)
+ * and needs no 'unsafe-inline' style-src under a Content-Security-Policy: allow this script's
+ * origin in script-src and connect-src. No dependencies, no build step, no CDN.
  */
 (function () {
   "use strict";
@@ -44,29 +46,39 @@
   var saved = [];  // what the log shows, for the rest of the tab's session
   var storageKey = "rag-widget:" + endpoint + ":" + (collection || "");
 
+  // Styles live in a shadow root, so the host page's CSS cannot reach the widget (a reset sheet's
+  // "button{display:none!important}", a dark theme's colours) and the widget's cannot leak out.
+  // They are applied as a constructable stylesheet, which a Content-Security-Policy without
+  // 'unsafe-inline' in style-src allows; where that is missing, a <style> carrying this
+  // script's nonce.
   var css =
-    ".rag-w{position:fixed;right:20px;bottom:20px;z-index:2147483000;font:14px/1.4 system-ui,sans-serif;color:#1b1b1f;max-width:calc(100vw - 20px)}" +
-    ".rag-w *{box-sizing:border-box}" +
-    ".rag-bubble{display:block;margin-left:auto;width:56px;height:56px;border-radius:50%;border:0;background:#2f5bea;color:#fff;font-size:26px;cursor:pointer;box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
-    ".rag-panel{display:none;flex-direction:column;width:min(340px,calc(100vw - 30px));height:min(460px,calc(100vh - 96px));background:#fff;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden;margin-bottom:10px}" +
+    ":host{all:initial!important;display:block!important}" +
+    ".rag-w{position:fixed;right:20px;bottom:20px;z-index:2147483000;max-width:calc(100vw - 20px);font:14px/1.4 system-ui,sans-serif;color:#1b1b1f;color-scheme:light;text-align:start}" +
+    "*,*::before,*::after{box-sizing:border-box}" +
+    "button,input{font:inherit;letter-spacing:normal;text-transform:none;margin:0;color:#1b1b1f;background:#fff}" +
+    "button{cursor:pointer;border:1px solid transparent}" +
+    ".rag-bubble{display:block;margin-left:auto;width:56px;height:56px;padding:0;border-radius:50%;background:#2f5bea;color:#fff;font-size:26px;line-height:1;box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
+    ".rag-panel{display:none;flex-direction:column;width:min(340px,calc(100vw - 30px));height:min(460px,calc(100vh - 96px));background:#fff;color:#1b1b1f;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden;margin-bottom:10px}" +
     "@media (max-width:420px),(max-height:560px){.rag-w{right:10px;bottom:10px}}" +
     ".rag-open .rag-panel{display:flex}" +
     ".rag-head{background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between}" +
-    ".rag-head button{background:none;border:0;color:#fff;font-size:18px;cursor:pointer}" +
+    ".rag-head button{background:#2f5bea;border:0;color:#fff;font-size:18px;padding:0 4px}" +
     ".rag-log{flex:1;overflow-y:auto;padding:10px;display:flex;flex-direction:column;gap:8px}" +
     ".rag-msg{padding:8px 10px;border-radius:10px;max-width:90%;white-space:pre-wrap}" +
-    ".rag-user{align-self:flex-end;background:#e8edff}" +
-    ".rag-bot{align-self:flex-start;background:#f2f2f4}" +
+    ".rag-user{align-self:flex-end;background:#e8edff;color:#1b1b1f}" +
+    ".rag-bot{align-self:flex-start;background:#f2f2f4;color:#1b1b1f}" +
     ".rag-error{align-self:stretch;background:#fdecec;color:#8a1c1c}" +
     ".rag-cites{margin-top:6px;font-size:12px}.rag-cites a{display:block;color:#2f5bea}" +
+    ".rag-w a{color:#2f5bea}" +
     ".rag-rate{margin-top:6px;display:flex;gap:6px;align-items:center;font-size:12px;color:#555}" +
-    ".rag-rate button{border:1px solid #ccd;border-radius:6px;background:#fff;cursor:pointer;padding:2px 8px}" +
-    ".rag-form{display:flex;border-top:1px solid #ddd}" +
-    ".rag-form input{flex:1;border:0;padding:12px;font:inherit;outline:none}" +
+    ".rag-rate button{border:1px solid #ccd;border-radius:6px;background:#fff;color:#1b1b1f;padding:2px 8px}" +
+    ".rag-form{display:flex;border-top:1px solid #ddd;background:#fff}" +
+    ".rag-form input{flex:1;min-width:0;border:0;padding:12px;background:#fff;color:#1b1b1f;outline:none}" +
+    ".rag-form input::placeholder{color:#6b6b73;opacity:1}" +
     ".rag-form input:focus-visible{box-shadow:inset 0 0 0 2px #2f5bea}" +
     ".rag-w button:focus-visible,.rag-w a:focus-visible,.rag-rate:focus-visible{outline:2px solid #1b1b1f;outline-offset:2px}" +
-    ".rag-retry{margin-left:6px;border:1px solid #8a1c1c;border-radius:6px;background:#fff;color:#8a1c1c;cursor:pointer;padding:1px 8px}" +
-    ".rag-form button{border:0;background:#2f5bea;color:#fff;padding:0 16px;cursor:pointer}";
+    ".rag-retry{margin-left:6px;border:1px solid #8a1c1c;border-radius:6px;background:#fff;color:#8a1c1c;padding:1px 8px}" +
+    ".rag-form button{border:0;background:#2f5bea;color:#fff;padding:0 16px}";
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -75,9 +87,23 @@
     return node;
   }
 
+  var host = el("div");
+  var shadow = host.attachShadow ? host.attachShadow({ mode: "open" }) : host;
+  var sheet = null;
+  try {
+    if (shadow !== host && "adoptedStyleSheets" in ShadowRoot.prototype && "replaceSync" in CSSStyleSheet.prototype) {
+      sheet = new CSSStyleSheet();
+      sheet.replaceSync(css);
+      shadow.adoptedStyleSheets = [sheet];
+    }
+  } catch (e) { sheet = null; }
+  if (!sheet) {
+    var style = el("style");
+    if (script.nonce) style.nonce = script.nonce;  // a CSP with a nonce for this script allows it
+    style.textContent = css;
+    shadow.appendChild(style);
+  }
   var root = el("div", "rag-w");
-  var style = el("style");
-  style.textContent = css;
   var panel = el("div", "rag-panel");
   panel.id = "rag-panel";
   panel.setAttribute("role", "dialog");
@@ -105,7 +131,6 @@
   bubble.setAttribute("aria-label", title);
   bubble.setAttribute("aria-controls", "rag-panel");
   bubble.setAttribute("aria-expanded", "false");
-  root.appendChild(style);
   root.appendChild(panel);
   root.appendChild(bubble);
 
@@ -388,8 +413,10 @@
     submit(question);
   });
 
+  shadow.appendChild(root);
+
   function mount() {
-    document.body.appendChild(root);
+    document.body.appendChild(host);
     restore();
   }
   if (document.body) mount(); else document.addEventListener("DOMContentLoaded", mount);
