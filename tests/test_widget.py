@@ -71,7 +71,7 @@ def browser() -> Iterator[Any]:
 
 # The element that has the focus, inside the widget's shadow root where it is there.
 FOCUSED = """() => { let e = document.activeElement; while (e && e.shadowRoot && e.shadowRoot.activeElement)
-    e = e.shadowRoot.activeElement; return e && (e.getAttribute('aria-label') || e.tagName); }"""
+    e = e.shadowRoot.activeElement; return e && (e.getAttribute('aria-label') || e.textContent.trim() || e.tagName); }"""
 
 
 def _ask(page: Any, question: str) -> None:
@@ -524,3 +524,85 @@ def test_widget_is_untouched_by_the_host_pages_css(site: dict[str, str], browser
     send = page.get_by_role("button", name="Send").bounding_box()
     assert send is not None and send["height"] < 60, send
     page.close()
+
+
+def _pixel(page: Any, x: float, y: float) -> tuple[int, ...]:
+    """The colour the page shows at (x, y)."""
+    import io
+
+    from PIL import Image
+
+    shot = page.screenshot(clip={"x": int(x), "y": int(y), "width": 1, "height": 1})
+    return tuple(Image.open(io.BytesIO(shot)).convert("RGB").getpixel((0, 0)))
+
+
+def _region(page: Any, box: dict[str, float]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    clip = {key: int(box[key]) for key in ("x", "y", "width", "height")}
+    return Image.open(io.BytesIO(page.screenshot(clip=clip))).convert("RGB").tobytes()
+
+
+def test_widget_focus_rings_show_on_a_dark_page_and_inside_controls_on_the_panels_edge(
+    site: dict[str, str], browser: Any
+) -> None:
+    """A two-tone ring: its white band shows on a dark page (a dark ring alone would not). Send
+    sits on the panel's edge, whose overflow hides anything outside it: its ring is inside it."""
+    page = browser.new_page()
+    page.goto(_styled_page(site, "dark.html", "<style>html, body { background: #111; color: #eee; }</style>"))
+    page.keyboard.press("Tab")
+    bubble = page.get_by_role("button", name="Ask Harbor & Hearth")
+    assert page.evaluate(FOCUSED) == "Ask Harbor & Hearth"
+    box = bubble.bounding_box()
+    assert box is not None
+    centre = box["x"] + box["width"] / 2
+    assert min(_pixel(page, centre, box["y"] - 1)) > 200, _pixel(page, centre, box["y"] - 1)  # the white band
+    assert max(_pixel(page, centre, box["y"] - 3)) < 60, _pixel(page, centre, box["y"] - 3)  # the dark outline
+    page.keyboard.press("Enter")
+    assert page.evaluate(FOCUSED) == "Your question"
+    send = page.get_by_role("button", name="Send")
+    edge = send.bounding_box()
+    panel = page.get_by_role("dialog").bounding_box()
+    assert edge is not None and panel is not None
+    assert edge["x"] + edge["width"] >= panel["x"] + panel["width"] - 2  # it is on the edge
+    unfocused = _region(page, edge)
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUSED) == "Send"
+    assert _region(page, edge) != unfocused  # the ring is drawn within Send's own box
+    page.close()
+
+
+def test_widget_shows_focus_and_edges_in_forced_colours(site: dict[str, str], browser: Any) -> None:
+    """Windows High Contrast drops backgrounds and box shadows: the question field's focus is an
+    outline, and the panel, field, bubble, buttons and messages keep an edge (a transparent
+    border, which forced colours paint)."""
+    context = browser.new_context(forced_colors="active")
+    page = context.new_page()
+    page.goto(site["page"])
+    _ask(page, "Do gift cards expire?")
+    page.locator(".rag-cites a").first.wait_for(timeout=30_000)
+    field = page.get_by_label("Your question")
+    assert page.evaluate(FOCUSED) == "Your question"
+    assert field.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+    box = field.bounding_box()
+    assert box is not None
+    focused = _region(page, box)
+    page.get_by_role("button", name="Send").focus()
+    assert _region(page, box) != focused  # the field's focus is visible
+    edged = [
+        page.get_by_role("dialog"),
+        field,
+        page.get_by_role("button", name="Ask Harbor & Hearth"),
+        page.get_by_role("button", name="Send"),
+        page.get_by_role("button", name="Close"),
+        page.locator(".rag-user").first,
+        page.locator(".rag-bot").first,
+    ]
+    for element in edged:
+        border = element.evaluate(
+            "e => { const s = getComputedStyle(e); return [s.borderTopStyle, s.borderTopWidth]; }"
+        )
+        assert border == ["solid", "1px"], (element, border)
+    context.close()
