@@ -606,3 +606,96 @@ def test_widget_shows_focus_and_edges_in_forced_colours(site: dict[str, str], br
         )
         assert border == ["solid", "1px"], (element, border)
     context.close()
+
+
+LONG_URL = "https://help.example.com/" + "exports/" * 12 + "returns-and-refunds-policy-for-every-country.html"
+
+
+@pytest.fixture(scope="module")
+def fake(site: dict[str, str]) -> Iterator[str]:
+    """An endpoint speaking the service's SSE framing and error shape, for states the extractive
+    backend does not give on demand; a word in the question picks one: "stream" (an answer word
+    by word), "long" (a long URL in the answer, citations with long ids), "err429" (a refusal)."""
+    import asyncio
+    import json
+    from collections.abc import AsyncIterator
+
+    from fastapi import FastAPI, Request
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from .servers import running_server
+
+    app = FastAPI()
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+
+    @app.post("/v1/query", response_model=None)
+    async def query(request: Request) -> StreamingResponse | JSONResponse:
+        question = (await request.json())["question"].lower()
+        if "err429" in question:
+            error = {"message": "rate limit reached", "type": "rate_limit_error", "param": None, "code": None}
+            return JSONResponse({"error": error}, status_code=429)
+        answer = "Refunds take 5 to 7 business days to appear on your statement once we have inspected the return."
+        ids = ["returns-and-refunds.md"]
+        if "long" in question:
+            answer = f"The full policy is at {LONG_URL} and applies to every order.\n\n" + answer * 3
+            ids = ["exports/" + "x" * 130 + ".html", "shipping.md", "gift-cards.txt"]
+        cites = [
+            {"id": n, "document_id": d, "source": d, "title": d, "text": "x", "score": 1.0} for n, d in enumerate(ids)
+        ]
+        done = {"answer": answer, "citations": cites, "answer_id": "c" * 32, "needs_human": None}
+        delay = 0.1 if "stream" in question else 0.0
+
+        async def events() -> AsyncIterator[str]:
+            for word in answer.split(" "):
+                yield f"event: token\r\ndata: {json.dumps({'text': word + ' '})}\r\n\r\n"
+                await asyncio.sleep(delay)
+            yield f"event: done\r\ndata: {json.dumps(done)}\r\n\r\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with running_server(app) as endpoint:
+        yield _fault_page(site, endpoint, "fake.html")
+
+
+def test_widget_fills_a_small_screen_and_wraps_long_words(fake: str, browser: Any) -> None:
+    """A landscape phone with its keyboard up (667 x 160): the open panel takes the screen, the
+    bubble hides, the header, Close and the whole field show. On a 320 px phone a long URL and
+    long citation ids wrap (no sideways scrolling) and each citation link is a 24 px target."""
+    page = browser.new_page(viewport={"width": 667, "height": 160})
+    page.goto(fake)
+    page.get_by_role("button", name="Ask Harbor & Hearth").click()
+    assert page.get_by_role("dialog").bounding_box() == {"x": 0, "y": 0, "width": 667, "height": 160}
+    assert not page.get_by_role("button", name="Ask Harbor & Hearth").is_visible()
+    close = page.get_by_role("button", name="Close").bounding_box()
+    field = page.get_by_label("Your question").bounding_box()
+    assert close is not None and close["y"] >= 0 and close["height"] >= 24, close
+    assert field is not None and field["height"] >= 40 and field["y"] + field["height"] <= 160, field
+    page.get_by_role("button", name="Close").click()
+    assert page.get_by_role("button", name="Ask Harbor & Hearth").is_visible()
+    assert page.evaluate(FOCUSED) == "Ask Harbor & Hearth"
+    page.close()
+
+    page = browser.new_page(viewport={"width": 320, "height": 568})
+    page.goto(fake)
+    _ask(page, "A long answer please")
+    links = page.locator(".rag-cites a")
+    links.first.wait_for(timeout=15_000)
+    assert page.get_by_role("dialog").bounding_box() == {"x": 0, "y": 0, "width": 320, "height": 568}
+    log = page.locator(".rag-log").evaluate("e => [e.scrollWidth, e.clientWidth]")
+    assert log[0] <= log[1], log
+    assert links.count() == 3
+    for n in range(3):
+        box = links.nth(n).bounding_box()
+        assert box is not None and box["height"] >= 24, box
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "widget-phone.png"))
+    page.close()
+
+    page = browser.new_page(viewport={"width": 1280, "height": 720})  # a desktop keeps the floating panel
+    page.goto(fake)
+    page.get_by_role("button", name="Ask Harbor & Hearth").click()
+    panel = page.get_by_role("dialog").bounding_box()
+    assert panel is not None and panel["width"] == 340 and panel["height"] == 460, panel
+    assert page.get_by_role("button", name="Ask Harbor & Hearth").is_visible()
+    page.close()

@@ -58,21 +58,27 @@
     "button,input{font:inherit;letter-spacing:normal;text-transform:none;margin:0;color:#1b1b1f;background:#fff}" +
     "button{cursor:pointer;border:1px solid transparent}" +
     ".rag-bubble{display:block;margin-left:auto;width:56px;height:56px;padding:0;border-radius:50%;background:#2f5bea;color:#fff;font-size:26px;line-height:1;box-shadow:0 4px 14px rgba(0,0,0,.25)}" +
-    ".rag-panel{display:none;flex-direction:column;width:min(340px,calc(100vw - 30px));height:min(460px,calc(100vh - 96px));background:#fff;color:#1b1b1f;border:1px solid transparent;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden;margin-bottom:10px}" +
-    "@media (max-width:420px),(max-height:560px){.rag-w{right:10px;bottom:10px}}" +
+    ".rag-panel{display:none;flex-direction:column;width:min(340px,calc(100vw - 30px));height:min(460px,calc(100vh - 96px));height:min(460px,calc(100dvh - 96px));background:#fff;color:#1b1b1f;border:1px solid transparent;border-radius:12px;box-shadow:0 8px 30px rgba(0,0,0,.25);overflow:hidden;margin-bottom:10px}" +
     ".rag-open .rag-panel{display:flex}" +
-    ".rag-head{background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between}" +
+    // A phone, or a landscape one with its keyboard up: the open panel takes the whole screen
+    // (the bubble hides; Close closes), so the header, the log and the field all fit.
+    "@media (max-width:420px),(max-height:560px){.rag-w{right:10px;bottom:10px}" +
+    ".rag-w.rag-open{top:0;right:0;bottom:0;left:0;max-width:none;height:100vh;height:100dvh}" +
+    ".rag-open .rag-panel{width:100%;height:100%;margin:0;border-radius:0;box-shadow:none}" +
+    ".rag-open .rag-bubble{display:none}}" +
+    ".rag-head{flex-shrink:0;background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between}" +
     ".rag-head button{background:#2f5bea;color:#fff;font-size:18px;padding:0 4px}" +
-    ".rag-log{flex:1;overflow-y:auto;padding:10px;display:flex;flex-direction:column;gap:8px}" +
-    ".rag-msg{padding:8px 10px;border:1px solid transparent;border-radius:10px;max-width:90%;white-space:pre-wrap}" +
+    ".rag-log{flex:1 1 auto;min-height:0;overflow-y:auto;padding:10px;display:flex;flex-direction:column;gap:8px}" +
+    ".rag-msg{padding:8px 10px;border:1px solid transparent;border-radius:10px;max-width:90%;white-space:pre-wrap;overflow-wrap:anywhere}" +
     ".rag-user{align-self:flex-end;background:#e8edff;color:#1b1b1f}" +
     ".rag-bot{align-self:flex-start;background:#f2f2f4;color:#1b1b1f}" +
     ".rag-error{align-self:stretch;background:#fdecec;color:#8a1c1c}" +
-    ".rag-cites{margin-top:6px;font-size:12px}.rag-cites a{display:block;color:#2f5bea}" +
+    ".rag-cites{margin-top:6px;font-size:12px}.rag-cites a,.rag-cites span{display:block;min-height:24px;padding:4px 0;color:#2f5bea;overflow-wrap:anywhere}" +
+    ".rag-cites span{color:#1b1b1f}" +
     ".rag-w a{color:#2f5bea}" +
     ".rag-rate{margin-top:6px;display:flex;gap:6px;align-items:center;font-size:12px;color:#555}" +
     ".rag-rate button{border:1px solid #ccd;border-radius:6px;background:#fff;color:#1b1b1f;padding:2px 8px}" +
-    ".rag-form{display:flex;border-top:1px solid #ddd;background:#fff}" +
+    ".rag-form{flex-shrink:0;display:flex;border-top:1px solid #ddd;background:#fff}" +
     ".rag-form input{flex:1;min-width:0;border:1px solid transparent;padding:12px;background:#fff;color:#1b1b1f}" +
     ".rag-form input::placeholder{color:#6b6b73;opacity:1}" +
     ".rag-retry{margin-left:6px;border:1px solid #8a1c1c;border-radius:6px;background:#fff;color:#8a1c1c;padding:1px 8px}" +
