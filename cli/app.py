@@ -38,7 +38,7 @@ Backend = Annotated[
 ]
 
 
-# RAG_ variables that are not settings: the CLI's own, the tests'.
+# RAG_ variables that are not settings: the CLI's own, the tests' (and RAG_TEST_*, RAG_FUZZ_*).
 _NOT_SETTINGS = frozenset({"RAG_API_KEY", "RAG_CRASH_SEED"})
 _warned = False
 
@@ -48,7 +48,7 @@ def _unknown_variables() -> None:
     and a typo in a deploy would otherwise start with the default in silence."""
     known = {f"RAG_{name.upper()}" for name in Settings.model_fields} | _NOT_SETTINGS
     for name in sorted(os.environ):
-        if name.startswith("RAG_") and name not in known:
+        if name.startswith("RAG_") and name not in known and not name.startswith(("RAG_TEST_", "RAG_FUZZ_")):
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" - did you mean {close[0]}?" if close else " - `rag settings` lists them"
             typer.secho(f"warning: {name} is not a setting and is ignored{hint}", fg=typer.colors.YELLOW, err=True)

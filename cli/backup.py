@@ -65,10 +65,9 @@ def backup(
         fail(f"cannot make {final} ({exc.strerror}) - give a DEST where you may write")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise
-        fail(f"another `rag backup` is writing to {final} now - wait for it, or give another DEST")
+    except OSError as exc:  # a file system without locks (some NFS mounts) backs up unlocked
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            fail(f"another `rag backup` is writing to {final} now - wait for it, or give another DEST")
     if any(p.name != PARTIAL for p in final.iterdir()):
         fail(f"{final} is not an empty folder - give a new one, so that no backup is mixed with another")
     if dest.exists():  # a run killed before it finished: ours to clear

@@ -158,7 +158,9 @@ _ASKING_RE = re.compile(
     r"|is|are|was|were|will|would|should|shall|may|might|have|has|am)\b",
     re.IGNORECASE,
 )
-_PIECE_RE = re.compile(r"[^.!?？؟❓❔\n]+[.!?？؟❓❔]*")
+# A sentence ends at its punctuation followed by a space, or at a line break ("$12.50", "v2.1"
+# and "e.g." stay whole).
+_SENTENCE_BREAK_RE = re.compile(r"(?<=[.!?？؟❓❔])\s+|\n+")
 
 
 def _asks(sentence: str) -> bool:
@@ -178,17 +180,25 @@ def focus(message: str) -> str:
             break
         if not line.lstrip().startswith(">"):
             lines.append(line)
-    sentences = [s.strip() for s in _PIECE_RE.findall("\n".join(lines)) if s.strip()]
-    asking = [s for s in sentences if _asks(s)] or sentences
-    kept: list[str] = []
+    sentences = [s.strip() for s in _SENTENCE_BREAK_RE.split("\n".join(lines)) if s and s.strip()]
+    if not sentences:
+        return message
+    asking = [n for n, s in enumerate(sentences) if _asks(s)] or [len(sentences) - 1]
+    kept: list[int] = []
     words = 0
-    for sentence in reversed(asking):
-        words += len(sentence.split())
+    for n in reversed(asking):
+        words += len(sentences[n].split())
         if kept and words > LONG_MESSAGE_WORDS:
             break
-        kept.insert(0, sentence)
-    focused = " ".join(kept)
-    return " ".join(focused.split()[:LONG_MESSAGE_WORDS]) if focused else message
+        kept.insert(0, n)
+    # A question that points back ("How do I cancel it?") keeps the sentence before it, which
+    # says what "it" is.
+    first = kept[0]
+    if first > 0 and first - 1 not in kept and _BACK_REFERENCE_RE.search(sentences[first]):
+        if words + len(sentences[first - 1].split()) <= LONG_MESSAGE_WORDS:
+            kept.insert(0, first - 1)
+    focused = " ".join(sentences[n] for n in kept).split()
+    return " ".join(focused[-LONG_MESSAGE_WORDS:])  # one run-on sentence: its end, where a question is
 
 
 # A message that asks nothing ("hi", "thanks, that worked!", a thumbs-up emoji, "bye") gets a

@@ -55,9 +55,10 @@ def scope_today(stored: str) -> str:
     return "|".join(fields)
 
 
-# Invisible format characters: zero-width spaces and joiners, a word joiner, a byte-order mark, a
-# soft hyphen, and the bidirectional controls (which also turn text around on an admin's terminal).
-_INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+# Invisible format characters: a zero-width space, a word joiner, a byte-order mark, a soft
+# hyphen, and the bidirectional controls (which also turn text around on an admin's terminal).
+# Not the zero-width (non-)joiners: Persian and Indic scripts spell with them.
+_INVISIBLE_RE = re.compile("[\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 
 
 @dataclass

@@ -73,14 +73,20 @@ def _validation_message(exc: RequestValidationError, content_type: str = "") -> 
     return f"{param}: {msg}" if param else msg, param, "invalid_value"
 
 
+def rag_error_response(exc: RagError, param: str | None = None) -> JSONResponse:
+    """The one error shape for a service error; ``param`` names the field as the caller's
+    request does, where it differs (the OpenAI route's ``model``)."""
+    if exc.status_code >= 500:
+        log.warning("%s: %s", type(exc).__name__, exc.message)
+    retry = getattr(exc, "retry_after_s", None)  # a 429's, a backend's 503: when to send it again
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return error_response(exc.status_code, exc.message, exc.type, param or exc.param, exc.code, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RagError)
     async def _rag_error(_: Request, exc: RagError) -> JSONResponse:
-        if exc.status_code >= 500:
-            log.warning("%s: %s", type(exc).__name__, exc.message)
-        retry = getattr(exc, "retry_after_s", None)  # a 429's, a backend's 503: when to send it again
-        headers = {"Retry-After": str(retry)} if retry is not None else None
-        return error_response(exc.status_code, exc.message, exc.type, exc.param, exc.code, headers)
+        return rag_error_response(exc)
 
     @app.exception_handler(StoreUnavailable)
     async def _store_away(_: Request, exc: StoreUnavailable) -> JSONResponse:

@@ -118,8 +118,7 @@ def observe_answer(answer: Any, cacheable: bool) -> None:
 def update_replicas(generator: Any) -> None:
     pool = getattr(generator, "pool", None)
     for replica in getattr(pool, "replicas", ()):
-        up = replica.healthy or replica.down_until <= time.monotonic()
-        REPLICA_UP.labels(replica.url).set(1 if up else 0)
+        REPLICA_UP.labels(replica.url).set(1 if replica.healthy else 0)  # its last request's or probe's verdict
 
 
 def update_engines(states: dict[str, str]) -> None:

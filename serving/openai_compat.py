@@ -39,6 +39,7 @@ from rag.pipeline import Pipeline, Prepared
 from rag.store import list_collections
 from rag.wire import Answer, GenerationOptions
 
+from .errors import rag_error_response
 from .feedback import remember
 from .observability import log_question
 from .principals import principal_of
@@ -135,9 +136,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     """An OpenAI chat completion answered from the collection named by ``model``."""
     try:
         return await _chat_completions(body, request)
-    except RagError as exc:
-        exc.param = _OPENAI_PARAMS.get(exc.param or "", exc.param)
-        raise
+    except RagError as exc:  # the error may be a kept one (a damaged collection's): not changed
+        return rag_error_response(exc, _OPENAI_PARAMS.get(exc.param or ""))
 
 
 async def _chat_completions(body: ChatCompletionRequest, request: Request) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
@@ -53,6 +54,14 @@ _CARD_RE = re.compile(r"(?<![\d-])[2-6](?:[ -]?\d){12,18}(?![\d-])")
 CARD_NUMBER = "[card number]"
 
 
+_INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200f\u2060\ufeff]")
+
+
+def _is_card(digits: str) -> bool:
+    # 15 digits is an Amex (34, 37) or a phone's IMEI (35..., same check digit): only the first.
+    return _luhn(digits) and (len(digits) != 15 or digits[:2] in ("34", "37"))
+
+
 def _luhn(digits: str) -> bool:
     total = 0
     for n, d in enumerate(reversed(digits)):
@@ -67,9 +76,12 @@ def without_card_numbers(value: Any) -> Any:
     kept in the answer log, the cache's keys and the report (PCI DSS forbids keeping it), and
     no answer needs it."""
     if isinstance(value, str):
-        if not _CARD_RE.search(value):
+        # As the question is read: full-width digits ("４１１１") as digits, invisible characters gone.
+        plain = _INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", value))
+        if not _CARD_RE.search(plain):
             return value
-        return _CARD_RE.sub(lambda m: CARD_NUMBER if _luhn(re.sub(r"\D", "", m.group())) else m.group(), value)
+        redacted = _CARD_RE.sub(lambda m: CARD_NUMBER if _is_card(re.sub(r"\D", "", m.group())) else m.group(), plain)
+        return redacted if redacted != plain else value
     if isinstance(value, dict):
         return {k: without_card_numbers(v) for k, v in value.items()}
     if isinstance(value, list):

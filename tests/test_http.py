@@ -309,7 +309,7 @@ def test_a_card_number_in_a_question_is_never_kept(base_url: str, example_data_d
         f"{base_url}/v1/chat/completions",
         json={
             "model": "default",
-            "messages": [{"role": "user", "content": "card 4111111111111111: do gift cards expire?"}],
+            "messages": [{"role": "user", "content": "card 4111111111111111 charged: do gift cards expire?"}],
         },
         timeout=60,
     )
@@ -317,10 +317,16 @@ def test_a_card_number_in_a_question_is_never_kept(base_url: str, example_data_d
     deadline = time.monotonic() + 10
     while True:  # the answer log is written in the background
         with sqlite3.connect(example_data_dir / "support.sqlite") as db:
-            kept = [q for (q,) in db.execute("SELECT question FROM answers WHERE question LIKE '%card%'")]
+            kept = [q for (q,) in db.execute("SELECT question FROM answers WHERE question LIKE '%charged%'")]
         if len(kept) >= 2 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert len(kept) >= 2 and all("[card number]" in q and "1111" not in q for q in kept), kept
     cached = b"".join(p.read_bytes() for p in (example_data_dir / "cache").rglob("*") if p.is_file())
     assert b"4111" not in cached
+    from serving.schemas import without_card_numbers
+
+    wide = "\uff14\uff11\uff11\uff11 " + "\uff11\uff11\uff11\uff11 " * 3
+    assert without_card_numbers(wide).strip() == "[card number]"  # full-width digits
+    assert without_card_numbers("imei 356938035643809") == "imei 356938035643809"  # a phone, not an Amex
+    assert without_card_numbers("order 1234567890123") == "order 1234567890123"

@@ -437,7 +437,13 @@ def test_a_long_message_is_searched_by_what_it_asks() -> None:
         "Still nothing arrived. Also, can I return the sofa if I don't like it?\n\nJane\n"
         "-----Original Message-----\nFrom: support@example.com\n> Can I help you with anything else today? " + story
     )
-    assert focus(email) == "Also, can I return the sofa if I don't like it?"  # not the thread quoted below it
+    assert focus(email) == "Still nothing arrived. Also, can I return the sofa if I don't like it?"  # not the thread
     assert len(focus(story).split()) <= LONG_MESSAGE_WORDS  # asks nothing: its last sentences
     short = "I ordered a rug 3 hours ago and changed my mind. Can I still cancel it?"
     assert focus(short) == short  # a question with its context is itself
+    # One that points back keeps the sentence that says what "it" is.
+    assert focus(story + "I bought a blender and it broke. How do I cancel it?") == (
+        "I bought a blender and it broke. How do I cancel it?"
+    )
+    assert focus(story + "Why was I charged $12.50 for version 2.1?") == "Why was I charged $12.50 for version 2.1?"
+    assert focus("word " * 80 + "can i get a refund").endswith("can i get a refund")  # no punctuation: its end

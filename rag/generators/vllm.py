@@ -262,12 +262,15 @@ class VLLMGenerator:
         async def probe(replica: Replica) -> bool:
             try:
                 up = (await self._client.get(f"{replica.url}/health", timeout=2.0)).status_code == 200
-            except httpx.HTTPError:
-                up = False
+                refused = not up  # it answered: not healthy
+            except httpx.TimeoutException:  # busy (a full pool, a loaded CPU) or hung: no verdict here
+                return False
+            except httpx.HTTPError:  # refused, reset: nothing listens
+                up, refused = False, True
             if up and (replica.failures or replica.down_until):
                 log.info("vLLM replica %s answers /health again: taking requests", replica.url)
                 self.pool.mark_ok(replica)
-            elif not up and replica.healthy:
+            elif refused and replica.healthy:
                 log.warning("vLLM replica %s does not answer /health: sitting out", replica.url)
                 self.pool.mark_failed(replica)
             return up
