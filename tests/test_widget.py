@@ -161,13 +161,13 @@ def test_a_thumbs_down_in_the_widget_shows_on_the_admin_page_and_a_pin_there_cha
     widget.get_by_label("Your question").fill(question)
     widget.get_by_label("Your question").press("Enter")
     widget.locator(".rag-bot").nth(1).locator(".rag-rate").wait_for(timeout=30_000)
-    assert widget.locator(".rag-bot").nth(1).inner_text().startswith(pinned)
+    assert widget.locator(".rag-bot .rag-text").nth(1).inner_text().startswith(pinned)
     widget.close()
     customer = browser.new_page()  # and the next customer, in a reworded first question
     customer.goto(site["page"])
     _ask(customer, "Can I pay using PayPal?")
     customer.locator(".rag-bot .rag-rate").wait_for(timeout=30_000)
-    assert customer.locator(".rag-bot").first.inner_text().startswith(pinned)
+    assert customer.locator(".rag-bot .rag-text").first.inner_text().startswith(pinned)
     customer.close()
     admin.close()
 
@@ -427,14 +427,14 @@ def test_widget_keeps_the_conversation_across_a_reload_and_closes_on_escape(site
     _ask(page, "Do gift cards expire?")
     assert bubble.get_attribute("aria-expanded") == "true"
     page.locator(".rag-bot .rag-rate").wait_for(timeout=30_000)
-    answer = page.locator(".rag-bot").first.inner_text()
+    answer = page.locator(".rag-bot .rag-text").first.inner_text()
     page.get_by_label("Your question").press("Escape")
     assert not page.get_by_role("dialog").is_visible() and bubble.get_attribute("aria-expanded") == "false"
     assert page.evaluate(FOCUSED) == "Ask Harbor & Hearth"
     page.reload()
     bubble.click()
-    assert page.locator(".rag-user").first.inner_text() == "Do gift cards expire?"
-    assert page.locator(".rag-bot").first.inner_text().startswith(answer.split("\n")[0])
+    assert page.locator(".rag-user .rag-text").first.inner_text() == "Do gift cards expire?"
+    assert page.locator(".rag-bot .rag-text").first.inner_text() == answer
     # An answer the documents do not give: the team is told, and the page says how to reach a person.
     page.get_by_label("Your question").fill("What is the capital of Mongolia?")
     page.get_by_label("Your question").press("Enter")
@@ -647,6 +647,7 @@ def fake(site: dict[str, str]) -> Iterator[str]:
         delay = 0.1 if "stream" in question else 0.0
 
         async def events() -> AsyncIterator[str]:
+            await asyncio.sleep(delay * 10)  # looking it up
             for word in answer.split(" "):
                 yield f"event: token\r\ndata: {json.dumps({'text': word + ' '})}\r\n\r\n"
                 await asyncio.sleep(delay)
@@ -698,4 +699,85 @@ def test_widget_fills_a_small_screen_and_wraps_long_words(fake: str, browser: An
     panel = page.get_by_role("dialog").bounding_box()
     assert panel is not None and panel["width"] == 340 and panel["height"] == 460, panel
     assert page.get_by_role("button", name="Ask Harbor & Hearth").is_visible()
+    page.close()
+
+
+# What the widget's status line says, in order: a MutationObserver on the role=status element.
+LISTEN = """() => { const root = document.querySelector('body > div').shadowRoot;
+    const status = root.querySelector('[role=status]'); window.said = [];
+    new MutationObserver(() => { if (status.textContent) window.said.push(status.textContent); })
+        .observe(status, {childList: true, characterData: true, subtree: true}); }"""
+
+
+def test_widget_announces_a_streamed_answer_once_and_names_who_says_what(fake: str, browser: Any) -> None:
+    """The log is a role=log that is not itself live: while the answer streams word by word a
+    status line says (and shows) "Looking that up…", then reads the finished answer once; the
+    customer's own question is not read back. Each message starts with a visually hidden
+    speaker ("You:", "Assistant:"), the citations have a "Sources" label."""
+    page = browser.new_page()
+    page.goto(fake)
+    page.evaluate(LISTEN)
+    _ask(page, "stream please: when will my refund arrive?")
+    page.locator(".rag-bot", has_text="Looking that up\u2026").wait_for(timeout=5_000)  # shown in words too
+    page.locator(".rag-bot .rag-rate").wait_for(timeout=15_000)
+    answer = "Refunds take 5 to 7 business days to appear on your statement once we have inspected the return."
+    assert page.evaluate("window.said") == ["Looking that up\u2026", answer + " (1 source)"]
+    log = page.get_by_role("log", name="Conversation")
+    assert log.get_attribute("aria-live") == "off"
+    assert page.locator(".rag-user").evaluate("e => e.textContent") == "You: stream please: when will my refund arrive?"
+    assert page.locator(".rag-bot").evaluate("e => e.textContent").startswith("Assistant: " + answer + "Sources")
+    who = page.locator(".rag-user .rag-who").bounding_box()
+    assert who is not None and who["width"] <= 1 and who["height"] <= 1, who  # for a screen reader only
+    assert page.get_by_role("list").get_by_role("link").count() == 1
+    page.close()
+
+
+def test_widget_keeps_the_focus_in_the_field_after_send_and_try_again_and_shows_the_error(
+    fake: str, browser: Any
+) -> None:
+    """Send and Try again from the keyboard: the focus stays in the question field (Send is
+    disabled while it answers, Try again goes away), and an error scrolls into view with its
+    Try again button."""
+    page = browser.new_page()
+    page.goto(fake)
+    _ask(page, "A long answer please")
+    page.locator(".rag-bot .rag-rate").wait_for(timeout=15_000)
+    page.get_by_label("Your question").fill("err429 stream")
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUSED) == "Send"
+    page.keyboard.press("Enter")
+    assert page.evaluate(FOCUSED) == "Your question"
+    retry = page.get_by_role("button", name="Try again")
+    retry.wait_for(timeout=15_000)
+    assert page.evaluate(FOCUSED) == "Your question"
+    shown, log = retry.bounding_box(), page.get_by_role("log").bounding_box()
+    assert shown is not None and log is not None
+    assert log["y"] <= shown["y"] and shown["y"] + shown["height"] <= log["y"] + log["height"], (shown, log)
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(FOCUSED) == "Try again"
+    page.keyboard.press("Enter")
+    assert page.evaluate(FOCUSED) == "Your question"
+    page.get_by_role("button", name="Try again").wait_for(timeout=15_000)
+    assert page.locator(".rag-error").count() == 1
+    page.close()
+
+
+def test_widget_speaks_english_left_to_right_on_a_right_to_left_page(site: dict[str, str], browser: Any) -> None:
+    """On an Arabic help page the widget's English words are not mirrored (dir=ltr, lang=en on
+    the widget), while each message takes its own words' direction (dir=auto)."""
+    page = browser.new_page()
+    url = _styled_page(site, "rtl.html", "", "")
+    html = Path(site["root"], "rtl.html").read_text().replace("<html>", '<html dir="rtl" lang="ar">')
+    Path(site["root"], "rtl.html").write_text(html)
+    page.goto(url)
+    _ask(page, "Do gift cards expire?")
+    page.locator(".rag-cites a").first.wait_for(timeout=30_000)
+    page.get_by_label("Your question").fill(
+        "\u0645\u062a\u0649 \u064a\u0635\u0644 \u0627\u0644\u0637\u0644\u0628\u061f"
+    )
+    page.get_by_label("Your question").press("Enter")
+    direction = "e => [getComputedStyle(e).direction, e.closest('[lang]').lang]"
+    assert page.get_by_role("dialog").evaluate(direction) == ["ltr", "en"]
+    assert page.locator(".rag-user").first.evaluate(direction) == ["ltr", "en"]
+    assert page.locator(".rag-user").nth(1).evaluate("e => getComputedStyle(e).direction") == "rtl"
     page.close()

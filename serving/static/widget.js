@@ -69,11 +69,14 @@
     ".rag-head{flex-shrink:0;background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between}" +
     ".rag-head button{background:#2f5bea;color:#fff;font-size:18px;padding:0 4px}" +
     ".rag-log{flex:1 1 auto;min-height:0;overflow-y:auto;padding:10px;display:flex;flex-direction:column;gap:8px}" +
-    ".rag-msg{padding:8px 10px;border:1px solid transparent;border-radius:10px;max-width:90%;white-space:pre-wrap;overflow-wrap:anywhere}" +
+    ".rag-msg{position:relative;padding:8px 10px;border:1px solid transparent;border-radius:10px;max-width:90%;white-space:pre-wrap;overflow-wrap:anywhere}" +
     ".rag-user{align-self:flex-end;background:#e8edff;color:#1b1b1f}" +
     ".rag-bot{align-self:flex-start;background:#f2f2f4;color:#1b1b1f}" +
     ".rag-error{align-self:stretch;background:#fdecec;color:#8a1c1c}" +
-    ".rag-cites{margin-top:6px;font-size:12px}.rag-cites a,.rag-cites span{display:block;min-height:24px;padding:4px 0;color:#2f5bea;overflow-wrap:anywhere}" +
+    ".rag-sr{position:absolute;width:1px;height:1px;margin:-1px;padding:0;border:0;overflow:hidden;clip:rect(0 0 0 0);clip-path:inset(50%);white-space:nowrap}" +
+    ".rag-cites-label{margin-top:6px;font-size:12px;font-weight:600;color:#555}" +
+    ".rag-cites ul{list-style:none;margin:0;padding:0}" +
+    ".rag-cites{font-size:12px}.rag-cites a,.rag-cites span{display:block;min-height:24px;padding:4px 0;color:#2f5bea;overflow-wrap:anywhere}" +
     ".rag-cites span{color:#1b1b1f}" +
     ".rag-w a{color:#2f5bea}" +
     ".rag-rate{margin-top:6px;display:flex;gap:6px;align-items:center;font-size:12px;color:#555}" +
@@ -114,6 +117,8 @@
     shadow.appendChild(style);
   }
   var root = el("div", "rag-w");
+  root.dir = "ltr";  // the widget's own words are English: a right-to-left page must not mirror them
+  root.lang = "en";
   var panel = el("div", "rag-panel");
   panel.id = "rag-panel";
   panel.setAttribute("role", "dialog");
@@ -124,7 +129,14 @@
   close.setAttribute("aria-label", "Close");
   head.appendChild(close);
   var log = el("div", "rag-log");
-  log.setAttribute("aria-live", "polite");
+  // The log is not itself live (each streamed token would be read, and the customer's own
+  // question read back): a separate status line says "Looking that up…", then the finished
+  // answer once.
+  log.setAttribute("role", "log");
+  log.setAttribute("aria-live", "off");
+  log.setAttribute("aria-label", "Conversation");
+  var status = el("div", "rag-sr");
+  status.setAttribute("role", "status");
   var form = el("form", "rag-form");
   var input = el("input");
   input.placeholder = "Type your question";
@@ -137,6 +149,7 @@
   panel.appendChild(head);
   panel.appendChild(log);
   panel.appendChild(form);
+  panel.appendChild(status);
   var bubble = el("button", "rag-bubble", "?");
   bubble.setAttribute("aria-label", title);
   bubble.setAttribute("aria-controls", "rag-panel");
@@ -156,12 +169,26 @@
     if (event.key === "Escape" && root.classList.contains("rag-open")) setOpen(false);
   });
 
+  var SPEAKER = { "rag-user": "You: ", "rag-bot": "Assistant: ", "rag-error": "Error: " };
+  var THINKING = "Looking that up\u2026";
+
+  // A message: who says it (for a screen reader: colour and side tell it on screen), then the
+  // words, in their own direction (an answer in Arabic reads right to left).
   function say(cls, text) {
-    var node = el("div", "rag-msg " + cls, text);
+    var node = el("div", "rag-msg " + cls);
+    node.dir = "auto";
+    var who = el("span", "rag-sr rag-who", SPEAKER[cls]);
+    who.dir = "ltr";  // not the message's first letters: dir=auto skips it
+    node.appendChild(who);
+    node.appendChild(el("span", "rag-text", text));
     log.appendChild(node);
-    log.scrollTop = log.scrollHeight;
+    scrollDown();
     return node;
   }
+
+  function words(node, text) { node.querySelector(".rag-text").textContent = text; }
+  function scrollDown() { log.scrollTop = log.scrollHeight; }
+  function announce(text) { status.textContent = text; }
 
   // A citation links under data-link-base only (a document id with ".." segments, or one that
   // would name another host, gets no link), or to a full URL on data-link-base's site (the
@@ -188,6 +215,10 @@
   function showCitations(node, citations) {
     if (!citations || !citations.length) return;
     var box = el("div", "rag-cites");
+    box.dir = "ltr";
+    box.appendChild(el("div", "rag-cites-label", "Sources"));
+    var list = el("ul");
+    box.appendChild(list);
     var seen = {};
     citations.forEach(function (c) {
       if (seen[c.document_id]) return;
@@ -201,9 +232,13 @@
         a.rel = "noopener";
       }
       a.dataset.documentId = c.document_id;
-      box.appendChild(a);
+      a.dir = "auto";
+      var item = el("li");
+      item.appendChild(a);
+      list.appendChild(item);
     });
     node.appendChild(box);
+    return list.children.length;
   }
 
   // Honest about what happens next: the service hands the question to the team; a person can
@@ -230,6 +265,7 @@
 
   function showRating(node, answerId, needsHuman) {
     var box = el("div", "rag-rate");
+    box.dir = "ltr";
     box.tabIndex = -1;  // focus lands here once a vote replaces the buttons
     if (needsHuman) {
       box.appendChild(el("span", "rag-handoff", TOLD));
@@ -282,18 +318,22 @@
   function failed(node, question, shown, detail) {
     if (detail) console.warn("rag widget: " + detail);
     node.className = "rag-msg rag-error";
-    node.removeAttribute("aria-busy");
-    node.textContent = shown;
+    node.querySelector(".rag-who").textContent = SPEAKER["rag-error"];
+    words(node, shown);
     var retry = el("button", "rag-retry", "Try again");
     retry.type = "button";
     retry.addEventListener("click", function () {
       if (send.disabled) return;  // one question at a time
+      input.focus();  // before this button goes: the focus must not fall to the page
       node.remove();
       if (input.value === question) input.value = "";
       run(question);
     });
+    node.appendChild(document.createTextNode(" "));
     node.appendChild(retry);
     if (!input.value) input.value = question;  // the customer's words are never lost
+    announce(shown);
+    scrollDown();  // the message and Try again, not half of it
   }
 
   function remember(entry) {
@@ -317,8 +357,8 @@
   }
 
   async function ask(question) {
-    var node = say("rag-bot", "\u2026");
-    node.setAttribute("aria-busy", "true");
+    var node = say("rag-bot", THINKING);
+    announce(THINKING);
     var body = { question: question, stream: true, history: history.slice(-20) };
     if (collection) body.collection = collection;
     var response;
@@ -382,11 +422,12 @@
         catch (err) { failed(node, question, UNREACHABLE, "a garbled reply"); finished = true; return; }
         if (event === "token") {
           text += payload.text;
-          node.textContent = text;
+          words(node, text);
         } else if (event === "done") {
-          node.removeAttribute("aria-busy");
-          node.textContent = payload.answer;  // authoritative
-          showCitations(node, payload.citations);
+          words(node, payload.answer);  // authoritative
+          var sources = showCitations(node, payload.citations) || 0;
+          announce(payload.answer + (sources ? " (" + sources + (sources === 1 ? " source)" : " sources)") : "") +
+                   (payload.needs_human ? " " + TOLD : ""));
           if (payload.answer_id && payload.answer_kind !== "small_talk") showRating(node, payload.answer_id, payload.needs_human);
           history.push({ role: "user", content: question }, { role: "assistant", content: payload.answer });
           remember({ role: "assistant", question: question, text: payload.answer, citations: payload.citations || [] });
@@ -398,13 +439,14 @@
           finished = true;
         }
       });
-      log.scrollTop = log.scrollHeight;
+      scrollDown();
     }
     clearTimeout(timer);
     if (!finished) failed(node, question, UNREACHABLE, "the answer was cut off");
   }
 
   function run(question) {
+    input.focus();  // before Send is disabled: a disabled button drops the focus to the page
     send.disabled = true;
     return ask(question).finally(function () { send.disabled = false; input.focus(); });
   }
