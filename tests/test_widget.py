@@ -571,6 +571,8 @@ def test_widget_focus_rings_show_on_a_dark_page_and_inside_controls_on_the_panel
     page.keyboard.press("Tab")
     assert page.evaluate(FOCUSED) == "Send"
     assert _region(page, edge) != unfocused  # the ring is drawn within Send's own box
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "widget-dark-page.png"))
     page.close()
 
 
@@ -605,6 +607,8 @@ def test_widget_shows_focus_and_edges_in_forced_colours(site: dict[str, str], br
             "e => { const s = getComputedStyle(e); return [s.borderTopStyle, s.borderTopWidth]; }"
         )
         assert border == ["solid", "1px"], (element, border)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "widget-forced-colours.png"))
     context.close()
 
 

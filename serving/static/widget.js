@@ -66,7 +66,7 @@
     ".rag-w.rag-open{top:0;right:0;bottom:0;left:0;max-width:none;height:100vh;height:100dvh}" +
     ".rag-open .rag-panel{width:100%;height:100%;margin:0;border-radius:0;box-shadow:none}" +
     ".rag-open .rag-bubble{display:none}}" +
-    ".rag-head{flex-shrink:0;background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between}" +
+    ".rag-head{flex-shrink:0;background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between;align-items:center;gap:8px}" +
     ".rag-head button{background:#2f5bea;color:#fff;font-size:18px;padding:0 4px}" +
     ".rag-log{flex:1 1 auto;min-height:0;overflow-y:auto;padding:10px;display:flex;flex-direction:column;gap:8px}" +
     ".rag-msg{position:relative;padding:8px 10px;border:1px solid transparent;border-radius:10px;max-width:90%;white-space:pre-wrap;overflow-wrap:anywhere}" +
