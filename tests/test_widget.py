@@ -785,3 +785,46 @@ def test_widget_speaks_english_left_to_right_on_a_right_to_left_page(site: dict[
     assert page.locator(".rag-user").first.evaluate(direction) == ["ltr", "en"]
     assert page.locator(".rag-user").nth(1).evaluate("e => getComputedStyle(e).direction") == "rtl"
     page.close()
+
+
+# An on-screen keyboard as iOS and Chrome on Android show one: only the visual viewport shrinks
+# (headless Chromium has no such keyboard, so window.visualViewport is stood in for).
+KEYBOARD = """(() => { const vv = new EventTarget();
+    Object.assign(vv, {offsetTop: 0, offsetLeft: 0, pageTop: 0, scale: 1, width: innerWidth, height: innerHeight});
+    Object.defineProperty(window, 'visualViewport', {value: vv, configurable: true});
+    window.keyboard = (h) => { vv.height = innerHeight - h; vv.dispatchEvent(new Event('resize')); }; })()"""
+
+
+def test_widget_on_a_phone_is_modal_and_stays_above_the_on_screen_keyboard(fake: str, browser: Any) -> None:
+    """On a phone the open panel covers the page, so it is modal (aria-modal, Tab stays in it:
+    the page's links are behind it), and it fits what the on-screen keyboard leaves visible.
+    On a desktop it stays a non-modal panel that Tab leaves for the bubble."""
+    page = browser.new_page(viewport={"width": 375, "height": 667})
+    page.add_init_script(KEYBOARD)
+    page.goto(fake)
+    _ask(page, "When will my refund arrive?")
+    page.locator(".rag-bot .rag-rate").wait_for(timeout=15_000)
+    assert page.get_by_role("dialog").get_attribute("aria-modal") == "true"
+    page.get_by_role("button", name="Send").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUSED) == "Close"
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(FOCUSED) == "Send"
+    page.evaluate("window.keyboard(290)")
+    field = page.get_by_label("Your question").bounding_box()
+    close = page.get_by_role("button", name="Close").bounding_box()
+    assert field is not None and field["y"] + field["height"] <= 667 - 290, field
+    assert close is not None and close["y"] >= 0, close
+    page.evaluate("window.keyboard(0)")
+    assert page.get_by_role("dialog").bounding_box() == {"x": 0, "y": 0, "width": 375, "height": 667}
+    page.close()
+
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(fake)
+    page.get_by_role("button", name="Ask Harbor & Hearth").click()
+    assert page.get_by_role("dialog").get_attribute("aria-modal") == "false"
+    page.get_by_label("Your question").fill("a question")
+    page.get_by_role("button", name="Send").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate(FOCUSED) == "Ask Harbor & Hearth"
+    page.close()

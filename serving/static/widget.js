@@ -157,9 +157,30 @@
   root.appendChild(panel);
   root.appendChild(bubble);
 
+  // On a small screen the open panel covers the page: it is modal there (Tab stays in it, for
+  // the page's controls are hidden behind it) and follows the visual viewport, which an
+  // on-screen keyboard shrinks without resizing the page (iOS, Chrome on Android).
+  var small = window.matchMedia ? window.matchMedia("(max-width:420px),(max-height:560px)") : null;
+
+  function fullScreen() { return !!(small && small.matches) && root.classList.contains("rag-open"); }
+
+  function fit() {
+    var vv = window.visualViewport;
+    var track = fullScreen() && vv && Math.abs((vv.scale || 1) - 1) < 0.01;  // not while pinch-zoomed
+    root.style.top = track ? vv.offsetTop + "px" : "";
+    root.style.height = track ? vv.height + "px" : "";
+    panel.setAttribute("aria-modal", fullScreen() ? "true" : "false");
+  }
+  if (window.visualViewport) {
+    window.visualViewport.addEventListener("resize", fit);
+    window.visualViewport.addEventListener("scroll", fit);
+  }
+  if (small && small.addEventListener) small.addEventListener("change", fit);
+
   function setOpen(open) {
     root.classList.toggle("rag-open", open);
     bubble.setAttribute("aria-expanded", open ? "true" : "false");
+    fit();
     if (open) input.focus();
     else bubble.focus();
   }
@@ -167,6 +188,16 @@
   close.addEventListener("click", function () { setOpen(false); });
   root.addEventListener("keydown", function (event) {
     if (event.key === "Escape" && root.classList.contains("rag-open")) setOpen(false);
+    if (event.key !== "Tab" || !fullScreen()) return;
+    var stops = Array.prototype.filter.call(
+      panel.querySelectorAll("button, a[href], input, [tabindex='0']"),
+      function (node) { return !node.disabled && node.getClientRects().length; });
+    var first = stops[0], last = stops[stops.length - 1];
+    var here = shadow.activeElement || document.activeElement;
+    if (event.shiftKey ? here === first : here === last) {
+      event.preventDefault();
+      (event.shiftKey ? last : first).focus();
+    }
   });
 
   var SPEAKER = { "rag-user": "You: ", "rag-bot": "Assistant: ", "rag-error": "Error: " };
