@@ -391,10 +391,11 @@ class SemanticCache:
             "confirmed_margin": self.confirmed_margin,
             "verifier": self.verifier is not None,
             "ttl_s": self.ttl_s,
-            "lookups": self._lookups_now(),
+            "lookups": self.lookups_now(),
         }
 
-    def _lookups_now(self) -> dict[str, int]:
+    def lookups_now(self) -> dict[str, int]:
+        """This process's lookups by outcome, since it started."""
         with self._lookups_lock:
             return dict(self.lookups)
 

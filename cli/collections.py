@@ -36,6 +36,7 @@ def collections(
             vdir, meta = found
             row.update(
                 version=vdir.name,
+                index_version=meta.get("fingerprint"),  # as /readyz and rag_index_version_info name it
                 state="whole" if "files" in meta else "present (written before checksums were kept)",
                 chunks=meta.get("chunks"),
                 index_type=meta.get("index_type"),
@@ -57,7 +58,7 @@ def collections(
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["ingested_at"])) if row["ingested_at"] else "?"
         typer.echo(
             f"{row['name']}: {row['chunks']} chunks, {row['index_type']}, {row['embedding_model']}, "
-            f"{row['version']} ingested {when}; {row['state']}"
+            f"{row['version']} (index version {str(row['index_version'])[:12]}) ingested {when}; {row['state']}"
         )
     if damaged:
         raise typer.Exit(1)

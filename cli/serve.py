@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from typing import Annotated, Optional
 
 import typer
@@ -63,6 +65,7 @@ def serve(
     bind, message = bind_address(settings.host, run_or_fail(store.active), run_or_fail(store.created))
     store.close()
     typer.secho(message, fg=typer.colors.YELLOW if bind != settings.host else None, err=True)
+    _check_port(bind, settings.port)
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Workers write their metrics here; /metrics sums them. A fresh folder per run.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rag-metrics-")
@@ -75,6 +78,27 @@ def serve(
         log_config=None,  # the app logs JSON lines itself (RAG_LOG_FORMAT)
         access_log=False,  # one access line per request comes from the app, with its request id
     )
+
+
+def _check_port(host: str, port: int) -> None:
+    """A port another process holds is one line now: uvicorn logs "Application startup
+    complete" before it finds out, and then exits (an on-call engineer read the first lines)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        fail(f"cannot bind to {host}:{port} ({exc}) - give a host this machine has (--host, RAG_HOST)")
+        return
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                fail(f"port {port} on {host} is in use (another `rag serve`?) - stop it, or give --port (RAG_PORT)")
+            fail(f"cannot bind to {host}:{port} ({exc.strerror}) - give another --host or --port")
 
 
 def bind_address(host: str, active_keys: int, created_keys: int | None = None) -> tuple[str, str]:

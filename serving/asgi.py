@@ -17,6 +17,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def send_error(send: Send, exc: RagError, headers: dict[str, str] | None = None) -> None:
+    from .observability import ERRORS_SENT  # observability imports this module
+
+    ERRORS_SENT.labels(str(exc.status_code), exc.code or exc.type).inc()
     body = json.dumps(exc.body()).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cache.stores import StoreUnavailable
 from rag.errors import RagError, error_body
 
+from .observability import ERRORS_SENT
 from .schemas import ErrorResponse
 
 log = logging.getLogger("rag.serving")
@@ -36,6 +37,7 @@ def error_response(
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
+    ERRORS_SENT.labels(str(status), code or type_).inc()
     return JSONResponse(status_code=status, content=error_body(message, type_, param, code), headers=headers)
 
 

@@ -56,7 +56,12 @@ async def readyz(request: Request) -> Any:
         except Exception as exc:  # not ready is an answer here, not a failure
             collections[name] = {"status": "error", "message": str(getattr(exc, "message", exc))}
         else:
-            collections[name] = {"status": "ready", "index_version": index.version, "chunks": len(index)}
+            collections[name] = {
+                "status": "ready",
+                "version": index.version_dir.name,  # the folder, as `rag collections` names it
+                "index_version": index.version,  # its content's fingerprint, as the metrics name it
+                "chunks": len(index),
+            }
             if name in pipe.swap_errors:  # still serving the version before, which is ready
                 version, why = pipe.swap_errors[name]
                 collections[name]["newer_version_error"] = f"{version.name}: {why}"

@@ -53,6 +53,26 @@ CACHE = Counter(
 )
 RETRIEVAL = Histogram("rag_retrieval_seconds", "Hybrid retrieval per question.", ["collection"], buckets=_LATENCY_BUCKETS)  # fmt: skip
 EMBEDDING = Histogram("rag_embedding_seconds", "Embedding one question.", buckets=_LATENCY_BUCKETS)
+CACHE_CHECKS = Gauge(
+    "rag_cache_checks",
+    "The response cache's lookups since each worker started, by outcome: exact_hits, semantic_hits, misses, "
+    "and why a stored answer was not served (exact_rejected: its cited chunks changed; exact_outdated: a passage "
+    "added since is retrieved; rejected_as_ambiguous, rejected_by_*: the near-duplicate checks; store_errors).",
+    ["outcome"],
+    multiprocess_mode="livesum",
+)
+ERRORS_SENT = Counter(
+    "rag_errors_total",
+    "Error responses by status and code (backend_unavailable, collection_damaged, rate_limited, ...); "
+    "an error inside a stream that began as a 200 is not one.",
+    ["status", "code"],
+)
+ANSWERS = Counter(
+    "rag_answers_total",
+    "Answers by collection, kind (generated, quoted, no_answer, curated, small_talk) and why a person "
+    "should take over (no_answer, guard_replaced, thumbs_down; none when the answer stands).",
+    ["collection", "kind", "needs_human"],
+)
 JUDGE = Histogram(
     "rag_judge_seconds",
     "The judge reading every retrieved sentence against the question (CPU: the cross-encoder).",
@@ -100,6 +120,7 @@ def observe_answer(answer: Any, cacheable: bool) -> None:
     else:
         result = "miss"
     CACHE.labels(answer.collection, result).inc()
+    ANSWERS.labels(answer.collection, answer.answer_kind, answer.handoff_reason() or "none").inc()
     if timings.get("embed"):
         EMBEDDING.observe(timings["embed"] / 1000)
     if timings.get("retrieve"):
@@ -119,6 +140,12 @@ def update_replicas(generator: Any) -> None:
     pool = getattr(generator, "pool", None)
     for replica in getattr(pool, "replicas", ()):
         REPLICA_UP.labels(replica.url).set(1 if replica.healthy else 0)  # its last request's or probe's verdict
+
+
+def update_cache_checks(cache: Any) -> None:
+    """The cache's own per-process counts (``SemanticCache.lookups``), at the scrape."""
+    for outcome, count in (cache.lookups_now() if cache is not None else {}).items():
+        CACHE_CHECKS.labels(outcome).set(count)
 
 
 def update_engines(states: dict[str, str]) -> None:

@@ -183,6 +183,10 @@ def test_backend_fault_is_a_clear_error_cache_still_serves_and_service_recovers(
     response, _ = _ask(service, "Do gift cards expire?")
     message = _assert_unavailable(response, fault)
     assert any(w in message for w in words), f"{fault}: {message}"
+    if how in ("hang", "keepalive"):  # it runs, and says nothing: busy or stuck, not down
+        assert "overloaded or stuck" in message and "is running" not in message, message
+    elif how == "down":
+        assert "check that `vllm serve` is running" in message, message
 
     # Streamed: whatever tokens came, then an `error` event, never a hang. (After the
     # replica's backoff, so this request reaches the faulty backend too.)

@@ -102,6 +102,20 @@ def test_a_bad_setting_is_one_line_naming_its_variable(tmp_path: Path) -> None:
     assert typo.returncode == 0 and "no collection 'shpo' here yet (a typo?)" in typo.stderr, typo.stderr
 
 
+def test_serve_on_a_port_another_process_holds_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = rag("serve", "--host", "127.0.0.1", "--port", str(port), data_dir=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: port {port} on 127.0.0.1 is in use (another `rag serve`?) - stop it, or give --port (RAG_PORT)"
+    )
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     from cli.settings import settings_table
     from rag.settings import Settings

@@ -91,7 +91,7 @@ def test_an_index_overwritten_in_place_is_refused_with_how_to_mend_it(data_dir: 
     shown = _cli("collections", "--json", data_dir=data_dir)
     assert shown.returncode == 0
     listed = json.loads(shown.stdout)
-    assert listed[0]["state"] == "whole" and listed[0]["chunks"] > 0, listed
+    assert listed[0]["state"] == "whole" and listed[0]["chunks"] > 0 and listed[0]["index_version"], listed
     index = _load(data_dir, embedder)
     assert len(index) > 0 and index.version_dir != vdir
     index.close()

@@ -161,7 +161,10 @@ class VLLMGenerator:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise _TooSlow(f"vLLM answer took longer than {self.total_timeout_s:.0f} s") from None
+                    raise _TooSlow(
+                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s - it is overloaded or stuck: "
+                        "check its log and load (RAG_VLLM_TOTAL_TIMEOUT_S sets the limit)"
+                    ) from None
                 if event.data == "[DONE]":
                     # The body read to its end, the connection goes back to the pool (closed
                     # unread, it is dropped, and every answer opens a new one). The answer is
@@ -234,8 +237,14 @@ class VLLMGenerator:
             except BaseException:  # cancelled (client went away): no verdict on the replica
                 replica.probing = False
                 raise
+        # Connected but no answer in time: it runs, busy or stuck; else nothing answers there.
+        hint = (
+            "vLLM took the connection but did not answer in time - it is overloaded or stuck: check its log and load"
+            if errors and all(e.split(" ", 2)[1] in ("ReadTimeout", "WriteTimeout") for e in errors)
+            else "check that `vllm serve` is running there (RAG_VLLM_URL)"
+        )
         raise BackendUnavailableError(
-            f"vLLM unavailable ({'; '.join(errors)}) - check that `vllm serve` is running there (RAG_VLLM_URL)",
+            f"vLLM unavailable ({'; '.join(errors)}) - {hint}",
             retry_after_s=max(1, math.ceil(self.pool.backoff_s)),
         )
 
