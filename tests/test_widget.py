@@ -619,7 +619,8 @@ LONG_URL = "https://help.example.com/" + "exports/" * 12 + "returns-and-refunds-
 def fake(site: dict[str, str]) -> Iterator[str]:
     """An endpoint speaking the service's SSE framing and error shape, for states the extractive
     backend does not give on demand; a word in the question picks one: "stream" (an answer word
-    by word), "long" (a long URL in the answer, citations with long ids), "err429" (a refusal)."""
+    by word), "long" (a long URL in the answer, citations with long ids), "handoff" (handed to
+    the team), "err429" (a refusal)."""
     import asyncio
     import json
     from collections.abc import AsyncIterator
@@ -647,7 +648,8 @@ def fake(site: dict[str, str]) -> Iterator[str]:
         cites = [
             {"id": n, "document_id": d, "source": d, "title": d, "text": "x", "score": 1.0} for n, d in enumerate(ids)
         ]
-        done = {"answer": answer, "citations": cites, "answer_id": "c" * 32, "needs_human": None}
+        needs_human = "no_answer" if "handoff" in question else None
+        done = {"answer": answer, "citations": cites, "answer_id": "c" * 32, "needs_human": needs_human}
         delay = 0.1 if "stream" in question else 0.0
 
         async def events() -> AsyncIterator[str]:
@@ -827,4 +829,58 @@ def test_widget_on_a_phone_is_modal_and_stays_above_the_on_screen_keyboard(fake:
     page.get_by_role("button", name="Send").focus()
     page.keyboard.press("Tab")
     assert page.evaluate(FOCUSED) == "Ask Harbor & Hearth"
+    page.close()
+
+
+def _contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two computed colours ("rgb(r, g, b)")."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(c) / 255 for c in colour[colour.index("(") + 1 : -1].split(",")[:3]]
+        r, g, bl = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * bl
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def test_widget_polish_escape_rating_words_handoff_line_busy_send_and_one_widget(
+    site: dict[str, str], fake: str, browser: Any
+) -> None:
+    """Escape closes the widget without reaching the page's own handlers; the rating buttons say
+    their names in words (not every computer has an emoji font); the hand-off sentence has a
+    line of its own (not a one-word column beside the buttons); Send looks disabled while an
+    answer comes; the question field's edge and the rating buttons' borders reach 3:1; a second
+    widget tag on a page says in the console that it is ignored."""
+    page = browser.new_page()
+    page.goto(fake)
+    page.evaluate("document.addEventListener('keydown', e => { if (e.key === 'Escape') window.hostEscapes = 1; })")
+    _ask(page, "stream please, and handoff")
+    send = page.get_by_role("button", name="Send")
+    background = "e => getComputedStyle(e).backgroundColor"
+    assert send.is_disabled() and send.evaluate(background) != "rgb(47, 91, 234)"
+    page.locator(".rag-bot .rag-rate").wait_for(timeout=15_000)
+    assert send.is_enabled() and send.evaluate(background) == "rgb(47, 91, 234)"
+    for name in ("Helpful", "Not helpful"):
+        assert page.get_by_role("button", name=name, exact=True).inner_text().endswith(name)
+    told = page.locator(".rag-handoff").bounding_box()
+    assert told is not None and told["width"] > 200, told
+    edge = page.locator(".rag-form").evaluate("e => getComputedStyle(e).borderTopColor")
+    assert _contrast(edge, "rgb(255, 255, 255)") >= 3, edge
+    rim = page.get_by_role("button", name="Helpful", exact=True).evaluate("e => getComputedStyle(e).borderTopColor")
+    assert _contrast(rim, "rgb(242, 242, 244)") >= 3, rim
+    page.get_by_label("Your question").press("Escape")
+    assert not page.get_by_role("dialog").is_visible()
+    assert page.evaluate("window.hostEscapes") is None
+    page.close()
+
+    html = PAGE.format(service=site["service"], endpoint=site["service"])
+    tag = html[html.index("<script") : html.index("</script>") + len("</script>")]
+    (Path(site["root"]) / "two.html").write_text(html.replace(tag, tag + tag))
+    page = browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    page.goto(site["page"].replace("index.html", "two.html"))
+    assert page.get_by_role("button", name="Ask Harbor & Hearth").count() == 1
+    assert any("second widget tag" in line for line in console), console
     page.close()

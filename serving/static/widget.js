@@ -31,6 +31,7 @@
 (function () {
   "use strict";
   var script = document.currentScript;
+  if (script && window.__ragWidget) console.warn("rag widget: a second widget tag on this page is ignored");
   if (!script || window.__ragWidget) return;
   window.__ragWidget = true;
   var data = script.dataset;
@@ -79,13 +80,15 @@
     ".rag-cites{font-size:12px}.rag-cites a,.rag-cites span{display:block;min-height:24px;padding:4px 0;color:#2f5bea;overflow-wrap:anywhere}" +
     ".rag-cites span{color:#1b1b1f}" +
     ".rag-w a{color:#2f5bea}" +
-    ".rag-rate{margin-top:6px;display:flex;gap:6px;align-items:center;font-size:12px;color:#555}" +
-    ".rag-rate button{border:1px solid #ccd;border-radius:6px;background:#fff;color:#1b1b1f;padding:2px 8px}" +
-    ".rag-form{flex-shrink:0;display:flex;border-top:1px solid #ddd;background:#fff}" +
+    ".rag-rate{margin-top:6px;display:flex;flex-wrap:wrap;gap:6px;align-items:center;font-size:12px;color:#555;white-space:normal}" +
+    ".rag-note{flex-basis:100%}" +
+    ".rag-rate button{min-height:24px;border:1px solid #767680;border-radius:6px;background:#fff;color:#1b1b1f;padding:2px 8px}" +
+    ".rag-form{flex-shrink:0;display:flex;border-top:1px solid #767680;background:#fff}" +
     ".rag-form input{flex:1;min-width:0;border:1px solid transparent;padding:12px;background:#fff;color:#1b1b1f}" +
     ".rag-form input::placeholder{color:#6b6b73;opacity:1}" +
     ".rag-retry{margin-left:6px;border:1px solid #8a1c1c;border-radius:6px;background:#fff;color:#8a1c1c;padding:1px 8px}" +
     ".rag-form button{background:#2f5bea;color:#fff;padding:0 16px}" +
+    ".rag-form button:disabled{background:#6b6b73;cursor:default}" +
     // A two-tone ring (a white band inside a dark outline) shows on any page and on the blue
     // header; forced colours drop the white band and paint the outline in the system's colour.
     // The question field and Send sit on the panel's edge, whose overflow would clip a ring
@@ -187,7 +190,10 @@
   bubble.addEventListener("click", function () { setOpen(!root.classList.contains("rag-open")); });
   close.addEventListener("click", function () { setOpen(false); });
   root.addEventListener("keydown", function (event) {
-    if (event.key === "Escape" && root.classList.contains("rag-open")) setOpen(false);
+    if (event.key === "Escape" && root.classList.contains("rag-open")) {
+      setOpen(false);
+      event.stopPropagation();  // handled: the page's own Escape handlers (its menus, its dialogs) stay out of it
+    }
     if (event.key !== "Tab" || !fullScreen()) return;
     var stops = Array.prototype.filter.call(
       panel.querySelectorAll("button, a[href], input, [tabindex='0']"),
@@ -298,14 +304,19 @@
     var box = el("div", "rag-rate");
     box.dir = "ltr";
     box.tabIndex = -1;  // focus lands here once a vote replaces the buttons
-    if (needsHuman) {
-      box.appendChild(el("span", "rag-handoff", TOLD));
+    if (needsHuman) {  // a line of its own, above the buttons
+      var note = el("span", "rag-note");
+      note.appendChild(el("span", "rag-handoff", TOLD));
       var reach = contactNode();
-      if (reach) box.appendChild(reach);
-      box.appendChild(document.createTextNode(" "));
+      if (reach) note.appendChild(reach);
+      box.appendChild(note);
     }
     [["up", "\ud83d\udc4d", "Helpful"], ["down", "\ud83d\udc4e", "Not helpful"]].forEach(function (spec) {
-      var button = el("button", "rag-rate-" + spec[0], spec[1]);
+      var button = el("button", "rag-rate-" + spec[0]);
+      var glyph = el("span", null, spec[1] + " ");  // words too: not every computer has an emoji font
+      glyph.setAttribute("aria-hidden", "true");
+      button.appendChild(glyph);
+      button.appendChild(document.createTextNode(spec[2]));
       button.type = "button";
       button.setAttribute("aria-label", spec[2]);
       button.addEventListener("click", function () { rate(box, answerId, spec[0]); });
