@@ -519,7 +519,7 @@ def test_widget_is_untouched_by_the_host_pages_css(site: dict[str, str], browser
     assert field.is_visible()
     colours = field.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
     assert colours == ["rgb(27, 27, 31)", "rgb(255, 255, 255)"], colours
-    assert field.evaluate("e => getComputedStyle(e).fontSize") == "14px"
+    assert field.evaluate("e => getComputedStyle(e).fontSize") == "16px"
     assert field.evaluate("e => getComputedStyle(e).colorScheme") == "light"
     send = page.get_by_role("button", name="Send").bounding_box()
     assert send is not None and send["height"] < 60, send
@@ -620,7 +620,7 @@ def fake(site: dict[str, str]) -> Iterator[str]:
     """An endpoint speaking the service's SSE framing and error shape, for states the extractive
     backend does not give on demand; a word in the question picks one: "stream" (an answer word
     by word), "long" (a long URL in the answer, citations with long ids), "handoff" (handed to
-    the team), "err429" (a refusal)."""
+    the team), "err401", "err413", "err429" (refusals)."""
     import asyncio
     import json
     from collections.abc import AsyncIterator
@@ -637,9 +637,10 @@ def fake(site: dict[str, str]) -> Iterator[str]:
     @app.post("/v1/query", response_model=None)
     async def query(request: Request) -> StreamingResponse | JSONResponse:
         question = (await request.json())["question"].lower()
-        if "err429" in question:
-            error = {"message": "rate limit reached", "type": "rate_limit_error", "param": None, "code": None}
-            return JSONResponse({"error": error}, status_code=429)
+        for status in (401, 413, 429):
+            if f"err{status}" in question:
+                error = {"message": f"simulated {status}", "type": "invalid_request_error", "param": None, "code": None}
+                return JSONResponse({"error": error}, status_code=status)
         answer = "Refunds take 5 to 7 business days to appear on your statement once we have inspected the return."
         ids = ["returns-and-refunds.md"]
         if "long" in question:
@@ -883,4 +884,37 @@ def test_widget_polish_escape_rating_words_handoff_line_busy_send_and_one_widget
     page.goto(site["page"].replace("index.html", "two.html"))
     assert page.get_by_role("button", name="Ask Harbor & Hearth").count() == 1
     assert any("second widget tag" in line for line in console), console
+    page.close()
+
+
+def test_widget_offers_try_again_only_where_it_can_help_and_says_links_open_a_new_tab(fake: str, browser: Any) -> None:
+    """A chat that is not set up (401) or a question that is too long (413) is not offered
+    "Try again" (the same question would fail the same way), though the question is kept; a
+    refusal for being busy (429) is. Links that open a new tab say so to a screen reader (and
+    show an arrow); the question field's text is 16 px (a phone does not zoom in on it)."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page()
+    page.goto(fake)
+    _ask(page, "err401")
+    page.locator(".rag-error", has_text="isn't available").wait_for(timeout=15_000)
+    field = page.get_by_label("Your question")
+    field.fill("err413 " + "words " * 20)
+    field.press("Enter")
+    page.locator(".rag-error", has_text="too long").wait_for(timeout=15_000)
+    assert page.get_by_role("button", name="Try again").count() == 0
+    assert field.input_value().startswith("err413")
+    field.fill("err429")
+    field.press("Enter")
+    page.get_by_role("button", name="Try again").wait_for(timeout=15_000)
+    assert page.get_by_role("button", name="Try again").count() == 1
+    field.fill("when will my refund arrive?")
+    field.press("Enter")
+    link = page.locator(".rag-cites a").first
+    link.wait_for(timeout=15_000)
+    assert link.get_attribute("target") == "_blank"
+    expect(link).to_have_accessible_description("opens in a new tab")
+    assert link.inner_text() == "returns-and-refunds.md"  # the arrow is not part of its text
+    assert link.evaluate("e => getComputedStyle(e, '::after').content").startswith('"\u2197"')
+    assert field.evaluate("e => parseFloat(getComputedStyle(e).fontSize)") >= 16
     page.close()

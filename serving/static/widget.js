@@ -23,7 +23,8 @@
  * /v1/feedback); a thumbs-down, or an answer the service could not give, says the team has
  * been told (the service hands it over) and, with data-contact, how to reach a person. A
  * failure (no service, a refusal, an answer that stalls) says so in words for a customer (the
- * service's own message goes to the console), keeps the question and offers to try again.
+ * service's own message goes to the console), keeps the question and offers to try again
+ * (where that can help).
  * Escape closes the panel. The widget lives in a shadow root (the page's CSS does not reach it)
  * and needs no 'unsafe-inline' style-src under a Content-Security-Policy: allow this script's
  * origin in script-src and connect-src. No dependencies, no build step, no CDN.
@@ -80,11 +81,12 @@
     ".rag-cites{font-size:12px}.rag-cites a,.rag-cites span{display:block;min-height:24px;padding:4px 0;color:#2f5bea;overflow-wrap:anywhere}" +
     ".rag-cites span{color:#1b1b1f}" +
     ".rag-w a{color:#2f5bea}" +
+    ".rag-w a[target=_blank]::after{content:\"\\2197\" / \"\"}" +
     ".rag-rate{margin-top:6px;display:flex;flex-wrap:wrap;gap:6px;align-items:center;font-size:12px;color:#555;white-space:normal}" +
     ".rag-note{flex-basis:100%}" +
     ".rag-rate button{min-height:24px;border:1px solid #767680;border-radius:6px;background:#fff;color:#1b1b1f;padding:2px 8px}" +
     ".rag-form{flex-shrink:0;display:flex;border-top:1px solid #767680;background:#fff}" +
-    ".rag-form input{flex:1;min-width:0;border:1px solid transparent;padding:12px;background:#fff;color:#1b1b1f}" +
+    ".rag-form input{flex:1;min-width:0;border:1px solid transparent;padding:12px;font-size:16px;background:#fff;color:#1b1b1f}" +
     ".rag-form input::placeholder{color:#6b6b73;opacity:1}" +
     ".rag-retry{margin-left:6px;border:1px solid #8a1c1c;border-radius:6px;background:#fff;color:#8a1c1c;padding:1px 8px}" +
     ".rag-form button{background:#2f5bea;color:#fff;padding:0 16px}" +
@@ -153,6 +155,10 @@
   panel.appendChild(log);
   panel.appendChild(form);
   panel.appendChild(status);
+  var newTab = el("span", null, "opens in a new tab");  // the links' description
+  newTab.id = "rag-new-tab";
+  newTab.hidden = true;
+  panel.appendChild(newTab);
   var bubble = el("button", "rag-bubble", "?");
   bubble.setAttribute("aria-label", title);
   bubble.setAttribute("aria-controls", "rag-panel");
@@ -267,6 +273,7 @@
         a.href = href;
         a.target = "_blank";
         a.rel = "noopener";
+        a.setAttribute("aria-describedby", "rag-new-tab");
       }
       a.dataset.documentId = c.document_id;
       a.dir = "auto";
@@ -292,6 +299,7 @@
       link.href = /@/.test(contact) && !/^https?:/i.test(contact) ? "mailto:" + contact : contact;
       link.target = "_blank";
       link.rel = "noopener";
+      link.setAttribute("aria-describedby", "rag-new-tab");
       box.appendChild(link);
       box.appendChild(document.createTextNode("."));
     } else {
@@ -347,12 +355,14 @@
   // What a customer reads; the service's own words (meant for whoever runs it) go to the console.
   var UNREACHABLE = "Sorry, the help service can't be reached right now. Please try again in a moment.";
   var SLOW = "Sorry, this is taking longer than usual. Please try again in a moment.";
+  var NOT_HERE = "This help chat isn't available right now. Please contact us another way.";
+  var TOO_LONG = "That message is too long. Please shorten it and try again.";
 
   function customerMessage(status, message) {
     if (status >= 500) return UNREACHABLE;
     if (status === 429) return "We're getting a lot of questions right now. Please try again in a few seconds.";
-    if (status === 401 || status === 403) return "This help chat isn't available right now. Please contact us another way.";
-    if (status === 413 || /characters; the limit/.test(message)) return "That message is too long. Please shorten it and try again.";
+    if (status === 401 || status === 403) return NOT_HERE;
+    if (status === 413 || /characters; the limit/.test(message)) return TOO_LONG;
     if (status === 408) return SLOW;
     return "Sorry, that message couldn't be answered. Please rephrase it and try again.";
   }
@@ -362,6 +372,10 @@
     node.className = "rag-msg rag-error";
     node.querySelector(".rag-who").textContent = SPEAKER["rag-error"];
     words(node, shown);
+    if (!input.value) input.value = question;  // the customer's words are never lost
+    announce(shown);
+    scrollDown();
+    if (shown === NOT_HERE || shown === TOO_LONG) return;  // asking the same again cannot help
     var retry = el("button", "rag-retry", "Try again");
     retry.type = "button";
     retry.addEventListener("click", function () {
@@ -373,8 +387,6 @@
     });
     node.appendChild(document.createTextNode(" "));
     node.appendChild(retry);
-    if (!input.value) input.value = question;  // the customer's words are never lost
-    announce(shown);
     scrollDown();  // the message and Try again, not half of it
   }
 
