@@ -663,6 +663,7 @@ def fake(site: dict[str, str]) -> Iterator[str]:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     with running_server(app) as endpoint:
+        _fault_page(site, endpoint, "short.html", 'data-max-chars="20"')
         yield _fault_page(site, endpoint, "fake.html")
 
 
@@ -917,4 +918,24 @@ def test_widget_offers_try_again_only_where_it_can_help_and_says_links_open_a_ne
     assert link.inner_text() == "returns-and-refunds.md"  # the arrow is not part of its text
     assert link.evaluate("e => getComputedStyle(e, '::after').content").startswith('"\u2197"')
     assert field.evaluate("e => parseFloat(getComputedStyle(e).fontSize)") >= 16
+    page.close()
+
+
+def test_widget_titles_its_panel_with_a_heading_and_says_when_a_paste_is_cut(fake: str, browser: Any) -> None:
+    """The panel's title is a heading. A paste longer than data-max-chars is cut there (the
+    field's maxlength), and the widget says so, on screen and to a screen reader, instead of
+    losing the rest without a word; the note goes once the question is sent."""
+    page = browser.new_page()
+    page.goto(fake.replace("fake.html", "short.html"))  # data-max-chars="20"
+    page.evaluate(LISTEN)
+    page.get_by_role("button", name="Ask Harbor & Hearth").click()
+    assert page.get_by_role("heading", name="Ask Harbor & Hearth").is_visible()
+    field = page.get_by_label("Your question")
+    field.fill("When will my refund arrive")
+    note = page.locator(".rag-limit", has_text="Questions can be up to 20 characters")
+    assert field.input_value() == "When will my refund " and note.is_visible()
+    assert page.evaluate("window.said") == ["Questions can be up to 20 characters; the rest was left out."]
+    field.press("Enter")
+    page.locator(".rag-bot .rag-rate").wait_for(timeout=15_000)
+    assert not note.is_visible()
     page.close()

@@ -69,6 +69,9 @@
     ".rag-open .rag-panel{width:100%;height:100%;margin:0;border-radius:0;box-shadow:none}" +
     ".rag-open .rag-bubble{display:none}}" +
     ".rag-head{flex-shrink:0;background:#2f5bea;color:#fff;padding:10px 14px;font-weight:600;display:flex;justify-content:space-between;align-items:center;gap:8px}" +
+    ".rag-head h2{margin:0;font:inherit;font-weight:600;overflow-wrap:anywhere}" +
+    ".rag-limit{flex-shrink:0;padding:6px 12px;font-size:12px;background:#fff4e0;color:#6b4200;border-top:1px solid #767680}" +
+    ".rag-limit[hidden]{display:none}" +
     ".rag-head button{background:#2f5bea;color:#fff;font-size:18px;padding:0 4px}" +
     ".rag-log{flex:1 1 auto;min-height:0;overflow-y:auto;padding:10px;display:flex;flex-direction:column;gap:8px}" +
     ".rag-msg{position:relative;padding:8px 10px;border:1px solid transparent;border-radius:10px;max-width:90%;white-space:pre-wrap;overflow-wrap:anywhere}" +
@@ -129,7 +132,7 @@
   panel.setAttribute("role", "dialog");
   panel.setAttribute("aria-label", title);
   var head = el("div", "rag-head");
-  head.appendChild(el("span", null, title));
+  head.appendChild(el("h2", null, title));  // a heading: a screen reader's way into the panel
   var close = el("button", null, "\u00d7");
   close.setAttribute("aria-label", "Close");
   head.appendChild(close);
@@ -153,6 +156,9 @@
   form.appendChild(send);
   panel.appendChild(head);
   panel.appendChild(log);
+  var limit = el("div", "rag-limit");  // a paste cut at data-max-chars says so
+  limit.hidden = true;
+  panel.appendChild(limit);
   panel.appendChild(form);
   panel.appendChild(status);
   var newTab = el("span", null, "opens in a new tab");  // the links' description
@@ -511,11 +517,21 @@
     return run(question);
   }
 
+  input.addEventListener("input", function () {
+    var full = input.value.length >= maxChars;
+    if (full && limit.hidden) {
+      limit.textContent = "Questions can be up to " + maxChars + " characters; the rest was left out.";
+      announce(limit.textContent);
+    }
+    limit.hidden = !full;
+  });
+
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var question = input.value.trim();
     if (!question) return;
     input.value = "";
+    limit.hidden = true;
     submit(question);
   });
 
