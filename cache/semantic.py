@@ -106,11 +106,14 @@ class SemanticCache:
         self.blocks = Blocks(self.store.counters, self.confirmed_threshold)
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
         self._lookups_lock = threading.Lock()  # counted from the store's threads and the event loop
+        self.count_hooks: list[Callable[[str], None]] = []  # told each outcome (metrics)
 
     def count(self, outcome: str) -> None:
-        """One more lookup of ``outcome`` (this process's stats)."""
+        """One more lookup of ``outcome`` (this process's stats; and the hooks, a metric's)."""
         with self._lookups_lock:
             self.lookups[outcome] += 1
+        for hook in self.count_hooks:
+            hook(outcome)
 
     def _scope_key(self, scope: str) -> str:
         """Where ``scope``'s entries are (this release's; a person's pinned answers, every release's)."""

@@ -90,15 +90,17 @@ def _check_port(host: str, port: int) -> None:
     except OSError as exc:
         fail(f"cannot bind to {host}:{port} ({exc}) - give a host this machine has (--host, RAG_HOST)")
         return
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                fail(f"port {port} on {host} is in use (another `rag serve`?) - stop it, or give --port (RAG_PORT)")
-            fail(f"cannot bind to {host}:{port} ({exc.strerror}) - give another --host or --port")
+    for family, kind, proto, _, address in infos:  # each address the server binds, as asyncio binds it
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    fail(f"port {port} on {host} is in use (another `rag serve`?) - stop it, or give --port (RAG_PORT)")
+                fail(f"cannot bind to {host}:{port} ({exc.strerror}) - give another --host or --port")
 
 
 def bind_address(host: str, active_keys: int, created_keys: int | None = None) -> tuple[str, str]:

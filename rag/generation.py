@@ -251,11 +251,10 @@ class Generating:
             group = ",".join(sorted(str(c.id) for c in citations)) or "no-answer"
             put = partial(self.cache.put, scope, prep.question, prep.vector, payload, tag=prep.collection, group=group)
             await self.in_store(put)
-        answer = self._done(prep, text, citations, CacheStatus(), usage_of(generation), kind=kind)
+        answer = self._done(prep, text, citations, CacheStatus(), usage_of(generation), kind=kind, grounded=grounded)
         answer.finish_reason = finish
         if self.cache is not None and prep.cacheable and prep.vector is not None:
             answer.cache_scope = scope  # where it was stored
-        answer.grounded = grounded
         answer.model_answer = model_answer if self.generator.prompt_style != "none" else None
         answer.guard_reason = guard.reason if guard is not None else None
         return answer
@@ -268,7 +267,10 @@ class Generating:
         status: CacheStatus,
         usage: dict[str, Any] | None = None,
         kind: str = "generated",
+        grounded: bool = True,
     ) -> Answer:
+        """The answer, told to the observers (metrics) whole: its kind and whether the guard
+        replaced it (``grounded``) are what they count."""
         prep.timings["total"] = (time.perf_counter() - prep.started) * 1000
         if prep.streamed:  # sent whole (a quote, "I don't know"): its first token is its end
             prep.timings.setdefault("first_token", prep.timings["total"])
@@ -282,6 +284,7 @@ class Generating:
             usage=usage or {},
             answer_kind=kind,
             cache_scope=prep.scope if prep.cacheable and self.cache is not None else None,
+            grounded=grounded,
         )
         if not prep.audit:  # a check of a served hit is not a request
             self._notify(answer, prep.cacheable)
@@ -291,7 +294,11 @@ class Generating:
         """An answer served from a cache entry's ``payload`` (what :meth:`_finish` stored)."""
         # Fields a newer release added are left out (a replica behind in a rolling deploy reads them).
         citations = [Citation.from_dict(c) for c in payload["citations"]]
-        answer = self._done(prep, payload["answer"], citations, status, kind=payload.get("answer_kind", "generated"))
+        kind = payload.get("answer_kind", "generated")
+        # A quote the guard put in is served as what it was: guard-replaced.
+        answer = self._done(
+            prep, payload["answer"], citations, status, kind=kind, grounded=not payload.get("provisional")
+        )
         answer.finish_reason = payload.get("finish_reason", "stop")
         return answer
 

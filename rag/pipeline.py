@@ -244,7 +244,6 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         retrieved, hit = ([], hit) if hit is not None else await self._look_up(prep, cache, search_text, filters)
         if hit is not None:
             prep.result = self._cached(prep, hit.payload, CacheStatus(True, hit.kind, round(hit.similarity, 4)))
-            prep.result.grounded = not hit.payload.get("provisional")  # a quote the guard put in
             curated_id = hit.payload.get("curated_id")
             prep.result.cache_ref = group_of(curated_id) if curated_id else hit.ref or None
             if hit.payload.get("answer_kind") != CURATED:  # a person's answer is not audited

@@ -123,7 +123,6 @@ async def metrics(request: Request) -> Response:
     principal_of(request).require_admin()
     observability.update_replicas(request.app.state.pipeline.generator)
     observability.update_index_versions(request.app.state.pipeline)
-    observability.update_cache_checks(request.app.state.pipeline.cache)
     observability.update_engines(await asyncio.to_thread(engine_states, request))
     payload, content_type = observability.metrics_payload()
     return Response(payload, media_type=content_type)

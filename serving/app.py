@@ -47,6 +47,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         app.state.pipeline = pipeline or await asyncio.to_thread(build_pipeline, settings)
         if observability.observe_answer not in app.state.pipeline.observers:
             app.state.pipeline.observers.append(observability.observe_answer)
+        cache = app.state.pipeline.cache
+        if cache is not None and observability.count_cache_check not in cache.count_hooks:
+            cache.count_hooks.append(observability.count_cache_check)
         support = app.state.support = open_support_store(settings.data_dir, database)
         app.state.curated = curation.CuratedStore(support.sql)
         app.state.handoff = Handoff(settings.handoff_webhook_url, Outbox(support.sql))

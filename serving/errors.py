@@ -36,8 +36,11 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
+    counted: bool = True,
 ) -> JSONResponse:
-    ERRORS_SENT.labels(str(status), code or type_).inc()
+    """The one error shape; ``counted``: in rag_errors_total (not a readiness probe's)."""
+    if counted:
+        ERRORS_SENT.labels(str(status), code or type_).inc()
     return JSONResponse(status_code=status, content=error_body(message, type_, param, code), headers=headers)
 
 
@@ -75,14 +78,14 @@ def _validation_message(exc: RequestValidationError, content_type: str = "") -> 
     return f"{param}: {msg}" if param else msg, param, "invalid_value"
 
 
-def rag_error_response(exc: RagError, param: str | None = None) -> JSONResponse:
+def rag_error_response(exc: RagError, param: str | None = None, counted: bool = True) -> JSONResponse:
     """The one error shape for a service error; ``param`` names the field as the caller's
     request does, where it differs (the OpenAI route's ``model``)."""
     if exc.status_code >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.message)
     retry = getattr(exc, "retry_after_s", None)  # a 429's, a backend's 503: when to send it again
     headers = {"Retry-After": str(retry)} if retry is not None else None
-    return error_response(exc.status_code, exc.message, exc.type, param or exc.param, exc.code, headers)
+    return error_response(exc.status_code, exc.message, exc.type, param or exc.param, exc.code, headers, counted)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,7 +16,7 @@ from rag.errors import AuthenticationError, BackendUnavailableError, RateLimitEr
 from rag.pipeline import Pipeline
 from rag.store import list_collections, lost_collections
 
-from .errors import ERRORS, error_response
+from .errors import ERRORS, error_response, rag_error_response
 
 router = APIRouter()
 
@@ -48,6 +48,7 @@ async def readyz(request: Request) -> Any:
             "service_unavailable",
             None,
             "not_ready",
+            counted=False,  # a probe's answer, not a customer's error
         )
     collections: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -69,7 +70,7 @@ async def readyz(request: Request) -> Any:
     public = await _stranger(request)  # public route: no collection names to strangers
     if broken:
         detail = "; ".join(f"{n}: {m}" for n, m in broken.items()) if not public else f"{len(broken)} collection(s)"
-        return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready")
+        return error_response(503, f"not ready: {detail}", "service_unavailable", None, "not_ready", counted=False)
     engines = await asyncio.to_thread(engine_states, request)
     if public:  # strangers learn that an engine is away, not where it lives
         engines = {name: state.split(" (")[0] for name, state in engines.items()}
@@ -77,7 +78,10 @@ async def readyz(request: Request) -> Any:
     backend_down = ready is not None and not await ready()
     # This process's own model, or nothing cached to serve meanwhile: not ready.
     if backend_down and (not getattr(pipe.generator, "shared", False) or pipe.cache is None):
-        raise BackendUnavailableError(f"backend {pipe.generator.name} is not ready - check that its model server is up")
+        error = BackendUnavailableError(
+            f"backend {pipe.generator.name} is not ready - check that its model server is up"
+        )
+        return rag_error_response(error, counted=False)
     body: dict[str, Any] = {
         "status": "ready",
         "backend": pipe.generator.name,

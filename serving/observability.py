@@ -53,24 +53,24 @@ CACHE = Counter(
 )
 RETRIEVAL = Histogram("rag_retrieval_seconds", "Hybrid retrieval per question.", ["collection"], buckets=_LATENCY_BUCKETS)  # fmt: skip
 EMBEDDING = Histogram("rag_embedding_seconds", "Embedding one question.", buckets=_LATENCY_BUCKETS)
-CACHE_CHECKS = Gauge(
-    "rag_cache_checks",
-    "The response cache's lookups since each worker started, by outcome: exact_hits, semantic_hits, misses, "
-    "and why a stored answer was not served (exact_rejected: its cited chunks changed; exact_outdated: a passage "
-    "added since is retrieved; rejected_as_ambiguous, rejected_by_*: the near-duplicate checks; store_errors).",
+CACHE_CHECKS = Counter(
+    "rag_cache_checks_total",
+    "The response cache's lookups by outcome: exact_hits, semantic_hits, misses, and why a stored answer was "
+    "not served (exact_rejected: its cited chunks changed; exact_outdated: a passage added since is retrieved; "
+    "rejected_as_ambiguous, rejected_by_*: the near-duplicate checks; store_errors).",
     ["outcome"],
-    multiprocess_mode="livesum",
 )
 ERRORS_SENT = Counter(
     "rag_errors_total",
-    "Error responses by status and code (backend_unavailable, collection_damaged, rate_limited, ...); "
+    "Error responses by status and code (backend_unavailable, collection_damaged, rate_limit_exceeded, "
+    "internal_error, ...), /readyz's own not counted; "
     "an error inside a stream that began as a 200 is not one.",
     ["status", "code"],
 )
 ANSWERS = Counter(
     "rag_answers_total",
     "Answers by collection, kind (generated, quoted, no_answer, curated, small_talk) and why a person "
-    "should take over (no_answer, guard_replaced, thumbs_down; none when the answer stands).",
+    "should take over (no_answer, guard_replaced; none when the answer stands).",
     ["collection", "kind", "needs_human"],
 )
 JUDGE = Histogram(
@@ -142,10 +142,9 @@ def update_replicas(generator: Any) -> None:
         REPLICA_UP.labels(replica.url).set(1 if replica.healthy else 0)  # its last request's or probe's verdict
 
 
-def update_cache_checks(cache: Any) -> None:
-    """The cache's own per-process counts (``SemanticCache.lookups``), at the scrape."""
-    for outcome, count in (cache.lookups_now() if cache is not None else {}).items():
-        CACHE_CHECKS.labels(outcome).set(count)
+def count_cache_check(outcome: str) -> None:
+    """Cache hook (``SemanticCache.count_hooks``): one lookup's outcome."""
+    CACHE_CHECKS.labels(outcome).inc()
 
 
 def update_engines(states: dict[str, str]) -> None:
@@ -237,6 +236,7 @@ class RequestContextMiddleware:
             log.exception("unexpected error")
             if started_response:  # too late for a response of its own: the server closes it
                 raise
+            ERRORS_SENT.labels("500", "internal_error").inc()
             await JSONResponse(internal_error_body(), status_code=500)(scope, receive, send_with_id)
         finally:
             IN_FLIGHT.dec()

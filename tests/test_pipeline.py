@@ -116,6 +116,8 @@ async def test_a_guard_replaced_answer_is_quoted_and_never_outlives_its_index_ve
     ingest([corpus], "default", settings, embedder, progress=False)
     model = ScriptedModel("Refunds take 10 business days.")
     pipeline = Pipeline(settings, embedder, model, open_cache(settings, embedder.dimension))
+    told: list[str | None] = []  # what the observers (metrics) are told, as they are told it
+    pipeline.observers.append(lambda answer, _cacheable: told.append(answer.handoff_reason()))
     first = await pipeline.answer("How long do refunds take?")
     assert (first.answer_kind, first.grounded) == ("quoted", False) and "10 business days" not in first.answer
     assert "5 to 7 business days" in first.answer and first.citations
@@ -123,6 +125,7 @@ async def test_a_guard_replaced_answer_is_quoted_and_never_outlives_its_index_ve
     assert "guard_reason" not in first.to_dict() and "model_answer" not in first.to_dict()  # never sent
     again = await pipeline.answer("How long do refunds take?")
     assert again.cache.kind == "exact" and again.answer_kind == "quoted" and len(model.requests) == 1
+    assert told == ["guard_replaced", "guard_replaced"]  # served again, it is still the guard's quote
 
     (corpus / "gift-cards.txt").write_text("Gift cards\n\nGift cards are valid for 5 years.\n")  # another page
     ingest([corpus], "default", settings, embedder, progress=False)

@@ -161,10 +161,7 @@ class VLLMGenerator:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise _TooSlow(
-                        f"vLLM answer took longer than {self.total_timeout_s:.0f} s - it is overloaded or stuck: "
-                        "check its log and load (RAG_VLLM_TOTAL_TIMEOUT_S sets the limit)"
-                    ) from None
+                    raise _TooSlow(self._too_slow()) from None
                 if event.data == "[DONE]":
                     # The body read to its end, the connection goes back to the pool (closed
                     # unread, it is dropped, and every answer opens a new one). The answer is
@@ -191,7 +188,13 @@ class VLLMGenerator:
                     if text:
                         yield text
                 if time.monotonic() > deadline:
-                    raise _TooSlow(f"vLLM answer took longer than {self.total_timeout_s:.0f} s")
+                    raise _TooSlow(self._too_slow())
+
+    def _too_slow(self) -> str:
+        return (
+            f"vLLM answer took longer than {self.total_timeout_s:.0f} s - it is overloaded or stuck: "
+            "check its log and load (RAG_VLLM_TOTAL_TIMEOUT_S sets the limit)"
+        )
 
     async def _stream(self, request: GenerationRequest, info: dict[str, Any]) -> AsyncGenerator[str, None]:
         tried: set[str] = set()
