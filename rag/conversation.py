@@ -208,13 +208,13 @@ def focus(message: str) -> str:
 # answer is: README, Languages); a word of another script is one run of letters ("谢谢").
 _GREETING = frozenset(
     "hi hello hey hiya heya howdy morning afternoon evening yo bonjour salut bonsoir hola buenos buenas hallo "
-    "moin servus ciao buongiorno olá ola oi bom привет здравствуйте cześć dzień hej hei hallå merhaba "
+    "guten moin servus ciao buongiorno olá ola oi bom привет здравствуйте cześć dzień hej hei hallå merhaba "
     "你好 您好 こんにちは 안녕하세요 مرحبا السلام नमस्ते namaste".split()
 )
 _THANKS = frozenset(
     "thanks thank thx ty cheers ok okay k kk great cool perfect awesome nice brilliant lovely "
     "fantastic excellent super amazing sorted fine noted understood worked works helped helpful "
-    "merci gracias danke dank grazie obrigado obrigada dziękuję dzięki спасибо tack takk tak kiitos teşekkürler "
+    "merci gracias danke dank grazie obrigado obrigada dziękuję dzięki спасибо tack takk kiitos teşekkürler "
     "teşekkür 谢谢 多谢 謝謝 ありがとう ありがとうございます 감사합니다 고맙습니다 شكرا धन्यवाद".split()
 )
 _BYE = frozenset("bye goodbye cya later adiós adios revoir tschüss tschüs arrivederci пока 再见".split())

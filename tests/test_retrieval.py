@@ -410,6 +410,8 @@ def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
         ("شكرًا", "thanks"),  # with its vowel mark
         ("नमस्ते", "greeting"),
         ("Bonjour", "greeting"),
+        ("Guten Tag", "greeting"),
+        ("tak", None),  # Polish "yes" (Danish "thanks"): an answer, like "yes", left to the conversation
         ("au revoir", "bye"),
         ("\U0001f44d\U0001f3fd", "thanks"),  # with a skin tone
         ("\u2764\ufe0f", "thanks"),
