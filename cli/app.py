@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import functools
 import os
 import sqlite3
 from pathlib import Path
@@ -40,9 +41,9 @@ Backend = Annotated[
 
 # RAG_ variables that are not settings: the CLI's own, the tests' (and RAG_TEST_*, RAG_FUZZ_*).
 _NOT_SETTINGS = frozenset({"RAG_API_KEY", "RAG_CRASH_SEED"})
-_warned = False
 
 
+@functools.cache  # once a process, however many times settings are loaded
 def _unknown_variables() -> None:
     """Warn of each RAG_ variable that names no setting ("RAG_CACHE_TRESHOLD"): it is ignored,
     and a typo in a deploy would otherwise start with the default in silence."""
@@ -55,10 +56,7 @@ def _unknown_variables() -> None:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    global _warned
-    if not _warned:
-        _warned = True
-        _unknown_variables()
+    _unknown_variables()
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -141,6 +141,18 @@ def refers_back(question: str) -> bool:
     return bool(_BACK_REFERENCE_RE.search(_NEW_TOPIC_RE.sub(" ", _EMPTY_REFERENCE_RE.sub(" ", asked))))
 
 
+# Invisible format characters: a zero-width space, a word joiner, a byte-order mark, a soft
+# hyphen, and the bidirectional controls (which also turn text around on an admin's terminal).
+# Not the zero-width (non-)joiners: Persian and Indic scripts spell with them.
+_INVISIBLE_RE = re.compile("[\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
+
+
+def plain_text(text: str) -> str:
+    """A customer's text as the models read it: full-width forms as their plain ones ("Ｃａｎ"
+    is "Can", "４" is "4": NFKC, as the cache keys it), without invisible format characters."""
+    return _INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", text))
+
+
 # A long message (a complaint with its question at the end, a pasted email thread) is searched,
 # judged and keyed in the cache by what it asks, not by its first 256 tokens (all the embedder
 # reads): two complaints with the same story and different questions are different questions.

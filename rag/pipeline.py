@@ -9,7 +9,6 @@ import json
 import os
 import re
 import time
-import unicodedata
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -30,7 +29,7 @@ from .cache_policy import (
     still_valid,
 )
 from .compress import compress
-from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, focus, new_topic, small_talk
+from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, focus, new_topic, plain_text, small_talk
 from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
@@ -53,12 +52,6 @@ def scope_today(stored: str) -> str:
     if len(fields) > 5 and re.fullmatch(r"\d+\.\d+\.\d+", fields[5]):
         del fields[5]
     return "|".join(fields)
-
-
-# Invisible format characters: a zero-width space, a word joiner, a byte-order mark, a soft
-# hyphen, and the bidirectional controls (which also turn text around on an admin's terminal).
-# Not the zero-width (non-)joiners: Persian and Indic scripts spell with them.
-_INVISIBLE_RE = re.compile("[\u00ad\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 
 
 @dataclass
@@ -133,7 +126,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         """The question as the models should read it: full-width forms as their plain ones
         ("Ｃａｎ　Ｉ" is "Can I", NFKC, as the cache keys it), without invisible format
         characters (a byte-order mark, zero-width joiners), trimmed; or a clear error."""
-        question = _INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", question)).strip()
+        question = plain_text(question).strip()
         if not question:
             raise InvalidRequestError("question is empty - send the customer's question as text", param="question")
         if len(question) > self.settings.max_question_chars:

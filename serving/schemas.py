@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import unicodedata
 from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
@@ -13,6 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from cache.semantic import normalize_question
 from rag import wire
+from rag.conversation import plain_text
 
 MAX_FILTER_VALUES = 1000  # each is a parameter of one SQL query
 
@@ -54,9 +54,6 @@ _CARD_RE = re.compile(r"(?<![\d-])[2-6](?:[ -]?\d){12,18}(?![\d-])")
 CARD_NUMBER = "[card number]"
 
 
-_INVISIBLE_RE = re.compile("[\u00ad\u200b-\u200f\u2060\ufeff]")
-
-
 def _is_card(digits: str) -> bool:
     # 15 digits is an Amex (34, 37) or a phone's IMEI (35..., same check digit): only the first.
     return _luhn(digits) and (len(digits) != 15 or digits[:2] in ("34", "37"))
@@ -76,8 +73,7 @@ def without_card_numbers(value: Any) -> Any:
     kept in the answer log, the cache's keys and the report (PCI DSS forbids keeping it), and
     no answer needs it."""
     if isinstance(value, str):
-        # As the question is read: full-width digits ("４１１１") as digits, invisible characters gone.
-        plain = _INVISIBLE_RE.sub("", unicodedata.normalize("NFKC", value))
+        plain = plain_text(value)  # as the question is read: "４１１１" is 4111
         if not _CARD_RE.search(plain):
             return value
         redacted = _CARD_RE.sub(lambda m: CARD_NUMBER if _is_card(re.sub(r"\D", "", m.group())) else m.group(), plain)

@@ -199,6 +199,7 @@ class VLLMGenerator:
     async def _stream(self, request: GenerationRequest, info: dict[str, Any]) -> AsyncGenerator[str, None]:
         tried: set[str] = set()
         errors: list[str] = []
+        stuck: list[bool] = []  # per failed try: connected, then no answer in time (busy or hung)
         deadline = time.monotonic() + self.total_timeout_s  # the whole request's, a retry included
         for _ in range(2):  # the request itself is retried once, on another replica
             try:
@@ -226,6 +227,7 @@ class VLLMGenerator:
             except (httpx.TransportError, _ReplicaFailed, json.JSONDecodeError) as exc:
                 self.pool.mark_failed(replica)
                 errors.append(f"{replica.url}: {type(exc).__name__} {exc}".strip())
+                stuck.append(isinstance(exc, httpx.ReadTimeout | httpx.WriteTimeout))
                 if streamed:  # tokens already went out: a retry would repeat them
                     raise BackendUnavailableError(f"vLLM failed mid-answer ({errors[-1]})", retry_after_s=5) from exc
             except _TooSlow as exc:  # the whole deadline spent here: no time left to try another
@@ -243,7 +245,7 @@ class VLLMGenerator:
         # Connected but no answer in time: it runs, busy or stuck; else nothing answers there.
         hint = (
             "vLLM took the connection but did not answer in time - it is overloaded or stuck: check its log and load"
-            if errors and all(e.split(" ", 2)[1] in ("ReadTimeout", "WriteTimeout") for e in errors)
+            if stuck and all(stuck)
             else "check that `vllm serve` is running there (RAG_VLLM_URL)"
         )
         raise BackendUnavailableError(
