@@ -267,9 +267,16 @@ def small_talk(message: str) -> str | None:
     words = _COURTESY_WORD_RE.findall(_plain(message))
     if any(w not in _COURTESY for w in words):
         return None
-    if not words:  # a friendly emoji alone is thanks; an angry one, an order number or "!!!" is not
-        symbols = [c for c in _EMOJI_PARTS_RE.sub("", message) if not c.isspace() and unicodedata.category(c)[0] != "P"]
-        return "thanks" if symbols and all(c in _FRIENDLY for c in symbols) else None
+    # Every emoji friendly: "great 👎" or "ok 😡" is a customer who wants something.
+    symbols = [
+        c
+        for c in _EMOJI_PARTS_RE.sub("", _COURTESY_WORD_RE.sub("", _plain(message)))
+        if not c.isspace() and unicodedata.category(c)[0] != "P"
+    ]
+    if any(c not in _FRIENDLY for c in symbols):
+        return None
+    if not words:  # a friendly emoji alone is thanks; an order number or "!!!" is not
+        return "thanks" if symbols else None
     if any(w in _BYE for w in words):
         return "bye"
     if any(w in _THANKS for w in words):

@@ -420,6 +420,9 @@ def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
         ("\U0001f4e6\u2753", None),  # a parcel, a question mark
         ("ok\uff1f", None),  # a full-width question mark asks too
         ("thanks\u061f", None),  # an Arabic one
+        ("great \U0001f44e", None),  # sarcasm: an unfriendly emoji beside courtesy words
+        ("ok \U0001f621", None),
+        ("thanks \U0001f64f\U0001f3fd", "thanks"),
     ],
 )
 def test_a_message_that_asks_nothing_is_small_talk(message: str, kind: str | None) -> None:
