@@ -938,4 +938,6 @@ def test_widget_titles_its_panel_with_a_heading_and_says_when_a_paste_is_cut(fak
     field.press("Enter")
     page.locator(".rag-bot .rag-rate").wait_for(timeout=15_000)
     assert not note.is_visible()
+    field.press_sequentially("Where is my parcel?!")  # typed to exactly 20: nothing was left out
+    assert note.is_visible() and note.inner_text() == "Questions can be up to 20 characters."
     page.close()

@@ -517,11 +517,22 @@
     return run(question);
   }
 
+  // Whether the text being put in (typed, pasted, dropped) is longer than the room left, so the
+  // field's maxlength cuts it: then the note says the rest was left out, not only the limit.
+  var cut = false;
+  input.addEventListener("beforeinput", function (event) {
+    var text = event.data || (event.dataTransfer && event.dataTransfer.getData("text/plain")) || "";
+    var selected = (input.selectionEnd || 0) - (input.selectionStart || 0);
+    cut = text.length > maxChars - (input.value.length - selected);
+  });
+
   input.addEventListener("input", function () {
     var full = input.value.length >= maxChars;
-    if (full && limit.hidden) {
-      limit.textContent = "Questions can be up to " + maxChars + " characters; the rest was left out.";
-      announce(limit.textContent);
+    var text = "Questions can be up to " + maxChars + " characters" + (cut ? "; the rest was left out." : ".");
+    cut = false;
+    if (full && (limit.hidden || limit.textContent !== text)) {
+      limit.textContent = text;
+      announce(text);
     }
     limit.hidden = !full;
   });
