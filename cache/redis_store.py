@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 import redis
@@ -213,7 +214,7 @@ class RedisStore:
             self._g.call(self._create_index)
         except ResponseError as exc:
             raise StoreUnavailable(
-                f"Redis at {self.url} has no vector search ({exc}): use Redis 8, Redis Stack, or Valkey "
+                f"Redis at {_host_of(self.url)} has no vector search ({exc}): use Redis 8, Redis Stack, or Valkey "
                 "with the search module loaded (README, 'Redis and PostgreSQL')"
             ) from exc
 
@@ -368,3 +369,12 @@ class RedisStore:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _host_of(url: str) -> str:
+    """Where ``url`` points, for a message: never its password."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port or 6379}"
+    except ValueError:
+        return "RAG_REDIS_URL"

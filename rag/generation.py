@@ -100,7 +100,7 @@ class Generating:
             prep = await self.prepare(question, collection, top_k, None, filters, options, audit=True)
             fresh = prep.result or await self._generate_prepared(prep)
         except Exception as exc:  # a backend down or a collection gone: no evidence either way
-            log.info("cache audit of %r skipped: %s", question, exc)
+            log.info("cache audit of a hit in %s skipped: %s", collection, exc)  # not its words: RAG_LOG_QUESTIONS
             return
         assert self.cache is not None
         # Off the event loop: on Redis the verdict waits for the evidence lock (RedisCounters.transact).

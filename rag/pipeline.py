@@ -36,6 +36,7 @@ from .errors import InvalidRequestError
 from .evidence import Evidence, Unit, judged_text, merge, select_evidence, span_texts
 from .flight import SingleFlight
 from .generators import GenerationRequest, Generator
+from .privacy import mask_cards
 from .prompts import NO_ANSWER, generation_request
 from .retrieval import Retrieval
 from .settings import Settings
@@ -126,7 +127,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         """The question as the models should read it: full-width forms as their plain ones
         ("Ｃａｎ　Ｉ" is "Can I", NFKC, as the cache keys it), without invisible format
         characters (a byte-order mark, zero-width joiners), trimmed; or a clear error."""
-        question = plain_text(question).strip()
+        question = mask_cards(plain_text(question)).strip()  # `rag ask` and `rag batch` too
         if not question:
             raise InvalidRequestError("question is empty - send the customer's question as text", param="question")
         if len(question) > self.settings.max_question_chars:

@@ -30,6 +30,7 @@ from cache.stores import StoreUnavailable
 from rag.curated import fingerprinted, group_of, recite
 from rag.errors import ConflictError, InvalidRequestError, NotFoundError
 from rag.pipeline import Pipeline
+from rag.privacy import mask_cards
 from rag.store import CollectionIndex, check_collection_name, current_version_dir
 from rag.wire import Citation
 
@@ -94,6 +95,7 @@ class CuratedStore:
     def create(self, collection: str, question: str, answer: str, citations: list[dict[str, Any]], who: str | None,
                source: str) -> Curated:  # fmt: skip
         now = time.time()
+        question, answer = mask_cards(question), mask_cards(answer)  # from a file, or a customer's correction
         item = Curated(uuid.uuid4().hex[:16], collection, question, answer, citations, 1, "active", source, None,
                        now, now, who)  # fmt: skip
         self.sql.apply([
@@ -104,6 +106,7 @@ class CuratedStore:
 
     def change(self, before: Curated, who: str | None, action: str, **fields: Any) -> Curated | None:
         """A new version of ``before`` with ``fields`` changed; None if someone changed it first."""
+        fields.update({k: mask_cards(v) for k, v in fields.items() if k in ("question", "answer")})
         after = Curated(**{**asdict(before), **fields, "version": before.version + 1})
         after.updated_at, after.updated_by = time.time(), who
         sets = "question = ?, answer = ?, citations = ?, version = ?, status = ?, review_reason = ?, updated_at = ?, updated_by = ?"

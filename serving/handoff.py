@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential
 
+from rag.privacy import safe_url, without_url
+
 if TYPE_CHECKING:
     from .support_store import _Postgres, _Sqlite
 
@@ -243,15 +245,16 @@ class Handoff:
 
     async def _failed(self, event: dict[str, Any], exc: Exception) -> None:
         later = self.outbox is not None and _retryable(exc)
+        why = without_url(str(exc), self.url or "")  # its ?token= is a secret: neither logged nor kept
         log.error(
-            "handoff webhook %s failed for answer %s: %s%s", self.url, event.get("answer_id"), exc,
+            "handoff webhook %s failed for answer %s: %s%s", safe_url(self.url or ""), event.get("answer_id"), why,
             f"; tried again in {RETRY_LATER_S:g} s" if later else "; given up",
         )  # fmt: skip
         if self.outbox is not None:
             if later:
                 await self._outbox(self.outbox.release, event["handoff_id"], RETRY_LATER_S)
             else:
-                await self._outbox(self.outbox.give_up, event["handoff_id"], f"{type(exc).__name__}: {exc}")
+                await self._outbox(self.outbox.give_up, event["handoff_id"], f"{type(exc).__name__}: {why}")
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Wait (at most ``timeout_s``) for the queued and in-flight handoffs to go. The ones

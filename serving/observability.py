@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.routing import compile_path
 
 from rag.errors import internal_error_body
+from rag.privacy import mask_cards
 from rag.settings import Settings
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send
@@ -215,7 +216,8 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = given if _REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+        # One that holds a card number is not kept (it is logged and sent back): a new one.
+        request_id = given if _REQUEST_ID_RE.match(given) and mask_cards(given) == given else uuid.uuid4().hex
         token = REQUEST_ID.set(request_id)
         status, started_response = 500, False
 
@@ -250,7 +252,7 @@ class RequestContextMiddleware:
                 extra={
                     "method": scope["method"],
                     "route": route,
-                    "path": scope["path"],
+                    "path": mask_cards(scope["path"]),  # a job id is the caller's text
                     "status": status,
                     "duration_ms": round(seconds * 1000, 2),
                     "key": principal.label if principal is not None else None,
@@ -290,4 +292,8 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # httpx logs every request's URL at INFO: a webhook's ?token= among them, and one line per
+    # call to vLLM. Their failures reach the log through the code that made the call.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return handler

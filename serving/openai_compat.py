@@ -58,7 +58,12 @@ class ChatMessage(BaseModel):  # inside ChatCompletionRequest, whose check cover
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: keep the text ones
-            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+            texts = [part.get("text", "") for part in self.content if part.get("type") == "text"]
+            if not all(isinstance(t, str) for t in texts):
+                raise InvalidRequestError(
+                    "a text part's 'text' must be a string - send the words in quotes", param="messages"
+                )
+            return "".join(texts)
         return self.content or ""
 
 

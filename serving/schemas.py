@@ -12,7 +12,7 @@ from pydantic_core import PydanticCustomError
 
 from cache.semantic import normalize_question
 from rag import wire
-from rag.conversation import plain_text
+from rag.privacy import without_card_numbers
 
 MAX_FILTER_VALUES = 1000  # each is a parameter of one SQL query
 
@@ -46,43 +46,6 @@ def _no_text_or_bool(value: Any) -> Any:
 
 Count = Annotated[int, BeforeValidator(_no_text_or_bool)]
 """An integer field: "5" or true is a wrong type (a 400), not quietly 5 or 1; 5.0 is 5."""
-
-
-# A payment card number as customers type it: 13 to 19 digits, in groups or not, starting as
-# the card schemes' numbers do (2-6), that pass the Luhn check (an order number seldom does both).
-_CARD_RE = re.compile(r"(?<![\d-])[2-6](?:[ -]?\d){12,18}(?![\d-])")
-CARD_NUMBER = "[card number]"
-
-
-def _is_card(digits: str) -> bool:
-    # 15 digits is an Amex (34, 37) or a phone's IMEI (35..., same check digit): only the first.
-    return _luhn(digits) and (len(digits) != 15 or digits[:2] in ("34", "37"))
-
-
-def _luhn(digits: str) -> bool:
-    total = 0
-    for n, d in enumerate(reversed(digits)):
-        value = int(d) * (2 if n % 2 else 1)
-        total += value - 9 if value > 9 else value
-    return total % 10 == 0
-
-
-def without_card_numbers(value: Any) -> Any:
-    """``value`` with every payment card number in its text replaced by "[card number]": a
-    customer who pastes one ("my card 4111 1111 1111 1111 was charged twice") must not have it
-    kept in the answer log, the cache's keys and the report (PCI DSS forbids keeping it), and
-    no answer needs it."""
-    if isinstance(value, str):
-        plain = plain_text(value)  # as the question is read: "４１１１" is 4111
-        if not _CARD_RE.search(plain):
-            return value
-        redacted = _CARD_RE.sub(lambda m: CARD_NUMBER if _is_card(re.sub(r"\D", "", m.group())) else m.group(), plain)
-        return redacted if redacted != plain else value
-    if isinstance(value, dict):
-        return {k: without_card_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_card_numbers(v) for v in value]
-    return value
 
 
 class RequestBody(BaseModel):

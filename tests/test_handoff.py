@@ -126,16 +126,20 @@ async def test_a_crashed_replicas_handoffs_are_taken_up_once_by_the_others(sql: 
         desk.close()
 
 
-async def test_a_refused_handoff_is_given_up_and_kept_with_why(sql: _Sqlite | _Postgres) -> None:
+async def test_a_refused_handoff_is_given_up_and_kept_with_why(
+    sql: _Sqlite | _Postgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """...and why is kept and logged without the webhook's secret (its ?token=)."""
     desk = Desk({"bad": 400})
-    handoff = Handoff(desk.url, Outbox(sql), poll_s=0.05)
+    handoff = Handoff(desk.url + "?token=s3cr3t", Outbox(sql), poll_s=0.05)
     try:
         handoff.notify(event("bad"))
         handoff.notify(event("ok"))
         await until(lambda: handoff.sent == 1 and handoff.failed == 1, lambda: (handoff.sent, handoff.failed))
         await until(lambda: len(rows(sql)) == 1, lambda: rows(sql))
         (handoff_id, why), *_ = rows(sql)
-        assert handoff_id == "bad-no_answer" and "400" in why
+        assert handoff_id == "bad-no_answer" and "400" in why and "s3cr3t" not in why, why
+        assert "handoff webhook" in caplog.text and "s3cr3t" not in caplog.text
         await asyncio.sleep(0.3)
         assert [e["answer_id"] for e in desk.received] == ["ok"]  # the given-up one is not taken up again
     finally:

@@ -314,19 +314,21 @@ def test_a_card_number_in_a_question_is_never_kept(base_url: str, example_data_d
         timeout=60,
     )
     assert chat.status_code == 200, chat.text
+    ask(base_url, "card 4111.1111.1111.1111 12/25 cvv 123 charged twice: do you ship to Norway?")
+    number = {"type": "text", "text": 12345}  # a text part whose text is not text
+    parts = {"model": "default", "messages": [{"role": "user", "content": [number]}]}
+    refused = httpx.post(f"{base_url}/v1/chat/completions", json=parts, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "messages", refused.text
+    carded = httpx.get(f"{base_url}/healthz", headers={"X-Request-ID": "4111111111111111"}, timeout=30)
+    assert "1111" not in carded.headers["x-request-id"]  # not kept as the request's id, nor logged
     deadline = time.monotonic() + 10
     while True:  # the answer log is written in the background
         with sqlite3.connect(example_data_dir / "support.sqlite") as db:
             kept = [q for (q,) in db.execute("SELECT question FROM answers WHERE question LIKE '%charged%'")]
-        if len(kept) >= 2 or time.monotonic() > deadline:
+        if len(kept) >= 3 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert len(kept) >= 2 and all("[card number]" in q and "1111" not in q for q in kept), kept
+    assert len(kept) >= 3 and all("[card number]" in q and "1111" not in q for q in kept), kept
+    assert any("cvv [security code]" in q for q in kept), kept
     cached = b"".join(p.read_bytes() for p in (example_data_dir / "cache").rglob("*") if p.is_file())
     assert b"4111" not in cached
-    from serving.schemas import without_card_numbers
-
-    wide = "\uff14\uff11\uff11\uff11 " + "\uff11\uff11\uff11\uff11 " * 3
-    assert without_card_numbers(wide).strip() == "[card number]"  # full-width digits
-    assert without_card_numbers("imei 356938035643809") == "imei 356938035643809"  # a phone, not an Amex
-    assert without_card_numbers("order 1234567890123") == "order 1234567890123"

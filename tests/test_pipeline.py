@@ -186,3 +186,11 @@ async def test_the_only_faq_entry_in_a_language_does_not_answer_every_question_i
     reset = await pipeline.answer("J'ai oublié mon mot de passe, que faire ?")
     assert "60 minutes" in reset.answer and reset.citations[0].document_id == "reset-fr", reset
     await pipeline.aclose()
+
+
+async def test_a_card_number_never_reaches_the_model(example_data_dir: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """The pipeline masks the question itself: `rag ask` and `rag batch` have no HTTP body."""
+    pipeline, model = _pipeline(example_data_dir, embedder, "Refunds take 5 to 7 business days.")
+    await pipeline.answer("card 4111 1111 1111 1111 123 was charged twice, how long do refunds take?")
+    prompt = model.requests[0].prompt
+    assert "[card number]" in prompt and "1111" not in prompt
