@@ -270,6 +270,16 @@ class SemanticCache:
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         return self._remove_where(self._scope_key(scope), question, vec, lambda entry: entry.get("group") == group)
 
+    def forget(self, scope: str, question: str) -> int:
+        """Every entry stored for this question's text in the scope (an erasure request: the
+        customer's words go with the answers given to them); returns how many went."""
+        skey, normalized = self._scope_key(scope), normalize_question(question)
+        exact = self.store.find_exact(skey, normalized)
+        if exact is None:
+            return 0
+        vec = np.frombuffer(exact[1]["vector"], dtype=np.float32)
+        return self._remove_where(skey, question, vec, lambda e: normalize_question(e["question"]) == normalized)
+
     def _remove_where(self, skey: str, question: str, vec: np.ndarray, doomed: Callable[[dict[str, Any]], bool]) -> int:
         # The neighbourhood: the 64 nearest entries (a block also covers the same answer to
         # any question, checked again at each admission and hit).

@@ -204,7 +204,9 @@ class LocalStore:
 
     def _open(self, directory: Path, size_limit_bytes: int) -> None:
         self._open_entries(directory, size_limit_bytes)
-        self.counters: Counters = LocalCounters(str(directory / "counters"), eviction_policy="none")
+        self.counters: Counters = LocalCounters(
+            str(directory / "counters"), eviction_policy="none", sqlite_secure_delete=1
+        )
         self.counters.get("epoch")  # reads the database: a corrupted file fails here, not later
 
     @_local
@@ -241,13 +243,24 @@ class LocalStore:
     def add(self, skey: str, normalized: str, entry: dict[str, Any], ttl_s: float | None) -> int:
         ttl_s = None if ttl_s is not None and ttl_s < 0 else ttl_s  # < 0: kept until removed
         seq = int(self.counters.incr(f"seq:{skey}"))
-        self._store.set(f"e:{skey}:{seq}", entry, expire=ttl_s)
+        # The exact-text key holds the customer's words: the entry names it, to go with it.
+        self._store.set(f"e:{skey}:{seq}", {**entry, "exact_key": f"x:{skey}:{normalized}"}, expire=ttl_s)
         self._store.set(f"x:{skey}:{normalized}", seq, expire=ttl_s)
         return seq
 
     @_local
     def remove(self, skey: str, seq: int) -> bool:
-        return bool(self._store.delete(f"e:{skey}:{seq}"))  # the search skips a missing entry
+        return self._remove(f"e:{skey}:{seq}", seq)  # the search skips a missing entry
+
+    def _remove(self, key: str, seq: int) -> bool:
+        """The entry and its exact-text key (unless a newer answer to that text took it)."""
+        with self._store.transact():
+            entry = self._store.get(key)
+            removed = bool(self._store.delete(key))
+            exact = entry.get("exact_key") if isinstance(entry, dict) else None
+            if exact and self._store.get(exact) == seq:
+                self._store.delete(exact)
+        return removed
 
     def _sync(self, skey: str) -> _ScopeIndex:
         sindex = self._scopes.get(skey)
@@ -307,12 +320,18 @@ class LocalStore:
                             self.counters.delete(key)
                     self.counters.set("epoch", uuid.uuid4().hex)
                 self._scopes.clear()
+                self._checkpoint()
                 return count
-            # The exact-text key then points at a number that holds nothing: a miss.
             doomed = [key for key, entry in self._entries() if entry.get("tag") == tag]
             for key in doomed:
-                self._store.delete(key)
+                self._remove(key, int(key.rsplit(":", 1)[1]))
+            self._checkpoint()
             return len(doomed)
+
+    def _checkpoint(self) -> None:
+        """Deleted questions out of the write-ahead log too (secure_delete zeroes them in the
+        database file), not left there until SQLite's next checkpoint."""
+        self._store._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # noqa: SLF001 - diskcache's connection
 
     def _set_entries_aside(self, error: Exception) -> int:
         """The answers' file, damaged past reading, set aside (for a post-mortem) and started
@@ -325,7 +344,10 @@ class LocalStore:
 
     def _open_entries(self, directory: Path, size_limit_bytes: int) -> None:
         self._store = diskcache.Cache(
-            str(directory / "entries"), size_limit=size_limit_bytes, eviction_policy="least-recently-used"
+            str(directory / "entries"),
+            size_limit=size_limit_bytes,
+            eviction_policy="least-recently-used",
+            sqlite_secure_delete=1,  # a removed answer's question is overwritten, not left in a free page
         )
 
     @_local

@@ -5,7 +5,7 @@ then the groups in theirs)."""
 
 from __future__ import annotations
 
-from . import ask, backup, bench, cache, collections, curated, ingest, jobs, keys, report, serve, settings
+from . import ask, backup, bench, cache, collections, curated, forget, ingest, jobs, keys, report, serve, settings
 from . import eval as evaluate
 from .app import app
 
@@ -20,6 +20,7 @@ app.add_typer(evaluate.eval_app, name="eval")
 app.add_typer(cache.cache_app, name="cache")
 app.add_typer(curated.curated_app, name="curated")
 app.command()(report.report)
+app.command()(forget.forget)
 app.command("settings")(settings.show_settings)
 app.command()(backup.backup)
 

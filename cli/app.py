@@ -71,6 +71,16 @@ def load_settings(**overrides: Any) -> Settings:
         raise
 
 
+def private_data_dir(data_dir: Path) -> None:
+    """A new data dir is the service user's alone (0700): it holds customers' questions, the
+    API keys' hashes and the backups' sources. One that exists keeps its mode."""
+    if not data_dir.exists():
+        try:
+            data_dir.mkdir(mode=0o700, parents=True)
+        except OSError:  # read-only, or no right: the command that writes there says so
+            pass
+
+
 def settings_problem(error: Any) -> str:
     """One line per bad setting, named as it is set (RAG_NAME), saying what it takes."""
     name = str(error["loc"][0]) if error.get("loc") else "settings"

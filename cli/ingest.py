@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import Collection, DataDir, load_settings, run_or_fail
+from .app import Collection, DataDir, load_settings, private_data_dir, run_or_fail
 
 
 def ingest(
@@ -49,6 +49,7 @@ def ingest(
     from rag.embedder import SentenceTransformerEmbedder
 
     settings = load_settings(data_dir=data_dir, collection=collection)
+    private_data_dir(settings.data_dir)
     embedder = SentenceTransformerEmbedder.from_settings(settings)
     stages = None
     if ray:

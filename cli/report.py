@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Optional
@@ -66,8 +67,12 @@ def report(
                 fg=typer.colors.YELLOW, err=True,
             )  # fmt: skip
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Customers' words: readable by this user only, whatever the umask.
+        fd = os.open(out / "report.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         charts = plot_report(result, out)
         typer.secho(f"wrote {out / 'report.json'}, " + ", ".join(map(str, charts)), err=True, dim=True)
     if as_json:

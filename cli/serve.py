@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .app import Backend, DataDir, fail, load_settings, run_or_fail
+from .app import Backend, DataDir, fail, load_settings, private_data_dir, run_or_fail
 
 
 def serve(
@@ -32,6 +32,7 @@ def serve(
     overrides = {"host": host, "port": port, "backend": backend, "data_dir": data_dir, "vllm_url": vllm_url}
     overrides["workers"] = workers
     settings = load_settings(**overrides)
+    private_data_dir(settings.data_dir)
     # Every worker builds its app from the environment: hand the flags down that way.
     for name, value in overrides.items():
         if value is not None:

@@ -153,7 +153,7 @@ def open_cache(settings: Settings, dimension: int) -> SemanticCache:
             dimension,
             prefix=settings.redis_prefix,
             timeout_s=settings.redis_timeout_s,
-            default_ttl_s=settings.cache_ttl_s,
+            default_ttl_s=settings.cache_lifetime_s(),
         )
         try:
             store.check()
@@ -168,7 +168,7 @@ def open_cache(settings: Settings, dimension: int) -> SemanticCache:
         dimension=dimension,
         threshold=settings.cache_threshold,
         size_limit_bytes=settings.cache_size_mb * 2**20,
-        ttl_s=settings.cache_ttl_s,
+        ttl_s=settings.cache_lifetime_s(),
         margin=settings.cache_margin,
         verifier=load_verifier(settings),
         confirmed_threshold=settings.cache_confirmed_threshold,

@@ -45,6 +45,13 @@ from .support import get_support_scorer
 from .wire import Answer, CacheStatus, GenerationOptions
 
 
+def read_question(question: str) -> str:
+    """A question as the pipeline reads (and the cache keys) it: plain text (NFKC, no invisible
+    characters), payment card numbers masked (`rag ask` and `rag batch` have no HTTP body to
+    mask them), trimmed."""
+    return mask_cards(plain_text(question)).strip()
+
+
 def scope_today(stored: str) -> str:
     """A cache scope as an answer's record keeps it, in this release's form. Releases up to
     0.2.0 put their number in it (the sixth field): without it, a thumbs-down on an answer an
@@ -127,7 +134,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         """The question as the models should read it: full-width forms as their plain ones
         ("Ｃａｎ　Ｉ" is "Can I", NFKC, as the cache keys it), without invisible format
         characters (a byte-order mark, zero-width joiners), trimmed; or a clear error."""
-        question = mask_cards(plain_text(question)).strip()  # `rag ask` and `rag batch` too
+        question = read_question(question)
         if not question:
             raise InvalidRequestError("question is empty - send the customer's question as text", param="question")
         if len(question) > self.settings.max_question_chars:

@@ -286,7 +286,16 @@ class Settings(BaseSettings):
     """Disk budget of the response cache; least recently used entries go first."""
 
     cache_ttl_s: float | None = None
-    """Seconds a cached answer lives; unset means until its collection is re-ingested."""
+    """Seconds a cached answer lives; unset means until its collection is re-ingested (or RAG_RETENTION_DAYS, when set and shorter)."""
+
+    def cache_lifetime_s(self) -> float | None:
+        """How long a cached answer (and the question it is keyed by) is kept: RAG_CACHE_TTL_S,
+        within RAG_RETENTION_DAYS."""
+        limits = [t for t in (self.cache_ttl_s, self.retention_days * 86400 or None) if t is not None]
+        return min(limits) if limits else None
+
+    retention_days: float = Field(default=0.0, ge=0.0)
+    """Days customers' words are kept: answers in the answer log with their conversations, feedback, given-up handoffs and finished jobs older than this are deleted (by `rag serve` each hour, or `rag forget --older-than`), and cached answers expire by then; 0 keeps them until deleted (`rag forget`)."""
 
     answer_log: bool = True
     """Keep each answer (question, answer, citations, cache status, latency) in the support store (`support.sqlite`, or PostgreSQL with RAG_DATABASE_URL) so `POST /v1/feedback` can refer to it; false keeps none, and feedback finds nothing (404)."""

@@ -21,7 +21,7 @@ from rag import __version__
 from rag.pipeline import Pipeline, build_pipeline
 from rag.settings import Settings
 
-from . import admin, curation, feedback, health, jobs, observability, openai_compat, query, restore, widget
+from . import admin, curation, erasure, feedback, health, jobs, observability, openai_compat, query, restore, widget
 from .auth import DOCS_STATIC, Authenticator, GuardMiddleware, KeyLimits
 from .database import Database
 from .errors import ERRORS, install_error_handlers
@@ -64,6 +64,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         watcher = asyncio.get_running_loop().create_task(
             restore.watch(app.state.pipeline, support, app.state.curated, stop_watching, settings.store_check_s)
         )
+        sweeper = asyncio.get_running_loop().create_task(
+            erasure.keep_within_retention(settings, support, store, stop_watching)
+        )
         try:
             yield
         finally:
@@ -71,8 +74,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             await app.state.jobs.aclose()
             await app.state.handoff.aclose()
             stop_watching.set()  # its look in progress ends first: its threads use the stores closed below
-            await asyncio.wait([watcher], timeout=30)
+            await asyncio.wait([watcher, sweeper], timeout=30)
             watcher.cancel()
+            sweeper.cancel()
             support.close()
             if owned:
                 await app.state.pipeline.aclose()
@@ -120,6 +124,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.include_router(feedback.router, responses=ERRORS)
     app.include_router(curation.router, responses=ERRORS)
     app.include_router(admin.router, responses=ERRORS)
+    app.include_router(erasure.router, responses=ERRORS)
     app.include_router(health.router)  # /healthz documents no errors; /readyz its own
     return app
 

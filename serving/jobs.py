@@ -148,6 +148,17 @@ class JobStore:
         )]  # fmt: skip
         return job_body(row, results)
 
+    def expire(self, before: float) -> int:
+        """The retention limit: jobs finished before ``before`` (a time.time()), with their
+        questions and answers, deleted; how many jobs."""
+        finished = "SELECT id FROM jobs WHERE status = 'done' AND finished_at < ?"
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.execute(f"DELETE FROM items WHERE job_id IN ({finished})", (before,))
+            gone = self._db.execute("DELETE FROM jobs WHERE status = 'done' AND finished_at < ?", (before,)).rowcount
+            self._db.execute("COMMIT")
+        return int(gone)
+
     def close(self) -> None:
         self._db.close()
 

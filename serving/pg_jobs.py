@@ -127,5 +127,18 @@ class PgJobStore:
         row, results = self.db.run(read)
         return None if row is None else job_body(row, results)
 
+    def expire(self, before: float) -> int:
+        """As :meth:`serving.jobs.JobStore.expire`."""
+        finished = "SELECT id FROM jobs WHERE status = 'done' AND finished_at < %s"
+
+        def run(conn: Any) -> int:
+            with conn.transaction():
+                conn.execute(f"DELETE FROM job_items WHERE job_id IN ({finished})", (before,))
+                return int(
+                    conn.execute("DELETE FROM jobs WHERE status = 'done' AND finished_at < %s", (before,)).rowcount
+                )
+
+        return int(self.db.run(run))
+
     def close(self) -> None:
         return None  # the database is the app's, closed with it

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -166,6 +167,7 @@ class _Sqlite:
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, never torn
+            self._conn.execute("PRAGMA secure_delete=ON")  # a forgotten customer's words are overwritten
             self._conn.executescript(SQLITE_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -195,6 +197,17 @@ class _Sqlite:
         with self._lock, self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             return _chain(lambda sql, params: int(self._conn.execute(sql, params).rowcount), statements)
+
+    def run_all(self, statements: list[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Statements in one transaction, all of them; the rows each changed."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            return [int(self._conn.execute(sql, params).rowcount) for sql, params in statements]
+
+    def checkpoint(self) -> None:
+        """What was deleted out of the write-ahead log too (secure_delete zeroed it in the file)."""
+        with self._lock:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def close(self) -> None:
         # Under the lock: a worker thread still in a query (a background check cancelled at
@@ -232,6 +245,18 @@ class _Postgres:
                 )
 
         return self.db.run(run)
+
+    def run_all(self, statements: list[tuple[str, Sequence[Any]]]) -> list[int]:
+        """As :meth:`_Sqlite.run_all`."""
+
+        def run(conn: Any) -> list[int]:
+            with conn.transaction():
+                return [int(conn.execute(sql.replace("?", "%s"), params).rowcount) for sql, params in statements]
+
+        return self.db.run(run)
+
+    def checkpoint(self) -> None:
+        return None  # PostgreSQL's own VACUUM reclaims deleted rows
 
     def close(self) -> None:
         return None  # the app closes the database it shares
@@ -317,6 +342,63 @@ class SupportStore:
 
     def rekey_block(self, block_id: str, scope_key: str) -> None:
         self.sql.write("UPDATE cache_blocks SET scope_key = ? WHERE id = ?", [(scope_key, block_id)])
+
+    def forget(self, answer_ids: Sequence[str]) -> dict[str, int]:
+        """Everything kept about these answers (an erasure request): the answer log's rows,
+        the conversation before each, the votes and feedback on them, their handoffs waiting or
+        given up. The rows deleted, by table."""
+        self.flush()  # an answer still queued would be written after
+        counts: dict[str, int] = dict.fromkeys(("answers", "answer_history", "hit_verdicts", "feedback", "handoffs"), 0)
+        ids = list(answer_ids)
+        for chunk in (ids[n : n + 200] for n in range(0, len(ids), 200)):
+            marks = ", ".join("?" * len(chunk))
+            handoffs = " OR ".join(["id LIKE ?"] * len(chunk))  # a handoff's id is ANSWER-REASON
+            changed = self.sql.run_all([
+                (f"DELETE FROM answer_history WHERE answer_id IN ({marks})", chunk),
+                (f"DELETE FROM hit_verdicts WHERE answer_id IN ({marks})", chunk),
+                (f"DELETE FROM feedback WHERE answer_id IN ({marks})", chunk),
+                (f"DELETE FROM handoffs WHERE {handoffs}", [f"{i}-%" for i in chunk]),
+                (f"DELETE FROM answers WHERE id IN ({marks})", chunk),
+            ])  # fmt: skip
+            for table, n in zip(
+                ("answer_history", "hit_verdicts", "feedback", "handoffs", "answers"), changed, strict=True
+            ):
+                counts[table] += n
+        self.sql.checkpoint()
+        return counts
+
+    def answers_holding(self, text: str, collection: str | None = None) -> list[AnswerRecord]:
+        """The answers whose question, conversation or feedback holds ``text`` (any case): a
+        customer's name, e-mail address or order number, for an erasure request."""
+        self.flush()
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", text.lower()) + "%"  # the text itself, not a LIKE pattern
+        like = "LIKE ? ESCAPE '\\'"
+        feedback = "LOWER(COALESCE(reason, '') || ' ' || COALESCE(correction, ''))"
+        where = (
+            f"(LOWER(a.question) {like} OR a.id IN (SELECT answer_id FROM answer_history WHERE LOWER(turns) {like})"
+            f" OR a.id IN (SELECT answer_id FROM feedback WHERE {feedback} {like}))"
+        )
+        params: list[Any] = [pattern] * 3
+        if collection is not None:
+            where += " AND a.collection = ?"
+            params.append(collection)
+        columns = ", ".join(f"a.{c.strip()}" for c in _ANSWER_COLUMNS.split(","))
+        sql = f"SELECT {columns} FROM answers a WHERE {where} ORDER BY a.created_at"
+        return [AnswerRecord.from_row(row) for row in self.sql.query(sql, params)]
+
+    def expire(self, before: float) -> dict[str, int]:
+        """The retention limit: answers, their conversations and votes, feedback and given-up
+        handoffs older than ``before`` (a time.time()) deleted. The rows deleted, by table."""
+        old = "SELECT id FROM answers WHERE created_at < ?"
+        changed = self.sql.run_all([
+            (f"DELETE FROM answer_history WHERE answer_id IN ({old})", (before,)),
+            (f"DELETE FROM hit_verdicts WHERE answer_id IN ({old})", (before,)),
+            ("DELETE FROM answers WHERE created_at < ?", (before,)),
+            ("DELETE FROM feedback WHERE created_at < ?", (before,)),
+            ("DELETE FROM handoffs WHERE given_up IS NOT NULL AND created_at < ?", (before,)),
+        ])  # fmt: skip
+        self.sql.checkpoint()
+        return dict(zip(("answer_history", "hit_verdicts", "answers", "feedback", "handoffs"), changed, strict=True))
 
     def voted_down_scopes(self) -> list[str]:
         """The cache scopes of the answers voted down (a block's scope, made then or later)."""

@@ -182,6 +182,7 @@ def test_a_backup_taken_while_serving_restores_keys_answers_feedback_and_collect
 
     data = tmp_path / "data"
     assert rag("ingest", str(corpus), data_dir=data).returncode == 0
+    assert data.stat().st_mode & 0o777 == 0o700  # a new data dir: customers' questions, keys' hashes
     key = rag("keys", "create", "--admin", data_dir=data).stdout.split()[-1]
     auth = {"Authorization": f"Bearer {key}"}
     settings = make_settings(data, backend="extractive")

@@ -75,6 +75,7 @@ def test_the_report_counts_each_day_and_groups_unanswered_questions_by_meaning(t
     )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "report.json").read_text())["answers"] == 16
+    assert (out / "report.json").stat().st_mode & 0o077 == 0  # customers' words: this user's alone
     assert (out / "report-rates.png").stat().st_size > 1000 and (out / "report-latency.png").stat().st_size > 1000
     week = ["report", "--data-dir", str(tmp_path), "--since", "2026-12-01", "--until", "2026-12-08"]
     result = CliRunner().invoke(cli_app, week)  # --until is the day after the last

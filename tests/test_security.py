@@ -173,7 +173,9 @@ def test_admin_routes_need_an_admin_key(service: str, tenants: dict[str, Any]) -
         assert_error(http.get("/metrics"), 403, "permission_denied")
         # refused before any lookup: the answer says nothing of whether the vote exists
         assert_error(http.post("/v1/curated/from-feedback", json={"feedback_id": "nope"}), 403, "permission_denied")
+        assert_error(http.delete("/v1/answers/nope"), 403, "permission_denied")  # an erasure request
     with client(service, keys["admin"]) as http:
+        assert_error(http.delete("/v1/answers/nope"), 404, "not_found")
         assert http.get("/v1/cache/stats").status_code == 200
         assert http.get("/metrics").status_code == 200
         assert http.delete("/v1/cache", params={"collection": "beta"}).status_code == 200

@@ -1,0 +1,103 @@
+"""`rag forget`: an erasure request (answers by id, or every answer holding what a customer
+wrote), or the retention limit applied now (`--older-than`, for cron)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .app import Collection, DataDir, fail, load_settings, run_or_fail
+from .report import _shown
+
+
+def forget(
+    answer: Annotated[
+        Optional[list[str]], typer.Option("--answer", help="An answer's id (answer_id); repeat for more.")
+    ] = None,
+    match: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Every answer whose question, conversation or feedback holds this text (any case): "
+            "a customer's e-mail address, name or order number."
+        ),
+    ] = None,  # fmt: skip
+    older_than: Annotated[
+        Optional[float], typer.Option("--older-than", help="Days: delete everything older (RAG_RETENTION_DAYS, now).")
+    ] = None,
+    collection: Collection = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Delete; without it, only show what would go.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Forget customers' data: the answers named (by id or by what they hold) go from the answer
+    log with their conversations, votes, feedback and handoffs, and from the response cache;
+    or, with --older-than, everything older. Shows what it finds; deletes with --yes."""
+    from serving.database import Database
+    from serving.erasure import expire
+    from serving.erasure import forget as forget_records
+    from serving.support_store import open_support_store
+
+    if sum(x is not None for x in (answer, match, older_than)) != 1:
+        fail("say what to forget: --answer ID (repeatable), --match TEXT, or --older-than DAYS (one of them)")
+    if match is not None and len(match.strip()) < 4:
+        fail("--match needs at least 4 characters: a shorter text would match most answers")
+    settings = load_settings(data_dir=data_dir, **({"collection": collection} if collection else {}))
+    database = Database(settings.database_url).open() if settings.database_url else None
+    support = open_support_store(settings.data_dir, database)
+    try:
+        if older_than is not None:
+            _older_than(settings, support, database, older_than, yes, expire)
+            return
+        if answer:
+            found = [r for a in answer if (r := support.answer(a)) is not None]
+            missing = sorted(set(answer) - {r.id for r in found})
+            if missing:
+                typer.secho(f"not in the answer log (forgotten, expired or never kept): {', '.join(missing)}",
+                            fg=typer.colors.YELLOW, err=True)  # fmt: skip
+        else:
+            found = support.answers_holding(str(match).strip(), collection)
+        typer.echo(f"{len(found)} answers found")
+        for record in found[:20]:
+            typer.echo(f"  {record.id}  {record.collection}  {_shown(record.question, 100)}")
+        if len(found) > 20:
+            typer.echo(f"  ... and {len(found) - 20} more")
+        if not found:
+            return
+        if not yes:
+            typer.echo("nothing deleted: run again with --yes to forget them")
+            return
+        cache = _open_cache(settings)
+        deleted = run_or_fail(lambda: forget_records(cache, support, found))
+        typer.echo(json.dumps({"deleted": deleted}))
+    finally:
+        support.close()
+        if database is not None:
+            database.close()
+
+
+def _open_cache(settings: Any) -> Any:
+    if not settings.cache_enabled:
+        return None
+    from rag.cache_policy import open_cache
+    from rag.embedding_models import EMBEDDING_MODELS
+
+    return run_or_fail(lambda: open_cache(settings, EMBEDDING_MODELS[settings.embedding_model].dimension))
+
+
+def _older_than(settings: Any, support: Any, database: Any, days: float, yes: bool, expire: Any) -> None:
+    if days <= 0:
+        fail("--older-than is a number of days over 0")
+    if not yes:
+        typer.echo(f"would delete answers, feedback, given-up handoffs and finished jobs older than {days:g} days: "
+                   "run again with --yes")  # fmt: skip
+        return
+    from serving.jobs import JobStore
+    from serving.pg_jobs import PgJobStore
+
+    jobs = PgJobStore(database) if database is not None else JobStore(settings.data_dir / "jobs.sqlite")
+    try:
+        deleted = run_or_fail(lambda: expire(settings.model_copy(update={"retention_days": days}), support, jobs))
+    finally:
+        jobs.close()
+    typer.echo(json.dumps({"deleted": deleted}))

@@ -1,0 +1,119 @@
+"""Forgetting customers: an erasure request over HTTP and from the command line, and the
+retention limit, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rag.pipeline import build_pipeline
+from serving.support_store import AnswerRecord, Feedback, SupportStore, _Postgres, _Sqlite
+
+from .conftest import ROOT, make_settings
+
+EMAIL = "jane.roe@example.com"
+
+
+def _rag(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAG_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def _rows(data_dir: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(data_dir / "support.sqlite") as db:
+        return db.execute(sql, params).fetchall()
+
+
+def _holding(data_dir: Path, text: str) -> list[str]:
+    """The files of the data dir that hold ``text`` (the index aside: the documents' own words)."""
+    return [
+        str(p.relative_to(data_dir))
+        for p in data_dir.rglob("*")
+        if p.is_file() and "collections" not in p.parts and text.encode() in p.read_bytes()
+    ]
+
+
+def test_an_erasure_request_forgets_an_answer_everywhere_it_was_kept(
+    tmp_path: Path, corpus: Path, embedder: Any
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from ingest.runner import ingest
+    from serving.app import create_app
+
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    question = "how long do refunds take for my order"
+    history = [{"role": "user", "content": f"hi, I am Jane, {EMAIL}"}, {"role": "assistant", "content": "Hi Jane!"}]
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as client:
+        first = client.post("/v1/query", json={"question": question}).json()  # cached under its text
+        follow = client.post("/v1/query", json={"question": "and for a gift card?", "history": history}).json()
+        vote = {"answer_id": follow["answer_id"], "rating": "down", "reason": f"wrong, mail {EMAIL}"}
+        assert client.post("/v1/feedback", json=vote).status_code == 200
+        assert client.post("/v1/query", json={"question": question}).json()["cache"]["hit"] is True
+        client.app.state.support.flush()
+        assert _holding(data_dir, EMAIL) and _holding(data_dir, question)
+
+        # By what the customer wrote, from the command line: shown first, deleted with --yes.
+        shown = _rag("forget", "--match", EMAIL.upper(), data_dir=data_dir)
+        assert shown.returncode == 0 and "1 answers found" in shown.stdout and "nothing deleted" in shown.stdout
+        assert _holding(data_dir, EMAIL)
+        done = _rag("forget", "--match", EMAIL, "--yes", data_dir=data_dir)
+        assert done.returncode == 0 and '"feedback": 1' in done.stdout and '"answer_history": 1' in done.stdout, done
+        assert _holding(data_dir, EMAIL) == []  # the log, the conversation, the feedback: nowhere on disk
+
+        # By id, over HTTP: the answer log's row and the cached answer to its question.
+        gone = client.delete(f"/v1/answers/{first['answer_id']}")
+        assert gone.status_code == 200 and gone.json()["deleted"]["answers"] == 1, gone.text
+        assert gone.json()["deleted"]["cached_answers"] == 1
+        assert _rows(data_dir, "SELECT 1 FROM answers WHERE id = ?", first["answer_id"]) == []
+        assert client.post("/v1/query", json={"question": question}).json()["cache"]["hit"] is False
+        again = client.delete(f"/v1/answers/{first['answer_id']}")
+        assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
+
+    refused = _rag("forget", data_dir=data_dir)
+    assert refused.returncode == 1 and "--answer ID" in refused.stderr
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def support(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    if request.param == "sqlite":
+        store = SupportStore(_Sqlite(tmp_path / "support.sqlite"))
+        yield store
+        store.close()
+    else:
+        from serving.database import Database
+
+        db = Database(request.getfixturevalue("database_url")).open()
+        store = SupportStore(_Postgres(db))
+        yield store
+        store.close()
+        db.close()
+
+
+def _answer(answer_id: str, at: float) -> AnswerRecord:
+    before = [{"role": "user", "content": "before"}]
+    return AnswerRecord(
+        answer_id, at, "default", None, "q?", "a", "quoted", None, None, None, None, "", 1.0, None, [], before
+    )
+
+
+def test_the_retention_limit_deletes_what_is_older(support: SupportStore) -> None:
+    now = time.time()
+    for answer_id, age_days in (("old", 40), ("new", 1)):
+        support.record(_answer(answer_id, now - age_days * 86400))
+        support.flush()
+        support.add_feedback(Feedback(answer_id, "default", "down", "no", None, None, now - age_days * 86400))
+    deleted = support.expire(now - 30 * 86400)
+    assert deleted == {"answer_history": 1, "hit_verdicts": 0, "answers": 1, "feedback": 1, "handoffs": 0}
+    assert support.answer("old") is None and support.answer("new") is not None
+    assert support.conversation("new") == [{"role": "user", "content": "before"}]
+    assert [f.answer_id for f in support.feedback()] == ["new"]
