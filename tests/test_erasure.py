@@ -117,3 +117,30 @@ def test_the_retention_limit_deletes_what_is_older(support: SupportStore) -> Non
     assert support.answer("old") is None and support.answer("new") is not None
     assert support.conversation("new") == [{"role": "user", "content": "before"}]
     assert [f.answer_id for f in support.feedback()] == ["new"]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_the_retention_limit_deletes_finished_jobs(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from serving.jobs import JobRequest, JobStore
+
+    body = JobRequest(questions=[{"question": "Do gift cards expire?"}], collection="default")  # type: ignore[list-item]
+    if engine == "sqlite":
+        store: Any = JobStore(tmp_path / "jobs.sqlite")
+        done, waiting = store.create(body), store.create(body)
+        store.set_status(done, "done")
+    else:
+        from serving.database import Database
+        from serving.pg_jobs import PgJobStore
+
+        db = Database(request.getfixturevalue("database_url")).open()
+        store = PgJobStore(db)
+        done = store.create(body)
+        assert store.take() == done
+        store.set_status(done, "done")
+        waiting = store.create(body)
+    assert store.expire(time.time() - 3600) == 0  # finished a moment ago: within the limit
+    assert store.expire(time.time() + 1) == 1
+    assert store.get(done) is None and store.get(waiting) is not None  # one not finished stays
+    store.close()
+    if engine == "postgres":
+        db.close()
