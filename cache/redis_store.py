@@ -292,6 +292,23 @@ class RedisStore:
         """Deleting the hash takes it out of the search index at once, on every replica."""
         return bool(self._g.call(lambda: self._r.delete(f"{self._entry_prefix}{skey}:{int(seq)}")))
 
+    def remove_where(self, doomed: Callable[[dict[str, Any]], bool]) -> int:
+        """Every entry ``doomed`` says should go, in any scope (an erasure request, the
+        retention limit): a scan of the entries' hashes."""
+
+        def run() -> int:
+            removed = 0
+            for key in self._r.scan_iter(match=f"{self._entry_prefix}*", count=500):
+                fields: dict[bytes, bytes] = self._r.hgetall(key)  # type: ignore[assignment]  # bytes: no decoding
+                if b"question" in fields and doomed(self._entry(fields)):
+                    removed += int(self._r.delete(key))
+            return removed
+
+        return self._g.call(run)
+
+    def checkpoint(self) -> None:
+        return None  # Redis keeps no log of what was deleted (an RDB or AOF file is its operator's)
+
     def count_by_tag(self) -> dict[str, int]:
         def run() -> Any:
             try:

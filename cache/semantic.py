@@ -270,15 +270,23 @@ class SemanticCache:
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
         return self._remove_where(self._scope_key(scope), question, vec, lambda entry: entry.get("group") == group)
 
-    def forget(self, scope: str, question: str) -> int:
-        """Every entry stored for this question's text in the scope (an erasure request: the
-        customer's words go with the answers given to them); returns how many went."""
-        skey, normalized = self._scope_key(scope), normalize_question(question)
-        exact = self.store.find_exact(skey, normalized)
-        if exact is None:
-            return 0
-        vec = np.frombuffer(exact[1]["vector"], dtype=np.float32)
-        return self._remove_where(skey, question, vec, lambda e: normalize_question(e["question"]) == normalized)
+    def forget(self, questions: set[str], tag: str | None) -> int:
+        """Every entry stored for one of these questions' texts, in any scope of collection
+        ``tag`` (an erasure request: the customer's words go with the answers given to them;
+        an earlier release's scopes too); how many went."""
+        asked = {normalize_question(q) for q in questions}
+        removed = self.store.remove_where(lambda e: e.get("tag") == tag and normalize_question(e["question"]) in asked)
+        self.store.checkpoint()
+        return removed
+
+    def expire(self, before: float) -> int:
+        """Entries stored before ``before`` (a time.time()) removed, curated answers kept (the
+        retention limit: entries stored before it was set have no lifetime that ends)."""
+        removed = self.store.remove_where(
+            lambda e: e.get("created_at", before) < before and "curated_id" not in e["payload"]
+        )
+        self.store.checkpoint()
+        return removed
 
     def _remove_where(self, skey: str, question: str, vec: np.ndarray, doomed: Callable[[dict[str, Any]], bool]) -> int:
         # The neighbourhood: the 64 nearest entries (a block also covers the same answer to

@@ -147,6 +147,14 @@ class EntryStore(Protocol):
         """Drop one entry now (its exact-text key then finds nothing); False if it was gone."""
         ...
 
+    def remove_where(self, doomed: Callable[[dict[str, Any]], bool]) -> int:
+        """Remove every entry, in any scope, that ``doomed`` says should go; how many went."""
+        ...
+
+    def checkpoint(self) -> None:
+        """What was removed out of any log the store keeps of it (SQLite's WAL)."""
+        ...
+
     def count_by_tag(self) -> dict[str, int]: ...
     def clear(self, tag: str | None = None) -> int: ...
     def volume(self) -> int: ...
@@ -251,6 +259,20 @@ class LocalStore:
     @_local
     def remove(self, skey: str, seq: int) -> bool:
         return self._remove(f"e:{skey}:{seq}", seq)  # the search skips a missing entry
+
+    @_local
+    def remove_where(self, doomed: Callable[[dict[str, Any]], bool]) -> int:
+        """Every entry ``doomed`` says should go, in any scope, with its exact-text key (an
+        erasure request, the retention limit): a scan of the entries."""
+        removed = 0
+        for key, entry in list(self._entries()):
+            if doomed(entry) and self._remove(key, int(key.rsplit(":", 1)[1])):
+                removed += 1
+        return removed
+
+    @_local
+    def checkpoint(self) -> None:
+        self._checkpoint()
 
     def _remove(self, key: str, seq: int) -> bool:
         """The entry and its exact-text key (unless a newer answer to that text took it)."""

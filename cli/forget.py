@@ -89,7 +89,7 @@ def _older_than(settings: Any, support: Any, database: Any, days: float, yes: bo
     if days <= 0:
         fail("--older-than is a number of days over 0")
     if not yes:
-        typer.echo(f"would delete answers, feedback, given-up handoffs and finished jobs older than {days:g} days: "
+        typer.echo(f"would delete answers, feedback, given-up handoffs, finished jobs and cached answers older than {days:g} days: "
                    "run again with --yes")  # fmt: skip
         return
     from serving.jobs import JobStore
@@ -97,7 +97,8 @@ def _older_than(settings: Any, support: Any, database: Any, days: float, yes: bo
 
     jobs = PgJobStore(database) if database is not None else JobStore(settings.data_dir / "jobs.sqlite")
     try:
-        deleted = run_or_fail(lambda: expire(settings.model_copy(update={"retention_days": days}), support, jobs))
+        limit = settings.model_copy(update={"retention_days": days})
+        deleted = run_or_fail(lambda: expire(limit, _open_cache(settings), support, jobs))
     finally:
         jobs.close()
     typer.echo(json.dumps({"deleted": deleted}))

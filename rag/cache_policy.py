@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cache import SemanticCache
-from cache.redis_store import RedisStore
+from cache.redis_store import DEFAULT_TTL_S, RedisStore
 from cache.stores import StoreUnavailable
 from cache.verifier import Verifier
 from cache.verifier import load_verifier as read_verifier
@@ -153,7 +153,10 @@ def open_cache(settings: Settings, dimension: int) -> SemanticCache:
             dimension,
             prefix=settings.redis_prefix,
             timeout_s=settings.redis_timeout_s,
-            default_ttl_s=settings.cache_lifetime_s(),
+            # Redis keeps an answer 30 days unless told otherwise; a retention limit only shortens that.
+            default_ttl_s=min(settings.cache_lifetime_s() or DEFAULT_TTL_S, DEFAULT_TTL_S)
+            if settings.cache_ttl_s is None
+            else settings.cache_lifetime_s(),
         )
         try:
             store.check()

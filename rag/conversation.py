@@ -249,6 +249,8 @@ _COURTESY = _GREETING | _THANKS | _BYE | _FILLER
 # An emoji alone is thanks only when it is a friendly one: "😡", "👎" or "📦" is a customer who
 # wants something, who gets the answer path (and a person, if nothing answers).
 _FRIENDLY = frozenset("👍👌🙏😊🙂😀😃😄😁☺😍🤩🥰😘❤♥💙💚💛🧡💜🖤🤍💯✅✔🎉🥳👏🙌✨😎🤗😉👋🆗🌟⭐")
+# Beside courtesy words, these make it sarcasm or a complaint ("thanks 😅" and "thanks =)" stay thanks).
+_UNFRIENDLY = frozenset("👎😡😠🤬💩🙄😤😒🖕☹🙁😣😖😫😩😑😐🤦")
 # Skin tones, the emoji and text presentation selectors, a zero-width joiner: parts of one emoji.
 _EMOJI_PARTS_RE = re.compile("[\U0001f3fb-\U0001f3ff\ufe0e\ufe0f\u200d]")
 SMALL_TALK = "small_talk"  # the answer kind of such a reply
@@ -267,16 +269,15 @@ def small_talk(message: str) -> str | None:
     words = _COURTESY_WORD_RE.findall(_plain(message))
     if any(w not in _COURTESY for w in words):
         return None
-    # Every emoji friendly: "great 👎" or "ok 😡" is a customer who wants something.
     symbols = [
         c
         for c in _EMOJI_PARTS_RE.sub("", _COURTESY_WORD_RE.sub("", _plain(message)))
         if not c.isspace() and unicodedata.category(c)[0] != "P"
     ]
-    if any(c not in _FRIENDLY for c in symbols):
+    if not words:  # a friendly emoji alone is thanks; an angry one, an order number or "!!!" is not
+        return "thanks" if symbols and all(c in _FRIENDLY for c in symbols) else None
+    if any(c in _UNFRIENDLY for c in symbols):  # "great 👎", "ok 😡": a customer who wants something
         return None
-    if not words:  # a friendly emoji alone is thanks; an order number or "!!!" is not
-        return "thanks" if symbols else None
     if any(w in _BYE for w in words):
         return "bye"
     if any(w in _THANKS for w in words):

@@ -6,13 +6,15 @@ report (PCI DSS forbids keeping it), and no answer needs it. The one place that 
 card number is: the HTTP bodies (``serving.schemas.RequestBody``), the pipeline's question (the
 CLI's ``rag ask`` and ``rag batch``) and the curated answers all go through it.
 
-A card number is 13 to 19 digits in groups or not, starting as the card schemes' numbers do
-(2-6), that pass the Luhn check (an order number seldom does both); 15 digits only as an Amex
-(34, 37: a phone's IMEI has 15 digits and the same check digit). The digits may be of any
-script (Arabic-Indic, full-width) and the groups split by spaces, dots, dashes or slashes; a
-group run on into an expiry date or a security code ("... 1111 123", "... 1111 12/25") still
-has its card found, and those short groups go with it. A security code named as one ("CVV
-123") is replaced too.
+A card number is written as cards print it: 13 to 19 digits in one piece, or 4-4-4-4,
+4-4-4-4-3, 4-6-5 (Amex) or 4-6-4 (Diners) groups split by one kind of separator (a space, a
+dash, a dot); digits of any script; invisible characters (a zero-width space, a soft hyphen)
+ignored. It starts 2-6, as the card schemes' numbers do, and passes the Luhn check (15 digits
+only as an Amex, 34 or 37: a phone's IMEI has 15 digits and the same check digit). Dates,
+phone numbers, prices and tracking numbers are grouped otherwise, or run on past a card's
+length, and an IBAN is left alone. An expiry or a security code right after a card goes with
+it, and a code named as one ("CVV 123", "cvv is 123") is replaced too. Only those characters
+change: the rest of the text is kept exactly as written.
 """
 
 from __future__ import annotations
@@ -25,23 +27,31 @@ from urllib.parse import urlsplit, urlunsplit
 CARD_NUMBER = "[card number]"
 SECURITY_CODE = "[security code]"
 
-# Runs of digit groups: a group is digits, the separators between groups at most 3 characters
-# of spaces, dots, dashes and slashes ("4111 - 1111", "12/25").
-_RUN_RE = re.compile(r"\d+(?:[\s./\-\u2010-\u2015]{1,3}\d+)*")
+# Characters a paste from a web page or a PDF hides between digits: ignored.
+_INVISIBLE = frozenset("\u00ad\u200b\u200c\u200d\u2060\ufeff")
+# One separator between groups: a space of any width, a dash, a dot, or " - ".
+_SPACES = " \u00a0\u2000-\u200a\u202f\u205f\u3000"
+_DASHES = "\\-\u2010-\u2015"
+_RUN_RE = re.compile(rf"\d+(?:(?:[{_SPACES}][{_DASHES}][{_SPACES}]|[{_SPACES}{_DASHES}.])\d+)*")
 _GROUP_RE = re.compile(r"\d+")
-_CODE_RE = re.compile(r"\b(cvv2?|cvc2?|csc|cid|security code)(\W{0,3})\d{3,4}\b", re.IGNORECASE)
-_TAIL_GROUPS = 2  # an expiry ("12/25": two groups) or a security code after the number
-_TAIL_DIGITS = 4
-
-
-def _ascii_digits(text: str) -> str:
-    """``text`` with every decimal digit of any script as its ASCII one, character for
-    character (so positions still match): "٤١١١" is "4111"."""
-    if text.isascii():
-        return text
-    return "".join(
-        str(unicodedata.digit(c)) if not c.isascii() and unicodedata.category(c) == "Nd" else c for c in text
-    )
+_DIGIT_RE = re.compile(r"\d")
+_INVISIBLE_RE = re.compile(f"[{''.join(sorted(_INVISIBLE))}]")
+# The groupings cards are printed in (one piece of 13-19 digits is checked apart).
+_SHAPES = ((4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4))
+_LONGEST = max(map(len, _SHAPES))
+# An IBAN ("DE89 3704 0044 0532 0130 00"): its digits are no card.
+_IBAN_RE = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b")
+# After a card: an expiry ("12/25", "exp 12/2027") and a security code, in either order.
+_TAIL_RE = re.compile(
+    r"(?:[ \t,;:]{1,3}(?:(?:exp\w*|valid\s+thru)\W{0,2})?(?:\d{1,2} ?[/-] ?\d{2,4}|\d{3,4})(?![\d/])){1,2}",
+    re.I,
+)
+# A run that could hold a card: a group of 4 digits, or 13 in one piece.
+_CANDIDATE_RE = re.compile(r"(?<!\d)\d{4}(?!\d)|\d{13}")
+_CODE_RE = re.compile(
+    r"\b(?:cvv2?|cvc2?|csc|security\s+code|card\s+code)\b(?:\W{1,3}(?:is|was|code|number|no|num)\b)?\W{0,3}\d{3,4}\b",
+    re.IGNORECASE,
+)
 
 
 def _luhn(digits: str) -> bool:
@@ -62,54 +72,101 @@ def is_card(digits: str) -> bool:
     )
 
 
-def _card_spans(run: str) -> list[tuple[int, int]]:
-    """Where in one run of digit groups the card numbers are (with an expiry or a security
-    code run on after one): windows of whole groups, the first that is a card from each
-    group on, so "4111 1111 1111 1111 123" finds its 16 digits though all 19 fail Luhn."""
-    groups = [(m.start(), m.end()) for m in _GROUP_RE.finditer(run)]
-    spans: list[tuple[int, int]] = []
-    i = 0
-    while i < len(groups):
-        digits, found = "", None
-        for j in range(i, len(groups)):
-            digits += run[groups[j][0] : groups[j][1]]
-            if len(digits) > 19:
-                break
-            if is_card(digits):
-                found = j
-        if found is None:
-            i += 1
-            continue
-        end = found + 1
-        tail = groups[end : end + _TAIL_GROUPS]
-        if tail and end + len(tail) == len(groups) and all(e - s <= _TAIL_DIGITS for s, e in tail):
-            end = len(groups)  # the run ends in an expiry or a security code: it goes too
-        spans.append((groups[i][0], groups[end - 1][1]))
-        i = end
+def _ascii(digits: str) -> str:
+    return digits if digits.isascii() else "".join(str(unicodedata.digit(c)) for c in digits)
+
+
+def _card_spans(run: re.Match[str]) -> list[tuple[int, int]]:
+    """Where in one run of digit groups its card numbers are: a card keeps one kind of
+    separator, so each stretch with one kind is looked at alone ("4111.1111.1111.1111 12/25":
+    the dots', then the space's; "2024-02-09 - 2024-03-01": the dashes', the spaced dash's)."""
+    text = run.group()
+    if not _CANDIDATE_RE.search(text):
+        return []
+    groups = [(m.start(), m.end()) for m in _GROUP_RE.finditer(text)]
+    kinds = [_kind(text[e:s]) for (_, e), (s, _) in zip(groups, groups[1:], strict=False)]
+    spans, first = [], 0
+    for k in range(1, len(kinds)):
+        if kinds[k] != kinds[k - 1]:  # groups[k] ends one stretch and begins the next
+            spans += _spans_in(text, groups[first : k + 1], run.start(), first > 0)
+            first = k
+    return spans + _spans_in(text, groups[first:], run.start(), first > 0)
+
+
+def _spans_in(text: str, groups: list[tuple[int, int]], offset: int, shared: bool) -> list[tuple[int, int]]:
+    """The card numbers among ``groups`` (one kind of separator between them; ``shared``: the
+    first group ends the stretch before, as a phone number's last group before a card)."""
+    lengths = [e - s for s, e in groups]
+    if len(groups) > 5 and all(n == 4 for n in lengths[:-1]):
+        return []  # one long number in 4-digit groups (a tracking number), no card
+    spans = []
+    base = int(shared)
+    fours = base  # groups[base:fours] are all 4 digits
+    for i, (start, _) in enumerate(groups):
+        fours = fours + 1 if fours == i and lengths[i] == 4 else fours
+        if lengths[i] != 4 and not 13 <= lengths[i] <= 19:
+            continue  # every card's first group is 4 digits, or it is in one piece
+        for shape in (((lengths[i],),) if lengths[i] != 4 else ()) + _SHAPES:
+            j = i + len(shape)
+            if tuple(lengths[i:j]) != shape or not is_card(_ascii("".join(text[s:e] for s, e in groups[i:j]))):
+                continue
+            # Inside a longer number all of whose groups are 4 digits: no card. A last group of
+            # 3-4 digits right after one is its security code.
+            if j < len(groups) and lengths[j] == 4 and j != len(groups) - 1 or base < i <= fours:
+                continue
+            end = groups[j][1] if j == len(groups) - 1 and 3 <= lengths[j] <= 4 else groups[j - 1][1]
+            spans.append((offset + start, offset + end))
     return spans
 
 
+def _kind(separator: str) -> str:
+    """A separator as its kind: any space is " ", any dash "-"."""
+    return re.sub(f"[{_DASHES}]", "-", re.sub(f"[{_SPACES}]", " ", separator))
+
+
 def mask_cards(text: str) -> str:
-    """``text`` with every payment card number (and a security code named as one) replaced by
-    "[card number]" ("[security code]"); ``text`` itself when it holds none."""
-    plain = _ascii_digits(unicodedata.normalize("NFKC", text))
-    spans = [
-        (run.start() + start, run.start() + end)
-        for run in _RUN_RE.finditer(plain)
-        if run.end() - run.start() >= 13
-        for start, end in _card_spans(run.group())
-    ]
-    if not spans and not _CODE_RE.search(plain):
+    """``text`` with every payment card number (and an expiry or security code with it, or a
+    code named as one) replaced by "[card number]" ("[security code]"); ``text`` itself,
+    character for character, where it holds none."""
+    if not _DIGIT_RE.search(text):
         return text
-    # Positions are the plain form's: the text itself where NFKC kept its length ("４" is one
-    # character either way), else the plain form ("ﬁ" is two).
-    base = text if len(plain) == len(text) else plain
+    # The text without invisible characters, and where each of its characters came from.
+    if _INVISIBLE_RE.search(text):
+        where: Any = [n for n, c in enumerate(text) if c not in _INVISIBLE]
+        view = "".join(text[n] for n in where)
+    else:
+        where, view = range(len(text)), text
+    ibans = [m.span() for m in _IBAN_RE.finditer(view)]
+    spans: list[tuple[int, int, str]] = []
+    for run in _RUN_RE.finditer(view):
+        if run.end() - run.start() < 13 or any(s <= run.start() < e for s, e in ibans):
+            continue
+        for start, end in _card_spans(run):
+            tail = _TAIL_RE.match(view, end)
+            spans.append((start, tail.end() if tail else end, CARD_NUMBER))
+    spans += [(m.start(), m.end(), SECURITY_CODE) for m in _CODE_RE.finditer(view)]
+    if not spans:
+        return text
     out, last = [], 0
-    for start, end in spans:
-        out += [base[last:start], CARD_NUMBER]
-        last = end
-    masked = "".join(out) + base[last:]
-    return _CODE_RE.sub(lambda m: m.group(1) + m.group(2) + SECURITY_CODE, _ascii_digits(masked))
+    for start, end, label in _merged(spans):
+        if start < last:
+            continue
+        keep = view[start:end] if label == SECURITY_CODE else ""
+        replaced = re.sub(r"\d{3,4}\b(?!.*\d)", SECURITY_CODE, keep) if keep else label
+        out += [text[last : where[start]], replaced]
+        last = where[end - 1] + 1
+    return "".join(out) + text[last:]
+
+
+def _merged(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Overlapping card spans as one (a card found from two groupings), in text order."""
+    merged: list[tuple[int, int, str]] = []
+    for start, end, label in sorted(spans):
+        if merged and start < merged[-1][1] and label == merged[-1][2] == CARD_NUMBER:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]), label)
+        else:
+            merged.append((start, end, label))
+    return merged
 
 
 def without_card_numbers(value: Any) -> Any:

@@ -295,7 +295,7 @@ class Settings(BaseSettings):
         return min(limits) if limits else None
 
     retention_days: float = Field(default=0.0, ge=0.0)
-    """Days customers' words are kept: answers in the answer log with their conversations, feedback, given-up handoffs and finished jobs older than this are deleted (by `rag serve` each hour, or `rag forget --older-than`), and cached answers expire by then; 0 keeps them until deleted (`rag forget`)."""
+    """Days customers' words are kept: answers in the answer log with their conversations, feedback, given-up handoffs, finished jobs and cached answers (not curated ones) older than this are deleted (by `rag serve` at start and each hour, or `rag forget --older-than`); 0 keeps them until deleted (`rag forget`)."""
 
     answer_log: bool = True
     """Keep each answer (question, answer, citations, cache status, latency) in the support store (`support.sqlite`, or PostgreSQL with RAG_DATABASE_URL) so `POST /v1/feedback` can refer to it; false keeps none, and feedback finds nothing (404)."""

@@ -64,19 +64,21 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         watcher = asyncio.get_running_loop().create_task(
             restore.watch(app.state.pipeline, support, app.state.curated, stop_watching, settings.store_check_s)
         )
+        stop_sweeping = asyncio.Event()
         sweeper = asyncio.get_running_loop().create_task(
-            erasure.keep_within_retention(settings, support, store, stop_watching)
+            erasure.keep_within_retention(settings, app.state.pipeline.cache, support, store, stop_sweeping)
         )
         try:
             yield
         finally:
             app.state.pipeline.on_version.remove(follower)
+            stop_sweeping.set()  # a sweep in progress ends first: it uses the job store closed next
+            await asyncio.wait([sweeper], timeout=60)
             await app.state.jobs.aclose()
             await app.state.handoff.aclose()
             stop_watching.set()  # its look in progress ends first: its threads use the stores closed below
-            await asyncio.wait([watcher, sweeper], timeout=30)
+            await asyncio.wait([watcher], timeout=30)
             watcher.cancel()
-            sweeper.cancel()
             support.close()
             if owned:
                 await app.state.pipeline.aclose()

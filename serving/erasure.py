@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 
 from cache.semantic import SemanticCache
 from rag.errors import NotFoundError
-from rag.pipeline import read_question, scope_today
+from rag.pipeline import read_question
 from rag.settings import Settings
 
 from .principals import principal_of
@@ -40,22 +40,29 @@ def forget(cache: SemanticCache | None, support: SupportStore, records: list[Ans
     (nothing is deleted from the answer log then: the request can be made again whole)."""
     cached = 0
     if cache is not None:
-        for scope, question in {(r.cache_scope, read_question(r.question)) for r in records if r.cache_scope}:
-            cached += cache.forget(scope_today(scope), question)
+        for collection in {r.collection for r in records}:
+            asked = {read_question(r.question) for r in records if r.collection == collection}
+            cached += cache.forget(asked, collection)
     return {**support.forget([r.id for r in records]), "cached_answers": cached}
 
 
-def expire(settings: Settings, support: SupportStore, jobs: Any, now: float | None = None) -> dict[str, int]:
-    """What RAG_RETENTION_DAYS no longer keeps, deleted: by table (``jobs``: finished jobs)."""
+def expire(
+    settings: Settings, cache: SemanticCache | None, support: SupportStore, jobs: Any, now: float | None = None
+) -> dict[str, int]:
+    """What RAG_RETENTION_DAYS no longer keeps, deleted: by table (``jobs``: finished jobs;
+    ``cached_answers``: the response cache's, curated answers kept)."""
     before = (now or time.time()) - settings.retention_days * 86400
-    return {**support.expire(before), "jobs": jobs.expire(before)}
+    cached = cache.expire(before) if cache is not None else 0
+    return {**support.expire(before), "jobs": jobs.expire(before), "cached_answers": cached}
 
 
-async def keep_within_retention(settings: Settings, support: SupportStore, jobs: Any, stop: asyncio.Event) -> None:
+async def keep_within_retention(
+    settings: Settings, cache: SemanticCache | None, support: SupportStore, jobs: Any, stop: asyncio.Event
+) -> None:
     """:func:`expire` at start and every hour until ``stop`` (RAG_RETENTION_DAYS 0: nothing)."""
     while settings.retention_days > 0:
         try:
-            gone = await asyncio.to_thread(expire, settings, support, jobs)
+            gone = await asyncio.to_thread(expire, settings, cache, support, jobs)
             if any(gone.values()):
                 log.info("retention (%g days): deleted %s", settings.retention_days, gone)
         except Exception:  # the database away: the next hour's sweep catches up

@@ -245,7 +245,11 @@ class Handoff:
 
     async def _failed(self, event: dict[str, Any], exc: Exception) -> None:
         later = self.outbox is not None and _retryable(exc)
-        why = without_url(str(exc), self.url or "")  # its ?token= is a secret: neither logged nor kept
+        # Its URL's ?token= (or a Slack-style path) is a secret: neither logged nor kept.
+        if isinstance(exc, httpx.HTTPStatusError):
+            why = f"the help desk answered {exc.response.status_code} {exc.response.reason_phrase}"
+        else:
+            why = without_url(without_url(str(exc), self.url or ""), str(httpx.URL(self.url or "")))
         log.error(
             "handoff webhook %s failed for answer %s: %s%s", safe_url(self.url or ""), event.get("answer_id"), why,
             f"; tried again in {RETRY_LATER_S:g} s" if later else "; given up",

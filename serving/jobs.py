@@ -103,8 +103,8 @@ class JobStore:
 
     def create(self, body: JobRequest, owner: str | None = None) -> str:
         job_id = f"job-{uuid.uuid4().hex[:16]}"
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._lock, self._db:  # committed, or rolled back on an error (never left open)
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT INTO jobs (id, status, created_at, collection, total, owner) VALUES (?, 'queued', ?, ?, ?, ?)",
                 (job_id, time.time(), body.collection, len(body.questions), owner),
@@ -113,7 +113,6 @@ class JobStore:
                 "INSERT INTO items (job_id, position, request) VALUES (?, ?, ?)",
                 [(job_id, i, q.model_dump_json()) for i, q in enumerate(body.questions)],
             )
-            self._db.execute("COMMIT")
         return job_id
 
     def pending(self, job_id: str) -> list[tuple[int, dict[str, Any]]]:
@@ -152,15 +151,15 @@ class JobStore:
         """The retention limit: jobs finished before ``before`` (a time.time()), with their
         questions and answers, deleted; how many jobs."""
         finished = "SELECT id FROM jobs WHERE status = 'done' AND finished_at < ?"
-        with self._lock:
-            self._db.execute("BEGIN")
+        with self._lock, self._db:  # committed, or rolled back on an error (never left open)
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(f"DELETE FROM items WHERE job_id IN ({finished})", (before,))
             gone = self._db.execute("DELETE FROM jobs WHERE status = 'done' AND finished_at < ?", (before,)).rowcount
-            self._db.execute("COMMIT")
         return int(gone)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:  # not under a sweep or a write still in its thread
+            self._db.close()
 
 
 class JobRunner:

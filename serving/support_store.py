@@ -168,6 +168,8 @@ class _Sqlite:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at each checkpoint, never torn
             self._conn.execute("PRAGMA secure_delete=ON")  # a forgotten customer's words are overwritten
+            # LOWER as Python's (SQLite's folds ASCII only): "MÜLLER" is found by "müller".
+            self._conn.create_function("lower", 1, lambda s: s.lower() if isinstance(s, str) else s, deterministic=True)
             self._conn.executescript(SQLITE_SCHEMA)
         except sqlite3.DatabaseError as exc:
             self._conn.close()
@@ -348,24 +350,27 @@ class SupportStore:
         the conversation before each, the votes and feedback on them, their handoffs waiting or
         given up. The rows deleted, by table."""
         self.flush()  # an answer still queued would be written after
-        counts: dict[str, int] = dict.fromkeys(("answers", "answer_history", "hit_verdicts", "feedback", "handoffs"), 0)
+        counts = dict.fromkeys(("answers", "answer_history", "hit_verdicts", "feedback", "handoffs"), 0)
         ids = list(answer_ids)
         for chunk in (ids[n : n + 200] for n in range(0, len(ids), 200)):
-            marks = ", ".join("?" * len(chunk))
-            handoffs = " OR ".join(["id LIKE ?"] * len(chunk))  # a handoff's id is ANSWER-REASON
-            changed = self.sql.run_all([
-                (f"DELETE FROM answer_history WHERE answer_id IN ({marks})", chunk),
-                (f"DELETE FROM hit_verdicts WHERE answer_id IN ({marks})", chunk),
-                (f"DELETE FROM feedback WHERE answer_id IN ({marks})", chunk),
-                (f"DELETE FROM handoffs WHERE {handoffs}", [f"{i}-%" for i in chunk]),
-                (f"DELETE FROM answers WHERE id IN ({marks})", chunk),
-            ])  # fmt: skip
-            for table, n in zip(
-                ("answer_history", "hit_verdicts", "feedback", "handoffs", "answers"), changed, strict=True
-            ):
+            for table, n in self._delete_answers(chunk).items():
                 counts[table] += n
         self.sql.checkpoint()
         return counts
+
+    def _delete_answers(self, ids: Sequence[str]) -> dict[str, int]:
+        """These answers and what hangs on them (conversation, votes, feedback, handoffs: a
+        handoff's id is ANSWER-REASON), in one transaction."""
+        marks = ", ".join("?" * len(ids))
+        tables = ("answer_history", "hit_verdicts", "feedback", "handoffs", "answers")
+        changed = self.sql.run_all([
+            (f"DELETE FROM answer_history WHERE answer_id IN ({marks})", ids),
+            (f"DELETE FROM hit_verdicts WHERE answer_id IN ({marks})", ids),
+            (f"DELETE FROM feedback WHERE answer_id IN ({marks})", ids),
+            (f"DELETE FROM handoffs WHERE {' OR '.join(['id LIKE ?'] * len(ids))}", [f"{i}-%" for i in ids]),
+            (f"DELETE FROM answers WHERE id IN ({marks})", ids),
+        ])  # fmt: skip
+        return dict(zip(tables, changed, strict=True))
 
     def answers_holding(self, text: str, collection: str | None = None) -> list[AnswerRecord]:
         """The answers whose question, conversation or feedback holds ``text`` (any case): a
@@ -386,19 +391,27 @@ class SupportStore:
         sql = f"SELECT {columns} FROM answers a WHERE {where} ORDER BY a.created_at"
         return [AnswerRecord.from_row(row) for row in self.sql.query(sql, params)]
 
-    def expire(self, before: float) -> dict[str, int]:
-        """The retention limit: answers, their conversations and votes, feedback and given-up
-        handoffs older than ``before`` (a time.time()) deleted. The rows deleted, by table."""
-        old = "SELECT id FROM answers WHERE created_at < ?"
-        changed = self.sql.run_all([
-            (f"DELETE FROM answer_history WHERE answer_id IN ({old})", (before,)),
-            (f"DELETE FROM hit_verdicts WHERE answer_id IN ({old})", (before,)),
-            ("DELETE FROM answers WHERE created_at < ?", (before,)),
+    def expire(self, before: float, batch: int = 1000) -> dict[str, int]:
+        """The retention limit: answers, their conversations, votes and feedback, and given-up
+        handoffs, older than ``before`` (a time.time()) deleted, ``batch`` answers a transaction
+        (months of them at once would hold the database's write lock past other writers'
+        patience). The rows deleted, by table."""
+        counts = dict.fromkeys(("answers", "answer_history", "hit_verdicts", "feedback", "handoffs"), 0)
+        old = f"SELECT id FROM answers WHERE created_at < ? LIMIT {int(batch)}"
+        while True:
+            ids = [row[0] for row in self.sql.query(old, (before,))]
+            if not ids:
+                break
+            for table, n in self._delete_answers(ids).items():
+                counts[table] += n
+        tail = self.sql.run_all([
             ("DELETE FROM feedback WHERE created_at < ?", (before,)),
             ("DELETE FROM handoffs WHERE given_up IS NOT NULL AND created_at < ?", (before,)),
         ])  # fmt: skip
+        counts["feedback"] += tail[0]
+        counts["handoffs"] += tail[1]
         self.sql.checkpoint()
-        return dict(zip(("answer_history", "hit_verdicts", "answers", "feedback", "handoffs"), changed, strict=True))
+        return counts
 
     def voted_down_scopes(self) -> list[str]:
         """The cache scopes of the answers voted down (a block's scope, made then or later)."""

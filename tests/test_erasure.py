@@ -52,7 +52,10 @@ def test_an_erasure_request_forgets_an_answer_everywhere_it_was_kept(
     settings = make_settings(data_dir, backend="extractive")
     ingest([corpus], "default", settings, embedder, progress=False)
     question = "how long do refunds take for my order"
-    history = [{"role": "user", "content": f"hi, I am Jane, {EMAIL}"}, {"role": "assistant", "content": "Hi Jane!"}]
+    history = [
+        {"role": "user", "content": f"hi, I am Jane M\u00dcLLER, {EMAIL}"},
+        {"role": "assistant", "content": "Hi!"},
+    ]
     with TestClient(create_app(settings, build_pipeline(settings, embedder))) as client:
         first = client.post("/v1/query", json={"question": question}).json()  # cached under its text
         follow = client.post("/v1/query", json={"question": "and for a gift card?", "history": history}).json()
@@ -65,6 +68,8 @@ def test_an_erasure_request_forgets_an_answer_everywhere_it_was_kept(
         # By what the customer wrote, from the command line: shown first, deleted with --yes.
         shown = _rag("forget", "--match", EMAIL.upper(), data_dir=data_dir)
         assert shown.returncode == 0 and "1 answers found" in shown.stdout and "nothing deleted" in shown.stdout
+        by_name = _rag("forget", "--match", "jane m\u00fcller", data_dir=data_dir)  # any case, not only ASCII
+        assert "1 answers found" in by_name.stdout, by_name
         assert _holding(data_dir, EMAIL)
         done = _rag("forget", "--match", EMAIL, "--yes", data_dir=data_dir)
         assert done.returncode == 0 and '"feedback": 1' in done.stdout and '"answer_history": 1' in done.stdout, done
@@ -76,6 +81,8 @@ def test_an_erasure_request_forgets_an_answer_everywhere_it_was_kept(
         assert gone.json()["deleted"]["cached_answers"] == 1
         assert _rows(data_dir, "SELECT 1 FROM answers WHERE id = ?", first["answer_id"]) == []
         assert client.post("/v1/query", json={"question": question}).json()["cache"]["hit"] is False
+        client.delete(f"/v1/answers/{client.post('/v1/query', json={'question': question}).json()['answer_id']}")
+        assert [p for p in _holding(data_dir, question) if p.startswith("cache")] == []  # nor in its WAL
         again = client.delete(f"/v1/answers/{first['answer_id']}")
         assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
 
@@ -144,3 +151,39 @@ def test_the_retention_limit_deletes_finished_jobs(engine: str, request: pytest.
     store.close()
     if engine == "postgres":
         db.close()
+
+
+@pytest.mark.parametrize("engine", ["local", "redis"])
+def test_the_retention_limit_and_an_erasure_reach_every_cached_answer(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path, embedder: Any
+) -> None:
+    """Cached answers stored before the limit was set have no lifetime that ends: the sweep
+    takes them (a person's curated answer stays). An erasure finds a question's answers in any
+    scope of its collection, an earlier release's included, without its exact-text key."""
+    import uuid
+
+    from cache.redis_store import RedisStore
+    from cache.semantic import SemanticCache
+
+    def vec(text: str) -> Any:
+        return embedder.embed_batch([text])[0]
+
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+
+    def store() -> Any:
+        return RedisStore(request.getfixturevalue("redis_url"), 384, prefix=prefix) if engine == "redis" else tmp_path
+
+    before = SemanticCache(store(), dimension=384, release="1.0.0")
+    before.put("s", "How long do refunds take?", vec("How long do refunds take?"), {"answer": "5 days"}, tag="default")
+    before.close()
+    cache = SemanticCache(store(), dimension=384, release="1.1.0")
+    cache.put("s", "how long do refunds take", vec("How long do refunds take?"), {"answer": "5 days"}, tag="default")
+    cache.put("s", "How long do refunds take?", vec("How long do refunds take?"), {"answer": "5 days"}, tag="other")
+    assert cache.forget({"How long do refunds take?"}, "default") == 2  # both releases', not the other collection's
+    assert cache.stats()["entries"] == 1
+    pinned = {"answer": "No.", "curated_id": "c1"}
+    cache.put("p", "Do gift cards expire?", vec("Do gift cards expire?"), pinned, tag="default", keep=True)
+    assert cache.expire(time.time() - 3600) == 0  # stored a moment ago: within the limit
+    assert cache.expire(time.time() + 1) == 1  # the other collection's answer; the curated one stays
+    assert cache.get_exact("p", "Do gift cards expire?") is not None
+    cache.close()

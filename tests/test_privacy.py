@@ -26,11 +26,39 @@ from rag.privacy import mask_cards, safe_url, without_card_numbers
         ("5555 5555 5555 4444 and 4012888888881881", "[card number] and [card number]"),
         ("my card [card number], cvv 123", "my card [card number], cvv [security code]"),
         ("CVC: 1234", "CVC: [security code]"),
+        ("the cvv is 123", "the cvv is [security code]"),
+        ("card 4111 1111 1111 1111 12/25 123 ok", "card [card number] ok"),  # expiry and code
+        ("amex 3782 822463 10005 exp 04/27", "amex [card number]"),
+        # hidden by what a paste from a web page or a PDF carries between the digits
+        ("card 4111\u200b1111\u200b1111\u200b1111 charged", "card [card number] charged"),
+        ("card 4111\u00ad1111\u00ad1111\u00ad1111", "card [card number]"),
+        # a phone number before it, on its line or the line before, hides none of it
+        ("Phone: 261 375 9975\n4645 8528 5353 0985", "Phone: 261 375 9975\n[card number]"),
+        ("call 261 375 9975 4111 1111 1111 1111 today", "call 261 375 9975 [card number] today"),
+        ("call 261-375-9975 4111 1111 1111 1111", "call 261-375-9975 [card number]"),
+        ("card 4111.1111.1111.1111 12/25 cvv 123", "card [card number] cvv [security code]"),
+        # only the card's characters change: the rest is kept as written (not NFKC, not ASCII digits)
+        (
+            "Hi\u2122 my card is 4111 1111 1111 1111 \u2013 Jose\u0301",
+            "Hi\u2122 my card is [card number] \u2013 Jose\u0301",
+        ),
+        (
+            "\ufb01ne \u0661\u0662\u0663\u0664\u0665 cvv 123",
+            "\ufb01ne \u0661\u0662\u0663\u0664\u0665 cvv [security code]",
+        ),
         # not cards: an IMEI (15 digits, not 34/37), an order number that fails Luhn, a phone number
         ("imei 356938035643809", "imei 356938035643809"),
         ("order 1234567890123", "order 1234567890123"),
         ("call +44 7700 900123", "call +44 7700 900123"),
         ("order 4111 1111 1111 1112", "order 4111 1111 1111 1112"),
+        # numbers grouped otherwise, each of these with a Luhn-valid 16 digits inside
+        ("booked from 2024-04-11 - 2024-11-11", "booked from 2024-04-11 - 2024-11-11"),  # 4111 1111 1111 11..
+        ("call 411-111-1111 / 111-111-1112", "call 411-111-1111 / 111-111-1112"),
+        ("prices 41.11 11.11 11.11 11.11", "prices 41.11 11.11 11.11 11.11"),
+        ("IBAN DE89 4111 1111 1111 1111 00", "IBAN DE89 4111 1111 1111 1111 00"),
+        ("tracking 4111 1111 1111 1111 7692 79", "tracking 4111 1111 1111 1111 7692 79"),
+        ("tracking 9400 4111 1111 1111 1111 12", "tracking 9400 4111 1111 1111 1111 12"),
+        ("Order placed 2024/04/11\n1111 1111 1111", "Order placed 2024/04/11\n1111 1111 1111"),
         ("no digits at all", "no digits at all"),
     ],
 )

@@ -423,6 +423,8 @@ def test_likelihood_reranker_shows_faq_entries_by_their_question() -> None:
         ("great \U0001f44e", None),  # sarcasm: an unfriendly emoji beside courtesy words
         ("ok \U0001f621", None),
         ("thanks \U0001f64f\U0001f3fd", "thanks"),
+        ("thanks =)", "thanks"),
+        ("thanks \U0001f605", "thanks"),  # a sweat smile is still thanks
     ],
 )
 def test_a_message_that_asks_nothing_is_small_talk(message: str, kind: str | None) -> None:
