@@ -57,6 +57,7 @@ def forget(
                             fg=typer.colors.YELLOW, err=True)  # fmt: skip
         else:
             found = support.answers_holding(str(match).strip(), collection)
+            _elsewhere(support, str(match).strip().lower())
         typer.echo(f"{len(found)} answers found")
         for record in found[:20]:
             typer.echo(f"  {record.id}  {record.collection}  {_shown(record.question, 100)}")
@@ -74,6 +75,21 @@ def forget(
         support.close()
         if database is not None:
             database.close()
+
+
+def _elsewhere(support: Any, text: str) -> None:
+    """Where else the text is kept that an erasure does not reach: curated answers (made from a
+    customer's correction, their question is the customer's) and thumbs-down blocks."""
+    from serving.curation import CuratedStore
+
+    curated = [c.id for c in CuratedStore(support.sql).items() if text in f"{c.question} {c.answer}".lower()]
+    blocks = [b.get("id") for _, b in support.blocks() if text in str(b.get("question", "")).lower()]
+    if curated:
+        typer.secho(f"also in {len(curated)} curated answers ({', '.join(curated[:10])}): not forgotten here - "
+                    "edit the text or remove them (PATCH or DELETE /v1/curated/{id})", fg=typer.colors.YELLOW, err=True)  # fmt: skip
+    if blocks:
+        typer.secho(f"also in {len(blocks)} thumbs-down blocks ({', '.join(map(str, blocks[:10]))}): not forgotten "
+                    "here - lift them with DELETE /v1/cache/blocks/{id}", fg=typer.colors.YELLOW, err=True)  # fmt: skip
 
 
 def _open_cache(settings: Any) -> Any:

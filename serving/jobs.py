@@ -97,6 +97,7 @@ class JobStore:
     def _open(self, path: Path) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # an expired job's questions are overwritten
         self._db.executescript(_SCHEMA)
         if "owner" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
             self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store from before API keys
@@ -151,10 +152,14 @@ class JobStore:
         """The retention limit: jobs finished before ``before`` (a time.time()), with their
         questions and answers, deleted; how many jobs."""
         finished = "SELECT id FROM jobs WHERE status = 'done' AND finished_at < ?"
-        with self._lock, self._db:  # committed, or rolled back on an error (never left open)
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(f"DELETE FROM items WHERE job_id IN ({finished})", (before,))
-            gone = self._db.execute("DELETE FROM jobs WHERE status = 'done' AND finished_at < ?", (before,)).rowcount
+        with self._lock:
+            with self._db:  # committed, or rolled back on an error (never left open)
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(f"DELETE FROM items WHERE job_id IN ({finished})", (before,))
+                gone = self._db.execute(
+                    "DELETE FROM jobs WHERE status = 'done' AND finished_at < ?", (before,)
+                ).rowcount
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # nor left in the WAL
         return int(gone)
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rag.errors import InvalidRequestError, RagError, error_body, internal_error_body
 from rag.pipeline import Pipeline, Prepared
+from rag.privacy import mask_cards
 from rag.store import list_collections
 from rag.wire import Answer, GenerationOptions
 
@@ -63,7 +64,7 @@ class ChatMessage(BaseModel):  # inside ChatCompletionRequest, whose check cover
                 raise InvalidRequestError(
                     "a text part's 'text' must be a string - send the words in quotes", param="messages"
                 )
-            return "".join(texts)
+            return mask_cards("".join(texts))  # a card split over two parts is one card
         return self.content or ""
 
 

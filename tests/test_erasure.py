@@ -187,3 +187,21 @@ def test_the_retention_limit_and_an_erasure_reach_every_cached_answer(
     assert cache.expire(time.time() + 1) == 1  # the other collection's answer; the curated one stays
     assert cache.get_exact("p", "Do gift cards expire?") is not None
     cache.close()
+
+
+def test_forget_names_the_curated_answers_and_blocks_it_does_not_reach(tmp_path: Path) -> None:
+    """A curated answer made from a customer's correction holds their words, and a thumbs-down
+    block the question: an erasure leaves them (a person decides), and says where they are."""
+    from typer.testing import CliRunner
+
+    from cli.app import app as cli_app
+    from serving.curation import CuratedStore
+    from serving.support_store import open_support_store
+
+    support = open_support_store(tmp_path, None)
+    CuratedStore(support.sql).create("default", f"refund for {EMAIL}?", "Yes.", [], "admin", "feedback")
+    support.keep_block("s", {"id": "b1", "question": f"where is my refund, {EMAIL}"})
+    support.close()
+    told = CliRunner().invoke(cli_app, ["forget", "--match", EMAIL, "--data-dir", str(tmp_path)])
+    assert told.exit_code == 0, told.output
+    assert "also in 1 curated answers" in told.output and "also in 1 thumbs-down blocks (b1)" in told.output

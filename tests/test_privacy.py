@@ -36,6 +36,13 @@ from rag.privacy import mask_cards, safe_url, without_card_numbers
         ("Phone: 261 375 9975\n4645 8528 5353 0985", "Phone: 261 375 9975\n[card number]"),
         ("call 261 375 9975 4111 1111 1111 1111 today", "call 261 375 9975 [card number] today"),
         ("call 261-375-9975 4111 1111 1111 1111", "call 261-375-9975 [card number]"),
+        ("In 2024 4111 1111 1111 1111 was charged", "In 2024 [card number] was charged"),  # a year before it
+        ("card 4111  1111\t1111  1111", "card [card number]"),  # two spaces, a tab
+        ("card 4111\u200e1111\u200e1111\u200e1111", "card [card number]"),  # a bidirectional mark
+        ("card \u2463\u2460\u2460\u2460 " + "\u2460\u2460\u2460\u2460 " * 3, "card [card number] "),  # circled
+        ("card 4111 1111 1111 1111 1225 123 ok", "card [card number] ok"),  # an expiry with no slash
+        ("refund to 4111111111111111. Order #4521", "refund to [card number]. Order #4521"),  # "to 41..." no IBAN
+        ("CV2 123, cvv code is 4321", "CV2 [security code], cvv code is [security code]"),
         ("card 4111.1111.1111.1111 12/25 cvv 123", "card [card number] cvv [security code]"),
         # only the card's characters change: the rest is kept as written (not NFKC, not ASCII digits)
         (
@@ -59,6 +66,13 @@ from rag.privacy import mask_cards, safe_url, without_card_numbers
         ("tracking 4111 1111 1111 1111 7692 79", "tracking 4111 1111 1111 1111 7692 79"),
         ("tracking 9400 4111 1111 1111 1111 12", "tracking 9400 4111 1111 1111 1111 12"),
         ("Order placed 2024/04/11\n1111 1111 1111", "Order placed 2024/04/11\n1111 1111 1111"),
+        ("call me on +4111111111111111", "call me on +4111111111111111"),  # a phone number, with its +
+        ("EAN 4111111111111", "EAN 4111111111111"),  # 13 digits: a barcode (13-digit cards are long gone)
+        # card-shaped and Luhn-valid, but said to be something else
+        ("Order no. 4111 1111 1111 1111 has not arrived", "Order no. 4111 1111 1111 1111 has not arrived"),
+        ("Invoice 4111 1111 1111 1111", "Invoice 4111 1111 1111 1111"),
+        ("my gift card code 4111-1111-1111-1111", "my gift card code 4111-1111-1111-1111"),
+        ("refund to iban de89 4111 1111 1111 1111 00", "refund to iban de89 4111 1111 1111 1111 00"),
         ("no digits at all", "no digits at all"),
     ],
 )
@@ -86,3 +100,10 @@ def test_every_string_and_card_sized_integer_of_a_body_is_masked() -> None:
 )
 def test_a_url_in_a_log_line_keeps_no_secret(url: str, shown: str) -> None:
     assert safe_url(url) == shown
+
+
+def test_a_card_split_over_two_chat_text_parts_is_found_in_their_joined_text() -> None:
+    from serving.openai_compat import ChatMessage
+
+    parts = [{"type": "text", "text": "card 4111 1111 "}, {"type": "text", "text": "1111 1111 charged"}]
+    assert ChatMessage(role="user", content=parts).text() == "card [card number] charged"
