@@ -65,7 +65,7 @@ _NAMED_RE = re.compile(
 # A run that could hold a card: a group of 4 digits, or 14 in one piece.
 _CANDIDATE_RE = re.compile(r"(?<![0-9])[0-9]{4}(?![0-9])|[0-9]{14}")
 _CODE_RE = re.compile(
-    r"\b(?:cvv2?|cvc2?|cv2|csc|cid|security\s+code|card\s+verification(?:\s+(?:value|code))?)"
+    r"\b(?:cvv2?|cvc2?|cv2|csc|security\s+code|card\s+verification(?:\s+(?:value|code))?)"
     r"(?:\W{1,3}(?:is|was|code|number|no|num|value)\b){0,2}\W{0,3}\d{3,4}\b",
     re.IGNORECASE,
 )

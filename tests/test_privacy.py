@@ -67,7 +67,8 @@ from rag.privacy import mask_cards, safe_url, without_card_numbers
         ("tracking 9400 4111 1111 1111 1111 12", "tracking 9400 4111 1111 1111 1111 12"),
         ("Order placed 2024/04/11\n1111 1111 1111", "Order placed 2024/04/11\n1111 1111 1111"),
         ("call me on +4111111111111111", "call me on +4111111111111111"),  # a phone number, with its +
-        ("EAN 4111111111111", "EAN 4111111111111"),  # 13 digits: a barcode (13-digit cards are long gone)
+        ("EAN 4111111111111", "EAN 4111111111111"),
+        ("CID 4521, where is my parcel?", "CID 4521, where is my parcel?"),  # a customer id, not a code  # 13 digits: a barcode (13-digit cards are long gone)
         # card-shaped and Luhn-valid, but said to be something else
         ("Order no. 4111 1111 1111 1111 has not arrived", "Order no. 4111 1111 1111 1111 has not arrived"),
         ("Invoice 4111 1111 1111 1111", "Invoice 4111 1111 1111 1111"),
