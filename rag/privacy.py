@@ -33,50 +33,60 @@ SECURITY_CODE = "[security code]"
 _INVISIBLE = frozenset(
     "\u00ad\u200b\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2060\u2066\u2067\u2068\u2069\ufeff"
 )
-# One separator between groups: spaces of any width (up to 3, a tab too), a dash, a dot, or " - ".
+# One separator between groups: spaces of any width (up to 3, a tab too), a dash, a dot, or " - "
+# (the view the search reads has full-width forms as their ASCII ones: "－", "．").
 _SPACES = " \t\u00a0\u2000-\u200a\u202f\u205f\u3000"
-_DASHES = "\\-\u2010-\u2015\u2212"
+_DASHES = "\\-\u2010-\u2015\u2212\u30fc"
 _RUN_RE = re.compile(rf"[0-9]+(?:(?:[{_SPACES}]{{0,2}}[{_DASHES}][{_SPACES}]{{0,2}}|[{_SPACES}]{{1,3}}|\.)[0-9]+)*")
 _GROUP_RE = re.compile(r"[0-9]+")
-# A character that is a digit to a reader: any script's ("٤"), full-width ("４"), circled ("④"),
-# superscript ("²"); the view the search reads has it as its ASCII digit.
 _ASCII_DIGIT_RE = re.compile(r"[0-9]")
 # The groupings cards are printed in (one piece of 14-19 digits is checked apart: 13-digit
-# cards are long gone, and an EAN-13 barcode has that length).
-_SHAPES = ((4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4))
-# An IBAN ("DE89 3704 0044 0532 0130 00", "de 89-3704-..."): its digits are no card.
+# cards are long gone, and an EAN-13 barcode has that length); an Amex or a Diners typed in fours.
+_SHAPES = ((4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 3), (4, 4, 4, 2))
+_TAIL_GROUPS = 4  # an expiry ("1225", "12 25") and a code, and a small number, as the run's last groups (_tail)
+# An IBAN ("DE89 3704 0044 0532 0130 00", "iban de89-3704-..."): its digits are no card, when
+# its check digits say it is one.
 _IBAN_RE = re.compile(
     r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b"  # as banks print it
-    r"|(?i:iban)\W{0,3}[A-Za-z]{2} ?\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,3})?\b"  # named, any case
+    r"|(?<=\biban)\W{0,3}\b[A-Za-z]{2} ?\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,3})?\b",  # named
+    re.IGNORECASE,
 )
-# After a card: an expiry ("12/25", "exp 12/2027") and a security code, in either order.
+# After a card: an expiry ("12/25", "exp 12/2027") and a security code, in either order; not
+# an amount ("300 EUR"), a date ("2024-03-01") or a decimal.
 _TAIL_RE = re.compile(
-    r"(?:[ \t,;:]{1,3}(?:(?:exp\w*|valid\s+thru)\W{0,2})?(?:\d{1,2} ?[/-] ?\d{2,4}|\d{3,4})(?![\d/])){1,2}",
-    re.I,
+    r"(?:[ \t,;:]{1,3}(?:(?:exp\w*|valid\s+thru)\W{0,2})?(?:\d{1,2} ?/ ?\d{2,4}|\d{3,4})"
+    r"(?![\d/.,-]\d|\d|\s*(?:eur|usd|gbp|chf|sek|nok|dkk|pln|items?|pcs|pieces|x\b|[€$£%]))){1,2}",
+    re.IGNORECASE,
 )
-_TAIL_GROUPS, _TAIL_DIGITS = 2, 4  # an expiry with no slash ("1225") and a code, as the run's last groups
-# A number the customer says is something else, right before it: an order, an invoice, a
-# tracking or a gift card number (shaped like a card, one in ten of them passes Luhn).
+# A number the customer says is something else, right before it: an order, invoice or tracking
+# number ("order 5953...", "order no.", "invoice #"), or a gift card's (shaped like a card, one
+# in ten of them passes Luhn). "The card I used for this order is 4111..." and "my order: 4111
+# ..." are cards.
 _NAMED_RE = re.compile(
-    r"\b(?:order|invoice|tracking|parcel|shipment|consignment|reference|ref|gift\s*card|voucher|coupon|ticket|case"
-    r"|receipt|booking|confirmation)\b(?:\W{0,3}(?:no|nr|num|number|id|code|is|was))*\W{0,3}$",
+    r"\b(?:(?:order|invoice|tracking|parcel|shipment|consignment|reference|ref|voucher|coupon|ticket|case|receipt"
+    r"|booking|confirmation)(?:\W{0,2}(?:#|no\b\.?|nr\b\.?|num\b\.?|number|id\b|code)|(?=\s+$))"
+    r"|(?:invoice|tracking|voucher|coupon|gift\s*card)(?:\W{0,2}(?:#|no\b\.?|number|code|id\b))?)\W{0,3}$",
     re.IGNORECASE,
 )
 # A run that could hold a card: a group of 4 digits, or 14 in one piece.
 _CANDIDATE_RE = re.compile(r"(?<![0-9])[0-9]{4}(?![0-9])|[0-9]{14}")
 _CODE_RE = re.compile(
-    r"\b(?:cvv2?|cvc2?|cv2|csc|security\s+code|card\s+verification(?:\s+(?:value|code))?)"
-    r"(?:\W{1,3}(?:is|was|code|number|no|num|value)\b){0,2}\W{0,3}\d{3,4}\b",
+    r"\b(?:cvv2?|cvc2?|cv2|csc|security\s+code|(?<!gift )card\s+code|card\s+verification(?:\s+(?:value|code))?)"
+    r"(?:\W{1,3}(?:is|was|code|number|no|num|value)\b){0,2}\W{0,3}(\d{3,4})\b",
     re.IGNORECASE,
 )
 
 
 def _as_digit(char: str) -> str:
-    """A character that reads as a digit ("٤", "４", "④", "²") as its ASCII digit; any other as it is."""
+    """The character as the search reads it: one that reads as a digit ("٤", "４", "④", "²") as
+    its ASCII digit, a full-width form as its ASCII one ("－"); any other as it is."""
     if char.isascii():
         return char
     value = unicodedata.digit(char, None)
-    return str(value) if value is not None and len(str(value)) == 1 else char
+    if value is not None:
+        return str(value) if value < 10 else char
+    plain = unicodedata.normalize("NFKC", char)
+    return plain if len(plain) == 1 and plain.isascii() else char
 
 
 def _luhn(digits: str) -> bool:
@@ -88,19 +98,53 @@ def _luhn(digits: str) -> bool:
 
 
 def is_card(digits: str) -> bool:
-    """Whether ``digits`` (ASCII digits only) are a payment card's number."""
-    return (
-        13 <= len(digits) <= 19
-        and digits[0] in "23456"
-        and (len(digits) != 15 or digits[:2] in ("34", "37"))
-        and _luhn(digits)
-    )
+    """Whether ``digits`` (ASCII digits only) are a payment card's number: 14-19 digits in the
+    schemes' ranges (2: Mir 2200-2204, Mastercard 2221-2720; 3: Amex 34/37, JCB 35, Diners
+    300-305/36/38/39; 4-6 as they come), Luhn-valid (15 digits only as an Amex)."""
+    if not 14 <= len(digits) <= 19 or digits[0] not in "23456" or not _luhn(digits):
+        return False
+    if len(digits) == 15 and digits[:2] not in ("34", "37"):
+        return False
+    if digits[0] == "2":
+        return 2200 <= int(digits[:4]) <= 2204 or 2221 <= int(digits[:4]) <= 2720
+    if digits[0] == "3":
+        return digits[:2] in ("34", "35", "36", "37", "38", "39") or 300 <= int(digits[:3]) <= 305
+    return True
+
+
+def _iban(text: str) -> bool:
+    """Whether ``text`` is an IBAN: its check digits (mod 97) say so."""
+    plain = re.sub(r"[^0-9A-Za-z]", "", text).upper()
+    if len(plain) < 15 or not plain[:2].isalpha() or not plain[2:4].isdigit():
+        return False
+    moved = plain[4:] + plain[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+def _tail(parts: list[str], slash: bool = False, strict: bool = False) -> int | None:
+    """How many of the digit groups right after a card go with it: its expiry ("1225", "12 25",
+    "12 2026") and security code ("123", "1234") as people type them, in that order, and a last
+    small number kept ("... 1111 1 item"); None when they are more of a longer number (a
+    tracking number: not a card). ``slash``: the run goes on with "/", so its last group is an
+    expiry's month ("12/25", which _TAIL_RE takes whole); ``strict``: no small number after
+    (in a long run of 4-digit groups, that is a tracking number's end)."""
+    n = 0
+    if parts and len(parts[0]) == 4 and 1 <= int(parts[0][:2]) <= 12:
+        n = 1  # "1225"
+    elif len(parts) >= 2 and len(parts[0]) == 2 and len(parts[1]) in (2, 4) and 1 <= int(parts[0]) <= 12:
+        n = 2  # "12 25", "12 2026"
+    if n < len(parts) and len(parts[n]) in (3, 4):
+        n += 1  # the code
+    if n == len(parts) or (n == len(parts) - 1 and (slash or (n == 0 and not strict)) and len(parts[n]) <= 2):
+        return len(parts) if slash else n
+    return None
 
 
 def _card_spans(run: re.Match[str]) -> list[tuple[int, int, int]]:
-    """Where in one run of digit groups its card numbers are: a card keeps one kind of
-    separator, so each stretch with one kind is looked at alone ("4111.1111.1111.1111 12/25":
-    the dots', then the space's; "2024-02-09 - 2024-03-01": the dashes', the spaced dash's)."""
+    """Where in one run of digit groups its card numbers are: (start, end of the card, end of
+    the groups after it that go with it). A card keeps one kind of separator, so each stretch
+    with one kind is looked at alone ("4111.1111.1111.1111 12/25": the dots', then the
+    space's; "2024-02-09 - 2024-03-01": the dashes', the spaced dash's)."""
     text = run.group()
     if not _CANDIDATE_RE.search(text):
         return []
@@ -110,36 +154,56 @@ def _card_spans(run: re.Match[str]) -> list[tuple[int, int, int]]:
     spans, first = [], 0
     for k in range(1, len(kinds)):
         if kinds[k] != kinds[k - 1]:  # groups[k] ends one stretch and begins the next
-            spans += _spans_in(text, groups[first : k + 1], run.start(), plus and first == 0)
+            spans += _spans_in(text, groups[first : k + 1], run.start(), plus and first == 0, False)
             first = k
-    return spans + _spans_in(text, groups[first:], run.start(), plus and first == 0)
+    slash = run.string[run.end() : run.end() + 1] == "/"
+    return spans + _spans_in(text, groups[first:], run.start(), plus and first == 0, slash)
 
 
-def _spans_in(text: str, groups: list[tuple[int, int]], offset: int, phone: bool) -> list[tuple[int, int, int]]:
+def _spans_in(
+    text: str, groups: list[tuple[int, int]], offset: int, phone: bool, slash: bool
+) -> list[tuple[int, int, int]]:
     """The card numbers among ``groups`` (one kind of separator between them; ``phone``: the
-    first group follows a "+")."""
+    first group follows a "+"; ``slash``: the last is followed by "/")."""
     lengths = [e - s for s, e in groups]
-    if len(groups) > 5 and all(n == 4 for n in lengths[:-1]) and not (len(groups) == 6 and lengths[-1] == 3):
-        # One long number in 4-digit groups (a tracking number), no card; but 4-4-4-4 4 3 is
-        # a card, its expiry written without a slash ("1225") and its code.
-        return []
+    digits = ["".join(text[s:e]) for s, e in groups]
+    if len(groups) > 5 and all(n == 4 for n in lengths[:-1]):
+        return _uniform(groups, lengths, digits, offset, slash)
     spans = []
     for i, (start, _) in enumerate(groups):
         if lengths[i] != 4 and not 14 <= lengths[i] <= 19:
             continue  # every card's first group is 4 digits, or it is in one piece
-        if i == 0 and phone:
+        if i == 0 and phone and sum(lengths) <= 15:
             continue  # "+4915123456789": a phone number
         for shape in (((lengths[i],),) if lengths[i] != 4 else ()) + _SHAPES:
             j = i + len(shape)
-            if tuple(lengths[i:j]) != shape or not is_card("".join(text[s:e] for s, e in groups[i:j])):
+            if len(groups) - j > _TAIL_GROUPS or tuple(lengths[i:j]) != shape or not is_card("".join(digits[i:j])):
                 continue
             # What follows it in the run: nothing, or an expiry and a security code ("1225 123")
-            # taken with it; more digits mean a longer number (a tracking number), not a card.
-            rest = lengths[j:]
-            if len(rest) > _TAIL_GROUPS or any(n > _TAIL_DIGITS for n in rest):
+            # taken with it; other digits mean a longer number, not a card.
+            if (taken := _tail(digits[j:], slash)) is None:
                 continue
-            spans.append((offset + start, offset + groups[j - 1][1], offset + groups[-1][1]))
+            spans.append((offset + start, offset + groups[j - 1][1], offset + groups[j - 1 + taken][1]))
+            break
     return spans
+
+
+def _uniform(
+    groups: list[tuple[int, int]], lengths: list[int], digits: list[str], offset: int, slash: bool
+) -> list[tuple[int, int, int]]:
+    """A long run of 4-digit groups: the cards in it when it is cards back to back (one group
+    before them allowed: a year, a PIN; an expiry and a code after them), else none (a
+    tracking number)."""
+    for lead in (0, 1):
+        spans, i = [], lead
+        while i + 4 <= len(groups) and all(n == 4 for n in lengths[i : i + 4]) and is_card("".join(digits[i : i + 4])):
+            spans.append((offset + groups[i][0], offset + groups[i + 3][1], offset + groups[i + 3][1]))
+            i += 4
+        if spans and (taken := _tail(digits[i:], slash, strict=True)) is not None:
+            start, end, _ = spans[-1]
+            spans[-1] = (start, end, offset + groups[i - 1 + taken][1])
+            return spans
+    return []
 
 
 def _kind(separator: str) -> str:
@@ -151,8 +215,8 @@ def mask_cards(text: str) -> str:
     """``text`` with every payment card number (and an expiry or security code with it, or a
     code named as one) replaced by "[card number]" ("[security code]"); ``text`` itself,
     character for character, where it holds none."""
-    # What the search reads: the text without invisible characters, every digit as its ASCII
-    # one (one character for one), and where each of its characters came from.
+    # What the search reads: the text without invisible characters, each digit (and full-width
+    # form) as its ASCII one, one character for one, and where each of its characters came from.
     where: Any
     if text.isascii():
         if not _ASCII_DIGIT_RE.search(text):
@@ -161,39 +225,35 @@ def mask_cards(text: str) -> str:
     else:
         where = [n for n, c in enumerate(text) if c not in _INVISIBLE]
         view = "".join(_as_digit(text[n]) for n in where)
-    ibans = [m.span() for m in _IBAN_RE.finditer(view)]
-    spans: list[tuple[int, int, str]] = []
+    ibans = [m.span() for m in _IBAN_RE.finditer(view) if _iban(m.group())]
+    cards: list[tuple[int, int, int]] = []
+    k = 0  # the first IBAN that may still hold a run (both in text order)
     for run in _RUN_RE.finditer(view):
-        if run.end() - run.start() < 13 or any(s <= run.start() < e for s, e in ibans):
+        while k < len(ibans) and ibans[k][1] <= run.start():
+            k += 1
+        if run.end() - run.start() < 14 or (k < len(ibans) and ibans[k][0] <= run.start()):
             continue
         for start, end, groups_end in _card_spans(run):  # the card, and the run's groups after it
             if _NAMED_RE.search(view, max(start - 40, 0), start):
                 continue  # "order no. 4111 1111 1111 1111": said to be something else
-            tail = _TAIL_RE.match(view, end)
-            spans.append((start, max(tail.end() if tail else end, groups_end), CARD_NUMBER))
-    spans += [(m.start(), m.end(), SECURITY_CODE) for m in _CODE_RE.finditer(view)]
+            cards.append((start, end, groups_end))
+    cards.sort()
+    for n, (start, end, groups_end) in enumerate(cards):  # an expiry and a code go with it, not the next card
+        tail = _TAIL_RE.match(view, end, cards[n + 1][0] if n + 1 < len(cards) else len(view))
+        cards[n] = (start, max(tail.end() if tail else end, groups_end), 0)
+    codes = [
+        m.span(1) for m in _CODE_RE.finditer(view) if not any(s < m.end(1) and m.start(1) < e for s, e, _ in cards)
+    ]  # a "code" that is a card's first digits ("CVV 4111 1111 ...") is the card
+    spans = sorted([(s, e, CARD_NUMBER) for s, e, _ in cards] + [(s, e, SECURITY_CODE) for s, e in codes])
     if not spans:
         return text
     out, last = [], 0
-    for start, end, label in _merged(spans):
-        if start < last:
+    for start, end, label in spans:
+        if start < last:  # a card found from two groupings: the first covers it
             continue
-        keep = view[start:end] if label == SECURITY_CODE else ""
-        replaced = re.sub(r"\d{3,4}\b(?!.*\d)", SECURITY_CODE, keep) if keep else label
-        out += [text[last : where[start]], replaced]
+        out += [text[last : where[start]], label]
         last = where[end - 1] + 1
     return "".join(out) + text[last:]
-
-
-def _merged(spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    """Overlapping card spans as one (a card found from two groupings), in text order."""
-    merged: list[tuple[int, int, str]] = []
-    for start, end, label in sorted(spans):
-        if merged and start < merged[-1][1] and label == merged[-1][2] == CARD_NUMBER:
-            merged[-1] = (merged[-1][0], max(end, merged[-1][1]), label)
-        else:
-            merged.append((start, end, label))
-    return merged
 
 
 def without_card_numbers(value: Any) -> Any:
