@@ -7,15 +7,17 @@ card number is: the HTTP bodies (``serving.schemas.RequestBody``), the pipeline'
 CLI's ``rag ask`` and ``rag batch``) and the curated answers all go through it.
 
 A card number is written as cards print it: 14 to 19 digits in one piece, or 4-4-4-4,
-4-4-4-4-3, 4-6-5 (Amex) or 4-6-4 (Diners) groups split by one kind of separator (spaces, a
-dash, a dot); digits of any script; invisible characters (a zero-width space, a soft hyphen, a
-bidirectional mark) ignored. It starts 2-6, as the card schemes' numbers do, and passes the
-Luhn check (15 digits only as an Amex, 34 or 37: a phone's IMEI has 15 digits and the same
-check digit). Dates, phone numbers and prices are grouped otherwise; an IBAN, a number after a
-"+", a longer run of 4-digit groups (a tracking number) and a number the customer names as
-something else ("order no.", "invoice", "gift card code") are left alone. An expiry or a
-security code right after a card goes with it, and a code named as one ("CVV 123", "cvv is
-123") is replaced too. Only those characters change: the rest of the text is kept as written.
+4-4-4-4-3, 4-6-5 (Amex), 4-6-4 (Diners) or an Amex or Diners in fours, split by one kind of
+separator (spaces or a tab, a dash, a dot, " - "); digits of any script; invisible characters
+(a zero-width space, a soft hyphen, a bidirectional mark) ignored. It is in the card schemes'
+ranges (2, 3 as their prefixes allow; 4-6) and passes the Luhn check (15 digits only as an
+Amex, 34 or 37: a phone's IMEI has 15 digits and the same check digit). Dates, phone numbers
+and prices are grouped otherwise; an IBAN (by its check digits), a number after a "+", 13
+digits (a barcode), a longer run of 4-digit groups (a tracking number) and a number the
+customer names as something else ("order 5953...", "order no.", "invoice", "gift card code")
+are left alone. An expiry or a security code right after a card goes with it, and a code named
+as one ("CVV 123", "cvv is 123") is replaced too. Only those characters change: the rest of the
+text is kept as written.
 """
 
 from __future__ import annotations
@@ -241,9 +243,14 @@ def mask_cards(text: str) -> str:
     for n, (start, end, groups_end) in enumerate(cards):  # an expiry and a code go with it, not the next card
         tail = _TAIL_RE.match(view, end, cards[n + 1][0] if n + 1 < len(cards) else len(view))
         cards[n] = (start, max(tail.end() if tail else end, groups_end), 0)
-    codes = [
-        m.span(1) for m in _CODE_RE.finditer(view) if not any(s < m.end(1) and m.start(1) < e for s, e, _ in cards)
-    ]  # a "code" that is a card's first digits ("CVV 4111 1111 ...") is the card
+    codes, k = [], 0
+    for m in _CODE_RE.finditer(view):  # both in text order: k, the first card not ended before it
+        while k < len(cards) and cards[k][1] <= m.start(1):
+            k += 1
+        if not (
+            k < len(cards) and cards[k][0] < m.end(1)
+        ):  # a "code" that is a card's start ("CVV 4111 ...") is the card
+            codes.append(m.span(1))
     spans = sorted([(s, e, CARD_NUMBER) for s, e, _ in cards] + [(s, e, SECURITY_CODE) for s, e in codes])
     if not spans:
         return text
