@@ -235,6 +235,8 @@ def mask_cards(text: str) -> str:
             k += 1
         if run.end() - run.start() < 14 or (k < len(ibans) and ibans[k][0] <= run.start()):
             continue
+        if view[run.start() - 1 : run.start()].isalpha() or view[run.end() : run.end() + 1].isalpha():
+            continue  # glued to letters: an identifier (an answer_id's hex, "a3f41111..."), not a card
         for start, end, groups_end in _card_spans(run):  # the card, and the run's groups after it
             if _NAMED_RE.search(view, max(start - 40, 0), start):
                 continue  # "order no. 4111 1111 1111 1111": said to be something else

@@ -84,6 +84,7 @@ from rag.privacy import mask_cards, safe_url, without_card_numbers
         ("Order placed 2024/04/11\n1111 1111 1111", "Order placed 2024/04/11\n1111 1111 1111"),
         ("call me on +41111111111114", "call me on +41111111111114"),  # a phone number, with its +
         ("EAN 4111111111111", "EAN 4111111111111"),
+        ("answer_id a4111111111111111b9c0d", "answer_id a4111111111111111b9c0d"),  # an id's hex, glued to letters
         (
             "the years 2015 2016 2017 2018, RTX 3060 3070 3080 4090",
             "the years 2015 2016 2017 2018, RTX 3060 3070 3080 4090",
