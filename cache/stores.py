@@ -286,9 +286,7 @@ class LocalStore:
 
     def _sync(self, skey: str) -> _ScopeIndex:
         sindex = self._scopes.get(skey)
-        # None while another process (`rag forget`, `rag cache clear`) rewrites the file: nothing
-        # new to index this time (seen once in CI as a 500), the next look catches up.
-        latest = int(self.counters.get(f"seq:{skey}", 0) or 0)
+        latest = int(self.counters.get(f"seq:{skey}", 0))
         epoch = self.counters.get("epoch")
         if sindex is None or sindex.epoch != epoch:  # new here, or the cache was cleared since
             sindex = self._scopes[skey] = _ScopeIndex(self.dimension)

@@ -116,3 +116,33 @@ def without_digests(version_dir: Path) -> None:
     meta = json.loads((version_dir / "meta.json").read_text())
     meta.pop("files", None)
     (version_dir / "meta.json").write_text(json.dumps(meta))
+
+
+_GREP = """
+import sys
+from pathlib import Path
+
+top, text, skip = Path(sys.argv[1]), sys.argv[2].encode(), set(sys.argv[3:])
+for p in sorted(top.rglob("*")):
+    if skip.isdisjoint(p.relative_to(top).parts):
+        try:
+            if p.is_file() and text in p.read_bytes():
+                print(p.relative_to(top))
+        except FileNotFoundError:  # a WAL checkpointed away meanwhile
+            pass
+"""
+
+
+def files_holding(top: Path, text: str, *skip: str) -> list[str]:
+    """The files under ``top`` (a folder named in ``skip`` aside) whose bytes hold ``text``.
+
+    Read by a child process: this one may hold SQLite connections to them (a TestClient's
+    service), and closing any descriptor of a database file drops every POSIX lock the process
+    holds on it, so the next process to open it takes itself for the only one and checkpoints
+    and resets the WAL under the live connections ("database disk image is malformed", or a
+    counter read as None: seen in CI)."""
+    import subprocess
+    import sys
+
+    found = subprocess.run([sys.executable, "-c", _GREP, str(top), text, *skip], capture_output=True, text=True, check=True)  # fmt: skip
+    return found.stdout.splitlines()

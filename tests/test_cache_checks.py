@@ -11,7 +11,7 @@ import pytest
 from cache.guards import conflict
 from rag.pipeline import build_pipeline
 
-from .conftest import FIXTURES, ROOT, make_settings
+from .conftest import FIXTURES, ROOT, files_holding, make_settings
 
 
 @pytest.mark.parametrize(
@@ -171,11 +171,10 @@ def test_cache_stats_and_clear_over_rest_and_cli(tmp_path: Path, corpus: Path, e
         assert stats["lookups"]["exact_hits"] == 1 and stats["bytes"] > 0
         asked = "how long do refunds take"  # in "other" only
         assert "5 to 7" in client.post("/v1/query", json={"question": asked, "collection": "other"}).json()["answer"]
-        cache_files = list((tmp_path / "data" / "cache").rglob("*"))
-        assert any(asked.encode() in p.read_bytes() for p in cache_files if p.is_file())
+        assert files_holding(tmp_path / "data" / "cache", asked)
         assert client.delete("/v1/cache", params={"collection": "other"}).json()["cleared"] == 2
         # The customer's words go with the answer: no exact-text key, nothing in a free page or the WAL.
-        assert not any(asked.encode() in p.read_bytes() for p in cache_files if p.is_file())
+        assert files_holding(tmp_path / "data" / "cache", asked) == []
         assert (
             client.post("/v1/query", json={"question": "Do gift cards expire?", "collection": "other"}).json()["cache"][
                 "hit"

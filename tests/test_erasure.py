@@ -16,7 +16,7 @@ import pytest
 from rag.pipeline import build_pipeline
 from serving.support_store import AnswerRecord, Feedback, SupportStore, _Postgres, _Sqlite
 
-from .conftest import ROOT, make_settings
+from .conftest import ROOT, files_holding, make_settings
 
 EMAIL = "jane.roe@example.com"
 
@@ -33,11 +33,7 @@ def _rows(data_dir: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 
 def _holding(data_dir: Path, text: str) -> list[str]:
     """The files of the data dir that hold ``text`` (the index aside: the documents' own words)."""
-    return [
-        str(p.relative_to(data_dir))
-        for p in data_dir.rglob("*")
-        if p.is_file() and "collections" not in p.parts and text.encode() in p.read_bytes()
-    ]
+    return files_holding(data_dir, text, "collections")
 
 
 def test_an_erasure_request_forgets_an_answer_everywhere_it_was_kept(
