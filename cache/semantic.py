@@ -107,6 +107,8 @@ class SemanticCache:
         self.lookups: Counter[str] = Counter()  # exact / semantic hits, misses, rejected by checks
         self._lookups_lock = threading.Lock()  # counted from the store's threads and the event loop
         self.count_hooks: list[Callable[[str], None]] = []  # told each outcome (metrics)
+        self.failing_since: float | None = None
+        """When (time.monotonic) storing answers began to fail, while it fails: `/readyz`."""
 
     def count(self, outcome: str) -> None:
         """One more lookup of ``outcome`` (this process's stats; and the hooks, a metric's)."""
@@ -377,7 +379,10 @@ class SemanticCache:
             self.store.add(self._scope_key(scope), normalize_question(question), entry, -1.0 if keep else self.ttl_s)
         except StoreUnavailable as exc:
             self.count("store_errors")
+            self.failing_since = self.failing_since or time.monotonic()
             log.warning("response cache store unavailable, answer not stored: %s", exc)
+        else:
+            self.failing_since = None
 
     def identity(self) -> str:
         """The store's identity: made when its state began, kept across clears, so a new one

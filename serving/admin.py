@@ -123,6 +123,7 @@ async def metrics(request: Request) -> Response:
     principal_of(request).require_admin()
     observability.update_replicas(request.app.state.pipeline.generator)
     observability.update_index_versions(request.app.state.pipeline)
+    observability.update_unwritten(request.app.state.support)
     observability.update_engines(await asyncio.to_thread(engine_states, request))
     payload, content_type = observability.metrics_payload()
     return Response(payload, media_type=content_type)

@@ -2,12 +2,14 @@
 collection loads, and the backend answers). What every replica shares is reported, not
 required: without Redis the cache answers as misses; without PostgreSQL keys found right in
 the last minutes still work (cached answers serve, an unknown key, a new job get 503s);
-without the vLLM servers cached answers serve. Taking every replica out of its load balancer
-for a shared outage would leave no one to serve what still works."""
+without the vLLM servers cached answers serve; on a full disk answers come but are not kept.
+Taking every replica out of its load balancer for a shared outage would leave no one to
+serve what still works."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -93,6 +95,9 @@ async def readyz(request: Request) -> Any:
         body["backend_state"] = "unreachable: cached answers still serve, new questions get 503 - check `vllm serve`"
     if engines:
         body["engines"] = engines
+    storage = storage_state(request)
+    if storage:  # still ready: questions are answered, only not kept
+        body["storage_state"] = storage.split(" - ")[0] if public else storage
     if public:
         body["collection_count"] = len(collections)
     else:
@@ -152,3 +157,23 @@ def engine_states(request: Request) -> dict[str, str]:
         finally:
             client.close()
     return found
+
+
+def storage_state(request: Request) -> str | None:
+    """Why answers are not being kept now, and what to do (None: they are): the answer log's
+    writes failing (a full disk, a read-only data dir, PostgreSQL away: the answers wait in
+    memory), the response cache's (answers still come, uncached)."""
+    settings, now = request.app.state.settings, time.monotonic()
+    support, cache = request.app.state.support, request.app.state.pipeline.cache
+    local = f"free disk space under {settings.data_dir}, or make it writable"
+    problems, fixes = [], []
+    if support.failing_since is not None:
+        held = support.unwritten()
+        problems.append(
+            f"the answer log not written for {now - support.failing_since:.0f} s ({held} answer{'s' * (held != 1)} held in memory)"
+        )
+        fixes.append("check the database" if request.app.state.database is not None else local)
+    if cache is not None and cache.failing_since is not None:
+        problems.append(f"new answers not cached for {now - cache.failing_since:.0f} s")
+        fixes.append("check Redis" if settings.redis_url else local)
+    return f"{'; '.join(problems)} - {' and '.join(dict.fromkeys(fixes))}" if problems else None

@@ -102,6 +102,12 @@ ENGINE_UP = Gauge(
     multiprocess_mode="livemostrecent",
 )
 
+UNWRITTEN = Gauge(
+    "rag_unwritten_answers",
+    "Answers held in memory because the answer log cannot be written now (a full disk, a read-only data dir, the database away).",
+    multiprocess_mode="livesum",
+)
+
 INDEX_VERSION = Gauge(
     "rag_index_version_info",
     "1 for the index version this process serves for each collection it has loaded.",
@@ -152,6 +158,10 @@ def update_engines(states: dict[str, str]) -> None:
     """``states``: each engine's "ok" or why not (:func:`serving.health.engine_states`)."""
     for engine, state in states.items():
         ENGINE_UP.labels(engine).set(1 if state == "ok" else 0)
+
+
+def update_unwritten(support: Any) -> None:
+    UNWRITTEN.set(support.unwritten())
 
 
 def update_index_versions(pipeline: Any) -> None:

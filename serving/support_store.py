@@ -277,6 +277,8 @@ class SupportStore:
         self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._flush_s = flush_s
+        self.failing_since: float | None = None
+        """When (time.monotonic) writing the answers began to fail, while it fails: `/readyz`."""
         self._writer = threading.Thread(target=self._write_loop, name="rag-support-writer", daemon=True)
         self._writer.start()
 
@@ -432,24 +434,23 @@ class SupportStore:
         return list(json.loads(rows[0][0])) if rows else []
 
     def _write_loop(self) -> None:
-        failing_since: float | None = None
         said_at = 0.0
         while not self._closing.wait(self._flush_s):
             try:
                 self.flush()
             except Exception as exc:  # the database is away, a full disk: the answers wait in memory
                 now = time.monotonic()
-                if failing_since is None:  # the first time with its traceback, then a line a minute
-                    failing_since = said_at = now
+                if self.failing_since is None:  # the first time with its traceback, then a line a minute
+                    self.failing_since = said_at = now
                     log.exception("support store: answers not written yet")
                 elif now - said_at >= 60:
                     said_at = now
                     log.error("support store: %d answers still not written after %.0f s (%s)",
-                              self.unwritten(), now - failing_since, exc)  # fmt: skip
+                              self.unwritten(), now - self.failing_since, exc)  # fmt: skip
                 continue
-            if failing_since is not None:
-                log.warning("support store: writing again after %.0f s", time.monotonic() - failing_since)
-                failing_since = None
+            if self.failing_since is not None:
+                log.warning("support store: writing again after %.0f s", time.monotonic() - self.failing_since)
+                self.failing_since = None
 
     def unwritten(self) -> int:
         """Answers held in memory, not yet written (the database away, a full disk)."""

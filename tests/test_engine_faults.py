@@ -51,7 +51,9 @@ def test_with_redis_away_answers_keep_coming_as_misses_and_the_cache_comes_back(
             assert away.status_code == 200 and away.json()["cache"]["hit"] is False and away.json()["citations"]
             assert _ask(url, {"Authorization": "Bearer rk_bad_guess"}).status_code == 401  # not a 500
             ready = httpx.get(f"{url}/readyz", timeout=10)
-            assert ready.status_code == 200
+            assert ready.status_code == 200 and ready.json()["storage_state"].startswith("new answers not cached for")
+            admin_ready = httpx.get(f"{url}/readyz", headers=key, timeout=10).json()["storage_state"]
+            assert admin_ready.endswith(" - check Redis"), admin_ready
             assert 'rag_engine_up{engine="redis"} 0.0' in httpx.get(f"{url}/metrics", headers=key, timeout=10).text
             stats = httpx.get(f"{url}/v1/cache/stats", headers=key, timeout=10)
             assert stats.status_code == 503 and stats.json()["error"]["code"] == "cache_store_unavailable"
@@ -99,6 +101,10 @@ def test_with_postgres_away_known_keys_still_work_unknown_ones_get_a_503_and_acc
             assert "RAG_DATABASE_URL" in refused.json()["error"]["message"]
             ready = httpx.get(f"{url}/readyz", headers=admin, timeout=10)  # shared: reported, not required
             assert ready.status_code == 200 and "unreachable" in ready.json()["engines"]["database"], ready.text
+            deadline = time.monotonic() + 20  # the answer just given waits in memory: said once tried
+            while "storage_state" not in ready.json() and time.monotonic() < deadline:
+                ready = httpx.get(f"{url}/readyz", headers=admin, timeout=10)
+            assert "held in memory) - check the database" in ready.json().get("storage_state", ""), ready.text
             probe = httpx.get(f"{url}/readyz", headers=unseen, timeout=10)  # a key it cannot check: the public view
             assert probe.status_code == 200 and "collections" not in probe.json(), probe.text
             assert int(refused.headers["retry-after"]) >= 1
@@ -220,3 +226,70 @@ def test_curated_changes_while_redis_is_away_reach_the_cache_when_it_is_back(
             assert ask(url, "Can I return a gift card?")["answer"] != "REMOVED: no."
     finally:
         engine.stop()
+
+
+FULL_DISK_CHILD = """
+import json, resource, signal, sys, time
+from pathlib import Path
+from fastapi.testclient import TestClient
+from rag.pipeline import build_pipeline
+from rag.settings import Settings
+from serving.app import create_app
+
+data = Path(sys.argv[1])
+settings = Settings(_env_file=None, data_dir=data, backend="extractive", cache_audit_rate=0.0)
+out = {}
+
+
+def settle(client, done):  # the answer log is written in the background, every 0.2 s
+    deadline = time.monotonic() + 20
+    while not done(client.get("/readyz")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return client.get("/readyz")
+
+
+with TestClient(create_app(settings, build_pipeline(settings))) as client:
+    client.post("/v1/query", json={"question": "Do gift cards expire?"})
+    out["before"] = settle(client, lambda r: client.app.state.support.unwritten() == 0).json()
+    # The disk is full: no file may grow (SIGXFSZ ignored, so a write fails as on a full disk).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))
+    asked = client.post("/v1/query", json={"question": "How long do refunds take?"})
+    out["asked"] = [asked.status_code, asked.json().get("answer_kind")]
+    full = settle(client, lambda r: "answer log" in r.json().get("storage_state", ""))
+    out["full"] = [full.status_code, full.json()]
+    out["metric"] = [l for l in client.get("/metrics").text.splitlines() if l.startswith("rag_unwritten_answers")]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space freed
+    client.post("/v1/query", json={"question": "Can I pay with PayPal?"})
+    out["freed"] = settle(client, lambda r: "storage_state" not in r.json()).json()
+    out["kept"] = client.app.state.support.answer(asked.json()["answer_id"]) is not None
+print(json.dumps(out))
+"""
+
+
+def test_a_full_disk_leaves_the_service_ready_and_says_what_is_not_kept(tmp_path: Path, example_data_dir: Path) -> None:
+    """Fault injection: no file may grow (RLIMIT_FSIZE in a child process, as a full disk
+    refuses writes). Questions are still answered and `/readyz` stays 200, naming what is not
+    being kept and what to do (it said nothing: the full disk was only in the logs); once
+    space is freed the answers held in memory are written and the state clears."""
+    import json
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    data = tmp_path / "data"
+    shutil.copytree(example_data_dir, data, ignore=shutil.ignore_patterns("cache"))
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, str(data)], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "storage_state" not in out["before"], out
+    assert out["asked"] == [200, "quoted"], out
+    status, body = out["full"]
+    assert status == 200 and body["status"] == "ready", out
+    state = body["storage_state"]
+    assert "the answer log not written for" in state and "(1 answer held in memory)" in state, state
+    assert "new answers not cached for" in state and f"free disk space under {data}, or make it writable" in state
+    assert "rag_unwritten_answers 1.0" in out["metric"], out
+    assert "storage_state" not in out["freed"] and out["kept"] is True, out
