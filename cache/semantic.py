@@ -281,6 +281,17 @@ class SemanticCache:
         self.store.checkpoint()
         return removed
 
+    def drop_stale(self, tag: str, current: Callable[[dict[str, Any]], bool]) -> int:
+        """Entries of collection ``tag`` whose payload ``current`` says the live index no longer
+        stands behind (a re-ingest changed or removed a passage they cite; an "I don't know"
+        given on an earlier version), curated answers aside (a person reviews those): removed
+        now instead of refused at every lookup until they age out; how many went."""
+        removed = self.store.remove_where(
+            lambda e: e.get("tag") == tag and "curated_id" not in e["payload"] and not current(e["payload"])
+        )
+        self.store.checkpoint()
+        return removed
+
     def expire(self, before: float) -> int:
         """Entries stored before ``before`` (a time.time()) removed, curated answers kept (the
         retention limit: entries stored before it was set have no lifetime that ends)."""

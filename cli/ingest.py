@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from .app import Collection, DataDir, load_settings, private_data_dir, run_or_fail
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
 
 
 def ingest(
@@ -94,3 +97,26 @@ def ingest(
             fg=typer.colors.YELLOW, err=True,
         )  # fmt: skip
     typer.echo(report.summary())
+    if report.changed and settings.cache_enabled:
+        _drop_stale_answers(settings, embedder)
+
+
+def _drop_stale_answers(settings: Settings, embedder: Any) -> None:
+    """The response cache's answers the new version no longer stands behind, dropped and
+    counted: what a re-ingest changes for customers, said where the operator sees it."""
+    from cache.stores import StoreUnavailable
+    from rag.cache_policy import drop_stale
+    from rag.errors import RagError
+
+    try:
+        dropped = drop_stale(settings, settings.collection, embedder.name, embedder.dimension)
+    except (RagError, StoreUnavailable) as exc:  # the ingest stands; lookups refuse them instead
+        message = getattr(exc, "message", str(exc))
+        typer.secho(f"the response cache was not cleaned ({message}): its stale answers are refused when asked",
+                    fg=typer.colors.YELLOW, err=True)  # fmt: skip
+        return
+    if dropped:
+        typer.echo(
+            f"response cache: {dropped} cached answer{'s' * (dropped != 1)} dropped (they rest on passages this "
+            "ingest changed or removed): each is answered afresh when next asked"
+        )

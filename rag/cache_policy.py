@@ -6,7 +6,8 @@
   new question and the sources the cached answer cites (:func:`sources_agree`,
   :func:`faq_entry`, :func:`faq_confirmed`);
 - how long a cached answer stands: :func:`still_valid` (its cited chunks unchanged), and
-  :func:`added_since` (no passage added since then is retrieved for its question).
+  :func:`added_since` (no passage added since then is retrieved for its question);
+  :func:`drop_stale` removes the ones a re-ingest made stale.
 
 The cache's own mechanisms (the similarity search, its guards against negation and number
 changes, the verifier's forward pass) live in ``cache/``.
@@ -128,6 +129,22 @@ def still_valid(index: CollectionIndex) -> Callable[[dict[str, Any]], bool]:
         return index.has_chunks(cited)
 
     return accept
+
+
+def drop_stale(settings: Settings, collection: str, model: str, dimension: int) -> int:
+    """After a re-ingest: the cached answers of ``collection`` that its new live version no
+    longer stands behind (:func:`still_valid`), dropped from the response cache; how many. An
+    answer a passage added since would change is not found this way (that takes a search for
+    each stored question): it is still re-answered at its next lookup (:func:`added_since`)."""
+    index = CollectionIndex.load(settings.collections_dir, collection, model=model, dimension=dimension)
+    try:
+        cache = open_cache(settings, dimension)
+        try:
+            return cache.drop_stale(collection, still_valid(index))
+        finally:
+            cache.close()
+    finally:
+        index.close()
 
 
 def load_verifier(settings: Settings) -> Verifier | None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import ROOT
+from .conftest import ROOT, files_holding
 
 
 def rag(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -54,6 +54,23 @@ def test_ingest_reports_skips_and_asks_answer_with_citations(tmp_path: Path, cor
 
     result = rag("ask", "How much is express delivery?", "--collection", "shop", data_dir=tmp_path)
     assert "£9.95" in result.stdout and "cache exact hit" in result.stderr
+
+
+def test_a_reingest_drops_the_cached_answers_it_made_stale_and_says_how_many(tmp_path: Path, corpus: Path) -> None:
+    data = tmp_path / "data"
+    assert rag("ingest", str(corpus), data_dir=data).returncode == 0
+    for question in ("How much is express delivery?", "Do gift cards expire?"):
+        assert rag("ask", question, data_dir=data).returncode == 0
+    page = corpus / "shipping-times.html"
+    page.write_text(page.read_text().replace("&pound;9.95", "&pound;10.95"))
+    result = rag("ingest", str(corpus), data_dir=data)
+    assert result.returncode == 0, result.stderr
+    assert "response cache: 1 cached answer dropped (they rest on passages this ingest changed" in result.stdout
+    assert files_holding(data / "cache", "£9.95") == []  # gone from the disk, not only refused
+    assert "cache exact hit" in rag("ask", "Do gift cards expire?", data_dir=data).stderr  # its page is unchanged
+    fresh = rag("ask", "How much is express delivery?", data_dir=data)
+    assert "£10.95" in fresh.stdout and "cache miss" in fresh.stderr
+    assert "dropped" not in rag("ingest", str(corpus), data_dir=data).stdout  # nothing changed: nothing said
 
 
 def test_known_errors_are_one_line_and_non_zero(tmp_path: Path) -> None:
