@@ -351,9 +351,11 @@ class LocalStore:
             return len(doomed)
 
     def _checkpoint(self) -> None:
-        """Deleted questions out of the write-ahead log too (secure_delete zeroes them in the
-        database file), not left there until SQLite's next checkpoint."""
-        self._store._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # noqa: SLF001 - diskcache's connection
+        """Deleted questions out of the write-ahead logs too (secure_delete zeroes them in the
+        database files), not left there until SQLite's next checkpoint: the entries', and the
+        counters' (a lifted block's question)."""
+        for cache in (self._store, self.counters):
+            cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # type: ignore[union-attr]  # noqa: SLF001 - diskcache's connection
 
     def _set_entries_aside(self, error: Exception) -> int:
         """The answers' file, damaged past reading, set aside (for a post-mortem) and started

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from pydantic import ValidationError
 
-from cache.stores import StoreUnavailable
+from cache.stores import StoreUnavailable, damaged
 from rag.errors import CollectionNotFoundError, RagError
 from rag.settings import Settings
 
@@ -143,6 +143,13 @@ def run_or_fail(fn: Any) -> Any:
         if not any(words in str(exc) for words in ("disk", "full", "readonly", "read-only", "unable to open")):
             raise
         fail(f"cannot write under the data dir ({exc}) - free disk space, or make RAG_DATA_DIR writable")
+    except sqlite3.DatabaseError as exc:  # past what opening it read: a page of a table
+        if not damaged(exc):
+            raise
+        fail(
+            f"a database under the data dir is damaged ({exc}) - put it back from a `rag backup` copy, or move it "
+            "aside to start without it"
+        )
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
             raise

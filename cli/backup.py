@@ -36,10 +36,17 @@ SMALL_FILES = ("cache-verifier.npz", "vllm-models.json")  # calibrated or learnt
 PARTIAL = ".partial"
 
 
-def _sqlite_copy(source: Path, target: Path) -> None:
+def _sqlite_copy(source: Path, target: Path) -> str | None:
+    """A consistent copy; what is wrong with it, if SQLite's quick check finds pages damaged
+    (the online backup copies pages as they are: a damaged database makes a damaged copy)."""
     uri = f"file:{quote(str(source))}?mode=ro"  # a path may hold "?" or "#"
     with closing(sqlite3.connect(uri, uri=True)) as src, closing(sqlite3.connect(target)) as dst:
         src.backup(dst)
+        try:
+            found = [row[0] for row in dst.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as exc:
+            return str(exc)
+    return None if found == ["ok"] else "; ".join(found)
 
 
 def backup(
@@ -49,7 +56,8 @@ def backup(
     """Copy the data dir's keys, answers and feedback, jobs and collections to DEST, consistently,
     while the service runs. Restore: stop `rag serve`; in RAG_DATA_DIR delete the *.sqlite,
     *.sqlite-wal and *.sqlite-shm files, collections/ and cache/; copy DEST's contents in (or
-    point RAG_DATA_DIR at DEST); start it."""
+    point RAG_DATA_DIR at DEST); run `rag cache clear` if the cache is in Redis; point
+    RAG_CACHE_VERIFIER, if set, at the restored copy; start it."""
     settings = load_settings(data_dir=data_dir)
     source = settings.data_dir.resolve()
     if not source.is_dir():
@@ -82,8 +90,12 @@ def backup(
     try:
         for name in STORES:
             if (source / name).exists():
-                _sqlite_copy(source / name, dest / name)
-                copied.append(name)
+                problem = _sqlite_copy(source / name, dest / name)
+                if problem:  # no backup: a restore would put the damage back
+                    (dest / name).unlink()
+                    damaged.append(f"{name} ({problem})")
+                else:
+                    copied.append(name)
         for name in SMALL_FILES:
             if (source / name).exists():
                 shutil.copy2(source / name, dest / name)
@@ -123,6 +135,6 @@ def backup(
         )  # fmt: skip
     if damaged:
         fail(
-            f"left out, damaged: {'; '.join(damaged)} - rebuild it (`rag ingest PATH... --collection NAME --rebuild`) "
-            "or put it back from an earlier backup"
+            f"left out, damaged: {'; '.join(damaged)} - rebuild a collection (`rag ingest PATH... --collection NAME "
+            "--rebuild`); put a database back from an earlier backup"
         )

@@ -45,7 +45,10 @@ def forget(
     settings = load_settings(data_dir=data_dir, **({"collection": collection} if collection else {}))
     database = Database(settings.database_url).open() if settings.database_url else None
     support = open_support_store(settings.data_dir, database)
-    try:
+
+    unknown: list[str] = []  # ids asked for that the log does not hold: exit 1, a script must see it
+
+    def run() -> None:
         if older_than is not None:
             _older_than(settings, support, database, older_than, yes, expire)
             return
@@ -55,6 +58,7 @@ def forget(
             if missing:
                 typer.secho(f"not in the answer log (forgotten, expired or never kept): {', '.join(missing)}",
                             fg=typer.colors.YELLOW, err=True)  # fmt: skip
+                unknown.extend(missing)
         else:
             found = support.answers_holding(str(match).strip(), collection)
             _elsewhere(support, str(match).strip().lower())
@@ -71,10 +75,15 @@ def forget(
         cache = _open_cache(settings)
         deleted = run_or_fail(lambda: forget_records(cache, support, found))
         typer.echo(json.dumps({"deleted": deleted}))
+
+    try:
+        run_or_fail(run)
     finally:
         support.close()
         if database is not None:
             database.close()
+    if unknown:
+        raise typer.Exit(1)
 
 
 def _elsewhere(support: Any, text: str) -> None:

@@ -1,4 +1,4 @@
-"""Evaluation data in the two shapes of shared/data/README.md: a corpus (files, or
+"""Evaluation data in the two shapes its commands take (README, "Measure"): a corpus (files, or
 corpus.jsonl) and qa.jsonl with {"id", "question", "answers", "gold_passage_ids"}."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def load_qa(path: Path, limit: int | None = None, seed: int = 0) -> list[QAItem]
 
 
 def resolve_dataset(data: Path) -> tuple[list[Path], Path]:
-    """A folder with corpus.jsonl + qa.jsonl, as in shared/data."""
+    """A folder with corpus.jsonl + qa.jsonl."""
     corpus, qa = data / "corpus.jsonl", data / "qa.jsonl"
     if not corpus.exists() or not qa.exists():
         raise FileNotFoundError(f"{data} needs corpus.jsonl and qa.jsonl - or pass --corpus and --qa")

@@ -76,6 +76,7 @@ async def cache_block_lift(block_id: str, request: Request) -> dict[str, Any]:
     await asyncio.to_thread(request.app.state.support.lift_block, block_id)  # the copy first: never put back
     if not await asyncio.to_thread(cache.blocks.lift, block_id):
         raise NotFoundError(f"no block {block_id!r} - `GET /v1/cache/blocks` lists them", param="block_id")
+    await asyncio.to_thread(cache.store.checkpoint)  # its question out of the write-ahead log
     return {"lifted": block_id}
 
 

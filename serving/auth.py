@@ -131,7 +131,7 @@ class Authenticator:
         token = _token(authorization)
         if not token:
             raise AuthenticationError(
-                "this service needs an API key: send `Authorization: Bearer <key>` (create one with `rag keys create`)"
+                "this service needs an API key: send `Authorization: Bearer <key>` (create one with `rag keys create --collections NAME`, or `--admin`)"
             )
         now = time.monotonic()
         cached = self._known.get(token)

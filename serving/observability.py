@@ -276,6 +276,18 @@ def log_question(settings: Settings, collection: str | None, question: str) -> N
     log.log(level, "question", extra={"collection": collection, "question": question})
 
 
+class _TextFormatter(logging.Formatter):
+    """Plain lines (RAG_LOG_FORMAT=text); the access line's fields, extras that JSON shows
+    on their own, are written out after it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        if record.name == access_log.name and hasattr(record, "route"):
+            fields = record.__dict__
+            line += f" {fields['method']} {fields['path']} {fields['status']} {fields['duration_ms']} ms key={fields['key']}"
+        return line
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
@@ -296,7 +308,7 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -304,6 +316,8 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logg
     root.setLevel(logging.INFO)
     # httpx logs every request's URL at INFO: a webhook's ?token= among them, and one line per
     # call to vLLM. Their failures reach the log through the code that made the call.
-    for name in ("httpx", "httpcore"):
+    # faiss says at INFO, three lines at every start, that it "could not load" an AVX-512 build
+    # it then does without: an alarm for anyone who greps the log for failures.
+    for name in ("httpx", "httpcore", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return handler

@@ -343,6 +343,7 @@ class SupportStore:
 
     def lift_block(self, block_id: str) -> None:
         self.sql.write("DELETE FROM cache_blocks WHERE id = ?", [(block_id,)])
+        self.sql.checkpoint()  # the block holds a customer's question: gone from the WAL too
 
     def rekey_block(self, block_id: str, scope_key: str) -> None:
         self.sql.write("UPDATE cache_blocks SET scope_key = ? WHERE id = ?", [(scope_key, block_id)])

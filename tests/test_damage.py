@@ -262,3 +262,35 @@ def test_a_damaged_collection_is_not_hashed_again_for_each_request(
         assert len(pipeline.get_index("default")) > 0 and len(checks) == 2
     finally:
         pipeline.close_indexes()
+
+
+def test_a_backup_of_a_damaged_answer_log_is_refused_not_called_a_backup(tmp_path: Path) -> None:
+    """Damage past the header (a page of a table) opens fine, and SQLite's online backup copies
+    it page for page: the copy was reported "backed up" with exit 0."""
+    import sqlite3
+    from contextlib import closing
+
+    from serving.keys import KeyStore
+    from serving.support_store import open_support_store
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    open_support_store(data_dir, None).close()
+    keys = KeyStore(data_dir)
+    keys.create([], admin=True)  # sound: backed up
+    keys.close()
+    db = data_dir / "support.sqlite"
+    with closing(sqlite3.connect(db)) as conn:  # every page in the file itself, none in the WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    with open(db, "r+b") as f:  # the first page past the header's: a table's root
+        f.seek(4096)
+        f.write(b"\xab" * 4096)
+    backup = _cli("backup", str(tmp_path / "backup"), data_dir=data_dir)
+    assert backup.returncode == 1 and "left out, damaged: support.sqlite (" in backup.stderr, backup.stderr
+    assert "put a database back from an earlier backup" in backup.stderr
+    assert not (tmp_path / "backup" / "support.sqlite").exists() and (tmp_path / "backup" / "keys.sqlite").exists()
+    forget = _cli("forget", "--match", "jane.roe@example.com", data_dir=data_dir)  # was a 43-line traceback
+    assert forget.returncode == 1 and "Traceback" not in forget.stderr, forget.stderr
+    assert (
+        forget.stderr.startswith("error: a database under the data dir is damaged (") and "rag backup" in forget.stderr
+    )

@@ -84,6 +84,31 @@ def test_an_erasure_request_forgets_an_answer_everywhere_it_was_kept(
 
     refused = _rag("forget", data_dir=data_dir)
     assert refused.returncode == 1 and "--answer ID" in refused.stderr
+    unknown = _rag("forget", "--answer", first["answer_id"], "--yes", data_dir=data_dir)  # a script must see it
+    assert unknown.returncode == 1 and "not in the answer log" in unknown.stderr, unknown
+
+
+def test_a_lifted_block_leaves_no_copy_of_the_question_it_held(tmp_path: Path, corpus: Path, embedder: Any) -> None:
+    """`rag forget` names the thumbs-down block that holds the customer's words; lifting it as
+    told must leave them nowhere on disk (they stayed in both write-ahead logs)."""
+    from fastapi.testclient import TestClient
+
+    from ingest.runner import ingest
+    from serving.app import create_app
+
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as client:
+        answer = client.post("/v1/query", json={"question": f"{EMAIL} here: how long do refunds take?"}).json()
+        vote = {"answer_id": answer["answer_id"], "rating": "down"}
+        assert client.post("/v1/feedback", json=vote).status_code == 200
+        client.app.state.support.flush()
+        [block] = client.get("/v1/cache/blocks").json()["data"]
+        done = _rag("forget", "--match", EMAIL, "--yes", data_dir=data_dir)
+        assert done.returncode == 0 and f"blocks ({block['id']})" in done.stderr, done
+        assert client.delete(f"/v1/cache/blocks/{block['id']}").status_code == 200
+        assert _holding(data_dir, EMAIL) == []
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

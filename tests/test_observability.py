@@ -121,6 +121,30 @@ def json_logs() -> Iterator[io.StringIO]:
     root.setLevel(saved[1])
 
 
+def test_text_logs_spell_out_the_access_line() -> None:
+    """RAG_LOG_FORMAT=text: the access line had only the word "request" (its fields are extras)."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    stream = io.StringIO()
+    try:
+        configure_logging(make_settings(Path("unused"), log_format="text"), stream)
+        extra = {
+            "method": "POST",
+            "route": "/v1/query",
+            "path": "/v1/query",
+            "status": 200,
+            "duration_ms": 12.5,
+            "key": "bot",
+        }
+        logging.getLogger("rag.access").info("request", extra=extra)
+        logging.getLogger("faiss.loader").info("Could not load library with AVX512 support")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    assert stream.getvalue().rstrip().endswith("request POST /v1/query 200 12.5 ms key=bot"), stream.getvalue()
+    assert "Could not load" not in stream.getvalue()
+
+
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
