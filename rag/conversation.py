@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .compress import terms
+from .privacy import without_contact_details
 from .store import is_faq_question
 
 _WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
@@ -184,6 +185,7 @@ def focus(message: str) -> str:
     "can I", ...), latest last, up to :data:`LONG_MESSAGE_WORDS` words; without one, its last
     sentences. The thread it replies to (quoted lines, "-----Original Message-----", "On ...
     wrote:") and a signature are left out. A message of up to that many words is itself."""
+    message = without_contact_details(message)
     if len(message.split()) <= LONG_MESSAGE_WORDS:
         return message
     lines: list[str] = []

@@ -454,3 +454,21 @@ def test_a_long_message_is_searched_by_what_it_asks() -> None:
     )
     assert focus(story + "Why was I charged $12.50 for version 2.1?") == "Why was I charged $12.50 for version 2.1?"
     assert focus("word " * 80 + "can i get a refund").endswith("can i get a refund")  # no punctuation: its end
+
+
+async def test_contact_details_are_not_what_a_question_is_judged_by(tmp_path: Path, corpus: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+    """A customer's e-mail address, a phone number they label as theirs and the card
+    placeholders say nothing about what is asked: with them the judge scored the tracking page
+    -7.4 ("I don't know"), without them -3.4. The question is kept as written."""
+    from rag.conversation import focus
+
+    asked = (
+        "Hi, this is Jane Roe, jane.roe@example.com, tel 07700 900123. My order has not arrived yet, how do I track it?"
+    )
+    assert focus(asked) == "Hi, this is Jane Roe. My order has not arrived yet, how do I track it?"
+    assert focus("my card [card number] cvv [security code] failed, can I pay by PayPal?") == "my card cvv failed, can I pay by PayPal?"  # fmt: skip
+    assert focus("Is 0800 123 4567 your number?") == "Is 0800 123 4567 your number?"  # a number asked about stays
+    settings = make_settings(tmp_path / "data", backend="extractive", cache_enabled=False)
+    ingest([corpus], "default", settings, embedder, progress=False)
+    answer = await build_pipeline(settings, embedder).answer(asked)
+    assert answer.answer_kind == "quoted" and "tracking link" in answer.answer, answer.answer
