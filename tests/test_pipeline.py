@@ -193,4 +193,5 @@ async def test_a_card_number_never_reaches_the_model(example_data_dir: Path, emb
     pipeline, model = _pipeline(example_data_dir, embedder, "Refunds take 5 to 7 business days.")
     await pipeline.answer("card 4111 1111 1111 1111 123 was charged twice, how long do refunds take?")
     prompt = model.requests[0].prompt
-    assert "[card number]" in prompt and "1111" not in prompt
+    # masked, and the placeholder left out of what is read (it says nothing about what is asked)
+    assert "1111" not in prompt and "Question: card was charged twice, how long do refunds take?" in prompt
