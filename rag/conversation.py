@@ -184,7 +184,8 @@ def focus(message: str) -> str:
     """What a long message asks: its sentences that ask something (a question mark, or "how",
     "can I", ...), latest last, up to :data:`LONG_MESSAGE_WORDS` words; without one, its last
     sentences. The thread it replies to (quoted lines, "-----Original Message-----", "On ...
-    wrote:") and a signature are left out. A message of up to that many words is itself."""
+    wrote:") and a signature are left out. A message of up to that many words is itself. Either
+    way without the customer's contact details (:func:`without_contact_details`)."""
     message = without_contact_details(message)
     if len(message.split()) <= LONG_MESSAGE_WORDS:
         return message

@@ -97,7 +97,8 @@ async def readyz(request: Request) -> Any:
         body["engines"] = engines
     storage = storage_state(request)
     if storage:  # still ready: questions are answered, only not kept
-        body["storage_state"] = storage.split(" - ")[0] if public else storage
+        what, fix = storage
+        body["storage_state"] = what if public else f"{what} - {fix}"  # strangers: not where it lives
     if public:
         body["collection_count"] = len(collections)
     else:
@@ -159,7 +160,7 @@ def engine_states(request: Request) -> dict[str, str]:
     return found
 
 
-def storage_state(request: Request) -> str | None:
+def storage_state(request: Request) -> tuple[str, str] | None:
     """Why answers are not being kept now, and what to do (None: they are): the answer log's
     writes failing (a full disk, a read-only data dir, PostgreSQL away: the answers wait in
     memory), the response cache's (answers still come, uncached)."""
@@ -176,4 +177,4 @@ def storage_state(request: Request) -> str | None:
     if cache is not None and cache.failing_since is not None:
         problems.append(f"new answers not cached for {now - cache.failing_since:.0f} s")
         fixes.append("check Redis" if settings.redis_url else local)
-    return f"{'; '.join(problems)} - {' and '.join(dict.fromkeys(fixes))}" if problems else None
+    return ("; ".join(problems), " and ".join(dict.fromkeys(fixes))) if problems else None
