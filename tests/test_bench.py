@@ -81,10 +81,12 @@ def test_each_level_asks_questions_the_levels_before_it_did_not() -> None:
     finally:
         server.shutdown()
         server.server_close()
-    # c1: 2 warm-up + 8; c4: 8 warm-up + 16, of which 4 had to come round again.
+    # c1: 2 warm-up + 8; c4: 8 warm-up + 16, of which 4 had to come round again. c4's four
+    # clients are recorded in the order their requests arrive, so the last of the new questions
+    # and the first that came round again can cross (at most three places apart).
     assert _Recorder.asked[:10] == questions[:10]
-    assert sorted(_Recorder.asked[10:30]) == sorted(questions[10:30])
-    assert sorted(_Recorder.asked[30:]) == sorted(questions[:4])
+    assert sorted(_Recorder.asked[10:]) == sorted(questions[10:] + questions[:4])
+    assert all(_Recorder.asked.index(q, 10) >= 30 - 3 for q in questions[:4])
     assert "repeated" not in out["c1"] and out["c4"]["repeated"] == 4
 
 
