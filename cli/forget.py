@@ -20,7 +20,7 @@ def forget(
         Optional[str],
         typer.Option(
             help="Every answer whose question, conversation or feedback holds this text (any case): "
-            "a customer's e-mail address, name or order number."
+            "a customer's e-mail address, name or order number; and each batch job question holding it."
         ),
     ] = None,  # fmt: skip
     older_than: Annotated[
@@ -46,11 +46,12 @@ def forget(
     database = Database(settings.database_url).open() if settings.database_url else None
     support = open_support_store(settings.data_dir, database)
 
+    jobs = _job_store(settings, database) if match is not None or older_than is not None else None
     unknown: list[str] = []  # ids asked for that the log does not hold: exit 1, a script must see it
 
     def run() -> None:
         if older_than is not None:
-            _older_than(settings, support, database, older_than, yes, expire)
+            _older_than(settings, support, jobs, older_than, yes, expire)
             return
         if answer:
             found = [r for a in answer if (r := support.answer(a)) is not None]
@@ -67,19 +68,28 @@ def forget(
             typer.echo(f"  {record.id}  {record.collection}  {_shown(record.question, 100)}")
         if len(found) > 20:
             typer.echo(f"  ... and {len(found) - 20} more")
-        if not found:
+        in_jobs = _in_jobs(jobs, str(match).strip(), collection) if jobs is not None and match is not None else {}
+        if not found and not in_jobs:
             return
         if not yes:
             typer.echo("nothing deleted: run again with --yes to forget them")
             return
-        cache = _open_cache(settings)
-        deleted = run_or_fail(lambda: forget_records(cache, support, found))
+        deleted: dict[str, int] = {}
+        if found:
+            cache = _open_cache(settings)
+            deleted = run_or_fail(lambda: forget_records(cache, support, found))
+        if in_jobs:
+            assert jobs is not None
+            erased = run_or_fail(lambda: jobs.forget(str(match).strip(), collection))
+            deleted["job_questions"] = sum(map(len, erased.values()))
         typer.echo(json.dumps({"deleted": deleted}))
 
     try:
         run_or_fail(run)
     finally:
         support.close()
+        if jobs is not None:
+            jobs.close()
         if database is not None:
             database.close()
     if unknown:
@@ -101,6 +111,28 @@ def _elsewhere(support: Any, text: str) -> None:
                     "here - lift them with DELETE /v1/cache/blocks/{id}", fg=typer.colors.YELLOW, err=True)  # fmt: skip
 
 
+def _job_store(settings: Any, database: Any) -> Any:
+    """The batch jobs' store (None: this data dir never ran one)."""
+    from serving.jobs import JobStore
+    from serving.pg_jobs import PgJobStore
+
+    if database is not None:
+        return PgJobStore(database)
+    path = settings.data_dir / "jobs.sqlite"
+    return JobStore(path) if path.exists() else None
+
+
+def _in_jobs(jobs: Any, text: str, collection: str | None) -> dict[str, list[int]]:
+    """The batch jobs whose questions or answers hold ``text``, shown: they are erased with the
+    answers (the question and its answer; the job's other results stay)."""
+    found: dict[str, list[int]] = run_or_fail(lambda: jobs.holding(text, collection))
+    if found:
+        questions = sum(map(len, found.values()))
+        names = ", ".join(list(found)[:10]) + (" ..." if len(found) > 10 else "")
+        typer.echo(f"{questions} questions in {len(found)} batch jobs ({names})")
+    return found
+
+
 def _open_cache(settings: Any) -> Any:
     if not settings.cache_enabled:
         return None
@@ -110,20 +142,13 @@ def _open_cache(settings: Any) -> Any:
     return run_or_fail(lambda: open_cache(settings, EMBEDDING_MODELS[settings.embedding_model].dimension))
 
 
-def _older_than(settings: Any, support: Any, database: Any, days: float, yes: bool, expire: Any) -> None:
+def _older_than(settings: Any, support: Any, jobs: Any, days: float, yes: bool, expire: Any) -> None:
     if days <= 0:
         fail("--older-than is a number of days over 0")
     if not yes:
         typer.echo(f"would delete answers, feedback, given-up handoffs, finished jobs and cached answers older than {days:g} days: "
                    "run again with --yes")  # fmt: skip
         return
-    from serving.jobs import JobStore
-    from serving.pg_jobs import PgJobStore
-
-    jobs = PgJobStore(database) if database is not None else JobStore(settings.data_dir / "jobs.sqlite")
-    try:
-        limit = settings.model_copy(update={"retention_days": days})
-        deleted = run_or_fail(lambda: expire(limit, _open_cache(settings), support, jobs))
-    finally:
-        jobs.close()
+    limit = settings.model_copy(update={"retention_days": days})
+    deleted = run_or_fail(lambda: expire(limit, _open_cache(settings), support, jobs))
     typer.echo(json.dumps({"deleted": deleted}))

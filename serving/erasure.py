@@ -4,7 +4,8 @@ An erasure request names answers (by id: `DELETE /v1/answers/{id}`, `rag forget 
 or what a customer wrote (`rag forget --match "jane@example.com"`): each answer goes from the
 answer log with the conversation before it, the votes and feedback on it and its handoffs
 (:meth:`SupportStore.forget`), and the cached answers keyed by its question's text go from
-the response cache. The retention limit (RAG_RETENTION_DAYS) deletes what is older, each hour
+the response cache; `--match` also erases the batch jobs' questions that hold the text, with
+their answers (``JobStore.forget``; ``DELETE /v1/jobs/{id}`` deletes a whole job). The retention limit (RAG_RETENTION_DAYS) deletes what is older, each hour
 while `rag serve` runs (:func:`keep_within_retention`) or from cron (`rag forget
 --older-than`); cached answers expire by then on their own (``Settings.cache_lifetime_s``).
 Not touched: curated answers and their audit (a person's text, kept as a record), a
@@ -53,7 +54,7 @@ def expire(
     ``cached_answers``: the response cache's, curated answers kept)."""
     before = (now or time.time()) - settings.retention_days * 86400
     cached = cache.expire(before) if cache is not None else 0
-    return {**support.expire(before), "jobs": jobs.expire(before), "cached_answers": cached}
+    return {**support.expire(before), "jobs": jobs.expire(before) if jobs is not None else 0, "cached_answers": cached}
 
 
 async def keep_within_retention(

@@ -40,7 +40,7 @@ from rag.errors import BackendUnavailableError, NotFoundError, RagError
 from rag.pipeline import Pipeline
 from rag.wire import Answer
 
-from .pg_jobs import PgJobStore, job_body
+from .pg_jobs import PgJobStore, forgotten, holds, job_body
 from .principals import principal_of
 from .schemas import RequestBody, Turn
 
@@ -127,8 +127,8 @@ class JobStore:
 
     def record(self, job_id: str, position: int, result: dict[str, Any]) -> None:
         with self._lock:
-            self._db.execute(
-                "UPDATE items SET result = ? WHERE job_id = ? AND position = ?",
+            self._db.execute(  # once (an erased question's result is set: it stays erased)
+                "UPDATE items SET result = ? WHERE job_id = ? AND position = ? AND result IS NULL",
                 (json.dumps(result, ensure_ascii=False), job_id, position),
             )
 
@@ -162,6 +162,51 @@ class JobStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # nor left in the WAL
         return int(gone)
 
+    def delete(self, job_id: str) -> bool:
+        """A job with its questions and results, gone (overwritten, and out of the WAL); whether
+        it was there."""
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM items WHERE job_id = ?", (job_id,))
+                gone = self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return bool(gone)
+
+    def holding(self, text: str, collection: str | None = None) -> dict[str, list[int]]:
+        """The jobs (id: positions) with a question, conversation or answer holding ``text``
+        (in ``collection``'s jobs, or every job)."""
+        found: dict[str, list[int]] = {}
+        rows = self._db.execute(
+            "SELECT i.job_id, i.position, i.request, i.result FROM items i JOIN jobs j ON j.id = i.job_id "
+            "WHERE ? IS NULL OR j.collection = ? ORDER BY i.job_id, i.position",
+            (collection, collection),
+        )
+        for job_id, position, request, result in rows:
+            if holds(text, json.loads(request), json.loads(result) if result else None):
+                found.setdefault(job_id, []).append(int(position))
+        return found
+
+    def forget(self, text: str, collection: str | None = None) -> dict[str, list[int]]:
+        """Every question of a job that holds ``text``, with its answer, erased
+        (:func:`forgotten`: the job's results stay in order); which ones."""
+        with self._lock:
+            found = self.holding(text, collection)
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                for job_id, positions in found.items():
+                    for position in positions:
+                        (request,) = self._db.execute(
+                            "SELECT request FROM items WHERE job_id = ? AND position = ?", (job_id, position)
+                        ).fetchone()
+                        erased, result = forgotten(json.loads(request), position)
+                        self._db.execute(
+                            "UPDATE items SET request = ?, result = ? WHERE job_id = ? AND position = ?",
+                            (json.dumps(erased), json.dumps(result), job_id, position),
+                        )
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        return found
+
     def close(self) -> None:
         with self._lock:  # not under a sweep or a write still in its thread
             self._db.close()
@@ -186,28 +231,38 @@ class JobRunner:
         self._down_since: float | None = None  # when the backend's outage began, as jobs saw it
         self._gate = asyncio.Semaphore(concurrency)  # shared by every job: the service's limit
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, asyncio.Task[None]] = {}  # job id: the task running it here
         self._wake = asyncio.Event()
 
     def _outage_s(self) -> float:
         return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
-    def _spawn(self, run: Awaitable[None]) -> None:
+    def _spawn(self, run: Awaitable[None], job_id: str | None = None) -> None:
         task = asyncio.ensure_future(run)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if job_id is not None:
+            self._running[job_id] = task
+            task.add_done_callback(lambda _: self._running.pop(job_id, None))
+
+    def stop(self, job_id: str) -> None:
+        """The job no longer runs here (it was deleted): its questions not yet answered are not."""
+        task = self._running.pop(job_id, None)
+        if task is not None:
+            task.cancel()
 
     def start(self, job_id: str) -> None:
         if self.store.shared:
             self._wake.set()  # the taker picks it up (here, or on another replica first)
         else:
-            self._spawn(self._run(job_id))
+            self._spawn(self._run(job_id), job_id)
 
     def resume(self) -> None:
         if self.store.shared:
             self._spawn(self.take_jobs())
         else:
             for job_id in self.store.unfinished():
-                self._spawn(self._run(job_id))
+                self._spawn(self._run(job_id), job_id)
 
     async def take_jobs(self, idle_s: float = 0.5) -> None:
         """With a shared store: take the next job whose lease is free, run it, repeat."""
@@ -224,7 +279,7 @@ class JobRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), idle_s)
                 continue
-            self._spawn(self._run_leased(job_id))
+            self._spawn(self._run_leased(job_id), job_id)
 
     async def _run_leased(self, job_id: str) -> None:
         """Run a job while renewing its lease; stop if the lease is lost."""
@@ -311,14 +366,30 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     return {"id": job_id, "status": "queued", "progress": {"total": len(body.questions), "done": 0, "failed": 0}}
 
 
+async def _owned_job(request: Request, job_id: str) -> dict[str, Any]:
+    """The job, when the caller's key created it or is an admin key; another key's job is as
+    good as absent (404), as one that never was."""
+    job = await asyncio.to_thread(request.app.state.jobs.store.get, job_id)
+    principal = principal_of(request)
+    if job is None or (job.pop("owner") != principal.key_id and not principal.admin):
+        raise NotFoundError(f"no job {job_id!r}: the id comes from POST /v1/jobs", param="job_id")
+    return job  # type: ignore[no-any-return]
+
+
 @router.get("/v1/jobs/{job_id}")
 async def get_job(job_id: str, request: Request) -> dict[str, Any]:
     """Status, progress and, once done, every question's result in order."""
-    job = await asyncio.to_thread(request.app.state.jobs.store.get, job_id)
-    principal = principal_of(request)
-    # Another key's job is as good as absent (admin keys see every job).
-    if job is not None and job.pop("owner") != principal.key_id and not principal.admin:
-        job = None
-    if job is None:
-        raise NotFoundError(f"no job {job_id!r}: the id comes from POST /v1/jobs", param="job_id")
-    return job  # type: ignore[no-any-return]
+    return await _owned_job(request, job_id)
+
+
+@router.delete("/v1/jobs/{job_id}")
+async def delete_job(job_id: str, request: Request) -> dict[str, Any]:
+    """A job with its questions and results deleted (its owner's key, or an admin key); one still
+    running stops. A caller that has read its results deletes the job rather than leave the
+    customers' words until RAG_RETENTION_DAYS."""
+    await _owned_job(request, job_id)
+    runner: JobRunner = request.app.state.jobs
+    runner.stop(job_id)
+    await asyncio.to_thread(runner.store.delete, job_id)
+    log.info("job %s deleted", job_id)
+    return {"id": job_id, "deleted": True}

@@ -5,12 +5,15 @@ it: :class:`serving.jobs.JobRunner`; the schema: :mod:`serving.database`."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
+
+from rag.errors import error_body
 
 from .database import Database
 
@@ -46,6 +49,38 @@ def job_body(row: Any, results: list[dict[str, Any]]) -> dict[str, Any]:
     if row[1] == "done":
         job["results"] = results
     return job
+
+
+def holds(text: str, *values: Any) -> bool:
+    """Whether any string inside ``values`` (a question's request and result, as JSON) holds
+    ``text``, in any case: what an erasure request searches jobs for."""
+    needle = text.lower()
+
+    def strings(value: Any) -> Any:
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for v in value.values():
+                yield from strings(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v)
+
+    return any(needle in s.lower() for v in values for s in strings(v))
+
+
+def forgotten(request: dict[str, Any], position: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A question of a job, and its result, once an erasure request has reached it: the words
+    gone, the caller's id kept (the job's results stay in order), the result a failure that
+    says why. Its result is set even while it waits, so no worker answers it afterwards."""
+    request = {"question": "", "id": request.get("id"), "history": []}
+    message = "this question was erased at the customer's request (rag forget), with its answer"
+    result = {
+        "id": request["id"] or str(position),
+        "question": "",
+        **error_body(message, "invalid_request_error", None, "forgotten"),
+    }
+    return request, result
 
 
 class PgJobStore:
@@ -139,6 +174,52 @@ class PgJobStore:
                 )
 
         return int(self.db.run(run))
+
+    def delete(self, job_id: str) -> bool:
+        """A job with its questions and results, gone (its worker, if any, loses its lease and
+        stops); whether it was there."""
+
+        def run(conn: Any) -> bool:
+            with conn.transaction():  # the items go with the job (ON DELETE CASCADE)
+                return bool(conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,)).rowcount)
+
+        return bool(self.db.run(run))
+
+    def holding(self, text: str, collection: str | None = None) -> dict[str, list[int]]:
+        """As :meth:`serving.jobs.JobStore.holding`."""
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+        sql = (
+            "SELECT i.job_id, i.position, i.request, i.result FROM job_items i JOIN jobs j ON j.id = i.job_id "
+            "WHERE (i.request::text ILIKE %(p)s OR COALESCE(i.result::text, '') ILIKE %(p)s) "
+            "AND (%(c)s::text IS NULL OR j.collection = %(c)s) ORDER BY i.job_id, i.position"
+        )
+        found: dict[str, list[int]] = {}
+        rows = self.db.run(lambda c: c.execute(sql, {"p": pattern, "c": collection}).fetchall())
+        for job_id, position, request, result in rows:
+            if holds(text, request, result):  # as the SQLite store reads it (ILIKE read the JSON's text)
+                found.setdefault(job_id, []).append(int(position))
+        return found
+
+    def forget(self, text: str, collection: str | None = None) -> dict[str, list[int]]:
+        """As :meth:`serving.jobs.JobStore.forget`."""
+        found = self.holding(text, collection)
+
+        def run(conn: Any) -> None:
+            with conn.transaction():
+                for job_id, positions in found.items():
+                    for position in positions:
+                        row = conn.execute(
+                            "SELECT request FROM job_items WHERE job_id = %s AND position = %s", (job_id, position)
+                        ).fetchone()
+                        if row is not None:
+                            request, result = forgotten(dict(row[0]), position)
+                            conn.execute(
+                                "UPDATE job_items SET request = %s, result = %s WHERE job_id = %s AND position = %s",
+                                (Jsonb(request), Jsonb(result), job_id, position),
+                            )
+
+        self.db.run(run)
+        return found
 
     def close(self) -> None:
         return None  # the database is the app's, closed with it

@@ -174,6 +174,87 @@ def test_the_retention_limit_deletes_finished_jobs(engine: str, request: pytest.
         db.close()
 
 
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_an_erasure_reaches_batch_jobs_and_a_deleted_job_is_gone(
+    engine: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A batch job keeps its questions, conversations and answers: an erasure by what the
+    customer wrote erases those that hold it (the job's other results stay, in order), and a
+    job deleted is gone with everything in it."""
+    from serving.jobs import JobRequest, JobStore
+
+    asked = [
+        {"question": "Do gift cards expire?", "id": "t1"},
+        {"question": "and for a gift card?", "history": [{"role": "user", "content": f"I am {EMAIL}"}]},
+        {"question": f"my mail is {EMAIL.upper()}, where is my order?", "id": "t3"},
+    ]
+    body = JobRequest(questions=asked, collection="default")  # type: ignore[arg-type]
+    other = JobRequest(questions=[{"question": f"{EMAIL}: refunds?"}], collection="billing")  # type: ignore[list-item]
+    if engine == "sqlite":
+        store: Any = JobStore(tmp_path / "jobs.sqlite")
+        job, elsewhere = store.create(body), store.create(other)
+    else:
+        from serving.database import Database
+        from serving.pg_jobs import PgJobStore
+
+        db = Database(request.getfixturevalue("database_url")).open()
+        store = PgJobStore(db)
+        job, elsewhere = store.create(body), store.create(other)
+        assert store.take() == job
+    store.record(job, 0, {"id": "t1", "question": "Do gift cards expire?", "answer": f"Yes, {EMAIL}"})
+    store.record(job, 1, {"id": "1", "question": "and for a gift card?", "answer": "They never expire."})
+
+    assert store.holding(EMAIL.upper(), "default") == {job: [0, 1, 2]}  # answer, conversation, question
+    assert store.holding(EMAIL) == {job: [0, 1, 2], elsewhere: [0]}
+    assert store.forget(EMAIL, "default") == {job: [0, 1, 2]}
+    assert store.holding(EMAIL) == {elsewhere: [0]} and store.pending(job) == []  # none answered afterwards
+    store.record(job, 2, {"id": "t3", "question": asked[2]["question"], "answer": "late"})  # a worker's late write
+    store.set_status(job, "done")
+    results = store.get(job)["results"]
+    assert [r["id"] for r in results] == ["t1", "1", "t3"]
+    assert {r["error"]["code"] for r in results} == {"forgotten"} and not store.holding("late")
+    assert store.delete(elsewhere) and store.get(elsewhere) is None and not store.delete(elsewhere)
+    assert store.holding(EMAIL) == {}
+    if engine == "sqlite":
+        store.close()
+        assert files_holding(tmp_path, EMAIL) == [] and files_holding(tmp_path, "gift card") == []
+    else:
+        rows = db.run(lambda c: c.execute("SELECT count(*) FROM job_items WHERE job_id = %s", (elsewhere,)).fetchone())
+        assert rows[0] == 0  # the items went with the job
+        store.close()
+        db.close()
+
+
+def test_rag_forget_erases_what_a_batch_job_kept(tmp_path: Path, corpus: Path, embedder: Any) -> None:
+    """Over HTTP a job's answers are kept in the job and in the answer log; `rag forget --match`
+    shows the job's questions beside the answers, and erases both with --yes."""
+    from fastapi.testclient import TestClient
+
+    from ingest.runner import ingest
+    from serving.app import create_app
+
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    questions = [{"question": f"hi, {EMAIL} here - how long do refunds take?"}, {"question": "Do gift cards expire?"}]
+    with TestClient(create_app(settings, build_pipeline(settings, embedder))) as client:
+        job_id = client.post("/v1/jobs", json={"questions": questions}).json()["id"]
+        deadline = time.monotonic() + 120
+        while (job := client.get(f"/v1/jobs/{job_id}").json())["status"] != "done":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.2)
+        client.app.state.support.flush()
+        shown = _rag("forget", "--match", EMAIL, data_dir=data_dir)
+        assert "1 answers found" in shown.stdout and f"1 questions in 1 batch jobs ({job_id})" in shown.stdout, shown
+        done = _rag("forget", "--match", EMAIL, "--yes", data_dir=data_dir)
+        assert done.returncode == 0 and '"job_questions": 1' in done.stdout and '"answers": 1' in done.stdout, done
+        results = client.get(f"/v1/jobs/{job_id}").json()["results"]
+        assert results[0]["error"]["code"] == "forgotten" and "answer" in results[1]  # the other result stays
+        assert _holding(data_dir, EMAIL) == []
+        assert client.delete(f"/v1/jobs/{job_id}").json() == {"id": job_id, "deleted": True}
+        assert [p for p in _holding(data_dir, "gift cards expire") if p.startswith("jobs")] == []
+
+
 @pytest.mark.parametrize("engine", ["local", "redis"])
 def test_the_retention_limit_and_an_erasure_reach_every_cached_answer(
     engine: str, request: pytest.FixtureRequest, tmp_path: Path, embedder: Any

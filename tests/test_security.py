@@ -193,6 +193,14 @@ def test_jobs_are_seen_only_by_their_owner_and_admins(service: str, tenants: dic
     with client(service, keys["admin"]) as http:
         seen = http.get(f"/v1/jobs/{job['id']}").json()
         assert seen["id"] == job["id"] and "owner" not in seen
+    # Deleting it: another tenant's key finds nothing to delete; its owner's key deletes it.
+    with client(service, keys["b"]) as http:
+        assert_error(http.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
+    with client(service, keys["a"]) as http:
+        gone = http.delete(f"/v1/jobs/{job['id']}")
+        assert gone.status_code == 200 and gone.json() == {"id": job["id"], "deleted": True}, gone.text
+        assert_error(http.get(f"/v1/jobs/{job['id']}"), 404, "not_found")
+        assert_error(http.delete(f"/v1/jobs/{job['id']}"), 404, "not_found")
 
 
 def test_a_revoked_key_stops_working(tenants: dict[str, Any], service: str) -> None:
