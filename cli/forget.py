@@ -146,8 +146,15 @@ def _older_than(settings: Any, support: Any, jobs: Any, days: float, yes: bool, 
     if days <= 0:
         fail("--older-than is a number of days over 0")
     if not yes:
-        typer.echo(f"would delete answers, feedback, given-up handoffs, finished jobs and cached answers older than {days:g} days: "
-                   "run again with --yes")  # fmt: skip
+        import time
+
+        before = time.time() - days * 86400
+        counts = run_or_fail(lambda: support.older(before))
+        finished = run_or_fail(lambda: jobs.finished_before(before)) if jobs is not None else 0
+        typer.echo(f"older than {days:g} days: {counts['answers']:,} answers (with their conversations and votes), "
+                   f"{counts['feedback']:,} feedback, {counts['handoffs']:,} given-up handoffs, {finished:,} finished jobs, "
+                   "and the cached answers stored before then")  # fmt: skip
+        typer.echo("nothing deleted: run again with --yes to delete them")
         return
     limit = settings.model_copy(update={"retention_days": days})
     deleted = run_or_fail(lambda: expire(limit, _open_cache(settings), support, jobs))

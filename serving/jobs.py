@@ -162,6 +162,11 @@ class JobStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # nor left in the WAL
         return int(gone)
 
+    def finished_before(self, before: float) -> int:
+        """How many jobs :meth:`expire` would delete."""
+        sql = "SELECT count(*) FROM jobs WHERE status = 'done' AND finished_at < ?"
+        return int(self._db.execute(sql, (before,)).fetchone()[0])
+
     def delete(self, job_id: str) -> bool:
         """A job with its questions and results, gone (overwritten, and out of the WAL); whether
         it was there."""

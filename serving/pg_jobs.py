@@ -175,6 +175,12 @@ class PgJobStore:
 
         return int(self.db.run(run))
 
+    def finished_before(self, before: float) -> int:
+        """As :meth:`serving.jobs.JobStore.finished_before`."""
+        sql = "SELECT count(*) FROM jobs WHERE status = 'done' AND finished_at < %s"
+        rows = self.db.run(lambda c: c.execute(sql, (before,)).fetchall())
+        return int(rows[0][0])
+
     def delete(self, job_id: str) -> bool:
         """A job with its questions and results, gone (its worker, if any, loses its lease and
         stops); whether it was there."""

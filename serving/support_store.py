@@ -416,6 +416,18 @@ class SupportStore:
         self.sql.checkpoint()
         return counts
 
+    def older(self, before: float) -> dict[str, int]:
+        """What :meth:`expire` would delete (answers, feedback, given-up handoffs), counted."""
+        self.flush()
+        counts = {}
+        for name, where in (
+            ("answers", "answers WHERE created_at < ?"),
+            ("feedback", "feedback WHERE created_at < ?"),
+            ("handoffs", "handoffs WHERE given_up IS NOT NULL AND created_at < ?"),
+        ):
+            counts[name] = int(self.sql.query(f"SELECT count(*) FROM {where}", (before,))[0][0])
+        return counts
+
     def voted_down_scopes(self) -> list[str]:
         """The cache scopes of the answers voted down (a block's scope, made then or later)."""
         sql = (

@@ -140,6 +140,7 @@ def test_the_retention_limit_deletes_what_is_older(support: SupportStore) -> Non
         support.record(_answer(answer_id, now - age_days * 86400))
         support.flush()
         support.add_feedback(Feedback(answer_id, "default", "down", "no", None, None, now - age_days * 86400))
+    assert support.older(now - 30 * 86400) == {"answers": 1, "feedback": 1, "handoffs": 0}
     deleted = support.expire(now - 30 * 86400)
     assert deleted == {"answer_history": 1, "hit_verdicts": 0, "answers": 1, "feedback": 1, "handoffs": 0}
     assert support.answer("old") is None and support.answer("new") is not None
@@ -167,11 +168,46 @@ def test_the_retention_limit_deletes_finished_jobs(engine: str, request: pytest.
         store.set_status(done, "done")
         waiting = store.create(body)
     assert store.expire(time.time() - 3600) == 0  # finished a moment ago: within the limit
+    assert store.finished_before(time.time() + 1) == 1
     assert store.expire(time.time() + 1) == 1
     assert store.get(done) is None and store.get(waiting) is not None  # one not finished stays
     store.close()
     if engine == "postgres":
         db.close()
+
+
+def test_rag_forget_older_than_counts_first_and_deletes_with_yes(tmp_path: Path) -> None:
+    """The retention limit from cron: without --yes it says how much it would delete (an
+    operator who typed 0.1 for 10 sees it), with --yes it deletes that."""
+    from serving.jobs import JobRequest, JobStore
+
+    data_dir = tmp_path / "data"
+    now = time.time()
+    support = SupportStore(_Sqlite(data_dir / "support.sqlite"))
+    for answer_id, age_days in (("old", 40), ("new", 1)):
+        support.record(_answer(answer_id, now - age_days * 86400))
+        support.flush()
+        support.add_feedback(Feedback(answer_id, "default", "down", "no", None, None, now - age_days * 86400))
+    support.close()
+    jobs = JobStore(data_dir / "jobs.sqlite")
+    body = JobRequest(questions=[{"question": "Do gift cards expire?"}], collection="default")  # type: ignore[list-item]
+    for age_days in (40, 1):
+        job = jobs.create(body)
+        jobs.set_status(job, "done")
+        jobs._db.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (now - age_days * 86400, job))
+    jobs.close()
+
+    shown = _rag("forget", "--older-than", "30", data_dir=data_dir)
+    assert shown.returncode == 0, shown
+    assert (
+        "older than 30 days: 1 answers (with their conversations and votes), 1 feedback, 0 given-up handoffs, 1 finished jobs"
+        in shown.stdout
+    )
+    assert "nothing deleted" in shown.stdout and len(_rows(data_dir, "SELECT id FROM answers")) == 2
+    done = _rag("forget", "--older-than", "30", "--yes", data_dir=data_dir)
+    assert done.returncode == 0 and '"answers": 1' in done.stdout and '"jobs": 1' in done.stdout, done
+    assert _rows(data_dir, "SELECT id FROM answers") == [("new",)]
+    assert "0 answers" in _rag("forget", "--older-than", "30", data_dir=data_dir).stdout
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "postgres"])
