@@ -21,7 +21,13 @@ if TYPE_CHECKING:
 
 # Sentence ends, blank lines and list items separate sentences; a single line break inside
 # a hard-wrapped paragraph does not.
-_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+\.)\s)")
+# No sentence ends at an initial ("Malcolm K. Hughes", "U.S. Army") or a title ("Dr. Smith"):
+# after a full stop, a split must not follow these (each lookbehind of one width, as re needs).
+NOT_AN_ABBREVIATION = (
+    r"(?<!\b[A-Z]\.)(?<!\b(?:Mr|Ms|Dr|St|Jr|Sr|Mt|Ft|Lt|vs)\.)"
+    r"(?<!\b(?:Mrs|Gen|Col|Sgt|Rev|Gov|Sen|Rep)\.)(?<!\b(?:Prof|Capt)\.)"
+)
+_SENTENCE_RE = re.compile(rf"(?<=[.!?]){NOT_AN_ABBREVIATION}\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+\.)\s)")
 WORD_PATTERN = r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?"  # letters and digits of any script (the guard's too)
 _WORD_RE = re.compile(WORD_PATTERN)
 _STOPWORDS = frozenset(

@@ -3,6 +3,7 @@ centre: invented figures, names, flipped negations and conditions, a bare yes or
 
 import pytest
 
+from rag.compress import split_sentences
 from rag.evidence import units_of
 from rag.guard import ClauseGuard, check
 
@@ -80,6 +81,23 @@ def test_a_stream_releases_clauses_only_once_they_pass_and_adds_up_to_the_answer
     assert "".join(released) == guard.text == check(answer, GIFT).text
     assert guard.text == "Gift cards never expire, and they can be used on any product."
     assert released[0] == "Gift cards never expire"  # the first clause went out before the answer ended
+
+
+def test_a_sentence_does_not_end_at_an_initial_or_a_title() -> None:
+    """XQuAD's find: "... Raymond S. Bradley and Malcolm K." and "Hughes. The graph was nicknamed
+    ..." were two units, and the quote stopped at an initial."""
+    text = (
+        "The report featured a graph based on a paper by Michael E. Mann, Raymond S. Bradley and Malcolm K. "
+        "Hughes. It became known as the hockey stick graph. We ship to U.S. addresses. Ask Dr. Li. It is free."
+    )
+    assert units_of(text) == [
+        "The report featured a graph based on a paper by Michael E. Mann, Raymond S. Bradley and Malcolm K. Hughes.",
+        "It became known as the hockey stick graph.",
+        "We ship to U.S. addresses.",
+        "Ask Dr. Li.",
+        "It is free.",
+    ]
+    assert split_sentences(text)[0].endswith("Malcolm K. Hughes.")
 
 
 def test_evidence_units_keep_lists_with_their_lead_in_and_table_rows_whole() -> None:
