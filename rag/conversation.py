@@ -96,10 +96,11 @@ def standalone(question: str, history: Sequence[dict[str, str]] | None, titles: 
 # one", "anything else?", "tell me more"), or a question that continues one ("and for
 # express?", "what about Ireland?", "even for sale items?"). Whole words only: "one-time",
 # "same-day" point at nothing; nor do "is there" and "is it possible".
+_CONTINUATION = r"^\W*(?:and|or|but|even|what about|how about)\b"
 _BACK_REFERENCE_RE = re.compile(
     r"(?<![\w-])(?:it|its|they|them|their|theirs|that|this|these|those|there|same|he|she|his|her|him"
     r"|more|else|other|others|another|either|instead)(?![\w-])"
-    r"|^\W*(?:and|or|but|even|what about|how about)\b",
+    rf"|{_CONTINUATION}",
     re.IGNORECASE,
 )
 _EMPTY_REFERENCE_RE = re.compile(
@@ -119,6 +120,16 @@ _NEW_TOPIC_RE = re.compile(
     r"|\bunrelated\b|\bchang(?:e|ing)\s+(?:the\s+)?(?:subject|topic)\b|\bon\s+(?:an)?other\s+note\b",
     re.IGNORECASE,
 )
+
+
+_CONTINUES_RE = re.compile(_CONTINUATION, re.IGNORECASE)
+
+
+def continues(question: str) -> bool:
+    """Whether ``question`` goes on with the turn before about a subject of its own ("What
+    about Hearth Points?", "and for express?", "even for sale items?"): what it asks is in
+    the turn before, what it asks it of is in its own words."""
+    return bool(_CONTINUES_RE.search(question)) and bool(terms(_CONTINUES_RE.sub(" ", question)))
 
 
 def new_topic(question: str) -> bool:

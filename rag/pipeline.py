@@ -29,7 +29,7 @@ from .cache_policy import (
     still_valid,
 )
 from .compress import compress
-from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, focus, new_topic, plain_text, small_talk
+from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, continues, focus, new_topic, plain_text, small_talk
 from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
@@ -329,6 +329,9 @@ class Pipeline(Retrieval, SingleFlight, Curating):
             return not prep.evidence.supported and (not llm or best is None or best < llm_gate)
 
         await self._judge(prep)
+        asked = prep.asked or prep.question
+        if prep.search_text not in (None, asked) and continues(asked):
+            await self._own_subject_first(prep, asked)
         if abstains() and prep.fallback_text:  # "how do I check the balance?"
             # Alone it finds nothing: the turn before says what "the balance" is, after all.
             prep.search_text, prep.fallback_text, prep.faq_entry = prep.fallback_text, None, None
@@ -374,6 +377,22 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, question, texts)
         if float(max(alone)) < gate:
             prep.evidence = Evidence()
+
+    async def _own_subject_first(self, prep: Prepared, asked: str) -> None:
+        """A follow-up that goes on about a subject of its own ("What about Hearth Points?"
+        after "Do gift cards expire?") is searched and judged with the turn before, which
+        reads the turn before's answer well too ("Gift cards never expire" was quoted first).
+        The evidence is read again against the follow-up alone: what reads as an answer to it
+        comes first, and if any does, the rest goes."""
+        chosen = prep.evidence.chosen
+        if len(chosen) < 2:
+            return
+        texts = [judged_text(prep.retrieved[u.chunk], u.text) for u in chosen]
+        loop = asyncio.get_running_loop()
+        alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, asked, texts)
+        order = sorted(range(len(chosen)), key=lambda i: -float(alone[i]))
+        kept = [i for i in order if float(alone[i]) >= self.settings.min_support] or order
+        prep.evidence = Evidence(prep.evidence.ranked, [chosen[i] for i in kept])
 
     async def _judge(self, prep: Prepared) -> None:
         """``prep.evidence``: the judge's reading of the retrieved chunks (on the CPU pool)."""

@@ -173,6 +173,12 @@ def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> Non
     assert again["cache"]["hit"] is False  # never keyed on the last message alone
     bare = ask(base_url, "Do they expire?")  # without history: nothing was stored under these words
     assert bare["cache"]["hit"] is False
+    # A follow-up about a subject of its own is answered about it first, not with the turn before's
+    # answer ("Gift cards never expire ..." came first, the points' 24 months after it).
+    gift_cards = [{"role": "user", "content": "Do gift cards expire?"}, {"role": "assistant", "content": "No."}]
+    points = ask(base_url, "What about Hearth Points?", history=gift_cards)
+    assert points["citations"][0]["document_id"] == "loyalty-program.html", points
+    assert "24 months" in points["answer"] and "Gift cards never expire" not in points["answer"], points
 
 
 def test_a_question_of_a_new_topic_is_answered_alone_not_from_the_turn_before(base_url: str) -> None:
