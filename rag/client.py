@@ -81,6 +81,8 @@ class RagClientError(Exception):
     def __init__(self, status: int, body: dict[str, Any], retry_after: float | None = None) -> None:
         error = body.get("error", {}) if isinstance(body, dict) else {}
         self.status = status
+        self.body = body
+        """The service's error body as it came (``{"error": {"message", "type", "param", "code"}}``)."""
         self.retry_after = retry_after
         """Seconds the service asked to wait (``Retry-After`` of a 429 or 503), if it said."""
         self.message = str(error.get("message", body))

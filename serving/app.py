@@ -16,6 +16,8 @@ from functools import partial
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
+from starlette.datastructures import Headers
+from starlette.responses import Response
 
 from rag import __version__
 from rag.pipeline import Pipeline, build_pipeline
@@ -24,12 +26,24 @@ from rag.settings import Settings
 from . import admin, curation, erasure, feedback, health, jobs, observability, openai_compat, query, restore, widget
 from .auth import DOCS_STATIC, Authenticator, GuardMiddleware, KeyLimits
 from .database import Database
-from .errors import ERRORS, install_error_handlers
+from .errors import ERRORS, error_response, install_error_handlers, without_validation_422
 from .handoff import Handoff, Outbox
 from .jobs import JobRunner, JobStore
 from .keys import open_key_store
 from .pg_jobs import PgJobStore
 from .support_store import open_support_store
+
+
+class _Cors(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight in the one error shape (it was text/plain)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = bytes(response.body).decode()  # "Disallowed CORS origin, headers"
+        message = f"{refused} - a page's origin must be in RAG_CORS_ORIGINS on the service to ask it"
+        return error_response(400, message, "invalid_request_error", None, "cors_refused")
 
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:
@@ -114,7 +128,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.add_middleware(GuardMiddleware, settings=settings, authenticator=authenticator, limits=limits)
     if settings.cors_origins:  # the widget on a help centre's own origin; nothing else
         app.add_middleware(
-            CORSMiddleware,
+            _Cors,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Content-Type", "Authorization", "Accept", "X-Request-ID"],
@@ -128,6 +142,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.include_router(admin.router, responses=ERRORS)
     app.include_router(erasure.router, responses=ERRORS)
     app.include_router(health.router)  # /healthz documents no errors; /readyz its own
+    without_validation_422(app)
     return app
 
 

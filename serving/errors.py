@@ -29,6 +29,25 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 """The error responses every API route documents in the OpenAPI schema."""
 
 
+def without_validation_422(app: FastAPI) -> None:
+    """The OpenAPI schema without FastAPI's 422 ``HTTPValidationError``: a malformed request is a
+    400 in the one error shape (documented with the routes' ERRORS), and a client generated
+    from the schema should model that, not a response never sent."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def error_response(
     status: int,
     message: str,
@@ -64,6 +83,8 @@ def _validation_message(exc: RequestValidationError, content_type: str = "") -> 
         if param is None:  # no body at all
             return f"request body is missing - {_JSON_OBJECT}", None, "missing_body"
         return f"{param} is required", param, "missing_field"
+    if kind == "model_attributes_type" and param is not None:  # a list's item, not the body
+        return f"{param} must be a JSON object, not {type(first.get('input')).__name__}", param, "invalid_value"
     if kind == "model_attributes_type":
         media = content_type.split(";")[0].strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):  # JSON, maybe, sent as another type
@@ -78,14 +99,18 @@ def _validation_message(exc: RequestValidationError, content_type: str = "") -> 
     return f"{param}: {msg}" if param else msg, param, "invalid_value"
 
 
-def rag_error_response(exc: RagError, param: str | None = None, counted: bool = True) -> JSONResponse:
-    """The one error shape for a service error; ``param`` names the field as the caller's
-    request does, where it differs (the OpenAI route's ``model``)."""
+def rag_error_response(
+    exc: RagError, param: str | None = None, counted: bool = True, message: str | None = None
+) -> JSONResponse:
+    """The one error shape for a service error; ``param`` (and ``message``) name the field as
+    the caller's request does, where it differs (the OpenAI route's ``model``)."""
     if exc.status_code >= 500:
         log.warning("%s: %s", type(exc).__name__, exc.message)
     retry = getattr(exc, "retry_after_s", None)  # a 429's, a backend's 503: when to send it again
     headers = {"Retry-After": str(retry)} if retry is not None else None
-    return error_response(exc.status_code, exc.message, exc.type, param or exc.param, exc.code, headers, counted)
+    return error_response(
+        exc.status_code, message or exc.message, exc.type, param or exc.param, exc.code, headers, counted
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

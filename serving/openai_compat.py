@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rag.errors import InvalidRequestError, RagError, error_body, internal_error_body
+from rag.errors import CollectionNotFoundError, InvalidRequestError, RagError, error_body, internal_error_body
 from rag.pipeline import Pipeline, Prepared
 from rag.privacy import mask_cards
 from rag.store import list_collections
@@ -69,7 +69,7 @@ class ChatMessage(BaseModel):  # inside ChatCompletionRequest, whose check cover
 
 
 class ChatCompletionRequest(RequestBody):
-    model_config = ConfigDict(extra="ignore")  # n, top_p, user, ...: accepted, not used
+    model_config = ConfigDict(extra="ignore")  # top_p, seed, user, ...: accepted, not used
 
     model: str = Field(min_length=1, description="The collection to answer from.")
     messages: list[ChatMessage] = Field(min_length=1, max_length=1001)
@@ -80,6 +80,37 @@ class ChatCompletionRequest(RequestBody):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
     n: Count | None = Field(default=None, ge=1, le=1, description="Choices: one (the grounded answer).")
     stop: str | list[str] | None = None
+    # Asked for, these would change what the caller gets back: refused (400) rather than
+    # ignored, or a bot that dispatches a tool call or parses JSON breaks later, unaware.
+    tools: list[Any] | None = Field(default=None, description="Accepted; no tool is ever called (the answer is text).")
+    tool_choice: Any = Field(default=None, description="Only 'auto' or 'none': no tool is ever called.")
+    function_call: Any = Field(default=None, description="Only 'auto' or 'none': no function is ever called.")
+    response_format: Any = Field(default=None, description="Only {'type': 'text'}: the answer is text.")
+    logprobs: bool | None = Field(default=None, description="Not offered: false or left out.")
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_forced_call(cls, value: Any) -> Any:
+        if value in (None, "auto", "none"):
+            return value
+        raise ValueError(
+            "no tool or function is ever called here: the answer is text from the collection's documents "
+            "- leave it out, or send 'auto' or 'none'"
+        )
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, dict) and value.get("type") == "text"):
+            return value
+        raise ValueError("the answer is text with citations, never JSON - leave response_format out")
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("log probabilities are not offered (a quoted answer has none) - leave logprobs out")
+        return value
 
 
 def _split(body: ChatCompletionRequest) -> tuple[str, list[dict[str, str]]]:
@@ -133,8 +164,27 @@ async def list_models(request: Request) -> dict[str, Any]:
     }
 
 
+@router.get("/v1/models/{model}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    """One collection this key can read, as an OpenAI model (``client.models.retrieve``)."""
+    settings = request.app.state.pipeline.settings
+    if model not in list_collections(settings.collections_dir) or not principal_of(request).can_read(model):
+        error = CollectionNotFoundError(model, settings.data_dir)  # another key's is as good as absent
+        error.param = "model"
+        raise error
+    return {"id": model, "object": "model", "created": 0, "owned_by": "rag-service"}
+
+
 # What the service's own errors name, as an OpenAI client's request names it.
 _OPENAI_PARAMS = {"collection": "model", "history": "messages", "question": "messages"}
+_OPENAI_WORDS = {"question": ("question is", "the last user message is"), "history": ("history has", "messages hold")}
+
+
+def _in_openai_words(exc: RagError) -> str | None:
+    """The error's message as the OpenAI request names its fields ("question is 2001
+    characters" is "the last user message is 2001 characters"), or None: as it is."""
+    rest, ours = _OPENAI_WORDS.get(exc.param or "", ("", ""))
+    return ours + exc.message.removeprefix(rest) if rest and exc.message.startswith(rest) else None
 
 
 @router.post("/v1/chat/completions")
@@ -143,7 +193,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     try:
         return await _chat_completions(body, request)
     except RagError as exc:  # the error may be a kept one (a damaged collection's): not changed
-        return rag_error_response(exc, _OPENAI_PARAMS.get(exc.param or ""))
+        return rag_error_response(exc, _OPENAI_PARAMS.get(exc.param or ""), message=_in_openai_words(exc))
 
 
 async def _chat_completions(body: ChatCompletionRequest, request: Request) -> Any:

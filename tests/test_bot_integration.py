@@ -26,6 +26,10 @@ def oai(base_url: str) -> openai.OpenAI:
 
 def test_models_are_the_collections(oai: openai.OpenAI) -> None:
     assert [m.id for m in oai.models.list()] == ["default"]
+    assert oai.models.retrieve("default").id == "default"
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.models.retrieve("nope")
+    assert missing.value.body["param"] == "model" and missing.value.body["code"] == "collection_not_found"  # type: ignore[index]
 
 
 def test_openai_client_gets_a_cited_answer(oai: openai.OpenAI) -> None:
@@ -86,6 +90,44 @@ def test_errors_come_in_openai_shape(oai: openai.OpenAI) -> None:
         oai.chat.completions.create(model="default", messages=[{"role": "assistant", "content": "hello"}])
 
 
+def test_what_the_answer_cannot_be_is_refused_not_ignored(oai: openai.OpenAI) -> None:
+    """A forced tool call, JSON output and log probabilities would change what the bot gets back:
+    a 400 naming the parameter, not prose that its tool dispatcher or JSON parser fails on later."""
+    ask = [{"role": "user", "content": "How long do refunds take?"}]
+    tool = {
+        "type": "function",
+        "function": {"name": "lookup_order", "parameters": {"type": "object", "properties": {}}},
+    }
+    for refused, param in (
+        ({"tools": [tool], "tool_choice": "required"}, "tool_choice"),
+        ({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": "lookup_order"}}}, "tool_choice"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True}, "logprobs"),
+    ):
+        with pytest.raises(openai.BadRequestError) as bad:
+            oai.chat.completions.create(model="default", messages=ask, **refused)  # type: ignore[call-overload]
+        assert bad.value.body["param"] == param and "leave" in bad.value.body["message"], bad.value.body  # type: ignore[index]
+    # What a text answer satisfies is answered: tools the model may leave unused, text, no log probabilities.
+    fine = oai.chat.completions.create(
+        model="default",
+        messages=ask,
+        tools=[tool],
+        tool_choice="auto",
+        response_format={"type": "text"},
+        logprobs=False,
+    )
+    assert "5 to 7 business days" in (fine.choices[0].message.content or "") and not fine.choices[0].message.tool_calls
+    # A list item of the wrong type is named, not "the body must be a JSON object".
+    wrong = httpx.post(f"{oai.base_url}chat/completions", json={"model": "default", "messages": ["hi"]}, timeout=30)
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "messages.0", wrong.text
+    assert wrong.json()["error"]["message"] == "messages.0 must be a JSON object, not str"
+    long = {"model": "default", "messages": [{"role": "user", "content": "x" * 2001}]}
+    too_long = httpx.post(f"{oai.base_url}chat/completions", json=long, timeout=30).json()["error"]
+    assert too_long["param"] == "messages" and too_long["message"].startswith(
+        "the last user message is 2001 characters"
+    )
+
+
 def test_python_client_query_stream_and_errors(base_url: str) -> None:
     with RagClient(base_url) as client:
         result = client.query("Which payment methods do you accept?")
@@ -97,6 +139,7 @@ def test_python_client_query_stream_and_errors(base_url: str) -> None:
         with pytest.raises(RagClientError) as bad:
             client.query("")
         assert bad.value.status == 400 and bad.value.param == "question"
+        assert bad.value.body["error"]["code"] == bad.value.code and bad.value.body["error"]["param"] == "question"
         assert result.answer_id and result.needs_human is None
         assert client.feedback(result.answer_id, "up", reason="clear")["rating"] == "up"
         with pytest.raises(RagClientError) as unknown:
@@ -229,3 +272,15 @@ def test_a_200_that_is_no_event_stream_is_a_bad_response_not_an_unreachable_serv
     with running_server(app) as url, RagClient(url) as client, pytest.raises(RagClientError) as bad:
         list(client.stream("How long do refunds take?"))
     assert (bad.value.status, bad.value.code) == (502, "bad_response") and "event stream" in bad.value.message
+
+
+def test_the_schema_documents_the_errors_the_service_sends(base_url: str) -> None:
+    """A client generated from /openapi.json models a malformed request as the 400 in the one
+    error shape that is sent, not FastAPI's 422 that never is."""
+    schema = httpx.get(f"{base_url}/openapi.json", timeout=30).json()
+    for path, method in (("/v1/query", "post"), ("/v1/chat/completions", "post"), ("/v1/feedback", "post")):
+        responses = schema["paths"][path][method]["responses"]
+        assert "400" in responses and "422" not in responses, (path, sorted(responses))
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    refused = httpx.post(f"{base_url}/v1/query", json={"question": 5}, timeout=30)
+    assert refused.status_code == 400 and set(refused.json()["error"]) == {"message", "type", "param", "code"}

@@ -239,6 +239,8 @@ def test_widget_script_is_served_and_cors_allows_only_the_listed_origin(site: di
     assert allowed.headers.get("access-control-allow-origin") == origin
     other = httpx.options(f"{site['service']}/v1/query", headers={**preflight, "Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+    assert other.status_code == 400 and other.json()["error"]["code"] == "cors_refused", other.text  # the one shape
+    assert "RAG_CORS_ORIGINS" in other.json()["error"]["message"]
 
 
 def test_widget_sends_its_api_key_to_a_service_that_needs_one(
