@@ -113,3 +113,35 @@ async def test_rag_temperature_reaches_llamacpp_and_a_request_overrides_it(
         assert len(await answers(0.0)) == 1  # a request's temperature 0: greedy, the same every time
     finally:
         await gen.aclose()
+
+
+async def test_llamacpp_streams_its_answer_piece_by_piece_and_stops_when_the_caller_does(
+    example_data_dir: Path, embedder
+) -> None:  # type: ignore[no-untyped-def]
+    """The guard releases a streamed answer clause by clause only if the backend streams: llama.cpp
+    sent the whole answer as one event at its end (a bot integrator's audit)."""
+    from contextlib import aclosing
+
+    from rag.generators import Generation
+    from rag.store import CollectionIndex
+
+    index = CollectionIndex.load(
+        make_settings(example_data_dir).collections_dir, "default", model=embedder.name, dimension=384
+    )
+    question = "Which cards do you accept?"
+    chunks = index.search(embedder.embed_batch([question])[0], 2)
+    request = GenerationRequest(question, chunks, completion_prompt(question, chunks), max_tokens=24, temperature=0.0)
+    gen = LlamaCppGenerator("gemma3-270m")
+    try:
+        summary = Generation("")
+        pieces = [piece async for piece in gen.stream(request, summary)]
+        whole = await gen.generate(request)
+        assert len(pieces) > 1 and "".join(pieces).strip() == whole.text, (pieces, whole)
+        assert summary.completion_tokens == len(pieces) and summary.finish_reason in ("stop", "length")
+        assert summary.prompt_tokens == whole.prompt_tokens
+        async with aclosing(gen.stream(request)) as stream:  # a caller that stops after one piece
+            first = await anext(stream)
+        assert first == pieces[0]
+        assert (await gen.generate(request)).text == whole.text  # the model is free again, not stuck
+    finally:
+        await gen.aclose()

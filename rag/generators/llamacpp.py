@@ -17,12 +17,15 @@ one worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import importlib.util
 import os
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -188,7 +191,7 @@ def model_path(model: str, models_dir: Path) -> Path:
 
 
 class LlamaCppGenerator:
-    can_stream = False
+    can_stream = True
     supports_prefix_cache = True
 
     def __init__(
@@ -237,12 +240,15 @@ class LlamaCppGenerator:
             temperature=settings.temperature,
         )
 
-    def _run(self, request: GenerationRequest) -> Generation:
-        params: dict[str, Any] = {
+    def _params(self, request: GenerationRequest) -> dict[str, Any]:
+        return {
             "max_tokens": request.max_tokens,
             "temperature": self.temperature if request.temperature is None else request.temperature,
             "stop": request.stop or None,
         }
+
+    def _run(self, request: GenerationRequest) -> Generation:
+        params = self._params(request)
         out: Any
         if self.prompt_style == "chat":
             out = self._llm.create_chat_completion(messages=request.prompt, **params)  # type: ignore[arg-type]
@@ -261,6 +267,65 @@ class LlamaCppGenerator:
     async def generate(self, request: GenerationRequest) -> Generation:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._run, request)
+
+    def _run_streamed(
+        self, request: GenerationRequest, put: Callable[[str], None], stop: threading.Event
+    ) -> Generation:
+        """On the model's thread: each piece to ``put`` as llama.cpp makes it, until the end or
+        ``stop`` (the caller went away, or the guard cut the answer: the rest is not computed)."""
+        params = {**self._params(request), "stream": True}
+        chunks: Any
+        if self.prompt_style == "chat":
+            chunks = self._llm.create_chat_completion(messages=request.prompt, **params)  # type: ignore[arg-type]
+            prompt_tokens = None  # the chat template's tokens are not told back
+        else:
+            chunks = self._llm.create_completion(prompt=str(request.prompt), **params)
+            prompt_tokens = len(self._llm.tokenize(str(request.prompt).encode(), add_bos=True))
+        summary = Generation("", prompt_tokens, 0)
+        try:
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                piece = (
+                    (choice.get("delta") or {}).get("content") if self.prompt_style == "chat" else choice.get("text")
+                )
+                if piece:
+                    put(piece)
+                    summary.completion_tokens = (summary.completion_tokens or 0) + 1
+                summary.finish_reason = choice.get("finish_reason") or summary.finish_reason
+                if stop.is_set():
+                    break
+        finally:
+            chunks.close()  # a generator: llama.cpp stops here
+        return summary
+
+    async def stream(self, request: GenerationRequest, summary: Generation | None = None) -> AsyncIterator[str]:
+        """The answer's pieces as llama.cpp makes them (so the guard releases it clause by
+        clause); at the end ``summary`` holds the token counts and finish reason."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(piece: str | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed under a shutdown
+                loop.call_soon_threadsafe(pieces.put_nowait, piece)
+
+        def run() -> Generation:
+            try:
+                return self._run_streamed(request, put, stop)
+            finally:
+                put(None)  # the end, or the error the future holds
+
+        done = loop.run_in_executor(self._executor, run)
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())  # read when nobody awaits it
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            result = await done
+        finally:
+            stop.set()  # a caller that stops early stops the generation at its next token
+        if summary is not None:
+            summary.prompt_tokens, summary.completion_tokens = result.prompt_tokens, result.completion_tokens
+            summary.finish_reason = result.finish_reason
 
     async def aclose(self) -> None:
         # Let a generation in progress finish before the model's memory is freed.
