@@ -92,6 +92,18 @@ def standalone(question: str, history: Sequence[dict[str, str]] | None, titles: 
     return Standalone(question, None)
 
 
+def only_an_opening(question: str, history: Sequence[dict[str, str]] | None, titles: Sequence[str]) -> bool:
+    """Whether ``history`` is only the conversation's opening, nothing the question can lean on:
+    no user turn but courtesy ("hi"), no entity named (a bot's "Hi! How can I help?"), and a
+    question that does not point back. Such a question is a first question, searched, answered
+    and cached as one (a bot that opens with a greeting got no cached answer)."""
+    if not history or refers_back(question):
+        return False
+    if any(t.get("role") == "user" and small_talk(t.get("content", "")) is None for t in history):
+        return False
+    return standalone("", history, titles).entity is None
+
+
 # Words that point back at the conversation ("does it have parking?", "their rooms", "that
 # one", "anything else?", "tell me more"), or a question that continues one ("and for
 # express?", "what about Ireland?", "even for sale items?"). Whole words only: "one-time",

@@ -29,7 +29,16 @@ from .cache_policy import (
     still_valid,
 )
 from .compress import compress
-from .conversation import SMALL_TALK, SMALL_TALK_REPLIES, continues, focus, new_topic, plain_text, small_talk
+from .conversation import (
+    SMALL_TALK,
+    SMALL_TALK_REPLIES,
+    continues,
+    focus,
+    new_topic,
+    only_an_opening,
+    plain_text,
+    small_talk,
+)
 from .curated import CURATED, Curating, curated_scope, curated_valid, group_of
 from .embedder import Embedder, embed_async, question_text
 from .errors import InvalidRequestError
@@ -216,6 +225,8 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions(), audit=audit)
         prep.streamed = streamed
         index = prep.index = await self.index_for(collection)
+        if only_an_opening(question, history, index.titles()):  # "Hi! How can I help?" and nothing more
+            history = None
         if (courtesy := small_talk(question)) is not None and not audit:  # "thanks, that worked!"
             prep.result = self._done(prep, SMALL_TALK_REPLIES[courtesy], [], CacheStatus(), kind=SMALL_TALK)
             return prep

@@ -173,6 +173,15 @@ def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> Non
     assert again["cache"]["hit"] is False  # never keyed on the last message alone
     bare = ask(base_url, "Do they expire?")  # without history: nothing was stored under these words
     assert bare["cache"]["hit"] is False
+    # A bot's opening greeting is no conversation to lean on: the first question is a first
+    # question, answered from the cache like any other (it always missed).
+    alone = ask(base_url, "How long is the password reset link valid?")
+    for opening in (
+        [{"role": "assistant", "content": "Hi! How can I help you today?"}],
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello! What can I do for you?"}],
+    ):
+        greeted = ask(base_url, "How long is the password reset link valid?", history=opening)
+        assert greeted["cache"]["hit"] is True and greeted["answer"] == alone["answer"], greeted
     # A follow-up about a subject of its own is answered about it first, not with the turn before's
     # answer ("Gift cards never expire ..." came first, the points' 24 months after it).
     gift_cards = [{"role": "user", "content": "Do gift cards expire?"}, {"role": "assistant", "content": "No."}]
