@@ -38,6 +38,8 @@ from .store import (
     current_version_dir,
 )
 
+_CHAINED_TURNS = 3  # user turns a chain of follow-ups reaches back (the embedder reads 256 tokens)
+
 log = logging.getLogger("rag.pipeline")
 
 
@@ -208,9 +210,17 @@ class Retrieval:
     def with_turn_before(question: str, history: list[dict[str, str]] | None) -> str | None:
         """The question after the user turn it follows (None: no turn before). A follow-up
         that points back is searched with it; one that does not, only if alone it finds no
-        answer ("how do I check the balance?" after "do gift cards expire?")."""
-        previous = next((t["content"] for t in reversed(history or []) if t.get("role") == "user"), "")
-        return f"{previous}\n{question}" if previous else None
+        answer ("how do I check the balance?" after "do gift cards expire?"). A turn before
+        that is a follow-up itself brings the one it follows ("Does it cover sun fading?"
+        after "And on lamps?" after "How long is the warranty on furniture?"), up to
+        ``_CHAINED_TURNS`` turns."""
+        earlier = [t["content"] for t in reversed(history or []) if t.get("role") == "user" and t.get("content")]
+        kept: list[str] = []
+        for turn in earlier[:_CHAINED_TURNS]:
+            kept.insert(0, turn)
+            if not refers_back(turn):
+                break
+        return "\n".join([*kept, question]) if kept else None
 
     def retrieve(
         self, index: CollectionIndex, vector: np.ndarray, text: str, k: int, filters: dict[str, Any] | None = None

@@ -173,6 +173,16 @@ def test_follow_up_uses_its_history_and_bypasses_the_cache(base_url: str) -> Non
     assert again["cache"]["hit"] is False  # never keyed on the last message alone
     bare = ask(base_url, "Do they expire?")  # without history: nothing was stored under these words
     assert bare["cache"]["hit"] is False
+    # A follow-up of a follow-up reaches back to the turn that says what the talk is about ("it"
+    # after "And on lamps?" is the warranty): searched with "And on lamps?" alone, it abstained.
+    warranty = [
+        {"role": "user", "content": "How long is the warranty on furniture?"},
+        {"role": "assistant", "content": "2 years."},
+        {"role": "user", "content": "And on lamps?"},
+        {"role": "assistant", "content": "1 year."},
+    ]
+    fading = ask(base_url, "Does it cover sun fading?", history=warranty)
+    assert "fading caused by direct sunlight" in fading["answer"], fading
     # A bot's opening greeting is no conversation to lean on: the first question is a first
     # question, answered from the cache like any other (it always missed).
     alone = ask(base_url, "How long is the password reset link valid?")
