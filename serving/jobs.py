@@ -360,8 +360,8 @@ async def create_job(body: JobRequest, request: Request) -> dict[str, Any]:
     """Queue questions; returns the job id at once. Poll ``GET /v1/jobs/{id}``."""
     runner: JobRunner = request.app.state.jobs
     pipe: Pipeline = request.app.state.pipeline
-    collection = body.collection or pipe.settings.collection
     principal = principal_of(request)
+    collection = principal.collection_for(body.collection, pipe.settings.collection)
     principal.require_private("batch jobs (one request, up to 10,000 questions)")
     principal.require_collection(collection)
     await pipe.index_for(collection)  # an unknown collection is a 404 now, not later

@@ -32,6 +32,15 @@ class Principal:
     def can_read(self, collection: str) -> bool:
         return self.collections is None or collection in self.collections
 
+    def collection_for(self, named: str | None, default: str) -> str:
+        """The collection a request means: the one it names, else the key's only one (a key
+        made for one collection need not name it each time), else RAG_COLLECTION."""
+        if named:
+            return named
+        if self.collections is not None and len(self.collections) == 1:
+            return next(iter(self.collections))
+        return default
+
     def require_collection(self, collection: str) -> None:
         if not self.can_read(collection):
             raise PermissionDeniedError(

@@ -21,15 +21,17 @@ router = APIRouter()
 async def query(body: QueryRequest, request: Request) -> Any:
     settings = request.app.state.settings
     pipe: Pipeline = request.app.state.pipeline
-    principal_of(request).require_collection(body.collection or settings.collection)
-    observability.log_question(settings, body.collection, body.question)
+    principal = principal_of(request)
+    collection = principal.collection_for(body.collection, settings.collection)
+    principal.require_collection(collection)
+    observability.log_question(settings, collection, body.question)
     history = [turn.model_dump() for turn in body.history]
     if body.stream:
         # Bad requests still get a plain 4xx: everything that can fail on the request
         # itself happens before the stream starts.
-        prep = await pipe.prepare(body.question, body.collection, body.top_k, history, body.filters, streamed=True)
+        prep = await pipe.prepare(body.question, collection, body.top_k, history, body.filters, streamed=True)
         events = sse_events(pipe, prep, lambda a: remember(request, a, body.question, history))
         return answer_stream(events, QUERY_FAREWELL, settings.shutdown_grace_s)
-    answer = await pipe.answer(body.question, body.collection, body.top_k, history, body.filters)
+    answer = await pipe.answer(body.question, collection, body.top_k, history, body.filters)
     remember(request, answer, body.question, history)
     return answer.to_dict()
