@@ -222,8 +222,11 @@ class Generating:
         elif guard.replaced:
             # Nothing of the model's answer stands: the evidence, quoted and cited (or "I don't
             # know" when no sentence was good enough to quote). It stands only for this index
-            # version: a new ingest may let the model answer properly.
-            text, kind, grounded, provisional = prep.evidence.quote() or NO_ANSWER, "quoted", False, True
+            # version: a new ingest may let the model answer properly. One the caller's own
+            # max_tokens or stop sequence cut short is no wrong answer caught: no person is
+            # asked to take over.
+            cut = guard.failed_at_end and (generation.finish_reason == "length" or bool(prep.options.stop))
+            text, kind, grounded, provisional = prep.evidence.quote() or NO_ANSWER, "quoted", cut, True
         else:
             text = guard.text
         if text == NO_ANSWER or not text:
@@ -239,6 +242,7 @@ class Generating:
                 "index_version": prep.index.version if prep.index else None,
                 "newest_chunk": prep.index.newest_chunk if prep.index else None,
                 "provisional": provisional,
+                "grounded": grounded,
                 "faq_entry": prep.faq_entry if citations else None,
                 "top_chunk": prep.top_chunk if citations else None,
                 "finish_reason": finish,  # served again to the same options (max_tokens is in the scope)
@@ -297,7 +301,12 @@ class Generating:
         kind = payload.get("answer_kind", "generated")
         # A quote the guard put in is served as what it was: guard-replaced.
         answer = self._done(
-            prep, payload["answer"], citations, status, kind=kind, grounded=not payload.get("provisional")
+            prep,
+            payload["answer"],
+            citations,
+            status,
+            kind=kind,
+            grounded=payload.get("grounded", not payload.get("provisional")),
         )
         answer.finish_reason = payload.get("finish_reason", "stop")
         return answer

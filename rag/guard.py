@@ -276,6 +276,9 @@ class ClauseGuard:
         self._released: list[str] = []
         self.reason: str | None = None
         self.closed = False
+        self.failed_at_end = False
+        """The answer failed only at its end: its last clause (which a max_tokens or a stop
+        sequence may have cut) or nothing checkable at all."""
 
     @property
     def text(self) -> str:
@@ -305,6 +308,7 @@ class ClauseGuard:
         if self.closed:
             return ""
         self.closed = True
+        passing = self.reason is None
         out = ""
         last = self._pending.rstrip()
         if self.reason is None and last.strip():
@@ -316,6 +320,7 @@ class ClauseGuard:
             out += end
         elif self.reason is None:
             self.reason = "the model did not state a checkable answer"
+        self.failed_at_end = passing and self.reason is not None
         return out
 
     def _judge(self, clause: str, boundary: str) -> str:

@@ -145,3 +145,19 @@ async def test_llamacpp_streams_its_answer_piece_by_piece_and_stops_when_the_cal
         assert (await gen.generate(request)).text == whole.text  # the model is free again, not stuck
     finally:
         await gen.aclose()
+
+
+def test_an_answer_the_callers_max_tokens_cut_is_quoted_without_calling_a_person(gemma_url: str) -> None:
+    """'The price of' (max_tokens 3) fails the guard at its cut end: the quote stands in, and
+    no help desk is told the model was caught out (each such answer was a guard_replaced
+    handoff; a bot integrator's audit)."""
+    chat = {
+        "model": "default",
+        "messages": [{"role": "user", "content": "What is the price of the assembly service?"}],
+        "max_tokens": 3,
+    }
+    reply = httpx.post(f"{gemma_url}/v1/chat/completions", json=chat, timeout=120)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["rag"]["answer_kind"] == "quoted" and "£45" in body["choices"][0]["message"]["content"], body
+    assert body["rag"]["needs_human"] is None and "x-rag-needs-human" not in reply.headers, body
