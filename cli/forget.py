@@ -151,7 +151,7 @@ def _older_than(settings: Any, support: Any, jobs: Any, days: float, yes: bool, 
         before = time.time() - days * 86400
         counts = run_or_fail(lambda: support.older(before))
         finished = run_or_fail(lambda: jobs.finished_before(before)) if jobs is not None else 0
-        typer.echo(f"older than {days:g} days: {counts['answers']:,} answers (with their conversations and votes), "
+        typer.echo(f"older than {days:g} days: {counts['answers']:,} answers (with their conversations, votes and handoffs), "
                    f"{counts['feedback']:,} feedback, {counts['handoffs']:,} given-up handoffs, {finished:,} finished jobs, "
                    "and the cached answers stored before then")  # fmt: skip
         typer.echo("nothing deleted: run again with --yes to delete them")

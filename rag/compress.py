@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 
 # Sentence ends, blank lines and list items separate sentences; a single line break inside
 # a hard-wrapped paragraph does not.
-# No sentence ends at an initial ("Malcolm K. Hughes", "U.S. Army") or a title ("Dr. Smith"):
-# after a full stop, a split must not follow these (each lookbehind of one width, as re needs).
-NOT_AN_ABBREVIATION = (
-    r"(?<!\b[A-Z]\.)(?<!\b(?:Mr|Ms|Dr|St|Jr|Sr|Mt|Ft|Lt|vs)\.)"
-    r"(?<!\b(?:Mrs|Gen|Col|Sgt|Rev|Gov|Sen|Rep)\.)(?<!\b(?:Prof|Capt)\.)"
-)
-_SENTENCE_RE = re.compile(rf"(?<=[.!?]){NOT_AN_ABBREVIATION}\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+\.)\s)")
+_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n\s*\n|\n(?=\s*(?:[-*•]|\d+\.)\s)")
+# A name's initial ("Malcolm K.", "Michael E.", "J. R.") or a title ("Dr.") before a full stop,
+# and after it a word that starts no sentence (a surname, not "It" or "The"): no sentence
+# ends there ("Malcolm K. Hughes", "Dr. Li"); "Take vitamin C. It helps." and "Choose Plan
+# B. It costs less." still split.
+_INITIAL_BEFORE_RE = re.compile(r"(?:^|\b[A-Z][\w'-]*\s+|\b[A-Z]\.\s+)[A-Z]\.$|\b(?:Mr|Mrs|Ms|Dr|Prof)\.$")
+_WORD_AFTER_RE = re.compile(r"[\"'(\[]?([^\W_]+)")
 WORD_PATTERN = r"(?:[^\W_]|[£$€])+(?:'[^\W_]+)?"  # letters and digits of any script (the guard's too)
 _WORD_RE = re.compile(WORD_PATTERN)
 _STOPWORDS = frozenset(
@@ -43,10 +43,26 @@ def terms(text: str) -> list[str]:
     return [w for w in _WORD_RE.findall(text.lower()) if w not in _STOPWORDS]
 
 
+def split_at(boundary: re.Pattern[str], text: str) -> list[str]:
+    """``boundary.split(text)``, except at a full stop after an initial or a title that the
+    next word shows is one ("Malcolm K. Hughes", "Dr. Li"): the one sentence splitter behind
+    the judge's units and the LLM context's sentences."""
+    pieces, start = [], 0
+    for match in boundary.finditer(text):
+        before = text[max(0, match.start() - 40) : match.start()].rstrip("\"')]")
+        after = _WORD_AFTER_RE.match(text, match.end())
+        if after and after.group(1).lower() not in _STOPWORDS and _INITIAL_BEFORE_RE.search(before):
+            continue
+        pieces.append(text[start : match.start()])
+        start = match.end()
+    pieces.append(text[start:])
+    return pieces
+
+
 def split_sentences(text: str) -> list[str]:
     # Markdown emphasis is noise to a small model: it copies the asterisks and loses the fact.
     text = _EMPHASIS_RE.sub("", text)
-    sentences = (" ".join(s.split()).strip(" -*#>") for s in _SENTENCE_RE.split(text))
+    sentences = (" ".join(s.split()).strip(" -*#>") for s in split_at(_SENTENCE_RE, text))
     return [s for s in sentences if len(s) >= _MIN_SENTENCE_CHARS]
 
 

@@ -140,8 +140,14 @@ _CONTINUES_RE = re.compile(_CONTINUATION, re.IGNORECASE)
 def continues(question: str) -> bool:
     """Whether ``question`` goes on with the turn before about a subject of its own ("What
     about Hearth Points?", "and for express?", "even for sale items?"): what it asks is in
-    the turn before, what it asks it of is in its own words."""
-    return bool(_CONTINUES_RE.search(question)) and bool(terms(_CONTINUES_RE.sub(" ", question)))
+    the turn before, what it asks it of is in its own words; not "but is it free?", whose
+    subject is the turn before's."""
+    if not _CONTINUES_RE.search(question):
+        return False
+    rest = _CONTINUES_RE.sub(" ", question)
+    return bool(terms(rest)) and not _BACK_REFERENCE_RE.search(
+        rest
+    )  # "but is it free?": the subject is the turn before's
 
 
 def new_topic(question: str) -> bool:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .compress import NOT_AN_ABBREVIATION, terms
+from .compress import split_at, terms
 
 if TYPE_CHECKING:
     from .store import RetrievedChunk
@@ -28,9 +28,7 @@ _EMPHASIS_RE = re.compile(r"\*\*|__|`")
 _LIST_ITEM_RE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+")
 # A sentence ends before a capital, a digit, a currency sign or a letter outside ASCII (other scripts).
 # Not after an initial or a title ("Malcolm K. Hughes" is one name, not two sentences).
-_SENTENCE_END_RE = re.compile(
-    rf"(?<=[.!?]){NOT_AN_ABBREVIATION}[\"')\]]?\s+(?=[\"'(\[]?(?:[A-Z0-9£$€]|[^\W\d_a-zA-Z]))"
-)
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?(?:[A-Z0-9£$€]|[^\W\d_a-zA-Z]))")
 _MIN_WORDS = 3
 _TAG_LINE_RE = re.compile(r"^(?:<[^<>]*>\s*)+$")
 # A sentence that speaks to an assistant rather than to a customer (a planted prompt
@@ -156,7 +154,7 @@ def _table_row(cells: list[str], header: list[str] | None) -> str:
 
 
 def _sentences(block: str) -> list[str]:
-    return [s.strip() for s in _SENTENCE_END_RE.split(block) if s.strip()]
+    return [s.strip() for s in split_at(_SENTENCE_END_RE, block) if s.strip()]
 
 
 def units_of(text: str) -> list[str]:

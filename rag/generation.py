@@ -223,9 +223,14 @@ class Generating:
             # Nothing of the model's answer stands: the evidence, quoted and cited (or "I don't
             # know" when no sentence was good enough to quote). It stands only for this index
             # version: a new ingest may let the model answer properly. One the caller's own
-            # max_tokens or stop sequence cut short is no wrong answer caught: no person is
-            # asked to take over.
-            cut = guard.failed_at_end and (generation.finish_reason == "length" or bool(prep.options.stop))
+            # max_tokens cut mid-sentence is no wrong answer caught: no person is asked to take
+            # over. (A stop sequence is not told apart from the model's own end: not counted.)
+            cut = (
+                guard.failed_at_end
+                and generation.finish_reason == "length"
+                and prep.options.max_tokens is not None
+                and not model_answer.endswith((".", "!", "?"))
+            )
             text, kind, grounded, provisional = prep.evidence.quote() or NO_ANSWER, "quoted", cut, True
         else:
             text = guard.text

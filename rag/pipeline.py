@@ -402,8 +402,9 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         loop = asyncio.get_running_loop()
         alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, asked, texts)
         order = sorted(range(len(chosen)), key=lambda i: -float(alone[i]))
-        kept = [i for i in order if float(alone[i]) >= self.settings.min_support] or order
-        prep.evidence = Evidence(prep.evidence.ranked, [chosen[i] for i in kept])
+        kept = [i for i in order if float(alone[i]) >= self.settings.min_support]
+        if kept:  # else its own words judge nothing well: the order the conversation gave stands
+            prep.evidence = Evidence(prep.evidence.ranked, [chosen[i] for i in kept])
 
     async def _judge(self, prep: Prepared) -> None:
         """``prep.evidence``: the judge's reading of the retrieved chunks (on the CPU pool)."""

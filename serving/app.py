@@ -42,8 +42,17 @@ class _Cors(CORSMiddleware):
         if response.status_code != 400:
             return response
         refused = bytes(response.body).decode()  # "Disallowed CORS origin, headers"
-        message = f"{refused} - a page's origin must be in RAG_CORS_ORIGINS on the service to ask it"
-        return error_response(400, message, "invalid_request_error", None, "cors_refused")
+        advice = []
+        if "origin" in refused:
+            advice.append("a page's origin must be in RAG_CORS_ORIGINS on the service")
+        if "method" in refused or "headers" in refused:
+            advice.append("a page may send GET and POST with Content-Type, Authorization, Accept and X-Request-ID")
+        message = f"{refused} - {'; '.join(advice) or 'see RAG_CORS_ORIGINS'}"
+        refusal = error_response(400, message, "invalid_request_error", None, "cors_refused")
+        for name, value in response.headers.items():  # Vary and the allowed methods and headers
+            if name not in ("content-length", "content-type"):
+                refusal.headers[name] = value
+        return refusal
 
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> FastAPI:

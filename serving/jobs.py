@@ -37,10 +37,10 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
 from cache.stores import damaged, set_aside
 from rag.batch import answer_each
 from rag.errors import BackendUnavailableError, NotFoundError, RagError
-from rag.pipeline import Pipeline
+from rag.pipeline import Pipeline, read_question
 from rag.wire import Answer
 
-from .pg_jobs import PgJobStore, forgotten, holds, job_body
+from .pg_jobs import PgJobStore, forgotten, holds, job_body, said
 from .principals import principal_of
 from .schemas import RequestBody, Turn
 
@@ -125,12 +125,20 @@ class JobStore:
     def unfinished(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running')")]
 
-    def record(self, job_id: str, position: int, result: dict[str, Any]) -> None:
+    def record(self, job_id: str, position: int, result: dict[str, Any]) -> bool:
+        """``result`` kept, once; False when the question was erased or its job deleted."""
         with self._lock:
-            self._db.execute(  # once (an erased question's result is set: it stays erased)
-                "UPDATE items SET result = ? WHERE job_id = ? AND position = ? AND result IS NULL",
-                (json.dumps(result, ensure_ascii=False), job_id, position),
+            return bool(
+                self._db.execute(  # an erased question's result is set: it stays erased
+                    "UPDATE items SET result = ? WHERE job_id = ? AND position = ? AND result IS NULL",
+                    (json.dumps(result, ensure_ascii=False), job_id, position),
+                ).rowcount
             )
+
+    def still_asked(self, job_id: str, position: int) -> bool:
+        """Whether the question still waits for its answer (not erased, its job not deleted)."""
+        sql = "SELECT 1 FROM items WHERE job_id = ? AND position = ? AND result IS NULL"
+        return self._db.execute(sql, (job_id, position)).fetchone() is not None
 
     def set_status(self, job_id: str, status: str) -> None:
         with self._lock:
@@ -188,7 +196,7 @@ class JobStore:
             (collection, collection),
         )
         for job_id, position, request, result in rows:
-            if holds(text, json.loads(request), json.loads(result) if result else None):
+            if holds(text, json.loads(request), said(json.loads(result) if result else None)):
                 found.setdefault(job_id, []).append(int(position))
         return found
 
@@ -196,9 +204,9 @@ class JobStore:
         """Every question of a job that holds ``text``, with its answer, erased
         (:func:`forgotten`: the job's results stay in order); which ones."""
         with self._lock:
-            found = self.holding(text, collection)
             with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE")  # found and erased with no write between
+                found = self.holding(text, collection)
                 for job_id, positions in found.items():
                     for position in positions:
                         (request,) = self._db.execute(
@@ -248,7 +256,7 @@ class JobRunner:
         task.add_done_callback(self._tasks.discard)
         if job_id is not None:
             self._running[job_id] = task
-            task.add_done_callback(lambda _: self._running.pop(job_id, None))
+            task.add_done_callback(lambda t: self._running.get(job_id) is t and self._running.pop(job_id))
 
     def stop(self, job_id: str) -> None:
         """The job no longer runs here (it was deleted): its questions not yet answered are not."""
@@ -312,7 +320,18 @@ class JobRunner:
         if not self.store.shared:
             self.store.set_status(job_id, "running")
 
+        # Each answer is kept (the answer log, a handoff) only once its result is written: a
+        # question erased (rag forget) or a job deleted meanwhile, on any worker, is not.
+        given: dict[int, tuple[Answer, str, list[dict[str, str]]]] = {}
+
         async def answer(item: dict[str, Any]) -> dict[str, Any]:
+            position = item["position"]
+            try:
+                asked = await asyncio.to_thread(self.store.still_asked, job_id, position)
+            except RagError:  # the database away: answer it; its result is written only if still asked
+                asked = True
+            if not asked:
+                return {"error": {"code": "forgotten"}}  # not written: the store holds what it holds
             history = item["history"] or []
             # A job is batch work, its caller not waiting on the line: a backend that is down for a
             # while (vLLM restarting; an error that says when to try again) is waited out, backing
@@ -334,16 +353,23 @@ class JobRunner:
                             self._down_since = time.monotonic()
                         raise
                     self._down_since = None
-            if self.keep is not None:
-                self.keep(answer, item["question"], owner, history)
+            given[position] = (answer, item["question"], history)
             body = answer.to_dict()
             return {k: body[k] for k in ("answer", "citations", "cache", "answer_id", "needs_human")}
 
         pending = await asyncio.to_thread(self.store.pending, job_id)
-        items = [(p, {**item, "id": item.get("id") or str(p)}) for p, item in pending]
+        items = [(p, {**item, "id": item.get("id") or str(p), "position": p}) for p, item in pending]
 
-        def record(position: int, result: dict[str, Any]) -> Awaitable[None]:  # off the event loop: a database
-            return asyncio.to_thread(self.store.record, job_id, position, result)
+        async def record(position: int, result: dict[str, Any]) -> None:
+            written = await asyncio.to_thread(self.store.record, job_id, position, result)  # a database: off the loop
+            answered = given.pop(position, None)
+            if answered is None:
+                return
+            answer, question, history = answered
+            if written and self.keep is not None:
+                self.keep(answer, question, owner, history)
+            elif not written and self.pipeline.cache is not None:  # erased while it was answered
+                await asyncio.to_thread(self.pipeline.cache.forget, {read_question(question)}, collection)
 
         await answer_each(items, answer, self._gate, record)
         await asyncio.to_thread(self.store.set_status, job_id, "done")
@@ -390,8 +416,8 @@ async def get_job(job_id: str, request: Request) -> dict[str, Any]:
 @router.delete("/v1/jobs/{job_id}")
 async def delete_job(job_id: str, request: Request) -> dict[str, Any]:
     """A job with its questions and results deleted (its owner's key, or an admin key); one still
-    running stops. A caller that has read its results deletes the job rather than leave the
-    customers' words until RAG_RETENTION_DAYS."""
+    running stops (here at once; on another worker or replica at its next question, which finds
+    itself gone). Its answers stay in the answer log, as every answer does."""
     await _owned_job(request, job_id)
     runner: JobRunner = request.app.state.jobs
     runner.stop(job_id)

@@ -4,6 +4,7 @@ it: :class:`serving.jobs.JobRunner`; the schema: :mod:`serving.database`."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -67,6 +68,12 @@ def holds(text: str, *values: Any) -> bool:
                 yield from strings(v)
 
     return any(needle in s.lower() for v in values for s in strings(v))
+
+
+def said(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What of a result an erasure searches: the question and the answer given, not the cited
+    passages (the documents' words) nor the metadata."""
+    return None if result is None else {k: result.get(k) for k in ("question", "answer")}
 
 
 def forgotten(request: dict[str, Any], position: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -136,12 +143,20 @@ class PgJobStore:
         sql = "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
         return [r[0] for r in self.db.run(lambda c: c.execute(sql).fetchall())]
 
-    def record(self, job_id: str, position: int, result: dict[str, Any]) -> None:
+    def record(self, job_id: str, position: int, result: dict[str, Any]) -> bool:
+        """As :meth:`serving.jobs.JobStore.record` (and only while this worker holds the job)."""
         sql = (
             "UPDATE job_items SET result = %s WHERE job_id = %s AND position = %s AND result IS NULL "
             "AND EXISTS (SELECT 1 FROM jobs WHERE id = %s AND worker = %s AND status = 'running')"
         )
-        self.db.run(lambda c: c.execute(sql, (Jsonb(result), job_id, position, job_id, self.worker)))
+        return bool(
+            self.db.run(lambda c: c.execute(sql, (Jsonb(result), job_id, position, job_id, self.worker)).rowcount)
+        )
+
+    def still_asked(self, job_id: str, position: int) -> bool:
+        """As :meth:`serving.jobs.JobStore.still_asked`."""
+        sql = "SELECT 1 FROM job_items WHERE job_id = %s AND position = %s AND result IS NULL"
+        return bool(self.db.run(lambda c: c.execute(sql, (job_id, position)).fetchall()))
 
     def set_status(self, job_id: str, status: str) -> None:
         finished = time.time() if status == "done" else None
@@ -193,7 +208,8 @@ class PgJobStore:
 
     def holding(self, text: str, collection: str | None = None) -> dict[str, list[int]]:
         """As :meth:`serving.jobs.JobStore.holding`."""
-        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", text) + "%"
+        # The JSON's text is matched: the needle as JSON writes it (a quote as \", a backslash doubled).
+        pattern = "%" + re.sub(r"([\\%_])", r"\\\1", json.dumps(text, ensure_ascii=False)[1:-1]) + "%"
         sql = (
             "SELECT i.job_id, i.position, i.request, i.result FROM job_items i JOIN jobs j ON j.id = i.job_id "
             "WHERE (i.request::text ILIKE %(p)s OR COALESCE(i.result::text, '') ILIKE %(p)s) "
@@ -202,7 +218,7 @@ class PgJobStore:
         found: dict[str, list[int]] = {}
         rows = self.db.run(lambda c: c.execute(sql, {"p": pattern, "c": collection}).fetchall())
         for job_id, position, request, result in rows:
-            if holds(text, request, result):  # as the SQLite store reads it (ILIKE read the JSON's text)
+            if holds(text, request, said(result)):  # as the SQLite store reads it (ILIKE read the JSON's text)
                 found.setdefault(job_id, []).append(int(position))
         return found
 

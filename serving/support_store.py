@@ -417,15 +417,17 @@ class SupportStore:
         return counts
 
     def older(self, before: float) -> dict[str, int]:
-        """What :meth:`expire` would delete (answers, feedback, given-up handoffs), counted."""
+        """What :meth:`expire` would delete, counted: the answers, the feedback (older, or on an
+        answer that goes) and the given-up handoffs older (an answer's own go with it)."""
         self.flush()
+        old = "SELECT id FROM answers WHERE created_at < ?"
         counts = {}
-        for name, where in (
-            ("answers", "answers WHERE created_at < ?"),
-            ("feedback", "feedback WHERE created_at < ?"),
-            ("handoffs", "handoffs WHERE given_up IS NOT NULL AND created_at < ?"),
+        for name, where, params in (
+            ("answers", "answers WHERE created_at < ?", (before,)),
+            ("feedback", f"feedback WHERE created_at < ? OR answer_id IN ({old})", (before, before)),
+            ("handoffs", "handoffs WHERE given_up IS NOT NULL AND created_at < ?", (before,)),
         ):
-            counts[name] = int(self.sql.query(f"SELECT count(*) FROM {where}", (before,))[0][0])
+            counts[name] = int(self.sql.query(f"SELECT count(*) FROM {where}", params)[0][0])
         return counts
 
     def voted_down_scopes(self) -> list[str]:

@@ -200,7 +200,7 @@ def test_rag_forget_older_than_counts_first_and_deletes_with_yes(tmp_path: Path)
     shown = _rag("forget", "--older-than", "30", data_dir=data_dir)
     assert shown.returncode == 0, shown
     assert (
-        "older than 30 days: 1 answers (with their conversations and votes), 1 feedback, 0 given-up handoffs, 1 finished jobs"
+        "older than 30 days: 1 answers (with their conversations, votes and handoffs), 1 feedback, 0 given-up handoffs, 1 finished jobs"
         in shown.stdout
     )
     assert "nothing deleted" in shown.stdout and len(_rows(data_dir, "SELECT id FROM answers")) == 2
@@ -259,6 +259,54 @@ def test_an_erasure_reaches_batch_jobs_and_a_deleted_job_is_gone(
         assert rows[0] == 0  # the items went with the job
         store.close()
         db.close()
+
+
+async def test_a_question_erased_while_its_job_runs_is_neither_answered_nor_kept(
+    tmp_path: Path, corpus: Path, embedder: Any
+) -> None:
+    """A running job read its questions when it started: one erased meanwhile (rag forget, another
+    connection) must not be answered, logged or handed over afterwards, and one being answered
+    as the erasure lands is not kept and leaves no cached answer (a reviewer's find: both were)."""
+    import asyncio
+
+    from ingest.runner import ingest
+    from serving.jobs import JobRequest, JobRunner, JobStore
+
+    data_dir = tmp_path / "data"
+    settings = make_settings(data_dir, backend="extractive")
+    ingest([corpus], "default", settings, embedder, progress=False)
+    pipe = build_pipeline(settings, embedder)
+    store, other = JobStore(data_dir / "jobs.sqlite"), JobStore(data_dir / "jobs.sqlite")
+    kept: list[str] = []
+    runner = JobRunner(store, pipe, concurrency=1, keep=lambda answer, question, owner, history: kept.append(question))
+    answer, gate, asked = pipe.answer, asyncio.Event(), asyncio.Event()
+
+    async def held(question: str, *args: Any, **kwargs: Any) -> Any:  # the real answer, once let go
+        asked.set()
+        await gate.wait()
+        return await answer(question, *args, **kwargs)
+
+    pipe.answer = held  # type: ignore[method-assign]
+    being_answered, waiting = f"{EMAIL}: how long do refunds take?", f"{EMAIL} here, do gift cards expire?"
+    questions = [{"question": being_answered}, {"question": waiting}, {"question": "Can I pay with PayPal?"}]
+    job = store.create(JobRequest(questions=questions, collection="default"))  # type: ignore[arg-type]
+    try:
+        runner.start(job)
+        await asyncio.wait_for(asked.wait(), 30)  # the first question is being answered
+        assert await asyncio.to_thread(other.forget, EMAIL) == {job: [0, 1]}
+        gate.set()
+        for _ in range(300):
+            if (done := store.get(job))["status"] == "done":
+                break
+            await asyncio.sleep(0.1)
+        assert kept == ["Can I pay with PayPal?"], kept
+        assert [r.get("error", {}).get("code") for r in done["results"]] == ["forgotten", "forgotten", None]
+        pipe.answer = answer  # type: ignore[method-assign]
+        assert (await answer(being_answered)).cache.hit is False  # its cached answer went with it
+    finally:
+        gate.set()
+        await runner.aclose()
+        other.close()
 
 
 def test_rag_forget_erases_what_a_batch_job_kept(tmp_path: Path, corpus: Path, embedder: Any) -> None:

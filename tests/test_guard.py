@@ -98,6 +98,15 @@ def test_a_sentence_does_not_end_at_an_initial_or_a_title() -> None:
         "It is free.",
     ]
     assert split_sentences(text)[0].endswith("Malcolm K. Hughes.")
+    # A sentence that ends at a single capital or a title still ends there (a reviewer's cases).
+    for two in (
+        "We only ship within the U.S. Orders to Canada take 10 days.",
+        "Take vitamin C. It helps your immune system.",
+        "Choose Plan B. It costs less each month.",
+        "Martin Luther King Jr. The march began.",
+        "Our store is on Main St. Open daily from 9 to 5.",
+    ):
+        assert len(units_of(two)) == 2, two
 
 
 def test_evidence_units_keep_lists_with_their_lead_in_and_table_rows_whole() -> None:

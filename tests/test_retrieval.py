@@ -145,6 +145,23 @@ def test_a_question_leans_on_the_turn_before_only_when_it_points_back(question: 
     assert refers_back(question) is leans
 
 
+@pytest.mark.parametrize(
+    ("question", "own_subject"),
+    [
+        ("What about Hearth Points?", True),
+        ("and for express delivery?", True),
+        ("but is it free?", False),  # "it": the turn before's subject, judged with it alone
+        ("and if it's faulty?", False),
+        ("and?", False),  # no words of its own
+        ("Does it cover fading?", False),  # points back, continues nothing
+    ],
+)
+def test_a_continuation_has_a_subject_of_its_own_unless_it_points_back(question: str, own_subject: bool) -> None:
+    from rag.conversation import continues
+
+    assert continues(question) is own_subject
+
+
 def test_an_entity_is_found_by_its_name_in_any_case() -> None:
     from rag.conversation import standalone
 

@@ -273,6 +273,8 @@ class LlamaCppGenerator:
     ) -> Generation:
         """On the model's thread: each piece to ``put`` as llama.cpp makes it, until the end or
         ``stop`` (the caller went away, or the guard cut the answer: the rest is not computed)."""
+        if stop.is_set():  # the caller went away while this waited its turn: compute nothing
+            return Generation("")
         params = {**self._params(request), "stream": True}
         chunks: Any
         if self.prompt_style == "chat":
@@ -323,6 +325,7 @@ class LlamaCppGenerator:
             result = await done
         finally:
             stop.set()  # a caller that stops early stops the generation at its next token
+            done.cancel()  # or before it starts, while it waits for the model's thread
         if summary is not None:
             summary.prompt_tokens, summary.completion_tokens = result.prompt_tokens, result.completion_tokens
             summary.finish_reason = result.finish_reason
