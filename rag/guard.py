@@ -160,17 +160,36 @@ _SUPPORT_CLAUSE_RE = re.compile(
 )
 
 
+# A figure and what it counts: "2 business days" -> ("2", "busi"), "£9.95" -> ("9.95", "£"),
+# "5 to 7 business days" -> ("5", "busi"), ("7", "busi").
+_FIGURE_RE = re.compile(
+    r"([£$€])?\s?(\d+(?:[.,]\d+)*)(?=((?:\s*(?:to|-|–|or|and)\s*[£$€]?\d+(?:[.,]\d+)*)*)\s*([^\W\d_]+)?)"
+)
+
+
+def figures(text: str) -> set[tuple[str, str]]:
+    """(number, unit) for each figure: the currency before it, else the word after it (after a
+    range's last number), stemmed."""
+    found = set()
+    for match in _FIGURE_RE.finditer(_digits(text)):
+        currency, number, _, word = match.groups()
+        unit = currency or (_stemmer().stemWord(word.lower()) if word else "")
+        found.add((number.replace(",", ""), unit))
+    return found
+
+
 @dataclass
 class _Clause:
     stems: set[str]
     negated: set[str]  # stems only ever inside a negation's reach
     bounds: set[tuple[str, str]]
     numbers: set[str]
+    figures: set[tuple[str, str]] = field(default_factory=set)
 
 
 def _clause(text: str) -> _Clause:
     inside, outside = negated_stems(text)
-    return _Clause(stems(text), inside - outside, _bounds(text), numbers(text))
+    return _Clause(stems(text), inside - outside, _bounds(text), numbers(text), figures(text))
 
 
 @dataclass
@@ -197,6 +216,25 @@ class Support:
 
     def has_name(self, name: str) -> bool:
         return re.search(rf"(?<![\w]){re.escape(name)}", self.lowered) is not None
+
+    def swapped(self, answer: _Clause) -> str | None:
+        """A figure the answer gives something the documents give another figure of the same
+        kind: "Refunds are processed within 2 business days" where the 2 business days are
+        the inspection's and refunds take 5 to 7 business days. What, or None."""
+        for number, unit in answer.figures:
+            if not unit:
+                continue
+            homes = [c for c in self.clauses if (number, unit) in c.figures]
+            if not homes:
+                continue
+            said_there = set().union(*(c.stems for c in homes))
+            for other in self.clauses:
+                if other in homes or not any(u == unit and n != number for n, u in other.figures):
+                    continue
+                owned = (answer.stems - said_there - {unit}) & other.stems
+                if owned:
+                    return f"{', '.join(sorted(owned))} ({number} {unit})"
+        return None
 
     def aligned(self, answer: _Clause) -> _Clause | None:
         """The evidence clause this one restates: most shared words, a shared figure counting
@@ -240,6 +278,9 @@ def check_clause(clause: str, support: Support) -> str | None:
         denied = (facts.stems & other.negated) - inside
         if denied and len((facts.stems & other.stems) - other.negated) >= 2:
             return f"the documents say the opposite ({', '.join(sorted(denied))})"
+    swapped = support.swapped(facts)
+    if swapped:
+        return f"the documents give another figure for {swapped}"
     aligned = support.aligned(facts)
     if aligned is not None:
         flipped = (facts.stems & aligned.stems) & (aligned.negated ^ inside)
