@@ -144,10 +144,8 @@ def continues(question: str) -> bool:
     subject is the turn before's."""
     if not _CONTINUES_RE.search(question):
         return False
-    rest = _CONTINUES_RE.sub(" ", question)
-    return bool(terms(rest)) and not _BACK_REFERENCE_RE.search(
-        rest
-    )  # "but is it free?": the subject is the turn before's
+    rest = _CONTINUES_RE.sub(" ", question)  # "is it free?": the subject is the turn before's
+    return bool(terms(rest)) and not _BACK_REFERENCE_RE.search(rest)
 
 
 def new_topic(question: str) -> bool:

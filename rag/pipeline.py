@@ -225,7 +225,7 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         prep = Prepared(question, collection, top_k, started, options=options or GenerationOptions(), audit=audit)
         prep.streamed = streamed
         index = prep.index = await self.index_for(collection)
-        if only_an_opening(question, history, index.titles()):  # "Hi! How can I help?" and nothing more
+        if history and only_an_opening(question, history, index.titles()):  # "Hi! How can I help?" and nothing more
             history = None
         if (courtesy := small_talk(question)) is not None and not audit:  # "thanks, that worked!"
             prep.result = self._done(prep, SMALL_TALK_REPLIES[courtesy], [], CacheStatus(), kind=SMALL_TALK)
@@ -383,11 +383,17 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         chosen = prep.evidence.chosen or prep.evidence.ranked[:1]
         if not chosen:
             return
-        texts = [judged_text(prep.retrieved[u.chunk], u.text) for u in chosen]  # as the judge read them
-        loop = asyncio.get_running_loop()
-        alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, question, texts)
-        if float(max(alone)) < gate:
+        alone = await self._scores_alone(prep, question, chosen)
+        if max(alone) < gate:
             prep.evidence = Evidence()
+
+    async def _scores_alone(self, prep: Prepared, question: str, units: list[Unit]) -> list[float]:
+        """The judge's scores of ``units`` (as it read them, with their titles) against
+        ``question`` alone, not the conversation it was searched with (on the CPU pool)."""
+        texts = [judged_text(prep.retrieved[u.chunk], u.text) for u in units]
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self._cpu, self.support_scorer.score, question, texts)
+        return [float(score) for score in scores]
 
     async def _own_subject_first(self, prep: Prepared, asked: str) -> None:
         """A follow-up that goes on about a subject of its own ("What about Hearth Points?"
@@ -398,11 +404,9 @@ class Pipeline(Retrieval, SingleFlight, Curating):
         chosen = prep.evidence.chosen
         if len(chosen) < 2:
             return
-        texts = [judged_text(prep.retrieved[u.chunk], u.text) for u in chosen]
-        loop = asyncio.get_running_loop()
-        alone = await loop.run_in_executor(self._cpu, self.support_scorer.score, asked, texts)
-        order = sorted(range(len(chosen)), key=lambda i: -float(alone[i]))
-        kept = [i for i in order if float(alone[i]) >= self.settings.min_support]
+        alone = await self._scores_alone(prep, asked, chosen)
+        order = sorted(range(len(chosen)), key=lambda i: -alone[i])
+        kept = [i for i in order if alone[i] >= self.settings.min_support]
         if kept:  # else its own words judge nothing well: the order the conversation gave stands
             prep.evidence = Evidence(prep.evidence.ranked, [chosen[i] for i in kept])
 

@@ -156,11 +156,7 @@ async def list_models(request: Request) -> dict[str, Any]:
     principal = principal_of(request)
     return {
         "object": "list",
-        "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "rag-service"}
-            for name in list_collections(settings.collections_dir)
-            if principal.can_read(name)
-        ],
+        "data": [_model(name) for name in list_collections(settings.collections_dir) if principal.can_read(name)],
     }
 
 
@@ -172,7 +168,12 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
         error = CollectionNotFoundError(model, settings.data_dir)  # another key's is as good as absent
         error.param = "model"
         raise error
-    return {"id": model, "object": "model", "created": 0, "owned_by": "rag-service"}
+    return _model(model)
+
+
+def _model(name: str) -> dict[str, Any]:
+    """A collection as an OpenAI model object."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "rag-service"}
 
 
 # What the service's own errors name, as an OpenAI client's request names it.
